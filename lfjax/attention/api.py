@@ -1,0 +1,187 @@
+"""`windowed_attention`: Longformer attention, one function, several backends."""
+
+import numbers
+
+import jax.numpy as jnp
+import numpy as np
+
+from lfjax.attention import chunked
+from lfjax.attention import common
+from lfjax.attention import dense
+
+IMPLS = ("auto", "dense", "chunked", "pallas")
+
+
+def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
+                       key_mask=None, global_mask=None, global_qkv=None,
+                       max_global=None, scale=None, impl="auto"):
+  """Longformer sliding-window attention with dilation and global tokens.
+
+  Args:
+    q, k, v: [batch, seq, heads, head_dim], any float dtype. Scores, softmax
+      and accumulation run in float32; the output has q's dtype and shape.
+    window: ONE-SIDED window w >= 0 (Hugging Face's `attention_window` is the
+      full window, 2w). Query i attends key j = i + m*d for every integer m
+      with |m| <= w (causal: -w <= m <= 0), d the head's dilation.
+    dilation: int, or one int per head, each >= 1.
+    causal: attend only to the past half of the window.
+    key_mask: bool [batch, seq], False marks padding. Padding keys are never
+      attended and padding query rows output exactly 0.
+    global_mask: bool [batch, seq], True marks global tokens. A global token
+      attends every non-padding key; every non-padding query attends every
+      global token on top of its window (a global key inside the window
+      counts once). Padding positions are never global. Not with causal.
+    global_qkv: (q_g, k_g, v_g) shaped like q: the rows of global tokens are
+      computed as softmax(q_g k_g^T) v_g over all keys (Longformer's separate
+      global projections). Default: q, k, v. Other rows always use q, k, v,
+      for their global keys too.
+    max_global: static cap on global tokens per sequence, so the function
+      jits with a traced global_mask. Default: the largest count in a
+      concrete global_mask (required when global_mask is traced). When
+      global_mask is concrete a row with more than max_global global tokens
+      raises; under jit, tokens past the first max_global of a row (in
+      sequence order) are silently treated as ordinary local tokens.
+    scale: score scale, default 1/sqrt(head_dim).
+    impl: "dense" (O(N^2) masked oracle), "chunked" (pure JAX, O(N*w)
+      memory), "pallas" (GPU kernel, not yet available) or "auto" (chunked).
+
+  Returns:
+    [batch, seq, heads, head_dim] in q's dtype.
+  """
+  b, n, h, d = _check_qkv(q, k, v)
+  window = _check_window(window)
+  dilation_H = _check_dilation(dilation, h)
+  if impl not in IMPLS:
+    raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+  key_mask_BxN = _check_mask("key_mask", key_mask, b, n)
+  global_mask_BxN = _check_mask("global_mask", global_mask, b, n)
+  if global_mask is not None and causal:
+    raise ValueError("global_mask: global tokens see the future, so they "
+                     "cannot be combined with causal=True; got both")
+  if global_qkv is not None:
+    global_qkv = _check_global_qkv(global_qkv, q, k, v)
+  if scale is None:
+    scale = 1.0 / float(np.sqrt(d))
+  elif not isinstance(scale, numbers.Real):
+    raise ValueError(f"scale: expected a Python float, got {type(scale)}")
+  max_global = _check_max_global(max_global, global_mask, global_mask_BxN,
+                                 key_mask_BxN, n)
+  if key_mask_BxN is None:
+    key_mask_BxN = jnp.ones((b, n), bool)
+  if max_global:
+    if global_mask_BxN is None:
+      global_mask_BxN = jnp.zeros((b, n), bool)
+    eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
+                                             max_global)
+    global_qkv = global_qkv or (q, k, v)
+  else:
+    eff_global_BxN = jnp.zeros((b, n), bool)
+    global_qkv = None
+
+  if impl == "pallas":
+    raise NotImplementedError(
+        "impl='pallas': the Pallas kernel is not part of this version yet; "
+        "use impl='chunked' (or 'auto')")
+  common_args = dict(window=window, dilation_H=dilation_H, causal=causal,
+                     key_mask_BxN=key_mask_BxN, eff_global_BxN=eff_global_BxN,
+                     global_qkv=global_qkv, scale=float(scale))
+  if impl == "dense":
+    return dense.dense_attention(q, k, v, **common_args)
+  return chunked.chunked_attention(q, k, v, max_global=max_global,
+                                   **common_args)
+
+
+def _check_qkv(q, k, v):
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if getattr(x, "ndim", None) != 4:
+      raise ValueError(f"{name}: expected a [batch, seq, heads, head_dim] "
+                       f"array, got shape {getattr(x, 'shape', type(x))}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
+  if k.shape != q.shape or v.shape != q.shape:
+    raise ValueError(f"k, v: expected the shape of q {q.shape}, got "
+                     f"k {k.shape} and v {v.shape}")
+  return q.shape
+
+
+def _check_window(window):
+  if (isinstance(window, (bool, np.bool_))
+      or not isinstance(window, numbers.Integral) or window < 0):
+    raise ValueError(f"window: expected a Python int >= 0 (one-sided), got "
+                     f"{window!r}")
+  return int(window)
+
+
+def _check_dilation(dilation, h):
+  if isinstance(dilation, numbers.Integral) and not isinstance(dilation, bool):
+    dilation = [dilation] * h
+  try:
+    dil = list(dilation)
+  except TypeError:
+    raise ValueError(f"dilation: expected an int or a sequence of {h} ints, "
+                     f"got {dilation!r}") from None
+  if len(dil) != h:
+    raise ValueError(f"dilation: expected one value per head ({h}), got "
+                     f"{len(dil)}: {dil}")
+  for x in dil:
+    if (isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral)
+        or x < 1):
+      raise ValueError(f"dilation: expected ints >= 1, got {dil}")
+  return tuple(int(x) for x in dil)
+
+
+def _check_mask(name, mask, b, n):
+  if mask is None:
+    return None
+  if not hasattr(mask, "dtype") or mask.dtype != jnp.bool_:
+    raise ValueError(f"{name}: expected a bool array of shape [{b}, {n}], got "
+                     f"dtype {getattr(mask, 'dtype', type(mask))}")
+  if tuple(mask.shape) != (b, n):
+    raise ValueError(f"{name}: expected shape [batch, seq] = [{b}, {n}], got "
+                     f"{list(mask.shape)}")
+  return jnp.asarray(mask)
+
+
+def _check_global_qkv(global_qkv, q, k, v):
+  if not isinstance(global_qkv, (tuple, list)) or len(global_qkv) != 3:
+    raise ValueError("global_qkv: expected a tuple (q_g, k_g, v_g), got "
+                     f"{type(global_qkv).__name__}")
+  for name, x, ref in zip(("q_g", "k_g", "v_g"), global_qkv, (q, k, v)):
+    if getattr(x, "shape", None) != ref.shape:
+      raise ValueError(f"global_qkv: expected {name} of shape {ref.shape}, "
+                       f"got {getattr(x, 'shape', type(x))}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"global_qkv: expected {name} with a floating dtype, "
+                       f"got {x.dtype}")
+  return tuple(global_qkv)
+
+
+def _check_max_global(max_global, global_mask, global_mask_BxN, key_mask_BxN,
+                      n):
+  if max_global is not None and (
+      isinstance(max_global, (bool, np.bool_))
+      or not isinstance(max_global, numbers.Integral) or max_global < 0):
+    raise ValueError(f"max_global: expected a Python int >= 0 or None, got "
+                     f"{max_global!r}")
+  if global_mask is None:
+    return 0
+  concrete = common.is_concrete(global_mask_BxN) and (
+      key_mask_BxN is None or common.is_concrete(key_mask_BxN))
+  if not concrete:
+    if max_global is None:
+      raise ValueError(
+          "max_global: expected a static int when global_mask is traced "
+          "(under jit, grad or vmap), got None; pass the most global tokens "
+          "a sequence can have")
+    return min(int(max_global), n)
+  g = np.asarray(global_mask_BxN)
+  if key_mask_BxN is not None:
+    g = g & np.asarray(key_mask_BxN)
+  count = int(g.sum(axis=1).max()) if g.size else 0
+  if max_global is None:
+    return count
+  if count > max_global:
+    raise ValueError(f"max_global: a sequence has {count} global tokens, more "
+                     f"than max_global={max_global}")
+  return min(int(max_global), n)
+

@@ -1,0 +1,47 @@
+"""O(N^2) masked attention: the readable oracle the fast paths are tested against.
+
+Builds the full [B, H, N, N] allowed-key mask from the definition and runs one
+masked softmax per row kind (local rows with q, k, v; global rows with the
+global projections). Only for short sequences and tests.
+"""
+
+import jax.numpy as jnp
+
+from lfjax.attention import common
+
+
+def band_mask(n, window, dilation_H, causal):
+  """[H, N, N]: key j is in query i's (dilated) window."""
+  diff_NxN = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]  # j - i
+  d_Hx1x1 = jnp.asarray(dilation_H, jnp.int32)[:, None, None]
+  on_grid = diff_NxN[None] % d_Hx1x1 == 0
+  steps = diff_NxN[None] // d_Hx1x1
+  upper = 0 if causal else window
+  return on_grid & (steps >= -window) & (steps <= upper)
+
+
+def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
+                    eff_global_BxN, global_qkv, scale):
+  """Arguments are validated and normalised by lfjax.attention.api."""
+  b, n, h, _ = q.shape
+  band_HxNxN = band_mask(n, window, dilation_H, causal)
+  is_g_Bx1x1xN = eff_global_BxN[:, None, None, :]
+  # A global key inside the window counts once: it leaves the band and is
+  # attended through the "global key" term instead.
+  local_BxHxNxN = ((band_HxNxN[None] & ~is_g_Bx1x1xN) | is_g_Bx1x1xN)
+  local_BxHxNxN &= key_mask_BxN[:, None, None, :]
+  s = jnp.einsum("bihd,bjhd->bhij", q, k,
+                 preferred_element_type=jnp.float32) * scale
+  out_BxNxHxD = common.masked_softmax_attention(s, local_BxHxNxN, v)
+
+  if global_qkv is None:  # no global tokens possible (cap of 0)
+    return jnp.where(key_mask_BxN[:, :, None, None], out_BxNxHxD,
+                     0.0).astype(q.dtype)
+  qg, kg, vg = global_qkv
+  sg = jnp.einsum("bihd,bjhd->bhij", qg, kg,
+                  preferred_element_type=jnp.float32) * scale
+  all_keys = jnp.broadcast_to(key_mask_BxN[:, None, None, :], (b, h, n, n))
+  out_g_BxNxHxD = common.masked_softmax_attention(sg, all_keys, vg)
+
+  out = jnp.where(eff_global_BxN[:, :, None, None], out_g_BxNxHxD, out_BxNxHxD)
+  return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
