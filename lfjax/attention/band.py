@@ -1,0 +1,309 @@
+"""Blocked band attention in pure JAX with a flash-style custom VJP.
+
+The core of the chunked implementation: undilated window, optional causal
+band, per-key validity, extra (global) keys, static query/key offsets, and the
+log-sum-exp as a second output, so partial attentions can be merged.
+
+Queries are cut into blocks of C rows. Block i sees the contiguous key span
+of blocks i-RL .. i+RR (RL = ceil(window / C), RR = RL or 0 if causal), plus
+the G extra keys. A loop visits a few (rows, block) tiles per step: a matmul
+gives the [C, span + G] scores, a static band pattern and the key validity
+mask them, one float32 softmax covers band and extra keys, and a second
+matmul applies it to the values.
+
+Why a loop and not one big batched op: on CPU the score tensor of a whole
+sequence is hundreds of MB, and every pass over it (scores, mask+max, exp,
+PV) runs at memory speed, plus page faults on each fresh buffer. Tiles of a
+few MB stay in cache and reuse the same buffers. The backward pass recomputes
+the scores per tile from the saved log-sum-exp (as FlashAttention does), so
+memory stays O(N * D) besides the inputs, and accumulates dK/dV of the
+overlapping key spans in place.
+
+Letters: X independent rows (batch x heads x ...), N queries, M keys,
+D head dim, C block, S band key span, G extra keys.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfjax.attention import common
+
+# Score elements per loop step (~1 MB of float32): big enough for efficient
+# matmuls, small enough to stay in cache.
+SCORES_PER_STEP = 1 << 18
+_MIN_BLOCK = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Static tiling of one band attention call."""
+  n: int        # queries
+  m: int        # keys
+  k_offset: int  # position of key 0 relative to query 0
+  w: int        # effective one-sided window
+  c: int        # query block
+  nb: int       # query blocks
+  rl: int       # key blocks left of the query block
+  rr: int       # key blocks right of the query block
+  g: int        # extra keys
+  rows: int     # rows of X per loop step
+  x: int        # rows of X
+  causal: bool
+
+  @property
+  def span(self):
+    return (self.rl + 1 + self.rr) * self.c
+
+  @property
+  def total(self):
+    """Length of the aligned key array: query blocks plus halos."""
+    return (self.nb + self.rl + self.rr) * self.c
+
+  @property
+  def key_shift(self):
+    """Index in the aligned key array of key 0."""
+    return self.k_offset + self.rl * self.c
+
+  def band_mask(self):
+    """[C, S] static: aligned key t is in the window of block row a."""
+    rel = (np.arange(self.span)[None, :] - self.rl * self.c
+           - np.arange(self.c)[:, None])
+    return (rel >= -self.w) & (rel <= (0 if self.causal else self.w))
+
+
+def choose_block(n, window, num_global=0, causal=False):
+  """Query block size for n queries (per dilation class).
+
+  Cost model: scores computed (padded rows x key span), with a per-block
+  overhead that favours blocks big enough for efficient matmuls.
+  """
+  single = _round_up(max(n, 1), _MIN_BLOCK)
+  best = (single * (single + num_global) * (1.0 + 64.0 / single), single)
+  for c in (16, 32, 64, 128, 256):
+    if c >= single:
+      break
+    r = -(-window // c)
+    span = ((1 if causal else 2) * r + 1) * c + num_global
+    cost = -(-n // c) * c * span * (1.0 + 64.0 / c)
+    best = min(best, (cost, c))
+  return best[1]
+
+
+def _round_up(x, m):
+  return -(-x // m) * m
+
+
+def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None):
+  # Farthest any key is from any query: a larger window changes nothing.
+  reach = max(abs(k_offset + m - 1), abs(n - 1 - k_offset), 0)
+  w = min(window, reach)
+  c = block or choose_block(n, w, g, causal)
+  nb = -(-n // c)
+  rl = -(-w // c)
+  rr = 0 if causal else rl
+  if nb == 1 and k_offset == 0 and m <= c:
+    rl = rr = 0  # every key already sits in the single block
+  per_row = c * ((rl + 1 + rr) * c + g)
+  rows = max([r for r in range(1, x + 1)
+              if x % r == 0 and r * per_row <= SCORES_PER_STEP] or [1])
+  return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, rl=rl, rr=rr,
+                  g=g, rows=rows, x=x, causal=causal)
+
+
+def _align(x_XxMx, left, total, fill):
+  """Place x[:, 0] at index `left` of a length-`total` axis 1; slots outside x
+  hold `fill`, parts of x falling outside are cut."""
+  m = x_XxMx.shape[1]
+  lo, hi = max(0, -left), min(m, total - left)
+  if hi <= lo:
+    shape = (x_XxMx.shape[0], total) + x_XxMx.shape[2:]
+    return jnp.full(shape, fill, x_XxMx.dtype)
+  x = x_XxMx[:, lo:hi]
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (left + lo, total - (left + hi))
+  return jnp.pad(x, pad, constant_values=fill)
+
+
+def _unalign(xp_XxTx, left, m):
+  """Inverse of _align for gradients: entries cut by _align get zero."""
+  return _align(xp_XxTx, -left, m, 0)
+
+
+def _tile(geo, t):
+  """Loop step t -> (first row of X, first query of the block)."""
+  return (t // geo.nb) * geo.rows, (t % geo.nb) * geo.c
+
+
+def _slice(a, x0, p0, rows, size):
+  start = (x0, p0) + (0,) * (a.ndim - 2)
+  return jax.lax.dynamic_slice(a, start, (rows, size) + a.shape[2:])
+
+
+def _scores(geo, scale, band_CxS, q_blk, k_win, kv_win, gk_blk, gvalid_blk):
+  """Masked float32 scores [rows, C, S+G] and their mask for one tile."""
+  mask = band_CxS[None] & kv_win[:, None, :]
+  if geo.g:
+    k_win = jnp.concatenate([k_win, gk_blk], axis=1)
+    gmask = jnp.broadcast_to(gvalid_blk[:, None, :],
+                             (geo.rows, geo.c, geo.g))
+    mask = jnp.concatenate([mask, gmask], axis=2)
+  s = jnp.einsum("xqd,xkd->xqk", q_blk, k_win,
+                 preferred_element_type=jnp.float32) * scale
+  return jnp.where(mask, s, common.NEG_INF), mask, k_win
+
+
+def _prepare(geo, q, k, v, kvalid, gk, gvalid):
+  """Pad queries to whole blocks and align keys with their halos."""
+  qp = _align(q, 0, geo.nb * geo.c, 0)
+  kp = _align(k, geo.key_shift, geo.total, 0)
+  vp = _align(v, geo.key_shift, geo.total, 0)
+  kvp = _align(kvalid, geo.key_shift, geo.total, False)
+  if not geo.g:
+    gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
+    gvalid = jnp.zeros((geo.x, 0), bool)
+  return qp, kp, vp, kvp, gk, gvalid
+
+
+def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
+  qp, kp, vp, kvp, gk, gvalid = _prepare(geo, q, k, v, kvalid, gk, gvalid)
+  gv = gk if gv is None else gv
+  band = jnp.asarray(geo.band_mask())
+  d = q.shape[2]
+  npad = geo.nb * geo.c
+
+  def body(t, carry):
+    out, lse = carry
+    x0, p0 = _tile(geo, t)
+    q_blk = _slice(qp, x0, p0, geo.rows, geo.c)
+    s, mask, _ = _scores(geo, scale, band, q_blk,
+                         _slice(kp, x0, p0, geo.rows, geo.span),
+                         _slice(kvp, x0, p0, geo.rows, geo.span),
+                         _slice(gk, x0, 0, geo.rows, geo.g),
+                         _slice(gvalid, x0, 0, geo.rows, geo.g))
+    v_win = _slice(vp, x0, p0, geo.rows, geo.span)
+    if geo.g:
+      v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.rows, geo.g)], 1)
+    mx = jnp.max(s, axis=-1, keepdims=True)
+    p = jnp.where(mask, jnp.exp(s - mx), 0.0)
+    l = jnp.sum(p, axis=-1)
+    o = jnp.einsum("xqk,xkd->xqd", p.astype(v_win.dtype), v_win,
+                   preferred_element_type=jnp.float32)
+    # Normalising after PV touches D values per row instead of S + G.
+    o = o / jnp.where(l == 0.0, 1.0, l)[..., None]
+    lse_blk = jnp.where(l == 0.0, common.NEG_INF,
+                        mx[..., 0] + jnp.log(jnp.maximum(l, 1e-30)))
+    out = jax.lax.dynamic_update_slice(out, o, (x0, p0, 0))
+    lse = jax.lax.dynamic_update_slice(lse, lse_blk, (x0, p0))
+    return out, lse
+
+  init = (jnp.zeros((geo.x, npad, d), jnp.float32),
+          jnp.zeros((geo.x, npad), jnp.float32))
+  out, lse = jax.lax.fori_loop(0, (geo.x // geo.rows) * geo.nb, body, init)
+  return out[:, :geo.n], lse[:, :geo.n]
+
+
+
+def _backward(geo, scale, res, dout, dlse):
+  q, k, v, kvalid, gk, gv, gvalid, out, lse = res
+  qp, kp, vp, kvp, gk, gvalid = _prepare(geo, q, k, v, kvalid, gk, gvalid)
+  gv = gk if gv is None else gv
+  band = jnp.asarray(geo.band_mask())
+  d = q.shape[2]
+  npad = geo.nb * geo.c
+  f32 = lambda a: a.astype(jnp.float32)
+  dop = _align(f32(dout), 0, npad, 0)
+  # Padded query rows have zero dout, so whatever finite lse they get, their
+  # gradient terms vanish.
+  lsep = _align(lse, 0, npad, 0)
+  deltap = _align(jnp.sum(out * f32(dout), axis=-1), 0, npad, 0)
+  dlsep = _align(f32(dlse), 0, npad, 0)
+
+  def body(t, carry):
+    dq, dkp, dvp, dgk, dgv = carry
+    x0, p0 = _tile(geo, t)
+    rows, c, span = geo.rows, geo.c, geo.span
+    q_blk = _slice(qp, x0, p0, rows, c)
+    s, mask, k_win = _scores(geo, scale, band, q_blk,
+                             _slice(kp, x0, p0, rows, span),
+                             _slice(kvp, x0, p0, rows, span),
+                             _slice(gk, x0, 0, rows, geo.g),
+                             _slice(gvalid, x0, 0, rows, geo.g))
+    v_win = _slice(vp, x0, p0, rows, span)
+    if geo.g:
+      v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, rows, geo.g)], 1)
+    lse_blk = _slice(lsep, x0, p0, rows, c)[..., None]
+    p = jnp.where(mask, jnp.exp(s - lse_blk), 0.0)
+    do_blk = _slice(dop, x0, p0, rows, c)
+    dv_win = jnp.einsum("xqk,xqd->xkd", p, do_blk)
+    dp = jnp.einsum("xqd,xkd->xqk", do_blk, f32(v_win))
+    ds = p * (dp - _slice(deltap, x0, p0, rows, c)[..., None]
+              + _slice(dlsep, x0, p0, rows, c)[..., None])
+    dq_blk = jnp.einsum("xqk,xkd->xqd", ds, f32(k_win)) * scale
+    dk_win = jnp.einsum("xqk,xqd->xkd", ds, f32(q_blk)) * scale
+    dq = jax.lax.dynamic_update_slice(dq, dq_blk, (x0, p0, 0))
+    # Key spans of neighbouring blocks overlap: accumulate in place.
+    add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
+        acc, _slice(acc, x0, p, rows, upd.shape[1]) + upd, (x0, p, 0))
+    dkp = add(dkp, dk_win[:, :span], p0)
+    dvp = add(dvp, dv_win[:, :span], p0)
+    if geo.g:
+      dgk = add(dgk, dk_win[:, span:], 0)
+      dgv = add(dgv, dv_win[:, span:], 0)
+    return dq, dkp, dvp, dgk, dgv
+
+  zeros = lambda length: jnp.zeros((geo.x, length, d), jnp.float32)
+  init = (zeros(npad), zeros(geo.total), zeros(geo.total), zeros(geo.g),
+          zeros(geo.g))
+  dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(
+      0, (geo.x // geo.rows) * geo.nb, body, init)
+  dq = dq[:, :geo.n].astype(q.dtype)
+  dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
+  dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
+  if not geo.g:
+    return dq, dk, dv, None, None, None, None
+  return (dq, dk, dv, None, dgk.astype(gk.dtype),
+          dgv.astype(res[5].dtype), None)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
+  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid)
+
+
+def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
+  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid)
+  return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, out, lse)
+
+
+def _band_attention_bwd(geo, scale, res, cotangents):
+  dout, dlse = cotangents
+  return _backward(geo, scale, res, dout, dlse)
+
+
+_band_attention.defvjp(_band_attention_fwd, _band_attention_bwd)
+
+
+def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
+                   scale, k_offset=0, gk_XxGxD=None, gv_XxGxD=None,
+                   gvalid_XxG=None, block=None):
+  """Undilated band attention with optional extra (global) keys.
+
+  Query i (at position i) sees key j (at position k_offset + j) iff
+  kvalid[j] and -window <= k_offset + j - i <= window (<= 0 if causal), and
+  every extra key whose gvalid is set. Static k_offset lets a caller pass a
+  shard's keys with halos (sequence parallelism).
+
+  Returns the float32 output [X, N, D] (rows with no key give 0) and the
+  log-sum-exp [X, N] of the scaled scores (NEG_INF for rows with no key).
+  Differentiable in q, k, v, gk, gv, with cotangents on both outputs.
+  """
+  x, n, _ = q_XxNxD.shape
+  g = 0 if gk_XxGxD is None else gk_XxGxD.shape[1]
+  geo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
+                 k_offset=k_offset, block=block)
+  return _band_attention(geo, float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
+                         kvalid_XxM, gk_XxGxD, gv_XxGxD, gvalid_XxG)
