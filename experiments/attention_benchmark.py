@@ -180,7 +180,9 @@ def main(argv=None):
     t_hf, t_ours = [], []
     for _ in range(args.repeats):  # interleave so noise hits both alike
       t_hf.append(torch_time(hf, 1))
+      time.sleep(0.3)  # let torch's OpenMP workers stop spinning
       t_ours.append(median_time(lambda: fwd(q, k, v), 1))
+      time.sleep(0.3)
     t_hf, t_ours = statistics.median(t_hf), statistics.median(t_ours)
     floor = band_flops(b, n, h, d, w) / (rate * 1e9)
     print(f"| {n} | {t_hf * 1e3:.1f} | {t_ours * 1e3:.1f} | "

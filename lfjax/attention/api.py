@@ -1,7 +1,9 @@
 """`windowed_attention`: Longformer attention, one function, several backends."""
 
+import functools
 import numbers
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -68,27 +70,38 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                                  key_mask_BxN, n)
   if key_mask_BxN is None:
     key_mask_BxN = jnp.ones((b, n), bool)
-  if max_global:
-    if global_mask_BxN is None:
-      global_mask_BxN = jnp.zeros((b, n), bool)
-    eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
-                                             max_global)
-    global_qkv = global_qkv or (q, k, v)
-  else:
-    eff_global_BxN = jnp.zeros((b, n), bool)
-    global_qkv = None
-
+  if not max_global:
+    global_mask_BxN, global_qkv = None, None
+  elif global_mask_BxN is None:
+    global_mask_BxN = jnp.zeros((b, n), bool)
   if impl == "pallas":
     raise NotImplementedError(
         "impl='pallas': the Pallas kernel is not part of this version yet; "
         "use impl='chunked' (or 'auto')")
-  common_args = dict(window=window, dilation_H=dilation_H, causal=causal,
-                     key_mask_BxN=key_mask_BxN, eff_global_BxN=eff_global_BxN,
-                     global_qkv=global_qkv, scale=float(scale))
+  return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
+                   window=window, dilation_H=dilation_H, causal=causal,
+                   max_global=max_global, scale=float(scale), impl=impl)
+
+
+# Jitted so eager calls (notebooks, tests) compile once per shape instead of
+# dispatching op by op; inside a caller's jit it is simply inlined.
+@functools.partial(jax.jit, static_argnames=("window", "dilation_H", "causal",
+                                              "max_global", "scale", "impl"))
+def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv, *, window,
+              dilation_H, causal, max_global, scale, impl):
+  if max_global:
+    eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
+                                             max_global)
+    global_qkv = global_qkv or (q, k, v)
+  else:
+    eff_global_BxN = jnp.zeros(key_mask_BxN.shape, bool)
+    global_qkv = None
+  args = dict(window=window, dilation_H=dilation_H, causal=causal,
+              key_mask_BxN=key_mask_BxN, eff_global_BxN=eff_global_BxN,
+              global_qkv=global_qkv, scale=scale)
   if impl == "dense":
-    return dense.dense_attention(q, k, v, **common_args)
-  return chunked.chunked_attention(q, k, v, max_global=max_global,
-                                   **common_args)
+    return dense.dense_attention(q, k, v, **args)
+  return chunked.chunked_attention(q, k, v, max_global=max_global, **args)
 
 
 def _check_qkv(q, k, v):

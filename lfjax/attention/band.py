@@ -32,9 +32,9 @@ import numpy as np
 
 from lfjax.attention import common
 
-# Score elements per loop step (~1 MB of float32): big enough for efficient
+# Score elements per loop step (~0.5 MB of float32): big enough for efficient
 # matmuls, small enough to stay in cache.
-SCORES_PER_STEP = 1 << 18
+SCORES_PER_STEP = 1 << 17
 _MIN_BLOCK = 8
 
 
@@ -82,13 +82,13 @@ def choose_block(n, window, num_global=0, causal=False):
   overhead that favours blocks big enough for efficient matmuls.
   """
   single = _round_up(max(n, 1), _MIN_BLOCK)
-  best = (single * (single + num_global) * (1.0 + 64.0 / single), single)
+  best = (single * (single + num_global) * (1.0 + 80.0 / single), single)
   for c in (16, 32, 64, 128, 256):
     if c >= single:
       break
     r = -(-window // c)
     span = ((1 if causal else 2) * r + 1) * c + num_global
-    cost = -(-n // c) * c * span * (1.0 + 64.0 / c)
+    cost = -(-n // c) * c * span * (1.0 + 80.0 / c)
     best = min(best, (cost, c))
   return best[1]
 

@@ -1,0 +1,97 @@
+"""Brute-force Longformer attention written from the spec, for tests only.
+
+Shares no code with lfjax: for every (batch, head, query) it lists the
+allowed keys with plain Python loops, then runs a softmax over exactly those
+keys. The attention arithmetic is in jnp (float32) so tests can take
+gradients through it; the key lists are fixed numpy indices.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def allowed_keys(n, window, dilation, causal, key_mask, global_mask):
+  """keys[b][h][i]: sorted key positions query i may attend (empty for pads),
+  and is_global[b][i]: whether row i is computed as a global row."""
+  bsz, heads = key_mask.shape[0], len(dilation)
+  keys, is_global = [], []
+  for b in range(bsz):
+    valid = [bool(key_mask[b, j]) for j in range(n)]
+    glob = [bool(global_mask[b, j]) and valid[j] for j in range(n)]
+    is_global.append(glob)
+    per_head = []
+    for h in range(heads):
+      d = dilation[h]
+      rows = []
+      for i in range(n):
+        if not valid[i]:
+          rows.append([])
+          continue
+        if glob[i]:
+          rows.append([j for j in range(n) if valid[j]])
+          continue
+        sel = set(j for j in range(n) if glob[j])
+        for m in range(-window, (0 if causal else window) + 1):
+          j = i + m * d
+          if 0 <= j < n and valid[j]:
+            sel.add(j)
+        rows.append(sorted(sel))
+      per_head.append(rows)
+    keys.append(per_head)
+  return keys, is_global
+
+
+def reference_attention(q, k, v, *, window, dilation=1, causal=False,
+                        key_mask=None, global_mask=None, global_qkv=None,
+                        scale=None):
+  """Same contract as lfjax.attention.windowed_attention, float32 out."""
+  bsz, n, heads, dim = q.shape
+  if isinstance(dilation, int):
+    dilation = [dilation] * heads
+  key_mask = np.ones((bsz, n), bool) if key_mask is None else np.asarray(
+      key_mask)
+  global_mask = np.zeros((bsz, n), bool) if global_mask is None else (
+      np.asarray(global_mask))
+  scale = 1.0 / np.sqrt(dim) if scale is None else scale
+  qg, kg, vg = global_qkv if global_qkv is not None else (q, k, v)
+  keys, is_global = allowed_keys(n, window, dilation, causal, key_mask,
+                                 global_mask)
+  kmax = max(1, max(len(r) for kb in keys for kh in kb for r in kh))
+  idx = np.zeros((bsz, heads, n, kmax), np.int32)
+  ok = np.zeros((bsz, heads, n, kmax), bool)
+  for b in range(bsz):
+    for h in range(heads):
+      for i in range(n):
+        r = keys[b][h][i]
+        idx[b, h, i, :len(r)] = r
+        ok[b, h, i, :len(r)] = True
+  glob_rows = np.asarray(is_global)[:, None, :, None]  # [B, 1, N, 1]
+  return _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, float(scale))
+
+
+@functools.partial(jax.jit, static_argnames="scale")
+def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, scale):
+  """Softmax over the listed keys of each row (jitted: one compile per case
+  instead of one per primitive)."""
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  def gather(x):  # [B, N, H, D] -> [B, H, N, K, D] at idx
+    xt = jnp.transpose(f32(x), (0, 2, 1, 3))  # [B, H, N, D]
+    return jnp.take_along_axis(xt[:, :, None], idx[..., None], axis=3)
+
+  qt = jnp.where(glob_rows, jnp.transpose(f32(qg), (0, 2, 1, 3)),
+                 jnp.transpose(f32(q), (0, 2, 1, 3)))
+  kt = jnp.where(glob_rows[..., None], gather(kg), gather(k))
+  vt = jnp.where(glob_rows[..., None], gather(vg), gather(v))
+  s = jnp.einsum("bhnd,bhnkd->bhnk", qt, kt) * scale
+  # Softmax is shift invariant, so the shift carries no gradient.
+  s_max = jax.lax.stop_gradient(jnp.max(jnp.where(ok, s, -jnp.inf), axis=-1,
+                                        keepdims=True))
+  s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
+  e = jnp.where(ok, jnp.exp(s - s_max), 0.0)
+  denom = jnp.sum(e, axis=-1, keepdims=True)
+  p = e / jnp.where(denom > 0, denom, 1.0)
+  out = jnp.einsum("bhnk,bhnkd->bhnd", p, vt)
+  return jnp.transpose(out, (0, 2, 1, 3))
