@@ -119,7 +119,7 @@ def main(argv=None):
   p.add_argument("--heads", type=int, default=12)
   p.add_argument("--head_dim", type=int, default=64)
   p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--dense_max_seq", type=int, default=8192,
+  p.add_argument("--dense_max_seq", type=int, default=4096,
                  help="skip the O(N^2) oracle above this length")
   p.add_argument("--hf_seqs", default="1024,4096",
                  help="lengths for the transformers comparison ('' to skip)")
