@@ -70,10 +70,14 @@ def to_jnp(kwargs):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-  """Force tiny query blocks and loop steps so short sequences exercise the
-  multi-block, multi-step paths of the chunked core."""
+  """Force tiny query blocks and unrolled loop steps so short sequences
+  exercise the multi-block, multi-tile paths of the chunked core."""
+  force_small_blocks(monkeypatch)
+
+
+def force_small_blocks(monkeypatch):
   monkeypatch.setattr(band, "choose_block", lambda *a, **k: 8)
-  monkeypatch.setattr(band, "SCORES_PER_STEP", 64)
+  monkeypatch.setattr(band, "_MIN_TILES_TO_UNROLL", 0)
 
 
 def check_close(got, want, atol=2e-5, rtol=2e-5):
@@ -134,8 +138,7 @@ def grads(fn, args, global_qkv, cot):
 @pytest.mark.parametrize("seed", [3, 5, 8, 11, 14, 21, 26, 33])
 def test_gradients_match_reference(seed, impl, blocks, monkeypatch):
   if blocks:
-    monkeypatch.setattr(band, "choose_block", lambda *a, **k: 8)
-    monkeypatch.setattr(band, "SCORES_PER_STEP", 64)
+    force_small_blocks(monkeypatch)
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   kw = to_jnp(kwargs)

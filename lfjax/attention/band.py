@@ -5,10 +5,11 @@ band, per-key validity, extra (global) keys, static query/key offsets, and the
 log-sum-exp as a second output, so partial attentions can be merged.
 
 Queries are cut into blocks of C rows. Block i sees the contiguous key span
-[i*C - w, i*C + C + w) (right halo 0 if causal), plus the G extra keys. A loop visits a few (rows, block) tiles per step: a matmul
-gives the [C, span + G] scores, a static band pattern and the key validity
-mask them, one float32 softmax covers band and extra keys, and a second
-matmul applies it to the values.
+[i*C - w, i*C + C + w) (right halo 0 if causal), plus the G extra keys. A
+loop visits a few independent (row, block) tiles per step: a matmul gives the
+[C, span + G] scores, a static band pattern and the key validity mask them,
+one float32 softmax covers band and extra keys, and a second matmul applies
+it to the values.
 
 Why a loop and not one big batched op: on CPU the score tensor of a whole
 sequence is hundreds of MB, and every pass over it (scores, mask+max, exp,
@@ -31,9 +32,13 @@ import numpy as np
 
 from lfjax.attention import common
 
-# Score elements per loop step (~0.5 MB of float32): big enough for efficient
-# matmuls, small enough to stay in cache.
-SCORES_PER_STEP = 1 << 17
+# Score elements per loop step (~4 MB of float32) and independent tiles per
+# step: several tiles let the runtime keep both cores busy with small ops,
+# while the working set stays in cache.
+SCORES_PER_STEP = 1 << 20
+MAX_UNROLL = 8
+# Short problems (tests, tiny models) are not worth the longer compile.
+_MIN_TILES_TO_UNROLL = 32
 _MIN_BLOCK = 8
 
 
@@ -49,7 +54,7 @@ class Geometry:
   hl: int       # keys left of the query block (halo)
   hr: int       # keys right of the query block (halo)
   g: int        # extra keys
-  rows: int     # rows of X per loop step
+  unroll: int   # independent tiles per loop step
   x: int        # rows of X
   causal: bool
 
@@ -107,11 +112,14 @@ def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None):
   hl, hr = w, (0 if causal else w)
   if nb == 1 and k_offset == 0 and m <= c:
     hl = hr = 0  # every key already sits in the single block
-  per_row = c * (hl + c + hr + g)
-  rows = max([r for r in range(1, x + 1)
-              if x % r == 0 and r * per_row <= SCORES_PER_STEP] or [1])
+  tiles = x * nb
+  per_tile = c * (hl + c + hr + g)
+  unroll = 1
+  if tiles >= _MIN_TILES_TO_UNROLL:
+    unroll = max(u for u in range(1, MAX_UNROLL + 1)
+                 if tiles % u == 0 and (u == 1 or u * per_tile <= SCORES_PER_STEP))
   return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, hl=hl, hr=hr,
-                  g=g, rows=rows, x=x, causal=causal)
+                  g=g, unroll=unroll, x=x, causal=causal)
 
 
 def _align(x_XxMx, left, total, fill):
@@ -133,27 +141,33 @@ def _unalign(xp_XxTx, left, m):
   return _align(xp_XxTx, -left, m, 0)
 
 
-def _tile(geo, t):
-  """Loop step t -> (first row of X, first query of the block)."""
-  return (t // geo.nb) * geo.rows, (t % geo.nb) * geo.c
+def _tiles(geo, step):
+  """Loop step -> its tiles as (row of X, first query of the block).
+
+  Block-major order, so the tiles of one step usually sit in different rows
+  and their dK/dV updates do not depend on each other.
+  """
+  for u in range(geo.unroll):
+    t = step * geo.unroll + u
+    yield t % geo.x, (t // geo.x) * geo.c
 
 
-def _slice(a, x0, p0, rows, size):
+def _slice(a, x0, p0, size):
+  """a[x0, p0:p0+size] for a row of X."""
   start = (x0, p0) + (0,) * (a.ndim - 2)
-  return jax.lax.dynamic_slice(a, start, (rows, size) + a.shape[2:])
+  return jax.lax.dynamic_slice(a, start, (1, size) + a.shape[2:])[0]
 
 
-def _scores(geo, scale, band_CxS, q_blk, k_win, kv_win, gk_blk, gvalid_blk):
-  """Masked float32 scores [rows, C, S+G] and their mask for one tile."""
-  mask = band_CxS[None] & kv_win[:, None, :]
+def _scores(geo, scale, band_CxS, q_CxD, k_SxD, kv_S, gk_GxD, gvalid_G):
+  """Masked float32 scores [C, S+G], their mask and keys for one tile."""
+  mask = band_CxS & kv_S[None, :]
   if geo.g:
-    k_win = jnp.concatenate([k_win, gk_blk], axis=1)
-    gmask = jnp.broadcast_to(gvalid_blk[:, None, :],
-                             (geo.rows, geo.c, geo.g))
-    mask = jnp.concatenate([mask, gmask], axis=2)
-  s = jnp.einsum("xqd,xkd->xqk", q_blk, k_win,
+    k_SxD = jnp.concatenate([k_SxD, gk_GxD], axis=0)
+    gmask = jnp.broadcast_to(gvalid_G[None, :], (geo.c, geo.g))
+    mask = jnp.concatenate([mask, gmask], axis=1)
+  s = jnp.einsum("qd,kd->qk", q_CxD, k_SxD,
                  preferred_element_type=jnp.float32) * scale
-  return jnp.where(mask, s, common.NEG_INF), mask, k_win
+  return jnp.where(mask, s, common.NEG_INF), mask, k_SxD
 
 
 def _prepare(geo, q, k, v, kvalid, gk, gvalid):
@@ -175,34 +189,35 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
   d = q.shape[2]
   npad = geo.nb * geo.c
 
-  def body(t, carry):
+  def body(step, carry):
     out, lse = carry
-    x0, p0 = _tile(geo, t)
-    q_blk = _slice(qp, x0, p0, geo.rows, geo.c)
-    s, mask, _ = _scores(geo, scale, band, q_blk,
-                         _slice(kp, x0, p0, geo.rows, geo.span),
-                         _slice(kvp, x0, p0, geo.rows, geo.span),
-                         _slice(gk, x0, 0, geo.rows, geo.g),
-                         _slice(gvalid, x0, 0, geo.rows, geo.g))
-    v_win = _slice(vp, x0, p0, geo.rows, geo.span)
-    if geo.g:
-      v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.rows, geo.g)], 1)
-    mx = jnp.max(s, axis=-1, keepdims=True)
-    p = jnp.where(mask, jnp.exp(s - mx), 0.0)
-    l = jnp.sum(p, axis=-1)
-    o = jnp.einsum("xqk,xkd->xqd", p.astype(v_win.dtype), v_win,
-                   preferred_element_type=jnp.float32)
-    # Normalising after PV touches D values per row instead of S + G.
-    o = o / jnp.where(l == 0.0, 1.0, l)[..., None]
-    lse_blk = jnp.where(l == 0.0, common.NEG_INF,
-                        mx[..., 0] + jnp.log(jnp.maximum(l, 1e-30)))
-    out = jax.lax.dynamic_update_slice(out, o, (x0, p0, 0))
-    lse = jax.lax.dynamic_update_slice(lse, lse_blk, (x0, p0))
+    # Unrolled tiles are independent, so the runtime can overlap them: on a
+    # 2-core CPU one tile's small ops leave a core idle.
+    for x0, p0 in _tiles(geo, step):
+      s, mask, _ = _scores(geo, scale, band, _slice(qp, x0, p0, geo.c),
+                           _slice(kp, x0, p0, geo.span),
+                           _slice(kvp, x0, p0, geo.span),
+                           _slice(gk, x0, 0, geo.g),
+                           _slice(gvalid, x0, 0, geo.g))
+      v_win = _slice(vp, x0, p0, geo.span)
+      if geo.g:
+        v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.g)], 0)
+      mx = jnp.max(s, axis=-1, keepdims=True)
+      p = jnp.where(mask, jnp.exp(s - mx), 0.0)
+      l = jnp.sum(p, axis=-1)
+      o = jnp.einsum("qk,kd->qd", p.astype(v_win.dtype), v_win,
+                     preferred_element_type=jnp.float32)
+      # Normalising after PV touches D values per row instead of S + G.
+      o = o / jnp.where(l == 0.0, 1.0, l)[:, None]
+      lse_c = jnp.where(l == 0.0, common.NEG_INF,
+                        mx[:, 0] + jnp.log(jnp.maximum(l, 1e-30)))
+      out = jax.lax.dynamic_update_slice(out, o[None], (x0, p0, 0))
+      lse = jax.lax.dynamic_update_slice(lse, lse_c[None], (x0, p0))
     return out, lse
 
   init = (jnp.zeros((geo.x, npad, d), jnp.float32),
           jnp.zeros((geo.x, npad), jnp.float32))
-  out, lse = jax.lax.fori_loop(0, (geo.x // geo.rows) * geo.nb, body, init)
+  out, lse = jax.lax.fori_loop(0, geo.x * geo.nb // geo.unroll, body, init)
   return out[:, :geo.n], lse[:, :geo.n]
 
 
@@ -222,44 +237,43 @@ def _backward(geo, scale, res, dout, dlse):
   deltap = _align(jnp.sum(out * f32(dout), axis=-1), 0, npad, 0)
   dlsep = _align(f32(dlse), 0, npad, 0)
 
-  def body(t, carry):
+  def body(step, carry):
     dq, dkp, dvp, dgk, dgv = carry
-    x0, p0 = _tile(geo, t)
-    rows, c, span = geo.rows, geo.c, geo.span
-    q_blk = _slice(qp, x0, p0, rows, c)
-    s, mask, k_win = _scores(geo, scale, band, q_blk,
-                             _slice(kp, x0, p0, rows, span),
-                             _slice(kvp, x0, p0, rows, span),
-                             _slice(gk, x0, 0, rows, geo.g),
-                             _slice(gvalid, x0, 0, rows, geo.g))
-    v_win = _slice(vp, x0, p0, rows, span)
-    if geo.g:
-      v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, rows, geo.g)], 1)
-    lse_blk = _slice(lsep, x0, p0, rows, c)[..., None]
-    p = jnp.where(mask, jnp.exp(s - lse_blk), 0.0)
-    do_blk = _slice(dop, x0, p0, rows, c)
-    dv_win = jnp.einsum("xqk,xqd->xkd", p, do_blk)
-    dp = jnp.einsum("xqd,xkd->xqk", do_blk, f32(v_win))
-    ds = p * (dp - _slice(deltap, x0, p0, rows, c)[..., None]
-              + _slice(dlsep, x0, p0, rows, c)[..., None])
-    dq_blk = jnp.einsum("xqk,xkd->xqd", ds, f32(k_win)) * scale
-    dk_win = jnp.einsum("xqk,xqd->xkd", ds, f32(q_blk)) * scale
-    dq = jax.lax.dynamic_update_slice(dq, dq_blk, (x0, p0, 0))
-    # Key spans of neighbouring blocks overlap: accumulate in place.
-    add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
-        acc, _slice(acc, x0, p, rows, upd.shape[1]) + upd, (x0, p, 0))
-    dkp = add(dkp, dk_win[:, :span], p0)
-    dvp = add(dvp, dv_win[:, :span], p0)
-    if geo.g:
-      dgk = add(dgk, dk_win[:, span:], 0)
-      dgv = add(dgv, dv_win[:, span:], 0)
+    c, span = geo.c, geo.span
+    for x0, p0 in _tiles(geo, step):
+      q_CxD = _slice(qp, x0, p0, c)
+      s, mask, k_win = _scores(geo, scale, band, q_CxD,
+                               _slice(kp, x0, p0, span),
+                               _slice(kvp, x0, p0, span),
+                               _slice(gk, x0, 0, geo.g),
+                               _slice(gvalid, x0, 0, geo.g))
+      v_win = _slice(vp, x0, p0, span)
+      if geo.g:
+        v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.g)], 0)
+      p = jnp.where(mask, jnp.exp(s - _slice(lsep, x0, p0, c)[:, None]), 0.0)
+      do_CxD = _slice(dop, x0, p0, c)
+      dv_win = jnp.einsum("qk,qd->kd", p, do_CxD)
+      dp = jnp.einsum("qd,kd->qk", do_CxD, f32(v_win))
+      ds = p * (dp - _slice(deltap, x0, p0, c)[:, None]
+                + _slice(dlsep, x0, p0, c)[:, None])
+      dq_CxD = jnp.einsum("qk,kd->qd", ds, f32(k_win)) * scale
+      dk_win = jnp.einsum("qk,qd->kd", ds, f32(q_CxD)) * scale
+      dq = jax.lax.dynamic_update_slice(dq, dq_CxD[None], (x0, p0, 0))
+      # Key spans of neighbouring blocks overlap: accumulate in place.
+      add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
+          acc, (_slice(acc, x0, p, upd.shape[0]) + upd)[None], (x0, p, 0))
+      dkp = add(dkp, dk_win[:span], p0)
+      dvp = add(dvp, dv_win[:span], p0)
+      if geo.g:
+        dgk = add(dgk, dk_win[span:], 0)
+        dgv = add(dgv, dv_win[span:], 0)
     return dq, dkp, dvp, dgk, dgv
 
   zeros = lambda length: jnp.zeros((geo.x, length, d), jnp.float32)
   init = (zeros(npad), zeros(geo.total), zeros(geo.total), zeros(geo.g),
           zeros(geo.g))
   dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(
-      0, (geo.x // geo.rows) * geo.nb, body, init)
+      0, geo.x * geo.nb // geo.unroll, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
   dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
