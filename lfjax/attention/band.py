@@ -83,18 +83,18 @@ def choose_block(n, window, num_global=0, causal=False):
   """Query block size for n queries (per dilation class).
 
   Cost model: scores computed (padded rows x key span), with a per-block
-  overhead that favours blocks big enough for efficient matmuls. The 80 was
-  fitted on a 2-core CPU: at window 256, C=256 (1.5x waste) ran about as
-  fast as or faster than C=128 (1.25x waste), whose smaller matmuls run at
-  a lower rate; at window 64, C=32..64 won.
+  overhead that favours blocks big enough for efficient matmuls. The 60 was
+  fitted on a 2-core CPU with unrolled tiles: at window 256, C=128 (1.25x
+  waste) and C=256 (1.5x) ran equally fast, C=64 slower; at window 64,
+  C=32..128 were within noise.
   """
   single = _round_up(max(n, 1), _MIN_BLOCK)
-  best = (single * (single + num_global) * (1.0 + 80.0 / single), single)
+  best = (single * (single + num_global) * (1.0 + 60.0 / single), single)
   for c in (16, 32, 64, 128, 256):
     if c >= single:
       break
     span = c + (1 if causal else 2) * window + num_global
-    cost = -(-n // c) * c * span * (1.0 + 80.0 / c)
+    cost = -(-n // c) * c * span * (1.0 + 60.0 / c)
     best = min(best, (cost, c))
   return best[1]
 

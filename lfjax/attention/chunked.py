@@ -40,8 +40,7 @@ def from_classes(x_Xxnd, b, n, h, dil):
 
 
 def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
-                      eff_global_BxN, max_global, global_qkv, scale,
-                      block=None):
+                      eff_global_BxN, max_global, global_qkv, scale):
   """Arguments are validated and normalised by lfjax.attention.api."""
   b, n, h, d = q.shape
   g = max_global
@@ -66,7 +65,7 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
     o, _ = band.band_attention(
         to_classes(pick(q), dil), to_classes(pick(k), dil),
         to_classes(pick(v), dil), to_classes(per_head(band_keys_BxN), dil),
-        window=window, causal=causal, scale=scale, block=block, **extra)
+        window=window, causal=causal, scale=scale, **extra)
     outs.append(from_classes(o, b, n, hs, dil))
     head_order += heads
   out = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=2)
@@ -80,8 +79,7 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
 
 
-
 def band_scores_per_row(n, window, num_global=0, causal=False):
-  """Scores the chunked path computes per query row (for the benchmark)."""
+  """Scores the chunked path computes per query row (waste accounting)."""
   geo = band.geometry(1, n, n, num_global, window=window, causal=causal)
   return geo.nb * geo.c * (geo.span + geo.g) / n
