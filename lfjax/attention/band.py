@@ -54,7 +54,7 @@ class Geometry:
   hl: int       # keys left of the query block (halo)
   hr: int       # keys right of the query block (halo)
   g: int        # extra keys
-  unroll: int   # independent tiles per loop step
+  unroll: int   # independent tiles per forward loop step
   x: int        # rows of X
   causal: bool
 
@@ -141,14 +141,11 @@ def _unalign(xp_XxTx, left, m):
   return _align(xp_XxTx, -left, m, 0)
 
 
-def _tiles(geo, step):
-  """Loop step -> its tiles as (row of X, first query of the block).
-
-  Block-major order, so the tiles of one step usually sit in different rows
-  and their dK/dV updates do not depend on each other.
-  """
-  for u in range(geo.unroll):
-    t = step * geo.unroll + u
+def _tiles(geo, step, unroll):
+  """Loop step -> its `unroll` tiles as (row of X, first query of the block),
+  in block-major order, so the tiles of one step sit in different rows."""
+  for u in range(unroll):
+    t = step * unroll + u
     yield t % geo.x, (t // geo.x) * geo.c
 
 
@@ -193,7 +190,7 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
     out, lse = carry
     # Unrolled tiles are independent, so the runtime can overlap them: on a
     # 2-core CPU one tile's small ops leave a core idle.
-    for x0, p0 in _tiles(geo, step):
+    for x0, p0 in _tiles(geo, step, geo.unroll):
       s, mask, _ = _scores(geo, scale, band, _slice(qp, x0, p0, geo.c),
                            _slice(kp, x0, p0, geo.span),
                            _slice(kvp, x0, p0, geo.span),
@@ -240,7 +237,9 @@ def _backward(geo, scale, res, dout, dlse):
   def body(step, carry):
     dq, dkp, dvp, dgk, dgv = carry
     c, span = geo.c, geo.span
-    for x0, p0 in _tiles(geo, step):
+    # One tile per step: with several, XLA stops updating the dK/dV
+    # accumulators in place and copies them (3x slower, measured).
+    for x0, p0 in _tiles(geo, step, 1):
       q_CxD = _slice(qp, x0, p0, c)
       s, mask, k_win = _scores(geo, scale, band, q_CxD,
                                _slice(kp, x0, p0, span),
@@ -272,8 +271,7 @@ def _backward(geo, scale, res, dout, dlse):
   zeros = lambda length: jnp.zeros((geo.x, length, d), jnp.float32)
   init = (zeros(npad), zeros(geo.total), zeros(geo.total), zeros(geo.g),
           zeros(geo.g))
-  dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(
-      0, geo.x * geo.nb // geo.unroll, body, init)
+  dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(0, geo.x * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
   dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
