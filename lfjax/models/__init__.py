@@ -1,0 +1,7 @@
+"""Flax NNX Longformer models."""
+
+from lfjax.models.config import LongformerConfig
+from lfjax.models.longformer import LongformerForMaskedLM
+from lfjax.models.longformer import LongformerModel
+
+__all__ = ["LongformerConfig", "LongformerForMaskedLM", "LongformerModel"]

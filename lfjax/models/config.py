@@ -1,0 +1,102 @@
+"""LongformerConfig: transformers' fields plus lfjax's attention options."""
+
+import dataclasses
+import json
+import os
+from typing import Optional, Sequence, Union
+
+# Transformers' hidden_act names -> our activations (see longformer.py).
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongformerConfig:
+  """Field names and defaults follow transformers' LongformerConfig.
+
+  The class defaults are transformers' (layer_norm_eps 1e-12,
+  type_vocab_size 2, max_position_embeddings 512); the released
+  allenai/longformer-base-4096 differs (1e-5, 1, 4098), so build configs from
+  a checkpoint's config.json with `from_json` rather than by hand.
+
+  attention_window is the FULL window, as in transformers: even, per layer
+  or one int for all; the one-sided window lfjax.attention uses is half.
+  """
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = "gelu"
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  initializer_range: float = 0.02
+  layer_norm_eps: float = 1e-12
+  pad_token_id: int = 1
+  bos_token_id: int = 0
+  eos_token_id: int = 2
+  sep_token_id: int = 2
+  attention_window: Union[int, Sequence[int]] = 512
+  # lfjax: dilation per layer, each an int or one int per head.
+  attention_dilation: Union[int, Sequence[Union[int, Sequence[int]]]] = 1
+  # lfjax: windowed_attention's impl ("auto", "dense", "chunked", "pallas").
+  attention_impl: str = "auto"
+  # lfjax: static cap on global tokens per sequence, needed under jit.
+  max_global: Optional[int] = None
+
+  def __post_init__(self):
+    windows = self.windows()
+    for i, w in enumerate(windows):
+      if w <= 0 or w % 2:
+        raise ValueError(f"attention_window: expected positive even full "
+                         f"windows, got {w} for layer {i}")
+    dil = self.dilations()
+    if len(dil) != self.num_hidden_layers:
+      raise ValueError(f"attention_dilation: expected one entry per layer "
+                       f"({self.num_hidden_layers}), got {len(dil)}")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"hidden_size: expected a multiple of "
+                       f"num_attention_heads={self.num_attention_heads}, got "
+                       f"{self.hidden_size}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act: expected one of {ACTIVATIONS}, got "
+                       f"{self.hidden_act!r}")
+
+  def windows(self):
+    """Full window per layer."""
+    w = self.attention_window
+    if isinstance(w, int):
+      return [w] * self.num_hidden_layers
+    w = list(w)
+    if len(w) != self.num_hidden_layers:
+      raise ValueError(f"attention_window: expected an int or one value per "
+                       f"layer ({self.num_hidden_layers}), got {len(w)}")
+    return w
+
+  def dilations(self):
+    d = self.attention_dilation
+    return [d] * self.num_hidden_layers if isinstance(d, int) else list(d)
+
+  @property
+  def head_dim(self):
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def from_dict(cls, d, **overrides):
+    """Known fields from a transformers config dict (others ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in d.items() if k in names}
+    unknown = set(overrides) - names
+    if unknown:
+      raise ValueError(f"overrides: unknown LongformerConfig fields "
+                       f"{sorted(unknown)}")
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+  @classmethod
+  def from_json(cls, path, **overrides):
+    if os.path.isdir(path):
+      path = os.path.join(path, "config.json")
+    with open(path) as f:
+      return cls.from_dict(json.load(f), **overrides)

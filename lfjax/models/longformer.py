@@ -1,0 +1,207 @@
+"""RoBERTa-compatible Longformer encoder in Flax NNX.
+
+Module and attribute names mirror transformers' LongformerModel so that
+checkpoint conversion (lfjax.convert) is a name-by-name mapping. Any input
+length works: windowed_attention pads internally, so nothing is padded to a
+multiple of the window here (transformers does, and strips it again).
+
+Letters: B batch, N sequence, E hidden, H heads, D head dim, V vocab.
+"""
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lfjax.attention import windowed_attention
+from lfjax.models.config import LongformerConfig
+
+
+def activation(name):
+  return {
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # erf, as torch
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "tanh": jnp.tanh,
+  }[name]
+
+
+def _dense(cfg, n_in, n_out, rngs):
+  init = nnx.initializers.normal(cfg.initializer_range)
+  return nnx.Linear(n_in, n_out, kernel_init=init, rngs=rngs)
+
+
+def _layer_norm(cfg, rngs):
+  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
+                       use_fast_variance=False, rngs=rngs)
+
+
+def position_ids_from_input_ids(input_ids_BxN, pad_token_id):
+  """RoBERTa position ids: count real tokens, start after the pad id, and
+  give padding the pad id (transformers' create_position_ids_from_input_ids)."""
+  real_BxN = (input_ids_BxN != pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(real_BxN, axis=1) * real_BxN + pad_token_id
+
+
+class Embeddings(nnx.Module):
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    init = nnx.initializers.normal(cfg.initializer_range)
+    self.cfg = cfg
+    self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
+                                     embedding_init=init, rngs=rngs)
+    self.position_embeddings = nnx.Embed(cfg.max_position_embeddings,
+                                         cfg.hidden_size,
+                                         embedding_init=init, rngs=rngs)
+    self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size,
+                                           cfg.hidden_size,
+                                           embedding_init=init, rngs=rngs)
+    self.layer_norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
+    x_BxNxE = (self.word_embeddings(input_ids_BxN)
+               + self.position_embeddings(position_ids_BxN)
+               + self.token_type_embeddings(token_type_ids_BxN))
+    return self.dropout(self.layer_norm(x_BxNxE))
+
+
+class SelfAttention(nnx.Module):
+  """Local q/k/v and global q/k/v projections around windowed_attention."""
+
+  def __init__(self, cfg: LongformerConfig, layer_id: int, *,
+               rngs: nnx.Rngs):
+    e = cfg.hidden_size
+    self.cfg = cfg
+    self.window = cfg.windows()[layer_id] // 2  # one-sided
+    self.dilation = cfg.dilations()[layer_id]
+    for name in ("query", "key", "value", "query_global", "key_global",
+                 "value_global"):
+      setattr(self, name, _dense(cfg, e, e, rngs))
+
+  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN):
+    cfg = self.cfg
+    b, n, _ = x_BxNxE.shape
+    split = lambda y: y.reshape(b, n, cfg.num_attention_heads, cfg.head_dim)
+    q, k, v = (split(f(x_BxNxE)) for f in (self.query, self.key, self.value))
+    global_qkv = None
+    if global_mask_BxN is not None:
+      global_qkv = tuple(split(f(x_BxNxE)) for f in (
+          self.query_global, self.key_global, self.value_global))
+    out_BxNxHxD = windowed_attention(
+        q, k, v, window=self.window, dilation=self.dilation,
+        key_mask=key_mask_BxN, global_mask=global_mask_BxN,
+        global_qkv=global_qkv, max_global=cfg.max_global,
+        impl=cfg.attention_impl)
+    return out_BxNxHxD.reshape(b, n, cfg.hidden_size)
+
+
+class Layer(nnx.Module):
+
+  def __init__(self, cfg: LongformerConfig, layer_id: int, *,
+               rngs: nnx.Rngs):
+    e, i = cfg.hidden_size, cfg.intermediate_size
+    self.attention = SelfAttention(cfg, layer_id, rngs=rngs)
+    self.attention_output = _dense(cfg, e, e, rngs)
+    self.attention_layer_norm = _layer_norm(cfg, rngs)
+    self.intermediate = _dense(cfg, e, i, rngs)
+    self.output = _dense(cfg, i, e, rngs)
+    self.output_layer_norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+    self.act = activation(cfg.hidden_act)
+
+  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN):
+    a = self.attention(x_BxNxE, key_mask_BxN, global_mask_BxN)
+    x_BxNxE = self.attention_layer_norm(
+        x_BxNxE + self.dropout(self.attention_output(a)))
+    h = self.output(self.act(self.intermediate(x_BxNxE)))
+    return self.output_layer_norm(x_BxNxE + self.dropout(h))
+
+
+@dataclasses.dataclass
+class ModelOutput:
+  last_hidden_state: jax.Array
+  pooler_output: Optional[jax.Array] = None
+
+
+jax.tree_util.register_dataclass(
+    ModelOutput, data_fields=["last_hidden_state", "pooler_output"],
+    meta_fields=[])
+
+
+class LongformerModel(nnx.Module):
+  """Embeddings, encoder and optional pooler (transformers' LongformerModel)."""
+
+  def __init__(self, cfg: LongformerConfig, *, add_pooling_layer=True,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([Layer(cfg, i, rngs=rngs)
+                            for i in range(cfg.num_hidden_layers)])
+    self.pooler = (_dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+                   if add_pooling_layer else None)
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None):
+    """input_ids [B, N] int; attention_mask 1 keep / 0 pad; global 1 global."""
+    cfg = self.cfg
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim != 2:
+      raise ValueError(f"input_ids: expected [batch, seq], got shape "
+                       f"{input_ids.shape}")
+    b, n = input_ids.shape
+    if n > cfg.max_position_embeddings - cfg.pad_token_id - 1:
+      raise ValueError(
+          f"input_ids: expected at most "
+          f"{cfg.max_position_embeddings - cfg.pad_token_id - 1} tokens "
+          f"(max_position_embeddings={cfg.max_position_embeddings}), got {n}")
+    key_mask = (jnp.ones((b, n), bool) if attention_mask is None
+                else jnp.asarray(attention_mask).astype(bool))
+    global_mask = (None if global_attention_mask is None
+                   else jnp.asarray(global_attention_mask).astype(bool))
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros((b, n), jnp.int32)
+    if position_ids is None:
+      position_ids = position_ids_from_input_ids(input_ids, cfg.pad_token_id)
+    x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
+    for layer in self.layers:
+      x_BxNxE = layer(x_BxNxE, key_mask, global_mask)
+    pooled = None
+    if self.pooler is not None:
+      pooled = jnp.tanh(self.pooler(x_BxNxE[:, 0]))
+    return ModelOutput(last_hidden_state=x_BxNxE, pooler_output=pooled)
+
+
+@dataclasses.dataclass
+class MaskedLMOutput:
+  logits: jax.Array
+  last_hidden_state: jax.Array
+
+
+jax.tree_util.register_dataclass(
+    MaskedLMOutput, data_fields=["logits", "last_hidden_state"],
+    meta_fields=[])
+
+
+class LongformerForMaskedLM(nnx.Module):
+  """Encoder plus RoBERTa's LM head, decoder tied to the word embeddings."""
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
+    self.lm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    self.lm_layer_norm = _layer_norm(cfg, rngs)
+    self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)))
+    self.act = activation("gelu")
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None):
+    h = self.longformer(input_ids, attention_mask, global_attention_mask,
+                        token_type_ids, position_ids).last_hidden_state
+    y = self.lm_layer_norm(self.act(self.lm_dense(h)))
+    emb_VxE = self.longformer.embeddings.word_embeddings.embedding.value
+    logits = jnp.einsum("bne,ve->bnv", y, emb_VxE) + self.lm_bias.value
+    return MaskedLMOutput(logits=logits, last_hidden_state=h)

@@ -1,0 +1,139 @@
+"""lfjax Longformer/RoBERTa models equal transformers' PyTorch models.
+
+Tiny random models are built with transformers offline, saved with
+save_pretrained into a temp directory and loaded with lfjax.convert.
+Runs where torch is installed (the Python 3.11 leg of CI).
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from lfjax import convert  # noqa: E402
+from lfjax.models import LongformerForMaskedLM  # noqa: E402
+from lfjax.models import LongformerModel  # noqa: E402
+
+TINY = dict(vocab_size=97, hidden_size=32, num_hidden_layers=3,
+            num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=130, type_vocab_size=1,
+            layer_norm_eps=1e-5, pad_token_id=1)
+
+
+def save(model, tmp_path):
+  model.eval()
+  with torch.no_grad():  # non-trivial LayerNorm and biases
+    for name, p in model.named_parameters():
+      if "LayerNorm" in name or "layer_norm" in name or name.endswith("bias"):
+        p.add_(0.1 * torch.randn_like(p))
+  model.save_pretrained(tmp_path)
+  return model
+
+
+def batch(lengths, n, globals_at, vocab=97, seed=0):
+  """Token ids with right padding, attention mask and global mask."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, vocab, size=(len(lengths), n))
+  mask = np.zeros((len(lengths), n), np.int64)
+  for i, length in enumerate(lengths):
+    mask[i, :length] = 1
+    ids[i, length:] = 1  # pad_token_id
+  glob = np.zeros_like(mask)
+  if globals_at == "first":
+    glob[:, 0] = 1
+  elif globals_at == "scattered":
+    glob[0, [2, 7, 11]] = 1
+    glob[-1, [5]] = 1
+  elif globals_at == "last":
+    for i, length in enumerate(lengths):
+      glob[i, length - 1] = 1
+  return ids, mask, glob
+
+
+def run_hf(model, ids, mask, glob=None):
+  kwargs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+  if glob is not None:
+    kwargs["global_attention_mask"] = torch.tensor(glob)
+  with torch.no_grad():
+    return model(**kwargs)
+
+
+@pytest.mark.parametrize("globals_at", ["none", "first", "scattered", "last"])
+def test_longformer_model_and_mlm(tmp_path, globals_at):
+  torch.manual_seed(0)
+  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  hf_mlm = save(transformers.LongformerForMaskedLM(cfg), tmp_path)
+  ids, mask, glob = batch([37, 23], 37, globals_at)  # 37: no window multiple
+  want = run_hf(hf_mlm, ids, mask, glob)
+
+  ours = convert.from_pretrained(str(tmp_path))
+  assert isinstance(ours, LongformerForMaskedLM)
+  ours.eval()
+  got = ours(ids, mask, glob if globals_at != "none" else None)
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got.logits)[valid],
+                             want.logits.numpy()[valid], atol=1e-4, rtol=0)
+
+  base = convert.from_pretrained(str(tmp_path), masked_lm=False)
+  assert isinstance(base, LongformerModel)
+  base.eval()
+  hidden = base(ids, mask, glob).last_hidden_state
+  want_hidden = run_hf(hf_mlm.longformer, ids, mask, glob).last_hidden_state
+  np.testing.assert_allclose(np.asarray(hidden)[valid],
+                             want_hidden.numpy()[valid], atol=1e-4, rtol=0)
+
+
+def test_longformer_model_with_pooler_under_jit(tmp_path):
+  torch.manual_seed(1)
+  cfg = transformers.LongformerConfig(attention_window=6, **TINY)
+  hf_model = save(transformers.LongformerModel(cfg), tmp_path)
+  ids, mask, glob = batch([50, 41, 12], 50, "scattered", seed=2)
+  want = run_hf(hf_model, ids, mask, glob)
+
+  ours = convert.from_pretrained(str(tmp_path), max_global=4)
+  ours.eval()
+  f = jax.jit(lambda m, i, a, g: m(i, a, g))
+  got = f(ours, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(glob))
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got.last_hidden_state)[valid],
+                             want.last_hidden_state.numpy()[valid], atol=1e-4)
+  np.testing.assert_allclose(np.asarray(got.pooler_output),
+                             want.pooler_output.numpy(), atol=1e-4)
+
+
+def test_roberta_loads_as_full_window_longformer(tmp_path):
+  torch.manual_seed(2)
+  cfg = transformers.RobertaConfig(**TINY)
+  hf_mlm = save(transformers.RobertaForMaskedLM(cfg), tmp_path)
+  ids, mask, _ = batch([40, 33], 40, "none", seed=3)
+  want = run_hf(hf_mlm, ids, mask)
+  ours = convert.from_pretrained(str(tmp_path))
+  ours.eval()
+  got = ours(ids, mask)
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got.logits)[valid],
+                             want.logits.numpy()[valid], atol=1e-4)
+
+
+def test_bad_checkpoints_fail_clearly(tmp_path):
+  torch.manual_seed(3)
+  cfg = transformers.LongformerConfig(attention_window=4, **TINY)
+  save(transformers.LongformerModel(cfg), tmp_path)
+  with pytest.raises(ValueError, match="checkpoint lacks .* parameters"):
+    convert.from_pretrained(str(tmp_path), masked_lm=True)
+  with pytest.raises(FileNotFoundError, match="path: expected"):
+    convert.from_pretrained(str(tmp_path / "nope"))
+  (tmp_path / "model.safetensors").unlink()
+  with pytest.raises(FileNotFoundError, match="model.safetensors or "
+                     "pytorch_model.bin"):
+    convert.from_pretrained(str(tmp_path))
+  bert = tmp_path / "bert"
+  transformers.BertModel(transformers.BertConfig(
+      vocab_size=50, hidden_size=16, num_hidden_layers=1,
+      num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+  with pytest.raises(ValueError, match="model_type expected one of"):
+    convert.from_pretrained(str(bert))
