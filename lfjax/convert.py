@@ -4,6 +4,7 @@ Reads a local directory (config.json plus model.safetensors or
 pytorch_model.bin); nothing is downloaded.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -180,3 +181,141 @@ def from_pretrained(path, *, masked_lm=None, seed=0, **overrides):
     weights = {k: v for k, v in weights.items()
                if not k.startswith("lm_head.")}
   return load_weights(model, weights)
+
+
+def hf_names(model):
+  """Hugging Face tensor names of a model, in state-dict order."""
+  base = model.longformer if isinstance(model, LongformerForMaskedLM) else model
+  pre = "longformer." if base is not model else ""
+  names = [f"{pre}embeddings.{e}.weight" for e in (
+      "word_embeddings", "position_embeddings", "token_type_embeddings")]
+  names += [f"{pre}embeddings.LayerNorm.{p}" for p in ("weight", "bias")]
+  for i in range(len(base.layers)):
+    for mod in ("attention.self.query", "attention.self.key",
+                "attention.self.value", "attention.self.query_global",
+                "attention.self.key_global", "attention.self.value_global",
+                "attention.output.dense", "attention.output.LayerNorm",
+                "intermediate.dense", "output.dense", "output.LayerNorm"):
+      names += [f"{pre}encoder.layer.{i}.{mod}.{p}" for p in ("weight", "bias")]
+  if base.pooler is not None:
+    names += [f"{pre}pooler.dense.{p}" for p in ("weight", "bias")]
+  if base is not model:
+    names += ["lm_head.dense.weight", "lm_head.dense.bias",
+              "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
+              "lm_head.bias", "lm_head.decoder.bias"]
+  return names
+
+
+def to_pretrained(model, path):
+  """Write a directory transformers' LongformerModel / LongformerForMaskedLM
+  load with from_pretrained (the decoder weight is tied to the embeddings)."""
+  from safetensors.numpy import save_file
+  cfg = model.cfg
+  if any(d != 1 and (isinstance(d, int) or any(x != 1 for x in d))
+         for d in cfg.dilations()):
+    raise ValueError("attention_dilation: transformers' Longformer has no "
+                     f"dilation, got {cfg.attention_dilation}")
+  tensors = {}
+  for name in hf_names(model):
+    short = name[len("longformer."):] if name.startswith("longformer.") else (
+        name)
+    mod, attr, transpose = _target(model, short)
+    value = np.asarray(getattr(mod, attr).value, np.float32)
+    tensors[name] = np.ascontiguousarray(value.T if transpose else value)
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"),
+            metadata={"format": "pt"})
+  d = dataclasses.asdict(cfg)
+  d["attention_window"] = cfg.windows()
+  d.update(model_type="longformer", architectures=[
+      "LongformerForMaskedLM" if isinstance(model, LongformerForMaskedLM)
+      else "LongformerModel"])
+  with open(os.path.join(path, "config.json"), "w") as f:
+    json.dump(d, f, indent=2)
+  return path
+
+
+def make_long(model, max_positions=4096, attention_window=512, seed=0):
+  """The paper's RoBERTa-to-Longformer recipe on a loaded model.
+
+  Position embeddings: the first pad_token_id + 1 rows (RoBERTa's reserved
+  ones) are kept; the learned rows after them are copied repeatedly until
+  max_positions tokens are covered. Global q/k/v start as copies of the
+  local ones. attention_window is the full window (even).
+  Returns a new model; the input model is unchanged.
+  """
+  cfg = model.cfg
+  reserved = cfg.pad_token_id + 1
+  new_cfg = dataclasses.replace(
+      cfg, max_position_embeddings=max_positions + reserved,
+      attention_window=attention_window)
+  rngs = nnx.Rngs(seed)
+  is_mlm = isinstance(model, LongformerForMaskedLM)
+  if is_mlm:
+    new = LongformerForMaskedLM(new_cfg, rngs=rngs)
+  else:
+    new = LongformerModel(new_cfg, add_pooling_layer=model.pooler is not None,
+                          rngs=rngs)
+  weights = {}
+  for name in hf_names(model):
+    short = name[len("longformer."):] if name.startswith("longformer.") else (
+        name)
+    mod, attr, transpose = _target(model, short)
+    value = np.asarray(getattr(mod, attr).value)
+    weights[name] = value.T if transpose else value
+  pos_key = ("longformer." if is_mlm else "") + (
+      "embeddings.position_embeddings.weight")
+  old = weights[pos_key]
+  learned = old[reserved:]
+  reps = -(-max_positions // len(learned))
+  weights[pos_key] = np.concatenate(
+      [old[:reserved], np.tile(learned, (reps, 1))[:max_positions]], axis=0)
+  for name in list(weights):
+    m = re.search(r"attention\.self\.(query|key|value)\.(weight|bias)$", name)
+    if m:
+      weights[name[:m.start(1)] + m.group(1) + "_global." + m.group(2)] = (
+          weights[name])
+  return load_weights(new, weights)
+
+
+def main(argv=None):
+  import argparse
+  import shutil
+  p = argparse.ArgumentParser(
+      description="Make a long model from a RoBERTa/Longformer checkpoint "
+      "(position embeddings copied, global projections from local ones) and "
+      "write it for transformers, with the tokenizer files.")
+  p.add_argument("--from", dest="src", required=True,
+                 help="local Hugging Face checkpoint directory")
+  p.add_argument("--to", dest="dst", required=True, help="output directory")
+  p.add_argument("--max-positions", type=int, default=4096)
+  p.add_argument("--attention-window", type=int, default=512,
+                 help="FULL window (even), as transformers counts it")
+  args = p.parse_args(argv)
+  if os.path.abspath(args.src) == os.path.abspath(args.dst):
+    raise SystemExit("--to: expected a directory other than --from (the "
+                     "source checkpoint is never overwritten)")
+  model = from_pretrained(args.src)
+  long_model = make_long(model, args.max_positions, args.attention_window)
+  to_pretrained(long_model, args.dst)
+  copied = []
+  for name in sorted(os.listdir(args.src)):
+    if name in ("config.json", "model.safetensors", "pytorch_model.bin"):
+      continue
+    if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+      shutil.copy(os.path.join(args.src, name), os.path.join(args.dst, name))
+      copied.append(name)
+  tok_cfg = os.path.join(args.dst, "tokenizer_config.json")
+  if os.path.exists(tok_cfg):
+    with open(tok_cfg) as f:
+      d = json.load(f)
+    d["model_max_length"] = args.max_positions
+    with open(tok_cfg, "w") as f:
+      json.dump(d, f, indent=2)
+  print(f"wrote {type(long_model).__name__} with {args.max_positions} "
+        f"positions, window {args.attention_window} to {args.dst}; "
+        f"tokenizer files: {', '.join(copied) or 'none found'}")
+
+
+if __name__ == "__main__":
+  main()

@@ -5,6 +5,8 @@ save_pretrained into a temp directory and loaded with lfjax.convert.
 Runs where torch is installed (the Python 3.11 leg of CI).
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -137,3 +139,82 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
       num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
   with pytest.raises(ValueError, match="model_type expected one of"):
     convert.from_pretrained(str(bert))
+
+
+def test_round_trip_to_transformers(tmp_path):
+  torch.manual_seed(4)
+  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  save(transformers.LongformerForMaskedLM(cfg), tmp_path / "a")
+  ours = convert.from_pretrained(str(tmp_path / "a"))
+  convert.to_pretrained(ours, str(tmp_path / "b"))
+  back = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "b")
+  back.eval()
+  ids, mask, glob = batch([40, 29], 40, "scattered", seed=5)
+  ours.eval()
+  want = np.asarray(ours(ids, mask, glob).logits)
+  got = run_hf(back, ids, mask, glob).logits.numpy()
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
+
+  base = convert.from_pretrained(str(tmp_path / "a"), masked_lm=False)
+  convert.to_pretrained(base, str(tmp_path / "c"))
+  hf_base = transformers.LongformerModel.from_pretrained(tmp_path / "c")
+  base.eval()
+  np.testing.assert_allclose(
+      run_hf(hf_base.eval(), ids, mask, glob).last_hidden_state.numpy()[valid],
+      np.asarray(base(ids, mask, glob).last_hidden_state)[valid], atol=1e-4)
+
+
+def write_tiny_tokenizer(path):
+  vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "<mask>": 4}
+  for ch in "abcdefghij":
+    vocab[ch] = len(vocab)
+  (path / "vocab.json").write_text(json.dumps(vocab))
+  (path / "merges.txt").write_text("#version: 0.2\n")
+  (path / "tokenizer_config.json").write_text(json.dumps(
+      {"tokenizer_class": "RobertaTokenizer", "model_max_length": 128}))
+
+
+def test_make_long_roberta_keeps_short_outputs_and_cli(tmp_path):
+  torch.manual_seed(5)
+  src = tmp_path / "roberta"
+  hf_mlm = save(transformers.RobertaForMaskedLM(transformers.RobertaConfig(
+      **TINY)), src)
+  write_tiny_tokenizer(src)
+  dst = tmp_path / "long"
+  convert.main(["--from", str(src), "--to", str(dst), "--max-positions", "512",
+                "--attention-window", "64"])
+  long_hf = transformers.LongformerForMaskedLM.from_pretrained(dst).eval()
+  assert long_hf.config.max_position_embeddings == 514
+  # Shorter than the original 128 positions and than the one-sided window:
+  # every token sees every other, exactly as in RoBERTa.
+  ids, mask, _ = batch([30, 21], 30, "none", seed=6)
+  want = run_hf(hf_mlm, ids, mask).logits.numpy()
+  valid = mask.astype(bool)
+  got_hf = run_hf(long_hf, ids, mask).logits.numpy()
+  np.testing.assert_allclose(got_hf[valid], want[valid], atol=1e-4)
+  ours = convert.from_pretrained(str(dst))
+  ours.eval()
+  np.testing.assert_allclose(np.asarray(ours(ids, mask).logits)[valid],
+                             want[valid], atol=1e-4)
+  # Copied positions: rows repeat the learned ones after the reserved two.
+  pos = np.asarray(ours.longformer.embeddings.position_embeddings.embedding
+                   .value)
+  learned = pos[2:130]
+  np.testing.assert_array_equal(pos[130:258], learned)
+  # Longer inputs run, and the tokenizer came along with the new length.
+  long_ids = np.full((1, 300), 5)
+  assert ours(long_ids).logits.shape == (1, 300, 97)
+  tok = transformers.AutoTokenizer.from_pretrained(dst)
+  assert tok.model_max_length == 512
+  assert tok("abc")["input_ids"][0] == 0
+
+
+def test_dilated_model_refuses_export(tmp_path):
+  torch.manual_seed(6)
+  save(transformers.LongformerModel(transformers.LongformerConfig(
+      attention_window=4, **TINY)), tmp_path)
+  model = convert.from_pretrained(str(tmp_path),
+                                  attention_dilation=[1, 2, [1, 1, 2, 2]])
+  with pytest.raises(ValueError, match="attention_dilation: transformers"):
+    convert.to_pretrained(model, str(tmp_path / "out"))
