@@ -16,8 +16,13 @@ from lfjax.models.config import LongformerConfig
 from lfjax.models.longformer import LongformerForMaskedLM
 from lfjax.models.longformer import LongformerModel
 
-MODEL_TYPES = ("longformer", "roberta")
-_PREFIXES = ("longformer.", "roberta.")
+MODEL_TYPES = ("longformer", "roberta", "bert")
+_PREFIXES = ("longformer.", "roberta.", "bert.")
+# BERT's MLM head under the names of RoBERTa's.
+_BERT_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
+              ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
+              ("cls.predictions.decoder.", "lm_head.decoder."),
+              ("cls.predictions.bias", "lm_head.bias"))
 # Buffers and tied copies some checkpoints carry; they hold no new weights.
 _IGNORED = re.compile(r"(^|\.)position_ids$|^lm_head\.decoder\.weight$")
 
@@ -135,6 +140,23 @@ def with_global_projections(weights):
   return out
 
 
+def bert_as_roberta(weights, pad_token_id):
+  """BERT tensors in RoBERTa's layout: head renamed, and the position table
+  shifted down pad_token_id + 1 rows, so RoBERTa-style position ids (which
+  start after the pad id) pick BERT's rows 0, 1, 2, ... Equal outputs for
+  right-padded inputs (BERT counts left padding as positions; RoBERTa not)."""
+  out = {}
+  for name, value in weights.items():
+    for old, new in _BERT_HEAD:
+      if name.startswith(old):
+        name = new + name[len(old):]
+    if name.endswith("embeddings.position_embeddings.weight"):
+      value = np.concatenate(
+          [np.zeros((pad_token_id + 1, value.shape[1]), value.dtype), value])
+    out[name] = value
+  return out
+
+
 def _model_type(path):
   with open(os.path.join(path, "config.json")) as f:
     return json.load(f).get("model_type")
@@ -147,9 +169,12 @@ def config_from_pretrained(path, **overrides):
   if model_type not in MODEL_TYPES:
     raise ValueError(f"config.json: model_type expected one of {MODEL_TYPES}, "
                      f"got {model_type!r}")
-  if model_type == "roberta" and "attention_window" not in overrides:
+  if model_type == "bert":
+    d = dict(d, max_position_embeddings=d.get("max_position_embeddings", 512)
+             + d.get("pad_token_id", 0) + 1)
+  if model_type != "longformer" and "attention_window" not in overrides:
     # A window that covers every position reproduces full attention.
-    d["attention_window"] = 2 * d.get("max_position_embeddings", 512)
+    d["attention_window"] = 2 * d["max_position_embeddings"]
   return LongformerConfig.from_dict(d, **overrides)
 
 
@@ -164,7 +189,10 @@ def from_pretrained(path, *, masked_lm=None, seed=0, **overrides):
                             f"got {path!r}")
   cfg = config_from_pretrained(path, **overrides)
   weights = read_weights(path)
-  if _model_type(path) == "roberta":
+  model_type = _model_type(path)
+  if model_type == "bert":
+    weights = bert_as_roberta(weights, cfg.pad_token_id)
+  if model_type in ("roberta", "bert"):
     weights = with_global_projections(weights)
   has_head = any(k.startswith("lm_head.") for k in weights)
   if masked_lm is None:
@@ -174,7 +202,7 @@ def from_pretrained(path, *, masked_lm=None, seed=0, **overrides):
     model = LongformerForMaskedLM(cfg, rngs=rngs)
     # As transformers' task models: a base checkpoint's pooler is not used.
     weights = {k: v for k, v in weights.items()
-               if not re.match(r"^(longformer\.|roberta\.)?pooler\.", k)}
+               if not re.match(r"^(longformer\.|roberta\.|bert\.)?pooler\.", k)}
   else:
     has_pooler = any(".pooler." in "." + k for k in weights)
     model = LongformerModel(cfg, add_pooling_layer=has_pooler, rngs=rngs)
