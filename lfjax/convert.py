@@ -14,7 +14,20 @@ from flax import nnx
 
 from lfjax.models.config import LongformerConfig
 from lfjax.models.longformer import LongformerForMaskedLM
+from lfjax.models.longformer import LongformerForQuestionAnswering
+from lfjax.models.longformer import LongformerForSequenceClassification
 from lfjax.models.longformer import LongformerModel
+
+HEADS = {
+    "base": LongformerModel,
+    "masked_lm": LongformerForMaskedLM,
+    "sequence_classification": LongformerForSequenceClassification,
+    "question_answering": LongformerForQuestionAnswering,
+}
+# A checkpoint's head, told by its first tensor name.
+_HEAD_PREFIXES = (("lm_head.", "masked_lm"),
+                  ("classifier.", "sequence_classification"),
+                  ("qa_outputs.", "question_answering"))
 
 MODEL_TYPES = ("longformer", "roberta", "bert")
 _PREFIXES = ("longformer.", "roberta.", "bert.")
@@ -51,8 +64,13 @@ def read_weights(path):
 def _target(model, name):
   """Our (module, attribute, transpose) for a Hugging Face tensor name."""
   parts = name.split(".")
-  base = model.longformer if isinstance(model, LongformerForMaskedLM) else model
+  base = getattr(model, "longformer", model)
   leaf = {"weight": "kernel", "bias": "bias"}
+  head = {"classifier.dense": "classifier_dense",
+          "classifier.out_proj": "classifier_out",
+          "qa_outputs": "qa_outputs"}.get(".".join(parts[:-1]))
+  if head and hasattr(model, head):
+    return getattr(model, head), leaf[parts[-1]], parts[-1] == "weight"
   if parts[0] == "embeddings":
     mod = getattr(base.embeddings, {"LayerNorm": "layer_norm"}.get(
         parts[1], parts[1]))
@@ -178,12 +196,18 @@ def config_from_pretrained(path, **overrides):
   return LongformerConfig.from_dict(d, **overrides)
 
 
-def from_pretrained(path, *, masked_lm=None, seed=0, **overrides):
-  """A local Hugging Face directory -> LongformerModel or ...ForMaskedLM.
+def from_pretrained(path, *, head=None, seed=0, **overrides):
+  """A local Hugging Face directory -> an lfjax model with its weights.
 
-  masked_lm: None picks the MLM model when the checkpoint has an lm_head.
+  head: "base", "masked_lm", "sequence_classification" or
+    "question_answering"; None picks what the checkpoint holds. A task head
+    the checkpoint lacks raises (listing the missing weights); a base model's
+    pooler is dropped under a task head, as in transformers.
   overrides: LongformerConfig fields (e.g. attention_impl, max_global).
   """
+  if head is not None and head not in HEADS:
+    raise ValueError(f"head: expected one of {sorted(HEADS)} or None, got "
+                     f"{head!r}")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"path: expected a local checkpoint directory, "
                             f"got {path!r}")
@@ -194,26 +218,27 @@ def from_pretrained(path, *, masked_lm=None, seed=0, **overrides):
     weights = bert_as_roberta(weights, cfg.pad_token_id)
   if model_type in ("roberta", "bert"):
     weights = with_global_projections(weights)
-  has_head = any(k.startswith("lm_head.") for k in weights)
-  if masked_lm is None:
-    masked_lm = has_head
+  found = [h for p, h in _HEAD_PREFIXES if any(k.startswith(p) for k in weights)]
+  if head is None:
+    head = found[0] if found else "base"
   rngs = nnx.Rngs(seed)
-  if masked_lm:
-    model = LongformerForMaskedLM(cfg, rngs=rngs)
-    # As transformers' task models: a base checkpoint's pooler is not used.
-    weights = {k: v for k, v in weights.items()
-               if not re.match(r"^(longformer\.|roberta\.|bert\.)?pooler\.", k)}
-  else:
+  if head == "base":
     has_pooler = any(".pooler." in "." + k for k in weights)
     model = LongformerModel(cfg, add_pooling_layer=has_pooler, rngs=rngs)
-    weights = {k: v for k, v in weights.items()
-               if not k.startswith("lm_head.")}
+  else:
+    model = HEADS[head](cfg, rngs=rngs)
+  # Other heads' tensors and, under a task head, the pooler are not used (as
+  # in transformers, which ignores them with a warning).
+  drop = tuple(p for p, h in _HEAD_PREFIXES if h != head)
+  weights = {k: v for k, v in weights.items() if not k.startswith(drop)
+             and not (head != "base" and re.match(
+                 r"^(longformer\.|roberta\.|bert\.)?pooler\.", k))}
   return load_weights(model, weights)
 
 
 def hf_names(model):
   """Hugging Face tensor names of a model, in state-dict order."""
-  base = model.longformer if isinstance(model, LongformerForMaskedLM) else model
+  base = getattr(model, "longformer", model)
   pre = "longformer." if base is not model else ""
   names = [f"{pre}embeddings.{e}.weight" for e in (
       "word_embeddings", "position_embeddings", "token_type_embeddings")]
@@ -227,10 +252,15 @@ def hf_names(model):
       names += [f"{pre}encoder.layer.{i}.{mod}.{p}" for p in ("weight", "bias")]
   if base.pooler is not None:
     names += [f"{pre}pooler.dense.{p}" for p in ("weight", "bias")]
-  if base is not model:
+  if isinstance(model, LongformerForMaskedLM):
     names += ["lm_head.dense.weight", "lm_head.dense.bias",
               "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
               "lm_head.bias", "lm_head.decoder.bias"]
+  elif isinstance(model, LongformerForSequenceClassification):
+    names += [f"classifier.{m}.{p}" for m in ("dense", "out_proj")
+              for p in ("weight", "bias")]
+  elif isinstance(model, LongformerForQuestionAnswering):
+    names += ["qa_outputs.weight", "qa_outputs.bias"]
   return names
 
 
@@ -255,9 +285,7 @@ def to_pretrained(model, path):
             metadata={"format": "pt"})
   d = dataclasses.asdict(cfg)
   d["attention_window"] = cfg.windows()
-  d.update(model_type="longformer", architectures=[
-      "LongformerForMaskedLM" if isinstance(model, LongformerForMaskedLM)
-      else "LongformerModel"])
+  d.update(model_type="longformer", architectures=[type(model).__name__])
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(d, f, indent=2)
   return path
@@ -278,9 +306,9 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0):
       cfg, max_position_embeddings=max_positions + reserved,
       attention_window=attention_window)
   rngs = nnx.Rngs(seed)
-  is_mlm = isinstance(model, LongformerForMaskedLM)
-  if is_mlm:
-    new = LongformerForMaskedLM(new_cfg, rngs=rngs)
+  is_task = hasattr(model, "longformer")  # any task model
+  if is_task:
+    new = type(model)(new_cfg, rngs=rngs)
   else:
     new = LongformerModel(new_cfg, add_pooling_layer=model.pooler is not None,
                           rngs=rngs)
@@ -291,7 +319,7 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0):
     mod, attr, transpose = _target(model, short)
     value = np.asarray(getattr(mod, attr).value)
     weights[name] = value.T if transpose else value
-  pos_key = ("longformer." if is_mlm else "") + (
+  pos_key = ("longformer." if is_task else "") + (
       "embeddings.position_embeddings.weight")
   old = weights[pos_key]
   learned = old[reserved:]

@@ -80,7 +80,7 @@ def test_longformer_model_and_mlm(tmp_path, globals_at):
   np.testing.assert_allclose(np.asarray(got.logits)[valid],
                              want.logits.numpy()[valid], atol=1e-4, rtol=0)
 
-  base = convert.from_pretrained(str(tmp_path), masked_lm=False)
+  base = convert.from_pretrained(str(tmp_path), head="base")
   assert isinstance(base, LongformerModel)
   base.eval()
   hidden = base(ids, mask, glob).last_hidden_state
@@ -126,19 +126,20 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
   cfg = transformers.LongformerConfig(attention_window=4, **TINY)
   save(transformers.LongformerModel(cfg), tmp_path)
   with pytest.raises(ValueError, match="checkpoint lacks .* parameters"):
-    convert.from_pretrained(str(tmp_path), masked_lm=True)
+    convert.from_pretrained(str(tmp_path), head="masked_lm")
   with pytest.raises(FileNotFoundError, match="path: expected"):
     convert.from_pretrained(str(tmp_path / "nope"))
   (tmp_path / "model.safetensors").unlink()
   with pytest.raises(FileNotFoundError, match="model.safetensors or "
                      "pytorch_model.bin"):
     convert.from_pretrained(str(tmp_path))
-  bert = tmp_path / "bert"
-  transformers.BertModel(transformers.BertConfig(
-      vocab_size=50, hidden_size=16, num_hidden_layers=1,
-      num_attention_heads=2, intermediate_size=32)).save_pretrained(bert)
+  other = tmp_path / "t5"
+  other.mkdir()
+  (other / "config.json").write_text(json.dumps({"model_type": "t5"}))
   with pytest.raises(ValueError, match="model_type expected one of"):
-    convert.from_pretrained(str(bert))
+    convert.from_pretrained(str(other))
+  with pytest.raises(ValueError, match="head: expected one of"):
+    convert.from_pretrained(str(tmp_path / "t5"), head="ner")
 
 
 def test_round_trip_to_transformers(tmp_path):
@@ -156,7 +157,7 @@ def test_round_trip_to_transformers(tmp_path):
   valid = mask.astype(bool)
   np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
 
-  base = convert.from_pretrained(str(tmp_path / "a"), masked_lm=False)
+  base = convert.from_pretrained(str(tmp_path / "a"), head="base")
   convert.to_pretrained(base, str(tmp_path / "c"))
   hf_base = transformers.LongformerModel.from_pretrained(tmp_path / "c")
   base.eval()
@@ -218,3 +219,41 @@ def test_dilated_model_refuses_export(tmp_path):
                                   attention_dilation=[1, 2, [1, 1, 2, 2]])
   with pytest.raises(ValueError, match="attention_dilation: transformers"):
     convert.to_pretrained(model, str(tmp_path / "out"))
+
+
+def test_sequence_classification_and_qa_heads(tmp_path):
+  torch.manual_seed(8)
+  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], num_labels=3,
+                                      **TINY)
+  ids, mask, _ = batch([36, 30], 36, "none", seed=9)
+  # QA input: <s> question </s></s> context </s>, exactly 3 separators.
+  ids[ids == 2] = 5
+  ids[:, 0] = 0
+  ids[:, 6] = 2
+  ids[:, 7] = 2
+  ids[0, 35] = 2
+  ids[1, 29] = 2
+  valid = mask.astype(bool)
+
+  hf_cls = save(transformers.LongformerForSequenceClassification(cfg),
+                tmp_path / "cls")
+  ours = convert.from_pretrained(str(tmp_path / "cls"))
+  ours.eval()
+  np.testing.assert_allclose(np.asarray(ours(ids, mask).logits),
+                             run_hf(hf_cls, ids, mask).logits.numpy(),
+                             atol=1e-4)
+
+  cfg.num_labels = 2  # start and end
+  hf_qa = save(transformers.LongformerForQuestionAnswering(cfg),
+               tmp_path / "qa")
+  ours = convert.from_pretrained(str(tmp_path / "qa"))
+  ours.eval()
+  got, want = ours(ids, mask), run_hf(hf_qa, ids, mask)
+  for name in ("start_logits", "end_logits"):
+    np.testing.assert_allclose(np.asarray(getattr(got, name))[valid],
+                               getattr(want, name).numpy()[valid], atol=1e-4)
+  convert.to_pretrained(ours, str(tmp_path / "qa2"))
+  back = transformers.LongformerForQuestionAnswering.from_pretrained(
+      tmp_path / "qa2").eval()
+  np.testing.assert_allclose(run_hf(back, ids, mask).start_logits.numpy(),
+                             want.start_logits.numpy(), atol=1e-5)

@@ -2,6 +2,10 @@
 
 from lfjax.models.config import LongformerConfig
 from lfjax.models.longformer import LongformerForMaskedLM
+from lfjax.models.longformer import LongformerForQuestionAnswering
+from lfjax.models.longformer import LongformerForSequenceClassification
 from lfjax.models.longformer import LongformerModel
 
-__all__ = ["LongformerConfig", "LongformerForMaskedLM", "LongformerModel"]
+__all__ = ["LongformerConfig", "LongformerForMaskedLM",
+           "LongformerForQuestionAnswering",
+           "LongformerForSequenceClassification", "LongformerModel"]

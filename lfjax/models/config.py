@@ -37,6 +37,8 @@ class LongformerConfig:
   bos_token_id: int = 0
   eos_token_id: int = 2
   sep_token_id: int = 2
+  # Classes of LongformerForSequenceClassification (len(id2label) in HF).
+  num_labels: int = 2
   attention_window: Union[int, Sequence[int]] = 512
   # lfjax: dilation per layer, each an int or one int per head.
   attention_dilation: Union[int, Sequence[Union[int, Sequence[int]]]] = 1
@@ -87,6 +89,8 @@ class LongformerConfig:
     """Known fields from a transformers config dict (others ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in d.items() if k in names}
+    if "id2label" in d and "num_labels" not in d:
+      kwargs["num_labels"] = len(d["id2label"])
     unknown = set(overrides) - names
     if unknown:
       raise ValueError(f"overrides: unknown LongformerConfig fields "

@@ -205,3 +205,72 @@ class LongformerForMaskedLM(nnx.Module):
     emb_VxE = self.longformer.embeddings.word_embeddings.embedding.value
     logits = jnp.einsum("bne,ve->bnv", y, emb_VxE) + self.lm_bias.value
     return MaskedLMOutput(logits=logits, last_hidden_state=h)
+
+
+@dataclasses.dataclass
+class ClassifierOutput:
+  logits: jax.Array
+
+
+@dataclasses.dataclass
+class QAOutput:
+  start_logits: jax.Array
+  end_logits: jax.Array
+
+
+jax.tree_util.register_dataclass(ClassifierOutput, data_fields=["logits"],
+                                 meta_fields=[])
+jax.tree_util.register_dataclass(
+    QAOutput, data_fields=["start_logits", "end_logits"], meta_fields=[])
+
+
+class LongformerForSequenceClassification(nnx.Module):
+  """Classifies from the first token, which is global unless told otherwise
+  (as transformers does)."""
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
+    self.classifier_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    self.classifier_out = _dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None):
+    input_ids = jnp.asarray(input_ids)
+    if global_attention_mask is None:
+      global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
+          True)
+    h = self.longformer(input_ids, attention_mask, global_attention_mask,
+                        token_type_ids, position_ids).last_hidden_state
+    x = jnp.tanh(self.classifier_dense(self.dropout(h[:, 0])))
+    return ClassifierOutput(logits=self.classifier_out(self.dropout(x)))
+
+
+def question_global_mask(input_ids_BxN, sep_token_id):
+  """Global attention on every token before the first separator (the
+  question), as transformers' QA model sets it. Rows without a separator get
+  none."""
+  is_sep = input_ids_BxN == sep_token_id
+  first_BxN = jnp.where(is_sep.any(axis=1), jnp.argmax(is_sep, axis=1), 0)
+  return jnp.arange(input_ids_BxN.shape[1])[None, :] < first_BxN[:, None]
+
+
+class LongformerForQuestionAnswering(nnx.Module):
+  """Span start/end logits; the question tokens are global by default."""
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
+    self.qa_outputs = _dense(cfg, cfg.hidden_size, 2, rngs)
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None):
+    input_ids = jnp.asarray(input_ids)
+    if global_attention_mask is None:
+      global_attention_mask = question_global_mask(input_ids,
+                                                   self.cfg.sep_token_id)
+    h = self.longformer(input_ids, attention_mask, global_attention_mask,
+                        token_type_ids, position_ids).last_hidden_state
+    logits = self.qa_outputs(h)
+    return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1])
