@@ -61,6 +61,14 @@ def read_weights(path):
       f"file in {path!r}")
 
 
+def _strip_prefix(name):
+  """Drop the base-model prefix (longformer., roberta., bert.) if any."""
+  for prefix in _PREFIXES:
+    if name.startswith(prefix):
+      return name[len(prefix):]
+  return name
+
+
 def _target(model, name):
   """Our (module, attribute, transpose) for a Hugging Face tensor name."""
   parts = name.split(".")
@@ -115,10 +123,7 @@ def load_weights(model, weights):
   filled = set()
   unused = []
   for raw, value in weights.items():
-    name = raw
-    for prefix in _PREFIXES:
-      if name.startswith(prefix):
-        name = name[len(prefix):]
+    name = _strip_prefix(raw)
     if _IGNORED.search(name):
       continue
     try:
@@ -231,8 +236,8 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
   # in transformers, which ignores them with a warning).
   drop = tuple(p for p, h in _HEAD_PREFIXES if h != head)
   weights = {k: v for k, v in weights.items() if not k.startswith(drop)
-             and not (head != "base" and re.match(
-                 r"^(longformer\.|roberta\.|bert\.)?pooler\.", k))}
+             and not (head != "base" and _strip_prefix(k).startswith(
+                 "pooler."))}
   return load_weights(model, weights)
 
 
@@ -264,6 +269,16 @@ def hf_names(model):
   return names
 
 
+def export_weights(model):
+  """Hugging Face name -> numpy tensor (HF layout) for every parameter."""
+  out = {}
+  for name in hf_names(model):
+    mod, attr, transpose = _target(model, _strip_prefix(name))
+    value = np.asarray(getattr(mod, attr).value, np.float32)
+    out[name] = np.ascontiguousarray(value.T if transpose else value)
+  return out
+
+
 def to_pretrained(model, path):
   """Write a directory transformers' LongformerModel / LongformerForMaskedLM
   load with from_pretrained (the decoder weight is tied to the embeddings)."""
@@ -273,15 +288,8 @@ def to_pretrained(model, path):
          for d in cfg.dilations()):
     raise ValueError("attention_dilation: transformers' Longformer has no "
                      f"dilation, got {cfg.attention_dilation}")
-  tensors = {}
-  for name in hf_names(model):
-    short = name[len("longformer."):] if name.startswith("longformer.") else (
-        name)
-    mod, attr, transpose = _target(model, short)
-    value = np.asarray(getattr(mod, attr).value, np.float32)
-    tensors[name] = np.ascontiguousarray(value.T if transpose else value)
   os.makedirs(path, exist_ok=True)
-  save_file(tensors, os.path.join(path, "model.safetensors"),
+  save_file(export_weights(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})
   d = dataclasses.asdict(cfg)
   d["attention_window"] = cfg.windows()
@@ -312,13 +320,7 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0):
   else:
     new = LongformerModel(new_cfg, add_pooling_layer=model.pooler is not None,
                           rngs=rngs)
-  weights = {}
-  for name in hf_names(model):
-    short = name[len("longformer."):] if name.startswith("longformer.") else (
-        name)
-    mod, attr, transpose = _target(model, short)
-    value = np.asarray(getattr(mod, attr).value)
-    weights[name] = value.T if transpose else value
+  weights = export_weights(model)
   pos_key = ("longformer." if is_task else "") + (
       "embeddings.position_embeddings.weight")
   old = weights[pos_key]
@@ -326,12 +328,7 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0):
   reps = -(-max_positions // len(learned))
   weights[pos_key] = np.concatenate(
       [old[:reserved], np.tile(learned, (reps, 1))[:max_positions]], axis=0)
-  for name in list(weights):
-    m = re.search(r"attention\.self\.(query|key|value)\.(weight|bias)$", name)
-    if m:
-      weights[name[:m.start(1)] + m.group(1) + "_global." + m.group(2)] = (
-          weights[name])
-  return load_weights(new, weights)
+  return load_weights(new, with_global_projections(weights))
 
 
 def main(argv=None):
