@@ -155,33 +155,37 @@ def _slice(a, x0, p0, size):
   return jax.lax.dynamic_slice(a, start, (1, size) + a.shape[2:])[0]
 
 
-def _scores(geo, scale, band_CxS, q_CxD, k_SxD, kv_S, gk_GxD, gvalid_G):
-  """Masked float32 scores [C, S+G], their mask and keys for one tile."""
-  mask = band_CxS & kv_S[None, :]
+def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid):
+  """Pad queries to whole blocks and align keys with their halos."""
+  if not geo.g:
+    gk = gv = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
+    gvalid = jnp.zeros((geo.x, 0), bool)
+  return (_align(q, 0, geo.nb * geo.c, 0),
+          _align(k, geo.key_shift, geo.total, 0),
+          _align(v, geo.key_shift, geo.total, 0),
+          _align(kvalid, geo.key_shift, geo.total, False), gk, gv, gvalid)
+
+
+def _tile(geo, scale, band_CxS, prepared, x0, p0):
+  """One tile's queries, masked float32 scores [C, S+G], mask, keys, values."""
+  qp, kp, vp, kvp, gk, gv, gvalid = prepared
+  q_CxD = _slice(qp, x0, p0, geo.c)
+  k_SxD = _slice(kp, x0, p0, geo.span)
+  v_SxD = _slice(vp, x0, p0, geo.span)
+  mask = band_CxS & _slice(kvp, x0, p0, geo.span)[None, :]
   if geo.g:
-    k_SxD = jnp.concatenate([k_SxD, gk_GxD], axis=0)
-    gmask = jnp.broadcast_to(gvalid_G[None, :], (geo.c, geo.g))
+    k_SxD = jnp.concatenate([k_SxD, _slice(gk, x0, 0, geo.g)], axis=0)
+    v_SxD = jnp.concatenate([v_SxD, _slice(gv, x0, 0, geo.g)], axis=0)
+    gmask = jnp.broadcast_to(_slice(gvalid, x0, 0, geo.g)[None, :],
+                             (geo.c, geo.g))
     mask = jnp.concatenate([mask, gmask], axis=1)
   s = jnp.einsum("qd,kd->qk", q_CxD, k_SxD,
                  preferred_element_type=jnp.float32) * scale
-  return jnp.where(mask, s, common.NEG_INF), mask, k_SxD
-
-
-def _prepare(geo, q, k, v, kvalid, gk, gvalid):
-  """Pad queries to whole blocks and align keys with their halos."""
-  qp = _align(q, 0, geo.nb * geo.c, 0)
-  kp = _align(k, geo.key_shift, geo.total, 0)
-  vp = _align(v, geo.key_shift, geo.total, 0)
-  kvp = _align(kvalid, geo.key_shift, geo.total, False)
-  if not geo.g:
-    gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
-    gvalid = jnp.zeros((geo.x, 0), bool)
-  return qp, kp, vp, kvp, gk, gvalid
+  return q_CxD, jnp.where(mask, s, common.NEG_INF), mask, k_SxD, v_SxD
 
 
 def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
-  qp, kp, vp, kvp, gk, gvalid = _prepare(geo, q, k, v, kvalid, gk, gvalid)
-  gv = gk if gv is None else gv
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
   band = jnp.asarray(geo.band_mask())
   d = q.shape[2]
   npad = geo.nb * geo.c
@@ -191,14 +195,7 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
     # Unrolled tiles are independent, so the runtime can overlap them: on a
     # 2-core CPU one tile's small ops leave a core idle.
     for x0, p0 in _tiles(geo, step, geo.unroll):
-      s, mask, _ = _scores(geo, scale, band, _slice(qp, x0, p0, geo.c),
-                           _slice(kp, x0, p0, geo.span),
-                           _slice(kvp, x0, p0, geo.span),
-                           _slice(gk, x0, 0, geo.g),
-                           _slice(gvalid, x0, 0, geo.g))
-      v_win = _slice(vp, x0, p0, geo.span)
-      if geo.g:
-        v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.g)], 0)
+      _, s, mask, _, v_win = _tile(geo, scale, band, prepared, x0, p0)
       mx = jnp.max(s, axis=-1, keepdims=True)
       p = jnp.where(mask, jnp.exp(s - mx), 0.0)
       l = jnp.sum(p, axis=-1)
@@ -221,8 +218,7 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
 
 def _backward(geo, scale, res, dout, dlse):
   q, k, v, kvalid, gk, gv, gvalid, out, lse = res
-  qp, kp, vp, kvp, gk, gvalid = _prepare(geo, q, k, v, kvalid, gk, gvalid)
-  gv = gk if gv is None else gv
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
   band = jnp.asarray(geo.band_mask())
   d = q.shape[2]
   npad = geo.nb * geo.c
@@ -240,15 +236,8 @@ def _backward(geo, scale, res, dout, dlse):
     # One tile per step: with several, XLA stops updating the dK/dV
     # accumulators in place and copies them (3x slower, measured).
     for x0, p0 in _tiles(geo, step, 1):
-      q_CxD = _slice(qp, x0, p0, c)
-      s, mask, k_win = _scores(geo, scale, band, q_CxD,
-                               _slice(kp, x0, p0, span),
-                               _slice(kvp, x0, p0, span),
-                               _slice(gk, x0, 0, geo.g),
-                               _slice(gvalid, x0, 0, geo.g))
-      v_win = _slice(vp, x0, p0, span)
-      if geo.g:
-        v_win = jnp.concatenate([v_win, _slice(gv, x0, 0, geo.g)], 0)
+      q_CxD, s, mask, k_win, v_win = _tile(geo, scale, band, prepared, x0,
+                                           p0)
       p = jnp.where(mask, jnp.exp(s - _slice(lsep, x0, p0, c)[:, None]), 0.0)
       do_CxD = _slice(dop, x0, p0, c)
       dv_win = jnp.einsum("qk,qd->kd", p, do_CxD)
@@ -278,7 +267,7 @@ def _backward(geo, scale, res, dout, dlse):
   if not geo.g:
     return dq, dk, dv, None, None, None, None
   return (dq, dk, dv, None, dgk.astype(gk.dtype),
-          dgv.astype(res[5].dtype), None)
+          dgv.astype(gv.dtype), None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
