@@ -180,14 +180,16 @@ def bert_as_roberta(weights, pad_token_id):
   return out
 
 
-def _model_type(path):
+def _read_config(path):
   with open(os.path.join(path, "config.json")) as f:
-    return json.load(f).get("model_type")
+    return json.load(f)
 
 
 def config_from_pretrained(path, **overrides):
-  with open(os.path.join(path, "config.json")) as f:
-    d = json.load(f)
+  return _config_from_dict(_read_config(path), **overrides)
+
+
+def _config_from_dict(d, **overrides):
   model_type = d.get("model_type")
   if model_type not in MODEL_TYPES:
     raise ValueError(f"config.json: model_type expected one of {MODEL_TYPES}, "
@@ -197,7 +199,7 @@ def config_from_pretrained(path, **overrides):
              + d.get("pad_token_id", 0) + 1)
   if model_type != "longformer" and "attention_window" not in overrides:
     # A window that covers every position reproduces full attention.
-    d["attention_window"] = 2 * d["max_position_embeddings"]
+    d = dict(d, attention_window=2 * d["max_position_embeddings"])
   return LongformerConfig.from_dict(d, **overrides)
 
 
@@ -216,9 +218,10 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
   if not os.path.isdir(path):
     raise FileNotFoundError(f"path: expected a local checkpoint directory, "
                             f"got {path!r}")
-  cfg = config_from_pretrained(path, **overrides)
+  d = _read_config(path)
+  cfg = _config_from_dict(d, **overrides)
   weights = read_weights(path)
-  model_type = _model_type(path)
+  model_type = d["model_type"]
   if model_type == "bert":
     weights = bert_as_roberta(weights, cfg.pad_token_id)
   if model_type in ("roberta", "bert"):

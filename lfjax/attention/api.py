@@ -100,8 +100,11 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv, *, window,
               key_mask_BxN=key_mask_BxN, eff_global_BxN=eff_global_BxN,
               global_qkv=global_qkv, scale=scale)
   if impl == "dense":
-    return dense.dense_attention(q, k, v, **args)
-  return chunked.chunked_attention(q, k, v, max_global=max_global, **args)
+    out = dense.dense_attention(q, k, v, **args)
+  else:
+    out = chunked.chunked_attention(q, k, v, max_global=max_global, **args)
+  # Padding rows are exactly zero whatever the implementation computed there.
+  return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
 
 
 def _check_qkv(q, k, v):

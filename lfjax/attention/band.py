@@ -116,8 +116,8 @@ def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None):
   per_tile = c * (hl + c + hr + g)
   unroll = 1
   if tiles >= _MIN_TILES_TO_UNROLL:
-    unroll = max(u for u in range(1, MAX_UNROLL + 1)
-                 if tiles % u == 0 and (u == 1 or u * per_tile <= SCORES_PER_STEP))
+    unroll = max(u for u in range(1, MAX_UNROLL + 1) if tiles % u == 0
+                 and (u == 1 or u * per_tile <= SCORES_PER_STEP))
   return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, hl=hl, hr=hr,
                   g=g, unroll=unroll, x=x, causal=causal)
 
@@ -213,7 +213,6 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
           jnp.zeros((geo.x, npad), jnp.float32))
   out, lse = jax.lax.fori_loop(0, geo.x * geo.nb // geo.unroll, body, init)
   return out[:, :geo.n], lse[:, :geo.n]
-
 
 
 def _backward(geo, scale, res, dout, dlse):

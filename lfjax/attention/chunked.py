@@ -41,7 +41,8 @@ def from_classes(x_Xxnd, b, n, h, dil):
 
 def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
                       eff_global_BxN, max_global, global_qkv, scale):
-  """Arguments are validated and normalised by lfjax.attention.api."""
+  """Arguments are validated and normalised by lfjax.attention.api, which
+  also zeroes padding rows and casts; returns float32."""
   b, n, h, d = q.shape
   g = max_global
   band_keys_BxN = key_mask_BxN & ~eff_global_BxN
@@ -76,7 +77,7 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
     rows_BxGxHxD = common.global_rows_attention(*global_qkv, key_mask_BxN,
                                                 idx_BxG, scale)
     out = common.scatter_rows(out, rows_BxGxHxD, idx_BxG)
-  return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
+  return out
 
 
 def band_scores_per_row(n, window, num_global=0, causal=False):

@@ -22,7 +22,8 @@ def band_mask(n, window, dilation_H, causal):
 
 def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
                     eff_global_BxN, global_qkv, scale):
-  """Arguments are validated and normalised by lfjax.attention.api."""
+  """Arguments are validated and normalised by lfjax.attention.api, which
+  also zeroes padding rows and casts; returns float32."""
   b, n, h, _ = q.shape
   band_HxNxN = band_mask(n, window, dilation_H, causal)
   is_g_Bx1x1xN = eff_global_BxN[:, None, None, :]
@@ -35,13 +36,12 @@ def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   out_BxNxHxD = common.masked_softmax_attention(s, local_BxHxNxN, v)
 
   if global_qkv is None:  # no global tokens possible (cap of 0)
-    return jnp.where(key_mask_BxN[:, :, None, None], out_BxNxHxD,
-                     0.0).astype(q.dtype)
+    return out_BxNxHxD
   qg, kg, vg = global_qkv
   sg = jnp.einsum("bihd,bjhd->bhij", qg, kg,
                   preferred_element_type=jnp.float32) * scale
   all_keys = jnp.broadcast_to(key_mask_BxN[:, None, None, :], (b, h, n, n))
   out_g_BxNxHxD = common.masked_softmax_attention(sg, all_keys, vg)
 
-  out = jnp.where(eff_global_BxN[:, :, None, None], out_g_BxNxHxD, out_BxNxHxD)
-  return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
+  return jnp.where(eff_global_BxN[:, :, None, None], out_g_BxNxHxD,
+                   out_BxNxHxD)
