@@ -46,12 +46,15 @@ def random_case(seed):
       global_mask[:, n - 1] = True
     else:
       global_mask |= rng.random((b, n)) < 0.2
-  args = [rng.standard_normal((b, n, h, d)).astype(np.float32)
-          for _ in range(3)]
+  # Values sometimes narrower or wider than queries and keys.
+  dv = d if rng.random() < 0.7 else int(rng.choice([3, 8, 20]))
+  widths = (d, d, dv)
+  args = [rng.standard_normal((b, n, h, w)).astype(np.float32)
+          for w in widths]
   global_qkv = None
   if global_mask is not None and rng.random() < 0.6:
-    global_qkv = tuple(rng.standard_normal((b, n, h, d)).astype(np.float32)
-                       for _ in range(3))
+    global_qkv = tuple(rng.standard_normal((b, n, h, w)).astype(np.float32)
+                       for w in widths)
   kwargs = dict(window=window, dilation=dilation, causal=causal,
                 key_mask=key_mask, global_mask=global_mask,
                 global_qkv=global_qkv)
@@ -144,7 +147,7 @@ def test_gradients_match_reference(seed, impl, blocks, monkeypatch):
   kw = to_jnp(kwargs)
   gqkv = kw.pop("global_qkv")
   cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
-      args[0].shape), jnp.float32)
+      args[2].shape), jnp.float32)
   ref = lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw)
   ours = lambda q, k, v, g: windowed_attention(q, k, v, global_qkv=g,
                                                impl=impl, **kw)

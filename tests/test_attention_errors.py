@@ -18,8 +18,9 @@ def call(**overrides):
 
 @pytest.mark.parametrize("overrides,pattern", [
     (dict(q=jnp.zeros((10, 3, 4))), r"q: expected a \[batch, seq, heads"),
-    (dict(k=jnp.zeros((2, 11, 3, 4))), r"k, v: expected the shape of q"),
-    (dict(v=jnp.zeros((2, 10, 3, 5))), r"k, v: expected the shape of q"),
+    (dict(k=jnp.zeros((2, 11, 3, 4))), r"k, v: expected k of q's shape"),
+    (dict(k=jnp.zeros((2, 10, 3, 5))), r"k, v: expected k of q's shape"),
+    (dict(v=jnp.zeros((2, 10, 2, 4))), r"k, v: expected k of q's shape"),
     (dict(q=jnp.zeros((2, 10, 3, 4), jnp.int32)), r"q: expected a floating"),
     (dict(window=-1), r"window: expected a Python int >= 0.*-1"),
     (dict(window=2.5), r"window: expected a Python int"),

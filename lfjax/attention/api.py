@@ -20,8 +20,9 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   """Longformer sliding-window attention with dilation and global tokens.
 
   Args:
-    q, k, v: [batch, seq, heads, head_dim], any float dtype. Scores, softmax
-      and accumulation run in float32; the output has q's dtype and shape.
+    q, k, v: [batch, seq, heads, head_dim], any float dtype; v's head_dim
+      may differ from q's and k's. Scores, softmax and accumulation run in
+      float32; the output has q's dtype and v's shape.
     window: ONE-SIDED window w >= 0 (Hugging Face's `attention_window` is the
       full window, 2w). Query i attends key j = i + m*d for every integer m
       with |m| <= w (causal: -w <= m <= 0), d the head's dilation.
@@ -48,7 +49,7 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       memory), "pallas" (GPU kernel, not yet available) or "auto" (chunked).
 
   Returns:
-    [batch, seq, heads, head_dim] in q's dtype.
+    [batch, seq, heads, v's head_dim] in q's dtype.
   """
   b, n, h, d = _check_qkv(q, k, v)
   window = _check_window(window)
@@ -114,8 +115,11 @@ def _check_qkv(q, k, v):
                        f"array, got shape {getattr(x, 'shape', type(x))}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"{name}: expected a floating dtype, got {x.dtype}")
-  if k.shape != q.shape or v.shape != q.shape:
-    raise ValueError(f"k, v: expected the shape of q {q.shape}, got "
+  # v may be narrower or wider than q/k: position features appended to q and
+  # k (the char-LM's relative encoding) do not widen the values.
+  if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    raise ValueError(f"k, v: expected k of q's shape {q.shape} and v of "
+                     f"shape {q.shape[:3] + ('any head_dim',)}, got "
                      f"k {k.shape} and v {v.shape}")
   return q.shape
 
@@ -163,6 +167,7 @@ def _check_global_qkv(global_qkv, q, k, v):
     raise ValueError("global_qkv: expected a tuple (q_g, k_g, v_g), got "
                      f"{type(global_qkv).__name__}")
   for name, x, ref in zip(("q_g", "k_g", "v_g"), global_qkv, (q, k, v)):
+    # Same widths as q, k, v themselves.
     if getattr(x, "shape", None) != ref.shape:
       raise ValueError(f"global_qkv: expected {name} of shape {ref.shape}, "
                        f"got {getattr(x, 'shape', type(x))}")

@@ -158,7 +158,8 @@ def _slice(a, x0, p0, size):
 def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid):
   """Pad queries to whole blocks and align keys with their halos."""
   if not geo.g:
-    gk = gv = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
+    gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
+    gv = jnp.zeros((geo.x, 0, v.shape[2]), v.dtype)
     gvalid = jnp.zeros((geo.x, 0), bool)
   return (_align(q, 0, geo.nb * geo.c, 0),
           _align(k, geo.key_shift, geo.total, 0),
@@ -187,7 +188,7 @@ def _tile(geo, scale, band_CxS, prepared, x0, p0):
 def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
   prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
   band = jnp.asarray(geo.band_mask())
-  d = q.shape[2]
+  dv = v.shape[2]
   npad = geo.nb * geo.c
 
   def body(step, carry):
@@ -209,7 +210,7 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
       lse = jax.lax.dynamic_update_slice(lse, lse_c[None], (x0, p0))
     return out, lse
 
-  init = (jnp.zeros((geo.x, npad, d), jnp.float32),
+  init = (jnp.zeros((geo.x, npad, dv), jnp.float32),
           jnp.zeros((geo.x, npad), jnp.float32))
   out, lse = jax.lax.fori_loop(0, geo.x * geo.nb // geo.unroll, body, init)
   return out[:, :geo.n], lse[:, :geo.n]
@@ -219,7 +220,7 @@ def _backward(geo, scale, res, dout, dlse):
   q, k, v, kvalid, gk, gv, gvalid, out, lse = res
   prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
   band = jnp.asarray(geo.band_mask())
-  d = q.shape[2]
+  dqk, dv = q.shape[2], v.shape[2]
   npad = geo.nb * geo.c
   f32 = lambda a: a.astype(jnp.float32)
   dop = _align(f32(dout), 0, npad, 0)
@@ -256,9 +257,9 @@ def _backward(geo, scale, res, dout, dlse):
         dgv = add(dgv, dv_win[span:], 0)
     return dq, dkp, dvp, dgk, dgv
 
-  zeros = lambda length: jnp.zeros((geo.x, length, d), jnp.float32)
-  init = (zeros(npad), zeros(geo.total), zeros(geo.total), zeros(geo.g),
-          zeros(geo.g))
+  zeros = lambda length, d: jnp.zeros((geo.x, length, d), jnp.float32)
+  init = (zeros(npad, dqk), zeros(geo.total, dqk), zeros(geo.total, dv),
+          zeros(geo.g, dqk), zeros(geo.g, dv))
   dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(0, geo.x * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
