@@ -1,0 +1,1 @@
+"""Data: character corpora and samplers."""

@@ -1,0 +1,122 @@
+"""Text generation from a trained char-LM with a sliding-window cache.
+
+  python -m lfjax.sample --workdir DIR --prompt "def main(" --length 500
+
+Each layer keeps a ring buffer of the keys and values its window can reach,
+so memory is O(window) per layer and the length is unbounded.
+"""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from absl import flags
+from flax import nnx
+
+from lfjax import checkpoints
+from lfjax.data import chars
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window_scale"))
+def prefill(graphdef, state, tokens_BxP, cache, *, window_scale):
+  """Runs the prompt through the cache; returns the last logits and cache."""
+  model = nnx.merge(graphdef, state)
+
+  def body(cache, tp):
+    token_B, t = tp
+    logits, cache = model.decode(token_B, t, cache, window_scale=window_scale)
+    return cache, logits
+
+  p = tokens_BxP.shape[1]
+  cache, logits = jax.lax.scan(body, cache, (tokens_BxP.T, jnp.arange(p)))
+  return logits[-1], cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "window_scale",
+                                             "length", "top_k"))
+def generate(graphdef, state, logits_BxV, cache, t0, key, *, length,
+             window_scale, temperature, top_k):
+  """`length` tokens sampled after position t0 - 1 (whose logits are given)."""
+  model = nnx.merge(graphdef, state)
+
+  def pick(logits, key):
+    if top_k:
+      kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+      logits = jnp.where(logits < kth, -jnp.inf, logits)
+    greedy = jnp.argmax(logits, axis=-1)
+    drawn = jax.random.categorical(key, logits / jnp.maximum(temperature,
+                                                             1e-6))
+    return jnp.where(temperature > 0, drawn, greedy).astype(jnp.int32)
+
+  def body(carry, i):
+    logits, cache = carry
+    token = pick(logits, jax.random.fold_in(key, i))
+    logits, cache = model.decode(token, t0 + i, cache,
+                                 window_scale=window_scale)
+    return (logits, cache), token
+
+  (logits, cache), tokens = jax.lax.scan(body, (logits_BxV, cache),
+                                         jnp.arange(length))
+  return tokens.T, logits, cache
+
+
+def sample(model, prompt_ids, length, *, window_scale=1, temperature=1.0,
+           top_k=0, seed=0, chunk=256):
+  """Yields generated ids [B, <=chunk] chunk by chunk (streaming)."""
+  prompt = jnp.asarray(np.atleast_2d(prompt_ids), jnp.int32)
+  if prompt.shape[1] < 1:
+    raise ValueError("prompt: expected at least one character")
+  graphdef, state = nnx.split(model)
+  cache = model.init_cache(prompt.shape[0], window_scale)
+  logits, cache = prefill(graphdef, state, prompt, cache,
+                          window_scale=window_scale)
+  t, key = prompt.shape[1], jax.random.key(seed)
+  done = 0
+  while done < length:
+    n = min(chunk, length - done)
+    out, logits, cache = generate(
+        graphdef, state, logits, cache, t, jax.random.fold_in(key, done),
+        length=n, window_scale=window_scale, temperature=temperature,
+        top_k=top_k)
+    t, done = t + n, done + n
+    yield np.asarray(out)
+
+
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  flags.DEFINE_string("workdir", None, "Folder of a `python -m lfjax.train` "
+                      "run.")
+  flags.DEFINE_string("prompt", "\n", "Text to continue.")
+  flags.DEFINE_integer("length", 500, "Characters to generate.")
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+  flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest (0 = all).")
+  flags.DEFINE_integer("seed", 0, "Sampling seed.")
+  flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: "
+                       "latest).")
+
+
+def main(argv):
+  del argv
+  checkpoints.quiet_orbax()
+  config = checkpoints.read_config(FLAGS.workdir)
+  corpus = chars.load(config.data.name, config.data.dir or None)
+  _, model, _, scale = checkpoints.load_trained(
+      FLAGS.workdir, corpus.vocab_size, FLAGS.checkpoint)
+  sys.stdout.write(FLAGS.prompt)
+  for ids in sample(model, corpus.encode(FLAGS.prompt), FLAGS.length,
+                    window_scale=scale, temperature=FLAGS.temperature,
+                    top_k=FLAGS.top_k, seed=FLAGS.seed):
+    sys.stdout.write(corpus.decode(ids[0]))
+    sys.stdout.flush()
+  sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+  _define_flags()
+  flags.mark_flag_as_required("workdir")
+  app.run(main)

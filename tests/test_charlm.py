@@ -1,0 +1,150 @@
+"""The char-LM: relative positions, causality, cache == full forward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lfjax.models import relpos
+from lfjax.models.charlm import CharLM, CharLMConfig
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
+TINY = dict(vocab_size=27, num_layers=3, num_heads=4, hidden_size=32,
+            head_dim=8, ffn_size=64, windows=(3, 5, 4), dilations=(1, 2, 3),
+            dilated_heads=2, rel_features=16, dropout=0.0)
+
+
+def tiny_model(seed=1, **overrides):
+  return CharLM(CharLMConfig(**dict(TINY, **overrides)), rngs=nnx.Rngs(seed))
+
+
+def forward(model, x, **kwargs):
+  """model(x, **kwargs) compiled: eager NNX dispatch is slow on CPU."""
+  return nnx.jit(lambda m, x: m(x, **kwargs))(model, x)
+
+
+def tokens(b, n, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, n), 0, 27)
+
+
+def count_params(cfg):
+  m = nnx.eval_shape(lambda: CharLM(cfg, rngs=nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+
+
+def test_paper_model_sizes():
+  # Paper Table 2/3: 41M (12 layers) and 102M (30 layers).
+  small = count_params(CharLMConfig(vocab_size=256))
+  large = count_params(CharLMConfig(
+      vocab_size=256, num_layers=30, windows=(64,) * 30, dilations=(1,) * 30))
+  assert 40.5e6 < small < 41.5e6, small
+  assert 101.5e6 < large < 102.9e6, large
+
+
+def test_relative_features_equal_transformer_xl_term():
+  """q_pos(i).k_pos(j) == c.r(i - j) at positions far from zero."""
+  rng = np.random.default_rng(0)
+  f, n, off = 32, 50, 20_000
+  c = rng.standard_normal((1, n, 1, f)).astype(np.float32)
+  sin, cos = relpos.position_sin_cos(n, f, offset=off)
+  got = jnp.einsum("nf,mf->nm", relpos.query_features(c, sin, cos)[0, :, 0],
+                   relpos.key_features(sin, cos))
+  i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+  want = np.einsum("nf,nmf->nm", c[0, :, 0], relpos.sinusoid(i - j, f))
+  np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("impl", ["chunked", "dense"])
+def test_translation_invariant(impl):
+  model = tiny_model(attention_impl=impl)
+  x = tokens(2, 41)
+  base = forward(model, x)
+  for off in (123_457,):
+    np.testing.assert_allclose(forward(model, x, position_offset=off), base,
+                               atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "dense"])
+def test_causal_gradient_is_exactly_zero(impl):
+  model = tiny_model(attention_impl=impl)
+  x = model.embed(tokens(1, 23))
+  t = 11
+
+  def out_t(x):
+    return jnp.sum(model.from_embeddings(x)[0, t] * jnp.arange(27.0))
+  g = jax.jit(jax.grad(out_t))(x)[0]
+  assert np.all(np.asarray(g[t + 1:]) == 0.0)
+  assert np.abs(np.asarray(g[:t + 1])).sum(axis=-1).min() > 0  # reaches back
+
+
+@pytest.mark.parametrize("window_scale", [1, 2])
+def test_cached_decoding_equals_full_forward(window_scale):
+  """Logits from the ring-buffer cache (direct relative scores) equal the
+  full windowed forward (feature trick), past the point where the buffers
+  wrap around."""
+  model = tiny_model()
+  x = tokens(2, 61, seed=3)
+  assert max(model.cache_sizes(window_scale)) < 61
+  full = forward(model, x, window_scale=window_scale)
+  cache = model.init_cache(2, window_scale)
+  step = jax.jit(lambda tok, t, c: model.decode(tok, t, c,
+                                               window_scale=window_scale))
+  outs = []
+  for t in range(x.shape[1]):
+    logits, cache = step(x[:, t], t, cache)
+    outs.append(logits)
+  np.testing.assert_allclose(jnp.stack(outs, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_dilation_and_window_reach():
+  """Layer outputs depend on exactly the keys the dilated window names."""
+  model = tiny_model(num_layers=1, windows=(3,), dilations=(2,),
+                     dilated_heads=4)
+  x = model.embed(tokens(1, 20))
+  t = 15
+
+  def out_t(x):
+    return jnp.sum(model.from_embeddings(x)[0, t])
+  reach = np.abs(np.asarray(jax.jit(jax.grad(out_t))(x)[0])).sum(-1) > 0
+  assert np.flatnonzero(reach).tolist() == [9, 11, 13, 15]
+
+
+def test_dropout_needs_a_key_and_is_reproducible():
+  model = tiny_model(dropout=0.3)
+  x = tokens(2, 17)
+  k = jax.random.key(5)
+  run = nnx.jit(lambda m, x, k: m(x, dropout_key=k))
+  a, b = run(model, x, k), run(model, x, k)
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, forward(model, x))
+  assert not np.allclose(a, run(model, x, jax.random.key(6)))
+
+
+def test_bfloat16_compute_and_remat():
+  x = tokens(2, 33)
+  want = forward(tiny_model(), x)
+  got = forward(tiny_model(dtype="bfloat16", remat=True), x)
+  assert got.dtype == jnp.float32 and np.isfinite(got).all()
+  np.testing.assert_allclose(got, want, atol=0.05)
+  model = tiny_model(remat=True)
+  g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)
+  assert all(np.isfinite(v).all() for v in jax.tree.leaves(g))
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (dict(windows=(3, 5)), r"windows: expected one value per layer \(3\)"),
+    (dict(dilations=(1, 0, 1)), r"dilations: expected ints >= 1"),
+    (dict(dilated_heads=5), r"dilated_heads: expected 0..4"),
+    (dict(rel_features=15), r"rel_features: expected a positive even int"),
+    (dict(dtype="float16"), r"dtype: expected one of"),
+])
+def test_config_errors(overrides, pattern):
+  with pytest.raises(ValueError, match=pattern):
+    CharLMConfig(**dict(TINY, **overrides))
+
+
+def test_bad_tokens_shape():
+  with pytest.raises(ValueError, match=r"tokens: expected \[batch, seq>=1\]"):
+    tiny_model()(jnp.zeros((5,), jnp.int32))

@@ -1,0 +1,123 @@
+"""Corpora, the window sampler and the BPC evaluation protocol."""
+
+import math
+import zipfile
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from lfjax import evaluate
+from lfjax.data import chars
+from lfjax.data.sampler import WindowSampler
+from lfjax.models.charlm import CharLM, CharLMConfig
+
+
+@pytest.mark.parametrize("name", ["enwik8", "text8"])
+def test_missing_dataset_says_what_to_put_where(name, tmp_path):
+  with pytest.raises(FileNotFoundError) as e:
+    chars.load(name, tmp_path)
+  msg = str(e.value)
+  assert str(tmp_path / name) in msg and f"{name}.zip" in msg
+  assert "mattmahoney.net" in msg and "LFJAX_DATA" in msg
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match=r"data.name: expected one of"):
+    chars.load("wikitext", "/nonexistent")
+
+
+def _fake_text8(tmp_path, text):
+  with zipfile.ZipFile(tmp_path / "text8.zip", "w") as z:
+    z.writestr("text8", text)
+
+
+def test_text8_from_zip_split_and_vocabulary(tmp_path):
+  rng = np.random.default_rng(0)
+  text = "".join(rng.choice(list(" abcdefghijklmnopqrstuvwxyz"), 1000))
+  _fake_text8(tmp_path, text)
+  c = chars._paper_corpus("text8", tmp_path, size=1000, held_out=50)
+  assert (tmp_path / "text8").exists()  # extracted once, then memory-mapped
+  assert c.vocab_size == 27
+  assert [len(c.splits[s]) for s in chars.SPLITS] == [900, 50, 50]
+  assert c.decode(c.ids("test")) == text[950:]
+  assert c.ids("train").max() <= 26
+  np.testing.assert_array_equal(c.encode(" az"), [0, 1, 26])
+  with pytest.raises(ValueError, match=r"text: text8 has only the"):
+    c.encode("A")
+
+
+def test_truncated_or_wrong_file(tmp_path):
+  _fake_text8(tmp_path, "abc def")
+  with pytest.raises(ValueError, match=r"text8: expected .* to hold "
+                                       r"100,000,000 bytes, found 7"):
+    chars.load("text8", tmp_path)
+  bad = tmp_path / "other"
+  bad.mkdir()
+  (bad / "text8").write_bytes(b"Hello " * 10)
+  with pytest.raises(ValueError, match=r"bytes outside ' a-z'"):
+    chars._paper_corpus("text8", bad, size=60, held_out=5)
+
+
+def test_embedded_corpus_is_deterministic(tmp_path):
+  a = chars.load("pystdlib", tmp_path / "a")
+  b = chars.load("pystdlib", tmp_path / "b")
+  meta = lambda d: next(d.glob("pystdlib-*/meta.json")).read_text()
+  assert meta(tmp_path / "a") == meta(tmp_path / "b")
+  sizes = [len(a.splits[s]) for s in chars.SPLITS]
+  assert sizes[0] > 10 * sizes[1] > 0 and sizes[2] > 0
+  for s in chars.SPLITS:
+    np.testing.assert_array_equal(a.splits[s][:1000], b.splits[s][:1000])
+  assert "def " in a.decode(a.ids("valid", 0, 20_000))
+
+
+def _toy_corpus(n=500):
+  data = np.arange(n, dtype=np.uint8) % 251
+  return chars.CharCorpus("toy", 256, {"train": data}, np.arange(256,
+                                                                 dtype=np.uint8))
+
+
+def test_sampler_is_seeded_and_resumable():
+  c = _toy_corpus()
+  a = WindowSampler(c, "train", seq_len=16, batch_size=3, seed=4)
+  batches = [next(a) for _ in range(5)]
+  x, y = batches[0]
+  assert x.shape == y.shape == (3, 16) and x.dtype == np.int32
+  np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+  b = WindowSampler(c, "train", seq_len=16, batch_size=3, seed=4)
+  b.restore({"index": 3})
+  np.testing.assert_array_equal(next(b)[0], batches[3][0])
+  other = WindowSampler(c, "train", seq_len=16, batch_size=3, seed=4,
+                        stream=1)
+  assert not np.array_equal(next(other)[0], batches[0][0])
+  with pytest.raises(ValueError, match=r"seq_len: toy/train has 500 tokens"):
+    WindowSampler(c, "train", seq_len=500, batch_size=1, seed=0)
+
+
+@pytest.mark.parametrize("n,seq_len,step", [(100, 32, 8), (101, 32, 32),
+                                             (10, 32, 4), (64, 16, 5)])
+def test_eval_windows_score_every_character_once(n, seq_len, step):
+  wins = evaluate.eval_windows(n, seq_len, step)
+  length = min(seq_len, n)
+  scored = np.zeros(n, int)
+  for i, (start, first) in enumerate(wins):
+    assert 0 <= start and start + length <= n
+    scored[start + first:start + length] += 1
+    if i:  # at least seq_len - step characters of context
+      assert first >= length - step
+  np.testing.assert_array_equal(scored, 1)
+
+
+def test_bpc_of_a_uniform_model_is_log2_vocab():
+  """Zero weights give uniform predictions: exactly log2(V) bits each."""
+  cfg = CharLMConfig(vocab_size=27, num_layers=1, num_heads=2,
+                     hidden_size=8, head_dim=4, ffn_size=8, windows=(4,),
+                     dilations=(1,), dilated_heads=0, rel_features=4)
+  model = CharLM(cfg, rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  model = nnx.merge(graphdef, jax.tree.map(np.zeros_like, state))
+  ids = np.random.default_rng(0).integers(0, 27, 300)
+  value, count = evaluate.bpc(model, ids, seq_len=64, step=16, batch_size=3)
+  assert count == 299
+  assert abs(value - math.log2(27)) < 1e-5
