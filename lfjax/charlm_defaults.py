@@ -91,16 +91,16 @@ def tiny(c):
   c.model.dilations = (1, 2)
   c.model.rel_features = 32
   c.model.dropout = 0.1
-  c.schedule.steps = (150, 50)
+  c.schedule.steps = (100, 30)
   c.schedule.seq_lens = (128, 256)
   c.schedule.window_scales = (1, 2)
-  c.schedule.lrs = (2e-3, 1e-3)
-  c.schedule.batch_sizes = (16, 8)
+  c.schedule.lrs = (3e-3, 1.5e-3)
+  c.schedule.batch_sizes = (8, 4)
   c.log_every = 10
-  c.checkpoint_every = 50
+  c.checkpoint_every = 40
   c.eval_every = 100
-  c.eval.seq_len = 512
-  c.eval.step = 128
+  c.eval.seq_len = 256
+  c.eval.step = 64
   c.eval.batch_size = 8
-  c.eval.max_chars = 20_000
+  c.eval.max_chars = 8_000
   return c

@@ -54,8 +54,3 @@ def call(**overrides):
 def test_bad_input_raises(overrides, pattern):
   with pytest.raises(ValueError, match=pattern):
     call(**overrides)
-
-
-def test_pallas_is_not_available_yet():
-  with pytest.raises(NotImplementedError, match="impl='pallas'"):
-    call(impl="pallas")

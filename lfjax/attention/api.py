@@ -10,6 +10,7 @@ import numpy as np
 from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
+from lfjax.attention import pallas
 
 IMPLS = ("auto", "dense", "chunked", "pallas")
 
@@ -46,7 +47,9 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       sequence order) are silently treated as ordinary local tokens.
     scale: score scale, default 1/sqrt(head_dim).
     impl: "dense" (O(N^2) masked oracle), "chunked" (pure JAX, O(N*w)
-      memory), "pallas" (GPU kernel, not yet available) or "auto" (chunked).
+      memory), "pallas" (flash-style kernel: compiled Triton when lowered
+      for a GPU, Pallas interpret mode on CPU, which is exact but slow) or
+      "auto" (chunked; pallas once it is measured on GPUs).
 
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.
@@ -75,10 +78,6 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
     global_mask_BxN, global_qkv = None, None
   elif global_mask_BxN is None:
     global_mask_BxN = jnp.zeros((b, n), bool)
-  if impl == "pallas":
-    raise NotImplementedError(
-        "impl='pallas': the Pallas kernel is not part of this version yet; "
-        "use impl='chunked' (or 'auto')")
   return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
                    window=window, dilation_H=dilation_H, causal=causal,
                    max_global=max_global, scale=float(scale), impl=impl)
@@ -102,6 +101,10 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv, *, window,
               global_qkv=global_qkv, scale=scale)
   if impl == "dense":
     out = dense.dense_attention(q, k, v, **args)
+  elif impl == "pallas":
+    out = chunked.chunked_attention(
+        q, k, v, max_global=max_global,
+        band_fn=pallas.band_with_global_keys, **args)
   else:
     out = chunked.chunked_attention(q, k, v, max_global=max_global, **args)
   # Padding rows are exactly zero whatever the implementation computed there.

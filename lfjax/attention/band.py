@@ -289,7 +289,7 @@ _band_attention.defvjp(_band_attention_fwd, _band_attention_bwd)
 
 
 def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
-                   scale, k_offset=0, gk_XxGxD=None, gv_XxGxD=None,
+                   scale, k_offset=0, gk_XxGxD=None, gv_XxGxDv=None,
                    gvalid_XxG=None, block=None):
   """Undilated band attention with optional extra (global) keys.
 
@@ -307,4 +307,4 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
   geo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
                  k_offset=k_offset, block=block)
   return _band_attention(geo, float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
-                         kvalid_XxM, gk_XxGxD, gv_XxGxD, gvalid_XxG)
+                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG)

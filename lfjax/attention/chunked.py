@@ -40,9 +40,14 @@ def from_classes(x_Xxnd, b, n, h, dil):
 
 
 def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
-                      eff_global_BxN, max_global, global_qkv, scale):
+                      eff_global_BxN, max_global, global_qkv, scale,
+                      band_fn=band.band_attention):
   """Arguments are validated and normalised by lfjax.attention.api, which
-  also zeroes padding rows and casts; returns float32."""
+  also zeroes padding rows and casts; returns float32.
+
+  band_fn computes undilated band attention with optional extra (global)
+  keys, as band.band_attention: the blocked jnp core, or the Pallas kernel
+  (lfjax.attention.pallas)."""
   b, n, h, d = q.shape
   g = max_global
   band_keys_BxN = key_mask_BxN & ~eff_global_BxN
@@ -60,10 +65,10 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
     extra = {}
     if g:
       rep = lambda a: jnp.repeat(to_classes(pick(a), 1), dil, axis=0)
-      extra = dict(gk_XxGxD=rep(gk_BxGxHxD), gv_XxGxD=rep(gv_BxGxHxD),
+      extra = dict(gk_XxGxD=rep(gk_BxGxHxD), gv_XxGxDv=rep(gv_BxGxHxD),
                    gvalid_XxG=rep(jnp.broadcast_to(
                        gvalid_BxG[:, :, None], (b, g, hs))))
-    o, _ = band.band_attention(
+    o, _ = band_fn(
         to_classes(pick(q), dil), to_classes(pick(k), dil),
         to_classes(pick(v), dil), to_classes(per_head(band_keys_BxN), dil),
         window=window, causal=causal, scale=scale, **extra)
