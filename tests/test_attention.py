@@ -333,3 +333,49 @@ def test_chunked_memory_is_linear():
         m.output_size_in_bytes)
   small, large = peak(2048), peak(16384)
   assert large / small < 8 * 1.5, (small, large)  # 8x length; N^2 gives 64x
+
+
+@pytest.mark.parametrize("seed", [0, 5, 14, 41, 43, 124])
+def test_probabilities_rebuild_the_output(seed):
+  """Weighting the values by attention_probabilities (transformers' layout)
+  gives windowed_attention's output, for local and global rows."""
+  from lfjax.attention.probs import attention_probabilities
+  from lfjax.attention import common
+  args, kwargs = random_case(seed)
+  q, k, v = map(jnp.asarray, args)
+  kw = to_jnp(kwargs)
+  b, n, h, _ = q.shape
+  w = kw["window"]
+  dil = kw["dilation"]
+  dil = [dil] * h if isinstance(dil, int) else dil
+  gm = kw["global_mask"]
+  g = 0 if gm is None else int(np.asarray(gm & kw["key_mask"]).sum(1).max())
+  gqkv = kw["global_qkv"] or (q, k, v)
+  local, glob = attention_probabilities(
+      q, k, window=w, dilation=kw["dilation"], causal=kw["causal"],
+      key_mask=kw["key_mask"], global_mask=gm, global_qk=gqkv[:2],
+      max_global=g)
+  want = np.asarray(windowed_attention(q, k, v, impl="dense", **kw))
+  got = np.zeros_like(want)
+  vn = np.asarray(v)
+  for hh in range(h):
+    for i in range(n):
+      for m in range(-w, w + 1):
+        j = i + m * dil[hh]
+        if 0 <= j < n:
+          weight = np.asarray(local[:, hh, i, g + w + m])[:, None]
+          got[:, i, hh] += weight * vn[:, j, hh]
+  if g:
+    eff = common.effective_global(gm, kw["key_mask"], g)
+    idx, valid = common.global_indices(eff, g)
+    idx, valid = np.asarray(idx), np.asarray(valid)
+    vg = np.asarray(gqkv[2])
+    for bb in range(b):
+      for s in range(g):
+        if not valid[bb, s]:
+          continue
+        weight = np.asarray(local[bb, :, :, s]).T[:, :, None]
+        got[bb] += weight * vn[bb, idx[bb, s]][None]
+        got[bb, idx[bb, s]] = np.einsum("hj,jhd->hd",
+                                        np.asarray(glob[bb, :, :, s]), vg[bb])
+  check_close(got, want, atol=3e-5, rtol=3e-5)

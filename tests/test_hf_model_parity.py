@@ -257,3 +257,37 @@ def test_sequence_classification_and_qa_heads(tmp_path):
       tmp_path / "qa2").eval()
   np.testing.assert_allclose(run_hf(back, ids, mask).start_logits.numpy(),
                              want.start_logits.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("globals_at", ["none", "first", "two"])
+def test_attention_probabilities_in_hf_layout(tmp_path, globals_at):
+  torch.manual_seed(4)
+  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  hf_model = save(transformers.LongformerModel(cfg), tmp_path)
+  ids, mask, glob = batch([29, 20], 29, "none" if globals_at == "two"
+                          else globals_at, seed=5)
+  if globals_at == "two":  # same count per row: HF fills missing slots oddly
+    glob[0, [3, 17]] = 1
+    glob[1, [0, 9]] = 1
+  with torch.no_grad():
+    want = hf_model(input_ids=torch.tensor(ids),
+                    attention_mask=torch.tensor(mask),
+                    global_attention_mask=torch.tensor(glob),
+                    output_attentions=True)
+  ours = convert.from_pretrained(str(tmp_path), head="base")
+  ours.eval()
+  got = ours(ids, mask, glob if globals_at != "none" else None,
+             output_attentions=True)
+  assert len(got.attentions) == 3
+  for layer in range(3):
+    np.testing.assert_allclose(np.asarray(got.attentions[layer]),
+                               want.attentions[layer].numpy(), atol=1e-5)
+    if globals_at == "none":
+      assert got.global_attentions is None
+    else:
+      # transformers keeps its internal padding (to a window multiple) in
+      # global_attentions; those keys get weight 0.
+      w = want.global_attentions[layer].numpy()
+      assert not w[:, :, 29:].any()
+      np.testing.assert_allclose(np.asarray(got.global_attentions[layer]),
+                                 w[:, :, :29], atol=1e-5)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models.config import LongformerConfig
 
@@ -82,7 +83,8 @@ class SelfAttention(nnx.Module):
                  "value_global"):
       setattr(self, name, _dense(cfg, e, e, rngs))
 
-  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN):
+  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
+               output_attentions=False):
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
     split = lambda y: y.reshape(b, n, cfg.num_attention_heads, cfg.head_dim)
@@ -96,7 +98,18 @@ class SelfAttention(nnx.Module):
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
         global_qkv=global_qkv, max_global=cfg.max_global,
         impl=cfg.attention_impl)
-    return out_BxNxHxD.reshape(b, n, cfg.hidden_size)
+    out = out_BxNxHxD.reshape(b, n, cfg.hidden_size)
+    if not output_attentions:
+      return out, None
+    max_global = 0
+    if global_mask_BxN is not None:
+      max_global = cfg.max_global or int(
+          jnp.sum(global_mask_BxN & key_mask_BxN, axis=1).max())
+    return out, probs.attention_probabilities(
+        q, k, window=self.window, dilation=self.dilation,
+        key_mask=key_mask_BxN, global_mask=global_mask_BxN,
+        global_qk=None if global_qkv is None else global_qkv[:2],
+        max_global=max_global)
 
 
 class Layer(nnx.Module):
@@ -113,22 +126,30 @@ class Layer(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
     self.act = activation(cfg.hidden_act)
 
-  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN):
-    a = self.attention(x_BxNxE, key_mask_BxN, global_mask_BxN)
+  def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
+               output_attentions=False):
+    a, probs_ = self.attention(x_BxNxE, key_mask_BxN, global_mask_BxN,
+                               output_attentions)
     x_BxNxE = self.attention_layer_norm(
         x_BxNxE + self.dropout(self.attention_output(a)))
     h = self.output(self.act(self.intermediate(x_BxNxE)))
-    return self.output_layer_norm(x_BxNxE + self.dropout(h))
+    return self.output_layer_norm(x_BxNxE + self.dropout(h)), probs_
 
 
 @dataclasses.dataclass
 class ModelOutput:
+  """attentions / global_attentions: one array per layer, in transformers'
+  layout, when called with output_attentions=True (see
+  lfjax.attention.probs)."""
   last_hidden_state: jax.Array
   pooler_output: Optional[jax.Array] = None
+  attentions: Optional[tuple] = None
+  global_attentions: Optional[tuple] = None
 
 
 jax.tree_util.register_dataclass(
-    ModelOutput, data_fields=["last_hidden_state", "pooler_output"],
+    ModelOutput, data_fields=["last_hidden_state", "pooler_output",
+                              "attentions", "global_attentions"],
     meta_fields=[])
 
 
@@ -145,8 +166,12 @@ class LongformerModel(nnx.Module):
                    if add_pooling_layer else None)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None):
-    """input_ids [B, N] int; attention_mask 1 keep / 0 pad; global 1 global."""
+               token_type_ids=None, position_ids=None, output_attentions=False):
+    """input_ids [B, N] int; attention_mask 1 keep / 0 pad; global 1 global.
+
+    output_attentions: also return each layer's attention probabilities in
+    transformers' layout (dense O(N^2) computation, for analysis; without
+    config.max_global it needs a concrete global mask)."""
     cfg = self.cfg
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
@@ -167,12 +192,20 @@ class LongformerModel(nnx.Module):
     if position_ids is None:
       position_ids = position_ids_from_input_ids(input_ids, cfg.pad_token_id)
     x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
+    local, glob = [], []
     for layer in self.layers:
-      x_BxNxE = layer(x_BxNxE, key_mask, global_mask)
+      x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions)
+      if p is not None:
+        local.append(p[0])
+        glob.append(p[1])
     pooled = None
     if self.pooler is not None:
       pooled = jnp.tanh(self.pooler(x_BxNxE[:, 0]))
-    return ModelOutput(last_hidden_state=x_BxNxE, pooler_output=pooled)
+    return ModelOutput(
+        last_hidden_state=x_BxNxE, pooler_output=pooled,
+        attentions=tuple(local) if output_attentions else None,
+        global_attentions=(tuple(glob) if output_attentions and glob
+                           and glob[0] is not None else None))
 
 
 @dataclasses.dataclass
