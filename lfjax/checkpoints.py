@@ -45,6 +45,21 @@ def restore(mngr, step, params, opt_state):
   return r["params"], r["opt_state"], r["data"]
 
 
+def write_config(config, workdir):
+  """Writes workdir/config.json, keeping a changed old one as
+  config.previous.json (a resumed run may override fields)."""
+  path = pathlib.Path(workdir) / "config.json"
+  new = json.loads(config.to_json())
+  if path.exists():
+    old = json.loads(path.read_text())
+    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if changed:
+      print(f"config differs from {path} in {changed}; keeping the old one "
+            f"as {path.with_suffix('.previous.json')}")
+      path.with_suffix(".previous.json").write_text(path.read_text())
+  path.write_text(json.dumps(new, indent=1))
+
+
 def read_config(workdir):
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
@@ -61,14 +76,8 @@ def model_config(config, vocab_size):
   return charlm.CharLMConfig(vocab_size=vocab_size, **fields)
 
 
-def load_trained(workdir, vocab_size, step=None):
-  """(config, model with trained params, step, window_scale) of a run.
-
-  The window scale is the one of the phase the checkpoint was saved in."""
-  config = read_config(workdir)
-  model = charlm.CharLM(model_config(config, vocab_size),
-                        rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model)
+def restore_params(workdir, params, step=None):
+  """(params, data state, step) of checkpoint `step` (default: newest)."""
   with manager(workdir) as mngr:
     step = mngr.latest_step() if step is None else step
     if step is None:
@@ -81,6 +90,17 @@ def load_trained(workdir, vocab_size, step=None):
     r = mngr.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract),
         data=ocp.args.JsonRestore()))
-  model = nnx.merge(graphdef, r["params"])
-  scale = config.schedule.window_scales[r["data"]["phase"]]
-  return config, model, step, int(scale)
+  return r["params"], r["data"], step
+
+
+def load_trained(workdir, vocab_size, step=None):
+  """(config, char-LM with trained params, step, window_scale) of a run.
+
+  The window scale is the one of the phase the checkpoint was saved in."""
+  config = read_config(workdir)
+  model = charlm.CharLM(model_config(config, vocab_size),
+                        rngs=nnx.Rngs(config.seed))
+  graphdef, params = nnx.split(model)
+  params, data, step = restore_params(workdir, params, step)
+  scale = config.schedule.window_scales[data["phase"]]
+  return config, nnx.merge(graphdef, params), step, int(scale)

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 from flax import nnx
@@ -302,15 +303,21 @@ def to_pretrained(model, path):
   return path
 
 
-def make_long(model, max_positions=4096, attention_window=512, seed=0):
+def make_long(model, max_positions=4096, attention_window=512, seed=0,
+              positions="copy"):
   """The paper's RoBERTa-to-Longformer recipe on a loaded model.
 
   Position embeddings: the first pad_token_id + 1 rows (RoBERTa's reserved
   ones) are kept; the learned rows after them are copied repeatedly until
-  max_positions tokens are covered. Global q/k/v start as copies of the
-  local ones. attention_window is the full window (even).
+  max_positions tokens are covered (positions="copy"), or all rows after
+  the reserved ones are drawn afresh from N(0, initializer_range)
+  (positions="random", the paper's Table 5 baseline). Global q/k/v start as
+  copies of the local ones. attention_window is the full window (even).
   Returns a new model; the input model is unchanged.
   """
+  if positions not in ("copy", "random"):
+    raise ValueError(f"positions: expected 'copy' or 'random', got "
+                     f"{positions!r}")
   cfg = model.cfg
   reserved = cfg.pad_token_id + 1
   new_cfg = dataclasses.replace(
@@ -328,15 +335,36 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0):
       "embeddings.position_embeddings.weight")
   old = weights[pos_key]
   learned = old[reserved:]
-  reps = -(-max_positions // len(learned))
-  weights[pos_key] = np.concatenate(
-      [old[:reserved], np.tile(learned, (reps, 1))[:max_positions]], axis=0)
+  if positions == "copy":
+    reps = -(-max_positions // len(learned))
+    new_rows = np.tile(learned, (reps, 1))[:max_positions]
+  else:
+    new_rows = cfg.initializer_range * np.random.default_rng(seed).standard_normal(
+        (max_positions, old.shape[1])).astype(np.float32)
+  weights[pos_key] = np.concatenate([old[:reserved], new_rows], axis=0)
   return load_weights(new, with_global_projections(weights))
+
+
+def copy_tokenizer(src, dst, max_length=None):
+  """Copies the tokenizer files of checkpoint folder src into dst, setting
+  model_max_length; returns the names copied."""
+  copied = []
+  for name in sorted(os.listdir(src)):
+    if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+      shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+      copied.append(name)
+  tok_cfg = os.path.join(dst, "tokenizer_config.json")
+  if max_length and os.path.exists(tok_cfg):
+    with open(tok_cfg) as f:
+      d = json.load(f)
+    d["model_max_length"] = max_length
+    with open(tok_cfg, "w") as f:
+      json.dump(d, f, indent=2)
+  return copied
 
 
 def main(argv=None):
   import argparse
-  import shutil
   p = argparse.ArgumentParser(
       description="Make a long model from a RoBERTa/Longformer checkpoint "
       "(position embeddings copied, global projections from local ones) and "
@@ -354,20 +382,7 @@ def main(argv=None):
   model = from_pretrained(args.src)
   long_model = make_long(model, args.max_positions, args.attention_window)
   to_pretrained(long_model, args.dst)
-  copied = []
-  for name in sorted(os.listdir(args.src)):
-    if name in ("config.json", "model.safetensors", "pytorch_model.bin"):
-      continue
-    if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
-      shutil.copy(os.path.join(args.src, name), os.path.join(args.dst, name))
-      copied.append(name)
-  tok_cfg = os.path.join(args.dst, "tokenizer_config.json")
-  if os.path.exists(tok_cfg):
-    with open(tok_cfg) as f:
-      d = json.load(f)
-    d["model_max_length"] = args.max_positions
-    with open(tok_cfg, "w") as f:
-      json.dump(d, f, indent=2)
+  copied = copy_tokenizer(args.src, args.dst, args.max_positions)
   print(f"wrote {type(long_model).__name__} with {args.max_positions} "
         f"positions, window {args.attention_window} to {args.dst}; "
         f"tokenizer files: {', '.join(copied) or 'none found'}")

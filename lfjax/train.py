@@ -8,10 +8,8 @@ DIR gets config.json, metrics.jsonl (one JSON object per logged step) and
 checkpoints/.
 """
 
-import json
 import math
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +22,7 @@ from ml_collections import config_flags
 
 from lfjax import checkpoints
 from lfjax import evaluate
-from lfjax import metrics
+from lfjax import loop
 from lfjax.data import chars
 from lfjax.data import sampler as sampler_lib
 from lfjax.models import charlm
@@ -89,108 +87,57 @@ def make_train_step(graphdef, tx, window_scale):
   return step
 
 
-def _check_finite(loss, step, last_ckpt):
-  if not math.isfinite(loss):
-    where = (f"the newest checkpoint is step {last_ckpt}" if last_ckpt
-             else "no checkpoint was saved")
-    raise FloatingPointError(
-        f"train loss is {loss} at step {step}; stopping without saving it "
-        f"({where}). Lower the learning rate (--config.schedule.lrs) or "
-        "clip harder (--config.optim.grad_clip)")
-
-
-def _write_config(config, workdir):
-  path = workdir / "config.json"
-  new = json.loads(config.to_json())
-  if path.exists():
-    old = json.loads(path.read_text())
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-      print(f"config differs from {path} in {changed}; keeping the old one "
-            f"as {path.with_suffix('.previous.json')}")
-      path.with_suffix(".previous.json").write_text(path.read_text())
-  path.write_text(json.dumps(new, indent=1))
+def _summarize(m):
+  return dict(train_loss=m["loss"], train_bpc=m["loss"] / math.log(2),
+              grad_norm=m["grad_norm"])
 
 
 def train_and_evaluate(config, workdir):
-  """Trains (or resumes) the run in workdir; returns the last metrics."""
+  """Trains (or resumes) the run in workdir; returns the last metrics.
+
+  config.task picks the task: "charlm" (here) or "mlm" (lfjax.mlm)."""
+  if config.get("task", "charlm") == "mlm":
+    from lfjax import mlm
+    return mlm.train_and_evaluate(config, workdir)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   bounds = phases(config)
-  total = bounds[-1][1]
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm.CharLM(checkpoints.model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   tx = optimizer(config)
   opt_state = tx.init(params)
-  _write_config(config, workdir)
-  schedule = learning_rate(config)
+  checkpoints.write_config(config, workdir)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
-  last = {}
 
-  with checkpoints.manager(workdir, config.keep_checkpoints) as mngr:
-    start, data_state = mngr.latest_step() or 0, None
-    if start:
-      params, opt_state, data_state = checkpoints.restore(
-          mngr, start, params, opt_state)
-      print(f"resuming {workdir} from step {start}")
-    writer = metrics.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
-    last_ckpt = start
-    for p, (a, b) in enumerate(bounds):
-      if b <= start:
-        continue
-      seq_len = config.schedule.seq_lens[p]
-      scale = config.schedule.window_scales[p]
-      sampler = sampler_lib.WindowSampler(
-          corpus, "train", seq_len=seq_len, seed=config.seed, stream=p,
-          batch_size=config.schedule.batch_sizes[p])
-      if data_state and data_state["phase"] == p:
-        sampler.restore(data_state["sampler"])
-      if sampler.index != max(start - a, 0):
-        raise ValueError(f"checkpoint {start}: data state {data_state} does "
-                         f"not match phase {p} starting at step {a}")
-      step_fn = make_train_step(graphdef, tx, scale)
-      tick, tick_step = time.perf_counter(), max(start, a)
-      for step in range(max(start, a), b):
-        x, y = next(sampler)
-        params, opt_state, m = step_fn(params, opt_state, x, y,
-                                       jax.random.fold_in(dropout_root, step))
-        done = step + 1
-        if done % config.log_every == 0 or done == b:
-          loss = float(m["loss"])  # waits for the step
-          _check_finite(loss, done, last_ckpt)
-          now = time.perf_counter()
-          tokens = (done - tick_step) * x.size
-          last = dict(train_loss=loss, train_bpc=loss / math.log(2),
-                      grad_norm=float(m["grad_norm"]),
-                      learning_rate=float(schedule(step)),
-                      tokens_per_s=tokens / (now - tick), phase=p + 1,
-                      window=max(config.model.windows) * scale,
-                      seq_len=seq_len)
-          writer.write(done, last)
-          print(f"step {done:>7}/{total} phase {p + 1}/{len(bounds)} "
-                f"seq {seq_len} loss {loss:.4f} bpc {last['train_bpc']:.3f} "
-                f"lr {last['learning_rate']:.2e} "
-                f"{last['tokens_per_s']:,.0f} tok/s", flush=True)
-          tick, tick_step = now, done
-        if (config.eval_every and done % config.eval_every == 0) or (
-            done == total):
-          value, count = evaluate.evaluate_model(
-              nnx.merge(graphdef, params), corpus, split=config.eval.split,
-              seq_len=config.eval.seq_len, step=config.eval.step,
-              batch_size=config.eval.batch_size,
-              max_chars=config.eval.max_chars, window_scale=scale)
-          last = dict(last, eval_bpc=value)
-          writer.write(done, {"eval_bpc": value, "eval_chars": count})
-          print(f"step {done:>7} eval {config.eval.split} bpc {value:.4f} "
-                f"({count:,} chars)", flush=True)
-        if done % config.checkpoint_every == 0 or done == b:
-          _check_finite(float(m["loss"]), done, last_ckpt)
-          checkpoints.save(mngr, done, params, opt_state,
-                           {"phase": p, "sampler": sampler.state()})
-          last_ckpt = done
-  return last
+  def phase(p, a, b):
+    s = config.schedule
+    scale = s.window_scales[p]
+    jitted = make_train_step(graphdef, tx, scale)
+    step_fn = lambda params, opt_state, xy, step: jitted(
+        params, opt_state, *xy, jax.random.fold_in(dropout_root, step))
+    return loop.Phase(
+        a, b, sampler_lib.WindowSampler(
+            corpus, "train", seq_len=s.seq_lens[p], seed=config.seed,
+            stream=p, batch_size=s.batch_sizes[p]),
+        step_fn, _summarize,
+        info=dict(window=max(config.model.windows) * scale,
+                  seq_len=s.seq_lens[p]),
+        tokens_per_batch=s.seq_lens[p] * s.batch_sizes[p])
+
+  def evaluate_fn(params, p):
+    value, count = evaluate.evaluate_model(
+        nnx.merge(graphdef, params), corpus, split=config.eval.split,
+        seq_len=config.eval.seq_len, step=config.eval.step,
+        batch_size=config.eval.batch_size, max_chars=config.eval.max_chars,
+        window_scale=config.schedule.window_scales[p])
+    return ({"eval_bpc": value, "eval_chars": count},
+            f"{config.eval.split} bpc {value:.4f} ({count:,} chars)")
+
+  return loop.run(workdir, config, params, opt_state,
+                  [phase(p, a, b) for p, (a, b) in enumerate(bounds)],
+                  learning_rate(config), evaluate_fn)
 
 
 FLAGS = flags.FLAGS

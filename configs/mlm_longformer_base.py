@@ -1,0 +1,30 @@
+"""Longformer-base by continued MLM pretraining of RoBERTa-base (paper §5).
+
+  python -m lfjax.train --config configs/mlm_longformer_base.py \
+      --config.init_from /path/to/roberta-base \
+      --config.data.sources /path/to/documents --workdir /tmp/lf_base
+  python -m lfjax.mlm export --workdir /tmp/lf_base --to /tmp/lf_base_hf
+
+init_from is a local folder (config.json, model.safetensors or
+pytorch_model.bin, tokenizer files): nothing is downloaded. Variants of the
+paper's Table 5: --config.model.position_init random, and
+--config.train.train_only position_embeddings.
+
+`tiny` runs on CPU in about a minute on 300 stdlib files from a tiny random
+RoBERTa (tests/test_mlm.py makes one; so does experiments/mlm_positions.py):
+  python -m lfjax.train --config configs/mlm_longformer_base.py:tiny \
+      --config.init_from DIR --workdir /tmp/mlm_tiny
+"""
+
+from lfjax import mlm_defaults
+
+
+def get_config(arg=None):
+  c = mlm_defaults.base_config()
+  # Batch 64 x 4096 as 8 micro-batches of 8 (fits an 80 GB GPU in float32).
+  c.train.micro_batch_size = 8
+  if arg == "tiny":
+    mlm_defaults.tiny(c)
+  elif arg:
+    raise ValueError(f"config arg: expected '' or 'tiny', got {arg!r}")
+  return c

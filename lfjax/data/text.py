@@ -1,0 +1,306 @@
+"""Documents for MLM: local text, the checkpoint's own tokenizer, packing
+into fixed-length sequences, and dynamic masking.
+
+Nothing is downloaded: documents are local files (or `pystdlib`, this
+Python's standard library sources), the tokenizer is read from a local
+Hugging Face directory. Tokenized splits are cached (npy, keyed by a hash of
+the documents and the tokenizer files) so a resumed run does not tokenize
+again.
+
+Character accounting for BPC: the characters of a document are divided
+among its tokens by their offsets, each token owning the characters from
+the end of the previous token's span to the end of its own. Whitespace a
+tokenizer leaves out of spans (RoBERTa's trim_offsets) thus belongs to the
+token after it, and the last token also takes any trailing text. The counts
+of a document sum to its length; separators own none.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfjax.data import chars as chars_lib
+
+SPLITS = ("train", "valid")
+
+
+def load_tokenizer(path):
+  """A fast Hugging Face tokenizer from a local directory."""
+  try:
+    from transformers import AutoTokenizer
+  except ImportError:
+    raise ImportError("tokenizer: MLM data needs transformers (pip install "
+                      "transformers) to read the checkpoint's tokenizer") \
+        from None
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"tokenizer: expected a local directory with the "
+                            f"tokenizer files (vocab.json/merges.txt or "
+                            f"tokenizer.json), got {path!r}")
+  try:
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"tokenizer: no tokenizer files in {path!r} "
+                            f"({e}); copy them next to config.json") from None
+  if not tok.is_fast:
+    raise ValueError(f"tokenizer: {path!r} loads a slow tokenizer; character "
+                     "offsets (for BPC) need a fast one (tokenizer.json)")
+  for name in ("mask_token_id", "pad_token_id"):
+    if getattr(tok, name) is None:
+      raise ValueError(f"tokenizer: {path!r} has no {name[:-3]}; MLM needs "
+                       "mask and pad tokens")
+  return tok
+
+
+def train_tokenizer(texts, path, vocab_size=1000):
+  """Trains a byte-level BPE (RoBERTa's kind) on `texts` and saves it as a
+  RobertaTokenizerFast in `path`: for tests and the small experiments, whose
+  tokenizer must come from local text."""
+  from tokenizers import ByteLevelBPETokenizer
+  from transformers import RobertaTokenizerFast
+  specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
+                          special_tokens=specials)
+  os.makedirs(path, exist_ok=True)
+  bpe.save_model(str(path))
+  files = (os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
+  try:  # transformers 5 names the files vocab / merges, 4 vocab_file / ...
+    tok = RobertaTokenizerFast(vocab=files[0], merges=files[1])
+  except TypeError:
+    tok = RobertaTokenizerFast(vocab_file=files[0], merges_file=files[1])
+  tok.save_pretrained(str(path))
+  return tok
+
+
+def read_documents(sources, glob="*.txt", max_documents=0):
+  """[(name, text)] from files, folders (every file matching glob, sorted)
+  and "pystdlib". Names are relative to their source, so the train/valid
+  split does not change when the folder moves."""
+  if isinstance(sources, str):
+    sources = [sources]
+  docs = []
+  for src in sources:
+    if src == "pystdlib":
+      docs += [("pystdlib/" + rel, text.decode("utf-8", errors="replace"))
+               for rel, text in chars_lib.pystdlib_files()]
+      continue
+    path = pathlib.Path(src).expanduser()
+    if path.is_dir():
+      files = sorted(f for f in path.rglob(glob) if f.is_file())
+      if not files:
+        raise FileNotFoundError(f"data.sources: no file matching "
+                                f"{glob!r} under {path}")
+      docs += [(f"{path.name}/{f.relative_to(path).as_posix()}",
+                f.read_text(encoding="utf-8", errors="replace"))
+               for f in files]
+    elif path.is_file():
+      docs.append((path.name, path.read_text(encoding="utf-8",
+                                             errors="replace")))
+    else:
+      raise FileNotFoundError(
+          f"data.sources: {src!r} is neither a file nor a folder; give "
+          "local text files or folders of documents (one document per file)"
+          " or 'pystdlib'")
+  docs = [(n, t) for n, t in docs if t.strip()]
+  if max_documents:
+    docs = docs[:max_documents]
+  if not docs:
+    raise ValueError(f"data.sources: no non-empty documents in {sources}")
+  return docs
+
+
+def split_of(name, valid_fraction):
+  """A document's split, from a CRC of its name (stable across runs)."""
+  return ("valid" if zlib.crc32(name.encode()) % 10_000
+          < round(valid_fraction * 10_000) else "train")
+
+
+def tokenize(texts, tokenizer, separator_id, batch=256):
+  """(tokens, chars) int32 streams: each document's tokens followed by
+  `separator_id`; chars[i] the characters token i owns (module doc)."""
+  tokens, owned = [], []
+  for i in range(0, len(texts), batch):
+    chunk = texts[i:i + batch]
+    enc = tokenizer(chunk, add_special_tokens=False,
+                    return_offsets_mapping=True, return_attention_mask=False)
+    for text, ids, offsets in zip(chunk, enc["input_ids"],
+                                  enc["offset_mapping"]):
+      ends = np.maximum.accumulate(
+          np.asarray([e for _, e in offsets] or [0], np.int64))
+      counts = np.diff(np.concatenate([[0], ends]))[:len(ids)]
+      if len(ids):
+        counts[-1] += len(text) - ends[-1]
+      tokens += [np.asarray(ids, np.int32), np.asarray([separator_id],
+                                                       np.int32)]
+      owned += [counts.astype(np.int32), np.zeros(1, np.int32)]
+  return np.concatenate(tokens), np.concatenate(owned)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenCorpus:
+  """Token and owned-character streams per split, with the ids MLM needs."""
+  splits: dict  # split -> (tokens int32 [T], chars int32 [T])
+  vocab_size: int  # len(tokenizer)
+  bos_id: int
+  eos_id: int
+  pad_id: int
+  mask_id: int
+  special_ids: tuple  # never masked, never a random replacement
+
+
+def special_ids(tokenizer):
+  """Special tokens (unk is a real token and may be masked)."""
+  return tuple(sorted(set(tokenizer.all_special_ids)
+                      - {tokenizer.unk_token_id}))
+
+
+def load_corpus(sources, tokenizer_dir, *, valid_fraction=0.01, glob="*.txt",
+                max_documents=0, cache_dir=None):
+  """Tokenized train/valid splits, built once and cached.
+
+  cache_dir: "" or None = $LFJAX_DATA/mlm (or ~/.cache/lfjax/mlm).
+  """
+  tok = load_tokenizer(tokenizer_dir)
+  docs = read_documents(sources, glob, max_documents)
+  bos = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+  eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+  if bos is None or eos is None:
+    raise ValueError(f"tokenizer: {tokenizer_dir!r} needs cls/bos and "
+                     "sep/eos tokens to frame sequences")
+  digest = hashlib.sha256()
+  for name in sorted(os.listdir(tokenizer_dir)):
+    if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
+      digest.update(name.encode() + pathlib.Path(tokenizer_dir, name)
+                    .read_bytes())
+  digest.update(f"{valid_fraction}".encode())
+  for name, text in docs:
+    digest.update(name.encode() + b"\0" + text.encode("utf-8", "replace"))
+  key = digest.hexdigest()[:16]
+  root = pathlib.Path(cache_dir) if cache_dir else (
+      chars_lib.default_data_dir() / "mlm")
+  folder = root / key
+  if not (folder / "meta.json").exists():
+    by_split = {s: [t for n, t in docs if split_of(n, valid_fraction) == s]
+                for s in SPLITS}
+    for s, texts in by_split.items():
+      if not texts:
+        raise ValueError(
+            f"data.valid_fraction: {valid_fraction} leaves the {s} split of "
+            f"{len(docs)} documents empty; give more documents or change it")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"documents": {s: len(t) for s, t in by_split.items()},
+            "tokenizer": str(tokenizer_dir), "sources": list(sources)}
+    for s, texts in by_split.items():
+      toks, owned = tokenize(texts, tok, eos)
+      for what, arr in (("tokens", toks), ("chars", owned)):
+        tmp = folder / f"{s}.{what}.tmp.npy"
+        np.save(tmp, arr)
+        os.replace(tmp, folder / f"{s}.{what}.npy")
+      meta[f"{s}_tokens"] = int(len(toks))
+      meta[f"{s}_chars"] = int(owned.sum())
+    tmp = folder / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, folder / "meta.json")
+  splits = {s: (np.load(folder / f"{s}.tokens.npy", mmap_mode="r"),
+                np.load(folder / f"{s}.chars.npy", mmap_mode="r"))
+            for s in SPLITS}
+  return TokenCorpus(splits, len(tok), bos, eos, tok.pad_token_id,
+                     tok.mask_token_id, special_ids(tok))
+
+
+def num_sequences(corpus, split, seq_len):
+  return -(-len(corpus.splits[split][0]) // (seq_len - 2))
+
+
+def packed(corpus, split, seq_len, indices):
+  """Sequences `indices` of the split packed to seq_len: <s>, the next
+  seq_len - 2 tokens of the stream (documents run on, separated by </s>),
+  </s>; the last one padded. Returns input_ids, attention_mask, chars."""
+  if seq_len < 3:
+    raise ValueError(f"seq_len: expected at least 3, got {seq_len}")
+  tokens, owned = corpus.splits[split]
+  body = seq_len - 2
+  ids = np.full((len(indices), seq_len), corpus.pad_id, np.int32)
+  cnt = np.zeros((len(indices), seq_len), np.int32)
+  for row, k in enumerate(indices):
+    piece = tokens[k * body:(k + 1) * body]
+    ids[row, 0] = corpus.bos_id
+    ids[row, 1:1 + len(piece)] = piece
+    ids[row, 1 + len(piece)] = corpus.eos_id
+    cnt[row, 1:1 + len(piece)] = owned[k * body:(k + 1) * body]
+  return {"input_ids": ids, "attention_mask": (ids != corpus.pad_id)
+          .astype(np.int32), "chars": cnt}
+
+
+class PackedSampler:
+  """Batches of packed sequences, shuffled per epoch.
+
+  Batch i depends only on (seed, i): the state {"index": i} replays exactly
+  what an uninterrupted run sees.
+  """
+
+  def __init__(self, corpus, split, *, seq_len, batch_size, seed):
+    self.corpus, self.split = corpus, split
+    self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+    self.count = num_sequences(corpus, split, seq_len)
+    self.index = 0
+
+  def state(self):
+    return {"index": self.index}
+
+  def restore(self, state):
+    self.index = int(state["index"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    picks = []
+    for j in range(self.index * self.batch_size,
+                   (self.index + 1) * self.batch_size):
+      epoch, pos = divmod(j, self.count)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.count)
+      picks.append(perm[pos])
+    self.index += 1
+    return packed(self.corpus, self.split, self.seq_len, picks)
+
+
+def mask_tokens(key, ids_BxN, maskable_BxN, *, mask_id, replace_ids,
+                prob=0.15, mask_frac=0.8, random_frac=0.1):
+  """BERT/RoBERTa dynamic masking, under jit.
+
+  Each maskable token is selected with probability `prob`; a selected token
+  becomes the mask token (mask_frac), a random token from replace_ids
+  (random_frac), or stays (the rest). Returns (inputs, selected).
+  """
+  k_sel, k_how, k_tok = jax.random.split(key, 3)
+  shape = ids_BxN.shape
+  selected = jax.random.bernoulli(k_sel, prob, shape) & maskable_BxN
+  how = jax.random.uniform(k_how, shape)
+  replace_ids = jnp.asarray(replace_ids, jnp.int32)
+  random_ids = replace_ids[jax.random.randint(k_tok, shape, 0,
+                                              replace_ids.shape[0])]
+  inputs = jnp.where(selected & (how < mask_frac), mask_id, ids_BxN)
+  inputs = jnp.where(selected & (how >= mask_frac)
+                     & (how < mask_frac + random_frac), random_ids, inputs)
+  return inputs, selected
+
+
+def maskable(corpus, ids_BxN, attention_mask_BxN):
+  """Real, non-special tokens."""
+  special = jnp.isin(ids_BxN, jnp.asarray(corpus.special_ids, jnp.int32))
+  return (attention_mask_BxN > 0) & ~special
+
+
+def replacement_ids(corpus):
+  """Token ids a random replacement draws from: all but the specials."""
+  keep = np.ones(corpus.vocab_size, bool)
+  keep[list(corpus.special_ids)] = False
+  return np.flatnonzero(keep).astype(np.int32)

@@ -1,0 +1,297 @@
+"""MLM continued pretraining: the paper's RoBERTa-to-Longformer recipe.
+
+  python -m lfjax.train --config configs/mlm_longformer_base.py \
+      --config.init_from /path/to/roberta-base --workdir DIR
+  python -m lfjax.mlm export --workdir DIR --to OUT   # for transformers
+
+A RoBERTa/BERT/Longformer checkpoint folder (with its tokenizer files) is
+loaded, made long with lfjax.convert.make_long when it has fewer positions
+than config.model.max_positions, and trained on local documents with
+dynamic masking. The loop, checkpoints and resume are lfjax.loop's, as for
+the char-LM.
+
+BPC here is the paper's Table 5 quantity made explicit: the masked tokens'
+loss in bits divided by the characters those tokens cover (lfjax.data.text
+says how characters are divided among tokens). allenai's script logs the
+loss / ln 2, i.e. bits per token; that is `bits_per_token` in the metrics.
+"""
+
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from lfjax import checkpoints
+from lfjax import convert
+from lfjax import loop
+from lfjax.data import text
+
+_LN2 = math.log(2)
+
+
+def tokenizer_dir(config):
+  return config.data.tokenizer or config.init_from
+
+
+def load_corpus(config):
+  d = config.data
+  if not d.sources:
+    raise ValueError("data.sources: expected local text files or folders "
+                     "(one document per file) or 'pystdlib', got none")
+  return text.load_corpus(
+      tuple(d.sources), tokenizer_dir(config), valid_fraction=d.valid_fraction,
+      glob=d.glob, max_documents=d.max_documents, cache_dir=d.cache_dir or None)
+
+
+def load_model(config):
+  """The checkpoint of config.init_from as a long LongformerForMaskedLM."""
+  if not config.init_from:
+    raise ValueError("init_from: expected a local RoBERTa, BERT or "
+                     "Longformer checkpoint folder (config.json, weights and "
+                     "tokenizer files), got ''")
+  m = config.model
+  model = convert.from_pretrained(
+      config.init_from, head="masked_lm", seed=config.seed,
+      attention_impl=m.attention_impl, max_global=1 if m.global_bos else None)
+  cfg = model.cfg
+  have = cfg.max_position_embeddings - cfg.pad_token_id - 1
+  if have < m.max_positions:
+    model = convert.make_long(model, m.max_positions, m.attention_window,
+                              seed=config.seed, positions=m.position_init)
+  elif m.position_init != "copy":
+    raise ValueError(f"model.position_init: {config.init_from} already has "
+                     f"{have} positions (>= model.max_positions="
+                     f"{m.max_positions}); nothing new to initialise with "
+                     f"{m.position_init!r}")
+  if config.train.seq_len > m.max_positions:
+    raise ValueError(f"train.seq_len: expected at most model.max_positions="
+                     f"{m.max_positions}, got {config.train.seq_len}")
+  return model
+
+
+def learning_rate(config):
+  """Linear warmup, then polynomial decay to 0 at decay_steps (fairseq's
+  polynomial_decay, as the paper's RoBERTa recipe)."""
+  o = config.optim
+  return optax.join_schedules([
+      optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1)),
+      optax.polynomial_schedule(o.lr, 0.0, o.power,
+                                max(o.decay_steps - o.warmup_steps, 1))],
+      [max(o.warmup_steps, 1)])
+
+
+def _trainable(path):
+  return any(getattr(k, "key", None) == "position_embeddings" for k in path)
+
+
+def optimizer(config, params):
+  o = config.optim
+  only = config.train.train_only
+  if only not in ("all", "position_embeddings"):
+    raise ValueError(f"train.train_only: expected 'all' or "
+                     f"'position_embeddings', got {only!r}")
+  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+  adam = optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
+                     weight_decay=o.weight_decay, mask=decay)
+  chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+  if only == "all":
+    return optax.chain(*chain, adam)
+  labels = jax.tree_util.tree_map_with_path(
+      lambda path, _: "train" if _trainable(path) else "frozen", params)
+  return optax.chain(*chain, optax.multi_transform(
+      {"train": adam, "frozen": optax.set_to_zero()}, labels))
+
+
+def _global_mask(config, ids_BxN):
+  if not config.model.global_bos:
+    return None
+  return jnp.zeros(ids_BxN.shape, bool).at[:, 0].set(True)
+
+
+def masked_loss(model, config, corpus, batch, key):
+  """Sum of the masked tokens' losses (nats), their count and characters."""
+  ids = jnp.asarray(batch["input_ids"])
+  am = jnp.asarray(batch["attention_mask"])
+  inputs, selected = text.mask_tokens(
+      key, ids, text.maskable(corpus, ids, am), mask_id=corpus.mask_id,
+      replace_ids=text.replacement_ids(corpus), prob=config.mask.prob,
+      mask_frac=config.mask.mask_frac, random_frac=config.mask.random_frac)
+  logits = model(inputs, attention_mask=am,
+                 global_attention_mask=_global_mask(config, ids)).logits
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), ids)
+  w = selected.astype(jnp.float32)
+  return {"loss_sum": jnp.sum(ce * w), "count": jnp.sum(w),
+          "chars": jnp.sum(w * jnp.asarray(batch["chars"], jnp.float32))}
+
+
+def make_train_step(graphdef, rest, tx, config, corpus):
+  """One optimizer step over batch_size sequences, accumulated over
+  micro-batches; the loss is the mean over all the batch's masked tokens."""
+  t = config.train
+  if t.batch_size % t.micro_batch_size:
+    raise ValueError(f"train.batch_size: expected a multiple of "
+                     f"train.micro_batch_size={t.micro_batch_size}, got "
+                     f"{t.batch_size}")
+  accum = t.batch_size // t.micro_batch_size
+
+  def micro(params, mb, key):
+    # A fresh copy of the RNG variables: reseeding mutates them, and the
+    # originals belong to the caller's trace.
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+    k_drop, k_mask = jax.random.split(key)
+    nnx.reseed(model, default=k_drop)
+    s = masked_loss(model, config, corpus, mb, k_mask)
+    return s["loss_sum"], s
+
+  @jax.jit
+  def step(params, opt_state, batch, key):
+    mbs = jax.tree.map(
+        lambda x: x.reshape(accum, t.micro_batch_size, *x.shape[1:]), batch)
+
+    def body(g, xs):
+      mb, k = xs
+      (_, s), gi = jax.value_and_grad(micro, has_aux=True)(params, mb, k)
+      return jax.tree.map(jnp.add, g, gi), s
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, s = jax.lax.scan(body, zeros, (mbs, jax.random.split(key, accum)))
+    s = jax.tree.map(jnp.sum, s)
+    n = jnp.maximum(s["count"], 1.0)
+    grads = jax.tree.map(lambda g: g / n, grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state,
+            dict(s, loss=s["loss_sum"] / n, grad_norm=optax.global_norm(grads)))
+  return step
+
+
+def summarize(m):
+  n = max(m["count"], 1.0)
+  return dict(train_loss=m["loss"],
+              train_bpc=m["loss_sum"] / _LN2 / max(m["chars"], 1.0),
+              train_bits_per_token=m["loss_sum"] / _LN2 / n,
+              grad_norm=m["grad_norm"], masked_tokens=int(m["count"]))
+
+
+def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
+                   batch_size=None, max_batches=None):
+  """MLM loss / BPC over the split's packed sequences with fixed masks
+  (eval.mask_seed), so runs and steps are compared on the same tokens."""
+  seq_len = seq_len or config.train.seq_len
+  batch_size = batch_size or config.eval.batch_size
+  max_batches = config.eval.max_batches if max_batches is None else max_batches
+  model.eval()
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def sums(state, batch, key):
+    return masked_loss(nnx.merge(graphdef, state), config, corpus, batch, key)
+
+  n_seq = text.num_sequences(corpus, split, seq_len)
+  n_batches = -(-n_seq // batch_size)
+  if max_batches:
+    n_batches = min(n_batches, max_batches)
+  root = jax.random.key(config.eval.mask_seed)
+  total = {"loss_sum": 0.0, "count": 0.0, "chars": 0.0}
+  for i in range(n_batches):
+    idx = np.arange(i * batch_size, (i + 1) * batch_size) % n_seq
+    batch = text.packed(corpus, split, seq_len, idx)
+    real = (np.arange(i * batch_size, (i + 1) * batch_size) < n_seq)
+    batch["attention_mask"] = batch["attention_mask"] * real[:, None]
+    s = sums(state, batch, jax.random.fold_in(root, i))
+    total = {k: total[k] + float(s[k]) for k in total}
+  n = max(total["count"], 1.0)
+  return {"eval_loss": total["loss_sum"] / n,
+          "eval_bpc": total["loss_sum"] / _LN2 / max(total["chars"], 1.0),
+          "eval_bits_per_token": total["loss_sum"] / _LN2 / n,
+          "eval_masked_tokens": int(total["count"]),
+          "eval_chars": int(total["chars"])}
+
+
+def train_and_evaluate(config, workdir):
+  """Trains (or resumes) the MLM run in workdir; returns the last record."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  corpus = load_corpus(config)
+  model = load_model(config)
+  if model.cfg.vocab_size < corpus.vocab_size:
+    raise ValueError(f"data.tokenizer: {corpus.vocab_size} tokens, more than "
+                     f"the model's vocab_size={model.cfg.vocab_size}")
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()  # eval's graph: dropout off
+  eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+  tx = optimizer(config, params)
+  opt_state = tx.init(params)
+  checkpoints.write_config(config, workdir)
+  t = config.train
+  jitted = make_train_step(graphdef, rest, tx, config, corpus)
+  root = jax.random.fold_in(jax.random.key(config.seed), 2)
+  phase = loop.Phase(
+      0, config.steps,
+      text.PackedSampler(corpus, "train", seq_len=t.seq_len,
+                         batch_size=t.batch_size, seed=config.seed),
+      lambda params, opt_state, batch, step: jitted(
+          params, opt_state, batch, jax.random.fold_in(root, step)),
+      summarize,
+      info=dict(seq_len=t.seq_len, window=model.cfg.windows()[0]),
+      tokens_per_batch=t.seq_len * t.batch_size)
+
+  def evaluate_fn(params, p):
+    r = evaluate_model(nnx.merge(eval_graphdef, params, rest), config, corpus)
+    return r, (f"valid loss {r['eval_loss']:.4f} bpc {r['eval_bpc']:.4f} "
+               f"({r['eval_masked_tokens']:,} masked tokens, "
+               f"{r['eval_chars']:,} chars)")
+
+  return loop.run(workdir, config, params, opt_state, [phase],
+                  learning_rate(config), evaluate_fn)
+
+
+def load_trained(workdir, step=None):
+  """(config, trained LongformerForMaskedLM, step) of an MLM run."""
+  config = checkpoints.read_config(workdir)
+  model = load_model(config)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params, _, step = checkpoints.restore_params(workdir, params, step)
+  model = nnx.merge(graphdef, params, rest)
+  model.eval()
+  return config, model, step
+
+
+def export(workdir, path, step=None):
+  """Writes a run's model and tokenizer for transformers'
+  LongformerForMaskedLM.from_pretrained; returns the step exported."""
+  config, model, step = load_trained(workdir, step)
+  if pathlib.Path(path).resolve() == pathlib.Path(config.init_from).resolve():
+    raise ValueError("to: expected a folder other than init_from (the "
+                     "source checkpoint is never overwritten)")
+  convert.to_pretrained(model, path)
+  convert.copy_tokenizer(tokenizer_dir(config), path,
+                         config.model.max_positions)
+  return step
+
+
+def main(argv=None):
+  import argparse
+  p = argparse.ArgumentParser(description="Export an MLM run (python -m "
+                              "lfjax.train --config configs/mlm_*.py) for "
+                              "transformers.")
+  sub = p.add_subparsers(dest="cmd", required=True)
+  e = sub.add_parser("export")
+  e.add_argument("--workdir", required=True)
+  e.add_argument("--to", required=True)
+  e.add_argument("--step", type=int, default=None,
+                 help="a saved step (default: the newest)")
+  args = p.parse_args(argv)
+  checkpoints.quiet_orbax()
+  step = export(args.workdir, args.to, args.step)
+  print(f"wrote step {step} of {args.workdir} to {args.to}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,101 @@
+"""Fields shared by the MLM configs (configs/mlm_*.py).
+
+Values are the paper's continued pretraining of RoBERTa into Longformer
+(Section 5; see ../shared/research/paper.md): window 512, 4096 tokens,
+batch 64, LR 3e-5 with 500 warmup steps and polynomial (power 3) decay over
+65K updates; the rest as RoBERTa (AdamW betas 0.9/0.98, eps 1e-6, weight
+decay 0.01, dropout 0.1, no gradient clipping). Every field is used by
+lfjax.mlm.
+"""
+
+import ml_collections
+
+
+def base_config():
+  c = ml_collections.ConfigDict()
+  c.task = "mlm"  # lfjax.train dispatches on it (charlm | mlm)
+  c.seed = 0  # data order, dropout, masking and new position rows
+  # Local Hugging Face folder: RoBERTa, BERT or Longformer, base or
+  # *ForMaskedLM, with its tokenizer files. Required.
+  c.init_from = ""
+
+  c.data = ml_collections.ConfigDict()
+  # Text files, folders of documents (one per file) or "pystdlib".
+  c.data.sources = ()
+  c.data.glob = "*.txt"  # which files of a folder are documents
+  c.data.max_documents = 0  # 0 = all; else the first N (in name order)
+  # Documents whose name hashes below this fraction form the held-out split.
+  c.data.valid_fraction = 0.01
+  c.data.tokenizer = ""  # tokenizer folder; "" = init_from
+  c.data.cache_dir = ""  # tokenized splits; "" = $LFJAX_DATA/mlm
+
+  c.model = ml_collections.ConfigDict()
+  # Positions after the conversion; a shorter checkpoint goes through
+  # lfjax.convert.make_long, a long enough one is used as is.
+  c.model.max_positions = 4096
+  # FULL window (even) given to make_long; one-sided is half. Paper: 512.
+  c.model.attention_window = 512
+  # New position rows: "copy" (paper) or "random" (Table 5's baseline).
+  c.model.position_init = "copy"
+  # Global attention on <s>; the paper's MLM uses none.
+  c.model.global_bos = False
+  c.model.attention_impl = "auto"  # windowed_attention impl
+
+  c.train = ml_collections.ConfigDict()
+  c.train.seq_len = 4096  # tokens per packed sequence, <s> and </s> included
+  c.train.batch_size = 64  # sequences per optimizer step (paper: 64)
+  # Sequences per forward/backward; batch_size / this = accumulation steps.
+  c.train.micro_batch_size = 8
+  # "all", or "position_embeddings" (the rest frozen: the paper's
+  # "train extra pos. embed. only" row).
+  c.train.train_only = "all"
+
+  c.mask = ml_collections.ConfigDict()
+  c.mask.prob = 0.15  # share of real, non-special tokens predicted
+  c.mask.mask_frac = 0.8  # of those: replaced by <mask>
+  c.mask.random_frac = 0.1  # by a random non-special token; rest unchanged
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 3e-5  # peak
+  c.optim.warmup_steps = 500  # linear from 0
+  c.optim.decay_steps = 65_000  # LR reaches 0 here (polynomial decay)
+  c.optim.power = 3.0  # of the decay
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98  # RoBERTa's
+  c.optim.eps = 1e-6
+  c.optim.weight_decay = 0.01  # on matrices only
+  c.optim.grad_clip = 0.0  # global norm; 0 = none (RoBERTa)
+
+  c.steps = 65_000  # optimizer steps
+  c.log_every = 50
+  c.eval_every = 2_000  # also at the end; 0 = only at the end
+  c.checkpoint_every = 1_000
+  c.keep_checkpoints = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 8
+  c.eval.max_batches = 50  # 0 = the whole held-out split
+  c.eval.mask_seed = 0  # fixed masks: every step and run sees the same ones
+  return c
+
+
+def tiny(c):
+  """CPU-sized: about a minute from a tiny random RoBERTa."""
+  c.data.sources = ("pystdlib",)
+  c.data.glob = "*.py"
+  c.data.max_documents = 300
+  c.data.valid_fraction = 0.1
+  c.model.max_positions = 256
+  c.model.attention_window = 32
+  c.train.seq_len = 256
+  c.train.batch_size = 4
+  c.train.micro_batch_size = 2
+  c.optim.lr = 5e-3
+  c.optim.warmup_steps = 5
+  c.optim.decay_steps = 60
+  c.steps = 60
+  c.log_every = 5
+  c.eval_every = 20
+  c.checkpoint_every = 20
+  c.eval.batch_size = 4
+  c.eval.max_batches = 4

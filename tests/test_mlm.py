@@ -1,0 +1,283 @@
+"""MLM continued pretraining: data, masking, BPC accounting, training,
+exact resume, the paper's variants and export to transformers.
+
+A tiny random RoBERTa (transformers, save_pretrained) with a byte-level BPE
+trained on stdlib files is the starting checkpoint. Runs where torch is
+installed (the Python 3.11 leg of CI).
+"""
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lfjax import convert  # noqa: E402
+from lfjax import metrics  # noqa: E402
+from lfjax import mlm  # noqa: E402
+from lfjax import train  # noqa: E402
+from lfjax.data import chars  # noqa: E402
+from lfjax.data import text  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
+
+@pytest.fixture(scope="module")
+def roberta(tmp_path_factory):
+  """A tiny random RoBERTa-for-MLM folder with its own tokenizer."""
+  path = tmp_path_factory.mktemp("roberta")
+  docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:80]]
+  tok = text.train_tokenizer(docs, path, vocab_size=400)
+  cfg = transformers.RobertaConfig(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=64, max_position_embeddings=66,
+      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+  torch.manual_seed(0)
+  transformers.RobertaForMaskedLM(cfg).save_pretrained(path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def docs_dir(tmp_path_factory):
+  """40 generated documents, one per file."""
+  d = tmp_path_factory.mktemp("docs")
+  rng = np.random.default_rng(0)
+  words = ["def", "class", "return", "import", "self", "value", "(", ")",
+           ":", "\n", "    ", "for", "in", "if", "else", "é", "data"]
+  for i in range(40):
+    n = int(rng.integers(20, 200))
+    (d / f"doc{i:02d}.txt").write_text(" ".join(rng.choice(words, n)))
+  return d
+
+
+def config(roberta, docs_dir, tmp_path, **changes):
+  spec = importlib.util.spec_from_file_location(
+      "mlm_base", ROOT / "configs" / "mlm_longformer_base.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.init_from = str(roberta)
+  c.data.sources = (str(docs_dir),)
+  c.data.glob = "*.txt"
+  c.data.max_documents = 0
+  c.data.valid_fraction = 0.2
+  c.data.cache_dir = str(tmp_path / "cache")
+  c.model.max_positions = 128
+  c.train.seq_len = 128
+  c.steps = 12
+  c.optim.decay_steps = 12
+  c.log_every = 1
+  c.eval_every = 6
+  c.checkpoint_every = 5
+  c.eval.max_batches = 2
+  for k, v in changes.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_character_accounting_by_hand(roberta):
+  tok = text.load_tokenizer(str(roberta))
+  doc = "def f(x):\n    return x  # y"
+  ids, owned = text.tokenize([doc, "a\u00e9 b"], tok, separator_id=2)
+  first = list(ids).index(2)
+  # Each token owns its own text plus the whitespace before it: the slices
+  # of the document cut at the counts, stripped, spell the tokens.
+  cuts = np.concatenate([[0], np.cumsum(owned[:first])])
+  for i in range(first):
+    assert (doc[cuts[i]:cuts[i + 1]].strip()
+            == tok.decode([int(ids[i])]).strip()), i
+  assert cuts[-1] == len(doc)
+  assert owned[first] == 0 and ids[-1] == 2 and owned[-1] == 0
+  assert owned[first + 1:-1].sum() == 4  # a 2-byte character counts once
+
+
+def test_bpc_is_masked_bits_over_their_characters(roberta, docs_dir,
+                                                  tmp_path):
+  c = config(roberta, docs_dir, tmp_path)
+  corpus = mlm.load_corpus(c)
+  model = mlm.load_model(c)
+  model.eval()
+  got = mlm.evaluate_model(model, c, corpus, batch_size=2, max_batches=1)
+  # The same masks, then the sum done by hand over the selected tokens.
+  batch = text.packed(corpus, "valid", 128, np.arange(2))
+  ids = jnp.asarray(batch["input_ids"])
+  key = jax.random.fold_in(jax.random.key(c.eval.mask_seed), 0)
+  inputs, sel = text.mask_tokens(
+      key, ids, text.maskable(corpus, ids, jnp.asarray(batch["attention_mask"])),
+      mask_id=corpus.mask_id, replace_ids=text.replacement_ids(corpus))
+  logits = np.asarray(model(inputs, attention_mask=batch["attention_mask"])
+                      .logits, np.float64)
+  bits = chars_ = 0.0
+  for b, i in zip(*np.nonzero(np.asarray(sel))):
+    row = logits[b, i]
+    nats = np.log(np.exp(row - row.max()).sum()) + row.max() - row[ids[b, i]]
+    bits += nats / math.log(2)
+    chars_ += batch["chars"][b, i]
+  assert got["eval_masked_tokens"] == int(np.asarray(sel).sum()) > 0
+  assert got["eval_chars"] == chars_
+  np.testing.assert_allclose(got["eval_bpc"], bits / chars_, rtol=1e-5)
+  np.testing.assert_allclose(got["eval_bits_per_token"],
+                             bits / got["eval_masked_tokens"], rtol=1e-5)
+
+
+def test_masking_statistics():
+  corpus = text.TokenCorpus({}, 1000, 0, 2, 1, 4, (0, 1, 2, 4))
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 1000, (64, 512)).astype(np.int32)
+  ids[:, 0], ids[:, 100] = 0, 2
+  ids[:, -50:] = 1
+  am = (ids != 1).astype(np.int32)
+  ok = text.maskable(corpus, jnp.asarray(ids), jnp.asarray(am))
+  inputs, sel = jax.jit(lambda k: text.mask_tokens(
+      k, jnp.asarray(ids), ok, mask_id=4,
+      replace_ids=text.replacement_ids(corpus)))(jax.random.key(1))
+  inputs, sel, ok = map(np.asarray, (inputs, sel, ok))
+  assert not sel[:, [0, 100]].any() and not sel[:, -50:].any()
+  n = ok.sum()
+  assert abs(sel.sum() / n - 0.15) < 4 * math.sqrt(0.15 * 0.85 / n)
+  m = sel.sum()
+  masked = (inputs == 4) & sel
+  kept = (inputs == ids) & sel
+  randomized = sel & ~masked & ~kept
+  for part, p in ((masked, 0.8), (randomized, 0.1 * 999 / 1000),
+                  (kept, 0.1 + 0.1 / 1000)):
+    assert abs(part.sum() / m - p) < 4 * math.sqrt(p * (1 - p) / m)
+  assert not np.isin(inputs[randomized], [0, 1, 2, 4]).any()
+  assert (inputs[~sel] == ids[~sel]).all()
+
+
+def test_packing_and_sampler(roberta, docs_dir, tmp_path):
+  c = config(roberta, docs_dir, tmp_path)
+  corpus = mlm.load_corpus(c)
+  tokens, owned = corpus.splits["train"]
+  n = text.num_sequences(corpus, "train", 64)
+  seqs = text.packed(corpus, "train", 64, np.arange(n))
+  ids, am = seqs["input_ids"], seqs["attention_mask"].astype(bool)
+  assert (ids[:, 0] == corpus.bos_id).all()
+  body = np.concatenate([row[m][1:-1] for row, m in zip(ids, am)])
+  np.testing.assert_array_equal(body, tokens)  # every token once, in order
+  assert seqs["chars"].sum() == owned.sum()
+  assert (~am[-1]).any() and am[:-1].all()  # only the last one is padded
+  s = text.PackedSampler(corpus, "train", seq_len=64, batch_size=3, seed=5)
+  batches = [next(s) for _ in range(n)]  # three epochs
+  s2 = text.PackedSampler(corpus, "train", seq_len=64, batch_size=3, seed=5)
+  s2.restore({"index": 4})
+  np.testing.assert_array_equal(next(s2)["input_ids"],
+                                batches[4]["input_ids"])
+  first_epoch = np.concatenate([b["input_ids"] for b in batches])[:n]
+  assert sorted(map(bytes, first_epoch)) == sorted(map(bytes, ids))
+  # A second load hits the cache and gives the same arrays.
+  again = mlm.load_corpus(c)
+  np.testing.assert_array_equal(again.splits["valid"][0],
+                                corpus.splits["valid"][0])
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+          for r in records]
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
+                                            monkeypatch):
+  c = config(roberta, docs_dir, tmp_path)
+  last = train.train_and_evaluate(c, tmp_path / "straight")
+  recs = metrics.read(tmp_path / "straight" / "metrics.jsonl")
+  losses = [r["train_loss"] for r in recs if "train_loss" in r]
+  evals = [r["eval_loss"] for r in recs if "eval_loss" in r]
+  assert np.mean(losses[-3:]) < losses[0] - 0.3
+  assert evals[-1] < evals[0]
+  assert last["eval_bpc"] > 0 and last["seq_len"] == 128
+
+  write = metrics.JsonlWriter.write
+
+  def dying_write(self, step, values):
+    write(self, step, values)
+    if step == 8:
+      raise Interrupt()
+  monkeypatch.setattr(metrics.JsonlWriter, "write", dying_write)
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(c, tmp_path / "killed")
+  monkeypatch.setattr(metrics.JsonlWriter, "write", write)
+  train.train_and_evaluate(c, tmp_path / "killed")
+  assert (strip_timing(metrics.read(tmp_path / "killed" / "metrics.jsonl"))
+          == strip_timing(recs))
+
+  out = tmp_path / "hf"
+  mlm.main(["export", "--workdir", str(tmp_path / "straight"),
+            "--to", str(out)])
+  _, ours, step = mlm.load_trained(tmp_path / "straight")
+  assert step == 12
+  hf = transformers.LongformerForMaskedLM.from_pretrained(out).eval()
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  assert tok.model_max_length == 128
+  enc = tok(["def f(x):\n    return x", "import os"], padding=True,
+            return_tensors="np")
+  with torch.no_grad():
+    want = hf(input_ids=torch.tensor(enc["input_ids"]),
+              attention_mask=torch.tensor(enc["attention_mask"])).logits
+  got = ours(enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+  m = enc["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[m], want.numpy()[m], atol=1e-4)
+
+
+def test_position_only_training_freezes_the_rest(roberta, docs_dir, tmp_path):
+  c = config(roberta, docs_dir, tmp_path, steps=3, eval_every=0,
+             **{"train.train_only": "position_embeddings"})
+  train.train_and_evaluate(c, tmp_path / "run")
+  _, trained, _ = mlm.load_trained(tmp_path / "run")
+  start = mlm.load_model(c)
+  a, b = convert.export_weights(start), convert.export_weights(trained)
+  changed = sorted(k for k in a if not np.array_equal(a[k], b[k]))
+  assert changed == ["longformer.embeddings.position_embeddings.weight"]
+
+
+def test_random_positions_and_config_errors(roberta, docs_dir, tmp_path):
+  c = config(roberta, docs_dir, tmp_path,
+             **{"model.position_init": "random"})
+  rand = convert.export_weights(mlm.load_model(c))
+  c.model.position_init = "copy"
+  copy = convert.export_weights(mlm.load_model(c))
+  key = "longformer.embeddings.position_embeddings.weight"
+  assert rand[key].shape == copy[key].shape == (128 + 2, 32)
+  np.testing.assert_array_equal(rand[key][:2], copy[key][:2])  # reserved
+  np.testing.assert_array_equal(copy[key][2:66], copy[key][66:130])
+  assert abs(rand[key][2:].std() - 0.02) < 0.003
+  for k in rand:
+    if k != key:
+      np.testing.assert_array_equal(rand[k], copy[k])
+
+  with pytest.raises(ValueError, match="init_from: expected a local"):
+    mlm.load_model(config(roberta, docs_dir, tmp_path, init_from=""))
+  with pytest.raises(ValueError, match="train.seq_len: expected at most"):
+    mlm.load_model(config(roberta, docs_dir, tmp_path,
+                          **{"train.seq_len": 256}))
+  with pytest.raises(FileNotFoundError, match="data.sources: .* neither"):
+    mlm.load_corpus(config(roberta, docs_dir, tmp_path,
+                           **{"data.sources": ("/no/such/dir",)}))
+  with pytest.raises(FileNotFoundError, match="tokenizer: expected a local"):
+    mlm.load_corpus(config(roberta, docs_dir, tmp_path,
+                           **{"data.tokenizer": "/no/such/tok"}))
+  with pytest.raises(ValueError, match="train.batch_size: expected a multi"):
+    train.train_and_evaluate(
+        config(roberta, docs_dir, tmp_path, **{"train.batch_size": 3}),
+        tmp_path / "bad")
+  with pytest.raises(ValueError, match="positions: expected 'copy' or"):
+    mlm.load_model(config(roberta, docs_dir, tmp_path,
+                          **{"model.position_init": "zeros"}))
