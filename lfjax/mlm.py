@@ -114,20 +114,28 @@ def _global_mask(config, ids_BxN):
 
 
 def masked_loss(model, config, corpus, batch, key):
-  """Sum of the masked tokens' losses (nats), their count and characters."""
+  """Sum of the masked tokens' losses (nats), their count and characters.
+
+  The LM head runs only at the masked positions (a static number per
+  sequence), not at all N: at RoBERTa's 50K vocabulary that is most of
+  the head's cost."""
   ids = jnp.asarray(batch["input_ids"])
   am = jnp.asarray(batch["attention_mask"])
-  inputs, selected = text.mask_tokens(
+  inputs, _, pos_BxK, valid_BxK = text.mask_tokens(
       key, ids, text.maskable(corpus, ids, am), mask_id=corpus.mask_id,
       replace_ids=text.replacement_ids(corpus), prob=config.mask.prob,
       mask_frac=config.mask.mask_frac, random_frac=config.mask.random_frac)
-  logits = model(inputs, attention_mask=am,
-                 global_attention_mask=_global_mask(config, ids)).logits
+  logits_BxKxV = model(inputs, attention_mask=am,
+                       global_attention_mask=_global_mask(config, ids),
+                       positions=pos_BxK).logits
+  targets_BxK = jnp.take_along_axis(ids, pos_BxK, axis=1)
   ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), ids)
-  w = selected.astype(jnp.float32)
+      logits_BxKxV.astype(jnp.float32), targets_BxK)
+  w = valid_BxK.astype(jnp.float32)
+  owned = jnp.take_along_axis(jnp.asarray(batch["chars"], jnp.float32),
+                              pos_BxK, axis=1)
   return {"loss_sum": jnp.sum(ce * w), "count": jnp.sum(w),
-          "chars": jnp.sum(w * jnp.asarray(batch["chars"], jnp.float32))}
+          "chars": jnp.sum(w * owned)}
 
 
 def make_train_step(graphdef, rest, tx, config, corpus):

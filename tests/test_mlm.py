@@ -115,7 +115,7 @@ def test_bpc_is_masked_bits_over_their_characters(roberta, docs_dir,
   batch = text.packed(corpus, "valid", 128, np.arange(2))
   ids = jnp.asarray(batch["input_ids"])
   key = jax.random.fold_in(jax.random.key(c.eval.mask_seed), 0)
-  inputs, sel = text.mask_tokens(
+  inputs, sel, _, _ = text.mask_tokens(
       key, ids, text.maskable(corpus, ids, jnp.asarray(batch["attention_mask"])),
       mask_id=corpus.mask_id, replace_ids=text.replacement_ids(corpus))
   logits = np.asarray(model(inputs, attention_mask=batch["attention_mask"])
@@ -139,21 +139,33 @@ def test_masking_statistics():
   ids = rng.integers(5, 1000, (64, 512)).astype(np.int32)
   ids[:, 0], ids[:, 100] = 0, 2
   ids[:, -50:] = 1
+  ids[:32, 300:] = 1  # rows of two lengths
   am = (ids != 1).astype(np.int32)
   ok = text.maskable(corpus, jnp.asarray(ids), jnp.asarray(am))
-  inputs, sel = jax.jit(lambda k: text.mask_tokens(
+  inputs, sel, pos, valid = jax.jit(lambda k: text.mask_tokens(
       k, jnp.asarray(ids), ok, mask_id=4,
       replace_ids=text.replacement_ids(corpus)))(jax.random.key(1))
-  inputs, sel, ok = map(np.asarray, (inputs, sel, ok))
+  inputs, sel, ok, pos, valid = map(np.asarray, (inputs, sel, ok, pos, valid))
+  assert pos.shape == (64, text.max_masked(512, 0.15)) == (64, 78)
   assert not sel[:, [0, 100]].any() and not sel[:, -50:].any()
-  n = ok.sum()
-  assert abs(sel.sum() / n - 0.15) < 4 * math.sqrt(0.15 * 0.85 / n)
+  assert not (sel & ~ok).any()
+  # fairseq's count: floor(0.15 n + u) of each row's n maskable tokens.
+  n_row = ok.sum(1)
+  assert ((sel.sum(1) == np.floor(0.15 * n_row))
+          | (sel.sum(1) == np.floor(0.15 * n_row) + 1)).all()
+  assert abs(sel.sum() / ok.sum() - 0.15) < 0.005
+  for row in range(64):  # positions list exactly the selected tokens
+    assert sorted(pos[row][valid[row]]) == list(np.flatnonzero(sel[row]))
+  # Chosen uniformly: early and late maskable tokens equally often.
+  early, late = sel[32:, 1:100].mean(), sel[32:, 300:450].mean()
+  assert abs(early - late) < 0.03
   m = sel.sum()
   masked = (inputs == 4) & sel
   kept = (inputs == ids) & sel
   randomized = sel & ~masked & ~kept
-  for part, p in ((masked, 0.8), (randomized, 0.1 * 999 / 1000),
-                  (kept, 0.1 + 0.1 / 1000)):
+  same = 1 / 996  # a random replacement may draw the token itself
+  for part, p in ((masked, 0.8), (randomized, 0.1 * (1 - same)),
+                  (kept, 0.1 + 0.1 * same)):
     assert abs(part.sum() / m - p) < 4 * math.sqrt(p * (1 - p) / m)
   assert not np.isin(inputs[randomized], [0, 1, 2, 4]).any()
   assert (inputs[~sel] == ids[~sel]).all()

@@ -272,25 +272,43 @@ class PackedSampler:
     return packed(self.corpus, self.split, self.seq_len, picks)
 
 
+def max_masked(seq_len, prob):
+  """Static cap on the masked tokens of one sequence (see mask_tokens)."""
+  return min(seq_len, int(np.ceil(prob * seq_len)) + 1)
+
+
 def mask_tokens(key, ids_BxN, maskable_BxN, *, mask_id, replace_ids,
                 prob=0.15, mask_frac=0.8, random_frac=0.1):
-  """BERT/RoBERTa dynamic masking, under jit.
+  """RoBERTa's dynamic masking (fairseq's count per sequence), under jit.
 
-  Each maskable token is selected with probability `prob`; a selected token
-  becomes the mask token (mask_frac), a random token from replace_ids
-  (random_frac), or stays (the rest). Returns (inputs, selected).
+  Each sequence predicts floor(prob * n + u) of its n maskable tokens, u
+  uniform in [0, 1) (so prob * n on average), chosen uniformly; a chosen
+  token becomes the mask token (mask_frac), a random token from
+  replace_ids (random_frac), or stays (the rest).
+  Returns (inputs [B, N], selected [B, N] bool, positions [B, K] int32,
+  valid [B, K] bool): the chosen positions padded to the static
+  K = max_masked(N, prob), so the LM head runs on K tokens, not N.
   """
-  k_sel, k_how, k_tok = jax.random.split(key, 3)
-  shape = ids_BxN.shape
-  selected = jax.random.bernoulli(k_sel, prob, shape) & maskable_BxN
-  how = jax.random.uniform(k_how, shape)
+  k_sel, k_cnt, k_how, k_tok = jax.random.split(key, 4)
+  b, n = ids_BxN.shape
+  k = max_masked(n, prob)
+  count_B = jnp.floor(prob * maskable_BxN.sum(1)
+                      + jax.random.uniform(k_cnt, (b,))).astype(jnp.int32)
+  # Maskable tokens in random order first, the others after them.
+  score = jnp.where(maskable_BxN, jax.random.uniform(k_sel, (b, n)), 2.0)
+  order_BxN = jnp.argsort(score, axis=1).astype(jnp.int32)
+  valid_BxK = jnp.arange(k)[None, :] < count_B[:, None]
+  positions_BxK = jnp.where(valid_BxK, order_BxN[:, :k], 0)
+  rows = jnp.arange(b)[:, None]
+  selected = jnp.zeros((b, n), bool).at[rows, positions_BxK].max(valid_BxK)
+  how = jax.random.uniform(k_how, (b, n))
   replace_ids = jnp.asarray(replace_ids, jnp.int32)
-  random_ids = replace_ids[jax.random.randint(k_tok, shape, 0,
+  random_ids = replace_ids[jax.random.randint(k_tok, (b, n), 0,
                                               replace_ids.shape[0])]
   inputs = jnp.where(selected & (how < mask_frac), mask_id, ids_BxN)
   inputs = jnp.where(selected & (how >= mask_frac)
                      & (how < mask_frac + random_frac), random_ids, inputs)
-  return inputs, selected
+  return inputs, selected, positions_BxK, valid_BxK
 
 
 def maskable(corpus, ids_BxN, attention_mask_BxN):

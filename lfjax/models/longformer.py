@@ -231,10 +231,19 @@ class LongformerForMaskedLM(nnx.Module):
     self.act = activation("gelu")
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None):
+               token_type_ids=None, position_ids=None, positions=None):
+    """positions: optional [B, K] token indices; logits are then [B, K, V],
+    for those tokens only (MLM training predicts ~15% of them)."""
     h = self.longformer(input_ids, attention_mask, global_attention_mask,
                         token_type_ids, position_ids).last_hidden_state
-    y = self.lm_layer_norm(self.act(self.lm_dense(h)))
+    y = h
+    if positions is not None:
+      positions = jnp.asarray(positions)
+      if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
+        raise ValueError(f"positions: expected [batch={h.shape[0]}, K] "
+                         f"indices, got shape {positions.shape}")
+      y = jnp.take_along_axis(h, positions[:, :, None], axis=1)
+    y = self.lm_layer_norm(self.act(self.lm_dense(y)))
     emb_VxE = self.longformer.embeddings.word_embeddings.embedding.value
     logits = jnp.einsum("bne,ve->bnv", y, emb_VxE) + self.lm_bias.value
     return MaskedLMOutput(logits=logits, last_hidden_state=h)
