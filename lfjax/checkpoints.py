@@ -3,6 +3,7 @@ together, so a resumed run continues exactly; and loading a finished run."""
 
 import json
 import pathlib
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -11,6 +12,7 @@ from absl import flags
 from absl import logging
 from flax import nnx
 
+from lfjax.data import chars
 from lfjax.models import charlm
 
 
@@ -93,14 +95,25 @@ def restore_params(workdir, params, step=None):
   return r["params"], r["data"], step
 
 
-def load_trained(workdir, vocab_size, step=None):
-  """(config, char-LM with trained params, step, window_scale) of a run.
+class Trained(NamedTuple):
+  config: ml_collections.ConfigDict
+  model: charlm.CharLM
+  step: int
+  window_scale: int  # of the phase the checkpoint was saved in
+  corpus: chars.CharCorpus
 
-  The window scale is the one of the phase the checkpoint was saved in."""
+
+def load_trained(workdir, step=None):
+  """A char-LM run's config, model with trained params, step, window scale
+  and corpus (for `python -m lfjax.evaluate` / `lfjax.sample`)."""
   config = read_config(workdir)
-  model = charlm.CharLM(model_config(config, vocab_size),
+  if config.get("task", "charlm") != "charlm":
+    raise ValueError(f"workdir: {workdir} is a {config.task!r} run, not a "
+                     "char-LM; see lfjax.mlm for MLM runs")
+  corpus = chars.load(config.data.name, config.data.dir or None)
+  model = charlm.CharLM(model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   params, data, step = restore_params(workdir, params, step)
   scale = config.schedule.window_scales[data["phase"]]
-  return config, nnx.merge(graphdef, params), step, int(scale)
+  return Trained(config, nnx.merge(graphdef, params), step, int(scale), corpus)

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 
 import numpy as np
 from flax import nnx
@@ -166,9 +167,9 @@ def with_global_projections(weights):
 
 def bert_as_roberta(weights, pad_token_id):
   """BERT tensors in RoBERTa's layout: head renamed, and the position table
-  shifted down pad_token_id + 1 rows, so RoBERTa-style position ids (which
-  start after the pad id) pick BERT's rows 0, 1, 2, ... Equal outputs for
-  right-padded inputs (BERT counts left padding as positions; RoBERTa not)."""
+  shifted down pad_token_id + 1 rows. The model's position_ids_from="index"
+  (set by from_pretrained for BERT) then picks BERT's rows 0, 1, 2, ... for
+  every token, padding included, as BERT does."""
   out = {}
   for name, value in weights.items():
     for old, new in _BERT_HEAD:
@@ -197,7 +198,7 @@ def _config_from_dict(d, **overrides):
                      f"got {model_type!r}")
   if model_type == "bert":
     d = dict(d, max_position_embeddings=d.get("max_position_embeddings", 512)
-             + d.get("pad_token_id", 0) + 1)
+             + d.get("pad_token_id", 0) + 1, position_ids_from="index")
   if model_type != "longformer" and "attention_window" not in overrides:
     # A window that covers every position reproduces full attention.
     d = dict(d, attention_window=2 * d["max_position_embeddings"])
@@ -292,6 +293,11 @@ def to_pretrained(model, path):
          for d in cfg.dilations()):
     raise ValueError("attention_dilation: transformers' Longformer has no "
                      f"dilation, got {cfg.attention_dilation}")
+  if cfg.position_ids_from != "tokens":
+    warnings.warn(
+        "to_pretrained: this model counts positions by index (BERT); "
+        "transformers' Longformer counts non-pad tokens, so the exported "
+        "model agrees only on inputs without left padding")
   os.makedirs(path, exist_ok=True)
   save_file(export_weights(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})

@@ -22,7 +22,6 @@ from absl import flags
 from flax import nnx
 
 from lfjax import checkpoints
-from lfjax.data import chars
 
 
 def eval_windows(num_targets, seq_len, step):
@@ -103,10 +102,8 @@ def _define_flags():
 def main(argv):
   del argv
   checkpoints.quiet_orbax()
-  config = checkpoints.read_config(FLAGS.workdir)
-  corpus = chars.load(config.data.name, config.data.dir or None)
-  config, model, ckpt, scale = checkpoints.load_trained(
-      FLAGS.workdir, corpus.vocab_size, FLAGS.checkpoint)
+  config, model, ckpt, scale, corpus = checkpoints.load_trained(
+      FLAGS.workdir, FLAGS.checkpoint)
   args = dict(split=FLAGS.split,
               seq_len=FLAGS.seq_len or config.eval.seq_len,
               step=FLAGS.step or config.eval.step,

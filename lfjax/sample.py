@@ -17,7 +17,6 @@ from absl import flags
 from flax import nnx
 
 from lfjax import checkpoints
-from lfjax.data import chars
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window_scale"))
@@ -103,10 +102,8 @@ def _define_flags():
 def main(argv):
   del argv
   checkpoints.quiet_orbax()
-  config = checkpoints.read_config(FLAGS.workdir)
-  corpus = chars.load(config.data.name, config.data.dir or None)
-  _, model, _, scale = checkpoints.load_trained(
-      FLAGS.workdir, corpus.vocab_size, FLAGS.checkpoint)
+  _, model, _, scale, corpus = checkpoints.load_trained(
+      FLAGS.workdir, FLAGS.checkpoint)
   sys.stdout.write(FLAGS.prompt)
   for ids in sample(model, corpus.encode(FLAGS.prompt), FLAGS.length,
                     window_scale=scale, temperature=FLAGS.temperature,

@@ -121,6 +121,31 @@ def test_roberta_loads_as_full_window_longformer(tmp_path):
                              want.logits.numpy()[valid], atol=1e-4)
 
 
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_bert_loads_as_full_window_longformer(tmp_path, padding):
+  torch.manual_seed(4)
+  cfg = transformers.BertConfig(**dict(TINY, pad_token_id=0,
+                                       max_position_embeddings=64,
+                                       type_vocab_size=2))
+  hf_mlm = save(transformers.BertForMaskedLM(cfg), tmp_path)
+  ids, mask, _ = batch([40, 29], 40, "none", seed=5)
+  ids[mask == 0] = 0  # BERT's pad id
+  if padding == "left":
+    ids, mask = ids[:, ::-1].copy(), mask[:, ::-1].copy()
+  types = (np.arange(40)[None, :] >= 20).astype(np.int64) * mask
+  with torch.no_grad():
+    want = hf_mlm(input_ids=torch.tensor(ids),
+                  attention_mask=torch.tensor(mask),
+                  token_type_ids=torch.tensor(types)).logits.numpy()
+  ours = convert.from_pretrained(str(tmp_path))
+  assert isinstance(ours, LongformerForMaskedLM)
+  ours.eval()
+  got = ours(ids, mask, token_type_ids=types)
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got.logits)[valid], want[valid],
+                             atol=1e-4)
+
+
 def test_bad_checkpoints_fail_clearly(tmp_path):
   torch.manual_seed(3)
   cfg = transformers.LongformerConfig(attention_window=4, **TINY)

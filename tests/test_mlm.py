@@ -7,7 +7,6 @@ installed (the Python 3.11 leg of CI).
 """
 
 import importlib.util
-import json
 import math
 import pathlib
 

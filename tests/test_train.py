@@ -84,8 +84,7 @@ def test_tiny_run_learns_and_writes_metrics(data_dir, tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["seed"] == 0
 
   # The run loads back for evaluation and sampling.
-  corpus = chars.load("pystdlib", data_dir)
-  _, model, step, scale = checkpoints.load_trained(tmp_path, 256)
+  _, model, step, scale, corpus = checkpoints.load_trained(tmp_path)
   assert (step, scale) == (80, 2)
   value, count = evaluate.evaluate_model(
       model, corpus, split="valid", seq_len=64, step=32, batch_size=4,

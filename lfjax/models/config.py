@@ -46,6 +46,11 @@ class LongformerConfig:
   attention_impl: str = "auto"
   # lfjax: static cap on global tokens per sequence, needed under jit.
   max_global: Optional[int] = None
+  # lfjax: default position ids. "tokens": RoBERTa's, counting non-pad
+  # tokens from pad_token_id + 1 (padding gets pad_token_id); "index": BERT's
+  # absolute index, shifted by pad_token_id + 1 into the RoBERTa-layout table
+  # lfjax.convert builds for BERT checkpoints (exact with left padding too).
+  position_ids_from: str = "tokens"
 
   def __post_init__(self):
     windows = self.windows()
@@ -61,6 +66,9 @@ class LongformerConfig:
       raise ValueError(f"hidden_size: expected a multiple of "
                        f"num_attention_heads={self.num_attention_heads}, got "
                        f"{self.hidden_size}")
+    if self.position_ids_from not in ("tokens", "index"):
+      raise ValueError(f"position_ids_from: expected 'tokens' or 'index', "
+                       f"got {self.position_ids_from!r}")
     if self.hidden_act not in ACTIVATIONS:
       raise ValueError(f"hidden_act: expected one of {ACTIVATIONS}, got "
                        f"{self.hidden_act!r}")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models.config import LongformerConfig
@@ -87,12 +88,29 @@ class SelfAttention(nnx.Module):
                output_attentions=False):
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
-    split = lambda y: y.reshape(b, n, cfg.num_attention_heads, cfg.head_dim)
-    q, k, v = (split(f(x_BxNxE)) for f in (self.query, self.key, self.value))
+    split = lambda y: y.reshape(b, -1, cfg.num_attention_heads, cfg.head_dim)
+    names = ["query", "key", "value"]
+    with_global = global_mask_BxN is not None
+    # q_g is only read at global rows; with a static cap project just those.
+    gather_qg = with_global and bool(cfg.max_global)
+    if with_global:
+      names += ["key_global", "value_global"]
+      if not gather_qg:
+        names.append("query_global")
+    ys = [split(y) for y in self._project(x_BxNxE, names)]
+    q, k, v = ys[:3]
     global_qkv = None
-    if global_mask_BxN is not None:
-      global_qkv = tuple(split(f(x_BxNxE)) for f in (
-          self.query_global, self.key_global, self.value_global))
+    if with_global:
+      if gather_qg:
+        idx_BxG, _ = common.global_indices(common.effective_global(
+            global_mask_BxN, key_mask_BxN, cfg.max_global), cfg.max_global)
+        rows_BxGxE = jnp.take_along_axis(x_BxNxE, idx_BxG[:, :, None],
+                                         axis=1, mode="clip")
+        qg_BxGxHxD = split(self.query_global(rows_BxGxE))
+        qg = common.scatter_rows(jnp.zeros_like(q), qg_BxGxHxD, idx_BxG)
+      else:
+        qg = ys[5]
+      global_qkv = (qg, ys[3], ys[4])
     out_BxNxHxD = windowed_attention(
         q, k, v, window=self.window, dilation=self.dilation,
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
@@ -110,6 +128,16 @@ class SelfAttention(nnx.Module):
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
         global_qk=None if global_qkv is None else global_qkv[:2],
         max_global=max_global)
+
+
+  def _project(self, x_BxNxE, names):
+    """The named projections as one matmul: a few large GEMMs run closer to
+    peak than many small ones (on CPU and GPU alike)."""
+    mods = [getattr(self, name) for name in names]
+    kernel = jnp.concatenate([m.kernel.value for m in mods], axis=1)
+    bias = jnp.concatenate([m.bias.value for m in mods])
+    y = jnp.einsum("bne,ef->bnf", x_BxNxE, kernel) + bias
+    return jnp.split(y, len(mods), axis=-1)
 
 
 class Layer(nnx.Module):
@@ -189,7 +217,10 @@ class LongformerModel(nnx.Module):
                    else jnp.asarray(global_attention_mask).astype(bool))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((b, n), jnp.int32)
-    if position_ids is None:
+    if position_ids is None and cfg.position_ids_from == "index":
+      position_ids = jnp.broadcast_to(
+          jnp.arange(n, dtype=jnp.int32) + cfg.pad_token_id + 1, (b, n))
+    elif position_ids is None:
       position_ids = position_ids_from_input_ids(input_ids, cfg.pad_token_id)
     x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
     local, glob = [], []
