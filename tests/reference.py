@@ -44,9 +44,36 @@ def allowed_keys(n, window, dilation, causal, key_mask, global_mask):
   return keys, is_global
 
 
+def _mix(x):
+  """murmur3's 32-bit finaliser, in numpy uint32."""
+  x = x ^ (x >> np.uint32(16))
+  x = x * np.uint32(0x85EBCA6B)
+  x = x ^ (x >> np.uint32(13))
+  x = x * np.uint32(0xC2B2AE35)
+  return x ^ (x >> np.uint32(16))
+
+
+def dropout_multipliers(key, rate, idx, bsz, heads, n):
+  """The spec of windowed_attention's dropout: probability (b, h, i, j) is
+  kept iff mix(s_bh ^ mix(i ^ mix(j + 0x27D4EB2F))) >= rate * 2^32, with
+  s_bh = mix(seed ^ mix(b * H + h + 0x9E3779B9)) and seed the key's 32
+  random bits; kept ones are scaled by 1 / (1 - rate). [B, H, N, K] at idx."""
+  with np.errstate(over="ignore"):
+    seed = np.uint32(np.asarray(jax.random.bits(key, (), jnp.uint32)))
+    bh = (np.arange(bsz, dtype=np.uint32)[:, None] * np.uint32(heads)
+          + np.arange(heads, dtype=np.uint32)[None, :])
+    s_bh = _mix(seed ^ _mix(bh + np.uint32(0x9E3779B9)))
+    i = np.arange(n, dtype=np.uint32)[None, None, :, None]
+    j = idx.astype(np.uint32)
+    bits = _mix(s_bh[:, :, None, None]
+                ^ _mix(i ^ _mix(j + np.uint32(0x27D4EB2F))))
+  keep = bits >= np.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
+  return np.where(keep, np.float32(1.0 / (1.0 - rate)), np.float32(0.0))
+
+
 def reference_attention(q, k, v, *, window, dilation=1, causal=False,
                         key_mask=None, global_mask=None, global_qkv=None,
-                        scale=None):
+                        scale=None, dropout_rate=0.0, dropout_key=None):
   """Same contract as lfjax.attention.windowed_attention, float32 out."""
   bsz, n, heads, dim = q.shape
   if isinstance(dilation, int):
@@ -69,11 +96,14 @@ def reference_attention(q, k, v, *, window, dilation=1, causal=False,
         idx[b, h, i, :len(r)] = r
         ok[b, h, i, :len(r)] = True
   glob_rows = np.asarray(is_global)[:, None, :, None]  # [B, 1, N, 1]
-  return _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, float(scale))
+  drop = np.ones(idx.shape, np.float32)
+  if dropout_rate:
+    drop = dropout_multipliers(dropout_key, dropout_rate, idx, bsz, heads, n)
+  return _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, float(scale))
 
 
 @functools.partial(jax.jit, static_argnames="scale")
-def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, scale):
+def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, scale):
   """Softmax over the listed keys of each row (jitted: one compile per case
   instead of one per primitive)."""
   f32 = lambda a: jnp.asarray(a, jnp.float32)
@@ -92,6 +122,6 @@ def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, scale):
   s_max = jnp.where(jnp.isfinite(s_max), s_max, 0.0)
   e = jnp.where(ok, jnp.exp(s - s_max), 0.0)
   denom = jnp.sum(e, axis=-1, keepdims=True)
-  p = e / jnp.where(denom > 0, denom, 1.0)
+  p = e / jnp.where(denom > 0, denom, 1.0) * drop
   out = jnp.einsum("bhnk,bhnkd->bhnd", p, vt)
   return jnp.transpose(out, (0, 2, 1, 3))

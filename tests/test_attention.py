@@ -158,6 +158,64 @@ def test_gradients_match_reference(seed, impl, blocks, monkeypatch):
     check_close(g, w, atol=5e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
+                                         ("chunked", True)])
+@pytest.mark.parametrize("seed", [2, 5, 9, 14, 26, 41])
+def test_dropout_matches_reference(seed, impl, blocks, monkeypatch):
+  """Attention dropout: the same entries dropped as the spec's hash, in the
+  output and in the gradients (the chunked backward regenerates them)."""
+  if blocks:
+    force_small_blocks(monkeypatch)
+  args, kwargs = random_case(seed)
+  args = tuple(map(jnp.asarray, args))
+  kw = to_jnp(kwargs)
+  gqkv = kw.pop("global_qkv")
+  rate = [0.1, 0.5][seed % 2]
+  key = jax.random.key(seed)
+  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      args[2].shape), jnp.float32)
+  ref = lambda q, k, v, g: reference_attention(
+      q, k, v, global_qkv=g, dropout_rate=rate, dropout_key=key, **kw)
+  ours = jax.jit(lambda q, k, v, g: windowed_attention(
+      q, k, v, global_qkv=g, impl=impl, dropout_rate=rate, dropout_key=key,
+      **kw))
+  check_close(ours(*args, gqkv), ref(*args, gqkv))
+  want = jax.tree.leaves(grads(ref, args, gqkv, cot))
+  got = jax.tree.leaves(grads(ours, args, gqkv, cot))
+  for g, w in zip(got, want):
+    check_close(g, w, atol=5e-5, rtol=1e-4)
+
+
+def test_dropout_statistics_and_errors():
+  from lfjax.attention import common
+  seeds = common.dropout_seeds(jax.random.key(0), 3, 4)
+  assert len(set(np.asarray(seeds).ravel().tolist())) == 12
+  i, j = jnp.arange(512)[:, None], jnp.arange(512)[None, :]
+  for rate in (0.1, 0.5):
+    z = np.asarray(common.dropout_multiplier(seeds[:, :, None, None], i, j,
+                                             rate))
+    kept = z > 0
+    assert abs(kept.mean() - (1 - rate)) < 0.002
+    np.testing.assert_allclose(z[kept], 1 / (1 - rate))
+    # No structure along rows, columns or diagonals.
+    for m in (kept.mean(axis=(0, 1, 2)), kept.mean(axis=(0, 1, 3)),
+              np.stack([np.diagonal(kept, o, 2, 3).mean() for o in range(8)])):
+      assert np.abs(m - (1 - rate)).max() < 0.06
+  q = jnp.ones((1, 8, 2, 4))
+  with pytest.raises(ValueError, match="dropout_key: expected a jax.random"):
+    windowed_attention(q, q, q, window=2, dropout_rate=0.1)
+  with pytest.raises(ValueError, match=r"dropout_rate: expected a Python "
+                                       r"float in \[0, 1\)"):
+    windowed_attention(q, q, q, window=2, dropout_rate=1.0,
+                       dropout_key=jax.random.key(0))
+  with pytest.raises(ValueError, match="impl='pallas' has no attention"):
+    windowed_attention(q, q, q, window=2, impl="pallas", dropout_rate=0.1,
+                       dropout_key=jax.random.key(0))
+  same = windowed_attention(q, q, q, window=2, dropout_rate=0.0,
+                            dropout_key=jax.random.key(0))
+  check_close(same, windowed_attention(q, q, q, window=2))
+
+
 def test_gradients_under_jit_with_globals():
   rng = np.random.default_rng(7)
   q, k, v, qg, kg, vg = (jnp.asarray(rng.standard_normal((2, 29, 3, 8)),

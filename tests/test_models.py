@@ -69,6 +69,32 @@ def test_jit_matches_eager_and_dropout_follows_mode():
                              np.asarray(eager), atol=1e-6)
 
 
+def test_attention_dropout_follows_mode():
+  """Only attention-probability dropout on: train mode changes outputs with
+  fresh masks each call; the rate is what transformers calls
+  attention_probs_dropout_prob."""
+  tiny = dict(TINY, hidden_dropout_prob=0.0)
+  ids = jnp.asarray(np.random.default_rng(2).integers(3, 50, (2, 19)))
+  glob = jnp.zeros((2, 19), jnp.int32).at[:, 0].set(1)
+  off = LongformerModel(LongformerConfig(
+      **dict(tiny, attention_probs_dropout_prob=0.0), attention_window=4,
+      max_global=1), rngs=nnx.Rngs(0))
+  off.train()
+  on = LongformerModel(LongformerConfig(
+      **dict(tiny, attention_probs_dropout_prob=0.5), attention_window=4,
+      max_global=1), rngs=nnx.Rngs(0))
+  on.eval()
+  want = off(ids, None, glob).last_hidden_state
+  np.testing.assert_allclose(np.asarray(on(ids, None, glob).last_hidden_state),
+                             np.asarray(want), atol=1e-6)
+  on.train()
+  f = nnx.jit(lambda m: m(ids, None, glob).last_hidden_state)
+  a, b = f(on), f(on)
+  assert not np.allclose(np.asarray(a), np.asarray(want), atol=1e-3)
+  assert not np.allclose(np.asarray(a), np.asarray(b), atol=1e-3)
+  assert np.isfinite(np.asarray(a)).all()
+
+
 def test_gradients_reach_every_parameter():
   cfg = LongformerConfig(**TINY, attention_window=4, max_global=1)
   model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(1))

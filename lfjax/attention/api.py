@@ -17,7 +17,8 @@ IMPLS = ("auto", "dense", "chunked", "pallas")
 
 def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                        key_mask=None, global_mask=None, global_qkv=None,
-                       max_global=None, scale=None, impl="auto"):
+                       max_global=None, scale=None, impl="auto",
+                       dropout_rate=0.0, dropout_key=None):
   """Longformer sliding-window attention with dilation and global tokens.
 
   Args:
@@ -50,6 +51,11 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       memory), "pallas" (flash-style kernel: compiled Triton when lowered
       for a GPU, Pallas interpret mode on CPU, which is exact but slow) or
       "auto" (chunked; pallas once it is measured on GPUs).
+    dropout_rate: attention-probability dropout (training), a Python float
+      in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
+      (dropout_key, b, h, i, j), so dense and chunked drop the same entries
+      and the backward pass regenerates them. Not yet with impl="pallas".
+    dropout_key: a jax.random key, required when dropout_rate > 0.
 
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.
@@ -72,6 +78,20 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
     raise ValueError(f"scale: expected a Python float, got {type(scale)}")
   max_global = _check_max_global(max_global, global_mask, global_mask_BxN,
                                  key_mask_BxN, n)
+  if (not isinstance(dropout_rate, numbers.Real)
+      or not 0.0 <= dropout_rate < 1.0):
+    raise ValueError(f"dropout_rate: expected a Python float in [0, 1), got "
+                     f"{dropout_rate!r}")
+  dropout_seeds_BxH = None
+  if dropout_rate:
+    if dropout_key is None:
+      raise ValueError("dropout_key: expected a jax.random key when "
+                       f"dropout_rate={dropout_rate} > 0, got None")
+    if impl == "pallas":
+      raise ValueError("dropout_rate: impl='pallas' has no attention "
+                       "dropout yet; use impl='chunked' (or 'auto') for "
+                       "training with dropout_rate > 0")
+    dropout_seeds_BxH = common.dropout_seeds(dropout_key, b, h)
   if key_mask_BxN is None:
     key_mask_BxN = jnp.ones((b, n), bool)
   if not max_global:
@@ -79,16 +99,19 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   elif global_mask_BxN is None:
     global_mask_BxN = jnp.zeros((b, n), bool)
   return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
-                   window=window, dilation_H=dilation_H, causal=causal,
-                   max_global=max_global, scale=float(scale), impl=impl)
+                   dropout_seeds_BxH, window=window, dilation_H=dilation_H,
+                   causal=causal, max_global=max_global, scale=float(scale),
+                   impl=impl, dropout_rate=float(dropout_rate))
 
 
 # Jitted so eager calls (notebooks, tests) compile once per shape instead of
 # dispatching op by op; inside a caller's jit it is simply inlined.
 @functools.partial(jax.jit, static_argnames=("window", "dilation_H", "causal",
-                                              "max_global", "scale", "impl"))
-def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv, *, window,
-              dilation_H, causal, max_global, scale, impl):
+                                              "max_global", "scale", "impl",
+                                              "dropout_rate"))
+def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
+              dropout_seeds_BxH, *, window, dilation_H, causal, max_global,
+              scale, impl, dropout_rate):
   if max_global:
     eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
                                              max_global)
@@ -99,6 +122,8 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv, *, window,
   args = dict(window=window, dilation_H=dilation_H, causal=causal,
               key_mask_BxN=key_mask_BxN, eff_global_BxN=eff_global_BxN,
               global_qkv=global_qkv, scale=scale)
+  if dropout_rate:
+    args["dropout"] = (dropout_rate, dropout_seeds_BxH)
   if impl == "dense":
     out = dense.dense_attention(q, k, v, **args)
   elif impl == "pallas":

@@ -57,6 +57,8 @@ class Geometry:
   unroll: int   # independent tiles per forward loop step
   x: int        # rows of X
   causal: bool
+  dropout: float = 0.0  # attention-probability dropout rate
+  dil: int = 1  # dilation the rows' positions are spaced by (dropout hash)
 
   @property
   def span(self):
@@ -103,7 +105,8 @@ def _round_up(x, m):
   return -(-x // m) * m
 
 
-def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None):
+def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
+             dropout=0.0, dil=1):
   # Farthest any key is from any query: a larger window changes nothing.
   reach = max(abs(k_offset + m - 1), abs(n - 1 - k_offset), 0)
   w = min(window, reach)
@@ -119,7 +122,8 @@ def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None):
     unroll = max(u for u in range(1, MAX_UNROLL + 1) if tiles % u == 0
                  and (u == 1 or u * per_tile <= SCORES_PER_STEP))
   return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, hl=hl, hr=hr,
-                  g=g, unroll=unroll, x=x, causal=causal)
+                  g=g, unroll=unroll, x=x, causal=causal,
+                  dropout=float(dropout), dil=int(dil))
 
 
 def _align(x_XxMx, left, total, fill):
@@ -155,7 +159,7 @@ def _slice(a, x0, p0, size):
   return jax.lax.dynamic_slice(a, start, (1, size) + a.shape[2:])[0]
 
 
-def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid):
+def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop):
   """Pad queries to whole blocks and align keys with their halos."""
   if not geo.g:
     gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
@@ -164,12 +168,28 @@ def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid):
   return (_align(q, 0, geo.nb * geo.c, 0),
           _align(k, geo.key_shift, geo.total, 0),
           _align(v, geo.key_shift, geo.total, 0),
-          _align(kvalid, geo.key_shift, geo.total, False), gk, gv, gvalid)
+          _align(kvalid, geo.key_shift, geo.total, False), gk, gv, gvalid,
+          drop)
+
+
+def _dropout(geo, drop, x0, p0):
+  """The tile's dropout multiplier [C, S+G] (common.dropout_multiplier at
+  the absolute positions of its queries and keys), or None."""
+  if not geo.dropout:
+    return None
+  seed_X, residue_X, gpos_XxG = drop
+  seed, r = seed_X[x0], residue_X[x0]
+  i_pos = (p0 + jnp.arange(geo.c)) * geo.dil + r
+  j_pos = (p0 - geo.hl + jnp.arange(geo.span)) * geo.dil + r
+  if geo.g:
+    j_pos = jnp.concatenate([j_pos, _slice(gpos_XxG, x0, 0, geo.g)])
+  return common.dropout_multiplier(seed, i_pos[:, None], j_pos[None, :],
+                                   geo.dropout)
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
   """One tile's queries, masked float32 scores [C, S+G], mask, keys, values."""
-  qp, kp, vp, kvp, gk, gv, gvalid = prepared
+  qp, kp, vp, kvp, gk, gv, gvalid, _ = prepared
   q_CxD = _slice(qp, x0, p0, geo.c)
   k_SxD = _slice(kp, x0, p0, geo.span)
   v_SxD = _slice(vp, x0, p0, geo.span)
@@ -185,8 +205,8 @@ def _tile(geo, scale, band_CxS, prepared, x0, p0):
   return q_CxD, jnp.where(mask, s, common.NEG_INF), mask, k_SxD, v_SxD
 
 
-def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
+def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop)
   band = jnp.asarray(geo.band_mask())
   dv = v.shape[2]
   npad = geo.nb * geo.c
@@ -200,7 +220,10 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
       mx = jnp.max(s, axis=-1, keepdims=True)
       p = jnp.where(mask, jnp.exp(s - mx), 0.0)
       l = jnp.sum(p, axis=-1)
-      o = jnp.einsum("qk,kd->qd", p.astype(v_win.dtype), v_win,
+      z = _dropout(geo, drop, x0, p0)
+      # Dropout acts on the normalised probabilities, so l stays undropped.
+      pz = p if z is None else p * z
+      o = jnp.einsum("qk,kd->qd", pz.astype(v_win.dtype), v_win,
                      preferred_element_type=jnp.float32)
       # Normalising after PV touches D values per row instead of S + G.
       o = o / jnp.where(l == 0.0, 1.0, l)[:, None]
@@ -217,8 +240,8 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
 
 
 def _backward(geo, scale, res, dout, dlse):
-  q, k, v, kvalid, gk, gv, gvalid, out, lse = res
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid)
+  q, k, v, kvalid, gk, gv, gvalid, drop, out, lse = res
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop)
   band = jnp.asarray(geo.band_mask())
   dqk, dv = q.shape[2], v.shape[2]
   npad = geo.nb * geo.c
@@ -240,8 +263,13 @@ def _backward(geo, scale, res, dout, dlse):
                                            p0)
       p = jnp.where(mask, jnp.exp(s - _slice(lsep, x0, p0, c)[:, None]), 0.0)
       do_CxD = _slice(dop, x0, p0, c)
-      dv_win = jnp.einsum("qk,qd->kd", p, do_CxD)
+      z = _dropout(geo, drop, x0, p0)
+      # With dropout, out = (p * z) v: dv sees p * z, dp gets a factor z,
+      # and delta = rowsum(dout * out) stays rowsum(p * dp).
+      dv_win = jnp.einsum("qk,qd->kd", p if z is None else p * z, do_CxD)
       dp = jnp.einsum("qd,kd->qk", do_CxD, f32(v_win))
+      if z is not None:
+        dp = dp * z
       ds = p * (dp - _slice(deltap, x0, p0, c)[:, None]
                 + _slice(dlsep, x0, p0, c)[:, None])
       dq_CxD = jnp.einsum("qk,kd->qd", ds, f32(k_win)) * scale
@@ -265,19 +293,19 @@ def _backward(geo, scale, res, dout, dlse):
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
   dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
   if not geo.g:
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
   return (dq, dk, dv, None, dgk.astype(gk.dtype),
-          dgv.astype(gv.dtype), None)
+          dgv.astype(gv.dtype), None, None)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
-  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid)
+def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
+  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop)
 
 
-def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid):
-  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid)
-  return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, out, lse)
+def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
+  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop)
+  return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, drop, out, lse)
 
 
 def _band_attention_bwd(geo, scale, res, cotangents):
@@ -290,7 +318,7 @@ _band_attention.defvjp(_band_attention_fwd, _band_attention_bwd)
 
 def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
                    scale, k_offset=0, gk_XxGxD=None, gv_XxGxDv=None,
-                   gvalid_XxG=None, block=None):
+                   gvalid_XxG=None, block=None, dropout=None):
   """Undilated band attention with optional extra (global) keys.
 
   Query i (at position i) sees key j (at position k_offset + j) iff
@@ -298,13 +326,25 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
   every extra key whose gvalid is set. Static k_offset lets a caller pass a
   shard's keys with halos (sequence parallelism).
 
+  dropout: None, or (rate, dilation, seed_X uint32, residue_X int32,
+    gpos_XxG int32): attention-probability dropout with
+    common.dropout_multiplier, row x's query/key at class position p being
+    at absolute position p * dilation + residue_X[x], and extra key g at
+    gpos_XxG[x, g]. The log-sum-exp is that of the undropped scores.
+
   Returns the float32 output [X, N, D] (rows with no key give 0) and the
   log-sum-exp [X, N] of the scaled scores (NEG_INF for rows with no key).
   Differentiable in q, k, v, gk, gv, with cotangents on both outputs.
   """
   x, n, _ = q_XxNxD.shape
   g = 0 if gk_XxGxD is None else gk_XxGxD.shape[1]
+  rate, dil, drop = 0.0, 1, None
+  if dropout is not None and dropout[0]:
+    rate, dil, seed_X, residue_X, gpos_XxG = dropout
+    if gpos_XxG is None:
+      gpos_XxG = jnp.zeros((x, 0), jnp.int32)
+    drop = (seed_X, residue_X, gpos_XxG)
   geo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
-                 k_offset=k_offset, block=block)
+                 k_offset=k_offset, block=block, dropout=rate, dil=dil)
   return _band_attention(geo, float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
-                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG)
+                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG, drop)

@@ -41,13 +41,14 @@ def from_classes(x_Xxnd, b, n, h, dil):
 
 def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
                       eff_global_BxN, max_global, global_qkv, scale,
-                      band_fn=band.band_attention):
+                      band_fn=band.band_attention, dropout=None):
   """Arguments are validated and normalised by lfjax.attention.api, which
   also zeroes padding rows and casts; returns float32.
 
   band_fn computes undilated band attention with optional extra (global)
   keys, as band.band_attention: the blocked jnp core, or the Pallas kernel
-  (lfjax.attention.pallas)."""
+  (lfjax.attention.pallas). dropout: None or (rate, seeds_BxH), passed to
+  band_fn with each row's absolute positions (band_fn must accept it)."""
   b, n, h, d = q.shape
   g = max_global
   band_keys_BxN = key_mask_BxN & ~eff_global_BxN
@@ -68,6 +69,15 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
       extra = dict(gk_XxGxD=rep(gk_BxGxHxD), gv_XxGxDv=rep(gv_BxGxHxD),
                    gvalid_XxG=rep(jnp.broadcast_to(
                        gvalid_BxG[:, :, None], (b, g, hs))))
+    if dropout is not None:
+      rate, seeds_BxH = dropout
+      # Rows are (batch, head, residue) in to_classes order.
+      seeds = jnp.repeat(seeds_BxH[:, np.array(heads)].reshape(-1), dil)
+      residues = jnp.tile(jnp.arange(dil, dtype=jnp.int32), b * hs)
+      gpos = None
+      if g:
+        gpos = rep(jnp.broadcast_to(idx_BxG[:, :, None], (b, g, hs)))
+      extra["dropout"] = (rate, dil, seeds, residues, gpos)
     o, _ = band_fn(
         to_classes(pick(q), dil), to_classes(pick(k), dil),
         to_classes(pick(v), dil), to_classes(per_head(band_keys_BxN), dil),
@@ -80,7 +90,7 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
 
   if g:
     rows_BxGxHxD = common.global_rows_attention(*global_qkv, key_mask_BxN,
-                                                idx_BxG, scale)
+                                                idx_BxG, scale, dropout)
     out = common.scatter_rows(out, rows_BxGxHxD, idx_BxG)
   return out
 

@@ -46,9 +46,11 @@ def take_rows(x_BxNxHxD, idx_BxG):
                              mode="clip")
 
 
-def masked_softmax_attention(s_BxHxQxK, mask_BxHxQxK, v_BxKxHxD):
+def masked_softmax_attention(s_BxHxQxK, mask_BxHxQxK, v_BxKxHxD,
+                             drop_BxHxQxK=None):
   """Float32 softmax over masked scores, then probs @ v.
 
+  drop: optional dropout multiplier (dropout_multiplier) on the probs.
   Rows with no allowed key give zeros. Returns [B, Q, H, D] in float32.
   """
   s = jnp.where(mask_BxHxQxK, s_BxHxQxK, NEG_INF)
@@ -56,14 +58,17 @@ def masked_softmax_attention(s_BxHxQxK, mask_BxHxQxK, v_BxKxHxD):
   p = jnp.where(mask_BxHxQxK, jnp.exp(s - m), 0.0)
   l = jnp.sum(p, axis=-1, keepdims=True)
   p = p / jnp.where(l == 0.0, 1.0, l)
+  if drop_BxHxQxK is not None:
+    p = p * drop_BxHxQxK
   return jnp.einsum("bhqk,bkhd->bqhd", p.astype(v_BxKxHxD.dtype), v_BxKxHxD,
                     preferred_element_type=jnp.float32)
 
 
 def global_rows_attention(qg_BxNxHxD, kg_BxNxHxD, vg_BxNxHxD, key_mask_BxN,
-                          idx_BxG, scale):
+                          idx_BxG, scale, dropout=None):
   """Rows of global tokens: each attends every non-padding key, densely.
 
+  dropout: None or (rate, seeds_BxH from dropout_seeds).
   O(G * N) memory. Returns [B, G, H, D] float32; callers scatter it into the
   output at idx (empty slots are dropped there).
   """
@@ -71,7 +76,14 @@ def global_rows_attention(qg_BxNxHxD, kg_BxNxHxD, vg_BxNxHxD, key_mask_BxN,
   s_BxHxGxN = jnp.einsum("bghd,bnhd->bhgn", q_BxGxHxD, kg_BxNxHxD,
                          preferred_element_type=jnp.float32) * scale
   mask = key_mask_BxN[:, None, None, :]
-  return masked_softmax_attention(s_BxHxGxN, mask, vg_BxNxHxD)
+  drop = None
+  if dropout is not None:
+    rate, seeds_BxH = dropout
+    n = kg_BxNxHxD.shape[1]
+    drop = dropout_multiplier(seeds_BxH[:, :, None, None],
+                              idx_BxG[:, None, :, None],
+                              jnp.arange(n)[None, None, None, :], rate)
+  return masked_softmax_attention(s_BxHxGxN, mask, vg_BxNxHxD, drop)
 
 
 def scatter_rows(out_BxNxHxD, rows_BxGxHxD, idx_BxG):
@@ -84,3 +96,39 @@ def scatter_rows(out_BxNxHxD, rows_BxGxHxD, idx_BxG):
 def is_concrete(x):
   """True when x has a value now (not a tracer inside jit/grad/vmap)."""
   return not isinstance(x, jax.core.Tracer)
+
+
+# Attention dropout. The keep/drop decision for probability (b, h, i, j) is
+# a hash of (seed, b, h, i, j) with i, j absolute positions, not a draw from
+# a stream: every implementation (dense, the chunked tiles, their backward
+# passes, global rows) regenerates exactly the same mask wherever it needs
+# it, without storing an N x N (or N x w) mask.
+
+def _mix(x):
+  """murmur3's 32-bit finaliser: a bijection that spreads every input bit."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def dropout_seeds(key, b, h):
+  """[B, H] uint32 per-(batch, head) seeds from a jax.random key."""
+  seed = jax.random.bits(key, (), jnp.uint32)
+  bh = (jnp.arange(b, dtype=jnp.uint32)[:, None] * jnp.uint32(h)
+        + jnp.arange(h, dtype=jnp.uint32)[None, :])
+  return _mix(seed ^ _mix(bh + jnp.uint32(0x9E3779B9)))
+
+
+def dropout_multiplier(seed, i, j, rate):
+  """1 / (1 - rate) where probability (i, j) is kept, else 0 (float32).
+
+  seed, i, j broadcast together: seed from dropout_seeds, i the query's and
+  j the key's absolute position (int)."""
+  bits = _mix(seed ^ _mix(i.astype(jnp.uint32)
+                          ^ _mix(j.astype(jnp.uint32)
+                                 + jnp.uint32(0x27D4EB2F))))
+  threshold = jnp.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
+  return jnp.where(bits >= threshold, jnp.float32(1.0 / (1.0 - rate)),
+                   jnp.float32(0.0))

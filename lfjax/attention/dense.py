@@ -21,9 +21,12 @@ def band_mask(n, window, dilation_H, causal):
 
 
 def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
-                    eff_global_BxN, global_qkv, scale):
+                    eff_global_BxN, global_qkv, scale, dropout=None):
   """Arguments are validated and normalised by lfjax.attention.api, which
-  also zeroes padding rows and casts; returns float32."""
+  also zeroes padding rows and casts; returns float32.
+
+  dropout: None or (rate, seeds_BxH): the same per-(b, h, i, j) mask as
+  every implementation (common.dropout_multiplier)."""
   b, n, h, _ = q.shape
   band_HxNxN = band_mask(n, window, dilation_H, causal)
   is_g_Bx1x1xN = eff_global_BxN[:, None, None, :]
@@ -33,7 +36,13 @@ def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   local_BxHxNxN &= key_mask_BxN[:, None, None, :]
   s = jnp.einsum("bihd,bjhd->bhij", q, k,
                  preferred_element_type=jnp.float32) * scale
-  out_BxNxHxD = common.masked_softmax_attention(s, local_BxHxNxN, v)
+  drop = None
+  if dropout is not None:
+    rate, seeds_BxH = dropout
+    pos_N = jnp.arange(n)
+    drop = common.dropout_multiplier(seeds_BxH[:, :, None, None],
+                                     pos_N[:, None], pos_N[None, :], rate)
+  out_BxNxHxD = common.masked_softmax_attention(s, local_BxHxNxN, v, drop)
 
   if global_qkv is None:  # no global tokens possible (cap of 0)
     return out_BxNxHxD
@@ -41,7 +50,7 @@ def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   sg = jnp.einsum("bihd,bjhd->bhij", qg, kg,
                   preferred_element_type=jnp.float32) * scale
   all_keys = jnp.broadcast_to(key_mask_BxN[:, None, None, :], (b, h, n, n))
-  out_g_BxNxHxD = common.masked_softmax_attention(sg, all_keys, vg)
+  out_g_BxNxHxD = common.masked_softmax_attention(sg, all_keys, vg, drop)
 
   return jnp.where(eff_global_BxN[:, :, None, None], out_g_BxNxHxD,
                    out_BxNxHxD)

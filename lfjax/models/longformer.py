@@ -83,6 +83,10 @@ class SelfAttention(nnx.Module):
     for name in ("query", "key", "value", "query_global", "key_global",
                  "value_global"):
       setattr(self, name, _dense(cfg, e, e, rngs))
+    # Dropout on the attention probabilities (transformers'
+    # attention_probs_dropout_prob); held as an nnx.Dropout so it follows
+    # train()/eval() and reseeding like the other dropouts.
+    self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
   def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
                output_attentions=False):
@@ -115,7 +119,7 @@ class SelfAttention(nnx.Module):
         q, k, v, window=self.window, dilation=self.dilation,
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
         global_qkv=global_qkv, max_global=cfg.max_global,
-        impl=cfg.attention_impl)
+        impl=cfg.attention_impl, **self._dropout_args())
     out = out_BxNxHxD.reshape(b, n, cfg.hidden_size)
     if not output_attentions:
       return out, None
@@ -129,6 +133,12 @@ class SelfAttention(nnx.Module):
         global_qk=None if global_qkv is None else global_qkv[:2],
         max_global=max_global)
 
+
+  def _dropout_args(self):
+    if self.dropout.deterministic or not self.dropout.rate:
+      return {}
+    return dict(dropout_rate=float(self.dropout.rate),
+                dropout_key=self.dropout.rngs())
 
   def _project(self, x_BxNxE, names):
     """The named projections as one matmul: a few large GEMMs run closer to
