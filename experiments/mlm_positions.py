@@ -93,18 +93,20 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", type=pathlib.Path, required=True)
   p.add_argument("--out", type=pathlib.Path, default=None)
-  p.add_argument("--short-len", type=int, default=128)
-  p.add_argument("--long-len", type=int, default=1024)
-  p.add_argument("--hidden", type=int, default=256)
-  p.add_argument("--layers", type=int, default=4)
-  p.add_argument("--vocab", type=int, default=4000)
-  p.add_argument("--tokens-per-batch", type=int, default=8192)
-  p.add_argument("--pretrain-steps", type=int, default=3000)
-  p.add_argument("--pretrain-lr", type=float, default=1e-3)
+  p.add_argument("--short-len", type=int, default=64)
+  p.add_argument("--long-len", type=int, default=512)
+  p.add_argument("--hidden", type=int, default=128)
+  p.add_argument("--layers", type=int, default=3)
+  p.add_argument("--vocab", type=int, default=512)
+  p.add_argument("--tokens-per-batch", type=int, default=4096)
+  p.add_argument("--pretrain-steps", type=int, default=2500)
+  p.add_argument("--pretrain-lr", type=float, default=2e-3)
+  p.add_argument("--pretrain-power", type=float, default=1.0,
+                 help="LR decay power of the pretraining (1 = linear)")
   p.add_argument("--steps", type=int, default=300,
                  help="continued MLM updates at --long-len")
-  p.add_argument("--lr", type=float, default=3e-4)
-  p.add_argument("--eval-batches", type=int, default=40)
+  p.add_argument("--lr", type=float, default=5e-4)
+  p.add_argument("--eval-batches", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
   checkpoints.quiet_orbax()
@@ -126,6 +128,7 @@ def main():
   c.model.max_positions = args.short_len
   c.steps = c.optim.decay_steps = args.pretrain_steps
   c.optim.lr, c.optim.warmup_steps = args.pretrain_lr, args.pretrain_steps // 20
+  c.optim.power = args.pretrain_power
   run(c, w / "pretrain")
   short = w / "short"
   if not (short / "config.json").exists():

@@ -251,6 +251,7 @@ class PackedSampler:
     self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
     self.count = num_sequences(corpus, split, seq_len)
     self.index = 0
+    self._perm = (None, None)  # (epoch, permutation): one per epoch
 
   def state(self):
     return {"index": self.index}
@@ -266,8 +267,10 @@ class PackedSampler:
     for j in range(self.index * self.batch_size,
                    (self.index + 1) * self.batch_size):
       epoch, pos = divmod(j, self.count)
-      perm = np.random.default_rng([self.seed, epoch]).permutation(self.count)
-      picks.append(perm[pos])
+      if self._perm[0] != epoch:
+        self._perm = (epoch, np.random.default_rng(
+            [self.seed, epoch]).permutation(self.count))
+      picks.append(self._perm[1][pos])
     self.index += 1
     return packed(self.corpus, self.split, self.seq_len, picks)
 
