@@ -284,21 +284,83 @@ def export(workdir, path, step=None):
   return step
 
 
+def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
+                 seq_len=None, max_batches=None, batch_size=None,
+                 valid_fraction=None):
+  """BPC of a run's checkpoint (workdir) or of a Hugging Face checkpoint
+  folder as it is (init_from: RoBERTa at its own length, or a Longformer),
+  on the run's held-out split or on `sources`. Returns the record."""
+  import json
+  from lfjax import mlm_defaults
+  if (workdir is None) == (init_from is None):
+    raise ValueError("expected exactly one of --workdir and --init-from")
+  if workdir is not None:
+    config, model, step = load_trained(workdir, step)
+  else:
+    config = mlm_defaults.base_config()
+    config.init_from = str(init_from)
+    model = convert.from_pretrained(init_from, head="masked_lm")
+    have = model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1
+    config.model.max_positions = have
+    config.train.seq_len = seq_len or have
+  if sources:
+    config.data.sources = tuple(sources)
+  if valid_fraction is not None:
+    config.data.valid_fraction = valid_fraction
+  if not config.data.sources:
+    raise ValueError("sources: expected documents to evaluate on (the run's "
+                     "data.sources are used with --workdir)")
+  corpus = load_corpus(config)
+  r = evaluate_model(model, config, corpus, seq_len=seq_len,
+                     batch_size=batch_size, max_batches=max_batches)
+  r = dict(r, seq_len=seq_len or config.train.seq_len, step=step,
+           checkpoint=str(workdir or init_from))
+  if workdir is not None:
+    out = pathlib.Path(workdir) / f"eval_valid_{step}_{r['seq_len']}.json"
+    out.write_text(json.dumps(r, indent=1))
+  return r
+
+
 def main(argv=None):
   import argparse
-  p = argparse.ArgumentParser(description="Export an MLM run (python -m "
-                              "lfjax.train --config configs/mlm_*.py) for "
-                              "transformers.")
+  p = argparse.ArgumentParser(description="Export or evaluate an MLM run "
+                              "(python -m lfjax.train --config "
+                              "configs/mlm_*.py).")
   sub = p.add_subparsers(dest="cmd", required=True)
-  e = sub.add_parser("export")
+  e = sub.add_parser("export", help="write a run for transformers")
   e.add_argument("--workdir", required=True)
   e.add_argument("--to", required=True)
   e.add_argument("--step", type=int, default=None,
                  help="a saved step (default: the newest)")
+  v = sub.add_parser("evaluate", help="held-out MLM loss and BPC")
+  v.add_argument("--workdir", default=None, help="an MLM run folder")
+  v.add_argument("--init-from", default=None,
+                 help="or a Hugging Face checkpoint folder, as it is")
+  v.add_argument("--sources", nargs="*", default=(),
+                 help="documents (default: the run's data.sources)")
+  v.add_argument("--step", type=int, default=None)
+  v.add_argument("--seq-len", type=int, default=None,
+                 help="default: the run's train.seq_len / the checkpoint's "
+                 "positions")
+  v.add_argument("--max-batches", type=int, default=None,
+                 help="0 = the whole held-out split (default: eval.max_batches)")
+  v.add_argument("--batch-size", type=int, default=None)
+  v.add_argument("--valid-fraction", type=float, default=None,
+                 help="held-out share of the documents (default: the run's,"
+                 " or 0.01)")
   args = p.parse_args(argv)
   checkpoints.quiet_orbax()
-  step = export(args.workdir, args.to, args.step)
-  print(f"wrote step {step} of {args.workdir} to {args.to}")
+  if args.cmd == "export":
+    step = export(args.workdir, args.to, args.step)
+    print(f"wrote step {step} of {args.workdir} to {args.to}")
+    return
+  r = evaluate_cli(args.workdir, args.init_from, args.sources, args.step,
+                   args.seq_len, args.max_batches, args.batch_size,
+                   args.valid_fraction)
+  print(f"{r['checkpoint']} (step {r['step']}), seq {r['seq_len']}: loss "
+        f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
+        f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
+        f"masked tokens ({r['eval_chars']:,} chars)")
 
 
 if __name__ == "__main__":

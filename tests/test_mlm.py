@@ -7,6 +7,7 @@ installed (the Python 3.11 leg of CI).
 """
 
 import importlib.util
+import json
 import math
 import pathlib
 
@@ -246,6 +247,18 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
   got = ours(enc["input_ids"], attention_mask=enc["attention_mask"]).logits
   m = enc["attention_mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(got)[m], want.numpy()[m], atol=1e-4)
+
+  # The CLI evaluates the run and the exported folder alike.
+  mlm.main(["evaluate", "--workdir", str(tmp_path / "straight"),
+            "--max-batches", "1"])
+  run = json.loads((tmp_path / "straight" / "eval_valid_12_128.json")
+                   .read_text())
+  exported = mlm.evaluate_cli(
+      init_from=str(out), sources=[str(docs_dir)], max_batches=1,
+      valid_fraction=0.2, seq_len=128, batch_size=4)
+  assert run["eval_masked_tokens"] == exported["eval_masked_tokens"] > 0
+  np.testing.assert_allclose(exported["eval_bpc"], run["eval_bpc"],
+                             rtol=1e-4)
 
 
 def test_position_only_training_freezes_the_rest(roberta, docs_dir, tmp_path):
