@@ -158,9 +158,11 @@ def test_gradients_match_reference(seed, impl, blocks, monkeypatch):
     check_close(g, w, atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
-                                         ("chunked", True)])
-@pytest.mark.parametrize("seed", [2, 5, 9, 14, 26, 41])
+# Cases chosen to cover globals with their own projections and padding (5,
+# 41), dilation without padding holes (14), causal with dilation (26).
+@pytest.mark.parametrize("seed,impl,blocks", [
+    (5, "dense", False), (5, "chunked", False), (14, "chunked", False),
+    (26, "dense", False), (26, "chunked", True), (41, "chunked", True)])
 def test_dropout_matches_reference(seed, impl, blocks, monkeypatch):
   """Attention dropout: the same entries dropped as the spec's hash, in the
   output and in the gradients (the chunked backward regenerates them)."""

@@ -253,6 +253,7 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
             "--max-batches", "1"])
   run = json.loads((tmp_path / "straight" / "eval_valid_12_128.json")
                    .read_text())
+  monkeypatch.setenv("LFJAX_DATA", str(tmp_path / "data"))  # its cache
   exported = mlm.evaluate_cli(
       init_from=str(out), sources=[str(docs_dir)], max_batches=1,
       valid_fraction=0.2, seq_len=128, batch_size=4)
