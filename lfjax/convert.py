@@ -1,7 +1,9 @@
 """Load Hugging Face Longformer / RoBERTa checkpoints into lfjax models.
 
-Reads a local directory (config.json plus model.safetensors or
-pytorch_model.bin); nothing is downloaded.
+Reads a local directory (config.json plus model.safetensors, its sharded
+form, or pytorch_model.bin); nothing is downloaded. Every tensor of a
+checkpoint is used or the load refuses and names it; every parameter comes
+from the checkpoint or the load refuses.
 """
 
 import dataclasses
@@ -16,51 +18,97 @@ from flax import nnx
 
 from lfjax.models.config import LongformerConfig
 from lfjax.models.longformer import LongformerForMaskedLM
+from lfjax.models.longformer import LongformerForMultipleChoice
 from lfjax.models.longformer import LongformerForQuestionAnswering
 from lfjax.models.longformer import LongformerForSequenceClassification
+from lfjax.models.longformer import LongformerForTokenClassification
 from lfjax.models.longformer import LongformerModel
 
 HEADS = {
     "base": LongformerModel,
     "masked_lm": LongformerForMaskedLM,
     "sequence_classification": LongformerForSequenceClassification,
+    "token_classification": LongformerForTokenClassification,
+    "multiple_choice": LongformerForMultipleChoice,
     "question_answering": LongformerForQuestionAnswering,
 }
-# A checkpoint's head, told by its first tensor name.
-_HEAD_PREFIXES = (("lm_head.", "masked_lm"),
-                  ("classifier.", "sequence_classification"),
-                  ("qa_outputs.", "question_answering"))
+# transformers' class-name suffixes (config.json "architectures") per head.
+_ARCHITECTURES = (("ForMaskedLM", "masked_lm"),
+                  ("ForSequenceClassification", "sequence_classification"),
+                  ("ForTokenClassification", "token_classification"),
+                  ("ForMultipleChoice", "multiple_choice"),
+                  ("ForQuestionAnswering", "question_answering"),
+                  ("Model", "base"))
+# Tensor-name prefixes of every head (after the BERT renaming).
+_HEAD_TENSORS = ("lm_head.", "classifier.", "qa_outputs.", "cls.")
 
-MODEL_TYPES = ("longformer", "roberta", "bert")
+# RoBERTa-family types share one architecture (XLM-R and CamemBERT are
+# RoBERTa with other vocabularies).
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+MODEL_TYPES = ("longformer",) + ROBERTA_TYPES + ("bert",)
 _PREFIXES = ("longformer.", "roberta.", "bert.")
 # BERT's MLM head under the names of RoBERTa's.
 _BERT_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
               ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
               ("cls.predictions.decoder.", "lm_head.decoder."),
               ("cls.predictions.bias", "lm_head.bias"))
-# Buffers and tied copies some checkpoints carry; they hold no new weights.
-_IGNORED = re.compile(r"(^|\.)position_ids$|^lm_head\.decoder\.weight$")
+# Buffers some checkpoints carry; they hold no weights.
+_IGNORED = re.compile(r"(^|\.)position_ids$")
+# Weight layouts transformers writes that lfjax does not read.
+_OTHER_FORMATS = ("tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
+
+
+def _read_safetensors(path):
+  # The flax reader handles bfloat16 (numpy has no such dtype).
+  from safetensors.flax import load_file
+  return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+
+
+def _read_bin(path):
+  try:
+    import torch
+  except ImportError:
+    raise ImportError(f"{path}: reading .bin checkpoints needs torch; install "
+                      "it or convert the checkpoint to safetensors") from None
+  sd = torch.load(path, map_location="cpu", weights_only=True)
+  return {k: v.float().numpy() for k, v in sd.items()}
 
 
 def read_weights(path):
-  """name -> float32 numpy array from a checkpoint directory."""
-  st = os.path.join(path, "model.safetensors")
-  if os.path.exists(st):
-    from safetensors.numpy import load_file
-    return {k: np.asarray(v, np.float32) for k, v in load_file(st).items()}
-  pt = os.path.join(path, "pytorch_model.bin")
-  if os.path.exists(pt):
-    try:
-      import torch
-    except ImportError:
-      raise ImportError(f"{pt}: reading .bin checkpoints needs torch; install "
-                        "it or convert the checkpoint to safetensors") from None
-    sd = torch.load(pt, map_location="cpu", weights_only=True)
-    return {k: v.float().numpy() for k, v in sd.items()}
+  """name -> float32 numpy array from a checkpoint directory.
+
+  Reads every layout transformers' save_pretrained writes for PyTorch:
+  model.safetensors, pytorch_model.bin, and their sharded forms (an
+  *.index.json naming the shard files), in any float dtype.
+  Raises FileNotFoundError (no weights, or a shard missing) and ValueError
+  (only TensorFlow/Flax weights, which transformers 5 no longer writes)."""
+  for name, reader in (("model.safetensors", _read_safetensors),
+                       ("pytorch_model.bin", _read_bin)):
+    single = os.path.join(path, name)
+    if os.path.exists(single):
+      return reader(single)
+    index = single + ".index.json"
+    if os.path.exists(index):
+      with open(index) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
+      if missing:
+        raise FileNotFoundError(f"path: {index} names shard files missing from "
+                                f"{path!r}: {missing}")
+      out = {}
+      for shard in shards:
+        out.update(reader(os.path.join(path, shard)))
+      return out
+  others = [f for f in _OTHER_FORMATS if os.path.exists(os.path.join(path, f))]
+  if others:
+    raise ValueError(f"path: {path!r} holds only {others}; lfjax reads PyTorch "
+                     "weights (model.safetensors or pytorch_model.bin); "
+                     "convert with transformers' from_pretrained(..., "
+                     "from_tf=True) and save_pretrained")
   raise FileNotFoundError(
       f"path: expected a Hugging Face checkpoint directory with config.json "
-      f"and model.safetensors or pytorch_model.bin, found neither weights "
-      f"file in {path!r}")
+      f"and model.safetensors or pytorch_model.bin (or their sharded "
+      f"*.index.json), found no weights file in {path!r}")
 
 
 def _strip_prefix(name):
@@ -78,6 +126,7 @@ def _target(model, name):
   leaf = {"weight": "kernel", "bias": "bias"}
   head = {"classifier.dense": "classifier_dense",
           "classifier.out_proj": "classifier_out",
+          "classifier": "classifier",
           "qa_outputs": "qa_outputs"}.get(".".join(parts[:-1]))
   if head and hasattr(model, head):
     return getattr(model, head), leaf[parts[-1]], parts[-1] == "weight"
@@ -114,6 +163,8 @@ def _target(model, name):
           parts[-1]], False
     if name in ("lm_head.bias", "lm_head.decoder.bias"):  # tied copies
       return model, "lm_bias", False
+    if name == "lm_head.decoder.weight" and model.lm_decoder is not None:
+      return model, "lm_decoder", False
   raise KeyError(name)
 
 
@@ -135,11 +186,12 @@ def load_weights(model, weights):
       continue
     param = getattr(mod, attr)
     value = value.T if transpose else value
-    if param.value.shape != value.shape:
-      raise ValueError(f"{raw}: expected shape {param.value.shape} "
+    old = param.get_value()
+    if old.shape != value.shape:
+      raise ValueError(f"{raw}: expected shape {old.shape} "
                        f"(after transposing Linear weights), got "
                        f"{value.shape}")
-    param.value = np.asarray(value, param.value.dtype)
+    param.set_value(np.asarray(value, old.dtype))
     filled.add(id(param))
   if unused:
     raise ValueError(f"weights: tensors with no place in "
@@ -199,20 +251,69 @@ def _config_from_dict(d, **overrides):
   if model_type == "bert":
     d = dict(d, max_position_embeddings=d.get("max_position_embeddings", 512)
              + d.get("pad_token_id", 0) + 1, position_ids_from="index")
-  if model_type != "longformer" and "attention_window" not in overrides:
-    # A window that covers every position reproduces full attention.
+  if (model_type != "longformer" and "attention_window" not in d
+      and "attention_window" not in overrides):
+    # A window that covers every position reproduces full attention. A
+    # RoBERTa config WITH attention_window is a Longformer made by the
+    # original authors' recipe (RobertaLong): its windows are kept.
     d = dict(d, attention_window=2 * d["max_position_embeddings"])
   return LongformerConfig.from_dict(d, **overrides)
 
 
-def from_pretrained(path, *, head=None, seed=0, **overrides):
-  """A local Hugging Face directory -> an lfjax model with its weights.
+def _head_of(d, weights):
+  """(head the checkpoint holds, how it was told). The config's
+  architectures decide (RobertaForCausalLM and RobertaForMaskedLM share
+  tensor names); without them, the head tensors' names and shapes."""
+  for arch in d.get("architectures") or ():
+    for suffix, head in _ARCHITECTURES:
+      if arch.endswith(suffix):
+        return head, arch
+    return None, arch
+  names = set(weights)
+  if any(k.startswith("lm_head.") for k in names):
+    return "masked_lm", "lm_head.* tensors"
+  if any(k.startswith("classifier.dense.") for k in names):
+    return "sequence_classification", "classifier.dense.* tensors"
+  if "classifier.weight" in names:
+    pooled = any(_strip_prefix(k).startswith("pooler.") for k in names)
+    if weights["classifier.weight"].shape[0] == 1 and pooled:
+      return "multiple_choice", "a one-output classifier over the pooler"
+    return "token_classification", "classifier.weight"
+  if any(k.startswith("qa_outputs.") for k in names):
+    return "question_answering", "qa_outputs.* tensors"
+  extra = sorted(k for k in names if k.startswith(_HEAD_TENSORS))
+  if extra:
+    return None, f"head tensors {extra[:4]}"
+  return "base", "no head tensors"
 
-  head: "base", "masked_lm", "sequence_classification" or
-    "question_answering"; None picks what the checkpoint holds. A task head
-    the checkpoint lacks raises (listing the missing weights); a base model's
-    pooler is dropped under a task head, as in transformers.
+
+def _is_head_tensor(name):
+  return name.startswith(_HEAD_TENSORS)
+
+
+def from_pretrained(path, *, head=None, seed=0, **overrides):
+  """A local Hugging Face directory -> an lfjax model with its weights, in
+  inference mode (dropout off, like transformers' from_pretrained); call
+  `.train()` on it to fine-tune.
+
+  model_type longformer, roberta, xlm-roberta, camembert or bert. RoBERTa-
+  family and BERT checkpoints load as Longformers whose window covers every
+  position (exactly the original model), with global projections copied
+  from the local ones; a RoBERTa-family config that has attention_window
+  (the original authors' RobertaLong recipe) keeps its windows and its
+  trained query_global/key_global/value_global.
+
+  head: one of HEADS ("base", "masked_lm", "sequence_classification",
+    "token_classification", "multiple_choice", "question_answering"); None
+    picks the head the checkpoint holds (config.json's architectures, else
+    its tensors). Asking for another head drops the checkpoint's head
+    tensors with a warning; a head whose weights the checkpoint lacks
+    raises.
   overrides: LongformerConfig fields (e.g. attention_impl, max_global).
+
+  Raises FileNotFoundError (no directory, no weights), ValueError (unknown
+  model_type or head, a tensor with no place, a missing or misshapen
+  parameter).
   """
   if head is not None and head not in HEADS:
     raise ValueError(f"head: expected one of {sorted(HEADS)} or None, got "
@@ -226,24 +327,58 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
   model_type = d["model_type"]
   if model_type == "bert":
     weights = bert_as_roberta(weights, cfg.pad_token_id)
-  if model_type in ("roberta", "bert"):
+  has_global = any(".query_global." in k for k in weights)
+  if model_type != "longformer" and not has_global:
+    if "attention_window" in d:
+      warnings.warn(f"{path}: config.json has attention_window but the "
+                    "weights have no global projections; they start as "
+                    "copies of the local ones (the paper's recipe)")
     weights = with_global_projections(weights)
-  found = [h for p, h in _HEAD_PREFIXES if any(k.startswith(p) for k in weights)]
+  found, told = _head_of(d, weights)
   if head is None:
-    head = found[0] if found else "base"
+    if found is None:
+      raise ValueError(
+          f"head: {path} holds a {told} head, which lfjax does not have; "
+          f"lfjax has {sorted(HEADS)} (transformers' Longformer heads). "
+          f"Pass head='base' to load the encoder alone")
+    head = found
+  cfg = _tie_config(cfg, weights, head)
   rngs = nnx.Rngs(seed)
   if head == "base":
-    has_pooler = any(".pooler." in "." + k for k in weights)
+    has_pooler = any(_strip_prefix(k).startswith("pooler.") for k in weights)
     model = LongformerModel(cfg, add_pooling_layer=has_pooler, rngs=rngs)
   else:
     model = HEADS[head](cfg, rngs=rngs)
-  # Other heads' tensors and, under a task head, the pooler are not used (as
-  # in transformers, which ignores them with a warning).
-  drop = tuple(p for p, h in _HEAD_PREFIXES if h != head)
-  weights = {k: v for k, v in weights.items() if not k.startswith(drop)
-             and not (head != "base" and _strip_prefix(k).startswith(
-                 "pooler."))}
-  return load_weights(model, weights)
+  if head != found:
+    # Another head than the checkpoint's (as transformers allows, with a
+    # warning): the checkpoint's head tensors, and the pooler where the
+    # new head has none, are not used.
+    drop = sorted(k for k in weights if _is_head_tensor(k) or (
+        _strip_prefix(k).startswith("pooler.")
+        and getattr(model, "longformer", model).pooler is None))
+    if drop:
+      held = found or "an unsupported head"
+      warnings.warn(f"head={head!r}: the checkpoint holds {held} ({told}); "
+                    f"its tensors {drop[:6]} are not used")
+    weights = {k: v for k, v in weights.items() if k not in drop}
+  model = load_weights(model, weights)
+  model.eval()
+  return model
+
+
+def _tie_config(cfg, weights, head):
+  """tie_word_embeddings as the weights say: an MLM decoder that differs
+  from the word embeddings is its own weight (transformers 5 unties such a
+  checkpoint whatever its config says), an equal one is the tied copy."""
+  dec = weights.get("lm_head.decoder.weight")
+  if head != "masked_lm" or dec is None:
+    return cfg
+  emb = next(v for k, v in weights.items()
+             if _strip_prefix(k) == "embeddings.word_embeddings.weight")
+  if dec.shape == emb.shape and np.array_equal(dec, emb):
+    weights.pop("lm_head.decoder.weight")
+    return dataclasses.replace(cfg, tie_word_embeddings=True)
+  return dataclasses.replace(cfg, tie_word_embeddings=False)
 
 
 def hf_names(model):
@@ -266,9 +401,14 @@ def hf_names(model):
     names += ["lm_head.dense.weight", "lm_head.dense.bias",
               "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
               "lm_head.bias", "lm_head.decoder.bias"]
+    if model.lm_decoder is not None:
+      names.append("lm_head.decoder.weight")
   elif isinstance(model, LongformerForSequenceClassification):
     names += [f"classifier.{m}.{p}" for m in ("dense", "out_proj")
               for p in ("weight", "bias")]
+  elif isinstance(model, (LongformerForTokenClassification,
+                          LongformerForMultipleChoice)):
+    names += ["classifier.weight", "classifier.bias"]
   elif isinstance(model, LongformerForQuestionAnswering):
     names += ["qa_outputs.weight", "qa_outputs.bias"]
   return names
@@ -279,14 +419,45 @@ def export_weights(model):
   out = {}
   for name in hf_names(model):
     mod, attr, transpose = _target(model, _strip_prefix(name))
-    value = np.asarray(getattr(mod, attr).value, np.float32)
+    value = np.asarray(getattr(mod, attr).get_value(), np.float32)
     out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out
 
 
+# Source config fields not carried over: they describe the source file
+# (dtype, library version) or its model type, not the model written.
+_NOT_CARRIED = ("model_type", "architectures", "torch_dtype", "dtype",
+                "transformers_version", "_name_or_path", "auto_map")
+
+
+def hf_config(model):
+  """config.json content for transformers' Longformer class of `model`:
+  every field of the source checkpoint's config (id2label, label2id,
+  problem_type, ...) plus lfjax's values."""
+  cfg = model.cfg
+  d = {k: v for k, v in json.loads(cfg.source_config).items()
+       if k not in _NOT_CARRIED}
+  ours = dataclasses.asdict(cfg)
+  del ours["source_config"]
+  d.update(ours)
+  d["attention_window"] = cfg.windows()
+  labels = d.get("id2label")
+  if labels is not None and len(labels) != cfg.num_labels:
+    warnings.warn(f"to_pretrained: num_labels={cfg.num_labels} but the "
+                  f"source's id2label has {len(labels)} entries; id2label "
+                  "and label2id are not written")
+    d.pop("id2label")
+    d.pop("label2id", None)
+  d.update(model_type="longformer", architectures=[type(model).__name__],
+           dtype="float32")
+  return d
+
+
 def to_pretrained(model, path):
-  """Write a directory transformers' LongformerModel / LongformerForMaskedLM
-  load with from_pretrained (the decoder weight is tied to the embeddings)."""
+  """Write a directory that transformers' Longformer class of the same
+  name (LongformerModel, LongformerForMaskedLM, ...) loads with
+  from_pretrained; config fields of the source checkpoint are kept.
+  Raises ValueError for dilated models (transformers has no dilation)."""
   from safetensors.numpy import save_file
   cfg = model.cfg
   if any(d != 1 and (isinstance(d, int) or any(x != 1 for x in d))
@@ -301,11 +472,8 @@ def to_pretrained(model, path):
   os.makedirs(path, exist_ok=True)
   save_file(export_weights(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})
-  d = dataclasses.asdict(cfg)
-  d["attention_window"] = cfg.windows()
-  d.update(model_type="longformer", architectures=[type(model).__name__])
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(d, f, indent=2)
+    json.dump(hf_config(model), f, indent=2)
   return path
 
 
@@ -319,7 +487,7 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0,
   the reserved ones are drawn afresh from N(0, initializer_range)
   (positions="random", the paper's Table 5 baseline). Global q/k/v start as
   copies of the local ones. attention_window is the full window (even).
-  Returns a new model; the input model is unchanged.
+  Returns a new model in inference mode; the input model is unchanged.
   """
   if positions not in ("copy", "random"):
     raise ValueError(f"positions: expected 'copy' or 'random', got "
@@ -348,7 +516,9 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0,
     new_rows = cfg.initializer_range * np.random.default_rng(seed).standard_normal(
         (max_positions, old.shape[1])).astype(np.float32)
   weights[pos_key] = np.concatenate([old[:reserved], new_rows], axis=0)
-  return load_weights(new, with_global_projections(weights))
+  new = load_weights(new, with_global_projections(weights))
+  new.eval()
+  return new
 
 
 def copy_tokenizer(src, dst, max_length=None):
@@ -370,21 +540,24 @@ def copy_tokenizer(src, dst, max_length=None):
 
 
 def main(argv=None):
-  import argparse
-  p = argparse.ArgumentParser(
-      description="Make a long model from a RoBERTa/Longformer checkpoint "
+  """`python -m lfjax.convert --from DIR --to DIR ...`; argv excludes the
+  program name. Raises cli.UsageError for bad flags or --to == --from."""
+  from lfjax import cli
+  p = cli.ArgumentParser(
+      prog="python -m lfjax.convert", description="Make a long model from a RoBERTa/Longformer checkpoint "
       "(position embeddings copied, global projections from local ones) and "
       "write it for transformers, with the tokenizer files.")
   p.add_argument("--from", dest="src", required=True,
                  help="local Hugging Face checkpoint directory")
   p.add_argument("--to", dest="dst", required=True, help="output directory")
-  p.add_argument("--max-positions", type=int, default=4096)
-  p.add_argument("--attention-window", type=int, default=512,
-                 help="FULL window (even), as transformers counts it")
+  cli.add_flag(p, "max_positions", type=int, default=4096,
+               help="positions of the long model")
+  cli.add_flag(p, "attention_window", type=int, default=512,
+               help="FULL window (even), as transformers counts it")
   args = p.parse_args(argv)
   if os.path.abspath(args.src) == os.path.abspath(args.dst):
-    raise SystemExit("--to: expected a directory other than --from (the "
-                     "source checkpoint is never overwritten)")
+    raise cli.UsageError("--to: expected a directory other than --from (the "
+                         "source checkpoint is never overwritten)")
   model = from_pretrained(args.src)
   long_model = make_long(model, args.max_positions, args.attention_window)
   to_pretrained(long_model, args.dst)
@@ -395,4 +568,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  import sys
+  from lfjax import cli
+  sys.exit(cli.run(main))

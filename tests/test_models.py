@@ -43,8 +43,14 @@ def test_too_long_input_raises():
   model = LongformerModel(LongformerConfig(**TINY, attention_window=4),
                           rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"input_ids: expected at most 38 "
-                     r"tokens \(max_position_embeddings=40\), got 39"):
-    model(jnp.ones((1, 39), jnp.int32))
+                     r"non-padding tokens per sequence .*"
+                     r"max_position_embeddings=40 .* with 39"):
+    model(jnp.full((1, 39), 5, jnp.int32))
+  # The check counts real tokens (RoBERTa's positions), not the padded
+  # length: 38 tokens padded to 45 fit the 38 learned rows.
+  ids = jnp.full((2, 45), 1, jnp.int32).at[:, :38].set(5)
+  mask = (ids != 1).astype(jnp.int32)
+  assert model(ids, mask).last_hidden_state.shape == (2, 45, 16)
 
 
 def test_jit_matches_eager_and_dropout_follows_mode():

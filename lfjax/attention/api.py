@@ -42,7 +42,9 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       for their global keys too.
     max_global: static cap on global tokens per sequence, so the function
       jits with a traced global_mask. Default: the largest count in a
-      concrete global_mask (required when global_mask is traced). When
+      concrete global_mask rounded up to a power of two, so eager calls
+      with new counts rarely recompile (required when global_mask is
+      traced). When
       global_mask is concrete a row with more than max_global global tokens
       raises; under jit, tokens past the first max_global of a row (in
       sequence order) are silently treated as ordinary local tokens.
@@ -228,7 +230,10 @@ def _check_max_global(max_global, global_mask, global_mask_BxN, key_mask_BxN,
     g = g & np.asarray(key_mask_BxN)
   count = int(g.sum(axis=1).max()) if g.size else 0
   if max_global is None:
-    return count
+    # The cap is static (a compile per value); a power of two makes eager
+    # calls with varying counts reuse a few programs. Slots past a row's
+    # count are masked, so the result does not depend on the cap.
+    return min(1 << (count - 1).bit_length(), n) if count else 0
   if count > max_global:
     raise ValueError(f"max_global: a sequence has {count} global tokens, more "
                      f"than max_global={max_global}")

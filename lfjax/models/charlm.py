@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from lfjax.attention import windowed_attention
+from lfjax.models import inputs
 from lfjax.models import relpos
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -217,7 +218,10 @@ class CharLM(nnx.Module):
     if tokens_BxN.ndim != 2 or tokens_BxN.shape[1] < 1:
       raise ValueError(f"tokens: expected [batch, seq>=1] ids, got shape "
                        f"{tokens_BxN.shape}")
-    x = self.embed(tokens_BxN).astype(DTYPES[self.cfg.dtype])
+    inputs.check_index("tokens", tokens_BxN, self.cfg.vocab_size,
+                       "the embedding (vocab_size)")
+    x = inputs.lookup(self.embed.embedding[...], tokens_BxN).astype(
+        DTYPES[self.cfg.dtype])
     return self.from_embeddings(x, dropout_key=dropout_key,
                                 window_scale=window_scale,
                                 position_offset=position_offset)
@@ -261,7 +265,10 @@ class CharLM(nnx.Module):
     """Logits [B, vocab] for the token at position t, and the new cache.
 
     Memory is O(window) per layer whatever t is."""
-    x = self.embed(token_B).astype(DTYPES[self.cfg.dtype])
+    inputs.check_index("token", token_B, self.cfg.vocab_size,
+                       "the embedding (vocab_size)")
+    x = inputs.lookup(self.embed.embedding[...], token_B).astype(
+        DTYPES[self.cfg.dtype])
     new_cache = []
     for block, c in zip(self.blocks, cache):
       x, c = block.decode(x, t, c, window_scale=window_scale)

@@ -37,8 +37,11 @@ class LongformerConfig:
   bos_token_id: int = 0
   eos_token_id: int = 2
   sep_token_id: int = 2
-  # Classes of LongformerForSequenceClassification (len(id2label) in HF).
+  # Classes of the classification heads (len(id2label) in HF).
   num_labels: int = 2
+  # False: the MLM decoder has its own weight (lm_head.decoder.weight)
+  # instead of reusing the word embeddings.
+  tie_word_embeddings: bool = True
   attention_window: Union[int, Sequence[int]] = 512
   # lfjax: dilation per layer, each an int or one int per head.
   attention_dilation: Union[int, Sequence[Union[int, Sequence[int]]]] = 1
@@ -51,6 +54,11 @@ class LongformerConfig:
   # absolute index, shifted by pad_token_id + 1 into the RoBERTa-layout table
   # lfjax.convert builds for BERT checkpoints (exact with left padding too).
   position_ids_from: str = "tokens"
+  # lfjax: the source config.json's other fields (id2label, label2id,
+  # problem_type, ...) as sorted JSON, written back by convert.to_pretrained
+  # so a round trip loses nothing. A string keeps the config hashable (it is
+  # static in every jitted model).
+  source_config: str = "{}"
 
   def __post_init__(self):
     windows = self.windows()
@@ -99,6 +107,9 @@ class LongformerConfig:
     kwargs = {k: v for k, v in d.items() if k in names}
     if "id2label" in d and "num_labels" not in d:
       kwargs["num_labels"] = len(d["id2label"])
+    if "source_config" not in kwargs:
+      kwargs["source_config"] = json.dumps(
+          {k: v for k, v in d.items() if k not in names}, sort_keys=True)
     unknown = set(overrides) - names
     if unknown:
       raise ValueError(f"overrides: unknown LongformerConfig fields "

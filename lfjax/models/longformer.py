@@ -13,11 +13,13 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
+from lfjax.models import inputs
 from lfjax.models.config import LongformerConfig
 
 
@@ -65,9 +67,14 @@ class Embeddings(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
-    x_BxNxE = (self.word_embeddings(input_ids_BxN)
-               + self.position_embeddings(position_ids_BxN)
-               + self.token_type_embeddings(token_type_ids_BxN))
+    # inputs.lookup, not nnx.Embed's call: an out-of-range id gives NaN rows
+    # (nnx.Embed returns row 0 for any id of a one-row table).
+    x_BxNxE = (
+        inputs.lookup(self.word_embeddings.embedding[...], input_ids_BxN)
+        + inputs.lookup(self.position_embeddings.embedding[...],
+                        position_ids_BxN)
+        + inputs.lookup(self.token_type_embeddings.embedding[...],
+                        token_type_ids_BxN))
     return self.dropout(self.layer_norm(x_BxNxE))
 
 
@@ -89,14 +96,16 @@ class SelfAttention(nnx.Module):
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
   def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
-               output_attentions=False):
+               output_attentions=False, max_global=None):
+    """max_global: static cap on global tokens per sequence (None: inferred
+    from a concrete global mask)."""
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
     split = lambda y: y.reshape(b, -1, cfg.num_attention_heads, cfg.head_dim)
     names = ["query", "key", "value"]
     with_global = global_mask_BxN is not None
     # q_g is only read at global rows; with a static cap project just those.
-    gather_qg = with_global and bool(cfg.max_global)
+    gather_qg = with_global and bool(max_global)
     if with_global:
       names += ["key_global", "value_global"]
       if not gather_qg:
@@ -107,7 +116,7 @@ class SelfAttention(nnx.Module):
     if with_global:
       if gather_qg:
         idx_BxG, _ = common.global_indices(common.effective_global(
-            global_mask_BxN, key_mask_BxN, cfg.max_global), cfg.max_global)
+            global_mask_BxN, key_mask_BxN, max_global), max_global)
         rows_BxGxE = jnp.take_along_axis(x_BxNxE, idx_BxG[:, :, None],
                                          axis=1, mode="clip")
         qg_BxGxHxD = split(self.query_global(rows_BxGxE))
@@ -118,20 +127,26 @@ class SelfAttention(nnx.Module):
     out_BxNxHxD = windowed_attention(
         q, k, v, window=self.window, dilation=self.dilation,
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
-        global_qkv=global_qkv, max_global=cfg.max_global,
+        global_qkv=global_qkv, max_global=max_global,
         impl=cfg.attention_impl, **self._dropout_args())
     out = out_BxNxHxD.reshape(b, n, cfg.hidden_size)
     if not output_attentions:
       return out, None
-    max_global = 0
+    # transformers' layout has as many global columns as the batch's
+    # largest count; that count is known only for concrete masks, so under
+    # jit the columns are max_global (slots past a row's count are 0).
+    columns = 0
     if global_mask_BxN is not None:
-      max_global = cfg.max_global or int(
-          jnp.sum(global_mask_BxN & key_mask_BxN, axis=1).max())
+      if common.is_concrete(global_mask_BxN) and common.is_concrete(
+          key_mask_BxN):
+        columns = int(jnp.sum(global_mask_BxN & key_mask_BxN, axis=1).max())
+      else:
+        columns = max_global
     return out, probs.attention_probabilities(
         q, k, window=self.window, dilation=self.dilation,
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
         global_qk=None if global_qkv is None else global_qkv[:2],
-        max_global=max_global)
+        max_global=columns)
 
 
   def _dropout_args(self):
@@ -144,8 +159,8 @@ class SelfAttention(nnx.Module):
     """The named projections as one matmul: a few large GEMMs run closer to
     peak than many small ones (on CPU and GPU alike)."""
     mods = [getattr(self, name) for name in names]
-    kernel = jnp.concatenate([m.kernel.value for m in mods], axis=1)
-    bias = jnp.concatenate([m.bias.value for m in mods])
+    kernel = jnp.concatenate([m.kernel[...] for m in mods], axis=1)
+    bias = jnp.concatenate([m.bias[...] for m in mods])
     y = jnp.einsum("bne,ef->bnf", x_BxNxE, kernel) + bias
     return jnp.split(y, len(mods), axis=-1)
 
@@ -165,30 +180,56 @@ class Layer(nnx.Module):
     self.act = activation(cfg.hidden_act)
 
   def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
-               output_attentions=False):
+               output_attentions=False, max_global=None):
     a, probs_ = self.attention(x_BxNxE, key_mask_BxN, global_mask_BxN,
-                               output_attentions)
+                               output_attentions, max_global)
     x_BxNxE = self.attention_layer_norm(
         x_BxNxE + self.dropout(self.attention_output(a)))
     h = self.output(self.act(self.intermediate(x_BxNxE)))
     return self.output_layer_norm(x_BxNxE + self.dropout(h)), probs_
 
 
-@dataclasses.dataclass
+def _output(cls):
+  """A dataclass output whose every field is a pytree leaf (jit returns it)."""
+  cls = dataclasses.dataclass(cls)
+  jax.tree_util.register_dataclass(
+      cls, data_fields=[f.name for f in dataclasses.fields(cls)],
+      meta_fields=[])
+  return cls
+
+
+@_output
 class ModelOutput:
-  """attentions / global_attentions: one array per layer, in transformers'
-  layout, when called with output_attentions=True (see
-  lfjax.attention.probs)."""
+  """transformers' LongformerBaseModelOutputWithPooling.
+
+  hidden_states (output_hidden_states=True): the embeddings' output, then
+  each layer's, num_hidden_layers + 1 arrays [B, N, E].
+  attentions / global_attentions (output_attentions=True): one array per
+  layer in transformers' layout (see lfjax.attention.probs)."""
   last_hidden_state: jax.Array
   pooler_output: Optional[jax.Array] = None
+  hidden_states: Optional[tuple] = None
   attentions: Optional[tuple] = None
   global_attentions: Optional[tuple] = None
 
 
-jax.tree_util.register_dataclass(
-    ModelOutput, data_fields=["last_hidden_state", "pooler_output",
-                              "attentions", "global_attentions"],
-    meta_fields=[])
+# Fields every head passes through from the encoder, as transformers does.
+_ENCODER_EXTRAS = ("hidden_states", "attentions", "global_attentions")
+
+
+def _extras(out):
+  return {name: getattr(out, name) for name in _ENCODER_EXTRAS}
+
+
+def _traced(*xs):
+  return any(x is not None and not common.is_concrete(x) for x in xs)
+
+
+MAX_GLOBAL_HINT = (
+    "pass max_global=K to lfjax.convert.from_pretrained (or set "
+    "LongformerConfig.max_global=K), K the most global tokens any sequence "
+    "has (question answering: the longest question in tokens, counting "
+    "<s>; multiple choice: the longest choice)")
 
 
 class LongformerModel(nnx.Module):
@@ -204,38 +245,72 @@ class LongformerModel(nnx.Module):
                    if add_pooling_layer else None)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, output_attentions=False):
-    """input_ids [B, N] int; attention_mask 1 keep / 0 pad; global 1 global.
+               token_type_ids=None, position_ids=None, output_attentions=False,
+               output_hidden_states=False, *, max_global=None):
+    """Encodes a batch; transformers' LongformerModel.forward.
 
+    input_ids: [B, N] int in [0, vocab_size).
+    attention_mask: [B, N], transformers' values: 0 padding, 1 local, 2
+      global (the original Longformer convention; same as 1 plus a 1 in
+      global_attention_mask). Default: no padding.
+    global_attention_mask: [B, N], 1 (True) = global token.
+    token_type_ids: [B, N] in [0, type_vocab_size); default 0.
+    position_ids: [B, N] rows of the position table; default RoBERTa's
+      (count of real tokens, see position_ids_from_input_ids) or BERT's
+      index (config.position_ids_from).
     output_attentions: also return each layer's attention probabilities in
-    transformers' layout (dense O(N^2) computation, for analysis; without
-    config.max_global it needs a concrete global mask)."""
+      transformers' layout (a dense O(N^2) computation, for analysis).
+      Global columns: the batch's largest count when the masks are
+      concrete (transformers' layout); under jit, max_global columns, the
+      slots past a row's count 0.
+    output_hidden_states: also return the embeddings' and each layer's
+      output.
+    max_global: static cap on global tokens per sequence for this call
+      (default config.max_global); needed when the masks are traced.
+
+    Errors (ValueError, naming the argument): wrong ranks or shapes; with
+    concrete inputs, an id outside its table (input_ids, token_type_ids,
+    position_ids), a sequence with more real tokens than the position table
+    has rows, attention_mask values other than 0, 1, 2; under jit a
+    global_attention_mask without max_global. Under jit values cannot be
+    checked: such a sequence's outputs are NaN (see lfjax.models.inputs).
+    """
     cfg = self.cfg
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 2:
       raise ValueError(f"input_ids: expected [batch, seq], got shape "
                        f"{input_ids.shape}")
     b, n = input_ids.shape
-    if n > cfg.max_position_embeddings - cfg.pad_token_id - 1:
-      raise ValueError(
-          f"input_ids: expected at most "
-          f"{cfg.max_position_embeddings - cfg.pad_token_id - 1} tokens "
-          f"(max_position_embeddings={cfg.max_position_embeddings}), got {n}")
-    key_mask = (jnp.ones((b, n), bool) if attention_mask is None
-                else jnp.asarray(attention_mask).astype(bool))
-    global_mask = (None if global_attention_mask is None
-                   else jnp.asarray(global_attention_mask).astype(bool))
+    inputs.check_index("input_ids", input_ids, cfg.vocab_size,
+                       "word_embeddings")
+    cap = cfg.max_global if max_global is None else max_global
+    key_mask, global_mask, bad_B = _masks(attention_mask, global_attention_mask,
+                                          b, n, cap)
+    if global_mask is not None and cap is None and _traced(global_mask):
+      raise ValueError("max_global: the global attention mask is traced "
+                       "(inside jit, grad or vmap), so the number of global "
+                       "tokens per sequence must be static; "
+                       + MAX_GLOBAL_HINT)
     if token_type_ids is None:
       token_type_ids = jnp.zeros((b, n), jnp.int32)
-    if position_ids is None and cfg.position_ids_from == "index":
-      position_ids = jnp.broadcast_to(
-          jnp.arange(n, dtype=jnp.int32) + cfg.pad_token_id + 1, (b, n))
-    elif position_ids is None:
-      position_ids = position_ids_from_input_ids(input_ids, cfg.pad_token_id)
+    token_type_ids = _check_shape("token_type_ids", token_type_ids, b, n)
+    inputs.check_index("token_type_ids", token_type_ids, cfg.type_vocab_size,
+                       "token_type_embeddings (type_vocab_size)")
+    if position_ids is None:
+      position_ids = self._default_position_ids(input_ids)
+    else:
+      position_ids = _check_shape("position_ids", position_ids, b, n)
+      inputs.check_index("position_ids", position_ids,
+                         cfg.max_position_embeddings,
+                         "position_embeddings (max_position_embeddings)")
     x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
-    local, glob = [], []
+    if bad_B is not None:
+      x_BxNxE = jnp.where(bad_B[:, None, None], jnp.nan, x_BxNxE)
+    local, glob, hidden = [], [], [x_BxNxE]
     for layer in self.layers:
-      x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions)
+      x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions,
+                         cap)
+      hidden.append(x_BxNxE)
       if p is not None:
         local.append(p[0])
         glob.append(p[1])
@@ -244,24 +319,99 @@ class LongformerModel(nnx.Module):
       pooled = jnp.tanh(self.pooler(x_BxNxE[:, 0]))
     return ModelOutput(
         last_hidden_state=x_BxNxE, pooler_output=pooled,
+        hidden_states=tuple(hidden) if output_hidden_states else None,
         attentions=tuple(local) if output_attentions else None,
         global_attentions=(tuple(glob) if output_attentions and glob
                            and glob[0] is not None else None))
 
+  def _default_position_ids(self, input_ids_BxN):
+    cfg = self.cfg
+    b, n = input_ids_BxN.shape
+    reserved = cfg.pad_token_id + 1
+    if cfg.position_ids_from == "index":
+      position_ids = jnp.broadcast_to(
+          jnp.arange(n, dtype=jnp.int32) + reserved, (b, n))
+    else:
+      position_ids = position_ids_from_input_ids(input_ids_BxN,
+                                                 cfg.pad_token_id)
+    if common.is_concrete(position_ids):
+      # Counts real tokens, not the padded length: a batch padded past the
+      # table runs as long as its tokens fit (as in transformers).
+      used = int(np.max(np.asarray(position_ids), initial=0)) - reserved + 1
+      have = cfg.max_position_embeddings - reserved
+      if used > have:
+        what = "tokens" if cfg.position_ids_from == "index" else (
+            "non-padding tokens")
+        raise ValueError(
+            f"input_ids: expected at most {have} {what} per sequence (the "
+            f"position table has max_position_embeddings="
+            f"{cfg.max_position_embeddings} rows, {reserved} reserved), got "
+            f"a sequence with {used}")
+    return position_ids
 
-@dataclasses.dataclass
+
+def _check_shape(name, x, b, n):
+  x = jnp.asarray(x)
+  if x.shape != (b, n):
+    raise ValueError(f"{name}: expected shape {(b, n)} like input_ids, got "
+                     f"{x.shape}")
+  return x
+
+
+def _masks(attention_mask, global_attention_mask, b, n, cap):
+  """(key mask, global mask or None, rows to poison or None).
+
+  attention_mask 2 means global (transformers' merged convention). Concrete
+  values outside {0, 1, 2} raise; traced ones poison their row with NaN,
+  as does a traced 2 when no static cap allows global tokens."""
+  marked = None
+  bad_B = None
+  if attention_mask is None:
+    key_mask = jnp.ones((b, n), bool)
+  else:
+    am = _check_shape("attention_mask", attention_mask, b, n)
+    if am.dtype == jnp.bool_:
+      key_mask = am
+    else:
+      if common.is_concrete(am):
+        values = set(np.unique(np.asarray(am)).tolist())
+        if not values <= {0, 1, 2}:
+          raise ValueError(
+              f"attention_mask: expected values 0 (padding), 1 (local) or 2 "
+              f"(global, transformers' convention), got "
+              f"{sorted(values - {0, 1, 2})}")
+        if 2 in values:
+          marked = am == 2
+      else:
+        invalid = (am != 0) & (am != 1) & (am != 2)
+        if cap:
+          marked = am == 2
+        else:  # global tokens need a static cap under jit
+          invalid = invalid | (am == 2)
+        bad_B = jnp.any(invalid, axis=1)
+      key_mask = am != 0
+  global_mask = None
+  if global_attention_mask is not None:
+    global_mask = _check_shape("global_attention_mask",
+                               global_attention_mask, b, n).astype(bool)
+  if marked is not None:
+    global_mask = marked if global_mask is None else global_mask | marked
+  return key_mask, global_mask, bad_B
+
+
+@_output
 class MaskedLMOutput:
   logits: jax.Array
   last_hidden_state: jax.Array
-
-
-jax.tree_util.register_dataclass(
-    MaskedLMOutput, data_fields=["logits", "last_hidden_state"],
-    meta_fields=[])
+  hidden_states: Optional[tuple] = None
+  attentions: Optional[tuple] = None
+  global_attentions: Optional[tuple] = None
 
 
 class LongformerForMaskedLM(nnx.Module):
-  """Encoder plus RoBERTa's LM head, decoder tied to the word embeddings."""
+  """Encoder plus RoBERTa's LM head (transformers' LongformerForMaskedLM);
+  the decoder is the word embeddings unless config.tie_word_embeddings is
+  False."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -269,47 +419,62 @@ class LongformerForMaskedLM(nnx.Module):
     self.lm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
     self.lm_layer_norm = _layer_norm(cfg, rngs)
     self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)))
+    self.lm_decoder = None
+    if not cfg.tie_word_embeddings:
+      self.lm_decoder = nnx.Param(nnx.initializers.normal(
+          cfg.initializer_range)(rngs.params(),
+                                 (cfg.vocab_size, cfg.hidden_size)))
     self.act = activation("gelu")
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, positions=None):
-    """positions: optional [B, K] token indices; logits are then [B, K, V],
-    for those tokens only (MLM training predicts ~15% of them)."""
-    h = self.longformer(input_ids, attention_mask, global_attention_mask,
-                        token_type_ids, position_ids).last_hidden_state
+               token_type_ids=None, position_ids=None, positions=None,
+               output_attentions=False, output_hidden_states=False):
+    """positions: optional [B, K] token indices in [0, N); logits are then
+    [B, K, V], for those tokens only (MLM training predicts ~15% of them).
+    Other arguments and errors as LongformerModel."""
+    out = self.longformer(input_ids, attention_mask, global_attention_mask,
+                          token_type_ids, position_ids, output_attentions,
+                          output_hidden_states)
+    h = out.last_hidden_state
     y = h
     if positions is not None:
       positions = jnp.asarray(positions)
       if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
         raise ValueError(f"positions: expected [batch={h.shape[0]}, K] "
                          f"indices, got shape {positions.shape}")
-      y = jnp.take_along_axis(h, positions[:, :, None], axis=1)
+      inputs.check_index("positions", positions, h.shape[1], "the sequence")
+      y = jnp.take_along_axis(h, positions[:, :, None], axis=1,
+                              mode="fill", fill_value=jnp.nan)
     y = self.lm_layer_norm(self.act(self.lm_dense(y)))
-    emb_VxE = self.longformer.embeddings.word_embeddings.embedding.value
-    logits = jnp.einsum("bne,ve->bnv", y, emb_VxE) + self.lm_bias.value
-    return MaskedLMOutput(logits=logits, last_hidden_state=h)
+    decoder_VxE = (self.longformer.embeddings.word_embeddings.embedding[...]
+                   if self.lm_decoder is None else self.lm_decoder[...])
+    logits = jnp.einsum("bne,ve->bnv", y, decoder_VxE) + self.lm_bias[...]
+    return MaskedLMOutput(logits=logits, last_hidden_state=h, **_extras(out))
 
 
-@dataclasses.dataclass
+@_output
 class ClassifierOutput:
+  """logits: [B, num_labels] (sequence), [B, N, num_labels] (token) or
+  [B, num_choices] (multiple choice)."""
   logits: jax.Array
+  hidden_states: Optional[tuple] = None
+  attentions: Optional[tuple] = None
+  global_attentions: Optional[tuple] = None
 
 
-@dataclasses.dataclass
+@_output
 class QAOutput:
   start_logits: jax.Array
   end_logits: jax.Array
-
-
-jax.tree_util.register_dataclass(ClassifierOutput, data_fields=["logits"],
-                                 meta_fields=[])
-jax.tree_util.register_dataclass(
-    QAOutput, data_fields=["start_logits", "end_logits"], meta_fields=[])
+  hidden_states: Optional[tuple] = None
+  attentions: Optional[tuple] = None
+  global_attentions: Optional[tuple] = None
 
 
 class LongformerForSequenceClassification(nnx.Module):
   """Classifies from the first token, which is global unless told otherwise
-  (as transformers does)."""
+  (transformers' LongformerForSequenceClassification). With that default it
+  jits without max_global: the count is one by construction."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -319,15 +484,85 @@ class LongformerForSequenceClassification(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None):
+               token_type_ids=None, position_ids=None, output_attentions=False,
+               output_hidden_states=False):
     input_ids = jnp.asarray(input_ids)
+    cap = None
     if global_attention_mask is None:
       global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
           True)
-    h = self.longformer(input_ids, attention_mask, global_attention_mask,
-                        token_type_ids, position_ids).last_hidden_state
+      if self.cfg.max_global is None and _traced(input_ids, attention_mask):
+        cap = 1
+    out = self.longformer(input_ids, attention_mask, global_attention_mask,
+                          token_type_ids, position_ids, output_attentions,
+                          output_hidden_states, max_global=cap)
+    h = out.last_hidden_state
     x = jnp.tanh(self.classifier_dense(self.dropout(h[:, 0])))
-    return ClassifierOutput(logits=self.classifier_out(self.dropout(x)))
+    return ClassifierOutput(logits=self.classifier_out(self.dropout(x)),
+                            **_extras(out))
+
+
+class LongformerForTokenClassification(nnx.Module):
+  """Per-token logits (transformers' LongformerForTokenClassification); no
+  global tokens unless given."""
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
+    self.classifier = _dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None, output_attentions=False,
+               output_hidden_states=False):
+    out = self.longformer(input_ids, attention_mask, global_attention_mask,
+                          token_type_ids, position_ids, output_attentions,
+                          output_hidden_states)
+    logits = self.classifier(self.dropout(out.last_hidden_state))
+    return ClassifierOutput(logits=logits, **_extras(out))
+
+
+def choice_global_mask(input_ids_BxN, sep_token_id):
+  """transformers' multiple-choice default: global attention on every token
+  after the first `</s></s>` (the choice and what follows it); rows without
+  a separator get none."""
+  is_sep = input_ids_BxN == sep_token_id
+  has = is_sep.any(axis=1)
+  first_B = jnp.argmax(is_sep, axis=1)
+  after = jnp.arange(input_ids_BxN.shape[1])[None, :] > first_B[:, None] + 1
+  return after & has[:, None]
+
+
+class LongformerForMultipleChoice(nnx.Module):
+  """One score per choice from the pooled first token (transformers'
+  LongformerForMultipleChoice). Inputs are [B, C, N] (C choices); by default
+  the tokens after the first `</s></s>` of each choice are global, a count
+  known only from the data: under jit pass max_global."""
+
+  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.longformer = LongformerModel(cfg, add_pooling_layer=True, rngs=rngs)
+    self.classifier = _dense(cfg, cfg.hidden_size, 1, rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
+               token_type_ids=None, position_ids=None, output_attentions=False,
+               output_hidden_states=False):
+    input_ids = jnp.asarray(input_ids)
+    if input_ids.ndim != 3:
+      raise ValueError(f"input_ids: expected [batch, choices, seq], got shape "
+                       f"{input_ids.shape}")
+    b, c, n = input_ids.shape
+    flat = lambda x: None if x is None else jnp.asarray(x).reshape(b * c, n)
+    ids = flat(input_ids)
+    if global_attention_mask is None:
+      global_attention_mask = choice_global_mask(ids, self.cfg.sep_token_id)
+    out = self.longformer(ids, flat(attention_mask),
+                          flat(global_attention_mask), flat(token_type_ids),
+                          flat(position_ids), output_attentions,
+                          output_hidden_states)
+    logits = self.classifier(self.dropout(out.pooler_output))
+    return ClassifierOutput(logits=logits.reshape(b, c), **_extras(out))
 
 
 def question_global_mask(input_ids_BxN, sep_token_id):
@@ -340,7 +575,9 @@ def question_global_mask(input_ids_BxN, sep_token_id):
 
 
 class LongformerForQuestionAnswering(nnx.Module):
-  """Span start/end logits; the question tokens are global by default."""
+  """Span start/end logits; the question tokens are global by default
+  (transformers' LongformerForQuestionAnswering). Their count is known only
+  from the data: under jit pass max_global."""
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -348,12 +585,15 @@ class LongformerForQuestionAnswering(nnx.Module):
     self.qa_outputs = _dense(cfg, cfg.hidden_size, 2, rngs)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None):
+               token_type_ids=None, position_ids=None, output_attentions=False,
+               output_hidden_states=False):
     input_ids = jnp.asarray(input_ids)
     if global_attention_mask is None:
       global_attention_mask = question_global_mask(input_ids,
                                                    self.cfg.sep_token_id)
-    h = self.longformer(input_ids, attention_mask, global_attention_mask,
-                        token_type_ids, position_ids).last_hidden_state
-    logits = self.qa_outputs(h)
-    return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1])
+    out = self.longformer(input_ids, attention_mask, global_attention_mask,
+                          token_type_ids, position_ids, output_attentions,
+                          output_hidden_states)
+    logits = self.qa_outputs(out.last_hidden_state)
+    return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
+                    **_extras(out))
