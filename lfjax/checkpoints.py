@@ -1,11 +1,31 @@
 """Orbax checkpoints of a run: params, optimizer state and data state saved
-together, so a resumed run continues exactly; and loading a finished run."""
+together, so a resumed run continues exactly; and loading a finished run.
 
+Every saved step gets an integrity record, RECORD inside its folder: the
+size and sha256 of each of its files, written once orbax has finished the
+save. Every restore checks the files against it and the restored arrays for
+NaN/Inf, and raises CheckpointError naming the step, what failed and how to
+fall back to the previous good step; nothing is ever deleted. Steps saved
+before lfjax wrote records (or whose save was killed between orbax's commit
+and the record) restore with a warning and the finiteness check only.
+
+config.json is the run's current config; resuming compares the new config
+with it before anything is written (write_config) and keeps every version
+in config_history.jsonl.
+"""
+
+import datetime
+import fnmatch
+import hashlib
 import json
+import os
 import pathlib
+import shlex
+import sys
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import flags
@@ -14,6 +34,19 @@ from flax import nnx
 
 from lfjax.data import chars
 from lfjax.models import charlm
+
+RECORD = "lfjax_integrity.json"
+HISTORY = "config_history.jsonl"
+
+
+class CheckpointError(ValueError):
+  """A saved step that must not be used: its files differ from its
+  integrity record, orbax cannot read it, or it holds NaN/Inf. The message
+  names the step, what failed and how to fall back."""
+
+
+class ConfigChangeError(ValueError):
+  """A resumed run's config changes fields the saved run cannot change."""
 
 
 def quiet_orbax():
@@ -29,37 +62,319 @@ def manager(workdir, keep=3):
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
 
+def _reader(workdir):
+  """A manager that only reads: evaluating never creates folders or
+  garbage-collects steps."""
+  return ocp.CheckpointManager(
+      pathlib.Path(workdir).absolute() / "checkpoints",
+      options=ocp.CheckpointManagerOptions(
+          read_only=True, create=False, max_to_keep=None,
+          save_interval_steps=0))
+
+
+def saved_steps(workdir):
+  """The finalized steps under workdir/checkpoints, ascending."""
+  return sorted(ocp.path.step.checkpoint_steps(
+      pathlib.Path(workdir) / "checkpoints"))
+
+
+def _step_dir(directory, step):
+  return pathlib.Path(ocp.path.step.build_step_path(
+      directory, ocp.path.step.standard_name_format(), step))
+
+
+def _write_atomic(path, text):
+  tmp = path.with_name(path.name + ".tmp")
+  with tmp.open("w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _digests(step_dir):
+  out = {}
+  for f in sorted(step_dir.rglob("*")):
+    if f.is_file() and not f.name.startswith(RECORD):
+      with f.open("rb") as fh:
+        out[f.relative_to(step_dir).as_posix()] = {
+            "bytes": f.stat().st_size,
+            "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+  return out
+
+
+def write_record(directory, step):
+  """Writes step's integrity record; call only once orbax has finished
+  the save (CheckpointManager saves in a background thread)."""
+  if jax.process_index() != 0:
+    return
+  d = _step_dir(directory, step)
+  _write_atomic(d / RECORD, json.dumps(
+      {"step": step, "files": _digests(d)}, indent=1))
+
+
+def _problem(directory, step):
+  """None when step's files match its record, "no record" when it has
+  none, else what differs (the first file in name order)."""
+  d = _step_dir(directory, step)
+  try:
+    files = json.loads((d / RECORD).read_text())["files"]
+  except FileNotFoundError:
+    return "no record"
+  except (ValueError, KeyError) as e:
+    return f"has an unreadable integrity record {RECORD} ({e})"
+  for name, want in sorted(files.items()):
+    f = d / name
+    if not f.is_file():
+      return f"is missing {name}"
+    size = f.stat().st_size
+    if size != want["bytes"]:
+      return (f"has {name} of {size:,} bytes, recorded {want['bytes']:,} "
+              "at save time (truncated or overwritten)")
+    with f.open("rb") as fh:
+      if hashlib.file_digest(fh, "sha256").hexdigest() != want["sha256"]:
+        return (f"has {name} with bytes changed since the save (its sha256 "
+                f"differs from the one in {RECORD})")
+  return None
+
+
+_warned = set()
+
+
+def _unverified(directory, step):
+  if (directory, step) not in _warned:
+    _warned.add((directory, step))
+    print(f"warning: checkpoint step {step} of {directory.parent} has no "
+          f"integrity record ({RECORD}; saved before lfjax wrote them, or "
+          "killed between the save and its record): its files are not "
+          "verified, only that its arrays are finite", file=sys.stderr)
+
+
+def _fallback(directory, step):
+  """How to get back to the newest earlier step that passes its check."""
+  workdir = directory.parent
+  earlier = [s for s in reversed(saved_steps(workdir)) if s < step]
+  good = next((s for s in earlier
+               if _problem(directory, s) in (None, "no record")), None)
+  if good is None:
+    return (f"No earlier step passes its check (saved steps: "
+            f"{saved_steps(workdir)}); start a new run with a new "
+            "--workdir.")
+  dest = workdir / "damaged_checkpoints" / str(step)
+  n = 1
+  while dest.exists():
+    dest, n = dest.with_name(f"{step}.{n}"), n + 1
+  note = ("" if _problem(directory, good) is None
+          else " (it has no integrity record to verify)")
+  return (f"Step {good} is the newest earlier step that passes{note}. To "
+          f"resume, evaluate or sample from it, move step {step} out of "
+          f"the run's checkpoints: mkdir -p {shlex.quote(str(dest.parent))}"
+          f" && mv {shlex.quote(str(_step_dir(directory, step)))} "
+          f"{shlex.quote(str(dest))} (evaluate, sample and mlm also take "
+          f"--checkpoint {good}).")
+
+
+def _damaged(directory, step, what):
+  return CheckpointError(
+      f"checkpoint step {step} of {directory.parent} {what}; not using it "
+      f"and nothing was deleted. {_fallback(directory, step)}")
+
+
+def verify(directory, step):
+  """Checks step's files against its integrity record (a warning when it
+  has none). Raises CheckpointError naming the first file that differs."""
+  directory = pathlib.Path(directory)
+  problem = _problem(directory, step)
+  if problem == "no record":
+    _unverified(directory, step)
+  elif problem:
+    raise _damaged(directory, step, problem)
+
+
+def _check_finite(directory, step, tree):
+  """Raises CheckpointError naming the first array holding NaN/Inf."""
+  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  bad = jax.device_get([jnp.sum(~jnp.isfinite(x)) for _, x in leaves])
+  for (path, x), n in zip(leaves, bad):
+    if n:
+      raise _damaged(directory, step, (
+          f"holds non-finite values: {int(n)} of {x.size} in "
+          f"{jax.tree_util.keystr(path)} (the first such array)"))
+
+
+def _restore(mngr, step, args):
+  """mngr.restore, verified before and checked finite after; orbax's and
+  tensorstore's many error types for unreadable bytes become one
+  CheckpointError."""
+  directory = pathlib.Path(mngr.directory)
+  verify(directory, step)
+  try:
+    r = mngr.restore(step, args=args)
+  except Exception as e:  # pylint: disable=broad-except
+    # The innermost cause names the file and byte range; the outer layers
+    # only say that reading failed.
+    root = e
+    while root.__cause__ is not None or root.__context__ is not None:
+      root = root.__cause__ or root.__context__
+    lines = str(root).strip().splitlines() or [""]
+    raise _damaged(directory, step, (
+        f"could not be read ({type(root).__name__}: {lines[0][:300]})")
+                   ) from e
+  _check_finite(directory, step, {k: r[k] for k in r.keys() if k != "data"})
+  return r
+
+
 def save(mngr, step, params, opt_state, data_state):
-  """data_state: a JSON dict (phase, sampler position)."""
+  """data_state: a JSON dict (phase, sampler position). Waits for orbax to
+  finish, then writes the step's integrity record."""
   mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
       data=ocp.args.JsonSave(data_state)), force=True)
+  mngr.wait_until_finished()
+  write_record(mngr.directory, step)
 
 
 def restore(mngr, step, params, opt_state):
-  """Restores into the structure (and shardings) of params and opt_state."""
+  """Restores into the structure (and shardings) of params and opt_state.
+  Raises CheckpointError when the step fails verification, cannot be read
+  or holds NaN/Inf."""
   abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  r = mngr.restore(step, args=ocp.args.Composite(
+  r = _restore(mngr, step, ocp.args.Composite(
       params=ocp.args.StandardRestore(abstract(params)),
       opt_state=ocp.args.StandardRestore(abstract(opt_state)),
       data=ocp.args.JsonRestore()))
   return r["params"], r["opt_state"], r["data"]
 
 
+# Fields a resumed run may change, by task: they steer only the steps still
+# to come, or where files are read and logged, never what the saved arrays
+# and data position mean. Everything else (model shapes and function,
+# vocabulary and data, tokenizer, init checkpoint, task, seed: it fixes the
+# data order the saved position is in) stays for the life of a run.
+# "schedule.*" and "steps" have further checks against the saved step.
+RESUMABLE = {
+    "charlm": ("data.dir", "model.dropout", "model.dtype", "model.remat",
+               "model.attention_impl", "schedule.*", "optim.*", "eval.*",
+               "log_every", "checkpoint_every", "keep_checkpoints",
+               "eval_every"),
+    "mlm": ("data.cache_dir", "model.attention_impl",
+            "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
+            "log_every", "checkpoint_every", "keep_checkpoints",
+            "eval_every"),
+}
+
+
+def _flat(tree, prefix=""):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _schedule_problems(old, new, step):
+  """A char-LM schedule may change only from the phase the run is in: the
+  phases before it ran as they are, and the current one (also one that
+  ended at the checkpoint: its sampler resumes where it stopped) keeps the
+  sequence length, window scale and batch size its data position is in."""
+  o, n = old["schedule"], new["schedule"]
+  at = lambda xs, p: xs[p] if p < len(xs) else None
+  problems, start = [], 0
+  for p, length in enumerate(o["steps"]):
+    end = start + length
+    if start >= step:
+      break
+    ran = end < step
+    for f in (("steps", "seq_lens", "window_scales", "lrs", "batch_sizes")
+              if ran else ("seq_lens", "window_scales", "batch_sizes")):
+      if at(o[f], p) != at(n[f], p):
+        problems.append(
+            f"schedule.{f}[{p}]: {at(o[f], p)} -> {at(n[f], p)} (phase "
+            f"{p + 1} {'ran' if ran else 'is under way'} at step {step})")
+    start = end
+  if sum(n["steps"]) < step:
+    problems.append(f"schedule.steps: {o['steps']} -> {n['steps']} ends at "
+                    f"step {sum(n['steps'])}, before the checkpoint at step "
+                    f"{step}")
+  return problems
+
+
+def config_problems(old, new, step):
+  """(changes, problems) between saved config `old` and `new` (JSON
+  dicts) for a run whose newest checkpoint is `step`: changes as
+  {field: (old, new)}; problems, one line per change it cannot take."""
+  fo, fn = _flat(old), _flat(new)
+  # Char-LM configs predate the field; it is not an addition.
+  fo.setdefault("task", "charlm")
+  fn.setdefault("task", "charlm")
+  task = fo["task"]
+  # A field only one side has was added to (or removed from) lfjax since
+  # the run started: it is no change the user asked for.
+  changes = {k: (fo[k], fn[k]) for k in sorted(set(fo) & set(fn))
+             if fo[k] != fn[k]}
+  allowed = RESUMABLE.get(task, ())
+  problems = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()
+              if not any(fnmatch.fnmatchcase(k, pat) for pat in allowed)]
+  if task == "charlm" and any(k.startswith("schedule.") for k in changes):
+    problems += _schedule_problems(old, new, step)
+  if task == "mlm" and "steps" in changes and fn["steps"] < step:
+    problems.append(f"steps: {fo['steps']} -> {fn['steps']} is before the "
+                    f"checkpoint at step {step}")
+  clip = changes.get("optim.grad_clip")
+  if task == "mlm" and clip and (clip[0] == 0) != (clip[1] == 0):
+    problems.append(f"optim.grad_clip: {clip[0]} -> {clip[1]} (turning "
+                    "clipping on or off changes the optimizer state)")
+  return changes, problems
+
+
 def write_config(config, workdir):
-  """Writes workdir/config.json, keeping a changed old one as
-  config.previous.json (a resumed run may override fields)."""
-  path = pathlib.Path(workdir) / "config.json"
+  """Checks config against the run's saved config.json, then writes it as
+  config.json and appends it to config_history.jsonl when it is new.
+
+  A run with checkpoints may change only RESUMABLE fields (and the
+  schedule from its current phase on). Raises ConfigChangeError listing the
+  other changes before anything is written, so the run folder stays as it
+  was.
+  """
+  workdir = pathlib.Path(workdir)
+  path, history = workdir / "config.json", workdir / HISTORY
   new = json.loads(config.to_json())
-  if path.exists():
-    old = json.loads(path.read_text())
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if changed:
-      print(f"config differs from {path} in {changed}; keeping the old one "
-            f"as {path.with_suffix('.previous.json')}")
-      path.with_suffix(".previous.json").write_text(path.read_text())
-  path.write_text(json.dumps(new, indent=1))
+  old = json.loads(path.read_text()) if path.exists() else None
+  if old == new:
+    return
+  steps = saved_steps(workdir)
+  step = steps[-1] if steps else 0
+  changes = {}
+  if old is not None:
+    changes, problems = config_problems(old, new, step)
+    if problems and steps:
+      raise ConfigChangeError(
+          f"config: {workdir} holds a run at step {step} that cannot "
+          "resume with these changes:\n  " + "\n  ".join(problems) +
+          f"\nNothing was written. Start a new run with a new --workdir, or "
+          f"rerun without these overrides to resume (the saved config is "
+          f"{path}).")
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds")
+  lines = []
+  if old is not None and not history.exists():
+    # A run from before the history was kept: its first entry is the
+    # config it was started with.
+    lines.append({"step": None, "time": None, "changes": {}, "config": old})
+  lines.append({"step": step, "time": now,
+                "changes": {k: list(v) for k, v in changes.items()},
+                "config": new})
+  with history.open("a") as f:
+    f.write("".join(json.dumps(l) + "\n" for l in lines))
+  _write_atomic(path, json.dumps(new, indent=1))
+  if changes:
+    print(f"config: resuming from step {step} with "
+          + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+          + f"; every version is kept in {history}")
 
 
 def read_config(workdir):
@@ -79,17 +394,21 @@ def model_config(config, vocab_size):
 
 
 def restore_params(workdir, params, step=None):
-  """(params, data state, step) of checkpoint `step` (default: newest)."""
-  with manager(workdir) as mngr:
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"workdir: no checkpoint under {workdir}/"
-                              "checkpoints; train first")
-    if step not in mngr.all_steps():
-      raise ValueError(f"step: expected one of the saved steps "
-                       f"{mngr.all_steps()}, got {step}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-    r = mngr.restore(step, args=ocp.args.Composite(
+  """(params, data state, step) of checkpoint `step` (default: newest).
+
+  Raises FileNotFoundError without checkpoints, ValueError for a step not
+  saved, CheckpointError (see restore) for a damaged one."""
+  steps = saved_steps(workdir)
+  if not steps:
+    raise FileNotFoundError(f"workdir: no checkpoint under {workdir}/"
+                            "checkpoints; train first")
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise ValueError(f"step: expected one of the saved steps {steps}, got "
+                     f"{step}")
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+  with _reader(workdir) as mngr:
+    r = _restore(mngr, step, ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract),
         data=ocp.args.JsonRestore()))
   return r["params"], r["data"], step

@@ -1,0 +1,295 @@
+"""Run folders that a damaged checkpoint or a failed command cannot leave
+silently wrong or broken (issue 12): integrity records, finiteness checks,
+refused config changes and finished reruns.
+
+One tiny char-LM run is trained once per module; each test damages or
+reruns its own copy.
+"""
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lfjax import checkpoints
+from lfjax import evaluate
+from lfjax import metrics
+from lfjax import mlm_defaults
+from lfjax import train
+from lfjax.data import chars
+from lfjax.models import charlm
+from tests.test_train import small_config
+
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
+
+def tiny_config(data_dir):
+  # Saves at 2, 4, 6 (end of phase 1), 8 and 10; three are kept.
+  c = small_config(data_dir, steps=(6, 4))
+  c.checkpoint_every = 2
+  c.eval_every = 0
+  c.log_every = 2
+  return c
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """(config, folder, returned record) of a finished tiny run."""
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  data_dir = tmp_path_factory.mktemp("data")
+  chars.load("pystdlib", data_dir)
+  c = tiny_config(str(data_dir))
+  workdir = tmp_path_factory.mktemp("finished") / "run"
+  last = train.train_and_evaluate(c, workdir)
+  jax.config.update("jax_disable_most_optimizations", old)
+  return c, workdir, last
+
+
+@pytest.fixture
+def run(finished, tmp_path):
+  """A copy of the finished run for one test to damage."""
+  c, workdir, last = finished
+  shutil.copytree(workdir, tmp_path / "run")
+  return c.copy_and_resolve_references(), tmp_path / "run", last
+
+
+def snapshot(folder):
+  """{relative path: sha256} of every file: equal snapshots mean nothing
+  was written, changed or deleted."""
+  return {f.relative_to(folder).as_posix():
+          hashlib.sha256(f.read_bytes()).hexdigest()
+          for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def params_file(workdir, step):
+  """The largest file of step's params (an OCDBT data file)."""
+  files = [f for f in (workdir / "checkpoints" / str(step) / "params")
+           .rglob("*") if f.is_file()]
+  return max(files, key=lambda f: f.stat().st_size)
+
+
+def test_every_kept_step_has_a_record_and_orbax_still_lists_steps(finished):
+  _, workdir, _ = finished
+  # Saves at 2, 4, 6, 8, 10 with keep_checkpoints=3: the record inside each
+  # step folder must not stop orbax from listing or collecting steps.
+  assert checkpoints.saved_steps(workdir) == [6, 8, 10]
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == [
+      "10", "6", "8"]
+  for step in (6, 8, 10):
+    d = workdir / "checkpoints" / str(step)
+    rec = json.loads((d / checkpoints.RECORD).read_text())
+    assert rec["step"] == step
+    on_disk = {f.relative_to(d).as_posix() for f in d.rglob("*")
+               if f.is_file() and f.name != checkpoints.RECORD}
+    assert set(rec["files"]) == on_disk
+    assert any(name.startswith("params/") for name in on_disk)
+
+
+def test_corrupted_newest_step_is_refused_and_the_fallback_works(
+    finished, run):
+  c, workdir, _ = run
+  f = params_file(workdir, 10)
+  size = f.stat().st_size
+  assert size > 8192
+  with f.open("r+b") as fh:  # 4 KB of zeros in the middle of the file
+    fh.seek(size // 2 - 2048)
+    fh.write(b"\0" * 4096)
+  before = snapshot(workdir)
+  name = f.relative_to(workdir / "checkpoints" / "10").as_posix()
+
+  with pytest.raises(checkpoints.CheckpointError) as resumed:
+    train.train_and_evaluate(c, workdir)
+  msg = str(resumed.value)
+  assert f"checkpoint step 10 of {workdir}" in msg and name in msg
+  assert "nothing was deleted" in msg and "Step 8 is the newest" in msg
+  with pytest.raises(checkpoints.CheckpointError, match="checkpoint step 10"):
+    checkpoints.load_trained(workdir)
+  assert snapshot(workdir) == before  # nothing deleted, nothing written
+
+  # The message's own command moves step 10 aside; the run then resumes
+  # from 8 and, resume being exact, ends where the undamaged run ended.
+  cmd = re.search(r"mkdir -p \S+ && mv \S+ \S+", msg).group(0)
+  subprocess.run(cmd, shell=True, check=True)
+  assert checkpoints.saved_steps(workdir) == [6, 8]
+  train.train_and_evaluate(c, workdir)
+  assert checkpoints.saved_steps(workdir) == [6, 8, 10]
+  strip = lambda recs: [{k: v for k, v in r.items() if k != "tokens_per_s"}
+                        for r in recs]
+  assert (strip(metrics.read(workdir / "metrics.jsonl"))
+          == strip(metrics.read(finished[1] / "metrics.jsonl")))
+  assert checkpoints.load_trained(workdir).step == 10
+  assert (workdir / "damaged_checkpoints" / "10" / name).exists()
+
+
+def test_truncated_file_is_one_clear_error(run):
+  _, workdir, _ = run
+  f = params_file(workdir, 10)
+  os.truncate(f, f.stat().st_size // 2)
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_trained(workdir)
+  msg = str(e.value)
+  assert "checkpoint step 10" in msg and "truncated" in msg
+  assert "\n" not in msg and "Step 8 is the newest" in msg
+
+
+def test_step_without_record_warns_and_orbax_errors_become_one(run, capsys):
+  # A step saved before records existed: it loads with a warning, and
+  # orbax's error for a truncated file becomes one CheckpointError.
+  _, workdir, _ = run
+  (workdir / "checkpoints" / "10" / checkpoints.RECORD).unlink()
+  assert checkpoints.load_trained(workdir).step == 10
+  assert "step 10" in capsys.readouterr().err
+  f = params_file(workdir, 10)
+  os.truncate(f, f.stat().st_size // 2)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"step 10 of .* could not be read \(ValueError: "
+                           r"OUT_OF_RANGE"):
+    checkpoints.load_trained(workdir)
+
+
+def test_non_finite_parameters_are_refused(run):
+  c, workdir, _ = run
+  corpus = chars.load(c.data.name, c.data.dir)
+  model = charlm.CharLM(checkpoints.model_config(c, corpus.vocab_size),
+                        rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  tx = train.optimizer(c)
+  with checkpoints.manager(workdir) as mngr:
+    params, opt_state, data = checkpoints.restore(
+        mngr, 10, params, tx.init(params))
+    params["embed"]["embedding"].value = (
+        params["embed"]["embedding"].value.at[3, 5].set(jnp.nan))
+    checkpoints.save(mngr, 11, params, opt_state, data)
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"step 11 .* non-finite values: 1 of \d+ in "
+                           r"\['params'\]\['embed'\]\['embedding'\]"):
+    checkpoints.load_trained(workdir)
+  with pytest.raises(checkpoints.CheckpointError, match=r"step 11"):
+    train.train_and_evaluate(c, workdir)
+
+  # Evaluation of a model that is not finite raises instead of writing NaN.
+  with pytest.raises(FloatingPointError, match=r"valid bpc is nan"):
+    evaluate.evaluate_model(nnx.merge(graphdef, params), corpus,
+                            split="valid", seq_len=64, step=32,
+                            batch_size=4, max_chars=200)
+
+
+def test_changed_model_shape_is_refused_before_writing(run):
+  c, workdir, _ = run
+  before = snapshot(workdir)
+  c.model.hidden_size = 64
+  c.seed = 1
+  with pytest.raises(checkpoints.ConfigChangeError) as e:
+    train.train_and_evaluate(c, workdir)
+  msg = str(e.value)
+  assert "model.hidden_size: 32 -> 64" in msg and "seed: 0 -> 1" in msg
+  assert "new --workdir" in msg and "at step 10" in msg
+  assert snapshot(workdir) == before  # config.json byte for byte too
+  t = checkpoints.load_trained(workdir)
+  value, _ = evaluate.evaluate_model(
+      t.model, t.corpus, split="valid", seq_len=64, step=32, batch_size=4,
+      max_chars=200, window_scale=t.window_scale)
+  assert np.isfinite(value)
+
+
+def test_allowed_change_resumes_and_keeps_the_history(run, capsys):
+  c, workdir, _ = run
+  original = json.loads((workdir / "config.json").read_text())
+  c.schedule.steps = (6, 6)  # two more steps of the last phase
+  c.eval.max_chars = 500
+  last = train.train_and_evaluate(c, workdir)
+  assert "eval_bpc" in last
+  assert checkpoints.saved_steps(workdir) == [8, 10, 12]
+  assert "config: resuming from step 10" in capsys.readouterr().out
+  current = json.loads((workdir / "config.json").read_text())
+  assert current["schedule"]["steps"] == [6, 6]
+  history = metrics.read(workdir / checkpoints.HISTORY)
+  assert [h["step"] for h in history] == [0, 10]
+  assert history[0]["config"] == original and history[1]["config"] == current
+  assert history[1]["changes"] == {"eval.max_chars": [1000, 500],
+                                   "schedule.steps": [[6, 4], [6, 6]]}
+
+
+def test_finished_rerun_says_so(run, capsys):
+  c, workdir, last = run
+  (workdir / "eval_test_10.json").write_text("{}")
+  before = snapshot(workdir)
+  again = train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  assert f"{workdir} is already finished" in out and "step 10 of 10" in out
+  assert str(workdir / "metrics.jsonl") in out
+  assert str(workdir / "eval_test_10.json") in out
+  assert "resuming" not in out
+  assert again == last
+  assert snapshot(workdir) == before
+
+
+def as_json(config):
+  return json.loads(config.to_json())
+
+
+def test_which_changes_a_char_lm_run_can_take(finished):
+  c, _, _ = finished
+  old = as_json(c)
+
+  def problems(step, **edits):
+    new = json.loads(json.dumps(old))
+    for path, value in edits.items():
+      *parents, leaf = path.split("__")
+      d = new
+      for p in parents:
+        d = d[p]
+      d[leaf] = value
+    return checkpoints.config_problems(old, new, step)[1]
+
+  assert problems(10) == []
+  assert problems(10, data__dir="/elsewhere", optim__grad_clip=1.0,
+                  model__dropout=0.0, eval__seq_len=32, log_every=5) == []
+  # Phase 1 (steps 0-5) ran; at step 3 it is under way.
+  assert problems(8, schedule__lrs=[1e-3, 1e-4]) == [
+      "schedule.lrs[0]: 0.003 -> 0.001 (phase 1 ran at step 8)"]
+  assert problems(3, schedule__lrs=[1e-3, 1e-4]) == []
+  assert problems(3, schedule__steps=[4, 4]) == []
+  assert problems(3, schedule__batch_sizes=[2, 2]) == [
+      "schedule.batch_sizes[0]: 4 -> 2 (phase 1 is under way at step 3)"]
+  assert problems(6, schedule__steps=[8, 4]) == []  # phase 1 ended at 6
+  assert problems(10, schedule__steps=[6, 2]) == [
+      "schedule.steps: [6, 4] -> [6, 2] ends at step 8, before the "
+      "checkpoint at step 10"]
+  assert problems(10, model__num_layers=3, data__name="enwik8") == [
+      "data.name: 'pystdlib' -> 'enwik8'", "model.num_layers: 2 -> 3"]
+  assert problems(10, task="mlm") == ["task: 'charlm' -> 'mlm'"]
+  # A field the saved config lacks (added to lfjax since) is no change.
+  new = dict(old, new_field=1)
+  assert checkpoints.config_problems(old, new, 10) == ({}, [])
+
+
+def test_which_changes_an_mlm_run_can_take():
+  old = as_json(mlm_defaults.base_config())
+
+  def problems(step, **edits):
+    new = json.loads(json.dumps(old))
+    for path, value in edits.items():
+      section, leaf = path.split("__") if "__" in path else (None, path)
+      (new[section] if section else new)[leaf] = value
+    return checkpoints.config_problems(old, new, step)[1]
+
+  assert problems(100, optim__lr=1e-4, steps=70_000, mask__prob=0.2,
+                  train__micro_batch_size=4, data__cache_dir="/c") == []
+  assert problems(100, steps=50) == [
+      "steps: 65000 -> 50 is before the checkpoint at step 100"]
+  assert problems(100, optim__grad_clip=1.0) == [
+      "optim.grad_clip: 0.0 -> 1.0 (turning clipping on or off changes the "
+      "optimizer state)"]
+  assert problems(100, train__seq_len=2048, init_from="/other") == [
+      "init_from: '' -> '/other'", "train.seq_len: 4096 -> 2048"]
