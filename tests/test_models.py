@@ -115,3 +115,68 @@ def test_gradients_reach_every_parameter():
   for path, g in jax.tree_util.tree_leaves_with_path(nnx.state(grads)):
     assert np.isfinite(np.asarray(g)).all(), path
     assert np.abs(np.asarray(g)).max() > 0, path  # global projections too
+
+
+def test_indices_outside_their_tables_raise_eagerly_and_poison_under_jit():
+  cfg = LongformerConfig(**TINY, attention_window=4)
+  model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(0))
+  model.eval()
+  ids = jnp.full((2, 9), 5, jnp.int32)
+  with pytest.raises(ValueError, match=r"input_ids: expected values in "
+                     r"\[0, 50\) \(word_embeddings has 50 rows\), got 50"):
+    model(ids.at[1, 3].set(50))
+  with pytest.raises(ValueError, match=r"input_ids: .* got -1"):
+    model(ids.at[0, 0].set(-1))
+  with pytest.raises(ValueError, match=r"token_type_ids: expected values in "
+                     r"\[0, 1\) .* got 1"):
+    model(ids, token_type_ids=jnp.zeros((2, 9), jnp.int32).at[0, 2].set(1))
+  with pytest.raises(ValueError, match=r"position_ids: expected values in "
+                     r"\[0, 40\) .* got 40"):
+    model(ids, position_ids=jnp.full((2, 9), 40))
+  with pytest.raises(ValueError, match=r"positions: expected values in "
+                     r"\[0, 9\) \(the sequence has 9 rows\), got 9"):
+    model(ids, positions=jnp.full((2, 1), 9))
+  with pytest.raises(ValueError, match=r"attention_mask: expected values 0 "
+                     r"\(padding\), 1 \(local\) or 2 .* got \[3\]"):
+    model(ids, jnp.ones((2, 9), jnp.int32).at[0, 0].set(3))
+  # Under jit nothing can raise: the bad sequence's outputs are NaN, the
+  # other sequence's are untouched.
+  f = nnx.jit(lambda m, i, t: m(i, token_type_ids=t).logits)
+  good = np.asarray(model(ids).logits)
+  for bad_ids, types in ((ids.at[1, 3].set(50), jnp.zeros((2, 9), jnp.int32)),
+                         (ids, jnp.zeros((2, 9), jnp.int32).at[1, 2].set(1))):
+    out = np.asarray(f(model, bad_ids, types))
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[0], good[0], atol=1e-5)
+  # A global token (attention_mask 2) under jit needs a static cap.
+  mask2 = jnp.ones((2, 9), jnp.int32).at[1, 0].set(2)
+  out = np.asarray(nnx.jit(lambda m, i, a: m(i, a).logits)(model, ids, mask2))
+  assert np.isnan(out[1]).all() and not np.isnan(out[0]).any()
+  np.testing.assert_allclose(out[0], good[0], atol=1e-5)
+
+
+def test_charlm_tokens_outside_the_vocabulary_raise():
+  from lfjax.models import charlm
+  cfg = charlm.CharLMConfig(vocab_size=11, num_layers=1, hidden_size=16,
+                            num_heads=2, head_dim=8, ffn_size=32, windows=(4,),
+                            dilations=(1,), rel_features=8)
+  model = charlm.CharLM(cfg, rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"tokens: expected values in "
+                     r"\[0, 11\) .* got 11"):
+    model(jnp.full((1, 5), 11))
+
+
+def test_new_global_counts_reuse_compiled_programs():
+  from lfjax.attention import api
+  rng = np.random.default_rng(0)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 40, 2, 8)), jnp.float32)
+             for _ in range(3))
+  def run(count):
+    glob = np.zeros((1, 40), bool)
+    glob[0, :count] = True
+    return api.windowed_attention(q, k, v, window=3, global_mask=glob)
+  run(5)
+  before = api._dispatch._cache_size()
+  for count in (6, 7, 8):  # all in the cap-8 bucket
+    run(count)
+  assert api._dispatch._cache_size() == before

@@ -421,9 +421,9 @@ class LongformerForMaskedLM(nnx.Module):
     self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)))
     self.lm_decoder = None
     if not cfg.tie_word_embeddings:
-      self.lm_decoder = nnx.Param(nnx.initializers.normal(
+      self.lm_decoder = nnx.data(nnx.Param(nnx.initializers.normal(
           cfg.initializer_range)(rngs.params(),
-                                 (cfg.vocab_size, cfg.hidden_size)))
+                                 (cfg.vocab_size, cfg.hidden_size))))
     self.act = activation("gelu")
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
