@@ -104,3 +104,53 @@ def tiny(c):
   c.eval.batch_size = 8
   c.eval.max_chars = 8_000
   return c
+
+
+def validate(config):
+  """Checks every field's type and range at start (lfjax.train calls it).
+
+  Raises:
+    ValueError naming the field (`config.model.dropout: expected ...`).
+  """
+  from lfjax import checks as ck
+  c = config
+  ck.integer(c, "seed", 0)
+  ck.one_of(c, "data.name", ("enwik8", "text8", "pystdlib"))
+  ck.string(c, "data.dir")
+  layers = ck.integer(c, "model.num_layers", 1)
+  heads = ck.integer(c, "model.num_heads", 1)
+  ck.integer(c, "model.hidden_size", 1)
+  ck.integer(c, "model.head_dim", 1)
+  ck.integer(c, "model.ffn_size", 1)
+  ck.integers(c, "model.windows", 0, layers, " (one per layer)")
+  ck.integers(c, "model.dilations", 1, layers, " (one per layer)")
+  ck.integer(c, "model.dilated_heads", 0, heads)
+  if ck.integer(c, "model.rel_features", 2) % 2:
+    ck._fail("model.rel_features", "an even integer",
+             c.model.rel_features)
+  ck.real(c, "model.dropout", 0, 1, hi_open=True)
+  ck.real(c, "model.layer_norm_eps", 0, lo_open=True)
+  ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
+  ck.boolean(c, "model.remat")
+  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
+  ck.integers(c, "schedule.seq_lens", 1, n, " (one per phase)")
+  ck.integers(c, "schedule.window_scales", 1, n, " (one per phase)")
+  ck.reals(c, "schedule.lrs", 0, True, n, " (one per phase)")
+  ck.integers(c, "schedule.batch_sizes", 1, n, " (one per phase)")
+  ck.real(c, "optim.warmup_fraction", 0, 1)
+  ck.integer(c, "optim.max_warmup_steps", 1)
+  ck.real(c, "optim.weight_decay", 0)
+  ck.real(c, "optim.grad_clip", 0, lo_open=True)
+  ck.real(c, "optim.b1", 0, 1, hi_open=True)
+  ck.real(c, "optim.b2", 0, 1, hi_open=True)
+  ck.real(c, "optim.eps", 0, lo_open=True)
+  ck.integer(c, "log_every", 1)
+  ck.integer(c, "checkpoint_every", 1)
+  ck.integer(c, "keep_checkpoints", 1)
+  ck.integer(c, "eval_every", 0)
+  ck.one_of(c, "eval.split", ("train", "valid", "test"))
+  seq = ck.integer(c, "eval.seq_len", 1)
+  ck.integer(c, "eval.step", 1, seq)
+  ck.integer(c, "eval.batch_size", 1)
+  ck.integer(c, "eval.max_chars", 0)

@@ -99,3 +99,64 @@ def tiny(c):
   c.checkpoint_every = 20
   c.eval.batch_size = 4
   c.eval.max_batches = 4
+
+
+def validate(config):
+  """Checks every field's type and range at start (lfjax.mlm calls it).
+
+  Raises:
+    ValueError naming the field (`config.mask.prob: expected ...`).
+  """
+  from lfjax import checks as ck
+  c = config
+  ck.one_of(c, "task", ("mlm",))
+  ck.integer(c, "seed", 0)
+  if not isinstance(c.init_from, str) or not c.init_from:
+    raise ValueError(
+        "config.init_from: expected a local RoBERTa, BERT or Longformer "
+        "checkpoint folder (config.json, weights and tokenizer files), got "
+        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m lfjax.mlm "
+        "make_tiny --to DIR` builds a tiny one for the :tiny config)")
+  ck.strings(c, "data.sources")
+  ck.string(c, "data.glob", nonempty=True)
+  ck.integer(c, "data.max_documents", 0)
+  ck.real(c, "data.valid_fraction", 0, 1, lo_open=True, hi_open=True)
+  ck.string(c, "data.tokenizer")
+  ck.string(c, "data.cache_dir")
+  positions = ck.integer(c, "model.max_positions", 2)
+  if ck.integer(c, "model.attention_window", 2) % 2:
+    ck._fail("model.attention_window", "an even integer (the FULL window)",
+             c.model.attention_window)
+  ck.one_of(c, "model.position_init", ("copy", "random"))
+  ck.boolean(c, "model.global_bos")
+  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.integer(c, "train.seq_len", 3, positions)
+  ck.integer(c, "train.batch_size", 1)
+  micro = ck.integer(c, "train.micro_batch_size", 1)
+  if c.train.batch_size % micro:
+    raise ValueError(f"config.train.batch_size: expected a multiple of "
+                     f"train.micro_batch_size={micro}, got "
+                     f"{c.train.batch_size}")
+  ck.one_of(c, "train.train_only", ("all", "position_embeddings"))
+  ck.real(c, "mask.prob", 0, 1, lo_open=True)
+  ck.real(c, "mask.mask_frac", 0, 1)
+  if ck.real(c, "mask.random_frac", 0, 1) + c.mask.mask_frac > 1 + 1e-9:
+    ck._fail("mask.random_frac", f"at most 1 - mask.mask_frac "
+             f"({1 - c.mask.mask_frac:.4g})", c.mask.random_frac)
+  ck.real(c, "optim.lr", 0)
+  ck.integer(c, "optim.warmup_steps", 0)
+  ck.integer(c, "optim.decay_steps", 1)
+  ck.real(c, "optim.power", 0)
+  ck.real(c, "optim.b1", 0, 1, hi_open=True)
+  ck.real(c, "optim.b2", 0, 1, hi_open=True)
+  ck.real(c, "optim.eps", 0, lo_open=True)
+  ck.real(c, "optim.weight_decay", 0)
+  ck.real(c, "optim.grad_clip", 0)
+  ck.integer(c, "steps", 1)
+  ck.integer(c, "log_every", 1)
+  ck.integer(c, "eval_every", 0)
+  ck.integer(c, "checkpoint_every", 1)
+  ck.integer(c, "keep_checkpoints", 1)
+  ck.integer(c, "eval.batch_size", 1)
+  ck.integer(c, "eval.max_batches", 0)
+  ck.integer(c, "eval.mask_seed", 0)

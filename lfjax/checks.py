@@ -1,0 +1,113 @@
+"""Checks of config values, each naming its field (`config.model.dropout`)
+and saying what it expected, so a bad override fails at start instead of
+training silently (a dropout of -1 halves activations).
+
+Each task's `validate(config)` (lfjax.charlm_defaults, lfjax.mlm_defaults)
+calls these once per field.
+"""
+
+import numbers
+
+
+def _fail(field, expected, value):
+  raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
+
+
+def _get(config, field):
+  node = config
+  for part in field.split("."):
+    node = node[part]
+  return node
+
+
+def _is_int(v):
+  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v):
+  return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def integer(config, field, lo=None, hi=None):
+  """An int in [lo, hi] (either bound may be None)."""
+  v = _get(config, field)
+  if not _is_int(v) or (lo is not None and v < lo) or (
+      hi is not None and v > hi):
+    _fail(field, _range("an integer", lo, hi), v)
+  return v
+
+
+def real(config, field, lo=None, hi=None, lo_open=False, hi_open=False):
+  """A number in [lo, hi], or (lo, ...] / [..., hi) when open."""
+  v = _get(config, field)
+  ok = _is_real(v) and v == v  # NaN fails every range
+  if ok and lo is not None:
+    ok = v > lo if lo_open else v >= lo
+  if ok and hi is not None:
+    ok = v < hi if hi_open else v <= hi
+  if not ok:
+    _fail(field, _range("a number", lo, hi, lo_open, hi_open), v)
+  return v
+
+
+def one_of(config, field, choices):
+  v = _get(config, field)
+  if v not in choices:
+    _fail(field, f"one of {list(choices)}", v)
+  return v
+
+
+def boolean(config, field):
+  v = _get(config, field)
+  if not isinstance(v, bool):
+    _fail(field, "True or False", v)
+  return v
+
+
+def string(config, field, nonempty=False):
+  v = _get(config, field)
+  if not isinstance(v, str) or (nonempty and not v):
+    _fail(field, "a non-empty string" if nonempty else "a string", v)
+  return v
+
+
+def integers(config, field, lo=None, length=None, what=""):
+  """A tuple (or list) of ints >= lo, of `length` items when given."""
+  v = _get(config, field)
+  ok = isinstance(v, (tuple, list)) and all(
+      _is_int(x) and (lo is None or x >= lo) for x in v)
+  if not ok or (length is not None and len(v) != length) or not v:
+    n = f"{length} " if length is not None else ""
+    _fail(field, f"a tuple of {n}{_range('integers', lo, None)}{what}", v)
+  return tuple(v)
+
+
+def reals(config, field, lo=None, lo_open=False, length=None, what=""):
+  v = _get(config, field)
+  ok = isinstance(v, (tuple, list)) and all(
+      _is_real(x) and x == x and (lo is None or (x > lo if lo_open
+                                                 else x >= lo)) for x in v)
+  if not ok or (length is not None and len(v) != length) or not v:
+    n = f"{length} " if length is not None else ""
+    _fail(field, f"a tuple of {n}{_range('numbers', lo, None, lo_open)}"
+          f"{what}", v)
+  return tuple(v)
+
+
+def strings(config, field, nonempty=False):
+  v = _get(config, field)
+  if not isinstance(v, (tuple, list)) or not all(
+      isinstance(x, str) and x for x in v) or (nonempty and not v):
+    _fail(field, "a tuple of non-empty strings", v)
+  return tuple(v)
+
+
+def _range(kind, lo, hi, lo_open=False, hi_open=False):
+  if lo is not None and hi is not None:
+    return (f"{kind} in {'(' if lo_open else '['}{lo}, {hi}"
+            f"{')' if hi_open else ']'}")
+  if lo is not None:
+    return f"{kind} {'>' if lo_open else '>='} {lo}"
+  if hi is not None:
+    return f"{kind} {'<' if hi_open else '<='} {hi}"
+  return kind

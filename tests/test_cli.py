@@ -1,0 +1,243 @@
+"""The five commands: short errors a user can act on, one flag style, --help
+with defaults, every config field validated, the MLM quick start's tiny
+checkpoint. Commands run in-process (cli.run(main, argv)): a subprocess
+would spend most of its time importing jax."""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+import numpy as np
+import pytest
+
+from lfjax import charlm_defaults
+from lfjax import cli
+from lfjax import convert
+from lfjax import evaluate
+from lfjax import mlm
+from lfjax import mlm_defaults
+from lfjax import sample
+from lfjax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "charlm_default.py") + ":tiny"
+MLM_TINY = str(ROOT / "configs" / "mlm_longformer_base.py") + ":tiny"
+
+
+def run(capsys, main, *argv):
+  """(exit status, stdout, stderr lines) of a command."""
+  code = cli.run(main, list(argv))
+  out, err = capsys.readouterr()
+  return code, out, err.strip().splitlines()
+
+
+def short_error(code, err, want_code, *words):
+  assert code == want_code, err
+  assert 1 <= len(err) < 5, err
+  assert err[0].startswith("error: "), err
+  for w in words:
+    assert w in "\n".join(err), (w, err)
+  assert "Traceback" not in "\n".join(err)
+
+
+def test_config_section_typo_lists_the_sections(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.train.lerning_rate=1", "--workdir",
+                     str(tmp_path))
+  short_error(code, err, 2, "--config.train.lerning_rate",
+              "no field 'train'", "schedule", "optim", "model")
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_config_field_typo_suggests_cleanly(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.model.windws=3", "--workdir", str(tmp_path))
+  short_error(code, err, 2, "did you mean model.windows?")
+  assert "\\n" not in "\n".join(err)
+
+
+def test_config_value_of_the_wrong_type_says_the_type(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.schedule.steps=abc", "--workdir",
+                     str(tmp_path))
+  short_error(code, err, 2, "config.schedule.steps", "integers", "'abc'")
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.model.dropout=abc", "--workdir",
+                     str(tmp_path))
+  short_error(code, err, 2, "--config.model.dropout", "float")
+
+
+def test_config_value_out_of_range_names_the_field(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.model.dropout=-1", "--workdir", str(tmp_path))
+  short_error(code, err, 2, "config.model.dropout", "[0, 1)", "-1")
+  assert not (tmp_path / "config.json").exists()
+
+
+def test_config_file_errors(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", "configs/nope.py",
+                     "--workdir", str(tmp_path))
+  short_error(code, err, 2, "--config", "nope.py")
+  code, _, err = run(capsys, train.main, "--config",
+                     TINY.replace(":tiny", ":huge"), "--workdir",
+                     str(tmp_path))
+  short_error(code, err, 2, "config arg: expected", "'huge'")
+  code, _, err = run(capsys, train.main, "--config", TINY)
+  short_error(code, err, 2, "--workdir")
+
+
+def _load(name, arg):
+  spec = importlib.util.spec_from_file_location(
+      name, ROOT / "configs" / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config(arg)
+
+
+def _leaves(config, prefix=""):
+  for k, v in config.items():
+    if isinstance(v, ml_collections.ConfigDict):
+      yield from _leaves(v, f"{prefix}{k}.")
+    else:
+      yield f"{prefix}{k}", v
+
+
+def _bad(value):
+  if isinstance(value, bool):
+    return "yes"
+  if isinstance(value, int):
+    return -10**9
+  if isinstance(value, float):
+    return -1e9
+  if isinstance(value, str):
+    return 123
+  return ("x", -1)  # a tuple
+
+
+@pytest.mark.parametrize("task", ["charlm", "mlm"])
+def test_every_config_field_is_validated(task):
+  if task == "charlm":
+    names, validate = ["charlm_default", "charlm_text8_small",
+                       "charlm_enwik8_small", "charlm_enwik8_large"], (
+                           charlm_defaults.validate)
+  else:
+    names, validate = ["mlm_longformer_base", "mlm_longformer_large"], (
+        mlm_defaults.validate)
+  for name in names:
+    for arg in (None, "tiny"):
+      c = _load(name, arg)
+      if task == "mlm":
+        c.init_from, c.data.sources = "/some/roberta", ("pystdlib",)
+      validate(c)  # the shipped configs pass
+  checked = 0
+  for path, value in _leaves(c):
+    bad = ml_collections.ConfigDict(c.to_dict(), type_safe=False)
+    node = bad
+    *parents, leaf = path.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = _bad(value)
+    with pytest.raises(ValueError, match=rf"config\.{path}: expected"):
+      validate(bad)
+    checked += 1
+  assert checked > 30
+
+
+def test_missing_init_from_names_the_flag(capsys, tmp_path):
+  code, _, err = run(capsys, train.main, "--config", MLM_TINY, "--workdir",
+                     str(tmp_path))
+  short_error(code, err, 2, "--config.init_from", "make_tiny")
+
+
+def test_user_errors_at_run_time_are_short(capsys, tmp_path):
+  # A run folder that is not one.
+  code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path))
+  short_error(code, err, 1, str(tmp_path))
+  code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path))
+  short_error(code, err, 1, str(tmp_path))
+  code, _, err = run(capsys, mlm.main, "export", "--workdir", str(tmp_path),
+                     "--to", str(tmp_path / "out"))
+  short_error(code, err, 1, str(tmp_path))
+  # Missing data.
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.data.name=enwik8",
+                     f"--config.data.dir={tmp_path / 'none'}",
+                     "--workdir", str(tmp_path / "run"))
+  short_error(code, err, 1, "enwik8")
+  # A checkpoint folder that is not one.
+  code, _, err = run(capsys, convert.main, "--from", str(tmp_path),
+                     "--to", str(tmp_path / "long"))
+  assert code == 1 and 1 <= len(err) < 5 and err[0].startswith("error: ")
+
+
+def test_verbose_keeps_the_traceback(capsys, tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError):
+    cli.run(evaluate.main, ["--workdir", str(tmp_path), "--verbose"])
+  monkeypatch.setenv("LFJAX_VERBOSE", "1")
+  with pytest.raises(FileNotFoundError):
+    cli.run(evaluate.main, ["--workdir", str(tmp_path)])
+
+
+def test_a_bug_keeps_its_traceback():
+  def buggy(argv):
+    return np.zeros(2) + np.zeros(3)  # a ValueError raised inside numpy
+  with pytest.raises(ValueError, match="broadcast"):
+    cli.run(buggy, [])
+
+  def own(argv):
+    mlm_defaults.validate(mlm_defaults.base_config())  # raised by lfjax
+  assert cli.run(own, []) == 1
+
+
+def test_one_flag_style_and_old_spellings(capsys, tmp_path):
+  # Underscores everywhere; the argparse commands' dashed forms and the old
+  # --step (a checkpoint in lfjax.mlm, a stride in lfjax.evaluate) still
+  # work, with a note.
+  code, _, err = run(capsys, mlm.main, "evaluate", "--seq-len", "8",
+                     "--step", "3")
+  assert code == 1
+  assert "note: --seq-len is deprecated; use --seq_len" in err
+  assert "note: --step is deprecated; use --checkpoint" in err
+  assert err[-2] == "error: expected exactly one of --workdir and --init_from"
+  code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
+                     "--step", "3")
+  assert code == 1 and "note: --step is deprecated; use --stride" in err
+  code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
+                     "--seq-len", "3")
+  short_error(code, err, 2, "seq-len")
+  code, _, err = run(capsys, mlm.main, "evaluate", "--workdri", "x")
+  short_error(code, err, 2, "--workdri")
+
+
+@pytest.mark.parametrize("main,argv,flags", [
+    (train.main, [], ["--config", "--workdir", "--verbose"]),
+    (evaluate.main, [], ["--stride", "--checkpoint", "--seq_len"]),
+    (sample.main, [], ["--checkpoint", "--top_k", "--temperature"]),
+    (mlm.main, ["evaluate"], ["--init_from", "--checkpoint", "--seq_len",
+                              "--max_batches"]),
+    (mlm.main, ["export"], ["--checkpoint"]),
+    (mlm.main, ["make_tiny"], ["--to", "--positions"]),
+    (convert.main, [], ["--max_positions", "--attention_window"]),
+])
+def test_help_shows_flags_with_defaults(capsys, main, argv, flags):
+  code, out, _ = run(capsys, main, *argv, "--help")
+  assert code == 0
+  for f in flags:
+    assert f in out, (f, out)
+  assert "default" in out
+  assert "--seq-len" not in out and "--step " not in out
+
+
+def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
+  pytest.importorskip("transformers")
+  pytest.importorskip("tokenizers")
+  out = mlm.make_tiny(tmp_path / "tiny", documents=30, vocab_size=300)
+  c = _load("mlm_longformer_base", "tiny")
+  c.init_from = str(out)
+  mlm_defaults.validate(c)
+  model = mlm.load_model(c, announce=True)
+  assert "has 64 positions: making it long" in capsys.readouterr().out
+  assert model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1 == 256
+  assert mlm.text.load_tokenizer(str(out)).model_max_length == 64
+  code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(out))
+  short_error(code, err, 1, "already holds a checkpoint")
