@@ -12,11 +12,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from absl import flags
 from flax import nnx
+import tqdm
 
 from lfjax import checkpoints
+from lfjax import cli
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "window_scale"))
@@ -84,36 +85,53 @@ def sample(model, prompt_ids, length, *, window_scale=1, temperature=1.0,
     yield np.asarray(out)
 
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  flags.DEFINE_string("workdir", None, "Folder of a `python -m lfjax.train` "
-                      "run.")
-  flags.DEFINE_string("prompt", "\n", "Text to continue.")
-  flags.DEFINE_integer("length", 500, "Characters to generate.")
-  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
-  flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest (0 = all).")
-  flags.DEFINE_integer("seed", 0, "Sampling seed.")
-  flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: "
-                       "latest).")
-
-
-def main(argv):
+def _define_flags(fv, argv):
   del argv
+  flags.DEFINE_string("workdir", None, "Folder of a `python -m lfjax.train` "
+                      "run.", flag_values=fv)
+  flags.DEFINE_string("prompt", "\n", "Text to continue.", flag_values=fv)
+  flags.DEFINE_integer("length", 500, "Characters to generate.",
+                       flag_values=fv)
+  flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.",
+                     flag_values=fv)
+  flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest (0 = all).",
+                       flag_values=fv)
+  flags.DEFINE_integer("seed", 0, "Sampling seed.", flag_values=fv)
+  flags.DEFINE_integer("checkpoint", None, "Checkpoint step (default: the "
+                       "newest).", flag_values=fv)
+
+
+def main(argv=None):
+  """`python -m lfjax.sample --workdir DIR ...`; argv excludes the program
+  name. The text goes to stdout as it is generated; when stdout is not a
+  terminal, a progress bar goes to stderr (if that is one). Raises
+  cli.UsageError for bad flags, and the run's loading errors."""
+  fv = cli.parse_absl(sys.argv[1:] if argv is None else argv, _define_flags,
+                      prog="python -m lfjax.sample", doc=__doc__,
+                      required=("workdir",))
+  if fv.length < 1 or fv.temperature < 0 or fv.top_k < 0:
+    raise cli.UsageError("--length: expected >= 1, --temperature >= 0 and "
+                         f"--top_k >= 0, got {fv.length}, {fv.temperature}, "
+                         f"{fv.top_k}")
   checkpoints.quiet_orbax()
   _, model, _, scale, corpus = checkpoints.load_trained(
-      FLAGS.workdir, FLAGS.checkpoint)
-  sys.stdout.write(FLAGS.prompt)
-  for ids in sample(model, corpus.encode(FLAGS.prompt), FLAGS.length,
-                    window_scale=scale, temperature=FLAGS.temperature,
-                    top_k=FLAGS.top_k, seed=FLAGS.seed):
+      fv.workdir, fv.checkpoint)
+  # Streamed text is its own progress on a terminal; a bar there would
+  # interleave with it.
+  bar = tqdm.tqdm(total=fv.length, unit="char", leave=False,
+                  desc="sampling (first chunk compiles)",
+                  disable=True if sys.stdout.isatty() else None)
+  sys.stdout.write(fv.prompt)
+  for ids in sample(model, corpus.encode(fv.prompt), fv.length,
+                    window_scale=scale, temperature=fv.temperature,
+                    top_k=fv.top_k, seed=fv.seed):
     sys.stdout.write(corpus.decode(ids[0]))
     sys.stdout.flush()
+    bar.set_description("sampling", refresh=False)
+    bar.update(ids.shape[1])
+  bar.close()
   sys.stdout.write("\n")
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  sys.exit(cli.run(main))
