@@ -63,13 +63,12 @@ def manager(workdir, keep=3):
 
 
 def _reader(workdir):
-  """A manager that only reads: evaluating never creates folders or
-  garbage-collects steps."""
+  """A manager for restoring only: it creates no folder and would keep
+  every step (orbax collects old steps only when saving). Not read_only=
+  True, which logs a warning on every evaluate."""
   return ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / "checkpoints",
-      options=ocp.CheckpointManagerOptions(
-          read_only=True, create=False, max_to_keep=None,
-          save_interval_steps=0))
+      options=ocp.CheckpointManagerOptions(create=False, max_to_keep=None))
 
 
 def saved_steps(workdir):
@@ -294,7 +293,8 @@ def _schedule_problems(old, new, step):
       if at(o[f], p) != at(n[f], p):
         problems.append(
             f"schedule.{f}[{p}]: {at(o[f], p)} -> {at(n[f], p)} (phase "
-            f"{p + 1} {'ran' if ran else 'is under way'} at step {step})")
+            f"{p + 1} {'ran before' if ran else 'holds the data position at'}"
+            f" step {step})")
     start = end
   if sum(n["steps"]) < step:
     problems.append(f"schedule.steps: {o['steps']} -> {n['steps']} ends at "

@@ -257,11 +257,12 @@ def test_which_changes_a_char_lm_run_can_take(finished):
                   model__dropout=0.0, eval__seq_len=32, log_every=5) == []
   # Phase 1 (steps 0-5) ran; at step 3 it is under way.
   assert problems(8, schedule__lrs=[1e-3, 1e-4]) == [
-      "schedule.lrs[0]: 0.003 -> 0.001 (phase 1 ran at step 8)"]
+      "schedule.lrs[0]: 0.003 -> 0.001 (phase 1 ran before step 8)"]
   assert problems(3, schedule__lrs=[1e-3, 1e-4]) == []
   assert problems(3, schedule__steps=[4, 4]) == []
   assert problems(3, schedule__batch_sizes=[2, 2]) == [
-      "schedule.batch_sizes[0]: 4 -> 2 (phase 1 is under way at step 3)"]
+      "schedule.batch_sizes[0]: 4 -> 2 (phase 1 holds the data position "
+      "at step 3)"]
   assert problems(6, schedule__steps=[8, 4]) == []  # phase 1 ended at 6
   assert problems(10, schedule__steps=[6, 2]) == [
       "schedule.steps: [6, 4] -> [6, 2] ends at step 8, before the "
