@@ -4,8 +4,9 @@
   python -m lfjax.train --config configs/charlm_default.py:tiny --workdir /tmp/t
 
 Needs no download. The default is a CPU-sized Longformer char-LM (6 layers,
-256 wide, two phases) that trains in a few hours on 2 cores; `tiny` finishes
-in about a minute and checkpoints four times. Evaluate with
+256 wide, two phases; see the README for its estimated cost on 2 cores);
+`tiny` finishes in 1-2 minutes, saves five checkpoints and keeps the newest
+three (its samples are gibberish). Evaluate with
 `python -m lfjax.evaluate --workdir DIR --split test`.
 """
 

@@ -11,7 +11,7 @@ paper's Table 5: --config.model.position_init random, and
 --config.train.train_only position_embeddings.
 
 `tiny` runs on CPU in about a minute on 300 stdlib files from a tiny random
-RoBERTa (tests/test_mlm.py makes one; so does experiments/mlm_positions.py):
+RoBERTa, which `python -m lfjax.mlm make_tiny --to DIR` builds:
   python -m lfjax.train --config configs/mlm_longformer_base.py:tiny \
       --config.init_from DIR --workdir /tmp/mlm_tiny
 """

@@ -248,15 +248,14 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
   m = enc["attention_mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(got)[m], want.numpy()[m], atol=1e-4)
 
-  # The CLI evaluates the run and the exported folder alike.
-  mlm.main(["evaluate", "--workdir", str(tmp_path / "straight"),
-            "--max-batches", "1"])
+  # The CLI evaluates the run and the exported folder alike, with the same
+  # defaults (split, seq_len, batches, masks: the run's config, which the
+  # export carries).
+  mlm.main(["evaluate", "--workdir", str(tmp_path / "straight")])
   run = json.loads((tmp_path / "straight" / "eval_valid_12_128.json")
                    .read_text())
   monkeypatch.setenv("LFJAX_DATA", str(tmp_path / "data"))  # its cache
-  exported = mlm.evaluate_cli(
-      init_from=str(out), sources=[str(docs_dir)], max_batches=1,
-      valid_fraction=0.2, seq_len=128, batch_size=4)
+  exported = mlm.evaluate_cli(init_from=str(out))
   assert run["eval_masked_tokens"] == exported["eval_masked_tokens"] > 0
   np.testing.assert_allclose(exported["eval_bpc"], run["eval_bpc"],
                              rtol=1e-4)
