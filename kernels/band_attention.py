@@ -7,6 +7,15 @@ sizes, never on the sequence length; the band mask is computed only on the
 blocks the band edge cuts (interior blocks skip it). Scores, softmax and
 accumulation are float32. Rows without any key give 0 and lse NEG_INF.
 
+Relative positions (optional): score(a, t) = scale * (q[a].k[t] +
+rq[a].table[a - t - rel_min]). The products rq[a].table[r] are formed once,
+outside the kernels, as one [N, Dr] x [Dr, R] matmul per row X (R = the
+band's distances, so head_dim-width work, no wider q/k); each block visit
+gathers its [block_q, block_k] tile of them along the diagonals (a load with
+computed offsets) and the dq kernel scatters d(score) back the same way;
+d rel_query and d rel_table are matmuls of that against the table and
+rel_query. See `_rel_cols`.
+
 Pure-jnp reference: `band_reference` below. On CPU the same kernels run in
 Pallas interpret mode; lowered for CUDA they are Triton kernels (the choice
 of backend is made in `_compiler_params` only).
@@ -64,14 +73,25 @@ def _pow2(n):
   return max(16, 1 << (int(n) - 1).bit_length())
 
 
-def band_reference(q, k, v, kvalid, *, window, causal, scale):
-  """O(N^2) jnp reference: (out float32 [X, N, Dv], lse [X, N])."""
+def band_reference(q, k, v, kvalid, *, window, causal, scale,
+                   rel_query_XxNxDr=None, rel_table_XxRxDr=None, rel_min=0):
+  """O(N^2) jnp reference: (out float32 [X, N, Dv], lse [X, N]).
+
+  With a relative term, the score of query a and key t in the band is
+  scale * (q[a].k[t] + rel_query[a].rel_table[a - t - rel_min])."""
   n = q.shape[1]
   d = jnp.arange(n)[None, :] - jnp.arange(n)[:, None]
   band = (d >= -window) & (d <= (0 if causal else window))
   mask = band[None] & kvalid[:, None, :]
-  s = jnp.einsum("xid,xjd->xij", q, k,
-                 preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("xid,xjd->xij", q, k, preferred_element_type=jnp.float32)
+  if rel_query_XxNxDr is not None:
+    # table row of every (a, t): delta a - t = -d; rows off the table are
+    # clipped (only reachable outside the band, which is masked below).
+    r = rel_table_XxRxDr.shape[1]
+    rows = jnp.clip(-d - rel_min, 0, r - 1)
+    s = s + jnp.einsum("xad,xatd->xat", rel_query_XxNxDr.astype(jnp.float32),
+                       rel_table_XxRxDr.astype(jnp.float32)[:, rows])
+  s = s * scale
   s = jnp.where(mask, s, -jnp.inf)
   m = jnp.max(s, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
@@ -103,6 +123,24 @@ def _band_mask(r0, rows, c0, cols, lo_off, hi_off):
   return (d >= -lo_off) & (d <= hi_off)
 
 
+def _rel_cols(r0, rows, c0, cols, rel_min, nrel):
+  """Column of the products rq[a].table[r] for the tile of query rows
+  [r0, r0 + rows) and keys [c0, c0 + cols): r = a - t - rel_min, clipped to
+  the table (clipped entries are outside the band or padding), and where it
+  is really on the table."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
+  j = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
+  r = (r0 - c0 - rel_min) + (i - j)
+  return i, jnp.clip(r, 0, nrel - 1), (r >= 0) & (r < nrel)
+
+
+def _rel_tile(pr_ref, r0, row0, rows, c0, cols, rel_min):
+  """[rows, cols] tile of relative scores, gathered along its diagonals from
+  the per-row products pr_ref[row, r] (rows of pr_ref from row0)."""
+  i, r, _ = _rel_cols(r0, rows, c0, cols, rel_min, pr_ref.shape[-1])
+  return pr_ref[row0 + i, r]
+
+
 def _dot(a, b, trans_a=False, trans_b=False):
   """float32-accumulated matmul of two tiles (tl.dot on GPU)."""
   return pltriton.dot(a, b, trans_a=trans_a, trans_b=trans_b).astype(
@@ -111,8 +149,11 @@ def _dot(a, b, trans_a=False, trans_b=False):
 
 # Forward --------------------------------------------------------------------
 
-def _fwd_kernel(q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref, *, scale,
-                window, right, bq, bk, nkb):
+def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+  if rel_min is None:
+    q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref = refs
+  else:
+    q_ref, k_ref, v_ref, kbias_ref, pr_ref, o_ref, lse_ref = refs
   r0 = pl.program_id(1) * bq
   q = q_ref[...]
   dv = v_ref.shape[-1]
@@ -121,7 +162,10 @@ def _fwd_kernel(q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref, *, scale,
     acc, m, l = carry
     c0 = kb * bk
     k = k_ref[pl.ds(c0, bk), :]
-    s = _dot(q, k, trans_b=True) * scale + kbias_ref[pl.ds(c0, bk)][None, :]
+    s = _dot(q, k, trans_b=True)
+    if rel_min is not None:
+      s = s + _rel_tile(pr_ref, r0, 0, bq, c0, bk, rel_min)
+    s = s * scale + kbias_ref[pl.ds(c0, bk)][None, :]
     if masked:
       s = jnp.where(_band_mask(r0, bq, c0, bk, window, right), s, NEG_INF)
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -150,8 +194,11 @@ def _fwd_kernel(q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref, *, scale,
 
 # Backward -------------------------------------------------------------------
 
-def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask):
-  s = _dot(q, k, trans_b=True) * scale + kbias[None, :]
+def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None):
+  s = _dot(q, k, trans_b=True)
+  if rel is not None:
+    s = s + rel
+  s = s * scale + kbias[None, :]
   if mask is not None:
     s = jnp.where(mask, s, NEG_INF)
   p = jnp.exp(s - lse[:, None])
@@ -159,8 +206,13 @@ def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask):
   return p, p * (dp - delta[:, None] + dlse[:, None])
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref,
-               dlse_ref, dq_ref, *, scale, window, right, bq, bk, nkb):
+def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+  if rel_min is None:
+    (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
+     dq_ref) = refs
+  else:
+    (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
+     pr_ref, dq_ref, dpr_ref) = refs
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
   lse, delta, dlse = lse_ref[...], delta_ref[...], dlse_ref[...]
@@ -169,8 +221,19 @@ def _dq_kernel(q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref,
     c0 = kb * bk
     k = k_ref[pl.ds(c0, bk), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
+    rel = None
+    if rel_min is not None:
+      i, r, on_table = _rel_cols(r0, bq, c0, bk, rel_min, pr_ref.shape[-1])
+      rel = pr_ref[i, r]
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
-                  kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask)
+                  kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
+                  rel)
+    if rel_min is not None:
+      # Each (row, table row) is one (row, key), so the scatter never
+      # collides, except in the spare last column, where the entries off the
+      # table go (their keys are padding or outside the band). Entries never
+      # written (no such key) are zeroed by the caller.
+      dpr_ref[i, jnp.where(on_table, r, dpr_ref.shape[-1] - 1)] = ds * scale
     return dq + _dot(ds.astype(k.dtype), k)
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
@@ -181,9 +244,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref,
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref,
-                dlse_ref, dk_ref, dv_ref, *, scale, window, right, bq, bk,
-                nqb):
+def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
+  if rel_min is None:
+    (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
+     dk_ref, dv_ref) = refs
+  else:
+    (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
+     pr_ref, dk_ref, dv_ref) = refs
   c0 = pl.program_id(1) * bk
   k, v, kbias = k_ref[...], v_ref[...], kbias_ref[...]
 
@@ -193,9 +260,12 @@ def _dkv_kernel(q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref,
     q = q_ref[pl.ds(r0, bq), :]
     do = do_ref[pl.ds(r0, bq), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
+    rel = None
+    if rel_min is not None:
+      rel = _rel_tile(pr_ref, r0, r0, bq, c0, bk, rel_min)
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
-                  mask)
+                  mask, rel)
     return (dk + _dot(ds.astype(q.dtype), q, trans_a=True),
             dv + _dot(p.astype(do.dtype), do, trans_a=True))
 
@@ -228,49 +298,67 @@ def _whole(a):
                       lambda xi, i: (xi, 0) + (0,) * len(tail))
 
 
-def _forward(q, k, v, kbias, *, window, right, scale, blocks, interpret):
+def _forward(q, k, v, kbias, pr, *, window, right, scale, rel_min, blocks,
+             interpret):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   kernel = functools.partial(_fwd_kernel, scale=scale, window=window,
-                             right=right, bq=bq, bk=bk, nkb=n // bk)
+                             right=right, bq=bq, bk=bk, nkb=n // bk,
+                             rel_min=rel_min)
+  args = (q, k, v, kbias) + (() if pr is None else (pr,))
+  specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias)]
+  if pr is not None:
+    specs.append(_blocked(pr, bq))
   out, lse = pl.pallas_call(
-      kernel, grid=(x, n // bq),
-      in_specs=[_blocked(q, bq), _whole(k), _whole(v), _whole(kbias)],
+      kernel, grid=(x, n // bq), in_specs=specs,
       out_specs=[_blocked(v, bq), _blocked(kbias, bq)],
       out_shape=[jax.ShapeDtypeStruct(v.shape, jnp.float32),
                  jax.ShapeDtypeStruct((x, n), jnp.float32)],
       compiler_params=None if interpret else _compiler_params(blocks),
-      interpret=interpret, name="lfjax_band_fwd")(q, k, v, kbias)
+      interpret=interpret, name="lfjax_band_fwd")(*args)
   return out, lse
 
 
-def _backward(q, k, v, kbias, do, lse, delta, dlse, *, window, right, scale,
-              blocks, interpret):
+def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *, window, right,
+              scale, rel_min, blocks, interpret):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   params = None if interpret else _compiler_params(blocks)
   args = (q, k, v, kbias, do, lse, delta, dlse)
-  kw = dict(scale=scale, window=window, right=right, bq=bq, bk=bk)
+  kw = dict(scale=scale, window=window, right=right, bq=bq, bk=bk,
+            rel_min=rel_min)
+  dq_specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
+              _blocked(do, bq), _blocked(lse, bq), _blocked(delta, bq),
+              _blocked(dlse, bq)]
+  dq_out_specs = _blocked(q, bq)
+  dq_shape = jax.ShapeDtypeStruct(q.shape, jnp.float32)
+  dkv_specs = [_whole(q), _blocked(k, bk), _blocked(v, bk),
+               _blocked(kbias, bk), _whole(do), _whole(lse), _whole(delta),
+               _whole(dlse)]
+  if pr is not None:
+    args += (pr,)
+    dq_specs.append(_blocked(pr, bq))
+    # d pr, with a spare last column for the scatter (see _dq_kernel).
+    dpr_shape = jax.ShapeDtypeStruct(pr.shape[:2] + (pr.shape[2] + 1,),
+                                     jnp.float32)
+    dq_out_specs = [dq_out_specs, _blocked(dpr_shape, bq)]
+    dq_shape = [dq_shape, dpr_shape]
+    dkv_specs.append(_whole(pr))
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, nkb=n // bk, **kw), grid=(x, n // bq),
-      in_specs=[_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
-                _blocked(do, bq), _blocked(lse, bq), _blocked(delta, bq),
-                _blocked(dlse, bq)],
-      out_specs=_blocked(q, bq),
-      out_shape=jax.ShapeDtypeStruct(q.shape, jnp.float32),
+      in_specs=dq_specs, out_specs=dq_out_specs, out_shape=dq_shape,
       compiler_params=params, interpret=interpret,
       name="lfjax_band_dq")(*args)
+  dq, dpr = (dq, None) if pr is None else dq
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, nqb=n // bq, **kw), grid=(x, n // bk),
-      in_specs=[_whole(q), _blocked(k, bk), _blocked(v, bk),
-                _blocked(kbias, bk), _whole(do), _whole(lse), _whole(delta),
-                _whole(dlse)],
+      in_specs=dkv_specs,
       out_specs=[_blocked(k, bk), _blocked(v, bk)],
       out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32),
                  jax.ShapeDtypeStruct(v.shape, jnp.float32)],
       compiler_params=params, interpret=interpret,
       name="lfjax_band_dkv")(*args)
-  return dq, dk, dv
+  return dq, dk, dv, dpr
 
 
 def _on_platform(fn, *args, **kwargs):
@@ -280,42 +368,76 @@ def _on_platform(fn, *args, **kwargs):
       default=functools.partial(fn, interpret=False, **kwargs))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _band(q, k, v, kbias, window, right, scale, blocks):
-  return _on_platform(_forward, q, k, v, kbias, window=window, right=right,
-                      scale=scale, blocks=blocks)
+def _rel_products(rq, table):
+  """pr[x, a, r] = rq[x, a] . table[x, r]: every relative score a row can
+  need, one [N, Dr] x [Dr, R] matmul per row X (not saved for the
+  backward: recomputed there)."""
+  if rq is None:
+    return None
+  return jnp.einsum("xnd,xrd->xnr", rq, table,
+                    preferred_element_type=jnp.float32)
 
 
-def _band_fwd(q, k, v, kbias, window, right, scale, blocks):
-  out, lse = _band(q, k, v, kbias, window, right, scale, blocks)
-  return (out, lse), (q, k, v, kbias, out, lse)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _band(q, k, v, kbias, rq, table, window, right, scale, rel_min, blocks):
+  return _on_platform(_forward, q, k, v, kbias, _rel_products(rq, table),
+                      window=window, right=right, scale=scale,
+                      rel_min=rel_min, blocks=blocks)
 
 
-def _band_bwd(window, right, scale, blocks, res, cotangents):
-  q, k, v, kbias, out, lse = res
+def _band_fwd(q, k, v, kbias, rq, table, window, right, scale, rel_min,
+              blocks):
+  out, lse = _band(q, k, v, kbias, rq, table, window, right, scale, rel_min,
+                   blocks)
+  return (out, lse), (q, k, v, kbias, rq, table, out, lse)
+
+
+def _band_bwd(window, right, scale, rel_min, blocks, res, cotangents):
+  q, k, v, kbias, rq, table, out, lse = res
   dout, dlse = cotangents
   dout = dout.astype(jnp.float32)
   delta = jnp.sum(out * dout, axis=-1)
   lse = jnp.where(lse < 0.5 * NEG_INF, _EMPTY_ROW_LSE, lse)
-  dq, dk, dv = _on_platform(
+  dq, dk, dv, dpr = _on_platform(
       _backward, q, k, v, kbias, dout.astype(v.dtype), lse, delta,
-      dlse.astype(jnp.float32), window=window, right=right, scale=scale,
-      blocks=blocks)
-  return (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
-          jnp.zeros_like(kbias))
+      dlse.astype(jnp.float32), _rel_products(rq, table), window=window,
+      right=right, scale=scale, rel_min=rel_min, blocks=blocks)
+  grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
+           jnp.zeros_like(kbias))
+  if rq is None:
+    return grads + (None, None)
+  # The dq kernel wrote d(score) (times scale) of every (row a, table row r)
+  # whose key a - r - rel_min is in the band; the rest was never written.
+  dpr = dpr[:, :, :-1]
+  n, nrel = dpr.shape[1:]
+  a = np.arange(n)[:, None]
+  dist = np.arange(nrel)[None, :] + rel_min
+  written = (a - dist >= 0) & (a - dist < n) & (dist >= -right) & (
+      dist <= window)
+  dpr = jnp.where(written[None], dpr, 0.0)
+  drq = jnp.einsum("xnr,xrd->xnd", dpr, table.astype(jnp.float32))
+  dtable = jnp.einsum("xnr,xnd->xrd", dpr, rq.astype(jnp.float32))
+  return grads + (drq.astype(rq.dtype), dtable.astype(table.dtype))
 
 
 _band.defvjp(_band_fwd, _band_bwd)
 
 
 def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
-                   scale, block_sizes=None):
+                   scale, block_sizes=None, rel_query_XxNxDr=None,
+                   rel_table_XxRxDr=None, rel_min=0):
   """Band attention: (out float32 [X, N, Dv], lse float32 [X, N]).
 
-  Differentiable in q, k, v with cotangents on both outputs (so partial
-  attentions can be merged by their log-sum-exp and still differentiate).
-  Inputs of any length and head width; they are padded to whole blocks and
-  power-of-two widths here.
+  Differentiable in q, k, v (and rel_query, rel_table) with cotangents on
+  both outputs (so partial attentions can be merged by their log-sum-exp and
+  still differentiate). Inputs of any length and head width; they are padded
+  to whole blocks and power-of-two widths here.
+
+  Relative term (optional): the score of query a and band key t becomes
+  scale * (q[a].k[t] + rel_query[a].rel_table[a - t - rel_min]); rel_min is
+  a static int and the table must cover every distance a - t the band
+  reaches, -min(right, N - 1) .. min(window, N - 1) (right = window, or 0
+  when causal). rel_query's width Dr may differ from D; neither is widened.
   """
   x, n, d = q_XxNxD.shape
   if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
@@ -325,6 +447,26 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   if kvalid_XxN.shape != (x, n):
     raise ValueError(f"kvalid: expected shape {(x, n)}, got "
                      f"{kvalid_XxN.shape}")
+  window, right = int(window), 0 if causal else int(window)
+  rq, table = rel_query_XxNxDr, rel_table_XxRxDr
+  if (rq is None) != (table is None):
+    raise ValueError("rel_query and rel_table: expected both or neither, got "
+                     f"{'rel_query' if table is None else 'rel_table'} only")
+  if rq is not None:
+    if rq.ndim != 3 or rq.shape[:2] != (x, n):
+      raise ValueError(f"rel_query: expected shape {(x, n, 'Dr')}, got "
+                       f"{rq.shape}")
+    if table.ndim != 3 or table.shape[0] != x or table.shape[2] != rq.shape[2]:
+      raise ValueError(f"rel_table: expected shape {(x, 'R', rq.shape[2])}, "
+                       f"got {table.shape}")
+    if not isinstance(rel_min, (int, np.integer)):
+      raise ValueError(f"rel_min: expected a static int, got {rel_min!r}")
+    rel_min = int(rel_min)
+    lo, hi = -min(right, n - 1), min(window, n - 1)
+    if rel_min > lo or rel_min + table.shape[1] - 1 < hi:
+      raise ValueError(
+          f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
+          f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
   dv = v_XxNxDv.shape[2]
   blocks = block_sizes or BlockSizes.default(max(d, dv), q_XxNxD.dtype)
   blocks.check()
@@ -335,7 +477,9 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
                                      (0, width - a.shape[2])))
   kbias = jnp.where(jnp.pad(kvalid_XxN, ((0, 0), (0, npad - n))), 0.0,
                     NEG_INF).astype(jnp.float32)
+  if rq is not None:
+    rq = pad(rq, rq.shape[2])  # rows only: Dr is never padded
   out, lse = _band(pad(q_XxNxD, dp), pad(k_XxNxD, dp), pad(v_XxNxDv, dvp),
-                   kbias, int(window), 0 if causal else int(window),
-                   float(scale), blocks)
+                   kbias, rq, table, window, right, float(scale),
+                   None if rq is None else rel_min, blocks)
   return out[:, :n, :dv], lse[:, :n]

@@ -9,11 +9,22 @@ from lfjax.attention import common
 
 def band_with_global_keys(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window,
                           causal, scale, gk_XxGxD=None, gv_XxGxDv=None,
-                          gvalid_XxG=None):
+                          gvalid_XxG=None, rel=None):
   """The kernel's band softmax joined with a dense N x G softmax over the
-  global keys: (out float32, lse). Same contract as band.band_attention."""
+  global keys: (out float32, lse). Same contract as band.band_attention.
+
+  rel: None or (rq_XxNxDr, table_XxRxDr, rel_min) with rel_min a static
+  int: band key t of query a scores scale * (q[a].k[t] +
+  rq[a].table[a - t - rel_min]) (computed in the kernel at width Dr, q and k
+  are not widened); global keys get no relative term."""
+  rel_kw = {}
+  if rel is not None:
+    rq, table, rel_min = rel
+    rel_kw = dict(rel_query_XxNxDr=rq, rel_table_XxRxDr=table,
+                  rel_min=rel_min)
   out, lse = kernel.band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN,
-                                   window=window, causal=causal, scale=scale)
+                                   window=window, causal=causal, scale=scale,
+                                   **rel_kw)
   if gk_XxGxD is None or gk_XxGxD.shape[1] == 0:
     return out, lse
   s = jnp.einsum("xnd,xgd->xng", q_XxNxD, gk_XxGxD,
