@@ -248,9 +248,15 @@ def _config_from_dict(d, **overrides):
   if model_type not in MODEL_TYPES:
     raise ValueError(f"config.json: model_type expected one of {MODEL_TYPES}, "
                      f"got {model_type!r}")
+  if d.get("is_decoder") or d.get("add_cross_attention"):
+    raise ValueError(
+        "config.json: is_decoder/add_cross_attention is set: a causal "
+        "(decoder) checkpoint, which a bidirectional Longformer encoder "
+        "cannot reproduce; lfjax loads encoders only")
   if model_type == "bert":
     d = dict(d, max_position_embeddings=d.get("max_position_embeddings", 512)
-             + d.get("pad_token_id", 0) + 1, position_ids_from="index")
+             + d.get("pad_token_id", 0) + 1, position_ids_from="index",
+             lm_head_act=d.get("hidden_act", "gelu"))
   if (model_type != "longformer" and "attention_window" not in d
       and "attention_window" not in overrides):
     # A window that covers every position reproduces full attention. A
@@ -266,7 +272,9 @@ def _head_of(d, weights):
   tensor names); without them, the head tensors' names and shapes."""
   for arch in d.get("architectures") or ():
     for suffix, head in _ARCHITECTURES:
-      if arch.endswith(suffix):
+      # "Model" alone is the base (BertLMHeadModel is not).
+      if arch.endswith(suffix) and (head != "base" or (
+          "For" not in arch and "Head" not in arch)):
         return head, arch
     return None, arch
   names = set(weights)
@@ -343,6 +351,7 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
           f"Pass head='base' to load the encoder alone")
     head = found
   cfg = _tie_config(cfg, weights, head)
+  _check_head_layout(path, weights, head, found, told)
   rngs = nnx.Rngs(seed)
   if head == "base":
     has_pooler = any(_strip_prefix(k).startswith("pooler.") for k in weights)
@@ -364,6 +373,27 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
   model = load_weights(model, weights)
   model.eval()
   return model
+
+
+def _check_head_layout(path, weights, head, found, told):
+  """A head of the same name but another layout (BERT's sequence classifier
+  is the pooler plus one linear layer, not RoBERTa's two) is a head lfjax
+  lacks: say so instead of listing homeless tensors."""
+  if head != found or head == "base":
+    return
+  names = {n for n in weights if _is_head_tensor(n)}
+  model = HEADS[head]
+  probe = {"sequence_classification": {"classifier.dense.weight"},
+           "token_classification": {"classifier.weight"},
+           "multiple_choice": {"classifier.weight"},
+           "question_answering": {"qa_outputs.weight"},
+           "masked_lm": {"lm_head.dense.weight"}}[head]
+  if not probe <= names:
+    raise ValueError(
+        f"head: {path} holds a {told} head with tensors {sorted(names)[:6]}, "
+        f"not the layout of transformers' {model.__name__}, which lfjax has; "
+        f"lfjax has {sorted(HEADS)}. Pass head='base' to load the encoder "
+        f"alone")
 
 
 def _tie_config(cfg, weights, head):
@@ -469,6 +499,11 @@ def to_pretrained(model, path):
         "to_pretrained: this model counts positions by index (BERT); "
         "transformers' Longformer counts non-pad tokens, so the exported "
         "model agrees only on inputs without left padding")
+  if isinstance(model, LongformerForMaskedLM) and cfg.lm_head_act != "gelu":
+    raise ValueError(f"lm_head_act: transformers' Longformer MLM head uses "
+                     f"gelu, this model's (from BERT) uses "
+                     f"{cfg.lm_head_act!r}; export it with head='base' "
+                     f"weights or keep it in lfjax")
   os.makedirs(path, exist_ok=True)
   save_file(export_weights(model), os.path.join(path, "model.safetensors"),
             metadata={"format": "pt"})
@@ -492,6 +527,9 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0,
   if positions not in ("copy", "random"):
     raise ValueError(f"positions: expected 'copy' or 'random', got "
                      f"{positions!r}")
+  if not isinstance(max_positions, int) or max_positions < 1:
+    raise ValueError(f"max_positions: expected an int >= 1, got "
+                     f"{max_positions!r}")
   cfg = model.cfg
   reserved = cfg.pad_token_id + 1
   new_cfg = dataclasses.replace(
@@ -558,6 +596,12 @@ def main(argv=None):
   if os.path.abspath(args.src) == os.path.abspath(args.dst):
     raise cli.UsageError("--to: expected a directory other than --from (the "
                          "source checkpoint is never overwritten)")
+  if args.max_positions < 1:
+    raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
+                         f"{args.max_positions}")
+  if args.attention_window < 2 or args.attention_window % 2:
+    raise cli.UsageError(f"--attention_window: expected a positive even int "
+                         f"(the full window), got {args.attention_window}")
   model = from_pretrained(args.src)
   long_model = make_long(model, args.max_positions, args.attention_window)
   to_pretrained(long_model, args.dst)

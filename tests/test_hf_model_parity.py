@@ -488,9 +488,9 @@ def test_token_classification_and_multiple_choice_heads(tmp_path):
 
 def test_unsupported_head_is_named(tmp_path):
   torch.manual_seed(18)
-  save(transformers.RobertaForCausalLM(transformers.RobertaConfig(
-      is_decoder=True, **TINY)), tmp_path)
-  with pytest.raises(ValueError, match=r"holds a RobertaForCausalLM head, "
+  save(transformers.BertForPreTraining(transformers.BertConfig(
+      **dict(TINY, pad_token_id=0))), tmp_path)
+  with pytest.raises(ValueError, match=r"holds a BertForPreTraining head, "
                      r"which lfjax does not have; lfjax has .*'multiple_choice'"
                      r".*'token_classification'.*head='base'"):
     convert.from_pretrained(str(tmp_path))
@@ -598,3 +598,33 @@ def test_load_and_export_use_current_flax_api(tmp_path):
     model = convert.from_pretrained(str(tmp_path / "a"))
     model(np.full((1, 9), 5))
     convert.to_pretrained(model, str(tmp_path / "b"))
+
+
+def test_bert_mlm_head_uses_hidden_act(tmp_path):
+  torch.manual_seed(24)
+  cfg = transformers.BertConfig(**dict(TINY, pad_token_id=0, hidden_act="relu",
+                                       max_position_embeddings=64))
+  hf_mlm = save(transformers.BertForMaskedLM(cfg), tmp_path)
+  ids, mask, _ = batch([40, 29], 40, "none", seed=5)
+  ids[mask == 0] = 0
+  want = run_hf(hf_mlm, ids, mask).logits.numpy()
+  assert_valid_close(convert.from_pretrained(str(tmp_path))(ids, mask).logits,
+                     want, mask)
+
+
+def test_decoders_and_other_head_layouts_are_refused(tmp_path):
+  torch.manual_seed(25)
+  save(transformers.RobertaModel(transformers.RobertaConfig(
+      is_decoder=True, **TINY)), tmp_path / "dec")
+  with pytest.raises(ValueError, match="is_decoder.*causal"):
+    convert.from_pretrained(str(tmp_path / "dec"))
+  save(transformers.BertLMHeadModel(transformers.BertConfig(
+      is_decoder=True, **dict(TINY, pad_token_id=0))), tmp_path / "lmhead")
+  with pytest.raises(ValueError, match="is_decoder"):
+    convert.from_pretrained(str(tmp_path / "lmhead"))
+  save(transformers.BertForSequenceClassification(transformers.BertConfig(
+      **dict(TINY, pad_token_id=0))), tmp_path / "bertcls")
+  with pytest.raises(ValueError, match=r"holds a BertForSequenceClassification"
+                     r" head with tensors .* not the layout of transformers' "
+                     r"LongformerForSequenceClassification"):
+    convert.from_pretrained(str(tmp_path / "bertcls"))

@@ -180,3 +180,45 @@ def test_new_global_counts_reuse_compiled_programs():
   for count in (6, 7, 8):  # all in the cap-8 bucket
     run(count)
   assert api._dispatch._cache_size() == before
+
+
+def test_negative_ids_and_over_cap_globals_poison_under_jit():
+  cfg = LongformerConfig(**TINY, attention_window=4)
+  model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(0))
+  model.eval()
+  ids = jnp.full((2, 9), 5, jnp.int32)
+  good = np.asarray(model(ids).logits)
+  f = nnx.jit(lambda m, i, t, p: m(i, token_type_ids=t, positions=p).logits)
+  zeros = jnp.zeros((2, 9), jnp.int32)
+  pos = jnp.zeros((2, 1), jnp.int32)
+  for bad in ((ids.at[1, 3].set(-1), zeros, pos),
+              (ids, zeros.at[1, 2].set(-1), pos),
+              (ids, zeros, pos.at[1, 0].set(-1))):
+    out = np.asarray(f(model, *bad))
+    assert np.isnan(out[1]).all() and not np.isnan(out[0]).any()
+  # Sequence classification jits with its one default global token; a row
+  # marking more (attention_mask 2) gets NaN rather than local tokens.
+  from lfjax.models import LongformerForSequenceClassification
+  cls = LongformerForSequenceClassification(cfg, rngs=nnx.Rngs(1))
+  cls.eval()
+  mask = jnp.ones((2, 9), jnp.int32).at[1, 5].set(2)
+  out = np.asarray(nnx.jit(lambda m, i, a: m(i, a).logits)(cls, ids, mask))
+  assert np.isnan(out[1]).all() and not np.isnan(out[0]).any()
+  np.testing.assert_allclose(out[0], np.asarray(cls(ids).logits)[0], atol=1e-5)
+  # Eagerly the same input runs (the count is known), and a bad
+  # global_attention_mask value is named.
+  assert np.isfinite(np.asarray(cls(ids, mask).logits)).all()
+  with pytest.raises(ValueError, match=r"global_attention_mask: expected "
+                     r"values 0 \(local\) or 1 \(global\), got \[-1\]"):
+    model(ids, global_attention_mask=zeros.at[0, 0].set(-1))
+
+
+def test_convert_cli_refuses_bad_sizes(tmp_path):
+  from lfjax import cli
+  from lfjax import convert
+  base = ["--from", str(tmp_path / "a"), "--to", str(tmp_path / "b")]
+  with pytest.raises(cli.UsageError, match="--max_positions: expected an int"):
+    convert.main(base + ["--max_positions", "0"])
+  with pytest.raises(cli.UsageError, match="--attention_window: expected a "
+                     "positive even int"):
+    convert.main(base + ["--attention_window", "7"])

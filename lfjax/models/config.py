@@ -54,6 +54,9 @@ class LongformerConfig:
   # absolute index, shifted by pad_token_id + 1 into the RoBERTa-layout table
   # lfjax.convert builds for BERT checkpoints (exact with left padding too).
   position_ids_from: str = "tokens"
+  # lfjax: the MLM head's activation. RoBERTa's and Longformer's head is
+  # always gelu; BERT's uses hidden_act (set by lfjax.convert for BERT).
+  lm_head_act: str = "gelu"
   # lfjax: the source config.json's other fields (id2label, label2id,
   # problem_type, ...) as sorted JSON, written back by convert.to_pretrained
   # so a round trip loses nothing. A string keeps the config hashable (it is
@@ -77,9 +80,10 @@ class LongformerConfig:
     if self.position_ids_from not in ("tokens", "index"):
       raise ValueError(f"position_ids_from: expected 'tokens' or 'index', "
                        f"got {self.position_ids_from!r}")
-    if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"hidden_act: expected one of {ACTIVATIONS}, got "
-                       f"{self.hidden_act!r}")
+    for name in ("hidden_act", "lm_head_act"):
+      if getattr(self, name) not in ACTIVATIONS:
+        raise ValueError(f"{name}: expected one of {ACTIVATIONS}, got "
+                         f"{getattr(self, name)!r}")
 
   def windows(self):
     """Full window per layer."""

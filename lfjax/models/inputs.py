@@ -35,7 +35,13 @@ def check_index(name, ids, size, table):
                      f"{size} rows), got {bad}")
 
 
+def in_range(ids, size):
+  return (ids >= 0) & (ids < size)
+
+
 def lookup(table_VxE, ids):
-  """table[ids], with NaN rows for out-of-range ids (a silent clip or a
-  zero row would be a wrong answer that looks right)."""
-  return jnp.take(table_VxE, ids, axis=0, mode="fill", fill_value=jnp.nan)
+  """table[ids], with NaN rows for out-of-range ids, negative ones too (a
+  clipped, wrapped or zero row would be a wrong answer that looks right)."""
+  size = table_VxE.shape[0]
+  rows = jnp.take(table_VxE, jnp.clip(ids, 0, size - 1), axis=0)
+  return jnp.where(in_range(ids, size)[..., None], rows, jnp.nan)

@@ -286,11 +286,16 @@ class LongformerModel(nnx.Module):
     cap = cfg.max_global if max_global is None else max_global
     key_mask, global_mask, bad_B = _masks(attention_mask, global_attention_mask,
                                           b, n, cap)
-    if global_mask is not None and cap is None and _traced(global_mask):
-      raise ValueError("max_global: the global attention mask is traced "
-                       "(inside jit, grad or vmap), so the number of global "
-                       "tokens per sequence must be static; "
-                       + MAX_GLOBAL_HINT)
+    if global_mask is not None and _traced(global_mask, key_mask):
+      if cap is None:
+        raise ValueError("max_global: the global attention mask is traced "
+                         "(inside jit, grad or vmap), so the number of global "
+                         "tokens per sequence must be static; "
+                         + MAX_GLOBAL_HINT)
+      # windowed_attention would treat tokens past the cap as local: a
+      # plausible wrong answer. Such rows get NaN instead.
+      over = jnp.sum(global_mask & key_mask, axis=1) > cap
+      bad_B = over if bad_B is None else bad_B | over
     if token_type_ids is None:
       token_type_ids = jnp.zeros((b, n), jnp.int32)
     token_type_ids = _check_shape("token_type_ids", token_type_ids, b, n)
@@ -392,8 +397,18 @@ def _masks(attention_mask, global_attention_mask, b, n, cap):
       key_mask = am != 0
   global_mask = None
   if global_attention_mask is not None:
-    global_mask = _check_shape("global_attention_mask",
-                               global_attention_mask, b, n).astype(bool)
+    gm = _check_shape("global_attention_mask", global_attention_mask, b, n)
+    if gm.dtype != jnp.bool_:
+      if common.is_concrete(gm):
+        values = set(np.unique(np.asarray(gm)).tolist())
+        if not values <= {0, 1}:
+          raise ValueError(f"global_attention_mask: expected values 0 "
+                           f"(local) or 1 (global), got "
+                           f"{sorted(values - {0, 1})}")
+      else:
+        invalid = jnp.any((gm != 0) & (gm != 1), axis=1)
+        bad_B = invalid if bad_B is None else bad_B | invalid
+    global_mask = gm.astype(bool)
   if marked is not None:
     global_mask = marked if global_mask is None else global_mask | marked
   return key_mask, global_mask, bad_B
@@ -424,17 +439,18 @@ class LongformerForMaskedLM(nnx.Module):
       self.lm_decoder = nnx.data(nnx.Param(nnx.initializers.normal(
           cfg.initializer_range)(rngs.params(),
                                  (cfg.vocab_size, cfg.hidden_size))))
-    self.act = activation("gelu")
+    self.act = activation(cfg.lm_head_act)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, positions=None,
-               output_attentions=False, output_hidden_states=False):
+               output_attentions=False, output_hidden_states=False, *,
+               max_global=None):
     """positions: optional [B, K] token indices in [0, N); logits are then
     [B, K, V], for those tokens only (MLM training predicts ~15% of them).
     Other arguments and errors as LongformerModel."""
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
-                          output_hidden_states)
+                          output_hidden_states, max_global=max_global)
     h = out.last_hidden_state
     y = h
     if positions is not None:
@@ -443,8 +459,10 @@ class LongformerForMaskedLM(nnx.Module):
         raise ValueError(f"positions: expected [batch={h.shape[0]}, K] "
                          f"indices, got shape {positions.shape}")
       inputs.check_index("positions", positions, h.shape[1], "the sequence")
-      y = jnp.take_along_axis(h, positions[:, :, None], axis=1,
-                              mode="fill", fill_value=jnp.nan)
+      n = h.shape[1]
+      y = jnp.take_along_axis(h, jnp.clip(positions, 0, n - 1)[:, :, None],
+                              axis=1)
+      y = jnp.where(inputs.in_range(positions, n)[:, :, None], y, jnp.nan)
     y = self.lm_layer_norm(self.act(self.lm_dense(y)))
     decoder_VxE = (self.longformer.embeddings.word_embeddings.embedding[...]
                    if self.lm_decoder is None else self.lm_decoder[...])
@@ -485,14 +503,18 @@ class LongformerForSequenceClassification(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False):
+               output_hidden_states=False, *, max_global=None):
     input_ids = jnp.asarray(input_ids)
-    cap = None
-    if global_attention_mask is None:
+    cap = max_global
+    if global_attention_mask is None and cap is None:
       global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
           True)
+      # Under jit a row with more (attention_mask 2) gets NaN outputs.
       if self.cfg.max_global is None and _traced(input_ids, attention_mask):
         cap = 1
+    elif global_attention_mask is None:
+      global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
+          True)
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
                           output_hidden_states, max_global=cap)
@@ -514,10 +536,10 @@ class LongformerForTokenClassification(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False):
+               output_hidden_states=False, *, max_global=None):
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
-                          output_hidden_states)
+                          output_hidden_states, max_global=max_global)
     logits = self.classifier(self.dropout(out.last_hidden_state))
     return ClassifierOutput(logits=logits, **_extras(out))
 
@@ -547,7 +569,7 @@ class LongformerForMultipleChoice(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False):
+               output_hidden_states=False, *, max_global=None):
     input_ids = jnp.asarray(input_ids)
     if input_ids.ndim != 3:
       raise ValueError(f"input_ids: expected [batch, choices, seq], got shape "
@@ -560,7 +582,7 @@ class LongformerForMultipleChoice(nnx.Module):
     out = self.longformer(ids, flat(attention_mask),
                           flat(global_attention_mask), flat(token_type_ids),
                           flat(position_ids), output_attentions,
-                          output_hidden_states)
+                          output_hidden_states, max_global=max_global)
     logits = self.classifier(self.dropout(out.pooler_output))
     return ClassifierOutput(logits=logits.reshape(b, c), **_extras(out))
 
@@ -586,14 +608,14 @@ class LongformerForQuestionAnswering(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
                token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False):
+               output_hidden_states=False, *, max_global=None):
     input_ids = jnp.asarray(input_ids)
     if global_attention_mask is None:
       global_attention_mask = question_global_mask(input_ids,
                                                    self.cfg.sep_token_id)
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
-                          output_hidden_states)
+                          output_hidden_states, max_global=max_global)
     logits = self.qa_outputs(out.last_hidden_state)
     return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
                     **_extras(out))
