@@ -1,27 +1,31 @@
 """Bits per character of a trained char-LM.
 
   python -m lfjax.evaluate --workdir DIR [--split test] [--seq_len 32256]
-      [--step 512] [--batch_size 1] [--max_chars 0]
+      [--stride 512] [--batch_size 1] [--max_chars 0] [--checkpoint STEP]
 
 Protocol (paper Section 4.2, after Transformer-XL): windows of seq_len
-characters that move by `step`; the first window scores all its predictions,
-every later one only its last `step`, so each character is scored once with
-at least seq_len - step characters of context (except at the very start).
+characters that move by a stride (`step` in the code and config.eval.step);
+the first window scores all its predictions, every later one only its last
+`stride`, so each character is scored once with at least seq_len - stride
+characters of context (except at the very start). Writes
+DIR/eval_<split>_<checkpoint>.json.
 """
 
 import functools
 import json
 import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from absl import flags
 from flax import nnx
+import tqdm
 
 from lfjax import checkpoints
+from lfjax import cli
 
 
 def eval_windows(num_targets, seq_len, step):
@@ -49,8 +53,11 @@ def _window_nll(graphdef, state, tokens_BxL1, first_B, window_scale):
   return jnp.sum(jnp.where(scored, nll, 0.0)), jnp.sum(scored)
 
 
-def bpc(model, ids, *, seq_len, step, batch_size, window_scale=1):
-  """(bits per character, characters scored) of ids under a CharLM."""
+def bpc(model, ids, *, seq_len, step, batch_size, window_scale=1,
+        progress=False):
+  """(bits per character, characters scored) of ids under a CharLM.
+
+  progress: show a progress bar (tqdm, on stderr, only on a terminal)."""
   graphdef, state = nnx.split(model)
   ids = np.asarray(ids, np.int32)
   if ids.size < 2:
@@ -58,6 +65,9 @@ def bpc(model, ids, *, seq_len, step, batch_size, window_scale=1):
   wins = eval_windows(ids.size - 1, seq_len, step)
   length = min(seq_len, ids.size - 1)
   total, count = 0.0, 0
+  bar = tqdm.tqdm(total=ids.size - 1, unit="char", unit_scale=True,
+                  desc="scoring (first batch compiles)", leave=False,
+                  disable=None if progress else True)
   for i in range(0, len(wins), batch_size):
     chunk = wins[i:i + batch_size]
     # Static shapes: the last batch is filled with windows that score nothing.
@@ -67,58 +77,88 @@ def bpc(model, ids, *, seq_len, step, batch_size, window_scale=1):
     nll, n = _window_nll(graphdef, state, toks, first, window_scale)
     total += float(nll)
     count += int(n)
+    bar.set_description("scoring", refresh=False)
+    bar.update(int(n))
+  bar.close()
   if count != ids.size - 1:
     raise AssertionError(f"scored {count} of {ids.size - 1} characters")
   return total / count / math.log(2.0), count
 
 
 def evaluate_model(model, corpus, *, split, seq_len, step, batch_size,
-                   max_chars=0, window_scale=1):
+                   max_chars=0, window_scale=1, progress=False):
+  """(bpc, characters scored) on a split; raises FloatingPointError
+  rather than return a non-finite BPC (JSON cannot hold it, and a NaN
+  would read as a result)."""
   ids = corpus.ids(split, 0, max_chars or None)
-  return bpc(model, ids, seq_len=seq_len, step=step, batch_size=batch_size,
-             window_scale=window_scale)
+  value, count = bpc(model, ids, seq_len=seq_len, step=step,
+                     batch_size=batch_size, window_scale=window_scale,
+                     progress=progress)
+  check_finite_metric(f"{split} bpc", value)
+  return value, count
 
 
-FLAGS = flags.FLAGS
+def check_finite_metric(name, value):
+  """Raises FloatingPointError when an evaluation result is NaN/Inf."""
+  if not math.isfinite(value):
+    raise FloatingPointError(
+        f"evaluation: {name} is {value}; not reporting or writing it. The "
+        "model's log-probabilities overflowed: check that its parameters "
+        "are finite and try model.dtype='float32'")
 
 
-def _define_flags():
-  # Defined only when run as a program, so importing this module (the
-  # trainer does) never clashes with the importer's flags.
-  flags.DEFINE_string("workdir", None,
-                      "Folder of a `python -m lfjax.train` run.")
-  flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split.")
-  flags.DEFINE_integer("seq_len", None, "Window length (default: the run's "
-                       "config.eval.seq_len).")
-  flags.DEFINE_integer("step", None, "Window stride = characters scored per "
-                       "window (default: config.eval.step).")
-  flags.DEFINE_integer("batch_size", None, "Windows per forward pass.")
-  flags.DEFINE_integer("max_chars", 0, "Score only the first characters of "
-                       "the split (0 = all of it).")
-  flags.DEFINE_integer("checkpoint", None,
-                       "Checkpoint step (default: latest).")
-
-
-def main(argv):
+def _define_flags(fv, argv):
   del argv
+  flags.DEFINE_string("workdir", None,
+                      "Folder of a `python -m lfjax.train` run.",
+                      flag_values=fv)
+  flags.DEFINE_enum("split", "test", ["train", "valid", "test"], "Split.",
+                    flag_values=fv)
+  flags.DEFINE_integer("seq_len", None, "Window length (default: the run's "
+                       "config.eval.seq_len).", flag_values=fv)
+  flags.DEFINE_integer("stride", None, "Window stride = characters scored "
+                       "per window (default: the run's config.eval.step).",
+                       flag_values=fv)
+  flags.DEFINE_integer("step", None, "Deprecated spelling of --stride.",
+                       flag_values=fv)
+  flags.DEFINE_integer("batch_size", None, "Windows per forward pass "
+                       "(default: the run's config.eval.batch_size).",
+                       flag_values=fv)
+  flags.DEFINE_integer("max_chars", 0, "Score only the first characters of "
+                       "the split (0 = all of it).", flag_values=fv)
+  flags.DEFINE_integer("checkpoint", None,
+                       "Checkpoint step (default: the newest).",
+                       flag_values=fv)
+
+
+def main(argv=None):
+  """`python -m lfjax.evaluate --workdir DIR ...`; argv excludes the
+  program name. Raises cli.UsageError for bad flags, and the loading and
+  evaluation errors of the run (see cli.run for how they print)."""
+  fv = cli.parse_absl(sys.argv[1:] if argv is None else argv, _define_flags,
+                      prog="python -m lfjax.evaluate", doc=__doc__,
+                      required=("workdir",))
+  stride = fv.stride
+  if fv["step"].present:
+    print("note: --step is deprecated; use --stride", file=sys.stderr)
+    stride = stride or fv.step
   checkpoints.quiet_orbax()
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
-      FLAGS.workdir, FLAGS.checkpoint)
-  args = dict(split=FLAGS.split,
-              seq_len=FLAGS.seq_len or config.eval.seq_len,
-              step=FLAGS.step or config.eval.step,
-              batch_size=FLAGS.batch_size or config.eval.batch_size,
-              max_chars=FLAGS.max_chars)
-  value, count = evaluate_model(model, corpus, window_scale=scale, **args)
+      fv.workdir, fv.checkpoint)
+  args = dict(split=fv.split,
+              seq_len=fv.seq_len or config.eval.seq_len,
+              step=stride or config.eval.step,
+              batch_size=fv.batch_size or config.eval.batch_size,
+              max_chars=fv.max_chars)
+  value, count = evaluate_model(model, corpus, window_scale=scale,
+                                progress=True, **args)
   result = dict(args, bpc=value, chars_scored=count, checkpoint=ckpt,
                 dataset=corpus.name, window_scale=scale)
-  out = pathlib.Path(FLAGS.workdir) / f"eval_{FLAGS.split}_{ckpt}.json"
+  out = pathlib.Path(fv.workdir) / f"eval_{fv.split}_{ckpt}.json"
   out.write_text(json.dumps(result, indent=1))
-  print(f"{corpus.name} {FLAGS.split}: {value:.4f} bpc over {count:,} "
+  print(f"{corpus.name} {fv.split}: {value:.4f} bpc over {count:,} "
         f"characters (checkpoint {ckpt}; written to {out})")
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+  sys.exit(cli.run(main))

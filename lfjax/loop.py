@@ -9,9 +9,11 @@ saves params, optimizer state and the data position together.
 
 import dataclasses
 import math
+import pathlib
 import time
 from typing import Any, Callable
 
+import jax
 
 from lfjax import checkpoints
 from lfjax import metrics
@@ -48,6 +50,23 @@ def check_finite(loss, step, last_ckpt):
         "harder (see the config's optim fields)")
 
 
+def finished(workdir, step, total):
+  """Says where a finished run's results are; returns its last record (the
+  records logged at its last step, merged), as the run itself returned."""
+  print(f"{workdir} is already finished: its newest checkpoint is step "
+        f"{step} of {total}. Results: checkpoints in {workdir}/checkpoints, "
+        f"metrics in {workdir}/metrics.jsonl"
+        + "".join(f", {p}" for p in sorted(workdir.glob("eval_*.json")))
+        + ". To train on, give it a longer schedule; to start over, use a "
+        "new --workdir.", flush=True)
+  path = workdir / "metrics.jsonl"
+  last = {}
+  for rec in metrics.read(path) if path.exists() else []:
+    if rec["step"] == step:
+      last.update({k: v for k, v in rec.items() if k != "step"})
+  return last
+
+
 def run(workdir, config, params, opt_state, phases, learning_rate,
         evaluate_fn):
   """Trains (or resumes) through `phases`; returns the last logged record.
@@ -58,11 +77,15 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
   """
   total = phases[-1].end
   last = {}
+  t0 = time.perf_counter()
+  evaluated = False
   with checkpoints.manager(workdir, config.keep_checkpoints) as mngr:
     start, data_state = mngr.latest_step() or 0, None
     if start:
       params, opt_state, data_state = checkpoints.restore(
           mngr, start, params, opt_state)
+      if start >= total:
+        return finished(workdir, start, total)
       print(f"resuming {workdir} from step {start}")
     writer = metrics.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
     last_ckpt = start
@@ -74,29 +97,49 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
       if ph.sampler.index != max(start - ph.start, 0):
         raise ValueError(f"checkpoint {start}: data state {data_state} does "
                          f"not match phase {p} starting at step {ph.start}")
-      tick, tick_step = time.perf_counter(), max(start, ph.start)
-      for step in range(max(start, ph.start), ph.end):
+      first = max(start, ph.start)
+      # The first step of a phase compiles (minutes for a big model): say so
+      # before the wait, and keep it out of tokens/s.
+      print(f"phase {p + 1}/{len(phases)}: compiling the train step (seq "
+            f"{ph.info.get('seq_len')}, {ph.tokens_per_batch:,} tokens per "
+            "batch)...", flush=True)
+      tick, tick_step = time.perf_counter(), first
+      for step in range(first, ph.end):
         batch = next(ph.sampler)
         params, opt_state, m = ph.step_fn(params, opt_state, batch, step)
         done = step + 1
+        if step == first:
+          jax.block_until_ready(m)
+          now = time.perf_counter()
+          print(f"phase {p + 1}/{len(phases)}: compiled; first step took "
+                f"{now - tick:.1f} s", flush=True)
+          tick, tick_step = now, done
         if done % config.log_every == 0 or done == ph.end:
           host = {k: float(v) for k, v in m.items()}  # waits for the step
           check_finite(host["loss"], done, last_ckpt)
           now = time.perf_counter()
+          # None when the interval holds only the compiling step.
+          rate = ((done - tick_step) * ph.tokens_per_batch / (now - tick)
+                  if done > tick_step else None)
           last = dict(ph.summarize(host),
                       learning_rate=float(learning_rate(step)),
-                      tokens_per_s=((done - tick_step) * ph.tokens_per_batch
-                                    / (now - tick)),
-                      phase=p + 1, **ph.info)
+                      tokens_per_s=rate, phase=p + 1, **ph.info)
           writer.write(done, last)
           print(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
                 f"seq {ph.info.get('seq_len')} "
                 f"loss {last['train_loss']:.4f} bpc {last['train_bpc']:.3f} "
                 f"lr {last['learning_rate']:.2e} "
-                f"{last['tokens_per_s']:,.0f} tok/s", flush=True)
-          tick, tick_step = now, done
+                + (f"{rate:,.0f} tok/s " if rate else "")
+                + f"elapsed {_duration(now - t0)} "
+                f"eta {_eta(rate, phases, p, done)}", flush=True)
+          if rate:
+            tick, tick_step = now, done
         if (config.eval_every and done % config.eval_every == 0) or (
             done == total):
+          if not evaluated:
+            print(f"step {done:>7} evaluating (the first evaluation "
+                  "compiles)...", flush=True)
+            evaluated = True
           record, text = evaluate_fn(params, p)
           last = dict(last, **record)
           writer.write(done, record)
@@ -107,4 +150,42 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
           checkpoints.save(mngr, done, params, opt_state,
                            {"phase": p, "sampler": ph.sampler.state()})
           last_ckpt = done
+    if start < total:
+      _summary(workdir, total, time.perf_counter() - t0, mngr.all_steps(),
+               last)
   return last
+
+
+def _duration(seconds):
+  s = int(round(seconds))
+  if s < 60:
+    return f"{s}s"
+  if s < 3600:
+    return f"{s // 60}m{s % 60:02d}s"
+  return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _eta(rate, phases, p, done):
+  """Time left at the current tokens/s (later phases' compiles and
+  evaluations not counted): a rough guide."""
+  if not rate:
+    return "?"
+  left = sum((ph.end - max(done, ph.start)) * ph.tokens_per_batch
+             for ph in phases[p:] if ph.end > done)
+  return "~" + _duration(left / rate)
+
+
+def _summary(workdir, total, seconds, steps, last):
+  """Where a finished run's results are."""
+  evals = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                    if k.startswith("eval_") and isinstance(v, float))
+  lines = [f"finished step {total} in {_duration(seconds)}"
+           + (f": {evals}" if evals else ""),
+           f"  checkpoints: {workdir}/checkpoints (steps "
+           f"{', '.join(map(str, sorted(steps)))})",
+           f"  metrics:     {workdir}/metrics.jsonl (one JSON line per "
+           "logged step and evaluation)",
+           f"  config:      {workdir}/config.json"]
+  for path in sorted(pathlib.Path(workdir).glob("eval_*.json")):
+    lines.append(f"  eval file:   {path}")
+  print("\n".join(lines), flush=True)

@@ -22,13 +22,18 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+import tqdm
 
 from lfjax import checkpoints
+from lfjax import cli
 from lfjax import convert
+from lfjax import evaluate
 from lfjax import loop
+from lfjax import mlm_defaults
 from lfjax.data import text
 
 _LN2 = math.log(2)
@@ -48,12 +53,19 @@ def load_corpus(config):
       glob=d.glob, max_documents=d.max_documents, cache_dir=d.cache_dir or None)
 
 
-def load_model(config):
-  """The checkpoint of config.init_from as a long LongformerForMaskedLM."""
+def load_model(config, announce=False):
+  """The checkpoint of config.init_from as a long LongformerForMaskedLM;
+  announce: print when it is made longer (training does).
+
+  Raises:
+    ValueError: no init_from, or fields that do not fit the checkpoint.
+  """
   if not config.init_from:
-    raise ValueError("init_from: expected a local RoBERTa, BERT or "
+    raise ValueError("config.init_from: expected a local RoBERTa, BERT or "
                      "Longformer checkpoint folder (config.json, weights and "
-                     "tokenizer files), got ''")
+                     "tokenizer files), got ''; pass --config.init_from=DIR "
+                     "(`python -m lfjax.mlm make_tiny --to DIR` builds a tiny "
+                     "one for the :tiny config)")
   m = config.model
   model = convert.from_pretrained(
       config.init_from, head="masked_lm", seed=config.seed,
@@ -61,6 +73,11 @@ def load_model(config):
   cfg = model.cfg
   have = cfg.max_position_embeddings - cfg.pad_token_id - 1
   if have < m.max_positions:
+    if announce:
+      print(f"{config.init_from} has {have} positions: making it long "
+            f"(model.max_positions={m.max_positions}, model.attention_window="
+            f"{m.attention_window}, new position embeddings: "
+            f"{m.position_init})", flush=True)
     model = convert.make_long(model, m.max_positions, m.attention_window,
                               seed=config.seed, positions=m.position_init)
   elif m.position_init != "copy":
@@ -187,9 +204,10 @@ def summarize(m):
 
 
 def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
-                   batch_size=None, max_batches=None):
+                   batch_size=None, max_batches=None, progress=False):
   """MLM loss / BPC over the split's packed sequences with fixed masks
-  (eval.mask_seed), so runs and steps are compared on the same tokens."""
+  (eval.mask_seed), so runs and steps are compared on the same tokens.
+  Raises FloatingPointError when the loss is NaN/Inf."""
   seq_len = seq_len or config.train.seq_len
   batch_size = batch_size or config.eval.batch_size
   max_batches = config.eval.max_batches if max_batches is None else max_batches
@@ -206,7 +224,10 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
     n_batches = min(n_batches, max_batches)
   root = jax.random.key(config.eval.mask_seed)
   total = {"loss_sum": 0.0, "count": 0.0, "chars": 0.0}
-  for i in range(n_batches):
+  # progress: a bar on stderr, only on a terminal (the CLI asks for it).
+  for i in tqdm.trange(n_batches, unit="batch", leave=False,
+                       desc=f"{split} (first batch compiles)",
+                       disable=None if progress else True):
     idx = np.arange(i * batch_size, (i + 1) * batch_size) % n_seq
     batch = text.packed(corpus, split, seq_len, idx)
     real = (np.arange(i * batch_size, (i + 1) * batch_size) < n_seq)
@@ -214,6 +235,7 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
     s = sums(state, batch, jax.random.fold_in(root, i))
     total = {k: total[k] + float(s[k]) for k in total}
   n = max(total["count"], 1.0)
+  evaluate.check_finite_metric(f"{split} MLM loss", total["loss_sum"])
   return {"eval_loss": total["loss_sum"] / n,
           "eval_bpc": total["loss_sum"] / _LN2 / max(total["chars"], 1.0),
           "eval_bits_per_token": total["loss_sum"] / _LN2 / n,
@@ -223,10 +245,13 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
 
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the MLM run in workdir; returns the last record."""
+  mlm_defaults.validate(config)  # every field, before anything is written
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Before anything else is written: a refused config leaves the run as is.
+  checkpoints.write_config(config, workdir)
   corpus = load_corpus(config)
-  model = load_model(config)
+  model = load_model(config, announce=True)
   if model.cfg.vocab_size < corpus.vocab_size:
     raise ValueError(f"data.tokenizer: {corpus.vocab_size} tokens, more than "
                      f"the model's vocab_size={model.cfg.vocab_size}")
@@ -236,7 +261,6 @@ def train_and_evaluate(config, workdir):
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
   tx = optimizer(config, params)
   opt_state = tx.init(params)
-  checkpoints.write_config(config, workdir)
   t = config.train
   jitted = make_train_step(graphdef, rest, tx, config, corpus)
   root = jax.random.fold_in(jax.random.key(config.seed), 2)
@@ -281,38 +305,61 @@ def export(workdir, path, step=None):
   convert.to_pretrained(model, path)
   convert.copy_tokenizer(tokenizer_dir(config), path,
                          config.model.max_positions)
+  # The run's config travels with the export, so that `evaluate --init_from
+  # EXPORT` defaults to the run's held-out split and protocol.
+  (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
   return step
+
+
+RUN_CONFIG = "lfjax_mlm_run.json"
 
 
 def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
                  seq_len=None, max_batches=None, batch_size=None,
-                 valid_fraction=None):
+                 valid_fraction=None, max_documents=None, glob=None,
+                 progress=False):
   """BPC of a run's checkpoint (workdir) or of a Hugging Face checkpoint
   folder as it is (init_from: RoBERTa at its own length, or a Longformer),
-  on the run's held-out split or on `sources`. Returns the record."""
+  on the run's held-out split or on `sources`. Returns the record.
+
+  Every default comes from one config, so both ways agree on the same
+  model: the run's (workdir, or the run an `export` folder came from, saved
+  there as lfjax_mlm_run.json), else lfjax.mlm_defaults.base_config().
+
+  Raises:
+    ValueError: neither or both of workdir and init_from, no sources.
+  """
   import json
-  from lfjax import mlm_defaults
   if (workdir is None) == (init_from is None):
-    raise ValueError("expected exactly one of --workdir and --init-from")
+    raise ValueError("expected exactly one of --workdir and --init_from")
   if workdir is not None:
     config, model, step = load_trained(workdir, step)
   else:
-    config = mlm_defaults.base_config()
+    saved = pathlib.Path(init_from) / RUN_CONFIG
+    if saved.exists():
+      config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+      config.data.tokenizer = ""  # the export's own copy
+    else:
+      config = mlm_defaults.base_config()
     config.init_from = str(init_from)
     model = convert.from_pretrained(init_from, head="masked_lm")
     have = model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1
     config.model.max_positions = have
-    config.train.seq_len = seq_len or have
+    config.train.seq_len = min(config.train.seq_len, have) if saved.exists(
+    ) else have
   if sources:
     config.data.sources = tuple(sources)
-  if valid_fraction is not None:
-    config.data.valid_fraction = valid_fraction
+  for field, value in (("valid_fraction", valid_fraction),
+                       ("max_documents", max_documents), ("glob", glob)):
+    if value is not None:
+      config.data[field] = value
   if not config.data.sources:
-    raise ValueError("sources: expected documents to evaluate on (the run's "
-                     "data.sources are used with --workdir)")
+    raise ValueError("--sources: expected documents to evaluate on (the "
+                     "run's data.sources are used with --workdir)")
   corpus = load_corpus(config)
   r = evaluate_model(model, config, corpus, seq_len=seq_len,
-                     batch_size=batch_size, max_batches=max_batches)
+                     batch_size=batch_size, max_batches=max_batches,
+                     progress=progress)
   r = dict(r, seq_len=seq_len or config.train.seq_len, step=step,
            checkpoint=str(workdir or init_from))
   if workdir is not None:
@@ -321,42 +368,109 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   return r
 
 
+def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
+              hidden_size=64, layers=2, seed=0):
+  """Writes a tiny random RoBERTa-shaped checkpoint (a Longformer whose
+  window covers its `positions`, i.e. full attention) with a byte-level BPE
+  trained on the first `documents` files of the embedded corpus: the
+  init_from of configs/mlm_longformer_base.py:tiny, which makes it long.
+  Needs the `tokenizers` and `transformers` packages (requirements-dev).
+
+  Raises:
+    FileExistsError: path holds a config.json already.
+  """
+  import tempfile
+  from lfjax.data import chars
+  from lfjax.models import LongformerConfig
+  from lfjax.models import LongformerForMaskedLM
+  path = pathlib.Path(path)
+  if (path / "config.json").exists():
+    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
+                          "a new folder")
+  path.mkdir(parents=True, exist_ok=True)
+  docs = [t.decode("utf-8", "replace")
+          for _, t in chars.pystdlib_files()[:documents]]
+  with tempfile.TemporaryDirectory() as tmp:
+    tok = text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
+    cfg = LongformerConfig(
+        vocab_size=len(tok), hidden_size=hidden_size,
+        num_hidden_layers=layers, num_attention_heads=max(1, hidden_size // 32),
+        intermediate_size=4 * hidden_size,
+        max_position_embeddings=positions + tok.pad_token_id + 1,
+        type_vocab_size=1, layer_norm_eps=1e-5,
+        pad_token_id=tok.pad_token_id, attention_window=2 * positions)
+    convert.to_pretrained(LongformerForMaskedLM(cfg, rngs=nnx.Rngs(seed)),
+                          path)
+    convert.copy_tokenizer(tmp, path, positions)
+  return path
+
+
 def main(argv=None):
-  import argparse
-  p = argparse.ArgumentParser(description="Export or evaluate an MLM run "
-                              "(python -m lfjax.train --config "
-                              "configs/mlm_*.py).")
+  """`python -m lfjax.mlm {export,evaluate,make_tiny} ...`; argv excludes
+  the program name. Raises cli.UsageError for bad flags."""
+  from lfjax import cli
+  p = cli.ArgumentParser(prog="python -m lfjax.mlm",
+                         description="Export or evaluate an MLM run "
+                         "(python -m lfjax.train --config configs/mlm_*.py),"
+                         " or make a tiny checkpoint to start one from.")
   sub = p.add_subparsers(dest="cmd", required=True)
-  e = sub.add_parser("export", help="write a run for transformers")
-  e.add_argument("--workdir", required=True)
-  e.add_argument("--to", required=True)
-  e.add_argument("--step", type=int, default=None,
-                 help="a saved step (default: the newest)")
-  v = sub.add_parser("evaluate", help="held-out MLM loss and BPC")
+  e = sub.add_parser("export", help="write a run for transformers",
+                     description="Write a run's model and tokenizer for "
+                     "transformers' LongformerForMaskedLM.")
+  e.add_argument("--workdir", required=True, help="an MLM run folder")
+  e.add_argument("--to", required=True, help="output folder")
+  cli.add_flag(e, "checkpoint", "step", type=int, default=None,
+               help="a saved step (default: the newest)")
+  v = sub.add_parser("evaluate", help="held-out MLM loss and BPC",
+                     description="Held-out MLM loss and BPC of a run or a "
+                     "checkpoint folder. Defaults come from the run's config "
+                     "(--workdir, or the run an export came from), else from "
+                     "lfjax/mlm_defaults.py.")
   v.add_argument("--workdir", default=None, help="an MLM run folder")
-  v.add_argument("--init-from", default=None,
-                 help="or a Hugging Face checkpoint folder, as it is")
+  cli.add_flag(v, "init_from", default=None,
+               help="or a Hugging Face checkpoint folder, as it is")
   v.add_argument("--sources", nargs="*", default=(),
                  help="documents (default: the run's data.sources)")
-  v.add_argument("--step", type=int, default=None)
-  v.add_argument("--seq-len", type=int, default=None,
-                 help="default: the run's train.seq_len / the checkpoint's "
-                 "positions")
-  v.add_argument("--max-batches", type=int, default=None,
-                 help="0 = the whole held-out split (default: eval.max_batches)")
-  v.add_argument("--batch-size", type=int, default=None)
-  v.add_argument("--valid-fraction", type=float, default=None,
-                 help="held-out share of the documents (default: the run's,"
-                 " or 0.01)")
+  cli.add_flag(v, "checkpoint", "step", type=int, default=None,
+               help="a saved step of --workdir (default: the newest)")
+  cli.add_flag(v, "seq_len", type=int, default=None,
+               help="default: the run's train.seq_len, else the checkpoint's "
+               "positions")
+  cli.add_flag(v, "max_batches", type=int, default=None,
+               help="0 = the whole held-out split (default: eval.max_batches)")
+  cli.add_flag(v, "batch_size", type=int, default=None,
+               help="default: eval.batch_size")
+  cli.add_flag(v, "valid_fraction", type=float, default=None,
+               help="held-out share of the documents (default: "
+               "data.valid_fraction)")
+  cli.add_flag(v, "max_documents", type=int, default=None,
+               help="default: data.max_documents")
+  v.add_argument("--glob", default=None, help="default: data.glob")
+  t = sub.add_parser("make_tiny", aliases=["make-tiny"],
+                     help="a tiny random RoBERTa and tokenizer",
+                     description="A tiny random RoBERTa-shaped checkpoint "
+                     "with a BPE tokenizer trained on the embedded corpus, "
+                     "for configs/mlm_longformer_base.py:tiny.")
+  t.add_argument("--to", required=True, help="output folder (new)")
+  t.add_argument("--positions", type=int, default=64,
+                 help="its positions (the :tiny config makes it 256 long)")
   args = p.parse_args(argv)
   checkpoints.quiet_orbax()
   if args.cmd == "export":
-    step = export(args.workdir, args.to, args.step)
+    step = export(args.workdir, args.to, args.checkpoint)
     print(f"wrote step {step} of {args.workdir} to {args.to}")
     return
-  r = evaluate_cli(args.workdir, args.init_from, args.sources, args.step,
-                   args.seq_len, args.max_batches, args.batch_size,
-                   args.valid_fraction)
+  if args.cmd in ("make_tiny", "make-tiny"):
+    out = make_tiny(args.to, positions=args.positions)
+    print(f"wrote a tiny random RoBERTa ({args.positions} positions) and "
+          f"its tokenizer to {out}; train from it with\n  python -m "
+          "lfjax.train --config configs/mlm_longformer_base.py:tiny "
+          f"--config.init_from {out} --workdir DIR")
+    return
+  r = evaluate_cli(args.workdir, args.init_from, args.sources,
+                   args.checkpoint, args.seq_len, args.max_batches,
+                   args.batch_size, args.valid_fraction, args.max_documents,
+                   args.glob, progress=True)
   print(f"{r['checkpoint']} (step {r['step']}), seq {r['seq_len']}: loss "
         f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
         f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
@@ -364,4 +478,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  sys.exit(cli.run(main))

@@ -10,19 +10,22 @@ checkpoints/.
 
 import math
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from lfjax import charlm_defaults
 from lfjax import checkpoints
+from lfjax import cli
 from lfjax import evaluate
 from lfjax import loop
+from lfjax import mlm_defaults
 from lfjax.data import chars
 from lfjax.data import sampler as sampler_lib
 from lfjax.models import charlm
@@ -99,16 +102,18 @@ def train_and_evaluate(config, workdir):
   if config.get("task", "charlm") == "mlm":
     from lfjax import mlm
     return mlm.train_and_evaluate(config, workdir)
+  charlm_defaults.validate(config)  # every field, before anything is written
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   bounds = phases(config)
+  # Before anything else is written: a refused config leaves the run as is.
+  checkpoints.write_config(config, workdir)
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm.CharLM(checkpoints.model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   tx = optimizer(config)
   opt_state = tx.init(params)
-  checkpoints.write_config(config, workdir)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def phase(p, a, b):
@@ -140,26 +145,41 @@ def train_and_evaluate(config, workdir):
                   learning_rate(config), evaluate_fn)
 
 
-FLAGS = flags.FLAGS
-
-
-def _define_flags():
-  # Only when run as a program: tests and notebooks import this module.
+def _define_flags(fv, argv):
   config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/charlm_default.py:tiny.",
-      lock_config=True)
+      "config", None, "Config file, e.g. configs/charlm_default.py:tiny; "
+      "fields are overridden with --config.section.field=value.",
+      flag_values=fv, lock_config=True, sys_argv=argv)
   flags.DEFINE_string("workdir", None, "Run folder (resumed if it has "
-                      "checkpoints).")
+                      "checkpoints).", flag_values=fv)
 
 
-def main(argv):
-  del argv
+def _next_steps(config, workdir):
+  if config.get("task", "charlm") == "mlm":
+    return [f"python -m lfjax.mlm evaluate --workdir {workdir}",
+            f"python -m lfjax.mlm export --workdir {workdir} --to DIR"]
+  return [f"python -m lfjax.evaluate --workdir {workdir} --split test",
+          f"python -m lfjax.sample --workdir {workdir} --prompt 'def main('"]
+
+
+def main(argv=None):
+  """`python -m lfjax.train --config FILE[:arg] --workdir DIR`; argv
+  excludes the program name. Raises cli.UsageError for bad flags or config
+  fields, and the training's own errors (see cli.run for how they print)."""
+  fv = cli.parse_absl(sys.argv[1:] if argv is None else argv, _define_flags,
+                      prog="python -m lfjax.train", doc=__doc__,
+                      required=("config", "workdir"))
+  defaults = (mlm_defaults if fv.config.get("task", "charlm") == "mlm"
+              else charlm_defaults)
+  try:
+    defaults.validate(fv.config)  # a bad value is a usage error: exit 2
+  except ValueError as e:
+    raise cli.UsageError(str(e)) from None
   checkpoints.quiet_orbax()
-  print(f"jax {jax.__version__} on {jax.devices()}")
-  train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  print(f"jax {jax.__version__} on {jax.devices()}", flush=True)
+  train_and_evaluate(fv.config, fv.workdir)
+  print("next: " + "\n      ".join(_next_steps(fv.config, fv.workdir)))
 
 
 if __name__ == "__main__":
-  _define_flags()
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  sys.exit(cli.run(main))
