@@ -71,10 +71,22 @@ def dropout_multipliers(key, rate, idx, bsz, heads, n):
   return np.where(keep, np.float32(1.0 / (1.0 - rate)), np.float32(0.0))
 
 
+def rel_rows(i, j, causal, table_rows):
+  """The spec of the relative term's table row for query i and key j:
+  i - j when causal, i - j + (T - 1) // 2 otherwise."""
+  return i - j if causal else i - j + (table_rows - 1) // 2
+
+
 def reference_attention(q, k, v, *, window, dilation=1, causal=False,
                         key_mask=None, global_mask=None, global_qkv=None,
-                        scale=None, dropout_rate=0.0, dropout_key=None):
-  """Same contract as lfjax.attention.windowed_attention, float32 out."""
+                        scale=None, dropout_rate=0.0, dropout_key=None,
+                        rel_query=None, rel_table=None):
+  """Same contract as lfjax.attention.windowed_attention, float32 out.
+
+  rel_query [B, N, H, Dr] / rel_table [T, H, Dr]: an ordinary row i adds
+  rel_query[i] . rel_table[rel_rows(i, j)] to its score of every window key
+  j that is not global (scaled like q.k); global rows and global keys get
+  no relative term."""
   bsz, n, heads, dim = q.shape
   if isinstance(dilation, int):
     dilation = [dilation] * heads
@@ -99,11 +111,30 @@ def reference_attention(q, k, v, *, window, dilation=1, causal=False,
   drop = np.ones(idx.shape, np.float32)
   if dropout_rate:
     drop = dropout_multipliers(dropout_key, dropout_rate, idx, bsz, heads, n)
-  return _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, float(scale))
+  if rel_query is None:
+    rel_query = jnp.zeros((bsz, n, heads, 1), jnp.float32)
+    rel_table = jnp.zeros((1, heads, 1), jnp.float32)
+  t = rel_table.shape[0]
+  rel_idx = np.zeros(idx.shape, np.int32)
+  rel_ok = np.zeros(idx.shape, bool)
+  for b in range(bsz):
+    glob_keys = set(np.flatnonzero(np.asarray(is_global)[b]).tolist())
+    for h in range(heads):
+      for i in range(n):
+        if is_global[b][i]:
+          continue
+        for slot, j in enumerate(keys[b][h][i]):
+          if j in glob_keys:
+            continue
+          rel_idx[b, h, i, slot] = rel_rows(i, j, causal, t)
+          rel_ok[b, h, i, slot] = True
+  return _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, rel_query,
+                 rel_table, rel_idx, rel_ok, float(scale))
 
 
 @functools.partial(jax.jit, static_argnames="scale")
-def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, scale):
+def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, rel_query,
+            rel_table, rel_idx, rel_ok, scale):
   """Softmax over the listed keys of each row (jitted: one compile per case
   instead of one per primitive)."""
   f32 = lambda a: jnp.asarray(a, jnp.float32)
@@ -115,7 +146,14 @@ def _attend(q, k, v, qg, kg, vg, idx, ok, glob_rows, drop, scale):
                  jnp.transpose(f32(q), (0, 2, 1, 3)))
   kt = jnp.where(glob_rows[..., None], gather(kg), gather(k))
   vt = jnp.where(glob_rows[..., None], gather(vg), gather(v))
-  s = jnp.einsum("bhnd,bhnkd->bhnk", qt, kt) * scale
+  s = jnp.einsum("bhnd,bhnkd->bhnk", qt, kt)
+  # Relative term: rel_table rows per (b, h, i, slot), per head.
+  table_HxTxR = jnp.transpose(f32(rel_table), (1, 0, 2))
+  rows = jax.vmap(lambda tab, ix: tab[ix], in_axes=(0, 1), out_axes=1)(
+      table_HxTxR, rel_idx)  # [B, H, N, K, Dr]
+  rq = jnp.transpose(f32(rel_query), (0, 2, 1, 3))
+  s = (s + jnp.where(rel_ok, jnp.einsum("bhnd,bhnkd->bhnk", rq, rows),
+                     0.0)) * scale
   # Softmax is shift invariant, so the shift carries no gradient.
   s_max = jax.lax.stop_gradient(jnp.max(jnp.where(ok, s, -jnp.inf), axis=-1,
                                         keepdims=True))

@@ -89,9 +89,12 @@ def check_close(got, want, atol=2e-5, rtol=2e-5):
   np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
 
 
+# The random sweeps compile ~500 small programs: without XLA's optimisations
+# (conftest's fast_compiles). The targeted tests below, the dropout and
+# bfloat16 ones and the models' tests keep the optimised pipeline.
 @pytest.mark.parametrize("impl", ["dense", "chunked"])
 @pytest.mark.parametrize("seed", range(40))
-def test_forward_matches_reference(seed, impl):
+def test_forward_matches_reference(seed, impl, fast_compiles):
   args, kwargs = random_case(seed)
   want = reference_attention(*args, **kwargs)
   got = windowed_attention(*map(jnp.asarray, args), impl=impl,
@@ -100,7 +103,8 @@ def test_forward_matches_reference(seed, impl):
 
 
 @pytest.mark.parametrize("seed", range(40, 60))
-def test_chunked_small_blocks_matches_reference(seed, small_blocks):
+def test_chunked_small_blocks_matches_reference(seed, small_blocks,
+                                                fast_compiles):
   args, kwargs = random_case(seed)
   want = reference_attention(*args, **kwargs)
   got = windowed_attention(*map(jnp.asarray, args), impl="chunked",
@@ -110,7 +114,7 @@ def test_chunked_small_blocks_matches_reference(seed, small_blocks):
 
 @pytest.mark.parametrize("impl", ["dense", "chunked"])
 @pytest.mark.parametrize("seed", range(60, 72))
-def test_jit_with_traced_masks(seed, impl):
+def test_jit_with_traced_masks(seed, impl, fast_compiles):
   args, kwargs = random_case(seed)
   n = args[0].shape[1]
   want = reference_attention(*args, **kwargs)
@@ -139,7 +143,8 @@ def grads(fn, args, global_qkv, cot):
 @pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
                                          ("chunked", True)])
 @pytest.mark.parametrize("seed", [3, 5, 8, 11, 14, 21, 26, 33])
-def test_gradients_match_reference(seed, impl, blocks, monkeypatch):
+def test_gradients_match_reference(seed, impl, blocks, monkeypatch,
+                                   fast_compiles):
   if blocks:
     force_small_blocks(monkeypatch)
   args, kwargs = random_case(seed)
@@ -415,6 +420,7 @@ def test_probabilities_rebuild_the_output(seed):
       q, k, window=w, dilation=kw["dilation"], causal=kw["causal"],
       key_mask=kw["key_mask"], global_mask=gm, global_qk=gqkv[:2],
       max_global=g)
+  local, glob = np.asarray(local), np.asarray(glob)  # index on the host
   want = np.asarray(windowed_attention(q, k, v, impl="dense", **kw))
   got = np.zeros_like(want)
   vn = np.asarray(v)
@@ -423,7 +429,7 @@ def test_probabilities_rebuild_the_output(seed):
       for m in range(-w, w + 1):
         j = i + m * dil[hh]
         if 0 <= j < n:
-          weight = np.asarray(local[:, hh, i, g + w + m])[:, None]
+          weight = local[:, hh, i, g + w + m][:, None]
           got[:, i, hh] += weight * vn[:, j, hh]
   if g:
     eff = common.effective_global(gm, kw["key_mask"], g)
@@ -434,8 +440,94 @@ def test_probabilities_rebuild_the_output(seed):
       for s in range(g):
         if not valid[bb, s]:
           continue
-        weight = np.asarray(local[bb, :, :, s]).T[:, :, None]
+        weight = local[bb, :, :, s].T[:, :, None]
         got[bb] += weight * vn[bb, idx[bb, s]][None]
-        got[bb, idx[bb, s]] = np.einsum("hj,jhd->hd",
-                                        np.asarray(glob[bb, :, :, s]), vg[bb])
+        got[bb, idx[bb, s]] = np.einsum("hj,jhd->hd", glob[bb, :, :, s],
+                                        vg[bb])
   check_close(got, want, atol=3e-5, rtol=3e-5)
+
+
+def with_rel(args, kwargs, seed, dr=None):
+  """A relative-position term for a random case: rel_query and a table of
+  the smallest allowed size plus a few spare rows (odd when not causal)."""
+  rng = np.random.default_rng(seed + 1000)
+  b, n, h, d = args[0].shape
+  dil = kwargs["dilation"]
+  dmax = max(dil) if isinstance(dil, list) else dil
+  reach = min(kwargs["window"] * dmax, max(n - 1, 0))
+  spare = int(rng.integers(0, 3))
+  t = reach + 1 + spare if kwargs["causal"] else 2 * (reach + spare) + 1
+  dr = dr or int(rng.choice([d, 5]))
+  rq = rng.standard_normal((b, n, h, dr)).astype(np.float32)
+  table = rng.standard_normal((t, h, dr)).astype(np.float32)
+  return jnp.asarray(rq), jnp.asarray(table)
+
+
+# Causal with dilation (26, 9), globals with their own projections and
+# padding (5, 41), fully padded rows (6), window 0 or past the sequence.
+REL_SEEDS = [5, 6, 9, 14, 21, 26, 33, 41]
+
+
+@pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
+                                         ("chunked", True)])
+@pytest.mark.parametrize("seed", REL_SEEDS)
+def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch):
+  """Outputs and gradients of q, k, v, the global projections, rel_query
+  and rel_table against the brute-force reference's own relative term."""
+  if blocks:
+    force_small_blocks(monkeypatch)
+  args, kwargs = random_case(seed)
+  args = tuple(map(jnp.asarray, args))
+  rq, table = with_rel(args, kwargs, seed)
+  kw = to_jnp(kwargs)
+  gqkv = kw.pop("global_qkv")
+  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      args[2].shape), jnp.float32)
+  ref = lambda q, k, v, g, r, t: reference_attention(
+      q, k, v, global_qkv=g, rel_query=r, rel_table=t, **kw)
+  ours = jax.jit(lambda q, k, v, g, r, t: windowed_attention(
+      q, k, v, global_qkv=g, rel_query=r, rel_table=t, impl=impl, **kw))
+  check_close(ours(*args, gqkv, rq, table), ref(*args, gqkv, rq, table))
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a) * cot)
+  argnums = (0, 1, 2, 3, 4, 5)
+  want = jax.tree.leaves(jax.grad(loss(ref), argnums)(*args, gqkv, rq, table))
+  got = jax.tree.leaves(jax.grad(loss(ours), argnums)(*args, gqkv, rq, table))
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    check_close(g, w, atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+def test_relative_term_bfloat16_and_dropout(impl):
+  args, kwargs = random_case(26)  # causal, dilated
+  rq, table = with_rel(args, kwargs, 26)
+  kw = to_jnp(kwargs)
+  want = reference_attention(*args, rel_query=rq, rel_table=table, **kw)
+  bf = lambda a: jnp.asarray(a, jnp.bfloat16)
+  got = windowed_attention(*map(bf, args), rel_query=bf(rq),
+                           rel_table=bf(table), impl=impl, **kw)
+  assert got.dtype == jnp.bfloat16
+  check_close(got, want, atol=6e-2, rtol=6e-2)
+  key = jax.random.key(3)
+  want = reference_attention(*args, rel_query=rq, rel_table=table,
+                             dropout_rate=0.3, dropout_key=key, **kw)
+  got = windowed_attention(*map(jnp.asarray, args), rel_query=rq,
+                           rel_table=table, impl=impl, dropout_rate=0.3,
+                           dropout_key=key, **kw)
+  check_close(got, want)
+
+
+def test_relative_term_errors():
+  q = jnp.zeros((1, 10, 2, 4))
+  rq = jnp.zeros((1, 10, 2, 4))
+  call = lambda **kw: windowed_attention(q, q, q, window=3, **kw)
+  with pytest.raises(ValueError, match="rel_query, rel_table: expected both"):
+    call(rel_query=rq)
+  with pytest.raises(ValueError, match=r"rel_table: expected shape \[T, "
+                     r"heads=2, Dr=4\]"):
+    call(rel_query=rq, rel_table=jnp.zeros((7, 3, 4)))
+  with pytest.raises(ValueError, match=r"rel_table: expected an odd number "
+                     r"of rows >= 13 .* got 11"):
+    call(rel_query=rq, rel_table=jnp.zeros((11, 2, 4)), dilation=2)
+  with pytest.raises(ValueError, match=r"rel_table: expected at least 4 rows"):
+    call(rel_query=rq, rel_table=jnp.zeros((3, 2, 4)), causal=True)

@@ -18,7 +18,8 @@ IMPLS = ("auto", "dense", "chunked", "pallas")
 def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                        key_mask=None, global_mask=None, global_qkv=None,
                        max_global=None, scale=None, impl="auto",
-                       dropout_rate=0.0, dropout_key=None):
+                       dropout_rate=0.0, dropout_key=None, rel_query=None,
+                       rel_table=None):
   """Longformer sliding-window attention with dilation and global tokens.
 
   Args:
@@ -59,6 +60,19 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       and the backward pass regenerates them. Not yet with impl="pallas".
     dropout_key: a jax.random key, required when dropout_rate > 0.
 
+    rel_query, rel_table: a relative-position term (Transformer-XL's
+      position term, the char-LM's default), both or neither. rel_query
+      [batch, seq, heads, Dr] (e.g. q + v), rel_table [T, heads, Dr] (e.g.
+      W_r r(d)): query i's score of window key j gains
+      rel_query[i] . rel_table[row], row = i - j when causal (T > the
+      longest distance in the window, window * max dilation, or seq - 1
+      if shorter) and i - j + (T - 1) // 2 otherwise (T odd, the same
+      reach on both sides); before scaling, like q.k. The distance is in
+      positions, so a dilated head reads rows 0, d, 2d, .... Global keys
+      and the rows of global tokens get no relative term. Every
+      implementation computes it at Dr width per (query, window key), with
+      gradients for both.
+
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.
   """
@@ -74,6 +88,7 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                      "cannot be combined with causal=True; got both")
   if global_qkv is not None:
     global_qkv = _check_global_qkv(global_qkv, q, k, v)
+  rel = _check_rel(rel_query, rel_table, q, window, dilation_H, causal)
   if scale is None:
     scale = 1.0 / float(np.sqrt(d))
   elif not isinstance(scale, numbers.Real):
@@ -101,7 +116,7 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   elif global_mask_BxN is None:
     global_mask_BxN = jnp.zeros((b, n), bool)
   return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
-                   dropout_seeds_BxH, window=window, dilation_H=dilation_H,
+                   dropout_seeds_BxH, rel, window=window, dilation_H=dilation_H,
                    causal=causal, max_global=max_global, scale=float(scale),
                    impl=impl, dropout_rate=float(dropout_rate))
 
@@ -112,8 +127,8 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                                               "max_global", "scale", "impl",
                                               "dropout_rate"))
 def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
-              dropout_seeds_BxH, *, window, dilation_H, causal, max_global,
-              scale, impl, dropout_rate):
+              dropout_seeds_BxH, rel, *, window, dilation_H, causal,
+              max_global, scale, impl, dropout_rate):
   if max_global:
     eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
                                              max_global)
@@ -126,6 +141,8 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
               global_qkv=global_qkv, scale=scale)
   if dropout_rate:
     args["dropout"] = (dropout_rate, dropout_seeds_BxH)
+  if rel is not None:
+    args["rel"] = rel
   if impl == "dense":
     out = dense.dense_attention(q, k, v, **args)
   elif impl == "pallas":
@@ -205,6 +222,41 @@ def _check_global_qkv(global_qkv, q, k, v):
       raise ValueError(f"global_qkv: expected {name} with a floating dtype, "
                        f"got {x.dtype}")
   return tuple(global_qkv)
+
+
+def _check_rel(rel_query, rel_table, q, window, dilation_H, causal):
+  """(rel_query, rel_table) validated, or None."""
+  if rel_query is None and rel_table is None:
+    return None
+  if rel_query is None or rel_table is None:
+    raise ValueError("rel_query, rel_table: expected both or neither, got "
+                     f"rel_query {'None' if rel_query is None else 'set'} "
+                     f"and rel_table {'None' if rel_table is None else 'set'}")
+  b, n, h, _ = q.shape
+  for name, x, rank in (("rel_query", rel_query, 4), ("rel_table", rel_table,
+                                                      3)):
+    if getattr(x, "ndim", None) != rank or not jnp.issubdtype(
+        x.dtype, jnp.floating):
+      raise ValueError(f"{name}: expected a floating array of rank {rank}, "
+                       f"got {getattr(x, 'shape', type(x))} "
+                       f"{getattr(x, 'dtype', '')}")
+  dr = rel_query.shape[-1]
+  if rel_query.shape != (b, n, h, dr):
+    raise ValueError(f"rel_query: expected shape [batch, seq, heads, Dr] = "
+                     f"{(b, n, h, 'Dr')}, got {rel_query.shape}")
+  if rel_table.shape[1:] != (h, dr):
+    raise ValueError(f"rel_table: expected shape [T, heads={h}, Dr={dr}], "
+                     f"got {rel_table.shape}")
+  reach = min(window * max(dilation_H), max(n - 1, 0))
+  t = rel_table.shape[0]
+  if causal and t < reach + 1:
+    raise ValueError(f"rel_table: expected at least {reach + 1} rows (causal:"
+                     f" row i - j for distances 0..{reach}), got {t}")
+  if not causal and (t % 2 == 0 or (t - 1) // 2 < reach):
+    raise ValueError(f"rel_table: expected an odd number of rows >= "
+                     f"{2 * reach + 1} (row i - j + (T - 1) // 2 for "
+                     f"distances -{reach}..{reach}), got {t}")
+  return jnp.asarray(rel_query), jnp.asarray(rel_table)
 
 
 def _check_max_global(max_global, global_mask, global_mask_BxN, key_mask_BxN,

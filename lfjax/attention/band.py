@@ -25,6 +25,7 @@ D head dim, C block, S band key span, G extra keys.
 
 import dataclasses
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,7 @@ class Geometry:
   causal: bool
   dropout: float = 0.0  # attention-probability dropout rate
   dil: int = 1  # dilation the rows' positions are spaced by (dropout hash)
+  rel_min: Optional[int] = None  # distance of table row 0; None: no table
 
   @property
   def span(self):
@@ -79,6 +81,21 @@ class Geometry:
     rel = (np.arange(self.span)[None, :] - self.hl
            - np.arange(self.c)[:, None])
     return (rel >= -self.w) & (rel <= (0 if self.causal else self.w))
+
+  def rel_index(self, rows):
+    """[C, S] static: the table row of (block row a, aligned key t), whose
+    distance is a - t + hl; clipped (entries outside the band are masked)."""
+    dist = (np.arange(self.c)[:, None] + self.hl
+            - np.arange(self.span)[None, :])
+    return np.clip(dist - self.rel_min, 0, rows - 1)
+
+  def rel_keys(self, rows):
+    """([C, R] key t of (block row a, table row r), [C, R] whether that key
+    lies in the tile's span): the inverse of rel_index, for the backward
+    pass."""
+    t = (np.arange(self.c)[:, None] + self.hl - self.rel_min
+         - np.arange(rows)[None, :])
+    return np.clip(t, 0, self.span - 1), (t >= 0) & (t < self.span)
 
 
 def choose_block(n, window, num_global=0, causal=False):
@@ -106,7 +123,7 @@ def _round_up(x, m):
 
 
 def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
-             dropout=0.0, dil=1):
+             dropout=0.0, dil=1, rel_min=None):
   # Farthest any key is from any query: a larger window changes nothing.
   reach = max(abs(k_offset + m - 1), abs(n - 1 - k_offset), 0)
   w = min(window, reach)
@@ -123,7 +140,7 @@ def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
                  and (u == 1 or u * per_tile <= SCORES_PER_STEP))
   return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, hl=hl, hr=hr,
                   g=g, unroll=unroll, x=x, causal=causal,
-                  dropout=float(dropout), dil=int(dil))
+                  dropout=float(dropout), dil=int(dil), rel_min=rel_min)
 
 
 def _align(x_XxMx, left, total, fill):
@@ -159,17 +176,19 @@ def _slice(a, x0, p0, size):
   return jax.lax.dynamic_slice(a, start, (1, size) + a.shape[2:])[0]
 
 
-def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop):
+def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
   """Pad queries to whole blocks and align keys with their halos."""
   if not geo.g:
     gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
     gv = jnp.zeros((geo.x, 0, v.shape[2]), v.dtype)
     gvalid = jnp.zeros((geo.x, 0), bool)
+  if rq is not None:
+    rq = _align(rq, 0, geo.nb * geo.c, 0)
   return (_align(q, 0, geo.nb * geo.c, 0),
           _align(k, geo.key_shift, geo.total, 0),
           _align(v, geo.key_shift, geo.total, 0),
           _align(kvalid, geo.key_shift, geo.total, False), gk, gv, gvalid,
-          drop)
+          drop, rq, tab)
 
 
 def _dropout(geo, drop, x0, p0):
@@ -187,9 +206,22 @@ def _dropout(geo, drop, x0, p0):
                                    geo.dropout)
 
 
+def _rel_scores(geo, prepared, x0, p0):
+  """The tile's relative term [C, S] and its queries [C, Dr]: the table
+  rows the window's distances cover, times the queries ([C, R], head_dim
+  wide), then shifted per row so entry (a, t) reads distance a - t + hl."""
+  rqp, tab = prepared[8], prepared[9]
+  rq_CxR = _slice(rqp, x0, p0, geo.c)
+  tab_RxDr = tab[x0]
+  p_CxR = jnp.einsum("qd,rd->qr", rq_CxR, tab_RxDr,
+                     preferred_element_type=jnp.float32)
+  idx = jnp.asarray(geo.rel_index(tab.shape[1]))
+  return jnp.take_along_axis(p_CxR, idx, axis=1), rq_CxR, tab_RxDr
+
+
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
   """One tile's queries, masked float32 scores [C, S+G], mask, keys, values."""
-  qp, kp, vp, kvp, gk, gv, gvalid, _ = prepared
+  qp, kp, vp, kvp, gk, gv, gvalid = prepared[:7]
   q_CxD = _slice(qp, x0, p0, geo.c)
   k_SxD = _slice(kp, x0, p0, geo.span)
   v_SxD = _slice(vp, x0, p0, geo.span)
@@ -201,12 +233,16 @@ def _tile(geo, scale, band_CxS, prepared, x0, p0):
                              (geo.c, geo.g))
     mask = jnp.concatenate([mask, gmask], axis=1)
   s = jnp.einsum("qd,kd->qk", q_CxD, k_SxD,
-                 preferred_element_type=jnp.float32) * scale
+                 preferred_element_type=jnp.float32)
+  if geo.rel_min is not None:  # band keys only; extra keys get no term
+    rel_CxS = _rel_scores(geo, prepared, x0, p0)[0]
+    s = s + jnp.pad(rel_CxS, ((0, 0), (0, geo.g)))
+  s = s * scale
   return q_CxD, jnp.where(mask, s, common.NEG_INF), mask, k_SxD, v_SxD
 
 
-def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop)
+def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
   band = jnp.asarray(geo.band_mask())
   dv = v.shape[2]
   npad = geo.nb * geo.c
@@ -240,8 +276,11 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
 
 
 def _backward(geo, scale, res, dout, dlse):
-  q, k, v, kvalid, gk, gv, gvalid, drop, out, lse = res
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop)
+  q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out, lse = res
+  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
+  with_rel = geo.rel_min is not None
+  if with_rel:
+    rel_t, rel_ok = (jnp.asarray(a) for a in geo.rel_keys(tab.shape[1]))
   band = jnp.asarray(geo.band_mask())
   dqk, dv = q.shape[2], v.shape[2]
   npad = geo.nb * geo.c
@@ -254,7 +293,7 @@ def _backward(geo, scale, res, dout, dlse):
   dlsep = _align(f32(dlse), 0, npad, 0)
 
   def body(step, carry):
-    dq, dkp, dvp, dgk, dgv = carry
+    dq, dkp, dvp, dgk, dgv, drq, dtab = carry
     c, span = geo.c, geo.span
     # One tile per step: with several, XLA stops updating the dK/dV
     # accumulators in place and copies them (3x slower, measured).
@@ -275,6 +314,18 @@ def _backward(geo, scale, res, dout, dlse):
       dq_CxD = jnp.einsum("qk,kd->qd", ds, f32(k_win)) * scale
       dk_win = jnp.einsum("qk,qd->kd", ds, f32(q_CxD)) * scale
       dq = jax.lax.dynamic_update_slice(dq, dq_CxD[None], (x0, p0, 0))
+      if with_rel:
+        # ds back in the table's layout: entry (a, r) is key a + hl -
+        # rel_min - r of the row (zero where that key is outside the
+        # span; outside the band ds is already zero).
+        _, rq_CxR, tab_RxDr = _rel_scores(geo, prepared, x0, p0)
+        dp_CxR = jnp.where(rel_ok, jnp.take_along_axis(ds[:, :span], rel_t,
+                                                       axis=1), 0.0)
+        drq_C = jnp.einsum("qr,rd->qd", dp_CxR, f32(tab_RxDr)) * scale
+        drq = jax.lax.dynamic_update_slice(drq, drq_C[None], (x0, p0, 0))
+        dtab = jax.lax.dynamic_update_slice(
+            dtab, (dtab[x0] + jnp.einsum("qr,qd->rd", dp_CxR, f32(rq_CxR))
+                   * scale)[None], (x0, 0, 0))
       # Key spans of neighbouring blocks overlap: accumulate in place.
       add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
           acc, (_slice(acc, x0, p, upd.shape[0]) + upd)[None], (x0, p, 0))
@@ -283,29 +334,40 @@ def _backward(geo, scale, res, dout, dlse):
       if geo.g:
         dgk = add(dgk, dk_win[span:], 0)
         dgv = add(dgv, dv_win[span:], 0)
-    return dq, dkp, dvp, dgk, dgv
+    return dq, dkp, dvp, dgk, dgv, drq, dtab
 
   zeros = lambda length, d: jnp.zeros((geo.x, length, d), jnp.float32)
+  rel_shapes = ((npad, rq.shape[2]), tab.shape[1:]) if with_rel else (
+      (0, 0), (0, 0))
   init = (zeros(npad, dqk), zeros(geo.total, dqk), zeros(geo.total, dv),
-          zeros(geo.g, dqk), zeros(geo.g, dv))
-  dq, dkp, dvp, dgk, dgv = jax.lax.fori_loop(0, geo.x * geo.nb, body, init)
+          zeros(geo.g, dqk), zeros(geo.g, dv), zeros(*rel_shapes[0]),
+          zeros(*rel_shapes[1]))
+  dq, dkp, dvp, dgk, dgv, drq, dtab = jax.lax.fori_loop(
+      0, geo.x * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
   dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
+  drel = (None, None)
+  if with_rel:
+    drel = (drq[:, :geo.n].astype(rq.dtype), dtab.astype(tab.dtype))
   if not geo.g:
-    return dq, dk, dv, None, None, None, None, None
+    return (dq, dk, dv, None, None, None, None, None) + drel
   return (dq, dk, dv, None, dgk.astype(gk.dtype),
-          dgv.astype(gv.dtype), None, None)
+          dgv.astype(gv.dtype), None, None) + drel
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
-  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop)
+def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+                    tab):
+  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
 
 
-def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop):
-  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop)
-  return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, drop, out, lse)
+def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop,
+                        rq, tab):
+  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+                      tab)
+  return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out,
+                      lse)
 
 
 def _band_attention_bwd(geo, scale, res, cotangents):
@@ -318,7 +380,7 @@ _band_attention.defvjp(_band_attention_fwd, _band_attention_bwd)
 
 def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
                    scale, k_offset=0, gk_XxGxD=None, gv_XxGxDv=None,
-                   gvalid_XxG=None, block=None, dropout=None):
+                   gvalid_XxG=None, block=None, dropout=None, rel=None):
   """Undilated band attention with optional extra (global) keys.
 
   Query i (at position i) sees key j (at position k_offset + j) iff
@@ -332,9 +394,17 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
     at absolute position p * dilation + residue_X[x], and extra key g at
     gpos_XxG[x, g]. The log-sum-exp is that of the undropped scores.
 
+  rel: None, or (rq_XxNxDr, table_XxRxDr, rel_min) with rel_min a static
+    int: query i's score of band key j gains rq[i] . table[d - rel_min],
+    d = i - (k_offset + j) its distance (in this row's positions), before
+    scaling; the table must cover every distance of the window. Extra keys
+    get no relative term. Costs a [C, R] x Dr product per tile (head_dim
+    wide) and a shift, not wider q and k.
+
   Returns the float32 output [X, N, D] (rows with no key give 0) and the
   log-sum-exp [X, N] of the scaled scores (NEG_INF for rows with no key).
-  Differentiable in q, k, v, gk, gv, with cotangents on both outputs.
+  Differentiable in q, k, v, gk, gv (and rq, table), with cotangents on
+  both outputs.
   """
   x, n, _ = q_XxNxD.shape
   g = 0 if gk_XxGxD is None else gk_XxGxD.shape[1]
@@ -344,7 +414,16 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
     if gpos_XxG is None:
       gpos_XxG = jnp.zeros((x, 0), jnp.int32)
     drop = (seed_X, residue_X, gpos_XxG)
+  rq, tab, rel_min = (None, None, None) if rel is None else rel
+  if rel is not None:
+    lo, hi = (0 if causal else -window), window  # distances i - j
+    if rel_min > lo or rel_min + tab.shape[1] - 1 < hi:
+      raise ValueError(f"rel: the table covers distances {rel_min}.."
+                       f"{rel_min + tab.shape[1] - 1}, the window {lo}..{hi}")
+    rel_min = int(rel_min)
   geo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
-                 k_offset=k_offset, block=block, dropout=rate, dil=dil)
+                 k_offset=k_offset, block=block, dropout=rate, dil=dil,
+                 rel_min=rel_min)
   return _band_attention(geo, float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
-                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG, drop)
+                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG, drop,
+                         rq, tab)

@@ -39,16 +39,34 @@ def from_classes(x_Xxnd, b, n, h, dil):
   return x.reshape(b, nd * dil, h, *rest)[:, :n]
 
 
+def rel_window_tables(rel_table_TxHxR, heads, dil, window, causal, b):
+  """The table rows a dilation group's window reads, per band row:
+  ([B * hs * dil, R, Dr], rel_min). Class distance m (positions m * dil)
+  is row m - rel_min; rows past the table (distances longer than the
+  sequence, never unmasked) are clipped."""
+  t = rel_table_TxHxR.shape[0]
+  rel_min = 0 if causal else -window
+  dist = np.arange(rel_min, window + 1) * dil
+  rows = np.clip(dist + (0 if causal else (t - 1) // 2), 0, t - 1)
+  tab_HxRxDr = jnp.transpose(rel_table_TxHxR[rows][:, np.array(heads)],
+                             (1, 0, 2))
+  hs, r, dr = tab_HxRxDr.shape
+  tab = jnp.broadcast_to(tab_HxRxDr[None, :, None], (b, hs, dil, r, dr))
+  return tab.reshape(b * hs * dil, r, dr), rel_min
+
+
 def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
                       eff_global_BxN, max_global, global_qkv, scale,
-                      band_fn=band.band_attention, dropout=None):
+                      band_fn=band.band_attention, dropout=None, rel=None):
   """Arguments are validated and normalised by lfjax.attention.api, which
   also zeroes padding rows and casts; returns float32.
 
   band_fn computes undilated band attention with optional extra (global)
   keys, as band.band_attention: the blocked jnp core, or the Pallas kernel
   (lfjax.attention.pallas). dropout: None or (rate, seeds_BxH), passed to
-  band_fn with each row's absolute positions (band_fn must accept it)."""
+  band_fn with each row's absolute positions (band_fn must accept it).
+  rel: None or (rel_query_BxNxHxDr, rel_table_TxHxDr), passed to band_fn
+  per dilation group as class-space tables (rel_window_tables)."""
   b, n, h, d = q.shape
   g = max_global
   band_keys_BxN = key_mask_BxN & ~eff_global_BxN
@@ -78,6 +96,11 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
       if g:
         gpos = rep(jnp.broadcast_to(idx_BxG[:, :, None], (b, g, hs)))
       extra["dropout"] = (rate, dil, seeds, residues, gpos)
+    if rel is not None:
+      rq_BxNxHxDr, table_TxHxDr = rel
+      tab, rel_min = rel_window_tables(table_TxHxDr, heads, dil, window,
+                                       causal, b)
+      extra["rel"] = (to_classes(pick(rq_BxNxHxDr), dil), tab, rel_min)
     o, _ = band_fn(
         to_classes(pick(q), dil), to_classes(pick(k), dil),
         to_classes(pick(v), dil), to_classes(per_head(band_keys_BxN), dil),

@@ -6,6 +6,7 @@ global projections). Only for short sequences and tests.
 """
 
 import jax.numpy as jnp
+import numpy as np
 
 from lfjax.attention import common
 
@@ -20,13 +21,28 @@ def band_mask(n, window, dilation_H, causal):
   return on_grid & (steps >= -window) & (steps <= upper)
 
 
+def rel_bias(rel_query_BxNxHxDr, rel_table_TxHxDr, causal):
+  """[B, H, N, N]: rel_query[i] . rel_table[row(i - j)], row(d) = d when
+  causal, d + (T - 1) // 2 otherwise (clipped outside the table)."""
+  n = rel_query_BxNxHxDr.shape[1]
+  t = rel_table_TxHxDr.shape[0]
+  per_row = jnp.einsum("bihd,thd->bhit", rel_query_BxNxHxDr,
+                       rel_table_TxHxDr, preferred_element_type=jnp.float32)
+  dist = np.arange(n)[:, None] - np.arange(n)[None, :]
+  rows = np.clip(dist + (0 if causal else (t - 1) // 2), 0, t - 1)
+  return jnp.take_along_axis(per_row, jnp.asarray(rows)[None, None], axis=-1)
+
+
 def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
-                    eff_global_BxN, global_qkv, scale, dropout=None):
+                    eff_global_BxN, global_qkv, scale, dropout=None,
+                    rel=None):
   """Arguments are validated and normalised by lfjax.attention.api, which
   also zeroes padding rows and casts; returns float32.
 
   dropout: None or (rate, seeds_BxH): the same per-(b, h, i, j) mask as
-  every implementation (common.dropout_multiplier)."""
+  every implementation (common.dropout_multiplier).
+  rel: None or (rel_query, rel_table): the relative term on window keys
+  that are not global (rel_bias)."""
   b, n, h, _ = q.shape
   band_HxNxN = band_mask(n, window, dilation_H, causal)
   is_g_Bx1x1xN = eff_global_BxN[:, None, None, :]
@@ -35,7 +51,11 @@ def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   local_BxHxNxN = ((band_HxNxN[None] & ~is_g_Bx1x1xN) | is_g_Bx1x1xN)
   local_BxHxNxN &= key_mask_BxN[:, None, None, :]
   s = jnp.einsum("bihd,bjhd->bhij", q, k,
-                 preferred_element_type=jnp.float32) * scale
+                 preferred_element_type=jnp.float32)
+  if rel is not None:
+    s = s + jnp.where(band_HxNxN[None] & ~is_g_Bx1x1xN, rel_bias(*rel, causal),
+                      0.0)
+  s = s * scale
   drop = None
   if dropout is not None:
     rate, seeds_BxH = dropout
