@@ -6,6 +6,8 @@ CPU (the kernel picks by the platform it is lowered for); shapes are small
 because interpret mode is slow. Lowering for CUDA is checked without a GPU.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,17 +16,20 @@ import pytest
 from kernels import band_attention as kernel
 from kernels import lowering
 from lfjax.attention import windowed_attention
+from lfjax.attention.pallas import band_with_global_keys
 from tests.reference import reference_attention
 from tests.test_attention import check_close, random_case, to_jnp
 
-# (x, n, d, dv, window, causal, blocks): windows smaller and larger than a
-# block, lengths that are not block multiples, values of another width.
+# (x, n, d, dv, window, causal, blocks, rel): windows smaller and larger than
+# a block, lengths that are not block multiples, values of another width;
+# rel None or (Dr, spare table rows beyond the band on each side).
 CASES = [
-    (2, 37, 8, 8, 5, False, (16, 16)),
-    (3, 70, 16, 12, 20, True, (16, 32)),
-    (1, 50, 8, 8, 100, False, (32, 16)),
-    (2, 33, 8, 20, 0, False, (16, 16)),
-    (2, 64, 8, 8, 3, True, (16, 16)),
+    (2, 37, 8, 8, 5, False, (16, 16), (8, 0)),
+    (3, 70, 16, 12, 20, True, (16, 32), (8, 3)),  # Dr != D, a longer table
+    (1, 50, 8, 8, 100, False, (32, 16), (8, 0)),  # window >= seq
+    (2, 33, 8, 20, 0, False, (16, 16), None),
+    (2, 64, 8, 8, 3, True, (16, 16), None),
+    (2, 31, 8, 8, 0, True, (16, 16), (8, 0)),  # window 0 with rel, prime n
 ]
 
 
@@ -39,45 +44,96 @@ def _case(x, n, d, dv, seed, dtype=jnp.float32):
   return q, k, v, jnp.asarray(kvalid)
 
 
+def _rel_case(x, n, dr, window, causal, spare, seed, dtype=jnp.float32):
+  """(rel_query, rel_table, rel_min) covering the distances the band can
+  reach (-min(right, n-1) .. min(window, n-1)) and `spare` rows more on
+  each side."""
+  rng = np.random.default_rng(seed + 1000)
+  rel_min = -(0 if causal else min(window, n - 1)) - spare
+  rows = min(window, n - 1) + spare - rel_min + 1
+  rq = jnp.asarray(rng.standard_normal((x, n, dr)), dtype)
+  table = jnp.asarray(rng.standard_normal((x, rows, dr)), dtype)
+  return rq, table, rel_min
+
+
+def _rel_kw(rel):
+  if rel is None:
+    return {}
+  rq, table, rel_min = rel
+  return dict(rel_query_XxNxDr=rq, rel_table_XxRxDr=table, rel_min=rel_min)
+
+
+def _grads(fn, args, co, cl):
+  """Gradients of <out, co> + <lse, cl> (lse of rows with no key dropped:
+  it is a constant) with respect to every argument."""
+  def loss(*a):
+    o, l = fn(*a)
+    return jnp.sum(o * co) + jnp.sum(jnp.where(l < -1e30, 0.0, l) * cl)
+  return jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
+
+
 class TestBandKernel:
   """Kernel vs band_reference: outputs, lse, and gradients with cotangents
   on both outputs."""
 
   @pytest.mark.parametrize("case", range(len(CASES)))
   def test_matches_reference(self, case):
-    x, n, d, dv, window, causal, (bq, bk) = CASES[case]
+    x, n, d, dv, window, causal, (bq, bk), rel = CASES[case]
     q, k, v, kvalid = _case(x, n, d, dv, case)
+    args = (q, k, v)
+    if rel is not None:
+      rq, table, rel_min = _rel_case(x, n, rel[0], window, causal, rel[1],
+                                     case)
+      args += (rq, table)
     blocks = kernel.BlockSizes(block_q=bq, block_k=bk)
     kw = dict(window=window, causal=causal, scale=0.35)
-    ours = lambda q, k, v: kernel.band_attention(q, k, v, kvalid,
-                                                 block_sizes=blocks, **kw)
-    ref = lambda q, k, v: kernel.band_reference(q, k, v, kvalid, **kw)
-    out, lse = jax.jit(ours)(q, k, v)
-    want_out, want_lse = ref(q, k, v)
+    rel_of = lambda a: None if rel is None else (a[3], a[4], rel_min)
+    ours = lambda *a: kernel.band_attention(
+        *a[:3], kvalid, block_sizes=blocks, **kw, **_rel_kw(rel_of(a)))
+    ref = lambda *a: kernel.band_reference(*a[:3], kvalid, **kw,
+                                           **_rel_kw(rel_of(a)))
+    out, lse = jax.jit(ours)(*args)
+    want_out, want_lse = ref(*args)
     check_close(out, want_out)
     check_close(lse, want_lse, atol=1e-5, rtol=1e-6)
+    # Rows whose every key is padding: exactly 0, lse NEG_INF (finite).
+    empty = ~np.asarray(kvalid).any(-1)
+    assert (np.asarray(out)[empty] == 0).all()
+    assert (np.asarray(lse)[empty] == kernel.NEG_INF).all()
     rng = np.random.default_rng(case + 100)
     co = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
     cl = jnp.asarray(rng.standard_normal(lse.shape), jnp.float32)
-
-    def grads(fn):
-      def loss(q, k, v):
-        o, l = fn(q, k, v)
-        # Rows with no key have a constant lse: no gradient either way.
-        return jnp.sum(o * co) + jnp.sum(jnp.where(l < -1e30, 0.0, l) * cl)
-      return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
-    for got, want in zip(grads(ours), grads(ref)):
+    for got, want in zip(_grads(ours, args, co, cl),
+                         _grads(ref, args, co, cl)):
       check_close(got, want, atol=5e-5, rtol=1e-4)
 
   @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
   def test_half_precision(self, dtype):
+    """bfloat16 with a relative term, float16 without."""
     q, k, v, kvalid = _case(2, 45, 16, 16, 7, dtype)
     kw = dict(window=9, causal=False, scale=0.25)
-    out, _ = kernel.band_attention(q, k, v, kvalid, **kw)
-    want, _ = kernel.band_reference(*(a.astype(jnp.float32)
-                                      for a in (q, k, v)), kvalid, **kw)
+    rel = None
+    if dtype == jnp.bfloat16:
+      rel = _rel_case(2, 45, 16, 9, False, 0, 7, dtype)
+    out, _ = kernel.band_attention(q, k, v, kvalid, **kw, **_rel_kw(rel))
+    f32 = lambda a: a.astype(jnp.float32)
+    if rel is not None:
+      rel = (f32(rel[0]), f32(rel[1]), rel[2])
+    want, _ = kernel.band_reference(*map(f32, (q, k, v)), kvalid, **kw,
+                                    **_rel_kw(rel))
     assert out.dtype == jnp.float32 and np.isfinite(out).all()
     check_close(out, want, atol=3e-2, rtol=3e-2)
+
+  def test_rel_arguments_are_checked(self):
+    q, k, v, kvalid = _case(1, 20, 8, 8, 0)
+    rq, table, _ = _rel_case(1, 20, 8, 4, False, 0, 0)
+    kw = dict(window=4, causal=False, scale=1.0)
+    with pytest.raises(ValueError, match=r"rel_table with rel_min: expected "
+                                         r"rows for distances -4\.\.4"):
+      kernel.band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq,
+                            rel_table_XxRxDr=table, rel_min=-3, **kw)
+    with pytest.raises(ValueError, match="expected both or neither"):
+      kernel.band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq, **kw)
 
   def test_block_sizes_are_checked(self):
     q, k, v, kvalid = _case(1, 8, 8, 8, 0)
@@ -85,6 +141,68 @@ class TestBandKernel:
                                          r"power of two >= 16"):
       kernel.band_attention(q, k, v, kvalid, window=2, causal=False,
                             scale=1.0, block_sizes=kernel.BlockSizes(24, 16))
+
+
+def _global_keys_reference(q, k, v, kvalid, rq, table, gk, gv, gvalid, *,
+                           rel_min, window, causal, scale):
+  """One softmax over the band keys (with the relative term) and the global
+  keys (without), written from the contract: (out, lse)."""
+  n, nrel = q.shape[1], table.shape[1]
+  a, t = np.arange(n)[:, None], np.arange(n)[None, :]
+  band = (a - t <= window) & (a - t >= (0 if causal else -window))
+  rel = jnp.einsum("xad,xatd->xat", rq,
+                   table[:, np.clip(a - t - rel_min, 0, nrel - 1)])
+  s = jnp.concatenate([jnp.einsum("xad,xtd->xat", q, k) + rel,
+                       jnp.einsum("xad,xgd->xag", q, gk)], axis=-1) * scale
+  ok = jnp.concatenate([band[None] & kvalid[:, None, :],
+                        jnp.broadcast_to(gvalid[:, None, :],
+                                         s.shape[:2] + gvalid.shape[1:])],
+                       axis=-1)
+  m = jnp.max(jnp.where(ok, s, -jnp.inf), axis=-1, keepdims=True)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  p = jnp.where(ok, jnp.exp(s - m), 0.0)
+  l = p.sum(-1)
+  out = jnp.einsum("xat,xtd->xad", p, jnp.concatenate([v, gv], axis=1))
+  out = out / jnp.where(l == 0, 1.0, l)[..., None]
+  lse = jnp.where(l == 0, kernel.NEG_INF,
+                  m[..., 0] + jnp.log(jnp.maximum(l, 1e-30)))
+  return out, lse
+
+
+def test_band_with_global_keys_rel():
+  """lfjax.attention.pallas.band_with_global_keys with a relative term:
+  global keys (no relative term) merged by lse, against one softmax over
+  all keys; gradients of q, k, v, rel_query, rel_table and the global keys.
+  Without global keys it is the kernel alone."""
+  x, n, d, g, window = 2, 29, 8, 3, 4
+  q, k, v, kvalid = _case(x, n, d, d, 5)
+  rq, table, rel_min = _rel_case(x, n, d, window, False, 1, 5)
+  rng = np.random.default_rng(6)
+  gk, gv = (jnp.asarray(rng.standard_normal((x, g, d)), jnp.float32)
+            for _ in "kv")
+  gvalid = jnp.asarray([[True, False, True], [False, False, False]])
+  kw = dict(window=window, causal=False, scale=0.3)
+  ours = lambda q, k, v, rq, table, gk, gv: band_with_global_keys(
+      q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, gvalid_XxG=gvalid,
+      rel=(rq, table, rel_min), **kw)
+  ref = lambda q, k, v, rq, table, gk, gv: _global_keys_reference(
+      q, k, v, kvalid, rq, table, gk, gv, gvalid, rel_min=rel_min, **kw)
+  args = (q, k, v, rq, table, gk, gv)
+  out, lse = jax.jit(ours)(*args)
+  want_out, want_lse = ref(*args)
+  check_close(out, want_out)
+  check_close(lse, want_lse, atol=1e-5, rtol=1e-6)
+  co = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+  cl = jnp.asarray(rng.standard_normal(lse.shape), jnp.float32)
+  for got, want in zip(_grads(ours, args, co, cl), _grads(ref, args, co, cl)):
+    check_close(got, want, atol=5e-5, rtol=1e-4)
+  # No global keys: the band alone.
+  out, lse = band_with_global_keys(q, k, v, kvalid, rel=(rq, table, rel_min),
+                                   **kw)
+  want_out, want_lse = kernel.band_reference(
+      q, k, v, kvalid, **kw, **_rel_kw((rq, table, rel_min)))
+  check_close(out, want_out)
+  check_close(lse, want_lse, atol=1e-5, rtol=1e-6)
 
 
 # Seeds picked for mixed dilations with global projections, causal with
@@ -141,3 +259,55 @@ def test_lowers_for_cuda(dtype):
     assert lowering.count_kernels(exp, name) == 3, name
   exp = lowering.export_for_cuda(causal, *qkv)
   assert lowering.count_kernels(exp, "lfjax_band_fwd") == 1
+
+
+def _kernel_signatures(exported):
+  """{kernel name: (operand types, result types)} of the Triton calls."""
+  sigs = {}
+  for line in exported.mlir_module().splitlines():
+    if lowering.TRITON_TARGET not in line or "custom_call" not in line:
+      continue
+    name = re.search(r"lfjax_band_\w+", line).group(0)
+    args, results = re.search(r":\s*\(([^()]*)\)\s*->\s*\(?([^()]*)\)?",
+                              line[line.rindex("}"):]).groups()
+    sigs[name] = (re.findall(r"tensor<[^>]*>", args),
+                  re.findall(r"tensor<[^>]*>", results))
+  return sigs
+
+
+def test_rel_lowers_for_cuda():
+  """Forward and backward of band_with_global_keys with a relative term
+  lower to the three Triton kernels for CUDA, with q and k at head_dim
+  width (64): the relative term adds one [X, N, R] float32 operand (the
+  per-row products, R = 2 * window + 1) and its gradient, nothing wider."""
+  x, n, d, g, window = 8, 300, 64, 4, 40
+  bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  avals = [bf16(x, n, d)] * 3 + [bf16(x, n, d), bf16(x, 2 * window + 1, d),
+                                 bf16(x, g, d), bf16(x, g, d)]
+  kvalid = jax.ShapeDtypeStruct((x, n), jnp.bool_)
+  gvalid = jax.ShapeDtypeStruct((x, g), jnp.bool_)
+
+  def fwd_bwd(q, k, v, rq, table, gk, gv, kvalid, gvalid):
+    def loss(*a):
+      o, l = band_with_global_keys(
+          *a[:3], kvalid, window=window, causal=False, scale=0.125,
+          gk_XxGxD=a[5], gv_XxGxDv=a[6], gvalid_XxG=gvalid,
+          rel=(a[3], a[4], -window))
+      return jnp.sum(o) + jnp.sum(l)
+    return jax.grad(loss, argnums=tuple(range(7)))(q, k, v, rq, table, gk, gv)
+
+  exp = lowering.export_for_cuda(fwd_bwd, *avals, kvalid, gvalid)
+  assert lowering.count_kernels(exp) == 3
+  sigs = _kernel_signatures(exp)
+  assert sorted(sigs) == ["lfjax_band_dkv", "lfjax_band_dq", "lfjax_band_fwd"]
+  npad, r = 320, 2 * window + 1
+  qkv = f"tensor<{x}x{npad}x{d}xbf16>"
+  for name, (args, results) in sigs.items():
+    assert args[:3] == [qkv] * 3, (name, args)
+    assert args[-1] == f"tensor<{x}x{npad}x{r}xf32>", (name, args)
+    # Every other operand and result: head_dim wide, or one per row.
+    for t in args[3:-1] + results:
+      assert t.endswith(f"x{d}xbf16>") or t.endswith(f"x{d}xf32>") or (
+          t == f"tensor<{x}x{npad}xf32>") or (
+              name == "lfjax_band_dq" and t == f"tensor<{x}x{npad}x{r + 1}"
+              "xf32>"), (name, t)
