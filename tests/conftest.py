@@ -1,7 +1,35 @@
-"""Shared fixtures."""
+"""Shared fixtures, and a compilation cache shared within one test run."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole run, shared by the
+  pytest-xdist workers (they inherit the environment of the process that
+  starts them): programs compiled again with the same shapes (each trainer
+  run's step functions, models built in both workers) load instead of
+  recompiling. A fresh temporary directory per run, removed at the end,
+  unless JAX_COMPILATION_CACHE_DIR is already set."""
+  if not os.environ.get(_CACHE_ENV):
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="lfjax-jax-cache-")
+    config._lfjax_cache_dir = os.environ[_CACHE_ENV]
+  jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+  # Only programs worth keeping: most of the suite's ~3000 compiles are tiny.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_unconfigure(config):
+  path = getattr(config, "_lfjax_cache_dir", None)
+  if path:
+    shutil.rmtree(path, ignore_errors=True)
+    os.environ.pop(_CACHE_ENV, None)
 
 
 @pytest.fixture
