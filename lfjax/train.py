@@ -8,6 +8,7 @@ DIR gets config.json, metrics.jsonl (one JSON object per logged step) and
 checkpoints/.
 """
 
+import functools
 import math
 import pathlib
 import sys
@@ -75,13 +76,18 @@ def optimizer(config):
                   weight_decay=o.weight_decay, mask=decay))
 
 
-def make_train_step(graphdef, tx, window_scale):
+def make_train_step(graphdef, tx, window_scale, donate=False):
+  """Jitted (params, opt_state, x, y, key) -> (params, opt_state, metrics).
+
+  donate: the step reuses the buffers of params and opt_state for their
+  updated values (saves their size, 0.46 GiB for the paper-small model, from
+  the peak); the caller must not use the arrays it passed in again."""
   def loss_fn(params, x, y, key):
     model = nnx.merge(graphdef, params)
     logits = model(x, dropout_key=key, window_scale=window_scale)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
   def step(params, opt_state, x, y, key):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -119,7 +125,9 @@ def train_and_evaluate(config, workdir):
   def phase(p, a, b):
     s = config.schedule
     scale = s.window_scales[p]
-    jitted = make_train_step(graphdef, tx, scale)
+    # The loop drops the old params/opt state after each step, and saves
+    # checkpoints synchronously: their buffers can be donated.
+    jitted = make_train_step(graphdef, tx, scale, donate=True)
     step_fn = lambda params, opt_state, xy, step: jitted(
         params, opt_state, *xy, jax.random.fold_in(dropout_root, step))
     return loop.Phase(

@@ -1,0 +1,192 @@
+"""Compiled peak memory of the paper-small char-LM train step vs length.
+
+  python experiments/charlm_memory.py [--seqs 2048,4096,8192] \
+      [--rel_impl features|table] [--window_scale phase|N] [--top 15]
+
+Compiles (never runs) lfjax.train.make_train_step for the paper's small model
+(configs/charlm_text8_small.py: 12 x 512, 8 heads, head_dim 64, FFN 2048,
+windows 32..512 times the window scale, dilation on 2 heads), batch 1,
+float32, remat on, AdamW, and prints XLA's memory analysis per length:
+arguments (parameters, optimizer state, batch), outputs, temporaries, and
+the peak = arguments + outputs + temporaries - aliased (donated) bytes,
+which is what charlm_benchmark.py reports (minus the alias term).
+
+--window_scale phase (default) uses the schedule's window scale of the
+phase with that length (2048 -> 1, 4096 -> 2, 8192 -> 4, 16384 -> 8,
+23040 -> 16) and 1 for other lengths; an int fixes it for every length.
+
+--top N also prints the N largest temporaries of XLA's buffer assignment
+(shape and the HLO op that defines them), from a dump in a temp folder.
+Compiling needs host memory of the order of the compiled peak at long
+lengths only for the dump; without --top it is small.
+"""
+
+import argparse
+import dataclasses
+import glob
+import inspect
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+GiB = 2.0 ** 30
+
+
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--seqs", default="2048,4096,8192",
+                  help="comma-separated sequence lengths")
+  ap.add_argument("--rel_impl", default=None, choices=("features", "table"),
+                  help="relative-position implementation (model.rel_impl); "
+                  "default: the config's")
+  ap.add_argument("--window_scale", default="phase",
+                  help="'phase' (the schedule's scale for that length) or an "
+                  "int")
+  ap.add_argument("--remat", type=int, default=1)
+  ap.add_argument("--donate", type=int, default=1,
+                  help="donate params and optimizer state to the step, as "
+                  "lfjax.train does (when make_train_step supports it)")
+  ap.add_argument("--top", type=int, default=0,
+                  help="print the N largest temporary buffers per length")
+  return ap.parse_args(argv)
+
+
+def model_config(config, rel_impl):
+  from lfjax import checkpoints
+  from lfjax.models import charlm
+  cfg = checkpoints.model_config(config, 27)  # text8: 27 symbols
+  if rel_impl is not None:
+    names = {f.name for f in dataclasses.fields(charlm.CharLMConfig)}
+    if "rel_impl" not in names:
+      sys.exit(f"--rel_impl {rel_impl}: this lfjax's CharLMConfig has no "
+               "rel_impl field yet (the relative-position table of issue 13 "
+               "has not landed); run without --rel_impl to measure the "
+               "current (features) path")
+    cfg = dataclasses.replace(cfg, rel_impl=rel_impl)
+  return cfg
+
+
+def window_scale_for(config, seq, arg):
+  if arg != "phase":
+    return int(arg)
+  s = config.schedule
+  return dict(zip(s.seq_lens, s.window_scales)).get(seq, 1)
+
+
+def compile_step(config, cfg, seq, window_scale, donate):
+  import jax
+  import numpy as np
+  from flax import nnx
+  from lfjax import train
+  from lfjax.models import charlm
+  abstract = nnx.eval_shape(lambda: charlm.CharLM(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(abstract)
+  tx = train.optimizer(config)
+  opt_state = jax.eval_shape(tx.init, params)
+  kw = {}
+  if donate and "donate" in inspect.signature(train.make_train_step).parameters:
+    kw["donate"] = True
+  step = train.make_train_step(graphdef, tx, window_scale=window_scale, **kw)
+  tok = jax.ShapeDtypeStruct((1, seq), np.int32)
+  args = (params, opt_state, tok, tok, jax.random.key(0))
+  return step.lower(*args).compile()
+
+
+_ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")
+_VALUE = re.compile(r"^\s+value: <\d+ ([^ ]+) @\d+> \(size=(\d+),offset=(\d+)\): "
+                    r"(\S+)")
+
+
+def top_buffers(dump_dir, n):
+  """The n largest allocations of the train step's buffer assignment."""
+  files = [f for f in glob.glob(os.path.join(dump_dir, "*buffer-assignment*"))
+           if "step" in os.path.basename(f)]
+  if not files:
+    return ["(no buffer-assignment dump found)"]
+  path = max(files, key=os.path.getsize)
+  allocs, cur = [], None
+  with open(path) as fh:
+    for line in fh:
+      m = _ALLOC.match(line)
+      if m:
+        cur = [int(m.group(2)), m.group(3).strip(), []]
+        allocs.append(cur)
+        continue
+      if line.startswith("\nUsed values") or line.startswith("Used values"):
+        break
+      v = _VALUE.match(line)
+      if v and cur is not None:
+        cur[2].append((int(v.group(2)), v.group(1), v.group(4)))
+  allocs.sort(key=lambda a: -a[0])
+  out = []
+  for size, attrs, values in allocs[:n]:
+    kind = ("parameter" if "parameter" in attrs else "output"
+            if "output" in attrs else "temp")
+    values.sort(key=lambda v: -v[0])
+    desc = "; ".join(f"{name} {shape} {s / 2**20:.0f}M"
+                     for s, name, shape in values[:3])
+    more = f" (+{len(values) - 3} more)" if len(values) > 3 else ""
+    out.append(f"{size / 2**20:9.1f} MiB {kind:9s} {desc}{more}")
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  seqs = [int(s) for s in args.seqs.split(",")]
+  dump_dir = None
+  if args.top:
+    dump_dir = tempfile.mkdtemp(prefix="charlm_memory_")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + f" --xla_dump_to={dump_dir}"
+                               " --xla_dump_hlo_module_re=.*step.*")
+  import jax
+  from configs import charlm_text8_small
+  config = charlm_text8_small.get_config()
+  config.model.remat = bool(args.remat)
+  cfg = model_config(config, args.rel_impl)
+  rel = getattr(cfg, "rel_impl", "features")
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, "
+        f"{os.cpu_count()} CPUs; paper-small char-LM (12 x 512, 8 heads, "
+        f"windows {cfg.windows[0]}..{cfg.windows[-1]} x scale), batch 1, "
+        f"float32, remat {cfg.remat}, rel_impl {rel}, donate "
+        f"{bool(args.donate)}; compile only",
+        flush=True)
+  rows = []
+  for seq in seqs:
+    ws = window_scale_for(config, seq, args.window_scale)
+    if dump_dir:
+      for f in glob.glob(os.path.join(dump_dir, "*")):
+        os.remove(f)
+    t = time.perf_counter()
+    compiled = compile_step(config, cfg, seq, ws, args.donate)
+    secs = time.perf_counter() - t
+    mem = compiled.memory_analysis()
+    arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,
+                     mem.temp_size_in_bytes)
+    alias = mem.alias_size_in_bytes
+    peak = arg + out + tmp - alias
+    rows.append((seq, ws, arg, out, tmp, alias, peak))
+    print(f"seq {seq} (window scale {ws}): peak {peak / GiB:.2f} GiB "
+          f"(arguments {arg / GiB:.2f}, outputs {out / GiB:.2f}, "
+          f"temporaries {tmp / GiB:.2f}, aliased {alias / GiB:.2f}); "
+          f"compiled in {secs:.0f} s", flush=True)
+    if args.top:
+      for line in top_buffers(dump_dir, args.top):
+        print("   " + line)
+    del compiled
+  print(f"\n| seq | window scale | top window | peak GiB | arguments GiB | "
+        f"outputs GiB | temporaries GiB | aliased GiB | peak MiB per "
+        f"1K tokens |")
+  print("|---|---|---|---|---|---|---|---|---|")
+  for seq, ws, arg, out, tmp, alias, peak in rows:
+    print(f"| {seq} | {ws} | {max(cfg.windows) * ws} | {peak / GiB:.2f} | "
+          f"{arg / GiB:.2f} | {out / GiB:.2f} | {tmp / GiB:.2f} | "
+          f"{alias / GiB:.2f} | {peak / 2**20 / (seq / 1024):.0f} |")
+
+
+if __name__ == "__main__":
+  main()
