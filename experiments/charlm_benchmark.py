@@ -1,14 +1,21 @@
-"""Char-LM training throughput: windowed vs full attention, side by side.
+"""Char-LM training throughput and memory, variants side by side.
 
-  python experiments/charlm_benchmark.py [--seqs 2048,4096] [--repeats 3] [--remat 1]
+  python experiments/charlm_benchmark.py [--seqs 2048,4096] [--repeats 3] \
+      [--remat 1] [--variants table,features,full] [--time_up_to 8192]
 
 The paper's small model (41M parameters, configs/charlm_text8_small.py,
 phase-1 windows 32..512 with dilation on 2 heads) trains one step (forward,
-backward, AdamW) on a batch of random tokens. "full" is the same model with
-every window covering the whole sequence, computed by the dense O(N^2)
-implementation (masked causal softmax, as a plain transformer). Timings are
-interleaved, one of each per round, and the table gives medians; memory is
-XLA's compiled peak (arguments + temporaries) of the step.
+backward, AdamW) on a batch of random tokens. Variants:
+- "table": relative positions as a per-distance table inside the windowed
+  attention (model.rel_impl="table", the default);
+- "features": the same model with the position term as 512 extra q/k
+  columns (rel_impl="features", the earlier path);
+- "full": every window covering the whole sequence, computed by the dense
+  O(N^2) implementation (masked causal softmax, as a plain transformer).
+Timings are interleaved, one of each per round, and the table gives
+medians; memory is XLA's compiled peak (arguments + outputs + temporaries)
+of the step; lengths past --time_up_to are compiled, not run. The loss
+column checks that table and features compute the same step.
 """
 
 import argparse
@@ -28,9 +35,11 @@ from lfjax.models import charlm  # noqa: E402
 from configs import charlm_text8_small  # noqa: E402
 
 
-def build(config, seq, full, remat):
+def build(config, seq, variant, remat):
   c = config.copy_and_resolve_references()
   c.model.remat = remat
+  full = variant == "full"
+  c.model.rel_impl = "features" if variant == "features" else "table"
   if full:
     c.model.windows = (seq,) * c.model.num_layers
     c.model.attention_impl = "dense"
@@ -49,17 +58,15 @@ def build(config, seq, full, remat):
 
 
 def time_once(compiled, args):
-  """Seconds for one step, or inf when the step runs out of memory."""
-  t = time.perf_counter()
+  """The step's outputs, or None when it runs out of memory."""
   try:
-    jax.block_until_ready(compiled(*args))
+    return jax.block_until_ready(compiled(*args))
   except jax.errors.JaxRuntimeError as e:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     print(f"<!-- out of memory: {str(e).splitlines()[0][:120]} -->",
           flush=True)
-    return float("inf")
-  return time.perf_counter() - t
+    return None
 
 
 def main():
@@ -69,7 +76,17 @@ def main():
   ap.add_argument("--remat", type=int, default=1,
                   help="recompute blocks in the backward (both variants); "
                   "without it full attention runs out of 24 GB at 2048")
+  ap.add_argument("--variants", default="table,features,full")
+  ap.add_argument("--time_up_to", type=int, default=8192,
+                  help="longer sequences are compiled (memory) but not run")
+  ap.add_argument("--max_full_seq", type=int, default=4096,
+                  help="full attention is not even compiled past this")
   args = ap.parse_args()
+  variants = args.variants.split(",")
+  return run(args, variants)
+
+
+def run(args, variants):
   config = charlm_text8_small.get_config()
   print(f"jax {jax.__version__}, {os.cpu_count()} CPUs; small model "
         f"(12x512, windows {config.model.windows[0]}..."
@@ -77,32 +94,50 @@ def main():
         f"{bool(args.remat)}, medians of {args.repeats}")
   rows = []
   for seq in [int(s) for s in args.seqs.split(",")]:
-    runs = {name: build(config, seq, full, bool(args.remat))
-            for name, full in (("windowed", False), ("full", True))}
+    names = [v for v in variants if v != "full" or seq <= args.max_full_seq]
+    runs = {name: build(config, seq, name, bool(args.remat)) for name in names}
     peaks = {name: r[2] for name, r in runs.items()}
     times = {name: [] for name in runs}
-    for name, (compiled, a, _) in list(runs.items()):
-      if time_once(compiled, a) == float("inf"):  # warm-up
-        times[name] = [float("inf")]
-        del runs[name]
-    for _ in range(args.repeats):
-      for name, (compiled, a, _) in runs.items():
-        times[name].append(time_once(compiled, a))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    rows.append((seq, seq / med["windowed"], seq / med["full"],
-                 med["full"] / med["windowed"], peaks["windowed"] / 2**30,
-                 peaks["full"] / 2**30))
+    losses = {}
+    if seq <= args.time_up_to:
+      for name, (compiled, a, _) in list(runs.items()):
+        out = time_once(compiled, a)  # warm-up
+        if out is None:
+          times[name] = [float("inf")]
+          del runs[name]
+        else:
+          losses[name] = float(out[2]["loss"])
+      for _ in range(args.repeats):
+        for name, (compiled, a, _) in runs.items():
+          t = time.perf_counter()
+          jax.block_until_ready(compiled(*a))
+          times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) if v else float("nan")
+           for k, v in times.items()}
+    rows.append((seq, med, peaks, losses))
     print(f"seq {seq}: " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                     med.items()), flush=True)
+                                     med.items()) + "; peaks " + ", ".join(
+        f"{k} {v / 2**30:.2f} GiB" for k, v in peaks.items()), flush=True)
     del runs
-  print("\n| seq | windowed tok/s | full tok/s | windowed speedup | "
-        "windowed compiled peak GiB | full compiled peak GiB |")
-  print("|---|---|---|---|---|---|")
-  for seq, tw, tf, ratio, mw, mf in rows:
-    oom = tf == 0
-    tf = "out of memory" if oom else f"{tf:,.0f}"
-    ratio = "n/a" if oom else f"{ratio:.2f}x"
-    print(f"| {seq} | {tw:,.0f} | {tf} | {ratio} | {mw:.2f} | {mf:.2f} |")
+  print("\n| seq | " + " | ".join(f"{v} s/step" for v in variants)
+        + " | table speedup vs features | " + " | ".join(
+            f"{v} compiled peak GiB" for v in variants)
+        + " | loss table / features |")
+  print("|---" * (2 * len(variants) + 3) + "|")
+  for seq, med, peaks, losses in rows:
+    cell = lambda v: ("not run" if v not in med or med[v] != med[v] else
+                      "out of memory" if med[v] == float("inf")
+                      else f"{med[v]:.2f}")
+    speed = (f"{med['features'] / med['table']:.2f}x"
+             if "table" in med and "features" in med
+             and med["table"] == med["table"] and med["features"] == med[
+                 "features"] else "n/a")
+    mem = lambda v: f"{peaks[v] / 2**30:.2f}" if v in peaks else "not compiled"
+    loss = (f"{losses['table']:.6f} / {losses['features']:.6f}"
+            if "table" in losses and "features" in losses else "n/a")
+    print(f"| {seq} | " + " | ".join(cell(v) for v in variants)
+          + f" | {speed} | " + " | ".join(mem(v) for v in variants)
+          + f" | {loss} |")
 
 
 if __name__ == "__main__":

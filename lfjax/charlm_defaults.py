@@ -43,6 +43,10 @@ def base_config():
   c.model.dtype = "float32"  # matmul dtype: float32 | bfloat16
   c.model.remat = False  # recompute each block in the backward pass
   c.model.attention_impl = "auto"  # auto | chunked | dense | pallas
+  # Relative positions as a per-distance table inside the attention
+  # ("table", head_dim-wide) or as rel_features extra q/k columns
+  # ("features", the exact rewrite kept as an oracle). Same parameters.
+  c.model.rel_impl = "table"
 
   # Staged training (paper Section 4.2): one entry per phase. Each phase
   # doubles window and sequence length and halves the learning rate; the
@@ -133,6 +137,7 @@ def validate(config):
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
   ck.boolean(c, "model.remat")
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.one_of(c, "model.rel_impl", ("table", "features"))
   n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
   ck.integers(c, "schedule.seq_lens", 1, n, " (one per phase)")
   ck.integers(c, "schedule.window_scales", 1, n, " (one per phase)")

@@ -57,8 +57,29 @@ def test_relative_features_equal_transformer_xl_term():
 
 
 @pytest.mark.parametrize("impl", ["chunked", "dense"])
+def test_table_equals_features(impl):
+  """rel_impl="table" (a per-distance table inside the attention) and
+  "features" (the sine/cosine rewrite as extra q/k columns) are the same
+  model: same parameters, logits and gradients, dilation and a doubled
+  window included."""
+  table = tiny_model(attention_impl=impl)
+  feats = tiny_model(attention_impl=impl, rel_impl="features")
+  x, y = tokens(2, 41), tokens(2, 41, seed=5)
+
+  def loss(model):
+    logits = model(x, window_scale=2)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                         y[..., None], axis=-1))
+  grad = nnx.jit(nnx.value_and_grad(loss))
+  (lt, gt), (lf, gf) = grad(table), grad(feats)
+  np.testing.assert_allclose(lt, lf, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(gt), jax.tree.leaves(gf)):
+    np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "dense"])
 def test_translation_invariant(impl):
-  model = tiny_model(attention_impl=impl)
+  model = tiny_model(attention_impl=impl, rel_impl="features")
   x = tokens(2, 41)
   base = forward(model, x)
   for off in (123_457,):

@@ -311,3 +311,38 @@ def test_rel_lowers_for_cuda():
           t == f"tensor<{x}x{npad}xf32>") or (
               name == "lfjax_band_dq" and t == f"tensor<{x}x{npad}x{r + 1}"
               "xf32>"), (name, t)
+
+
+def test_charlm_train_step_lowers_with_head_dim_operands():
+  """Issue 13: the char-LM's train step (relative positions as a table,
+  causal, dilated heads, remat) with attention_impl="pallas" lowers for
+  CUDA, and every kernel's q, k and v operands are head_dim (16) wide: no
+  position features widen them."""
+  from flax import nnx
+  from lfjax.models.charlm import CharLM, CharLMConfig
+  cfg = CharLMConfig(vocab_size=27, num_layers=2, num_heads=4, hidden_size=64,
+                     head_dim=16, ffn_size=64, windows=(8, 16),
+                     dilations=(1, 2), dilated_heads=2, rel_features=32,
+                     dropout=0.0, remat=True, attention_impl="pallas")
+  graphdef, params = nnx.split(CharLM(cfg, rngs=nnx.Rngs(0)))
+
+  def step(params, x):
+    def loss(params):
+      logits = nnx.merge(graphdef, params)(x)
+      return jnp.mean(jax.nn.logsumexp(logits, axis=-1))
+    return jax.grad(loss)(params)
+
+  avals = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype),
+                       params)
+  exp = lowering.export_for_cuda(step, avals,
+                                 jax.ShapeDtypeStruct((1, 100), jnp.int32))
+  lines = [l for l in exp.mlir_module().splitlines()
+           if lowering.TRITON_TARGET in l and "custom_call" in l]
+  # 2 layers x (1 + 1 dilated head groups) x (fwd, dq, dkv), plus the
+  # forward recomputed by remat.
+  assert len(lines) >= 12
+  for line in lines:
+    args = re.findall(r"tensor<[^>]*>", re.search(
+        r":\s*\(([^()]*)\)", line[line.rindex("}"):]).group(1))
+    assert all(re.fullmatch(r"tensor<\d+x\d+x16xf32>", a) for a in args[:3]), (
+        args[:3])

@@ -10,6 +10,7 @@ function of (params, batch, key): resumed runs replay it exactly.
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from flax import nnx
 from lfjax.attention import windowed_attention
 from lfjax.models import inputs
 from lfjax.models import relpos
+from lfjax.models import remat
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -42,6 +44,11 @@ class CharLMConfig:
   dtype: str = "float32"  # matmul compute dtype; attention is float32
   remat: bool = False
   attention_impl: str = "auto"
+  # How the relative position term reaches the attention: "table" passes
+  # windowed_attention a per-distance table (head_dim-wide work per score);
+  # "features" widens q and k by rel_features (exact, 9x the QK work of the
+  # paper's model; kept as an oracle). Same parameters either way.
+  rel_impl: str = "table"
 
   def __post_init__(self):
     for name in ("windows", "dilations"):
@@ -60,6 +67,9 @@ class CharLMConfig:
       raise ValueError(f"dtype: expected one of {list(DTYPES)}, got "
                        f"{self.dtype!r}")
     relpos.inverse_frequencies(self.rel_features)
+    if self.rel_impl not in ("table", "features"):
+      raise ValueError(f"rel_impl: expected 'table' or 'features', got "
+                       f"{self.rel_impl!r}")
     object.__setattr__(self, "windows", tuple(int(w) for w in self.windows))
     object.__setattr__(self, "dilations",
                        tuple(int(d) for d in self.dilations))
@@ -114,10 +124,29 @@ class Attention(nnx.Module):
     return self.rel.kernel[...].astype(jnp.float32).reshape(
         cfg.rel_features, cfg.num_heads, cfg.head_dim)
 
+  def rel_table_TxHxD(self, rows):
+    """W_r r(t) for distances t = 0 .. rows - 1, [rows, H, D]."""
+    r_TxF = jnp.asarray(relpos.sinusoid(np.arange(rows), self.cfg.rel_features),
+                        jnp.float32)
+    return jnp.einsum("tf,fhd->thd", r_TxF, self.rel_kernel_FxHxD())
+
   def __call__(self, x_BxNxE, *, window_scale, position_offset):
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
     q, k, v = self.project(x_BxNxE)
+    window = cfg.windows[self.layer] * window_scale
+    dilation = cfg.head_dilations(self.layer)
+    scale = 1.0 / float(np.sqrt(cfg.head_dim))
+    if cfg.rel_impl == "table":
+      # Only distances the window reaches (and the sequence has) need rows;
+      # positions enter only relatively, so position_offset plays no part.
+      rows = min(window * max(dilation), n - 1) + 1
+      o = windowed_attention(
+          q + self.content_bias[...], k, v, window=window, dilation=dilation,
+          causal=True, scale=scale, impl=cfg.attention_impl,
+          rel_query=q + self.position_bias[...],
+          rel_table=self.rel_table_TxHxD(rows))
+      return self.out(o.reshape(b, n, -1).astype(DTYPES[cfg.dtype]))
     sin, cos = relpos.position_sin_cos(n, cfg.rel_features, position_offset)
     c_BxNxHxF = jnp.einsum("bnhd,fhd->bnhf", q + self.position_bias[...],
                            self.rel_kernel_FxHxD())
@@ -128,9 +157,8 @@ class Attention(nnx.Module):
                              (b, n, cfg.num_heads, cfg.rel_features))
     k_aug = jnp.concatenate([k, k_pos], axis=-1)
     o = windowed_attention(
-        q_aug, k_aug, v, window=cfg.windows[self.layer] * window_scale,
-        dilation=cfg.head_dilations(self.layer), causal=True,
-        scale=1.0 / float(np.sqrt(cfg.head_dim)), impl=cfg.attention_impl)
+        q_aug, k_aug, v, window=window, dilation=dilation, causal=True,
+        scale=scale, impl=cfg.attention_impl)
     return self.out(o.reshape(b, n, -1).astype(DTYPES[cfg.dtype]))
 
   def decode(self, x_BxE, t, cache, *, window_scale):
@@ -235,8 +263,8 @@ class CharLM(nnx.Module):
     for block, key in zip(self.blocks, keys[1:]):
       call = lambda blk, x, key: blk(x, key, window_scale=window_scale,
                                      position_offset=position_offset)
-      if cfg.remat:
-        call = nnx.remat(call)
+      if cfg.remat:  # recomputed in the backward, in layer order
+        call = functools.partial(remat.remat_call, call)
       x = call(block, x, key)
     return self.logits(x)
 
