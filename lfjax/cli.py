@@ -109,6 +109,21 @@ def run(main, argv=None):
     return code
 
 
+def check_flag(flag, value, ok, expected):
+  """Raises UsageError `flag: expected <expected>, got <value>` unless value
+  is None (not given) or ok(value). Numeric flags are checked with this
+  rather than `value or default`, which would take 0 for "not given"."""
+  if value is not None and not ok(value):
+    raise UsageError(f"{flag}: expected {expected}, got {value}")
+
+
+def at_least(flag, value, lo, note=""):
+  """check_flag for a number >= lo (NaN fails)."""
+  check_flag(flag, value, lambda v: v >= lo,
+             f"{'an integer' if isinstance(lo, int) else 'a number'} >= {lo}"
+             f"{note}")
+
+
 # absl commands (lfjax.train, lfjax.evaluate, lfjax.sample) ------------------
 
 

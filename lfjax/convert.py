@@ -593,6 +593,10 @@ def main(argv=None):
   cli.add_flag(p, "attention_window", type=int, default=512,
                help="FULL window (even), as transformers counts it")
   args = p.parse_args(argv)
+  if not os.path.isdir(args.src):
+    raise cli.UsageError(f"--from: expected a local checkpoint directory "
+                         f"(config.json, weights, tokenizer files), got "
+                         f"{args.src!r}: no such directory")
   if os.path.abspath(args.src) == os.path.abspath(args.dst):
     raise cli.UsageError("--to: expected a directory other than --from (the "
                          "source checkpoint is never overwritten)")

@@ -8,10 +8,14 @@ characters that move by a stride (`step` in the code and config.eval.step);
 the first window scores all its predictions, every later one only its last
 `stride`, so each character is scored once with at least seq_len - stride
 characters of context (except at the very start). Writes
-DIR/eval_<split>_<checkpoint>.json.
+DIR/eval_<split>_<checkpoint>.json, with `_seq<N>`, `_stride<N>` and
+`_chars<N>` added for each of --seq_len, --stride and --max_chars that
+differs from the run's config.eval (resp. the whole split), so a partial
+evaluation never replaces a full one.
 """
 
 import functools
+import hashlib
 import json
 import math
 import pathlib
@@ -131,6 +135,38 @@ def _define_flags(fv, argv):
                        flag_values=fv)
 
 
+def _tag(value):
+  if isinstance(value, (int, str)) and not isinstance(value, bool):
+    return str(value)
+  return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(
+  )[:8]
+
+
+def result_path(workdir, stem, settings, defaults, tags):
+  """Where to write an evaluation's result: workdir/<stem>.json plus a
+  `_<tag><value>` per setting that differs from its default (e.g.
+  eval_test_130_chars3000.json), so different settings get different
+  files. When that file holds a result of other settings (the defaults
+  changed since, e.g. a resumed run's eval.*), every setting goes into the
+  name. A result file is never overwritten by a different evaluation's.
+
+  settings: {result field: value}, the fields that decide the result;
+  defaults: {field: the value the name leaves out}; tags: {field: tag}."""
+  workdir = pathlib.Path(workdir)
+  name = lambda keys: workdir / (stem + "".join(
+      f"_{tags[k]}{_tag(settings[k])}" for k in keys) + ".json")
+  path = name([k for k in settings if settings[k] != defaults.get(k)])
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except ValueError:
+      old = {}
+    if not isinstance(old, dict) or any(
+        old.get(k) != v for k, v in settings.items()):
+      path = name(list(settings))
+  return path
+
+
 def main(argv=None):
   """`python -m lfjax.evaluate --workdir DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags, and the loading and
@@ -138,23 +174,46 @@ def main(argv=None):
   fv = cli.parse_absl(sys.argv[1:] if argv is None else argv, _define_flags,
                       prog="python -m lfjax.evaluate", doc=__doc__,
                       required=("workdir",))
-  stride = fv.stride
+  stride, stride_flag = fv.stride, "--stride"
   if fv["step"].present:
     print("note: --step is deprecated; use --stride", file=sys.stderr)
-    stride = stride or fv.step
+    if stride is None:
+      stride, stride_flag = fv.step, "--step"
+  cli.at_least("--seq_len", fv.seq_len, 1)
+  cli.at_least(stride_flag, stride, 1)
+  cli.at_least("--batch_size", fv.batch_size, 1)
+  cli.check_flag("--max_chars", fv.max_chars, lambda v: v == 0 or v >= 2,
+                 "0 (the whole split) or an integer >= 2")
+  cli.at_least("--checkpoint", fv.checkpoint, 0)
+  config = checkpoints.read_config(fv.workdir, "charlm")
+  seq_len = config.eval.seq_len if fv.seq_len is None else fv.seq_len
+  stride = config.eval.step if stride is None else stride
+  if stride > seq_len:
+    if fv.stride is not None or fv["step"].present:
+      raise cli.UsageError(
+          f"{stride_flag}: expected at most the window length {seq_len} "
+          f"({'--seq_len' if fv.seq_len is not None else 'config.eval.seq_len'}"
+          f"), got {stride}")
+    if fv.seq_len is not None:
+      raise cli.UsageError(f"--seq_len: expected at least the stride "
+                           f"{stride} (config.eval.step; or pass --stride), "
+                           f"got {seq_len}")
   checkpoints.quiet_orbax()
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
-      fv.workdir, fv.checkpoint)
-  args = dict(split=fv.split,
-              seq_len=fv.seq_len or config.eval.seq_len,
-              step=stride or config.eval.step,
-              batch_size=fv.batch_size or config.eval.batch_size,
+      fv.workdir, fv.checkpoint, flag="--checkpoint")
+  args = dict(split=fv.split, seq_len=seq_len, step=stride,
+              batch_size=(config.eval.batch_size if fv.batch_size is None
+                          else fv.batch_size),
               max_chars=fv.max_chars)
   value, count = evaluate_model(model, corpus, window_scale=scale,
                                 progress=True, **args)
   result = dict(args, bpc=value, chars_scored=count, checkpoint=ckpt,
                 dataset=corpus.name, window_scale=scale)
-  out = pathlib.Path(fv.workdir) / f"eval_{fv.split}_{ckpt}.json"
+  out = result_path(
+      fv.workdir, f"eval_{fv.split}_{ckpt}",
+      {k: args[k] for k in ("seq_len", "step", "max_chars")},
+      dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0),
+      dict(seq_len="seq", step="stride", max_chars="chars"))
   out.write_text(json.dumps(result, indent=1))
   print(f"{corpus.name} {fv.split}: {value:.4f} bpc over {count:,} "
         f"characters (checkpoint {ckpt}; written to {out})")

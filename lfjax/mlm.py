@@ -208,8 +208,8 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
   """MLM loss / BPC over the split's packed sequences with fixed masks
   (eval.mask_seed), so runs and steps are compared on the same tokens.
   Raises FloatingPointError when the loss is NaN/Inf."""
-  seq_len = seq_len or config.train.seq_len
-  batch_size = batch_size or config.eval.batch_size
+  seq_len = config.train.seq_len if seq_len is None else seq_len
+  batch_size = config.eval.batch_size if batch_size is None else batch_size
   max_batches = config.eval.max_batches if max_batches is None else max_batches
   model.eval()
   graphdef, state = nnx.split(model)
@@ -249,9 +249,12 @@ def train_and_evaluate(config, workdir):
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Before anything else is written: a refused config leaves the run as is.
-  checkpoints.write_config(config, workdir)
+  # A finished run (nothing to train under config) writes nothing.
+  done = checkpoints.write_config(config, workdir,
+                                  total=config.steps) >= config.steps
   corpus = load_corpus(config)
-  model = load_model(config, announce=True)
+  # A finished run only says so (lfjax.loop): no "making it long" first.
+  model = load_model(config, announce=not done)
   if model.cfg.vocab_size < corpus.vocab_size:
     raise ValueError(f"data.tokenizer: {corpus.vocab_size} tokens, more than "
                      f"the model's vocab_size={model.cfg.vocab_size}")
@@ -284,12 +287,13 @@ def train_and_evaluate(config, workdir):
                   learning_rate(config), evaluate_fn)
 
 
-def load_trained(workdir, step=None):
-  """(config, trained LongformerForMaskedLM, step) of an MLM run."""
-  config = checkpoints.read_config(workdir)
+def load_trained(workdir, step=None, flag=None):
+  """(config, trained LongformerForMaskedLM, step) of an MLM run; flag: the
+  command-line flag step came from (see checkpoints.restore_params)."""
+  config = checkpoints.read_config(workdir, "mlm")
   model = load_model(config)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  params, _, step = checkpoints.restore_params(workdir, params, step)
+  params, _, step = checkpoints.restore_params(workdir, params, step, flag)
   model = nnx.merge(graphdef, params, rest)
   model.eval()
   return config, model, step
@@ -298,7 +302,7 @@ def load_trained(workdir, step=None):
 def export(workdir, path, step=None):
   """Writes a run's model and tokenizer for transformers'
   LongformerForMaskedLM.from_pretrained; returns the step exported."""
-  config, model, step = load_trained(workdir, step)
+  config, model, step = load_trained(workdir, step, flag="--checkpoint")
   if pathlib.Path(path).resolve() == pathlib.Path(config.init_from).resolve():
     raise ValueError("to: expected a folder other than init_from (the "
                      "source checkpoint is never overwritten)")
@@ -333,7 +337,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   if (workdir is None) == (init_from is None):
     raise ValueError("expected exactly one of --workdir and --init_from")
   if workdir is not None:
-    config, model, step = load_trained(workdir, step)
+    config, model, step = load_trained(workdir, step, flag="--checkpoint")
   else:
     saved = pathlib.Path(init_from) / RUN_CONFIG
     if saved.exists():
@@ -356,14 +360,33 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   if not config.data.sources:
     raise ValueError("--sources: expected documents to evaluate on (the "
                      "run's data.sources are used with --workdir)")
+  have = config.model.max_positions
+  if seq_len is not None and seq_len > have:
+    raise cli.UsageError(f"--seq_len: expected at most the model's "
+                         f"{have} positions, got {seq_len}")
   corpus = load_corpus(config)
   r = evaluate_model(model, config, corpus, seq_len=seq_len,
                      batch_size=batch_size, max_batches=max_batches,
                      progress=progress)
-  r = dict(r, seq_len=seq_len or config.train.seq_len, step=step,
-           checkpoint=str(workdir or init_from))
+  data = {k: config.data[k] for k in ("sources", "valid_fraction",
+                                      "max_documents", "glob")}
+  data["sources"] = list(data["sources"])
+  settings = dict(
+      max_batches=(config.eval.max_batches if max_batches is None
+                   else max_batches),
+      batch_size=config.eval.batch_size if batch_size is None else batch_size,
+      data=data)
+  r = dict(r, seq_len=config.train.seq_len if seq_len is None else seq_len,
+           step=step, checkpoint=str(workdir or init_from), **settings)
   if workdir is not None:
-    out = pathlib.Path(workdir) / f"eval_valid_{step}_{r['seq_len']}.json"
+    saved = checkpoints.read_config(workdir, "mlm")
+    defaults = dict(max_batches=saved.eval.max_batches,
+                    batch_size=saved.eval.batch_size,
+                    data=dict({k: saved.data[k] for k in data},
+                              sources=list(saved.data.sources)))
+    out = evaluate.result_path(
+        workdir, f"eval_valid_{step}_{r['seq_len']}", settings, defaults,
+        dict(max_batches="batches", batch_size="bs", data="data"))
     out.write_text(json.dumps(r, indent=1))
   return r
 
@@ -455,6 +478,21 @@ def main(argv=None):
   t.add_argument("--positions", type=int, default=64,
                  help="its positions (the :tiny config makes it 256 long)")
   args = p.parse_args(argv)
+  cli.at_least("--checkpoint", getattr(args, "checkpoint", None), 0)
+  if args.cmd == "evaluate":
+    cli.at_least("--seq_len", args.seq_len, 1)
+    cli.at_least("--max_batches", args.max_batches, 0, " (0 = all)")
+    cli.at_least("--batch_size", args.batch_size, 1)
+    cli.check_flag("--valid_fraction", args.valid_fraction,
+                   lambda v: 0 < v < 1, "a number in (0, 1)")
+    cli.at_least("--max_documents", args.max_documents, 0, " (0 = all)")
+    if args.init_from is not None and not pathlib.Path(
+        args.init_from).is_dir():
+      raise cli.UsageError(f"--init_from: expected a local checkpoint "
+                           f"directory, got {args.init_from!r}: no such "
+                           "directory")
+  if args.cmd in ("make_tiny", "make-tiny"):
+    cli.at_least("--positions", args.positions, 2)
   checkpoints.quiet_orbax()
   if args.cmd == "export":
     step = export(args.workdir, args.to, args.checkpoint)
@@ -471,7 +509,9 @@ def main(argv=None):
                    args.checkpoint, args.seq_len, args.max_batches,
                    args.batch_size, args.valid_fraction, args.max_documents,
                    args.glob, progress=True)
-  print(f"{r['checkpoint']} (step {r['step']}), seq {r['seq_len']}: loss "
+  where = r["checkpoint"] + ("" if r["step"] is None
+                             else f" (step {r['step']})")
+  print(f"{where}, seq {r['seq_len']}: loss "
         f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
         f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
         f"masked tokens ({r['eval_chars']:,} chars)")

@@ -109,13 +109,19 @@ def main(argv=None):
   fv = cli.parse_absl(sys.argv[1:] if argv is None else argv, _define_flags,
                       prog="python -m lfjax.sample", doc=__doc__,
                       required=("workdir",))
-  if fv.length < 1 or fv.temperature < 0 or fv.top_k < 0:
-    raise cli.UsageError("--length: expected >= 1, --temperature >= 0 and "
-                         f"--top_k >= 0, got {fv.length}, {fv.temperature}, "
-                         f"{fv.top_k}")
+  cli.at_least("--length", fv.length, 1)
+  cli.check_flag("--temperature", fv.temperature,
+                 lambda v: 0 <= v < float("inf"),
+                 "a finite number >= 0 (0 = greedy)")
+  cli.at_least("--top_k", fv.top_k, 0, " (0 = all)")
+  cli.at_least("--checkpoint", fv.checkpoint, 0)
+  if not fv.prompt:
+    raise cli.UsageError("--prompt: expected at least one character, got ''")
   checkpoints.quiet_orbax()
   _, model, _, scale, corpus = checkpoints.load_trained(
-      fv.workdir, fv.checkpoint)
+      fv.workdir, fv.checkpoint, flag="--checkpoint")
+  cli.check_flag("--top_k", fv.top_k, lambda v: v <= corpus.vocab_size,
+                 f"at most the vocabulary size {corpus.vocab_size}")
   # Streamed text is its own progress on a terminal; a bar there would
   # interleave with it.
   bar = tqdm.tqdm(total=fv.length, unit="char", leave=False,

@@ -113,7 +113,8 @@ def train_and_evaluate(config, workdir):
   workdir.mkdir(parents=True, exist_ok=True)
   bounds = phases(config)
   # Before anything else is written: a refused config leaves the run as is.
-  checkpoints.write_config(config, workdir)
+  # A finished run (nothing to train under config) writes nothing.
+  checkpoints.write_config(config, workdir, total=bounds[-1][1])
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm.CharLM(checkpoints.model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))

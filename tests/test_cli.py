@@ -241,3 +241,26 @@ def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
   assert mlm.text.load_tokenizer(str(out)).model_max_length == 64
   code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(out))
   short_error(code, err, 1, "already holds a checkpoint")
+
+
+def test_flag_errors_name_only_the_flag_typed(capsys, tmp_path):
+  code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path),
+                     "--top_k", "-3")
+  short_error(code, err, 2, "--top_k: expected an integer >= 0")
+  assert "--length" not in err[0] and "--temperature" not in err[0]
+  code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path),
+                     "--temperature", "nan")
+  short_error(code, err, 2, "--temperature: expected a finite number")
+  code, _, err = run(capsys, convert.main, "--from", str(tmp_path / "none"),
+                     "--to", str(tmp_path / "x"))
+  short_error(code, err, 2, "--from: expected a local checkpoint directory")
+  for argv, flag in [(["--max_batches", "-1"], "--max_batches"),
+                     (["--batch_size", "0"], "--batch_size"),
+                     (["--valid_fraction", "1.5"], "--valid_fraction"),
+                     (["--init_from", str(tmp_path / "none")],
+                      "--init_from")]:
+    code, _, err = run(capsys, mlm.main, "evaluate", *argv)
+    short_error(code, err, 2, f"{flag}: expected")
+  code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(tmp_path),
+                     "--positions", "0")
+  short_error(code, err, 2, "--positions: expected")

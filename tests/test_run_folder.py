@@ -294,3 +294,124 @@ def test_which_changes_an_mlm_run_can_take():
       "optimizer state)"]
   assert problems(100, train__seq_len=2048, init_from="/other") == [
       "init_from: '' -> '/other'", "train.seq_len: 4096 -> 2048"]
+
+
+# Fresh-user findings after issue 12 ---------------------------------------
+
+from lfjax import cli  # noqa: E402
+from lfjax import mlm  # noqa: E402
+from lfjax import sample  # noqa: E402
+
+
+def cli_run(capsys, main, *argv):
+  code = cli.run(main, [str(a) for a in argv])
+  out, err = capsys.readouterr()
+  return code, out, err.strip().splitlines()
+
+
+def test_edited_config_json_is_not_called_a_damaged_checkpoint(run, capsys):
+  _, workdir, _ = run
+  path = workdir / "config.json"
+  saved = json.loads(path.read_text())
+  saved["model"]["hidden_size"] = 48  # edited by hand
+  path.write_text(json.dumps(saved))
+  before = snapshot(workdir)
+  code, _, err = cli_run(capsys, evaluate.main, "--workdir", workdir,
+                         "--max_chars", 300)
+  text = "\n".join(err)
+  assert code == 1 and err[0].startswith("error: config: ")
+  assert "disagrees with checkpoint step 10" in text
+  # The first layer's output projection [heads x head_dim = 4 x 8, hidden]:
+  # hidden 32 saved, 48 built from config.json.
+  assert "params/blocks/0/attention/out/kernel: [32, 32] in the " \
+      "checkpoint, [32, 48] from config.json" in text
+  assert "model.hidden_size 32 -> 48" in text  # against the history
+  for wrong in ("mv ", "damaged_checkpoints", "strict=False", "Step 8"):
+    assert wrong not in text
+  assert snapshot(workdir) == before
+  assert "strict" not in checkpoints._clean_orbax_text(
+      "Tree structures differ. Set `strict=False` to restore anyway. x")
+
+
+def test_a_rerun_that_trains_nothing_writes_nothing(run, capsys):
+  c, workdir, _ = run
+  # A run whose config.json predates a field (as lfjax gains fields).
+  path = workdir / "config.json"
+  saved = json.loads(path.read_text())
+  del saved["model"]["attention_impl"]
+  path.write_text(json.dumps(saved, indent=1))
+  before = snapshot(workdir)
+  train.train_and_evaluate(c, workdir)  # plain rerun
+  assert snapshot(workdir) == before
+  c.model.dropout = 0.2
+  train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  assert snapshot(workdir) == before  # neither config.json nor history
+  assert "model.dropout 0.1 -> 0.2 had no effect" in out
+  assert "resuming" not in out and "is already finished" in out
+
+
+def test_refused_change_says_which_saved_values_resume(run):
+  c, workdir, _ = run
+  before = snapshot(workdir)
+  c.schedule.steps = (6, 2)  # ends before the checkpoint at 10
+  c.model.hidden_size = 64
+  with pytest.raises(checkpoints.ConfigChangeError) as e:
+    checkpoints.write_config(c, workdir, total=8)
+  msg = str(e.value)
+  assert "rerun without" not in msg
+  assert ("pass the run's saved values (from "
+          f"{workdir / 'config.json'}): --config.model.hidden_size=32 "
+          "'--config.schedule.steps=(6,4)'; or start") in msg
+  assert snapshot(workdir) == before
+
+
+def test_numeric_flags_are_checked_and_named(run, capsys):
+  _, workdir, _ = run
+  before = snapshot(workdir)
+  for argv, words in [
+      (["--stride", 0], "--stride: expected an integer >= 1, got 0"),
+      (["--max_chars", -5], "--max_chars: expected 0 (the whole split)"),
+      (["--seq_len", 0], "--seq_len: expected an integer >= 1, got 0"),
+      (["--batch_size", 0], "--batch_size: expected"),
+      # config.eval.seq_len is 64 in this run.
+      (["--stride", 9999], "--stride: expected at most the window length "
+       "64 (config.eval.seq_len), got 9999"),
+      (["--checkpoint", 77], "--checkpoint: expected one of the saved steps "
+       "[6, 8, 10], got 77")]:
+    code, _, err = cli_run(capsys, evaluate.main, "--workdir", workdir,
+                           *argv)
+    assert code == 2 and err[0] == f"error: {words}" or (
+        code == 2 and err[0].startswith(f"error: {words}")), (argv, err)
+  code, _, err = cli_run(capsys, sample.main, "--workdir", workdir,
+                         "--checkpoint", 77)
+  assert code == 2 and "--checkpoint: expected one of" in err[0]
+  for cmd in (["evaluate"], ["export", "--to", workdir / "x"]):
+    code, _, err = cli_run(capsys, mlm.main, *cmd, "--workdir", workdir)
+    assert code == 1 and len(err) == 2, err
+    assert "is a 'charlm' run, not an MLM" in err[0]
+  assert snapshot(workdir) == before
+
+
+def test_partial_evaluation_gets_its_own_file(run, capsys):
+  _, workdir, _ = run
+  (workdir / "eval_test_10.json").write_text('{"bpc": 1.5}')  # a full one
+  code, out, _ = cli_run(capsys, evaluate.main, "--workdir", workdir,
+                         "--max_chars", 300)
+  assert code == 0, out
+  part = workdir / "eval_test_10_chars300.json"
+  assert json.loads(part.read_text())["chars_scored"] == 299
+  assert str(part) in out
+  assert json.loads((workdir / "eval_test_10.json").read_text()) == {
+      "bpc": 1.5}
+  # A file of the name that holds other settings (the config's defaults
+  # changed since) is not replaced: every setting goes into the name.
+  settings = {"seq_len": 64, "step": 32, "max_chars": 0}
+  tags = {"seq_len": "seq", "step": "stride", "max_chars": "chars"}
+  assert evaluate.result_path(workdir, "eval_test_10", settings, settings,
+                              tags) == (workdir /
+                                        "eval_test_10_seq64_stride32_chars0"
+                                        ".json")
+  (workdir / "eval_test_10.json").write_text(json.dumps(settings))
+  assert evaluate.result_path(workdir, "eval_test_10", settings, settings,
+                              tags) == workdir / "eval_test_10.json"
