@@ -79,14 +79,21 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
   for dil in sorted(set(dilation_H)):
     heads = [i for i, dh in enumerate(dilation_H) if dh == dil]
     hs = len(heads)
-    pick = (lambda a: a) if hs == h else (lambda a: a[:, :, np.array(heads)])
+    if hs == h:
+      pick = lambda a: a
+    elif heads == list(range(heads[0], heads[-1] + 1)):
+      # A slice, not a gather: its gradient is a pad, not a scatter into a
+      # zero buffer that XLA may allocate long before it is used.
+      pick = lambda a, lo=heads[0], hi=heads[-1] + 1: a[:, :, lo:hi]
+    else:
+      pick = lambda a: a[:, :, np.array(heads)]
     per_head = lambda m_BxN: jnp.broadcast_to(m_BxN[:, :, None], (b, n, hs))
     extra = {}
     if g:
       rep = lambda a: jnp.repeat(to_classes(pick(a), 1), dil, axis=0)
       extra = dict(gk_XxGxD=rep(gk_BxGxHxD), gv_XxGxDv=rep(gv_BxGxHxD),
                    gvalid_XxG=rep(jnp.broadcast_to(
-                       gvalid_BxG[:, :, None], (b, g, hs))))
+                       gvalid_BxG[:, :, None], (b, g, h))))
     if dropout is not None:
       rate, seeds_BxH = dropout
       # Rows are (batch, head, residue) in to_classes order.
@@ -94,11 +101,13 @@ def chunked_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
       residues = jnp.tile(jnp.arange(dil, dtype=jnp.int32), b * hs)
       gpos = None
       if g:
-        gpos = rep(jnp.broadcast_to(idx_BxG[:, :, None], (b, g, hs)))
+        gpos = rep(jnp.broadcast_to(idx_BxG[:, :, None], (b, g, h)))
       extra["dropout"] = (rate, dil, seeds, residues, gpos)
     if rel is not None:
       rq_BxNxHxDr, table_TxHxDr = rel
-      tab, rel_min = rel_window_tables(table_TxHxDr, heads, dil, window,
+      # Rows for the distances this class can reach, not the whole window.
+      reach = min(window, max(-(-n // dil) - 1, 0))
+      tab, rel_min = rel_window_tables(table_TxHxDr, heads, dil, reach,
                                        causal, b)
       extra["rel"] = (to_classes(pick(rq_BxNxHxDr), dil), tab, rel_min)
     o, _ = band_fn(
