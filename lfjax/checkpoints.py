@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shlex
 import sys
 from typing import NamedTuple
@@ -202,12 +203,101 @@ def _check_finite(directory, step, tree):
           f"{jax.tree_util.keystr(path)} (the first such array)"))
 
 
+class ConfigMismatchError(ValueError):
+  """The run's config.json builds arrays of other shapes than a checkpoint
+  holds (config.json edited by hand): the checkpoint is not damaged."""
+
+
+def _key_name(k):
+  for attr in ("key", "idx", "name"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _shapes(tree):
+  """{'a/b/0/c': (shape, dtype)} of a tree's arrays (nnx's `value` leaves
+  named by their variable)."""
+  out = {}
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    names = [_key_name(k) for k in path]
+    if names and names[-1] == "value":
+      names = names[:-1]
+    out["/".join(names)] = (tuple(getattr(x, "shape", ())),
+                            str(getattr(x, "dtype", "")))
+  return out
+
+
+def structure_problems(directory, step, name, abstract):
+  """Lines naming the arrays whose presence or shape differs between item
+  `name` of a saved step (its orbax metadata) and `abstract` (what the
+  config builds); [] when they agree or the metadata cannot be read."""
+  try:
+    saved = _shapes(ocp.StandardCheckpointHandler().metadata(
+        _step_dir(directory, step) / name))
+  except Exception:  # pylint: disable=broad-except
+    return []  # unreadable metadata: the restore says what is wrong
+  want = _shapes(abstract)
+  fmt = lambda s: "[" + ", ".join(map(str, s)) + "]"
+  lines = [f"{name}/{k}: {fmt(saved[k][0])} in the checkpoint, "
+           f"{fmt(want[k][0])} from config.json"
+           for k in sorted(set(saved) & set(want)) if saved[k][0] != want[k][0]]
+  lines += [f"{name}/{k}: in the checkpoint, not built from config.json"
+            for k in sorted(set(saved) - set(want))]
+  lines += [f"{name}/{k}: built from config.json, not in the checkpoint"
+            for k in sorted(set(want) - set(saved))]
+  return lines
+
+
+def _mismatch(directory, step, args):
+  """ConfigMismatchError when the requested trees disagree with the saved
+  step's arrays, else None."""
+  # The params name every array the model config shapes; the optimizer
+  # state follows them.
+  lines = (structure_problems(directory, step, "params", args["params"].item)
+           if "params" in args.keys() else [])
+  if not lines:
+    return None
+  workdir = directory.parent
+  more = f"\n  ... and {len(lines) - 6} more" if len(lines) > 6 else ""
+  edited = ""
+  try:
+    saved = json.loads((workdir / HISTORY).read_text().splitlines()[-1])
+    now = json.loads((workdir / "config.json").read_text())
+    diff = config_problems(saved["config"], now, step)[0]
+    if diff:
+      edited = (" It differs from the last version in "
+                f"{HISTORY}: " + ", ".join(
+                    f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+                + ".")
+  except (OSError, ValueError, KeyError, IndexError):
+    pass
+  return ConfigMismatchError(
+      f"config: {workdir}/config.json disagrees with checkpoint step {step}; "
+      "the checkpoints are not damaged (move none of them), config.json "
+      "builds other arrays:\n  " + "\n  ".join(lines[:6]) + more +
+      f"\nWas config.json edited?{edited} Put back the version the "
+      f"checkpoints were saved with (every version is in {workdir / HISTORY})"
+      ", or start a new run with a new --workdir.")
+
+
+def _clean_orbax_text(text):
+  """Drops orbax's advice to restore with strict=False (it would load
+  arrays into a model of other shapes)."""
+  text = re.sub(r"[^.;\n]*strict=False[^.;\n]*[.;]?", "", text)
+  return re.sub(r"\s+", " ", text).strip()
+
+
 def _restore(mngr, step, args):
   """mngr.restore, verified before and checked finite after; orbax's and
   tensorstore's many error types for unreadable bytes become one
-  CheckpointError."""
+  CheckpointError. Arrays of other shapes than config.json builds are a
+  ConfigMismatchError (the config, not the checkpoint, is wrong)."""
   directory = pathlib.Path(mngr.directory)
   verify(directory, step)
+  mismatch = _mismatch(directory, step, args)
+  if mismatch is not None:
+    raise mismatch
   try:
     r = mngr.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except
@@ -216,7 +306,7 @@ def _restore(mngr, step, args):
     root = e
     while root.__cause__ is not None or root.__context__ is not None:
       root = root.__cause__ or root.__context__
-    lines = str(root).strip().splitlines() or [""]
+    lines = _clean_orbax_text(str(root)).splitlines() or [""]
     raise _damaged(directory, step, (
         f"could not be read ({type(root).__name__}: {lines[0][:300]})")
                    ) from e
@@ -255,7 +345,8 @@ def restore(mngr, step, params, opt_state):
 # "schedule.*" and "steps" have further checks against the saved step.
 RESUMABLE = {
     "charlm": ("data.dir", "model.dropout", "model.dtype", "model.remat",
-               "model.attention_impl", "schedule.*", "optim.*", "eval.*",
+               "model.attention_impl", "model.rel_impl", "schedule.*",
+               "optim.*", "eval.*",
                "log_every", "checkpoint_every", "keep_checkpoints",
                "eval_every"),
     "mlm": ("data.cache_dir", "model.attention_impl",
@@ -331,23 +422,49 @@ def config_problems(old, new, step):
   return changes, problems
 
 
-def write_config(config, workdir):
+def _override(field, value):
+  """The --config.field=value flag that sets a field back to value."""
+  if isinstance(value, list):
+    text = "(" + ",".join(repr(v) for v in value) + ("," if len(value) == 1
+                                                      else "") + ")"
+  else:
+    text = value if isinstance(value, str) else repr(value)
+  return shlex.quote(f"--config.{field}={text}")
+
+
+def _resume_flags(changes, problems):
+  """--config flags with the saved values of the changed fields that the
+  problems come from (every changed schedule field when a schedule problem
+  is among them)."""
+  fields = [k for k in changes
+            if any(p.startswith(f"{k}:") for p in problems)
+            or (k.startswith("schedule.") and any(
+                p.startswith("schedule.") for p in problems))]
+  return " ".join(_override(k, changes[k][0]) for k in fields)
+
+
+def write_config(config, workdir, total=None):
   """Checks config against the run's saved config.json, then writes it as
-  config.json and appends it to config_history.jsonl when it is new.
+  config.json and appends it to config_history.jsonl when it changes a
+  field. Returns the run's newest saved step (0 for none).
 
   A run with checkpoints may change only RESUMABLE fields (and the
   schedule from its current phase on). Raises ConfigChangeError listing the
-  other changes before anything is written, so the run folder stays as it
-  was.
+  other changes, and the saved values to pass to resume, before anything is
+  written, so the run folder stays as it was.
+
+  total: the steps the run trains under config. A run whose newest
+  checkpoint is at or past it has nothing to train: nothing is written,
+  and the changes are reported as having had no effect.
   """
   workdir = pathlib.Path(workdir)
   path, history = workdir / "config.json", workdir / HISTORY
   new = json.loads(config.to_json())
   old = json.loads(path.read_text()) if path.exists() else None
-  if old == new:
-    return
-  steps = saved_steps(workdir)
+  steps = saved_steps(workdir) if (workdir / "checkpoints").exists() else []
   step = steps[-1] if steps else 0
+  if old == new:
+    return step
   changes = {}
   if old is not None:
     changes, problems = config_problems(old, new, step)
@@ -355,9 +472,22 @@ def write_config(config, workdir):
       raise ConfigChangeError(
           f"config: {workdir} holds a run at step {step} that cannot "
           "resume with these changes:\n  " + "\n  ".join(problems) +
-          f"\nNothing was written. Start a new run with a new --workdir, or "
-          f"rerun without these overrides to resume (the saved config is "
-          f"{path}).")
+          "\nNothing was written. To resume, pass the run's saved values "
+          f"(from {path}): {_resume_flags(changes, problems)}; or start a "
+          "new run with a new --workdir.")
+  if steps and total is not None and step >= total:
+    if changes:
+      print(f"config: {workdir} is finished (step {step} of {total} under "
+            "the new config), so there is nothing to train: "
+            + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+            + f" had no effect, and {path} is unchanged. A longer schedule "
+            "trains on.", flush=True)
+    return step
+  if old is not None and not changes:
+    # Fields added to (or removed from) lfjax since the run started: the
+    # config gains them, but no change was asked for: no history entry.
+    _write_atomic(path, json.dumps(new, indent=1))
+    return step
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
   lines = []
@@ -375,14 +505,29 @@ def write_config(config, workdir):
     print(f"config: resuming from step {step} with "
           + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
           + f"; every version is kept in {history}")
+  return step
 
 
-def read_config(workdir):
+_TOOLS = {"charlm": "lfjax.evaluate and lfjax.sample",
+          "mlm": "lfjax.mlm evaluate / export"}
+
+
+def read_config(workdir, task=None):
+  """A run's config.json. task: the task the caller handles ("charlm" or
+  "mlm"); a run of another task raises ValueError saying which commands
+  handle it."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"workdir: {path} does not exist; expected the "
                             "folder of a `python -m lfjax.train` run")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  have = config.get("task", "charlm")
+  if task is not None and have != task:
+    names = {"charlm": "char-LM", "mlm": "MLM"}
+    raise ValueError(f"workdir: {workdir} is a {have!r} run, not "
+                     f"{'a' if task == 'charlm' else 'an'} {names[task]}; "
+                     f"see {_TOOLS.get(have, 'its task')} for {have!r} runs")
+  return config
 
 
 def model_config(config, vocab_size):
@@ -393,8 +538,11 @@ def model_config(config, vocab_size):
   return charlm.CharLMConfig(vocab_size=vocab_size, **fields)
 
 
-def restore_params(workdir, params, step=None):
+def restore_params(workdir, params, step=None, flag=None):
   """(params, data state, step) of checkpoint `step` (default: newest).
+
+  flag: the command-line flag step came from ("--checkpoint"): a step not
+  saved is then a cli.UsageError naming it.
 
   Raises FileNotFoundError without checkpoints, ValueError for a step not
   saved, CheckpointError (see restore) for a damaged one."""
@@ -404,8 +552,11 @@ def restore_params(workdir, params, step=None):
                             "checkpoints; train first")
   step = steps[-1] if step is None else step
   if step not in steps:
-    raise ValueError(f"step: expected one of the saved steps {steps}, got "
-                     f"{step}")
+    text = f"expected one of the saved steps {steps}, got {step}"
+    if flag:
+      from lfjax import cli
+      raise cli.UsageError(f"{flag}: {text}")
+    raise ValueError(f"step: {text}")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
   with _reader(workdir) as mngr:
     r = _restore(mngr, step, ocp.args.Composite(
@@ -422,17 +573,15 @@ class Trained(NamedTuple):
   corpus: chars.CharCorpus
 
 
-def load_trained(workdir, step=None):
+def load_trained(workdir, step=None, flag=None):
   """A char-LM run's config, model with trained params, step, window scale
-  and corpus (for `python -m lfjax.evaluate` / `lfjax.sample`)."""
-  config = read_config(workdir)
-  if config.get("task", "charlm") != "charlm":
-    raise ValueError(f"workdir: {workdir} is a {config.task!r} run, not a "
-                     "char-LM; see lfjax.mlm for MLM runs")
+  and corpus (for `python -m lfjax.evaluate` / `lfjax.sample`); flag: see
+  restore_params."""
+  config = read_config(workdir, "charlm")
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm.CharLM(model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
-  params, data, step = restore_params(workdir, params, step)
+  params, data, step = restore_params(workdir, params, step, flag)
   scale = config.schedule.window_scales[data["phase"]]
   return Trained(config, nnx.merge(graphdef, params), step, int(scale), corpus)
