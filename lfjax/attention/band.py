@@ -204,22 +204,6 @@ def _dropout(geo, drop, x0, p0):
                                    geo.dropout)
 
 
-def _shift_right(x_CxW):
-  """y[a, j] = x[a, j - a] (j >= a; other entries hold neighbours' values):
-  a per-row shift by a flat reshape, no index array (the skew of
-  Transformer-XL's relative attention)."""
-  c, w = x_CxW.shape
-  flat = jnp.pad(x_CxW, ((0, 0), (0, 1))).reshape(-1)[:c * w]
-  return flat.reshape(c, w)
-
-
-def _shift_left(x_CxW):
-  """y[a, j] = x[a, j + a] where j + a < W (others hold neighbours')."""
-  c, w = x_CxW.shape
-  flat = jnp.pad(x_CxW.reshape(-1), (0, c))
-  return flat.reshape(c, w + 1)[:, :w]
-
-
 def _rel_scores(geo, prepared, x0, p0):
   """The tile's relative term [C, S] and its queries [C, Dr]: the queries
   times the table rows the window's distances cover ([C, R], head_dim
@@ -234,7 +218,7 @@ def _rel_scores(geo, prepared, x0, p0):
                      preferred_element_type=jnp.float32)
   lag = geo.rel_lag(rows)
   width = max(rows, geo.span + lag)
-  shifted = _shift_right(jnp.pad(p_CxR, ((0, 0), (0, width - rows))))
+  shifted = common.shift_right(jnp.pad(p_CxR, ((0, 0), (0, width - rows))))
   return shifted[:, lag:lag + geo.span], rq_CxDr, tab_RxDr
 
 
@@ -345,7 +329,7 @@ def _backward(geo, scale, res, dout, dlse):
         # band ds is already zero).
         width = max(rows, span + lag)
         ds_lagged = jnp.pad(ds[:, :span], ((0, 0), (lag, width - span - lag)))
-        dp_CxR = jnp.where(rel_ok, _shift_left(ds_lagged)[:, :rows],
+        dp_CxR = jnp.where(rel_ok, common.shift_left(ds_lagged)[:, :rows],
                            0.0)[:, ::-1]
         drq_C = jnp.einsum("qr,rd->qd", dp_CxR, f32(tab_RxDr)) * scale
         drq = jax.lax.dynamic_update_slice(drq, drq_C[None], (x0, p0, 0))

@@ -132,3 +132,22 @@ def dropout_multiplier(seed, i, j, rate):
   threshold = jnp.uint32(min(int(rate * 2.0 ** 32), 2 ** 32 - 1))
   return jnp.where(bits >= threshold, jnp.float32(1.0 / (1.0 - rate)),
                    jnp.float32(0.0))
+
+
+def shift_right(x):
+  """y[..., a, j] = x[..., a, j - a] for j >= a (other entries hold
+  neighbouring rows' values): a per-row shift by a flat reshape, no index
+  array (the skew of Transformer-XL's relative attention). x [..., C, W]."""
+  *lead, c, w = x.shape
+  pad = [(0, 0)] * len(lead) + [(0, 0), (0, 1)]
+  flat = jnp.pad(x, pad).reshape(*lead, c * (w + 1))[..., :c * w]
+  return flat.reshape(*lead, c, w)
+
+
+def shift_left(x):
+  """y[..., a, j] = x[..., a, j + a] where j + a < W (others hold
+  neighbouring rows' values). x [..., C, W]."""
+  *lead, c, w = x.shape
+  pad = [(0, 0)] * len(lead) + [(0, c)]
+  flat = jnp.pad(x.reshape(*lead, c * w), pad)
+  return flat.reshape(*lead, c, w + 1)[..., :w]

@@ -6,7 +6,6 @@ global projections). Only for short sequences and tests.
 """
 
 import jax.numpy as jnp
-import numpy as np
 
 from lfjax.attention import common
 
@@ -23,14 +22,19 @@ def band_mask(n, window, dilation_H, causal):
 
 def rel_bias(rel_query_BxNxHxDr, rel_table_TxHxDr, causal):
   """[B, H, N, N]: rel_query[i] . rel_table[row(i - j)], row(d) = d when
-  causal, d + (T - 1) // 2 otherwise (clipped outside the table)."""
+  causal, d + (T - 1) // 2 otherwise (entries whose row is outside the
+  table hold other finite values: they lie outside the window)."""
   n = rel_query_BxNxHxDr.shape[1]
   t = rel_table_TxHxDr.shape[0]
+  # Table rows reversed: row i - j + center sits at column j - i + L, a
+  # right shift of row i by i (no [N, N] index array to gather with).
   per_row = jnp.einsum("bihd,thd->bhit", rel_query_BxNxHxDr,
-                       rel_table_TxHxDr, preferred_element_type=jnp.float32)
-  dist = np.arange(n)[:, None] - np.arange(n)[None, :]
-  rows = np.clip(dist + (0 if causal else (t - 1) // 2), 0, t - 1)
-  return jnp.take_along_axis(per_row, jnp.asarray(rows)[None, None], axis=-1)
+                       rel_table_TxHxDr[::-1],
+                       preferred_element_type=jnp.float32)
+  lag = t - 1 - (0 if causal else (t - 1) // 2)
+  width = max(t, n + lag)
+  per_row = jnp.pad(per_row, ((0, 0), (0, 0), (0, 0), (0, width - t)))
+  return common.shift_right(per_row)[..., lag:lag + n]
 
 
 def dense_attention(q, k, v, *, window, dilation_H, causal, key_mask_BxN,
