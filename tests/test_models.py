@@ -216,6 +216,7 @@ def test_negative_ids_and_over_cap_globals_poison_under_jit():
 def test_convert_cli_refuses_bad_sizes(tmp_path):
   from lfjax import cli
   from lfjax import convert
+  (tmp_path / "a").mkdir()
   base = ["--from", str(tmp_path / "a"), "--to", str(tmp_path / "b")]
   with pytest.raises(cli.UsageError, match="--max_positions: expected an int"):
     convert.main(base + ["--max_positions", "0"])
