@@ -523,6 +523,11 @@ def test_relative_term_errors():
   call = lambda **kw: windowed_attention(q, q, q, window=3, **kw)
   with pytest.raises(ValueError, match="rel_query, rel_table: expected both"):
     call(rel_query=rq)
+  with pytest.raises(ValueError, match=r"rel_query: expected a floating array "
+                     r"\[batch, seq, heads, Dr\], got list"):
+    call(rel_query=[[1.0]], rel_table=jnp.zeros((7, 2, 4)))
+  with pytest.raises(ValueError, match=r"rel_query: expected Dr >= 1"):
+    call(rel_query=jnp.zeros((1, 10, 2, 0)), rel_table=jnp.zeros((7, 2, 0)))
   with pytest.raises(ValueError, match=r"rel_table: expected shape \[T, "
                      r"heads=2, Dr=4\]"):
     call(rel_query=rq, rel_table=jnp.zeros((7, 3, 4)))

@@ -233,14 +233,18 @@ def _check_rel(rel_query, rel_table, q, window, dilation_H, causal):
                      f"rel_query {'None' if rel_query is None else 'set'} "
                      f"and rel_table {'None' if rel_table is None else 'set'}")
   b, n, h, _ = q.shape
-  for name, x, rank in (("rel_query", rel_query, 4), ("rel_table", rel_table,
-                                                      3)):
-    if getattr(x, "ndim", None) != rank or not jnp.issubdtype(
-        x.dtype, jnp.floating):
-      raise ValueError(f"{name}: expected a floating array of rank {rank}, "
-                       f"got {getattr(x, 'shape', type(x))} "
-                       f"{getattr(x, 'dtype', '')}")
+  for name, x, what in (("rel_query", rel_query, "[batch, seq, heads, Dr]"),
+                        ("rel_table", rel_table, "[T, heads, Dr]")):
+    if getattr(x, "ndim", None) != len(what.split(",")) or not (
+        jnp.issubdtype(x.dtype, jnp.floating)):
+      got = (f"shape {x.shape} {x.dtype}" if hasattr(x, "shape")
+             else type(x).__name__)
+      raise ValueError(f"{name}: expected a floating array {what}, got "
+                       f"{got}")
   dr = rel_query.shape[-1]
+  if dr == 0:
+    raise ValueError("rel_query: expected Dr >= 1 (the term's width), got "
+                     f"shape {rel_query.shape}")
   if rel_query.shape != (b, n, h, dr):
     raise ValueError(f"rel_query: expected shape [batch, seq, heads, Dr] = "
                      f"{(b, n, h, 'Dr')}, got {rel_query.shape}")
