@@ -88,6 +88,11 @@ class Geometry:
     of row a holds table row rows - 1 - u)."""
     return rows - 1 - self.hl + self.rel_min
 
+  def rel_width(self, rows):
+    """Columns the shifted products need: the table's, or the span past
+    the lag, whichever is wider."""
+    return max(rows, self.span + self.rel_lag(rows))
+
   def rel_valid(self, rows):
     """[C, R] static, in the reversed layout: column u of row a is the
     distance of a key inside the tile's span."""
@@ -204,22 +209,26 @@ def _dropout(geo, drop, x0, p0):
                                    geo.dropout)
 
 
-def _rel_scores(geo, prepared, x0, p0):
-  """The tile's relative term [C, S] and its queries [C, Dr]: the queries
-  times the table rows the window's distances cover ([C, R], head_dim
-  wide), then shifted per row so entry (a, t) reads distance a - t + hl."""
+def _rel_operands(geo, prepared, x0, p0):
+  """The tile's relative queries [C, Dr] and its row's table [R, Dr]."""
   rqp, tab = prepared[8], prepared[9]
-  rq_CxDr = _slice(rqp, x0, p0, geo.c)
-  tab_RxDr = _slice(tab, x0, 0, tab.shape[1])
-  rows = tab.shape[1]
+  return _slice(rqp, x0, p0, geo.c), _slice(tab, x0, 0, tab.shape[1])
+
+
+def _rel_scores(geo, prepared, x0, p0):
+  """The tile's relative term [C, S]: the queries times the table rows the
+  window's distances cover ([C, R], head_dim wide), then shifted per row so
+  entry (a, t) reads distance a - t + hl."""
+  rq_CxDr, tab_RxDr = _rel_operands(geo, prepared, x0, p0)
+  rows = tab_RxDr.shape[0]
   # Reversed table rows: column u is distance rel_min + rows - 1 - u, so
   # the distance a - t + hl sits at column t + L - a: a right shift by a.
   p_CxR = jnp.einsum("qd,rd->qr", rq_CxDr, tab_RxDr[::-1],
                      preferred_element_type=jnp.float32)
   lag = geo.rel_lag(rows)
-  width = max(rows, geo.span + lag)
-  shifted = common.shift_right(jnp.pad(p_CxR, ((0, 0), (0, width - rows))))
-  return shifted[:, lag:lag + geo.span], rq_CxDr, tab_RxDr
+  shifted = common.shift_right(
+      jnp.pad(p_CxR, ((0, 0), (0, geo.rel_width(rows) - rows))))
+  return shifted[:, lag:lag + geo.span]
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
@@ -238,7 +247,7 @@ def _tile(geo, scale, band_CxS, prepared, x0, p0):
   s = jnp.einsum("qd,kd->qk", q_CxD, k_SxD,
                  preferred_element_type=jnp.float32)
   if geo.rel_min is not None:  # band keys only; extra keys get no term
-    rel_CxS = _rel_scores(geo, prepared, x0, p0)[0]
+    rel_CxS = _rel_scores(geo, prepared, x0, p0)
     s = s + jnp.pad(rel_CxS, ((0, 0), (0, geo.g)))
   s = s * scale
   return q_CxD, jnp.where(mask, s, common.NEG_INF), mask, k_SxD, v_SxD
@@ -284,7 +293,7 @@ def _backward(geo, scale, res, dout, dlse):
   with_rel = geo.rel_min is not None
   if with_rel:
     rows = tab.shape[1]
-    lag = geo.rel_lag(rows)
+    lag, width = geo.rel_lag(rows), geo.rel_width(rows)
     rel_ok = jnp.asarray(geo.rel_valid(rows))
   band = jnp.asarray(geo.band_mask())
   dqk, dv = q.shape[2], v.shape[2]
@@ -319,26 +328,21 @@ def _backward(geo, scale, res, dout, dlse):
       dq_CxD = jnp.einsum("qk,kd->qd", ds, f32(k_win)) * scale
       dk_win = jnp.einsum("qk,qd->kd", ds, f32(q_CxD)) * scale
       dq = jax.lax.dynamic_update_slice(dq, dq_CxD[None], (x0, p0, 0))
+      # Key spans of neighbouring blocks overlap: accumulate in place.
+      add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
+          acc, (_slice(acc, x0, p, upd.shape[0]) + upd)[None], (x0, p, 0))
       if with_rel:
-        # ds back in the table's layout: entry (a, r) is key a + hl -
-        # rel_min - r of the row (zero where that key is outside the
-        # span; outside the band ds is already zero).
-        _, rq_CxR, tab_RxDr = _rel_scores(geo, prepared, x0, p0)
         # The forward's shift undone: reversed column u of row a is key
         # u + a - L (zero where that key is outside the span; outside the
         # band ds is already zero).
-        width = max(rows, span + lag)
+        rq_CxDr, tab_RxDr = _rel_operands(geo, prepared, x0, p0)
         ds_lagged = jnp.pad(ds[:, :span], ((0, 0), (lag, width - span - lag)))
         dp_CxR = jnp.where(rel_ok, common.shift_left(ds_lagged)[:, :rows],
                            0.0)[:, ::-1]
         drq_C = jnp.einsum("qr,rd->qd", dp_CxR, f32(tab_RxDr)) * scale
         drq = jax.lax.dynamic_update_slice(drq, drq_C[None], (x0, p0, 0))
-        dtab = jax.lax.dynamic_update_slice(
-            dtab, (dtab[x0] + jnp.einsum("qr,qd->rd", dp_CxR, f32(rq_CxR))
-                   * scale)[None], (x0, 0, 0))
-      # Key spans of neighbouring blocks overlap: accumulate in place.
-      add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
-          acc, (_slice(acc, x0, p, upd.shape[0]) + upd)[None], (x0, p, 0))
+        dtab = add(dtab, jnp.einsum("qr,qd->rd", dp_CxR, f32(rq_CxDr)) * scale,
+                   0)
       dkp = add(dkp, dk_win[:span], p0)
       dvp = add(dvp, dv_win[:span], p0)
       if geo.g:
