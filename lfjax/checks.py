@@ -102,6 +102,22 @@ def strings(config, field, nonempty=False):
   return tuple(v)
 
 
+def adamw(config):
+  """optim.b1, b2, eps and weight_decay of an AdamW (every task's)."""
+  real(config, "optim.b1", 0, 1, hi_open=True)
+  real(config, "optim.b2", 0, 1, hi_open=True)
+  real(config, "optim.eps", 0, lo_open=True)
+  real(config, "optim.weight_decay", 0)
+
+
+def loop_fields(config):
+  """The fields lfjax.loop reads, the same in every task."""
+  integer(config, "log_every", 1)
+  integer(config, "checkpoint_every", 1)
+  integer(config, "keep_checkpoints", 1)
+  integer(config, "eval_every", 0)
+
+
 def _range(kind, lo, hi, lo_open=False, hi_open=False):
   if lo is not None and hi is not None:
     return (f"{kind} in {'(' if lo_open else '['}{lo}, {hi}"
