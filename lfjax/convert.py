@@ -283,16 +283,20 @@ def _head_of(d, weights):
   if any(k.startswith("classifier.dense.") for k in names):
     return "sequence_classification", "classifier.dense.* tensors"
   if "classifier.weight" in names:
-    pooled = any(_strip_prefix(k).startswith("pooler.") for k in names)
+    pooled = any(map(_is_pooler, names))
     if weights["classifier.weight"].shape[0] == 1 and pooled:
       return "multiple_choice", "a one-output classifier over the pooler"
     return "token_classification", "classifier.weight"
   if any(k.startswith("qa_outputs.") for k in names):
     return "question_answering", "qa_outputs.* tensors"
-  extra = sorted(k for k in names if k.startswith(_HEAD_TENSORS))
+  extra = sorted(filter(_is_head_tensor, names))
   if extra:
     return None, f"head tensors {extra[:4]}"
   return "base", "no head tensors"
+
+
+def _is_pooler(name):
+  return _strip_prefix(name).startswith("pooler.")
 
 
 def _is_head_tensor(name):
@@ -354,7 +358,7 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
   _check_head_layout(path, weights, head, found, told)
   rngs = nnx.Rngs(seed)
   if head == "base":
-    has_pooler = any(_strip_prefix(k).startswith("pooler.") for k in weights)
+    has_pooler = any(map(_is_pooler, weights))
     model = LongformerModel(cfg, add_pooling_layer=has_pooler, rngs=rngs)
   else:
     model = HEADS[head](cfg, rngs=rngs)
@@ -362,9 +366,9 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
     # Another head than the checkpoint's (as transformers allows, with a
     # warning): the checkpoint's head tensors, and the pooler where the
     # new head has none, are not used.
-    drop = sorted(k for k in weights if _is_head_tensor(k) or (
-        _strip_prefix(k).startswith("pooler.")
-        and getattr(model, "longformer", model).pooler is None))
+    no_pooler = getattr(model, "longformer", model).pooler is None
+    drop = sorted(k for k in weights
+                  if _is_head_tensor(k) or (_is_pooler(k) and no_pooler))
     if drop:
       held = found or "an unsupported head"
       warnings.warn(f"head={head!r}: the checkpoint holds {held} ({told}); "
@@ -381,7 +385,7 @@ def _check_head_layout(path, weights, head, found, told):
   lacks: say so instead of listing homeless tensors."""
   if head != found or head == "base":
     return
-  names = {n for n in weights if _is_head_tensor(n)}
+  names = set(filter(_is_head_tensor, weights))
   model = HEADS[head]
   probe = {"sequence_classification": {"classifier.dense.weight"},
            "token_classification": {"classifier.weight"},

@@ -506,15 +506,14 @@ class LongformerForSequenceClassification(nnx.Module):
                output_hidden_states=False, *, max_global=None):
     input_ids = jnp.asarray(input_ids)
     cap = max_global
-    if global_attention_mask is None and cap is None:
+    if global_attention_mask is None:
       global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
           True)
-      # Under jit a row with more (attention_mask 2) gets NaN outputs.
-      if self.cfg.max_global is None and _traced(input_ids, attention_mask):
+      # One global token by construction, so the head jits without a cap;
+      # under jit a row with more (attention_mask 2) gets NaN outputs.
+      if (cap is None and self.cfg.max_global is None
+          and _traced(input_ids, attention_mask)):
         cap = 1
-    elif global_attention_mask is None:
-      global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
-          True)
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
                           output_hidden_states, max_global=cap)
