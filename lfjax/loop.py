@@ -50,15 +50,13 @@ def check_finite(loss, step, last_ckpt):
         "harder (see the config's optim fields)")
 
 
-def finished(workdir, step, total):
+def finished(workdir, step, total, steps):
   """Says where a finished run's results are; returns its last record (the
   records logged at its last step, merged), as the run itself returned."""
-  print(f"{workdir} is already finished: its newest checkpoint is step "
-        f"{step} of {total}. Results: checkpoints in {workdir}/checkpoints, "
-        f"metrics in {workdir}/metrics.jsonl"
-        + "".join(f", {p}" for p in sorted(workdir.glob("eval_*.json")))
-        + ". To train on, give it a longer schedule; to start over, use a "
-        "new --workdir.", flush=True)
+  print("\n".join([f"{workdir} is already finished: its newest checkpoint "
+                   f"is step {step} of {total}."] + _where(workdir, steps)
+                  + ["To train on, give it a longer schedule; to start "
+                     "over, use a new --workdir."]), flush=True)
   path = workdir / "metrics.jsonl"
   last = {}
   for rec in metrics.read(path) if path.exists() else []:
@@ -85,7 +83,7 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
       params, opt_state, data_state = checkpoints.restore(
           mngr, start, params, opt_state)
       if start >= total:
-        return finished(workdir, start, total)
+        return finished(workdir, start, total, mngr.all_steps())
       print(f"resuming {workdir} from step {start}")
     writer = metrics.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
     last_ckpt = start
@@ -180,12 +178,17 @@ def _summary(workdir, total, seconds, steps, last):
   evals = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
                     if k.startswith("eval_") and isinstance(v, float))
   lines = [f"finished step {total} in {_duration(seconds)}"
-           + (f": {evals}" if evals else ""),
-           f"  checkpoints: {workdir}/checkpoints (steps "
+           + (f": {evals}" if evals else "")] + _where(workdir, steps)
+  print("\n".join(lines), flush=True)
+
+
+def _where(workdir, steps):
+  """Lines naming a run's checkpoints, metrics, config and eval files."""
+  lines = [f"  checkpoints: {workdir}/checkpoints (steps "
            f"{', '.join(map(str, sorted(steps)))})",
            f"  metrics:     {workdir}/metrics.jsonl (one JSON line per "
            "logged step and evaluation)",
            f"  config:      {workdir}/config.json"]
   for path in sorted(pathlib.Path(workdir).glob("eval_*.json")):
     lines.append(f"  eval file:   {path}")
-  print("\n".join(lines), flush=True)
+  return lines
