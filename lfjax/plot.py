@@ -12,7 +12,9 @@ eval_loss at each evaluation); a panel with no data for any run says so.
 Phase changes of a staged schedule are marked by dotted vertical lines.
 metrics.jsonl stays the source of truth: this only reads it.
 
-matplotlib with the Agg backend: no display is needed.
+Drawn with matplotlib's object API on an Agg canvas: no display is needed,
+and nothing changes pyplot's global backend (a notebook importing this
+keeps its inline figures).
 """
 
 import os
@@ -20,12 +22,11 @@ import pathlib
 import sys
 
 import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-from lfjax import cli  # noqa: E402
-from lfjax import metrics  # noqa: E402
+from lfjax import cli
+from lfjax import metrics
 
 # (panel title, y label, [(metrics key, "train" | "eval")]); log y for the
 # learning rate only (schedules span decades when they warm up or decay).
@@ -111,6 +112,14 @@ def run_names(workdirs):
     depth += 1
 
 
+def new_figure(**kwargs):
+  """A Figure on an Agg canvas (savefig to any format Agg writes), not
+  registered with pyplot."""
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig
+
+
 def style(ax, title, xlabel, ylabel):
   """The look every lfjax figure shares (experiments' PNGs too)."""
   ax.set_title(title, fontsize=10)
@@ -128,8 +137,9 @@ def plot_runs(runs, title=None):
   "<name> train" or "<name> eval" and the records' steps and values as its
   data, unchanged.
   """
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  fig = new_figure(figsize=(11, 7.5))
+  axes = fig.subplots(2, 2)
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (panel, ylabel, keys) in zip(axes.flat, PANELS):
     drawn = False
     for r, (name, records) in enumerate(runs):
@@ -183,9 +193,7 @@ def main(argv=None):
                  "(default: the folder names)")
   p.add_argument("--title", default=None, help="figure title")
   args = p.parse_args(argv)
-  fig = plt.figure()
-  formats = set(fig.canvas.get_supported_filetypes())
-  plt.close(fig)
+  formats = set(FigureCanvasAgg.get_supported_filetypes())
   suffix = pathlib.Path(args.out).suffix.lstrip(".").lower()
   if suffix not in formats:
     raise cli.UsageError(f"--out: expected a file name ending in one of "
@@ -206,7 +214,6 @@ def main(argv=None):
   runs = [(n, load_run(w)) for n, w in zip(names, args.workdirs)]
   fig = plot_runs(runs, title=args.title)
   fig.savefig(args.out, dpi=110)
-  plt.close(fig)
   print(f"wrote {args.out} ({len(runs)} run{'s' * (len(runs) > 1)}: "
         f"{', '.join(names)})")
 
