@@ -1,0 +1,253 @@
+"""Sequence-parallel attention checks on 8 virtual CPU devices, in one process.
+
+Run by tests/test_sharded_attention.py as a subprocess: the device count must
+be set before JAX initialises its backend, and pytest's process already has
+one device. All cases run here in one process so the compiles share a
+process (and the run's compilation cache). Standalone:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \\
+      python -m tests.sharded_cases /tmp/out.json
+
+Every case compares sequence_parallel_attention on a mesh of P devices with
+the brute-force reference (tests/reference.py): the output and the
+gradients of q, k, v, the global projections, rel_query and rel_table. The
+result is a JSON object {case name: {errors or HLO facts}}; the pytest file
+asserts on it.
+"""
+
+import json
+import re
+import sys
+import time
+import traceback
+
+# Cases, each one sharded compile (forward + backward). Fields: p (devices
+# on the sequence axis), n (whole sequence), h heads (dilation per head),
+# dv value width, window, causal, pad (padding rows at the end of the last
+# batch row: they sit in the last shard), globals (positions; None: no
+# global tokens), gqkv (separate global projections), rel (relative term),
+# cap (max_global under jit, fewer than the globals: the rest demoted),
+# data (data-parallel axis size; the mesh is data x seq), drop (dropout).
+CASES = {
+    "p2_symmetric_padding": dict(p=2, n=24, dilation=[1, 1], window=3,
+                                 pad=5),
+    "p4_dilation_globals": dict(p=4, n=32, dilation=[1, 2, 3], window=2,
+                                pad=6, globals=[2, 19, 20], gqkv=True, dv=5),
+    "p8_multihop_globals_rel": dict(p=8, n=32, dilation=[1, 2], window=5,
+                                    pad=3, globals=[0, 27, 28], rel=True),
+    "p4_causal_multihop_rel": dict(p=4, n=32, dilation=[1, 2], window=9,
+                                   causal=True, pad=4, rel=True),
+    "p8_causal_dilated": dict(p=8, n=64, dilation=[3, 3], window=3,
+                              causal=True, rel=True),
+    "p2_window_past_sequence": dict(p=2, n=16, dilation=[1, 2], window=20,
+                                    globals=[9], gqkv=True, rel=True),
+    "p4_dropout_globals": dict(p=4, n=32, dilation=[1, 2], window=4, pad=5,
+                               globals=[6, 30], gqkv=True, drop=0.2),
+    "p4_pallas_globals_rel": dict(p=4, n=32, dilation=[2, 1], window=3,
+                                  pad=5, globals=[1, 17], gqkv=True, rel=True,
+                                  impl="pallas"),
+    "p8_pallas_causal_multihop": dict(p=8, n=32, dilation=[1, 2], window=6,
+                                      causal=True, rel=True, impl="pallas"),
+    "data2_seq4_traced_cap": dict(p=4, data=2, n=32, dilation=[1, 2],
+                                  window=3, pad=7, globals=[3, 12, 22, 23],
+                                  gqkv=True, rel=True, cap=3),
+}
+OUT_ATOL, GRAD_ATOL, GRAD_RTOL = 2e-5, 5e-5, 1e-4
+
+
+def make_inputs(spec, seed):
+  """Random arrays and masks for a case (numpy)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  b, n, h, d = 2, spec["n"], len(spec["dilation"]), 8
+  dv = spec.get("dv", d)
+  arr = lambda width: rng.standard_normal((b, n, h, width)).astype(np.float32)
+  x = dict(q=arr(d), k=arr(d), v=arr(dv))
+  key_mask = np.ones((b, n), bool)
+  key_mask[-1, n - spec.get("pad", 0):] = False
+  x["key_mask"] = key_mask
+  if spec.get("globals") is not None:
+    gm = np.zeros((b, n), bool)
+    gm[:, spec["globals"]] = True
+    gm[0, rng.integers(0, n)] = True  # one more, anywhere, in one row
+    x["global_mask"] = gm
+    if spec.get("gqkv"):
+      x["global_qkv"] = (arr(d), arr(d), arr(dv))
+  if spec.get("rel"):
+    reach = min(spec["window"] * max(spec["dilation"]), n - 1)
+    t = reach + 1 if spec.get("causal") else 2 * reach + 1
+    x["rel_query"] = arr(4)
+    x["rel_table"] = rng.standard_normal((t, h, 4)).astype(np.float32)
+  x["cot"] = arr(dv)
+  return x
+
+
+def demoted(global_mask, key_mask, cap):
+  """The spec of max_global under jit: only the first `cap` non-padding
+  global tokens of a row stay global (numpy, for the reference)."""
+  import numpy as np
+  g = global_mask & key_mask
+  return g & (np.cumsum(g, axis=1) <= cap)
+
+
+def run_case(name, spec, seed):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lfjax.attention.sharded import sequence_parallel_attention
+  from tests.reference import reference_attention
+
+  x = make_inputs(spec, seed)
+  data = spec.get("data", 1)
+  mesh = jax.make_mesh((data, spec["p"]), ("data", "seq"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  static = dict(window=spec["window"], dilation=spec["dilation"],
+                causal=spec.get("causal", False))
+  drop = spec.get("drop", 0.0)
+  if drop:
+    static.update(dropout_rate=drop, dropout_key=jax.random.key(seed))
+  diff = ["q", "k", "v"] + [n for n in ("global_qkv", "rel_query",
+                                        "rel_table") if n in x]
+  masks = {n: jnp.asarray(x[n]) for n in ("key_mask", "global_mask")
+           if n in x}
+  cap = spec.get("cap")
+  ref_masks = dict(masks)
+  if cap is not None:
+    ref_masks["global_mask"] = jnp.asarray(demoted(
+        x["global_mask"], x["key_mask"], cap))
+  cot = jnp.asarray(x["cot"])
+
+  def loss(fn, msk):
+    def f(*args):
+      out = fn(**dict(zip(diff, args)), **msk)
+      return jnp.sum(out * cot), out
+    return f
+
+  def ours(**kw):
+    return sequence_parallel_attention(
+        mesh=mesh, axis_name="seq", batch_axis="data" if data > 1 else None,
+        impl=spec.get("impl", "auto"), max_global=cap, **static, **kw)
+
+  args = [jax.tree.map(jnp.asarray, x[n]) for n in diff]
+  grad = lambda fn, msk: jax.value_and_grad(
+      loss(fn, msk), argnums=tuple(range(len(diff))), has_aux=True)
+  # Not jitted: the reference derives its key lists (and the dropout
+  # hash's seed) from concrete values.
+  (_, want), want_g = grad(
+      lambda **kw: reference_attention(**static, **kw), ref_masks)(*args)
+  t0 = time.time()
+  if cap is not None:  # masks traced: max_global is what bounds the globals
+    sharded = jax.jit(lambda m, *a: grad(ours, m)(*a))
+    (_, got), got_g = sharded(masks, *args)
+  else:
+    (_, got), got_g = jax.jit(grad(ours, masks))(*args)
+  jax.block_until_ready(got_g)
+  res = dict(seconds=round(time.time() - t0, 2),
+             out_err=float(jnp.max(jnp.abs(got - want))),
+             out_spec=str(got.sharding.spec) if hasattr(got, "sharding")
+             else None)
+  for n, gw, gg in zip(diff, want_g, got_g):
+    for i, (w, g) in enumerate(zip(jax.tree.leaves(gw),
+                                   jax.tree.leaves(gg))):
+      w, g = np.asarray(w), np.asarray(g)
+      key = n if n != "global_qkv" else ("q_g", "k_g", "v_g")[i]
+      res[f"grad_{key}_err"] = float(np.max(
+          np.abs(g - w) - GRAD_RTOL * np.abs(w)))
+      res[f"grad_{key}_finite"] = bool(np.isfinite(g).all())
+  return res
+
+
+def hlo_case():
+  """Collectives in the compiled forward + backward of a symmetric layer
+  with global tokens and a causal one: collective-permutes whose operands
+  are halo-sized, no all-gather."""
+  import jax
+  import jax.numpy as jnp
+  from lfjax.attention.sharded import sequence_parallel_attention
+
+  mesh = jax.make_mesh((8,), ("seq",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+  b, n, h, d, w = 1, 256, 2, 8, 4
+  sds = jax.ShapeDtypeStruct((b, n, h, d), jnp.float32)
+  gm = jax.ShapeDtypeStruct((b, n), jnp.bool_)
+  out = {}
+  for label, causal in (("symmetric", False), ("causal", True)):
+    def layer(q, k, v, global_mask=None):
+      def f(q, k, v):
+        return jnp.sum(sequence_parallel_attention(
+            q, k, v, mesh=mesh, window=w, causal=causal,
+            global_mask=global_mask, max_global=None if causal else 4))
+      return jax.grad(f, argnums=(0, 1, 2))(q, k, v)
+    fn = (jax.jit(layer) if causal else
+          jax.jit(lambda q, k, v, m: layer(q, k, v, m)))
+    lowered = (fn.lower(sds, sds, sds) if causal
+               else fn.lower(sds, sds, sds, gm))
+    text = lowered.compile().as_text()
+    permutes = [l for l in text.splitlines()
+                if re.search(r"= \S+ collective-permute(-start)?\(", l)]
+    # Each permute operand: the [B, rows, H, D] halo of k or v, or the
+    # [B, rows] bool key mask; rows must be the window (w), not the shard.
+    rows = sorted(set(int(m) for l in permutes
+                      for m in re.findall(r"\[\d+,(\d+)(?:,\d+,\d+)?\]",
+                                          l.split("collective-permute")[0])))
+    out[label] = dict(
+        collective_permutes=len(permutes),
+        all_gathers=len(re.findall(r"all-gather(-start)?\(", text)),
+        all_reduces=len(re.findall(r"all-reduce(-start)?\(", text)),
+        permute_rows=rows, shard_rows=n // 8, window=w)
+  return out
+
+
+def error_cases():
+  """Messages of the argument checks that need a real multi-device mesh."""
+  import jax
+  import jax.numpy as jnp
+  from lfjax.attention.sharded import sequence_parallel_attention
+  mesh = jax.make_mesh((2, 4), ("data", "seq"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  x = jnp.zeros((3, 30, 2, 8))
+  y = jnp.zeros((3, 32, 2, 8))
+  msgs = {}
+  for label, call in (
+      ("seq_not_multiple", lambda: sequence_parallel_attention(
+          x, x, x, mesh=mesh, window=2)),
+      ("batch_not_multiple", lambda: sequence_parallel_attention(
+          y, y, y, mesh=mesh, window=2, batch_axis="data")),
+      ("batch_axis_is_seq", lambda: sequence_parallel_attention(
+          y, y, y, mesh=mesh, window=2, batch_axis="seq"))):
+    try:
+      call()
+      msgs[label] = None
+    except ValueError as e:
+      msgs[label] = str(e)
+  return msgs
+
+
+def main(path):
+  import jax
+  # Tiny programs: XLA's optimisations cost more compile time than they
+  # save (as conftest's fast_compiles).
+  jax.config.update("jax_disable_most_optimizations", True)
+  t0 = time.time()
+  if jax.device_count() < 8:
+    raise SystemExit(f"sharded_cases: expected 8 devices, got "
+                     f"{jax.device_count()}; set XLA_FLAGS="
+                     f"--xla_force_host_platform_device_count=8")
+  results = {"devices": jax.device_count()}
+  for name, spec in CASES.items():
+    try:
+      results[name] = run_case(name, spec, seed=len(results))
+    except Exception:  # recorded, so the other cases still run
+      results[name] = dict(exception=traceback.format_exc())
+  for name, fn in (("hlo", hlo_case), ("errors", error_cases)):
+    try:
+      results[name] = fn()
+    except Exception:
+      results[name] = dict(exception=traceback.format_exc())
+  results["seconds"] = round(time.time() - t0, 1)
+  with open(path, "w") as f:
+    json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])
