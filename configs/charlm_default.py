@@ -10,7 +10,7 @@ three (its samples are gibberish). Evaluate with
 `python -m lfjax.evaluate --workdir DIR --split test`.
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 
 def get_config(arg=None):

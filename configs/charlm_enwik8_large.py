@@ -7,7 +7,7 @@ Needs enwik8.zip (or enwik8) locally. The paper trained it on 8 GPUs for 13
 days with gradient checkpointing (remat) and fp16 matmuls; 395K steps.
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 
 def get_config(arg=None):

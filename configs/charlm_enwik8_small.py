@@ -7,7 +7,7 @@ Needs enwik8.zip (or enwik8) in --config.data.dir / $LFJAX_DATA /
 ~/.cache/lfjax. Bytes are the vocabulary (256 ids). GPU-scale: 570K steps.
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 
 def get_config(arg=None):

@@ -12,7 +12,7 @@ window double, the learning rate halves. `experiments/table2_charlm.py`
 runs both and writes experiments/results/table2.md.
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 VARIANTS = ("longformer", "full")
 

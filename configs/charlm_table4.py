@@ -16,7 +16,7 @@ embedded corpus (pystdlib), one phase of a few hundred steps, so it tests
 the ordering at a scale four orders of magnitude smaller.
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 # Paper: 32 -> 512 at sequence 2,048 (1/64 to 1/4 of it); here sequence
 # 512 and 6 layers, so 8 -> 128.

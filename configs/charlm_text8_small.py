@@ -9,7 +9,7 @@ tokens) is GPU-scale: the paper used 4 GPUs for 16 days. Evaluate with
 `python -m lfjax.evaluate --workdir DIR --split test` (32,256 / 512).
 """
 
-from lfjax import charlm_defaults
+from lfjax.tasks import charlm_defaults
 
 
 def get_config(arg=None):

@@ -16,7 +16,7 @@ RoBERTa, which `python -m lfjax.mlm make_tiny --to DIR` builds:
       --config.init_from DIR --workdir /tmp/mlm_tiny
 """
 
-from lfjax import mlm_defaults
+from lfjax.tasks import mlm_defaults
 
 
 def get_config(arg=None):

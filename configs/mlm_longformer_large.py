@@ -9,7 +9,7 @@ both sizes); only the micro-batch shrinks so 4096-token sequences of the
 24-layer model fit. `tiny` as in mlm_longformer_base.py.
 """
 
-from lfjax import mlm_defaults
+from lfjax.tasks import mlm_defaults
 
 
 def get_config(arg=None):

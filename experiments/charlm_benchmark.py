@@ -30,7 +30,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from lfjax import checkpoints  # noqa: E402
-from lfjax import train  # noqa: E402
+from lfjax.tasks import charlm as train  # noqa: E402
 from lfjax.models import charlm  # noqa: E402
 from configs import charlm_text8_small  # noqa: E402
 

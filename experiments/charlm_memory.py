@@ -81,7 +81,7 @@ def compile_step(config, cfg, seq, window_scale, donate):
   import jax
   import numpy as np
   from flax import nnx
-  from lfjax import train
+  from lfjax.tasks import charlm as train
   from lfjax.models import charlm
   abstract = nnx.eval_shape(lambda: charlm.CharLM(cfg, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(abstract)

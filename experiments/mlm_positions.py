@@ -29,11 +29,11 @@ from flax import nnx  # noqa: E402
 
 from lfjax import checkpoints  # noqa: E402
 from lfjax import convert  # noqa: E402
-from lfjax import mlm  # noqa: E402
-from lfjax import mlm_defaults  # noqa: E402
 from lfjax import train  # noqa: E402
 from lfjax.data import text  # noqa: E402
 from lfjax.models import LongformerConfig  # noqa: E402
+from lfjax.tasks import mlm  # noqa: E402
+from lfjax.tasks import mlm_defaults  # noqa: E402
 from lfjax.models import LongformerForMaskedLM  # noqa: E402
 
 

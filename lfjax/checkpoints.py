@@ -337,23 +337,15 @@ def restore(mngr, step, params, opt_state):
   return r["params"], r["opt_state"], r["data"]
 
 
-# Fields a resumed run may change, by task: they steer only the steps still
-# to come, or where files are read and logged, never what the saved arrays
-# and data position mean. Everything else (model shapes and function,
-# vocabulary and data, tokenizer, init checkpoint, task, seed: it fixes the
-# data order the saved position is in) stays for the life of a run.
-# "schedule.*" and "steps" have further checks against the saved step.
-RESUMABLE = {
-    "charlm": ("data.dir", "model.dropout", "model.dtype", "model.remat",
-               "model.attention_impl", "model.rel_impl", "schedule.*",
-               "optim.*", "eval.*",
-               "log_every", "checkpoint_every", "keep_checkpoints",
-               "eval_every"),
-    "mlm": ("data.cache_dir", "model.attention_impl",
-            "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
-            "log_every", "checkpoint_every", "keep_checkpoints",
-            "eval_every"),
-}
+def resumable(task):
+  """The fields (fnmatch patterns) a resumed run of `task` may change: its
+  module's RESUMABLE (lfjax.tasks). They steer only the steps still to come,
+  or where files are read and logged, never what the saved arrays and data
+  position mean; everything else (model shapes, data, tokenizer, init
+  checkpoint, task, seed: it fixes the data order the saved position is
+  in) stays for the life of a run."""
+  from lfjax import tasks  # the task modules import this one
+  return tasks.get(task).RESUMABLE
 
 
 def _flat(tree, prefix=""):
@@ -407,7 +399,7 @@ def config_problems(old, new, step):
   # the run started: it is no change the user asked for.
   changes = {k: (fo[k], fn[k]) for k in sorted(set(fo) & set(fn))
              if fo[k] != fn[k]}
-  allowed = RESUMABLE.get(task, ())
+  allowed = resumable(task)
   problems = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()
               if not any(fnmatch.fnmatchcase(k, pat) for pat in allowed)]
   if task == "charlm" and any(k.startswith("schedule.") for k in changes):
@@ -508,14 +500,10 @@ def write_config(config, workdir, total=None):
   return step
 
 
-_TOOLS = {"charlm": "lfjax.evaluate and lfjax.sample",
-          "mlm": "lfjax.mlm evaluate / export"}
-
-
 def read_config(workdir, task=None):
-  """A run's config.json. task: the task the caller handles ("charlm" or
-  "mlm"); a run of another task raises ValueError saying which commands
-  handle it."""
+  """A run's config.json. task: the task the caller handles (a name in
+  lfjax.tasks.TASKS); a run of another task raises ValueError saying which
+  commands handle it."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
     raise FileNotFoundError(f"workdir: {path} does not exist; expected the "
@@ -523,10 +511,15 @@ def read_config(workdir, task=None):
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
   have = config.get("task", "charlm")
   if task is not None and have != task:
-    names = {"charlm": "char-LM", "mlm": "MLM"}
+    from lfjax import tasks  # the task modules import this one
+    try:
+      tools = "; see " + " and ".join(
+          c.split(" --")[0] for c in tasks.get(have).next_steps(workdir)) + (
+              f" for {have!r} runs")
+    except ValueError:
+      tools = ""
     raise ValueError(f"workdir: {workdir} is a {have!r} run, not "
-                     f"{'a' if task == 'charlm' else 'an'} {names[task]}; "
-                     f"see {_TOOLS.get(have, 'its task')} for {have!r} runs")
+                     f"{tasks.get(task).KIND}{tools}")
   return config
 
 

@@ -2,8 +2,8 @@
 and saying what it expected, so a bad override fails at start instead of
 training silently (a dropout of -1 halves activations).
 
-Each task's `validate(config)` (lfjax.charlm_defaults, lfjax.mlm_defaults)
-calls these once per field.
+Each task's `validate(config)` (lfjax.tasks: charlm_defaults,
+mlm_defaults, ...) calls these once per field.
 """
 
 import numbers

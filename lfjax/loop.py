@@ -1,7 +1,7 @@
 """The training loop every task shares: resume, steps, progress, metrics,
 evaluation and checkpoints.
 
-A task (char-LM in lfjax.train, MLM in lfjax.mlm) hands over its phases;
+A task (a module of lfjax.tasks) hands over its phases;
 this loop restores the newest checkpoint of the workdir, replays nothing,
 writes metrics.jsonl so that a resumed run reads as an uninterrupted one, and
 saves params, optimizer state and the data position together.
@@ -27,7 +27,7 @@ class Phase:
   step_fn(params, opt_state, batch, step) -> (params, opt_state, metrics),
     metrics a dict of device scalars holding at least "loss".
   summarize(metrics as floats) -> the record to log (must hold
-    "train_loss" and "train_bpc").
+    "train_loss"; "train_bpc", when there, is printed too).
   info: constant fields added to every logged record (seq_len, window...).
   tokens_per_batch: for the tokens/s column.
   """
@@ -125,8 +125,10 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
           writer.write(done, last)
           print(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
                 f"seq {ph.info.get('seq_len')} "
-                f"loss {last['train_loss']:.4f} bpc {last['train_bpc']:.3f} "
-                f"lr {last['learning_rate']:.2e} "
+                f"loss {last['train_loss']:.4f} "
+                + (f"bpc {last['train_bpc']:.3f} " if "train_bpc" in last
+                   else "")
+                + f"lr {last['learning_rate']:.2e} "
                 + (f"{rate:,.0f} tok/s " if rate else "")
                 + f"elapsed {_duration(now - t0)} "
                 f"eta {_eta(rate, phases, p, done)}", flush=True)

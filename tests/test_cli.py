@@ -10,14 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lfjax import charlm_defaults
 from lfjax import cli
 from lfjax import convert
 from lfjax import evaluate
-from lfjax import mlm
-from lfjax import mlm_defaults
 from lfjax import sample
 from lfjax import train
+from lfjax.tasks import charlm_defaults
+from lfjax.tasks import mlm
+from lfjax.tasks import mlm_defaults
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "charlm_default.py") + ":tiny"

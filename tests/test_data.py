@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from lfjax import evaluate
 from lfjax.data import chars
 from lfjax.data.sampler import WindowSampler
 from lfjax.models.charlm import CharLM, CharLMConfig
+from lfjax.tasks import charlm as charlm_task
 
 
 @pytest.mark.parametrize("name", ["enwik8", "text8"])
@@ -98,7 +98,7 @@ def test_sampler_is_seeded_and_resumable():
 @pytest.mark.parametrize("n,seq_len,step", [(100, 32, 8), (101, 32, 32),
                                              (10, 32, 4), (64, 16, 5)])
 def test_eval_windows_score_every_character_once(n, seq_len, step):
-  wins = evaluate.eval_windows(n, seq_len, step)
+  wins = charlm_task.eval_windows(n, seq_len, step)
   length = min(seq_len, n)
   scored = np.zeros(n, int)
   for i, (start, first) in enumerate(wins):
@@ -118,6 +118,6 @@ def test_bpc_of_a_uniform_model_is_log2_vocab():
   graphdef, state = nnx.split(model)
   model = nnx.merge(graphdef, jax.tree.map(np.zeros_like, state))
   ids = np.random.default_rng(0).integers(0, 27, 300)
-  value, count = evaluate.bpc(model, ids, seq_len=64, step=16, batch_size=3)
+  value, count = charlm_task.bpc(model, ids, seq_len=64, step=16, batch_size=3)
   assert count == 299
   assert abs(value - math.log2(27)) < 1e-5

@@ -21,10 +21,10 @@ transformers = pytest.importorskip("transformers")
 
 from lfjax import convert  # noqa: E402
 from lfjax import metrics  # noqa: E402
-from lfjax import mlm  # noqa: E402
 from lfjax import train  # noqa: E402
 from lfjax.data import chars  # noqa: E402
 from lfjax.data import text  # noqa: E402
+from lfjax.tasks import mlm  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compiles")

@@ -23,10 +23,12 @@ from flax import nnx
 from lfjax import checkpoints
 from lfjax import evaluate
 from lfjax import metrics
-from lfjax import mlm_defaults
 from lfjax import train
 from lfjax.data import chars
 from lfjax.models import charlm
+from lfjax.tasks import charlm as charlm_task
+from lfjax.tasks import common
+from lfjax.tasks import mlm_defaults
 from tests.test_train import small_config
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -163,7 +165,7 @@ def test_non_finite_parameters_are_refused(run):
   model = charlm.CharLM(checkpoints.model_config(c, corpus.vocab_size),
                         rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
-  tx = train.optimizer(c)
+  tx = charlm_task.optimizer(c)
   with checkpoints.manager(workdir) as mngr:
     params, opt_state, data = checkpoints.restore(
         mngr, 10, params, tx.init(params))
@@ -179,7 +181,7 @@ def test_non_finite_parameters_are_refused(run):
 
   # Evaluation of a model that is not finite raises instead of writing NaN.
   with pytest.raises(FloatingPointError, match=r"valid bpc is nan"):
-    evaluate.evaluate_model(nnx.merge(graphdef, params), corpus,
+    charlm_task.evaluate_model(nnx.merge(graphdef, params), corpus,
                             split="valid", seq_len=64, step=32,
                             batch_size=4, max_chars=200)
 
@@ -196,7 +198,7 @@ def test_changed_model_shape_is_refused_before_writing(run):
   assert "new --workdir" in msg and "at step 10" in msg
   assert snapshot(workdir) == before  # config.json byte for byte too
   t = checkpoints.load_trained(workdir)
-  value, _ = evaluate.evaluate_model(
+  value, _ = charlm_task.evaluate_model(
       t.model, t.corpus, split="valid", seq_len=64, step=32, batch_size=4,
       max_chars=200, window_scale=t.window_scale)
   assert np.isfinite(value)
@@ -299,7 +301,7 @@ def test_which_changes_an_mlm_run_can_take():
 # Fresh-user findings after issue 12 ---------------------------------------
 
 from lfjax import cli  # noqa: E402
-from lfjax import mlm  # noqa: E402
+from lfjax.tasks import mlm  # noqa: E402
 from lfjax import sample  # noqa: E402
 
 
@@ -408,10 +410,10 @@ def test_partial_evaluation_gets_its_own_file(run, capsys):
   # changed since) is not replaced: every setting goes into the name.
   settings = {"seq_len": 64, "step": 32, "max_chars": 0}
   tags = {"seq_len": "seq", "step": "stride", "max_chars": "chars"}
-  assert evaluate.result_path(workdir, "eval_test_10", settings, settings,
+  assert common.result_path(workdir, "eval_test_10", settings, settings,
                               tags) == (workdir /
                                         "eval_test_10_seq64_stride32_chars0"
                                         ".json")
   (workdir / "eval_test_10.json").write_text(json.dumps(settings))
-  assert evaluate.result_path(workdir, "eval_test_10", settings, settings,
+  assert common.result_path(workdir, "eval_test_10", settings, settings,
                               tags) == workdir / "eval_test_10.json"

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from lfjax import checkpoints
-from lfjax import evaluate
 from lfjax import metrics
 from lfjax import sample
 from lfjax import train
 from lfjax.data import chars
+from lfjax.tasks import charlm as charlm_task
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -86,7 +86,7 @@ def test_tiny_run_learns_and_writes_metrics(data_dir, tmp_path):
   # The run loads back for evaluation and sampling.
   _, model, step, scale, corpus = checkpoints.load_trained(tmp_path)
   assert (step, scale) == (80, 2)
-  value, count = evaluate.evaluate_model(
+  value, count = charlm_task.evaluate_model(
       model, corpus, split="valid", seq_len=64, step=32, batch_size=4,
       max_chars=1000, window_scale=scale)
   assert abs(value - last["eval_bpc"]) < 1e-5 and count == 999
@@ -139,14 +139,14 @@ def test_nan_stops_with_a_clear_message(data_dir, tmp_path):
 def test_schedule_and_learning_rate(data_dir):
   c = small_config(data_dir, steps=(100, 20))
   c.optim.max_warmup_steps = 5
-  lr = train.learning_rate(c)
+  lr = charlm_task.learning_rate(c)
   got = [float(lr(jnp.asarray(s))) for s in (0, 4, 5, 99, 100, 101, 119)]
   want = [3e-3 / 5, 3e-3, 3e-3, 3e-3, 1.5e-3 / 2, 1.5e-3, 1.5e-3]
   np.testing.assert_allclose(got, want, rtol=1e-6)
   c.schedule.lrs = (1e-3,)
   with pytest.raises(ValueError, match=r"schedule: expected one value per "
                                        r"phase"):
-    train.phases(c)
+    charlm_task.phases(c)
 
 
 @pytest.mark.parametrize("name", ["charlm_default", "charlm_text8_small",
@@ -157,7 +157,7 @@ def test_configs_build_their_models(name):
     c = load_config(name, arg)
     cfg = checkpoints.model_config(c, 256)
     assert len(cfg.windows) == cfg.num_layers
-    train.phases(c)
+    charlm_task.phases(c)
   with pytest.raises(ValueError, match=r"config arg: expected"):
     load_config(name, "huge")
 

@@ -2,15 +2,21 @@
 
 The values here are the paper's small text8/enwik8 model (Longformer
 Table 12 and Section 4.2, see README); each config file overrides what its
-experiment changes. Every field is used by lfjax.train.
+experiment changes. Every field is used by lfjax.tasks.charlm; the fields
+every task has (task, seed, logging, checkpoints) come from
+lfjax.tasks.common.shared_fields.
 """
 
 import ml_collections
 
+from lfjax.tasks import common
+
 
 def base_config():
   c = ml_collections.ConfigDict()
-  c.seed = 0  # init, data order and dropout all derive from it
+  # eval_every: validation BPC is the paper's 32K-character protocol, slow.
+  common.shared_fields(c, "charlm", log_every=100, checkpoint_every=1000,
+                       eval_every=10_000)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "text8"  # enwik8 | text8 | pystdlib (embedded default)
@@ -68,11 +74,6 @@ def base_config():
   c.optim.b2 = 0.999
   c.optim.eps = 1e-8
 
-  c.log_every = 100  # steps between metrics lines (and NaN checks)
-  c.checkpoint_every = 1000  # steps between checkpoints (and phase ends)
-  c.keep_checkpoints = 3  # newest checkpoints kept on disk
-  c.eval_every = 10_000  # steps between validation BPC (0 = only at the end)
-
   # Validation during training, paper protocol: windows of seq_len moving
   # by step, each scoring only its last `step` characters.
   c.eval = ml_collections.ConfigDict()
@@ -111,14 +112,15 @@ def tiny(c):
 
 
 def validate(config):
-  """Checks every field's type and range at start (lfjax.train calls it).
+  """Checks every field's type and range at start (lfjax.tasks.charlm
+  calls it).
 
   Raises:
     ValueError naming the field (`config.model.dropout: expected ...`).
   """
   from lfjax import checks as ck
   c = config
-  ck.integer(c, "seed", 0)
+  common.validate_shared(c, "charlm")
   ck.one_of(c, "data.name", ("enwik8", "text8", "pystdlib"))
   ck.string(c, "data.dir")
   layers = ck.integer(c, "model.num_layers", 1)
@@ -147,7 +149,6 @@ def validate(config):
   ck.integer(c, "optim.max_warmup_steps", 1)
   ck.real(c, "optim.grad_clip", 0, lo_open=True)
   ck.adamw(c)
-  ck.loop_fields(c)
   ck.one_of(c, "eval.split", ("train", "valid", "test"))
   seq = ck.integer(c, "eval.seq_len", 1)
   ck.integer(c, "eval.step", 1, seq)

@@ -31,12 +31,21 @@ import tqdm
 from lfjax import checkpoints
 from lfjax import cli
 from lfjax import convert
-from lfjax import evaluate
 from lfjax import loop
-from lfjax import mlm_defaults
 from lfjax.data import text
+from lfjax.tasks import common
+from lfjax.tasks import mlm_defaults
 
 _LN2 = math.log(2)
+KIND = "an MLM"
+# Fields a resumed run may change: they steer only the steps still to come
+# (a longer `steps`: lfjax.checkpoints checks it against the checkpoint),
+# or where files are read and logged; never the data, tokenizer or model.
+RESUMABLE = ("data.cache_dir", "model.attention_impl",
+             "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
+             "log_every", "checkpoint_every", "keep_checkpoints",
+             "eval_every")
+validate = mlm_defaults.validate
 
 
 def tokenizer_dir(config):
@@ -235,7 +244,7 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
     s = sums(state, batch, jax.random.fold_in(root, i))
     total = {k: total[k] + float(s[k]) for k in total}
   n = max(total["count"], 1.0)
-  evaluate.check_finite_metric(f"{split} MLM loss", total["loss_sum"])
+  common.check_finite_metric(f"{split} MLM loss", total["loss_sum"])
   return {"eval_loss": total["loss_sum"] / n,
           "eval_bpc": total["loss_sum"] / _LN2 / max(total["chars"], 1.0),
           "eval_bits_per_token": total["loss_sum"] / _LN2 / n,
@@ -245,7 +254,7 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
 
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the MLM run in workdir; returns the last record."""
-  mlm_defaults.validate(config)  # every field, before anything is written
+  validate(config)  # every field, before anything is written
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Before anything else is written: a refused config leaves the run as is.
@@ -285,6 +294,11 @@ def train_and_evaluate(config, workdir):
 
   return loop.run(workdir, config, params, opt_state, [phase],
                   learning_rate(config), evaluate_fn)
+
+
+def next_steps(workdir):
+  return [f"python -m lfjax.mlm evaluate --workdir {workdir}",
+          f"python -m lfjax.mlm export --workdir {workdir} --to DIR"]
 
 
 def load_trained(workdir, step=None, flag=None):
@@ -328,7 +342,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
 
   Every default comes from one config, so both ways agree on the same
   model: the run's (workdir, or the run an `export` folder came from, saved
-  there as lfjax_mlm_run.json), else lfjax.mlm_defaults.base_config().
+  there as lfjax_mlm_run.json), else lfjax.tasks.mlm_defaults.base_config().
 
   Raises:
     ValueError: neither or both of workdir and init_from, no sources.
@@ -384,7 +398,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
                     batch_size=saved.eval.batch_size,
                     data=dict({k: saved.data[k] for k in data},
                               sources=list(saved.data.sources)))
-    out = evaluate.result_path(
+    out = common.result_path(
         workdir, f"eval_valid_{step}_{r['seq_len']}", settings, defaults,
         dict(max_batches="batches", batch_size="bs", data="data"))
     out.write_text(json.dumps(r, indent=1))
@@ -448,7 +462,7 @@ def main(argv=None):
                      description="Held-out MLM loss and BPC of a run or a "
                      "checkpoint folder. Defaults come from the run's config "
                      "(--workdir, or the run an export came from), else from "
-                     "lfjax/mlm_defaults.py.")
+                     "lfjax/tasks/mlm_defaults.py.")
   v.add_argument("--workdir", default=None, help="an MLM run folder")
   cli.add_flag(v, "init_from", default=None,
                help="or a Hugging Face checkpoint folder, as it is")
@@ -515,6 +529,13 @@ def main(argv=None):
         f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
         f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
         f"masked tokens ({r['eval_chars']:,} chars)")
+
+
+def evaluate_main(argv):
+  """`python -m lfjax.evaluate --workdir DIR ...` for an MLM run: the same
+  as `python -m lfjax.mlm evaluate ...` (--model DIR: its --init_from)."""
+  main(["evaluate", *["--init_from" if a == "--model" else a
+                      for a in argv]])
 
 
 if __name__ == "__main__":

@@ -5,16 +5,20 @@ Values are the paper's continued pretraining of RoBERTa into Longformer
 batch 64, LR 3e-5 with 500 warmup steps and polynomial (power 3) decay over
 65K updates; the rest as RoBERTa (AdamW betas 0.9/0.98, eps 1e-6, weight
 decay 0.01, dropout 0.1, no gradient clipping). Every field is used by
-lfjax.mlm.
+lfjax.tasks.mlm; the fields every task has (task, seed, logging,
+checkpoints) come from lfjax.tasks.common.shared_fields.
 """
 
 import ml_collections
 
+from lfjax.tasks import common
+
 
 def base_config():
   c = ml_collections.ConfigDict()
-  c.task = "mlm"  # lfjax.train dispatches on it (charlm | mlm)
-  c.seed = 0  # data order, dropout, masking and new position rows
+  # The seed also draws new position rows (model.position_init random).
+  common.shared_fields(c, "mlm", log_every=50, checkpoint_every=1_000,
+                       eval_every=2_000)
   # Local Hugging Face folder: RoBERTa, BERT or Longformer, base or
   # *ForMaskedLM, with its tokenizer files. Required.
   c.init_from = ""
@@ -67,10 +71,6 @@ def base_config():
   c.optim.grad_clip = 0.0  # global norm; 0 = none (RoBERTa)
 
   c.steps = 65_000  # optimizer steps
-  c.log_every = 50
-  c.eval_every = 2_000  # also at the end; 0 = only at the end
-  c.checkpoint_every = 1_000
-  c.keep_checkpoints = 3
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 8
@@ -102,15 +102,15 @@ def tiny(c):
 
 
 def validate(config):
-  """Checks every field's type and range at start (lfjax.mlm calls it).
+  """Checks every field's type and range at start (lfjax.tasks.mlm calls
+  it).
 
   Raises:
     ValueError naming the field (`config.mask.prob: expected ...`).
   """
   from lfjax import checks as ck
   c = config
-  ck.one_of(c, "task", ("mlm",))
-  ck.integer(c, "seed", 0)
+  common.validate_shared(c, "mlm")
   if not isinstance(c.init_from, str) or not c.init_from:
     raise ValueError(
         "config.init_from: expected a local RoBERTa, BERT or Longformer "
@@ -150,7 +150,6 @@ def validate(config):
   ck.adamw(c)
   ck.real(c, "optim.grad_clip", 0)
   ck.integer(c, "steps", 1)
-  ck.loop_fields(c)
   ck.integer(c, "eval.batch_size", 1)
   ck.integer(c, "eval.max_batches", 0)
   ck.integer(c, "eval.mask_seed", 0)

@@ -1,0 +1,77 @@
+"""What every task shares: the config fields of every run, and how an
+evaluation's result is checked and named.
+
+shared_fields / validate_shared are the one place for a field every task's
+config has (the task's name, the seed, the fields lfjax.loop reads): a new
+such field is one edit here, not one per task.
+"""
+
+import hashlib
+import json
+import math
+import pathlib
+
+from lfjax import checks
+
+
+def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
+                  keep_checkpoints=3):
+  """Adds every task's fields to ConfigDict c (in place); returns c."""
+  c.task = task  # the lfjax.tasks module that trains it (lfjax.train reads)
+  c.seed = 0  # init, data order, dropout and masks all derive from it
+  c.log_every = log_every  # steps between metrics lines (and NaN checks)
+  c.checkpoint_every = checkpoint_every  # steps between checkpoints
+  c.keep_checkpoints = keep_checkpoints  # newest checkpoints kept on disk
+  # Steps between evaluations; 0 = only at the end (always at the end).
+  c.eval_every = eval_every
+  return c
+
+
+def validate_shared(c, task):
+  """Checks the fields shared_fields adds. Raises ValueError naming the
+  field (`config.seed: expected ...`)."""
+  checks.one_of(c, "task", (task,))
+  checks.integer(c, "seed", 0)
+  checks.loop_fields(c)
+
+
+def check_finite_metric(name, value):
+  """Raises FloatingPointError when an evaluation result is NaN/Inf (JSON
+  cannot hold it, and a NaN would read as a result)."""
+  if not math.isfinite(value):
+    raise FloatingPointError(
+        f"evaluation: {name} is {value}; not reporting or writing it. The "
+        "model's log-probabilities overflowed: check that its parameters "
+        "are finite and try model.dtype='float32'")
+
+
+def _tag(value):
+  if isinstance(value, (int, str)) and not isinstance(value, bool):
+    return str(value)
+  return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(
+  )[:8]
+
+
+def result_path(workdir, stem, settings, defaults, tags):
+  """Where to write an evaluation's result: workdir/<stem>.json plus a
+  `_<tag><value>` per setting that differs from its default (e.g.
+  eval_test_130_chars3000.json), so different settings get different
+  files. When that file holds a result of other settings (the defaults
+  changed since, e.g. a resumed run's eval.*), every setting goes into the
+  name. A result file is never overwritten by a different evaluation's.
+
+  settings: {result field: value}, the fields that decide the result;
+  defaults: {field: the value the name leaves out}; tags: {field: tag}."""
+  workdir = pathlib.Path(workdir)
+  name = lambda keys: workdir / (stem + "".join(
+      f"_{tags[k]}{_tag(settings[k])}" for k in keys) + ".json")
+  path = name([k for k in settings if settings[k] != defaults.get(k)])
+  if path.exists():
+    try:
+      old = json.loads(path.read_text())
+    except ValueError:
+      old = {}
+    if not isinstance(old, dict) or any(
+        old.get(k) != v for k, v in settings.items()):
+      path = name(list(settings))
+  return path
