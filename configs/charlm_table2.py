@@ -44,6 +44,8 @@ def get_config(arg=None):
                        else (1, 1, 1, 2, 3, 4))
   c.model.dilated_heads = 2
   c.model.attention_impl = "dense" if variant == "full" else "chunked"
+  if quick:  # a smoke run: narrower model, a few steps
+    c.model.hidden_size, c.model.head_dim, c.model.ffn_size = 128, 16, 512
   c.schedule.steps = (40, 20) if quick else (1500, 500)
   c.schedule.seq_lens = (seq, 2 * seq)
   c.schedule.window_scales = (1, 2)
