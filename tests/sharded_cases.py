@@ -27,7 +27,8 @@ import traceback
 # batch row: they sit in the last shard), globals (positions; None: no
 # global tokens), gqkv (separate global projections), rel (relative term),
 # cap (max_global under jit, fewer than the globals: the rest demoted),
-# data (data-parallel axis size; the mesh is data x seq), drop (dropout).
+# data (data-parallel axis size; the mesh is data x seq), explicit (the
+# mesh's axes Explicit, not Auto), drop (dropout).
 CASES = {
     "p2_symmetric_padding": dict(p=2, n=24, dilation=[1, 1], window=3,
                                  pad=5),
@@ -48,9 +49,9 @@ CASES = {
                                   impl="pallas"),
     "p8_pallas_causal_multihop": dict(p=8, n=32, dilation=[1, 2], window=6,
                                       causal=True, rel=True, impl="pallas"),
-    "data2_seq4_traced_cap": dict(p=4, data=2, n=32, dilation=[1, 2],
-                                  window=3, pad=7, globals=[3, 12, 22, 23],
-                                  gqkv=True, rel=True, cap=3),
+    "data2_seq4_explicit_traced_cap": dict(
+        p=4, data=2, explicit=True, n=32, dilation=[1, 2], window=3, pad=7,
+        globals=[3, 12, 22, 23], gqkv=True, rel=True, cap=3),
 }
 OUT_ATOL, GRAD_ATOL, GRAD_RTOL = 2e-5, 5e-5, 1e-4
 
@@ -99,8 +100,10 @@ def run_case(name, spec, seed):
 
   x = make_inputs(spec, seed)
   data = spec.get("data", 1)
+  kind = jax.sharding.AxisType.Explicit if spec.get("explicit") else (
+      jax.sharding.AxisType.Auto)
   mesh = jax.make_mesh((data, spec["p"]), ("data", "seq"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+                       axis_types=(kind,) * 2)
   static = dict(window=spec["window"], dilation=spec["dilation"],
                 causal=spec.get("causal", False))
   drop = spec.get("drop", 0.0)

@@ -72,7 +72,7 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
         problems.append(f"{name}: gradient of {g} off by "
                         f"{r[f'grad_{g}_err']} (beyond rtol)")
     want_spec = "P('data', 'seq')" if spec.get("data") else "P(None, 'seq')"
-    if r["out_spec"] != want_spec:
+    if r["out_spec"].replace(", None", "") != want_spec:
       problems.append(f"{name}: output sharded {r['out_spec']}, expected "
                       f"{want_spec}")
   assert not problems, "\n".join(problems)

@@ -2,5 +2,6 @@
 
 from lfjax.attention.api import IMPLS
 from lfjax.attention.api import windowed_attention
+from lfjax.attention.sharded import sequence_parallel_attention
 
-__all__ = ["IMPLS", "windowed_attention"]
+__all__ = ["IMPLS", "sequence_parallel_attention", "windowed_attention"]

@@ -64,8 +64,12 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
     q, k, v: [batch, seq, heads, head_dim] (v's head_dim may differ), any
       float dtype. seq must be a multiple of P, the mesh's size along
       axis_name; the result is sharded like q.
-    mesh: a jax.sharding.Mesh with an axis named axis_name (any axis types;
-      axes not named here stay under the compiler's control).
+    mesh: a jax.sharding.Mesh with an axis named axis_name. Auto axes not
+      named here stay under the compiler's control (it may split the batch
+      over them). On a mesh with Explicit axes (jax.make_mesh's default
+      since jax 0.9) the inputs are first resharded to the layout below and
+      every other axis holds replicas, so pass batch_axis when the batch is
+      split.
     axis_name: the mesh axis the sequence is split over (P devices).
     batch_axis: None, or a mesh axis name (or tuple of names) the batch is
       split over (data parallelism); batch must be a multiple of its size.
@@ -195,13 +199,21 @@ def _sharded(arrays, *, mesh, axis_name, batch_names, window, dilation_H,
       window=window, dilation_H=dilation_H, causal=causal,
       max_global=max_global, scale=scale, impl=impl,
       dropout_rate=dropout_rate)
+  manual = frozenset((axis_name,) + batch_names)
+  if jax.sharding.AxisType.Explicit in tuple(mesh.axis_types):
+    # Explicit axes: shard_map only checks that inputs are laid out as its
+    # in_specs say, and inside it the band core's slices cannot run on a
+    # dimension sharded over an explicit axis. So lay them out first, and
+    # go manual over every axis (axes in no spec hold replicas).
+    arrays = jax.tree.map(
+        lambda x, spec: jax.reshard(x, jax.NamedSharding(mesh, spec)),
+        arrays, specs, is_leaf=lambda x: isinstance(x, P))
+    manual = frozenset(mesh.axis_names)
   # check_vma=False: Pallas interpret mode inside shard_map fails the
   # varying-axes check on jax 0.10 (scale.md §1.2 item 11); gradients are
   # exact either way (tested).
   fn = jax.shard_map(lambda a: local(**a), mesh=mesh, in_specs=(specs,),
-                     out_specs=rows,
-                     axis_names=frozenset((axis_name,) + batch_names),
-                     check_vma=False)
+                     out_specs=rows, axis_names=manual, check_vma=False)
   return fn(arrays)
 
 
@@ -255,7 +267,13 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
     hs, we = len(heads), reach[dil]
     lo = left - we * dil
     hi = left + n + (0 if causal else we * dil)
-    pick = lambda a: a[:, :, np.array(heads)]
+    if hs == h:
+      pick = lambda a: a
+    elif heads == list(range(heads[0], heads[-1] + 1)):
+      # A slice, not a gather (its gradient is a pad), as chunked does.
+      pick = lambda a, lo=heads[0], hi=heads[-1] + 1: a[:, :, lo:hi]
+    else:
+      pick = lambda a, idx=np.array(heads): a[:, :, idx]
     pick_ext = lambda a: pick(a[:, lo:hi])
     per_head = lambda m: jnp.broadcast_to(m[:, :, None], m.shape + (hs,))
     # Class c of the extended slice holds local positions c + (u - we) * dil
