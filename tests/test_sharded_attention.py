@@ -93,6 +93,9 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
       hlo["symmetric"]["collective_permutes"])
   assert hlo["causal"]["all_reduces"] == 0
   assert hlo["symmetric"]["all_reduces"] > 0  # the global tokens' gathers
+  # Remat repeats the halo exchange unless the "halo" name is saved.
+  assert hlo["remat_halo_saved"] == hlo["no_remat"] > 0
+  assert hlo["remat_nothing_saved"] > hlo["no_remat"]
 
   err = res["errors"]
   assert "multiple of the mesh's 'seq' axis (4 devices), got seq 30" in (
@@ -107,21 +110,26 @@ def one_device_mesh():
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def test_one_shard_matches_reference():
-  """P = 1: no halo to exchange (the same code path, empty permutes)."""
+@pytest.mark.parametrize("causal", [False, True])
+def test_one_shard_matches_reference(causal):
+  """P = 1: no halo to exchange (the same code path, no permutes)."""
   rng = np.random.default_rng(0)
   b, n, h, d = 2, 12, 2, 4
   q, k, v = (jnp.asarray(rng.standard_normal((b, n, h, d)), jnp.float32)
              for _ in range(3))
   key_mask = np.ones((b, n), bool)
   key_mask[1, 9:] = False
-  global_mask = np.zeros((b, n), bool)
-  global_mask[:, 4] = True
-  rq = jnp.asarray(rng.standard_normal((b, n, h, 3)), jnp.float32)
-  table = jnp.asarray(rng.standard_normal((9, h, 3)), jnp.float32)
-  kw = dict(window=2, dilation=[1, 2], key_mask=jnp.asarray(key_mask),
-            global_mask=jnp.asarray(global_mask), rel_query=rq,
-            rel_table=table)
+  kw = dict(key_mask=jnp.asarray(key_mask))
+  if causal:  # window 0 and a dilation longer than a class
+    kw.update(window=0, dilation=[1, 13], causal=True)
+  else:
+    global_mask = np.zeros((b, n), bool)
+    global_mask[:, 4] = True
+    kw.update(window=2, dilation=[1, 2], global_mask=jnp.asarray(global_mask),
+              rel_query=jnp.asarray(rng.standard_normal((b, n, h, 3)),
+                                    jnp.float32),
+              rel_table=jnp.asarray(rng.standard_normal((9, h, 3)),
+                                    jnp.float32))
   got = sequence_parallel_attention(q, k, v, mesh=one_device_mesh(), **kw)
   np.testing.assert_allclose(got, reference_attention(q, k, v, **kw),
                              atol=2e-5, rtol=2e-5)
