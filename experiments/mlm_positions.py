@@ -13,7 +13,9 @@ document), each resumable (re-running skips finished stages):
      paper's 512 window at 4096) with random new position embeddings and
      with copied ones, before training; after --steps continued MLM updates
      (copied); and after the same updates to the position embeddings only.
-Prints the table and writes it, with the command, to --out.
+Prints the table and writes it, with the command, to --out, and the bar
+chart beside it (--out with .png; the paper's base numbers in a second
+panel). `--plot_only --out FILE.md` redraws the chart from FILE.md's table.
 """
 
 import argparse
@@ -89,10 +91,46 @@ def evaluate(c, model=None, workdir=None):
   return mlm.evaluate_model(model, c, corpus)
 
 
+# The paper's Table 5, base model, in the order of our rows (its "+ 2K
+# gradient updates" stands beside our shorter continued training).
+PAPER_TABLE5_BASE = (1.846, 10.299, 1.957, 1.753, 1.850)
+
+
+def plot_table(md_path, png_path):
+  """Bar chart of the valid BPC column of md_path's table, beside the
+  paper's Table 5 (base), in lfjax.plot's style."""
+  from lfjax import plot
+  rows = [l.split("|")[1:3] for l in pathlib.Path(md_path).read_text()
+          .splitlines() if l.startswith("| ") and not l.startswith("| Model")]
+  names = [n.strip() for n, _ in rows]
+  ours = [float(v) for _, v in rows]
+  fig = plot.new_figure(figsize=(12, 3.8))
+  axes = fig.subplots(1, 2, sharey=True)
+  for ax, values, title in ((axes[0], ours, "ours (CPU scale, valid BPC)"),
+                            (axes[1], PAPER_TABLE5_BASE[:len(names)],
+                             "paper, Table 5 base (dev BPC; 4th row: + 2K updates)")):
+    y = range(len(values))
+    ax.barh(y, values, color=["C0", "C3", "C2", "C2", "C1"][:len(values)])
+    for i, v in zip(y, values):
+      ax.text(v, i, f" {v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, max(values) * 1.18)
+    plot.style(ax, title, "bits per character", "")
+  axes[0].set_yticks(range(len(names)))
+  axes[0].set_yticklabels(names, fontsize=8)
+  axes[0].invert_yaxis()
+  fig.suptitle("Table 5: copied vs random position embeddings", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(png_path, dpi=110)
+  return png_path
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--workdir", type=pathlib.Path, required=True)
+  p.add_argument("--workdir", type=pathlib.Path,
+                 required="--plot_only" not in sys.argv)
   p.add_argument("--out", type=pathlib.Path, default=None)
+  p.add_argument("--plot_only", action="store_true",
+                 help="redraw --out's PNG from its table; train nothing")
   p.add_argument("--short-len", type=int, default=64)
   p.add_argument("--long-len", type=int, default=512)
   p.add_argument("--hidden", type=int, default=128)
@@ -109,6 +147,11 @@ def main():
   p.add_argument("--eval-batches", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
+  if args.plot_only:
+    if args.out is None:
+      p.error("--plot_only: needs --out (the results file to read)")
+    print(f"wrote {plot_table(args.out, args.out.with_suffix('.png'))}")
+    return
   checkpoints.quiet_orbax()
   w = args.workdir
   w.mkdir(parents=True, exist_ok=True)
@@ -180,6 +223,7 @@ def main():
         f"held-out split with fixed masks. Total wall time "
         f"{(time.time() - started) / 60:.0f} min on "
         f"{os.cpu_count()} CPU cores.\n\n{table}\n")
+    plot_table(args.out, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
