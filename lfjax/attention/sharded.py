@@ -271,7 +271,7 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
       pick = lambda a: a
     elif heads == list(range(heads[0], heads[-1] + 1)):
       # A slice, not a gather (its gradient is a pad), as chunked does.
-      pick = lambda a, lo=heads[0], hi=heads[-1] + 1: a[:, :, lo:hi]
+      pick = lambda a, h0=heads[0], h1=heads[-1] + 1: a[:, :, h0:h1]
     else:
       pick = lambda a, idx=np.array(heads): a[:, :, idx]
     pick_ext = lambda a: pick(a[:, lo:hi])
