@@ -61,6 +61,9 @@ def task_of(argv):
       return d.get("task", "charlm")
   model = _flag_value(argv, "model")
   if model is not None:
+    if not pathlib.Path(model).is_dir():
+      raise cli.UsageError(f"--model: expected a local folder, got "
+                           f"{model!r}: no such directory")
     for name in ("lfjax_run.json", "lfjax_mlm_run.json"):
       d = _read_json(pathlib.Path(model) / name)
       if isinstance(d, dict) and "task" in d:

@@ -12,6 +12,11 @@ A task module has:
     checkpoints); returns the last logged record.
   next_steps(workdir): commands for a finished run (lfjax.train prints them).
   evaluate_main(argv): `python -m lfjax.evaluate` for runs of the task.
+  export(workdir, path, step=None), where transformers has the model:
+    `python -m lfjax.export` writes a folder transformers loads.
+
+The fine-tuning tasks (classification, ...) describe themselves with a
+finetune.Spec and share the rest (lfjax.tasks.finetune).
 
 A new task is one module here, one config file under configs/ and its
 name in TASKS. Modules are imported on first use, so nothing here imports a
@@ -22,7 +27,7 @@ models and data; none of those import a task at import time).
 import importlib
 
 # config.task -> module lfjax.tasks.<name>.
-TASKS = ("charlm", "mlm")
+TASKS = ("charlm", "mlm", "classification")
 
 
 def of(config):

@@ -1,0 +1,648 @@
+"""What the fine-tuning tasks share (classification, extractive QA,
+multiple choice): config fields, the checkpoint's fast tokenizer, the model
+with a new head, JSON-lines reading with line numbers, a shuffled example
+sampler, the paper's optimizer, the train step, batched prediction, the
+trainer, export and the evaluation command.
+
+A task module describes itself with a Spec (its head, how it reads and
+featurizes data, its loss and its metrics); everything else is here, so
+every task gets lfjax.loop's exact resume, progress, metrics.jsonl and
+checkpoints.
+
+Fine-tuning defaults are the paper's (Appendix D, Table 14): Adam(W), LR
+3e-5, batch 32, linear warmup then linear decay to 0; the warmup share and
+epochs are per task.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+import warnings
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+import tqdm
+
+from lfjax import checkpoints
+from lfjax import checks as ck
+from lfjax import cli
+from lfjax import convert
+from lfjax import loop
+from lfjax.tasks import common
+
+# Written next to an export: the run's config, so `python -m lfjax.evaluate
+# --model EXPORT` featurizes data as the run did.
+RUN_CONFIG = "lfjax_run.json"
+# Fields a resumed fine-tuning run may change: they steer only the steps to
+# come (more epochs, the optimizer), or how and where it evaluates and
+# logs; never the data, labels, tokenizer, model or seed.
+RESUMABLE = ("model.attention_impl", "train.micro_batch_size", "train.epochs",
+             "optim.*", "eval.*", "data.valid", "log_every",
+             "checkpoint_every", "keep_checkpoints", "eval_every")
+
+
+# Config --------------------------------------------------------------------
+
+
+def base_config(task, *, epochs=15, warmup_fraction=0.1):
+  """The fields every fine-tuning task has; its module adds its own."""
+  c = ml_collections.ConfigDict()
+  common.shared_fields(c, task, log_every=50, checkpoint_every=500,
+                       eval_every=0)
+  # Local Hugging Face folder with config.json, weights and tokenizer files:
+  # a Longformer (or RoBERTa/BERT) to fine-tune, or a fine-tuned one of the
+  # same head and labels, which is then loaded whole. Required.
+  c.init_from = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = ""  # training file (the task's format). Required.
+  c.data.valid = ""  # evaluated during training and at the end; "" = none
+  c.data.tokenizer = ""  # tokenizer folder; "" = init_from
+
+  c.model = ml_collections.ConfigDict()
+  # Tokens per sequence, special tokens included; the paper: 4,096. Longer
+  # inputs are truncated (QA: split into windows, see qa.py).
+  c.model.max_length = 4096
+  c.model.attention_impl = "auto"  # windowed_attention impl
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # examples per optimizer step (paper: 32)
+  # Examples per forward/backward; batch_size / this = accumulation steps.
+  c.train.micro_batch_size = 4
+  # Passes over the training examples (fractions allowed).
+  c.train.epochs = float(epochs)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 3e-5  # peak (paper, every task)
+  # Linear warmup over this share of all steps, then linear decay to 0.
+  c.optim.warmup_fraction = warmup_fraction
+  c.optim.b1 = 0.9  # Adam's defaults; the paper gives none
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.weight_decay = 0.01  # on matrices only; the paper gives none
+  c.optim.grad_clip = 1.0  # global norm; 0 = none; the paper gives none
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 8  # sequences per forward pass
+  return c
+
+
+def tiny(c):
+  """CPU-sized settings every fine-tuning task shares (its own tiny() adds
+  the rest): a few dozen steps on a tiny checkpoint."""
+  c.model.max_length = 128
+  c.train.batch_size = 8
+  c.train.micro_batch_size = 4
+  c.train.epochs = 3.0
+  c.optim.lr = 3e-3  # a tiny random model needs a large step to move
+  c.log_every = 5
+  c.checkpoint_every = 10
+  c.eval.batch_size = 8
+
+
+def validate_base(c, task):
+  """Checks the fields base_config adds. Raises ValueError naming one."""
+  common.validate_shared(c, task)
+  if not isinstance(c.init_from, str) or not c.init_from:
+    raise ValueError(
+        "config.init_from: expected a local Longformer, RoBERTa or BERT "
+        "checkpoint folder (config.json, weights and tokenizer files), got "
+        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m lfjax.mlm "
+        "make_tiny --to DIR` builds a tiny one for the :tiny config)")
+  ck.string(c, "data.train", nonempty=True)
+  ck.string(c, "data.valid")
+  ck.string(c, "data.tokenizer")
+  ck.integer(c, "model.max_length", 8)
+  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.integer(c, "train.batch_size", 1)
+  micro = ck.integer(c, "train.micro_batch_size", 1)
+  if c.train.batch_size % micro:
+    raise ValueError(f"config.train.batch_size: expected a multiple of "
+                     f"train.micro_batch_size={micro}, got "
+                     f"{c.train.batch_size}")
+  ck.real(c, "train.epochs", 0, lo_open=True)
+  ck.real(c, "optim.lr", 0)
+  ck.real(c, "optim.warmup_fraction", 0, 1)
+  ck.adamw(c)
+  ck.real(c, "optim.grad_clip", 0)
+  ck.integer(c, "eval.batch_size", 1)
+
+
+# Tokenizer and model ---------------------------------------------------------
+
+
+def tokenizer_dir(config):
+  return config.data.tokenizer or config.init_from
+
+
+def load_tokenizer(path):
+  """The fast Hugging Face tokenizer of a local folder (character offsets
+  need a fast one). Raises ImportError without transformers,
+  FileNotFoundError for a folder without tokenizer files, ValueError for
+  a slow tokenizer."""
+  try:
+    from transformers import AutoTokenizer
+  except ImportError:
+    raise ImportError("tokenizer: fine-tuning needs transformers (pip "
+                      "install transformers) to read the checkpoint's "
+                      "tokenizer") from None
+  if not pathlib.Path(path).is_dir():
+    raise FileNotFoundError(f"tokenizer: expected a local directory with the "
+                            f"tokenizer files (vocab.json/merges.txt or "
+                            f"tokenizer.json), got {str(path)!r}")
+  try:
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+  except (OSError, ValueError) as e:
+    raise FileNotFoundError(f"tokenizer: no tokenizer files in {str(path)!r} "
+                            f"({e}); copy them next to config.json") from None
+  if not tok.is_fast:
+    raise ValueError(f"tokenizer: {str(path)!r} loads a slow tokenizer; "
+                     "character offsets need a fast one (tokenizer.json)")
+  if tok.pad_token_id is None:
+    raise ValueError(f"tokenizer: {str(path)!r} has no pad token")
+  return tok
+
+
+_SUFFIX = {"sequence_classification": "ForSequenceClassification",
+           "question_answering": "ForQuestionAnswering",
+           "multiple_choice": "ForMultipleChoice"}
+
+
+def _source_config(path, extra):
+  """The checkpoint's own extra config fields (convert keeps them for
+  to_pretrained) with `extra` (id2label, ...) merged in, as sorted JSON."""
+  d = json.loads(convert.config_from_pretrained(path).source_config)
+  d.update(extra)
+  return json.dumps(d, sort_keys=True)
+
+
+def load_model(path, head, *, seed=0, num_labels=None, extra_config=None,
+               **overrides):
+  """A model with `head` from a local checkpoint folder, in inference mode.
+
+  When the checkpoint holds this head (config.json's architectures) with
+  num_labels labels, it is loaded whole (a fine-tuned model, or an
+  export); otherwise its encoder is loaded and the head is new: weights
+  drawn from N(0, initializer_range), zero biases, as transformers
+  initialises a head it does not find. A pooler the new head needs and the
+  checkpoint lacks is new the same way.
+
+  extra_config: transformers config fields to save with the model
+    (id2label, label2id, problem_type); they reach config.json on export.
+  overrides: LongformerConfig fields (attention_impl, ...).
+  Raises FileNotFoundError and ValueError as lfjax.convert.from_pretrained.
+  """
+  path = str(path)
+  if not pathlib.Path(path, "config.json").is_file():
+    raise FileNotFoundError(f"init_from: expected a local checkpoint folder "
+                            f"with config.json, got {path!r}")
+  d = json.loads(pathlib.Path(path, "config.json").read_text())
+  if extra_config:
+    overrides["source_config"] = _source_config(path, extra_config)
+  same = any(str(a).endswith(_SUFFIX[head])
+             for a in d.get("architectures") or ())
+  if same and num_labels is not None:
+    same = len(d.get("id2label") or {}) == num_labels
+  if num_labels is not None:
+    overrides["num_labels"] = num_labels
+  if same:
+    return convert.from_pretrained(path, head=head, seed=seed, **overrides)
+  with warnings.catch_warnings():
+    # The checkpoint's own head (e.g. the MLM's) is dropped on purpose.
+    warnings.simplefilter("ignore")
+    base = convert.from_pretrained(path, head="base", seed=seed, **overrides)
+  model = convert.HEADS[head](base.cfg, rngs=nnx.Rngs(seed))
+  weights = convert.export_weights(model)  # the new head, at its init
+  has_pooler = model.longformer.pooler is not None
+  for name, value in convert.export_weights(base).items():
+    if has_pooler or not name.startswith("pooler."):
+      weights["longformer." + name] = value
+  model = convert.load_weights(model, weights)
+  model.eval()
+  return model
+
+
+def positions(model):
+  """Tokens a sequence of the model may have (its position table)."""
+  cfg = model.cfg
+  return cfg.max_position_embeddings - cfg.pad_token_id - 1
+
+
+def check_length(config, model=None):
+  """Raises ValueError naming model.max_length when it exceeds the
+  positions of the model (default: of config.init_from's config.json)."""
+  if model is None:
+    if not pathlib.Path(config.init_from, "config.json").is_file():
+      raise FileNotFoundError(
+          f"init_from: expected a local checkpoint folder with config.json, "
+          f"got {config.init_from!r}")
+    cfg = convert.config_from_pretrained(config.init_from)
+    have = cfg.max_position_embeddings - cfg.pad_token_id - 1
+  else:
+    have = positions(model)
+  if config.model.max_length > have:
+    raise ValueError(f"config.model.max_length: expected at most the "
+                     f"{have} positions of {config.init_from}, got "
+                     f"{config.model.max_length} (make the model long "
+                     "first: python -m lfjax.convert --max_positions N)")
+
+
+# Data ---------------------------------------------------------------------
+
+
+def read_jsonl(path, what="data file"):
+  """[(line number, object)] of a JSON-lines file (blank lines skipped).
+  Raises FileNotFoundError, and ValueError naming the file and line of a
+  line that is not a JSON object, or a file without any."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{what}: no file {str(path)!r}")
+  out = []
+  with path.open(encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path}:{n}: expected a JSON object per line "
+                         f"({e})") from None
+      if not isinstance(obj, dict):
+        raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
+                         f"{type(obj).__name__}")
+      out.append((n, obj))
+  if not out:
+    raise ValueError(f"{path}: no examples (expected one JSON object per "
+                     "line)")
+  return out
+
+
+def field(path, line, obj, name, kind, nonempty=True):
+  """obj[name], checked to be of type `kind` (and non-empty text).
+  Raises ValueError naming the file, the line and the field."""
+  where = f"{path}:{line}: field {name!r}"
+  if name not in obj:
+    raise ValueError(f"{where}: missing (the line has {sorted(obj)})")
+  v = obj[name]
+  if not isinstance(v, kind) or isinstance(v, bool):
+    raise ValueError(f"{where}: expected {_kind_name(kind)}, got "
+                     f"{type(v).__name__} {_short(v)}")
+  if nonempty and isinstance(v, str) and not v.strip():
+    raise ValueError(f"{where}: empty (expected non-empty text)")
+  return v
+
+
+def _kind_name(kind):
+  kinds = kind if isinstance(kind, tuple) else (kind,)
+  names = {str: "a string", int: "an integer", list: "a list",
+           dict: "an object"}
+  return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _short(v):
+  text = json.dumps(v)
+  return text if len(text) < 60 else text[:57] + "..."
+
+
+def round_up(n, m=8):
+  return -(-n // m) * m
+
+
+class ExampleSampler:
+  """Batches of rows of `arrays` (dict of arrays with the same first
+  axis), in a new random order each epoch; batches run on across epochs.
+  Batch i depends only on (seed, i): the state {"index": i} replays exactly
+  what an uninterrupted run sees."""
+
+  def __init__(self, arrays, batch_size, seed):
+    self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
+    self.count = len(next(iter(arrays.values())))
+    self.index = 0
+    self._perm = (None, None)  # (epoch, permutation)
+
+  def state(self):
+    return {"index": self.index}
+
+  def restore(self, state):
+    self.index = int(state["index"])
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    picks = []
+    for j in range(self.index * self.batch_size,
+                   (self.index + 1) * self.batch_size):
+      epoch, pos = divmod(j, self.count)
+      if self._perm[0] != epoch:
+        self._perm = (epoch, np.random.default_rng(
+            [self.seed, epoch]).permutation(self.count))
+      picks.append(self._perm[1][pos])
+    self.index += 1
+    return {k: v[picks] for k, v in self.arrays.items()}
+
+
+# Training -----------------------------------------------------------------
+
+
+def total_steps(config, count):
+  """Optimizer steps for train.epochs passes over `count` examples."""
+  return max(1, math.ceil(config.train.epochs * count
+                          / config.train.batch_size))
+
+
+def learning_rate(config, total):
+  """Linear warmup over warmup_fraction of the steps, then linear decay to
+  0 at the last (the paper's fine-tuning schedule)."""
+  o = config.optim
+  warm = max(1, math.ceil(o.warmup_fraction * total))
+  return optax.join_schedules([
+      optax.linear_schedule(0.0, o.lr, warm),
+      optax.linear_schedule(o.lr, 0.0, max(total - warm, 1))], [warm])
+
+
+def optimizer(config, total):
+  o = config.optim
+  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+  chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+  return optax.chain(*chain, optax.adamw(
+      learning_rate(config, total), b1=o.b1, b2=o.b2, eps=o.eps,
+      weight_decay=o.weight_decay, mask=decay))
+
+
+def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
+  """Jitted (params, opt_state, batch, key) -> (params, opt_state, metrics):
+  one optimizer step on the mean loss over the batch's examples,
+  accumulated over micro-batches of `micro` examples.
+
+  loss_fn(model, micro_batch) -> (sum of the examples' losses, {stat: sum})
+  with the model in training mode (dropout on, reseeded per micro-batch)."""
+  accum = batch_size // micro
+
+  def micro_loss(params, mb, key):
+    # A fresh copy of the RNG variables: reseeding mutates them.
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+    nnx.reseed(model, default=key)
+    loss_sum, stats = loss_fn(model, mb)
+    return loss_sum, dict(stats, loss_sum=loss_sum)
+
+  @jax.jit
+  def step(params, opt_state, batch, key):
+    mbs = jax.tree.map(lambda x: x.reshape(accum, micro, *x.shape[1:]), batch)
+
+    def body(g, xs):
+      mb, k = xs
+      (_, s), gi = jax.value_and_grad(micro_loss, has_aux=True)(params, mb, k)
+      return jax.tree.map(jnp.add, g, gi), s
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, s = jax.lax.scan(body, zeros, (mbs, jax.random.split(key, accum)))
+    s = jax.tree.map(jnp.sum, s)
+    grads = jax.tree.map(lambda g: g / batch_size, grads)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state,
+            dict(s, loss=s["loss_sum"] / batch_size,
+                 grad_norm=optax.global_norm(grads)))
+  return step
+
+
+def predict(model, arrays, batch_size, forward, progress=False):
+  """forward(model, batch) -> {name: [b, ...]} over every row of `arrays`
+  in batches of batch_size (the last one padded with copies of row 0 and
+  cut off), as numpy arrays with the rows' first axis."""
+  model.eval()
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(lambda state, batch: forward(nnx.merge(graphdef, state),
+                                            batch))
+  n = len(next(iter(arrays.values())))
+  outs = []
+  for i in tqdm.trange(0, n, batch_size, unit="batch", leave=False,
+                       desc="predicting (first batch compiles)",
+                       disable=None if progress else True):
+    idx = np.arange(i, i + batch_size)
+    idx = np.where(idx < n, idx, 0)
+    out = fn(state, {k: v[idx] for k, v in arrays.items()})
+    outs.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[:min(
+        batch_size, n - i)], out))
+  return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+@dataclasses.dataclass
+class Spec:
+  """What a fine-tuning task is; lfjax.tasks.finetune does the rest.
+
+  name: config.task. head: lfjax.convert.HEADS key.
+  validate(config). resolve(config, train data) -> the config completed
+    from the training data (e.g. label names), saved as the run's config.
+  read(path, config, split) -> data: the file's examples, checked (errors
+    name the file, line and field); split is "train" or "eval".
+  featurize(data, tokenizer, config, train) -> (arrays: {name: [rows,
+    ...]} of static shapes, one row per sequence the model sees; info
+    for score()).
+  num_labels(config) and extra_config(config) (label names for config.json)
+    build the model.
+  loss(model, batch, config) -> (sum of the rows' losses, {stat: sum}).
+  forward(model, batch, config) -> {output name: [rows, ...]}.
+  score(data, info, outputs, config) -> (metrics {name: float},
+    predictions: JSON-able).
+  summary(metrics) -> one line for the terminal.
+  """
+  name: str
+  head: str
+  validate: Callable
+  resolve: Callable
+  read: Callable
+  featurize: Callable
+  num_labels: Callable
+  extra_config: Callable
+  loss: Callable
+  forward: Callable
+  score: Callable
+  summary: Callable
+
+
+def build_model(spec, config):
+  """The model a run of config trains (before its checkpoints)."""
+  model = load_model(
+      config.init_from, spec.head, seed=config.seed,
+      num_labels=spec.num_labels(config),
+      extra_config=spec.extra_config(config),
+      attention_impl=config.model.attention_impl)
+  check_length(config, model)
+  return model
+
+
+def evaluate_data(spec, model, config, data, tok, batch_size=None,
+                  progress=False):
+  """(metrics, predictions) of a model on read data."""
+  arrays, info = spec.featurize(data, tok, config, False)
+  out = predict(model, arrays, batch_size or config.eval.batch_size,
+                lambda m, b: spec.forward(m, b, config), progress)
+  metrics, predictions = spec.score(data, info, out, config)
+  for k, v in metrics.items():
+    common.check_finite_metric(k, v)
+  return metrics, predictions
+
+
+def train_and_evaluate(spec, config, workdir):
+  """Fine-tunes (or resumes) in workdir; returns the last logged record."""
+  spec.validate(config)  # every field, before anything is written
+  check_length(config)
+  workdir = pathlib.Path(workdir)
+  tok = load_tokenizer(tokenizer_dir(config))
+  train_data = spec.read(config.data.train, config, "train")
+  config = spec.resolve(config, train_data)
+  arrays, _ = spec.featurize(train_data, tok, config, True)
+  valid = (spec.read(config.data.valid, config, "eval")
+           if config.data.valid else None)
+  count = len(next(iter(arrays.values())))
+  total = total_steps(config, count)
+  workdir.mkdir(parents=True, exist_ok=True)
+  # Before anything else is written: a refused config leaves the run as is.
+  checkpoints.write_config(config, workdir, total=total)
+  model = build_model(spec, config)
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+  tx = optimizer(config, total)
+  opt_state = tx.init(params)
+  t = config.train
+  jitted = make_train_step(graphdef, rest, tx,
+                           lambda m, b: spec.loss(m, b, config),
+                           t.batch_size, t.micro_batch_size)
+  root = jax.random.fold_in(jax.random.key(config.seed), 3)
+  seq_len = arrays["input_ids"].shape[-1]
+  rows = int(np.prod(arrays["input_ids"].shape[1:-1], dtype=int))
+  phase = loop.Phase(
+      0, total, ExampleSampler(arrays, t.batch_size, config.seed),
+      lambda params, opt_state, batch, step: jitted(
+          params, opt_state, batch, jax.random.fold_in(root, step)),
+      lambda m: dict(train_loss=m["loss"], grad_norm=m["grad_norm"]),
+      info=dict(seq_len=seq_len, examples=count),
+      tokens_per_batch=seq_len * rows * t.batch_size)
+
+  def evaluate_fn(params, p):
+    del p
+    if valid is None:
+      return {}, "no data.valid to evaluate"
+    m = nnx.merge(eval_graphdef, params, rest)
+    metrics, _ = evaluate_data(spec, m, config, valid, tok)
+    return ({f"eval_{k}": v for k, v in metrics.items()},
+            f"{config.data.valid}: {spec.summary(metrics)}")
+
+  return loop.run(workdir, config, params, opt_state, [phase],
+                  learning_rate(config, total), evaluate_fn)
+
+
+def next_steps(workdir):
+  return [f"python -m lfjax.evaluate --workdir {workdir} --data FILE",
+          f"python -m lfjax.export --workdir {workdir} --to DIR"]
+
+
+def load_trained(spec, workdir, step=None, flag=None):
+  """(config, trained model in inference mode, step) of a run."""
+  config = checkpoints.read_config(workdir, spec.name)
+  model = build_model(spec, config)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params, _, step = checkpoints.restore_params(workdir, params, step, flag)
+  model = nnx.merge(graphdef, params, rest)
+  model.eval()
+  return config, model, step
+
+
+def export(spec, workdir, path, step=None):
+  """Writes a run's model, tokenizer and config for transformers'
+  Longformer class of its head; returns the step exported."""
+  config, model, step = load_trained(spec, workdir, step, "--checkpoint")
+  if pathlib.Path(path).resolve() == pathlib.Path(config.init_from).resolve():
+    raise ValueError("to: expected a folder other than init_from (the "
+                     "source checkpoint is never overwritten)")
+  convert.to_pretrained(model, path)
+  convert.copy_tokenizer(tokenizer_dir(config), path, positions(model))
+  (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
+  return step
+
+
+def exported_config(spec, path, base_config, from_hf):
+  """The config to evaluate an exported folder with: the run's (saved
+  there on export), else the task's defaults completed from its
+  config.json by from_hf(config, config.json dict)."""
+  saved = pathlib.Path(path) / RUN_CONFIG
+  if saved.exists():
+    config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+  else:
+    config = base_config()
+    config = from_hf(config, json.loads(
+        (pathlib.Path(path) / "config.json").read_text()))
+  config.init_from = str(path)
+  config.data.tokenizer = ""  # the export's own copy
+  return config
+
+
+def evaluate_main(spec, argv, base_config, from_hf):
+  """`python -m lfjax.evaluate (--workdir RUN | --model DIR) --data FILE`
+  for a fine-tuning task; prints the metrics, writes them (a run:
+  DIR/eval_<file>_<step>.json) and the predictions (a run:
+  DIR/predictions_<file>_<step>.json; else with --predictions)."""
+  p = cli.ArgumentParser(
+      prog="python -m lfjax.evaluate",
+      description=f"Evaluate a fine-tuned {spec.name} run (--workdir) or an "
+      "exported folder (--model) on a data file.")
+  p.add_argument("--workdir", default=None, help="a fine-tuning run folder")
+  p.add_argument("--model", default=None,
+                 help="or a folder written by python -m lfjax.export (or a "
+                 "transformers checkpoint with this head)")
+  p.add_argument("--data", required=True, help="data file (the task's "
+                 "format)")
+  cli.add_flag(p, "checkpoint", type=int, default=None,
+               help="a saved step of --workdir (default: the newest)")
+  cli.add_flag(p, "batch_size", type=int, default=None,
+               help="default: the run's eval.batch_size")
+  p.add_argument("--predictions", default=None,
+                 help="write the predictions here (JSON)")
+  args = p.parse_args(argv)
+  if (args.workdir is None) == (args.model is None):
+    raise cli.UsageError("expected exactly one of --workdir and --model")
+  cli.at_least("--checkpoint", args.checkpoint, 0)
+  cli.at_least("--batch_size", args.batch_size, 1)
+  if args.model is not None and not pathlib.Path(args.model).is_dir():
+    raise cli.UsageError(f"--model: expected a local folder, got "
+                         f"{args.model!r}: no such directory")
+  checkpoints.quiet_orbax()
+  if args.workdir is not None:
+    config, model, step = load_trained(spec, args.workdir, args.checkpoint,
+                                       "--checkpoint")
+  else:
+    config, step = exported_config(spec, args.model, base_config,
+                                   from_hf), None
+    model = load_model(args.model, spec.head,
+                       num_labels=spec.num_labels(config))
+  tok = load_tokenizer(tokenizer_dir(config))
+  data = spec.read(args.data, config, "eval")
+  metrics, predictions = evaluate_data(spec, model, config, data, tok,
+                                       args.batch_size, progress=True)
+  stem = pathlib.Path(args.data).stem
+  where = args.workdir or args.model
+  print(f"{where}" + ("" if step is None else f" (step {step})")
+        + f", {args.data}: {spec.summary(metrics)}")
+  out = args.predictions
+  if args.workdir is not None:
+    data_path = str(pathlib.Path(args.data).resolve())
+    result = common.result_path(args.workdir, f"eval_{stem}_{step}",
+                                {"data": data_path}, {"data": data_path},
+                                {"data": "data"})
+    result.write_text(json.dumps(dict(metrics, data=data_path,
+                                      checkpoint=step), indent=1))
+    print(f"metrics written to {result}")
+    out = out or str(pathlib.Path(args.workdir)
+                     / result.name.replace("eval_", "predictions_", 1))
+  if out:
+    pathlib.Path(out).write_text(json.dumps(predictions, indent=1))
+    print(f"predictions written to {out}")

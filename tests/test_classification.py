@@ -1,0 +1,235 @@
+"""Classification fine-tuning: the loss falls on a learnable toy task,
+resume is exact, the export gives transformers' logits and keeps the label
+names, evaluation of a run and of its export agree, metrics equal hand
+counts, and bad data files fail naming the file, the line and the field.
+
+A tiny random transformers Longformer (window 8, 2 layers) with a
+byte-level BPE trained on stdlib files is the starting checkpoint. Runs
+where torch is installed (the Python 3.11 leg of CI).
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lfjax import cli  # noqa: E402
+from lfjax import evaluate  # noqa: E402
+from lfjax import export  # noqa: E402
+from lfjax import metrics  # noqa: E402
+from lfjax import train  # noqa: E402
+from lfjax.data import chars  # noqa: E402
+from lfjax.data import text  # noqa: E402
+from lfjax.tasks import classification  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+WORDS = ["the", "film", "was", "and", "plot", "actor", "scene", "long",
+         "story", "music", "end", "very", "quite", "über", "naïve"]
+
+
+@pytest.fixture(scope="module")
+def longformer(tmp_path_factory):
+  """A tiny random LongformerForMaskedLM folder with its own tokenizer."""
+  path = tmp_path_factory.mktemp("longformer")
+  docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:60]]
+  docs += [" ".join(WORDS + ["excellent", "terrible", "good", "bad"])] * 20
+  tok = text.train_tokenizer(docs, path, vocab_size=400)
+  cfg = transformers.LongformerConfig(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+      sep_token_id=tok.sep_token_id, attention_window=8)
+  torch.manual_seed(0)
+  transformers.LongformerForMaskedLM(cfg).save_pretrained(path)
+  return path
+
+
+def write_jsonl(path, rows):
+  path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                          for r in rows))
+  return path
+
+
+def toy(n, seed, multi=False):
+  """Reviews whose words lean to one side: every third word is a cue of
+  the label's side."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(n):
+    label = ["pos", "neg"][i % 2]
+    cues = {"pos": ["excellent", "good"], "neg": ["terrible", "bad"]}[label]
+    words = [str(rng.choice(cues)) if j % 3 == 0 else str(rng.choice(WORDS))
+             for j in range(int(rng.integers(8, 30)))]
+    rows.append({"text": " ".join(words),
+                 "label": [label] + (["long"] if len(words) > 20 else [])
+                 if multi else label})
+  return rows
+
+
+def config(longformer, tmp_path, multi=False, **changes):
+  spec = importlib.util.spec_from_file_location(
+      "cls", ROOT / "configs" / "classify_longformer.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.init_from = str(longformer)
+  c.data.train = str(write_jsonl(tmp_path / "train.jsonl",
+                                 toy(32, 0, multi)))
+  c.data.valid = str(write_jsonl(tmp_path / "dev.jsonl", toy(8, 1, multi)))
+  c.train.epochs = 8  # 32 steps of 8
+  c.log_every = 4
+  c.checkpoint_every = 10
+  c.eval_every = 16
+  for k, v in changes.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+          for r in records]
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_trains_resumes_exports_and_evaluates(longformer, tmp_path,
+                                              monkeypatch, capsys):
+  c = config(longformer, tmp_path)
+  last = train.train_and_evaluate(c, tmp_path / "straight")
+  recs = metrics.read(tmp_path / "straight" / "metrics.jsonl")
+  losses = [r["train_loss"] for r in recs if "train_loss" in r]
+  assert len(losses) == 8 and np.mean(losses[-2:]) < losses[0] - 0.1, losses
+  assert "eval_accuracy" in last and "eval_macro_f1" in last
+  saved = json.loads((tmp_path / "straight" / "config.json").read_text())
+  assert saved["data"]["labels"] == ["neg", "pos"]
+  assert saved["data"]["label_kind"] == "single"
+
+  write = metrics.JsonlWriter.write
+
+  def dying_write(self, step, values):
+    write(self, step, values)
+    if step == 24:
+      raise Interrupt()
+  monkeypatch.setattr(metrics.JsonlWriter, "write", dying_write)
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(c, tmp_path / "killed")
+  monkeypatch.setattr(metrics.JsonlWriter, "write", write)
+  train.train_and_evaluate(c, tmp_path / "killed")
+  assert (strip_timing(metrics.read(tmp_path / "killed" / "metrics.jsonl"))
+          == strip_timing(recs))
+
+  out = tmp_path / "hf"
+  assert cli.run(export.main, ["--workdir", str(tmp_path / "straight"),
+                               "--to", str(out)]) == 0
+  _, ours, step = classification.load_trained(tmp_path / "straight")
+  assert step == 32
+  hf = transformers.LongformerForSequenceClassification.from_pretrained(
+      out).eval()
+  assert hf.config.id2label == {0: "neg", 1: "pos"}
+  assert hf.config.label2id == {"neg": 0, "pos": 1}
+  assert hf.config.problem_type == "single_label_classification"
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  enc = tok(["the film was excellent and very long " * 3, "terrible end"],
+            padding=True, return_tensors="np")
+  with torch.no_grad():  # global attention on the first token by default
+    want = hf(input_ids=torch.tensor(enc["input_ids"]),
+              attention_mask=torch.tensor(enc["attention_mask"])).logits
+  got = classification.forward(ours, dict(enc), c)["logits"]
+  np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4)
+
+  # A run and its export evaluate alike, through the one entry.
+  capsys.readouterr()
+  dev = c.data.valid
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "straight"),
+                                 "--data", dev]) == 0
+  run = json.loads((tmp_path / "straight" / "eval_dev_32.json").read_text())
+  preds = json.loads((tmp_path / "straight" / "predictions_dev_32.json")
+                     .read_text())
+  assert [p["line"] for p in preds] == list(range(1, 9))
+  assert {p["label"] for p in preds} <= {"neg", "pos"}
+  acc = np.mean([p["label"] == p["gold"] for p in preds])
+  assert run["accuracy"] == pytest.approx(acc)
+  assert run["accuracy"] == pytest.approx(last["eval_accuracy"])
+  assert cli.run(evaluate.main, ["--model", str(out), "--data", dev]) == 0
+  text_out = capsys.readouterr().out
+  assert f"accuracy {run['accuracy']:.4f} macro f1 {run['macro_f1']:.4f}" \
+      in text_out.splitlines()[-1], text_out
+
+
+def test_multi_label_exports_its_problem_type(longformer, tmp_path):
+  c = config(longformer, tmp_path, multi=True, **{"train.epochs": 0.5,
+                                                     "eval_every": 0})
+  last = train.train_and_evaluate(c, tmp_path / "run")
+  assert {"eval_micro_f1", "eval_macro_f1", "eval_exact_match"} <= set(last)
+  classification.export(tmp_path / "run", tmp_path / "hf")
+  d = json.loads((tmp_path / "hf" / "config.json").read_text())
+  assert d["problem_type"] == "multi_label_classification"
+  assert d["id2label"] == {"0": "long", "1": "neg", "2": "pos"}
+  assert d["architectures"] == ["LongformerForSequenceClassification"]
+
+
+def test_metrics_equal_hand_counts():
+  # Labels 0, 1, 2. Gold 0 0 1 1 2, predicted 0 1 1 1 0:
+  # label 0: tp 1 fp 1 fn 1 -> F1 2/4; label 1: tp 2 fp 1 fn 0 -> 4/5;
+  # label 2: tp 0 fp 0 fn 1 -> 0.
+  acc, macro = classification.single_label_scores([0, 1, 1, 1, 0],
+                                                  [0, 0, 1, 1, 2])
+  assert acc == pytest.approx(3 / 5)
+  assert macro == pytest.approx((0.5 + 0.8 + 0.0) / 3)
+  # Label 3 is never gold nor predicted: not in the single-label mean.
+  assert classification.single_label_scores([3, 3], [3, 3]) == (1.0, 1.0)
+  pred = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0]], bool)
+  gold = np.array([[1, 0, 0], [0, 1, 0], [1, 0, 0]], bool)
+  micro, macro, exact = classification.multi_label_scores(pred, gold)
+  # tp per label 2, 1, 0; fp 0, 1, 1; fn 0, 0, 0.
+  assert micro == pytest.approx(2 * 3 / (2 * 3 + 2))
+  assert macro == pytest.approx((1.0 + 2 / 3 + 0.0) / 3)
+  assert exact == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("line,error", [
+    ({"label": "pos"}, "field 'text': missing"),
+    ({"text": "   ", "label": "pos"}, "field 'text': empty"),
+    ({"text": 7, "label": "pos"}, "field 'text': expected a string, got int"),
+    ({"text": "a film", "label": "meh"},
+     "field 'label': 'meh' is not one of the model's 2 labels"),
+    ({"text": "a film", "label": None}, "field 'label': expected a string"),
+    ("[1, 2]", "expected a JSON object per line, got list"),
+    ("{oops", "expected a JSON object per line"),
+])
+def test_bad_data_files_name_file_line_and_field(longformer, tmp_path, line,
+                                                 error):
+  c = classification.resolve(config(longformer, tmp_path),
+                             classification.read(
+                                 config(longformer, tmp_path).data.train,
+                                 None, "train"))
+  bad = tmp_path / "bad.jsonl"
+  good = json.dumps({"text": "a film", "label": "pos"})
+  bad.write_text(good + "\n\n" + (line if isinstance(line, str)
+                                  else json.dumps(line)) + "\n")
+  with pytest.raises(ValueError) as e:
+    classification.read(bad, c, "eval")
+  assert str(e.value).startswith(f"{bad}:3: ") and error in str(e.value)
+  assert cli.exit_code(e.value) == 1  # the CLI prints it as one line
+
+
+def test_unknown_label_in_training_data_with_given_labels(longformer,
+                                                          tmp_path):
+  c = config(longformer, tmp_path, **{"data.labels": ("neg", "neutral")})
+  with pytest.raises(ValueError, match=r"train.jsonl:1: field 'label': "
+                     "'pos' is not one of the model's 2 labels"):
+    train.train_and_evaluate(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
