@@ -189,8 +189,8 @@ def main(argv=None):
                  help="image to write; the suffix picks the format (.png, "
                  ".pdf, .svg)")
   p.add_argument("--names", default=None,
-                 help="comma-separated legend names, one per WORKDIR "
-                 "(default: the folder names)")
+                 help="comma-separated legend names, one per WORKDIR; "
+                 "None: the folder names")
   p.add_argument("--title", default=None, help="figure title")
   args = p.parse_args(argv)
   formats = set(FigureCanvasAgg.get_supported_filetypes())

@@ -153,7 +153,8 @@ def dense_probabilities(local, global_=None, *, window, dilation=1,
     float32 numpy [N, N]; each non-padding row sums to 1, padding rows 0.
 
   Raises:
-    ValueError: shapes that do not fit window and the global count.
+    ValueError: local not 4-D or narrower than 2w + 1 columns; global
+      tokens without global_.
   """
   local = np.asarray(local, np.float32)
   if local.ndim != 4:
@@ -168,11 +169,16 @@ def dense_probabilities(local, global_=None, *, window, dilation=1,
   if global_mask is not None:
     g_pos = np.flatnonzero(np.asarray(global_mask, bool)[batch] & keep)
   g = cols - (2 * window + 1)
-  if g < 0 or g < g_pos.size and global_ is None:
+  if g < 0:
     raise ValueError(f"local: expected {2 * window + 1} window columns plus "
                      f"one per global token for window={window}, got "
                      f"{cols} columns")
+  # Under jit a model has max_global columns: tokens past them were local.
   g_pos = g_pos[:g]
+  if g_pos.size and global_ is None:
+    raise ValueError("global_: expected the layer's global_attentions "
+                     f"[B, H, N, G] (global_mask has {g_pos.size} global "
+                     "tokens), got None")
   out = np.zeros((n, n), np.float32)
   rows = np.arange(n)
   lp = local[batch, head]

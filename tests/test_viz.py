@@ -127,6 +127,11 @@ def test_dense_probabilities_match_a_brute_force_softmax():
       for g in glob[i]:
         want[g] = wg[g]
       np.testing.assert_allclose(got, want, atol=1e-6)
+  with pytest.raises(ValueError, match="global_: expected the layer's"):
+    viz.dense_probabilities(local, None, window=w, dilation=dil,
+                            global_mask=gmask)
+  with pytest.raises(ValueError, match="local: expected 7 window columns"):
+    viz.dense_probabilities(local[..., :6], None, window=w)
 
 
 def test_dense_probabilities_of_a_model_cover_its_pattern_only(
