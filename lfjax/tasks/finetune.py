@@ -306,7 +306,7 @@ def _kind_name(kind):
 
 
 def _short(v):
-  text = json.dumps(v)
+  text = json.dumps(v, ensure_ascii=False)
   return text if len(text) < 60 else text[:57] + "..."
 
 
