@@ -19,6 +19,8 @@ from lfjax.tasks import charlm_defaults
 from lfjax.tasks import classification
 from lfjax.tasks import mlm
 from lfjax.tasks import mlm_defaults
+from lfjax.tasks import multiple_choice
+from lfjax.tasks import qa
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "charlm_default.py") + ":tiny"
@@ -115,7 +117,8 @@ def _bad(value):
   return ("x", -1)  # a tuple
 
 
-@pytest.mark.parametrize("task", ["charlm", "mlm", "classification"])
+@pytest.mark.parametrize("task", ["charlm", "mlm", "classification", "qa",
+                                  "multiple_choice"])
 def test_every_config_field_is_validated(task):
   if task == "charlm":
     names, validate = ["charlm_default", "charlm_text8_small",
@@ -125,13 +128,17 @@ def test_every_config_field_is_validated(task):
     names, validate = ["mlm_longformer_base", "mlm_longformer_large"], (
         mlm_defaults.validate)
   else:
-    names, validate = ["classify_longformer"], classification.validate
+    names, validate = {
+        "classification": (["classify_longformer"], classification.validate),
+        "qa": (["qa_longformer"], qa.validate),
+        "multiple_choice": (["multiple_choice_longformer"],
+                            multiple_choice.validate)}[task]
   for name in names:
     for arg in (None, "tiny"):
       c = _load(name, arg)
       if task == "mlm":
         c.init_from, c.data.sources = "/some/roberta", ("pystdlib",)
-      if task == "classification":
+      if task in ("classification", "qa", "multiple_choice"):
         c.init_from, c.data.train = "/some/longformer", "train.jsonl"
       validate(c)  # the shipped configs pass
   checked = 0
@@ -145,7 +152,7 @@ def test_every_config_field_is_validated(task):
     with pytest.raises(ValueError, match=rf"config\.{path}: expected"):
       validate(bad)
     checked += 1
-  assert checked > (20 if task == "classification" else 30)
+  assert checked > (30 if task in ("charlm", "mlm") else 20)
 
 
 def test_missing_init_from_names_the_flag(capsys, tmp_path):

@@ -1,0 +1,170 @@
+"""Multiple choice (WikiHop style): sequences and global tokens as
+specified, the loss falls on a toy task, the export gives transformers'
+logits, accuracy by hand, and bad files fail naming the file, line and
+field.
+
+A tiny random transformers Longformer (window 8, 2 layers) with a
+byte-level BPE trained on stdlib files is the starting checkpoint. Runs
+where torch is installed (the Python 3.11 leg of CI).
+"""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lfjax import cli  # noqa: E402
+from lfjax import evaluate  # noqa: E402
+from lfjax import metrics  # noqa: E402
+from lfjax import train  # noqa: E402
+from lfjax.data import chars  # noqa: E402
+from lfjax.data import text  # noqa: E402
+from lfjax.tasks import finetune  # noqa: E402
+from lfjax.tasks import multiple_choice as mc  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+FILLER = ["river", "stone", "city", "old", "road", "north", "bridge", "lake"]
+COLORS = ["red", "pink", "green", "blue", "black", "white"]
+
+
+@pytest.fixture(scope="module")
+def longformer(tmp_path_factory):
+  """A tiny random LongformerForMaskedLM folder with its own tokenizer."""
+  path = tmp_path_factory.mktemp("longformer")
+  docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:60]]
+  docs += [" ".join(FILLER + COLORS + ["which", "colour", "?"])] * 20
+  tok = text.train_tokenizer(docs, path, vocab_size=400)
+  cfg = transformers.LongformerConfig(
+      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
+      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
+      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+      sep_token_id=tok.sep_token_id, attention_window=8)
+  torch.manual_seed(0)
+  transformers.LongformerForMaskedLM(cfg).save_pretrained(path)
+  return path
+
+
+def toy(n, seed):
+  """The answer is the warm colour among three candidates (and the one the
+  supports name)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    answer = str(rng.choice(COLORS[:2]))
+    cands = [answer] + [str(c) for c in rng.choice(COLORS[2:], 2,
+                                                   replace=False)]
+    rng.shuffle(cands)
+    words = [str(w) for w in rng.choice(FILLER, int(rng.integers(6, 20)))]
+    words.insert(int(rng.integers(0, len(words))), answer)
+    half = len(words) // 2
+    out.append({"id": f"e{seed}_{i}", "query": "which colour?",
+                "candidates": cands, "answer": answer,
+                "supports": [" ".join(words[:half]), " ".join(words[half:])]})
+  return out
+
+
+def write(path, rows):
+  path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+  return path
+
+
+def config(longformer, tmp_path):
+  spec = importlib.util.spec_from_file_location(
+      "mc_cfg", ROOT / "configs" / "multiple_choice_longformer.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.init_from = str(longformer)
+  c.data.train = str(write(tmp_path / "train.json", toy(32, 0)))
+  c.data.valid = str(write(tmp_path / "dev.json", toy(8, 1)))
+  c.log_every = 4
+  c.checkpoint_every = 100
+  return c
+
+
+def test_sequences_and_global_tokens(longformer, tmp_path):
+  c = config(longformer, tmp_path)
+  c.model.max_question_tokens = 16
+  mc.validate(c)
+  tok = finetune.load_tokenizer(longformer)
+  ex = mc.Example("x", "which colour?", ["red", "green", "blue"],
+                  ["the old road", "red bridge"], 0, "")
+  arrays, _ = mc.featurize([ex, mc.Example("y", "q", ["pink", "white"],
+                                           ["lake"], 1, "")], tok, c, False)
+  ids, glob = arrays["input_ids"], arrays["global_mask"]
+  assert ids.shape[:2] == (2, 3)
+  assert arrays["choice_mask"].tolist() == [[True, True, True],
+                                            [True, True, False]]
+  assert not arrays["attention_mask"][1, 2].any()  # a padded candidate
+  for j, cand in enumerate(ex.candidates):
+    n = int(arrays["attention_mask"][0, j].sum())
+    # The text of the sequence, and of its global tokens, by decoding ids.
+    assert tok.decode(ids[0, j, :n]) == (
+        f"<s>the old road red bridge</s></s>which colour? {cand}</s>")
+    assert tok.decode(ids[0, j][glob[0, j].astype(bool)]) == (
+        f"which colour? {cand}</s>")
+
+
+def test_trains_exports_and_evaluates(longformer, tmp_path, capsys):
+  c = config(longformer, tmp_path)
+  last = train.train_and_evaluate(c, tmp_path / "run")
+  recs = metrics.read(tmp_path / "run" / "metrics.jsonl")
+  losses = [r["train_loss"] for r in recs if "train_loss" in r]
+  assert np.mean(losses[-2:]) < losses[0] - 0.1, losses
+  assert 0 <= last["eval_accuracy"] <= 1
+
+  mc.export(tmp_path / "run", tmp_path / "hf")
+  _, ours, _ = mc.load_trained(tmp_path / "run")
+  hf = transformers.LongformerForMultipleChoice.from_pretrained(
+      tmp_path / "hf").eval()
+  tok = finetune.load_tokenizer(tmp_path / "hf")
+  data = mc.read(c.data.valid, c, "eval")
+  arrays, _ = mc.featurize(data[:3], tok, c, False)
+  with torch.no_grad():  # its default global tokens: after </s></s>
+    want = hf(input_ids=torch.tensor(arrays["input_ids"]).long(),
+              attention_mask=torch.tensor(arrays["attention_mask"]).long()
+              ).logits.numpy()
+  got = np.asarray(mc.forward(ours, arrays, c)["logits"])
+  m = arrays["choice_mask"]
+  np.testing.assert_allclose(got[m], want[m], atol=1e-4)
+
+  capsys.readouterr()
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "run"),
+                                 "--data", c.data.valid]) == 0
+  steps = sorted(int(p.name.split("_")[-1].split(".")[0])
+                 for p in (tmp_path / "run").glob("eval_dev_*.json"))
+  preds = json.loads((tmp_path / "run" / f"predictions_dev_{steps[-1]}.json")
+                     .read_text())
+  acc = np.mean([preds[ex.qid] == ex.candidates[ex.answer] for ex in data])
+  assert acc == pytest.approx(last["eval_accuracy"])
+  assert f"accuracy {acc:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change,error", [
+    (lambda e: e.pop("query"), "field 'query': missing"),
+    (lambda e: e.update(answer="purple"),
+     "field 'answer': \"purple\" is not one of the 2 candidates"),
+    (lambda e: e.update(supports=[" "]), "field 'supports': expected a list"),
+    (lambda e: e.update(candidates=["red"]),
+     "field 'candidates': expected a list of at least 2"),
+])
+def test_bad_files_name_file_line_and_field(tmp_path, change, error):
+  rows = [{"id": "ok", "query": "q", "candidates": ["red", "blue"],
+           "supports": ["a red lake"], "answer": "red"},
+          {"id": "bad", "query": "q", "candidates": ["red", "blue"],
+           "supports": ["a red lake"], "answer": "red"}]
+  change(rows[1])
+  path = write(tmp_path / "bad.json", rows)
+  line = next(i for i, l in enumerate(path.read_text().splitlines(), 1)
+              if '"bad"' in l)
+  with pytest.raises(ValueError) as e:
+    mc.read(path, None, "eval")
+  assert str(e.value).startswith(f"{path}:{line}: [1]: ")
+  assert error in str(e.value)
