@@ -73,6 +73,14 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       implementation computes it at Dr width per (query, window key), with
       gradients for both.
 
+  Under `jax.set_mesh(mesh)` with an axis named "seq" of more than one
+  device (and not inside a shard_map that is manual over it), the call runs
+  as lfjax.attention.sharded.sequence_parallel_attention over that axis:
+  the same result, each device computing its slice of the sequence (halo
+  exchange, no all-gather), the batch split over the mesh's other axes
+  when it divides over them, a seq that is not a multiple padded inside.
+  impl="dense" (the oracle) is never split. Model code needs no change.
+
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.
   """
@@ -109,6 +117,14 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                        "dropout yet; use impl='chunked' (or 'auto') for "
                        "training with dropout_rate > 0")
     dropout_seeds_BxH = common.dropout_seeds(dropout_key, b, h)
+  mesh = _sequence_mesh() if impl != "dense" else None
+  if mesh is not None:
+    return _sequence_parallel(
+        q, k, v, mesh, key_mask_BxN, global_mask_BxN if max_global else None,
+        global_qkv if max_global else None, rel, window=window,
+        dilation_H=dilation_H, causal=causal, max_global=max_global,
+        scale=float(scale), impl=impl, dropout_rate=float(dropout_rate),
+        dropout_key=dropout_key)
   if key_mask_BxN is None:
     key_mask_BxN = jnp.ones((b, n), bool)
   if not max_global:
@@ -119,6 +135,77 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                    dropout_seeds_BxH, rel, window=window, dilation_H=dilation_H,
                    causal=causal, max_global=max_global, scale=float(scale),
                    impl=impl, dropout_rate=float(dropout_rate))
+
+
+# Sequence parallelism ------------------------------------------------------
+
+SEQ_AXIS = "seq"  # the mesh axis windowed_attention splits the sequence over
+
+
+def _sequence_mesh():
+  """The abstract mesh jax.set_mesh set, when it has an axis SEQ_AXIS of
+  more than one device that is not already manual (inside a shard_map the
+  caller splits the sequence itself); else None. The abstract mesh is what
+  jax exposes under jit on every version we support (jax.sharding.get_mesh
+  raises there)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or SEQ_AXIS not in mesh.axis_names:
+    return None
+  if mesh.shape[SEQ_AXIS] == 1 or mesh.axis_types[
+      mesh.axis_names.index(SEQ_AXIS)] == jax.sharding.AxisType.Manual:
+    return None
+  return mesh
+
+
+def _sequence_parallel(q, k, v, mesh, key_mask_BxN, global_mask_BxN,
+                       global_qkv, rel, *, window, dilation_H, causal,
+                       max_global, scale, impl, dropout_rate, dropout_key):
+  """windowed_attention's arguments (validated) run by
+  sharded.sequence_parallel_attention over SEQ_AXIS. The batch is split
+  over the mesh's other (non-manual) axes when it divides over them. A
+  sequence that is not a multiple of the axis is padded at its end with
+  padding keys (never attended, so real rows are unchanged) and cut back."""
+  from lfjax.attention import sharded  # it imports this module
+  b, n = q.shape[:2]
+  others = [a for a, t in zip(mesh.axis_names, mesh.axis_types)
+            if a != SEQ_AXIS and t != jax.sharding.AxisType.Manual
+            and mesh.shape[a] > 1]
+  split = int(np.prod([mesh.shape[a] for a in others]))
+  batch_axis = tuple(others) if others and b % split == 0 else None
+  p = mesh.shape[SEQ_AXIS]
+  pad = -n % p
+  if key_mask_BxN is None:
+    key_mask_BxN = jnp.ones((b, n), bool)
+  if pad:
+    rows = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    q, k, v, key_mask_BxN = map(rows, (q, k, v, key_mask_BxN))
+    if global_mask_BxN is not None:
+      global_mask_BxN = rows(global_mask_BxN)
+      global_qkv = global_qkv and tuple(map(rows, global_qkv))
+    if rel is not None:
+      rel = rows(rel[0]), _pad_rel_table(rel[1], n + pad, window,
+                                         max(dilation_H), causal)
+  rel_query, rel_table = (None, None) if rel is None else rel
+  out = sharded.sequence_parallel_attention(
+      q, k, v, mesh=mesh, axis_name=SEQ_AXIS, batch_axis=batch_axis,
+      window=window, dilation=dilation_H, causal=causal,
+      key_mask=key_mask_BxN, global_mask=global_mask_BxN,
+      global_qkv=global_qkv, max_global=max_global if max_global else None,
+      scale=scale, impl=impl, dropout_rate=dropout_rate,
+      dropout_key=dropout_key, rel_query=rel_query, rel_table=rel_table)
+  return out[:, :n] if pad else out
+
+
+def _pad_rel_table(table, n, window, max_dilation, causal):
+  """rel_table with zero rows for the distances a padded length n adds
+  (they pair only padding keys or padding rows, so they are never used)."""
+  reach = min(window * max_dilation, max(n - 1, 0))
+  t = table.shape[0]
+  if causal:
+    extra = max(reach + 1 - t, 0)
+    return jnp.pad(table, [(0, extra), (0, 0), (0, 0)])
+  extra = max(reach - (t - 1) // 2, 0)
+  return jnp.pad(table, [(extra, extra), (0, 0), (0, 0)])
 
 
 # Jitted so eager calls (notebooks, tests) compile once per shape instead of

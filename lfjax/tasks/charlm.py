@@ -39,6 +39,7 @@ import tqdm
 from lfjax import checkpoints
 from lfjax import cli
 from lfjax import loop
+from lfjax import parallel
 from lfjax.data import chars
 from lfjax.data import sampler as sampler_lib
 from lfjax.models import charlm as charlm_model
@@ -52,7 +53,7 @@ KIND = "a char-LM"
 RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
              "model.attention_impl", "model.rel_impl", "schedule.*",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
-             "keep_checkpoints", "eval_every")
+             "keep_checkpoints", "eval_every", "mesh.*")
 validate = charlm_defaults.validate
 
 
@@ -103,18 +104,32 @@ def optimizer(config):
                   weight_decay=o.weight_decay, mask=decay))
 
 
-def make_train_step(graphdef, tx, window_scale, donate=False):
+def make_train_step(graphdef, tx, window_scale, donate=False,
+                    shardings=None):
   """Jitted (params, opt_state, x, y, key) -> (params, opt_state, metrics).
 
   donate: the step reuses the buffers of params and opt_state for their
   updated values (saves their size, 0.46 GiB for the paper-small model, from
-  the peak); the caller must not use the arrays it passed in again."""
+  the peak); the caller must not use the arrays it passed in again.
+  shardings: None (one device), or (params', opt_state's shardings, the
+  mesh): x and y are split by lfjax.parallel.batch_sharding, params and
+  optimizer state keep their shardings, metrics are replicated. Call the
+  step under lfjax.parallel.use(mesh), so the attention splits the
+  sequence."""
   def loss_fn(params, x, y, key):
     model = nnx.merge(graphdef, params)
     logits = model(x, dropout_key=key, window_scale=window_scale)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else ())
+  layout = {}
+  if shardings is not None:
+    param_sh, opt_sh, mesh = shardings
+    batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+    layout = dict(in_shardings=(param_sh, opt_sh, batch, batch, rep),
+                  out_shardings=(param_sh, opt_sh, rep))
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
+                     **layout)
   def step(params, opt_state, x, y, key):
     loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -132,6 +147,11 @@ def train_and_evaluate(config, workdir):
   """Trains (or resumes) the char-LM run in workdir; returns the last
   metrics."""
   validate(config)  # every field, before anything is written
+  mesh = parallel.make_mesh(config.mesh)
+  for p, (b, n) in enumerate(zip(config.schedule.batch_sizes,
+                                 config.schedule.seq_lens)):
+    parallel.check_batch(mesh, f"schedule.batch_sizes[{p}]", b)
+    parallel.check_seq(mesh, f"schedule.seq_lens[{p}]", n)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   bounds = phases(config)
@@ -144,7 +164,15 @@ def train_and_evaluate(config, workdir):
       rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   tx = optimizer(config)
-  opt_state = tx.init(params)
+  shardings = None
+  if mesh is None:
+    opt_state = tx.init(params)
+  else:
+    # Parameters and optimizer state split over fsdp (lfjax.parallel).
+    params = parallel.shard(params, mesh)
+    opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    shardings = (parallel.state_shardings(params, mesh), opt_sh, mesh)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def phase(p, a, b):
@@ -152,13 +180,17 @@ def train_and_evaluate(config, workdir):
     scale = s.window_scales[p]
     # The loop drops the old params/opt state after each step, and saves
     # checkpoints synchronously: their buffers can be donated.
-    jitted = make_train_step(graphdef, tx, scale, donate=True)
+    jitted = make_train_step(graphdef, tx, scale, donate=True,
+                             shardings=shardings)
+    size = s.batch_sizes[p]
     step_fn = lambda params, opt_state, xy, step: jitted(
-        params, opt_state, *xy, jax.random.fold_in(dropout_root, step))
+        params, opt_state, *parallel.put_batch(xy, mesh, size),
+        jax.random.fold_in(dropout_root, step))
+    sampler = sampler_lib.WindowSampler(
+        corpus, "train", seq_len=s.seq_lens[p], seed=config.seed, stream=p,
+        batch_size=size)
     return loop.Phase(
-        a, b, sampler_lib.WindowSampler(
-            corpus, "train", seq_len=s.seq_lens[p], seed=config.seed,
-            stream=p, batch_size=s.batch_sizes[p]),
+        a, b, sampler,
         step_fn, _summarize,
         info=dict(window=max(config.model.windows) * scale,
                   seq_len=s.seq_lens[p]),
@@ -173,9 +205,10 @@ def train_and_evaluate(config, workdir):
     return ({"eval_bpc": value, "eval_chars": count},
             f"{config.eval.split} bpc {value:.4f} ({count:,} chars)")
 
-  return loop.run(workdir, config, params, opt_state,
-                  [phase(p, a, b) for p, (a, b) in enumerate(bounds)],
-                  learning_rate(config), evaluate_fn)
+  with parallel.use(mesh):
+    return loop.run(workdir, config, params, opt_state,
+                    [phase(p, a, b) for p, (a, b) in enumerate(bounds)],
+                    learning_rate(config), evaluate_fn)
 
 
 def next_steps(workdir):

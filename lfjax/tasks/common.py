@@ -11,7 +11,10 @@ import json
 import math
 import pathlib
 
+import ml_collections
+
 from lfjax import checks
+from lfjax import parallel
 
 
 def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
@@ -24,6 +27,12 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
   c.keep_checkpoints = keep_checkpoints  # newest checkpoints kept on disk
   # Steps between evaluations; 0 = only at the end (always at the end).
   c.eval_every = eval_every
+  # Devices per mesh axis (lfjax.parallel; -1 = the rest, on one axis at
+  # most). All 1: one device, no mesh.
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=1,  # the batch is split over these devices
+      fsdp=1,  # the batch, parameters and optimizer state: split over these
+      seq=1))  # each sequence is split over these (sequence parallelism)
   return c
 
 
@@ -33,6 +42,7 @@ def validate_shared(c, task):
   checks.one_of(c, "task", (task,))
   checks.integer(c, "seed", 0)
   checks.loop_fields(c)
+  parallel.check_config(c.mesh)  # the device count: when the mesh is built
 
 
 def check_finite_metric(name, value):

@@ -16,6 +16,7 @@ says how characters are divided among tokens). allenai's script logs the
 loss / ln 2, i.e. bits per token; that is `bits_per_token` in the metrics.
 """
 
+import functools
 import math
 import pathlib
 import sys
@@ -32,6 +33,7 @@ from lfjax import checkpoints
 from lfjax import cli
 from lfjax import convert
 from lfjax import loop
+from lfjax import parallel
 from lfjax.data import text
 from lfjax.tasks import common
 from lfjax.tasks import mlm_defaults
@@ -44,7 +46,7 @@ KIND = "an MLM"
 RESUMABLE = ("data.cache_dir", "model.attention_impl",
              "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
              "log_every", "checkpoint_every", "keep_checkpoints",
-             "eval_every")
+             "eval_every", "mesh.*")
 validate = mlm_defaults.validate
 
 
@@ -164,9 +166,14 @@ def masked_loss(model, config, corpus, batch, key):
           "chars": jnp.sum(w * owned)}
 
 
-def make_train_step(graphdef, rest, tx, config, corpus):
+def make_train_step(graphdef, rest, tx, config, corpus, shardings=None):
   """One optimizer step over batch_size sequences, accumulated over
-  micro-batches; the loss is the mean over all the batch's masked tokens."""
+  micro-batches; the loss is the mean over all the batch's masked tokens.
+
+  shardings: None (one device), or (params', opt_state's shardings, the
+  mesh): each micro-batch is split by lfjax.parallel.batch_sharding, params
+  and optimizer state keep their shardings, metrics are replicated. Call
+  the step under lfjax.parallel.use(mesh)."""
   t = config.train
   if t.batch_size % t.micro_batch_size:
     raise ValueError(f"train.batch_size: expected a multiple of "
@@ -183,10 +190,25 @@ def make_train_step(graphdef, rest, tx, config, corpus):
     s = masked_loss(model, config, corpus, mb, k_mask)
     return s["loss_sum"], s
 
-  @jax.jit
+  layout, split = {}, lambda x: x
+  if shardings is not None:
+    param_sh, opt_sh, mesh = shardings
+    rep = parallel.replicated(mesh)
+    layout = dict(in_shardings=(param_sh, opt_sh,
+                                parallel.batch_sharding(mesh), rep),
+                  out_shardings=(param_sh, opt_sh, rep))
+    # Micro-batch j is rows j * micro .. of the batch, as on one device;
+    # each is split over data x fsdp (not the scan axis).
+    split = lambda x: jax.lax.with_sharding_constraint(
+        x, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(None, parallel.BATCH,
+                                             parallel.SEQ)))
+
+  @functools.partial(jax.jit, **layout)
   def step(params, opt_state, batch, key):
     mbs = jax.tree.map(
-        lambda x: x.reshape(accum, t.micro_batch_size, *x.shape[1:]), batch)
+        lambda x: split(x.reshape(accum, t.micro_batch_size, *x.shape[1:])),
+        batch)
 
     def body(g, xs):
       mb, k = xs
@@ -255,6 +277,10 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the MLM run in workdir; returns the last record."""
   validate(config)  # every field, before anything is written
+  mesh = parallel.make_mesh(config.mesh)
+  parallel.check_batch(mesh, "train.micro_batch_size",
+                       config.train.micro_batch_size)
+  parallel.check_seq(mesh, "train.seq_len", config.train.seq_len)
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Before anything else is written: a refused config leaves the run as is.
@@ -272,16 +298,25 @@ def train_and_evaluate(config, workdir):
   model.eval()  # eval's graph: dropout off
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
   tx = optimizer(config, params)
-  opt_state = tx.init(params)
+  shardings = None
+  if mesh is None:
+    opt_state = tx.init(params)
+  else:
+    # Parameters and optimizer state split over fsdp (lfjax.parallel).
+    params = parallel.shard(params, mesh)
+    opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    shardings = (parallel.state_shardings(params, mesh), opt_sh, mesh)
   t = config.train
-  jitted = make_train_step(graphdef, rest, tx, config, corpus)
+  jitted = make_train_step(graphdef, rest, tx, config, corpus, shardings)
   root = jax.random.fold_in(jax.random.key(config.seed), 2)
+  sampler = text.PackedSampler(corpus, "train", seq_len=t.seq_len,
+                               batch_size=t.batch_size, seed=config.seed)
   phase = loop.Phase(
-      0, config.steps,
-      text.PackedSampler(corpus, "train", seq_len=t.seq_len,
-                         batch_size=t.batch_size, seed=config.seed),
+      0, config.steps, sampler,
       lambda params, opt_state, batch, step: jitted(
-          params, opt_state, batch, jax.random.fold_in(root, step)),
+          params, opt_state, parallel.put_batch(batch, mesh, t.batch_size),
+          jax.random.fold_in(root, step)),
       summarize,
       info=dict(seq_len=t.seq_len, window=model.cfg.windows()[0]),
       tokens_per_batch=t.seq_len * t.batch_size)
@@ -292,8 +327,9 @@ def train_and_evaluate(config, workdir):
                f"({r['eval_masked_tokens']:,} masked tokens, "
                f"{r['eval_chars']:,} chars)")
 
-  return loop.run(workdir, config, params, opt_state, [phase],
-                  learning_rate(config), evaluate_fn)
+  with parallel.use(mesh):
+    return loop.run(workdir, config, params, opt_state, [phase],
+                    learning_rate(config), evaluate_fn)
 
 
 def next_steps(workdir):

@@ -1,0 +1,183 @@
+"""Multi-device trainer runs for tests/test_parallel.py, in one subprocess
+with 8 virtual CPU devices (they must be requested before JAX starts).
+
+  python -m tests.parallel_cases OUT.json WORKDIR [case ...]
+
+Each case writes what the test asserts on into OUT.json: per-step losses
+and gradient norms of the same tiny run on several meshes, a killed run
+resumed on other meshes, the compiled train step's collectives. The
+reference is always the one-device run of the same config (the trainer as
+it was before meshes existed), never a multi-device run.
+"""
+
+import json
+import pathlib
+import re
+import shutil
+import sys
+import traceback
+
+import jax
+
+from lfjax import metrics
+from lfjax import parallel
+
+# Tiny models compile faster without XLA's optimisations (tests/conftest.py
+# does the same for the in-process trainer tests).
+jax.config.update("jax_disable_most_optimizations", True)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 10
+KILL_AT = 7  # after the checkpoint at step 5
+
+
+class Interrupt(Exception):
+  pass
+
+
+def charlm_config(data_dir, mesh):
+  from tests.test_train import small_config
+  c = small_config(data_dir, steps=(STEPS,))
+  s = c.schedule
+  s.seq_lens, s.batch_sizes, s.lrs, s.window_scales = (32,), (4,), (3e-3,), (
+      1,)
+  # One layer (compiles dominate), two heads of window 8 plus two of window
+  # 8 x dilation 2: a halo of 16 rows, two shards of 8 on seq 4.
+  c.model.num_layers, c.model.windows, c.model.dilations = 1, (8,), (2,)
+  c.eval_every = 0  # the run's end only
+  c.eval.max_chars = 200
+  c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
+  return c
+
+
+def records(workdir):
+  return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+          for r in metrics.read(pathlib.Path(workdir) / "metrics.jsonl")]
+
+
+def train_killed(train, config, workdir):
+  """Runs until step KILL_AT is logged, then dies (a kill after the
+  metrics line, before the next checkpoint)."""
+  write = metrics.JsonlWriter.write
+
+  def dying(self, step, values):
+    write(self, step, values)
+    if step == KILL_AT:
+      raise Interrupt()
+  metrics.JsonlWriter.write = dying
+  try:
+    train(config, workdir)
+  except Interrupt:
+    pass
+  else:
+    raise AssertionError("the run was not interrupted")
+  finally:
+    metrics.JsonlWriter.write = write
+
+
+def runs(train, make_config, work, meshes, resume_meshes):
+  """{name: records} of full runs on `meshes` and of a run killed on
+  meshes[1] and resumed on each of resume_meshes (the killed run's first
+  steps are meshes[1]'s program again: a compilation-cache hit)."""
+  out = {}
+  for mesh in meshes:
+    name = "x".join(map(str, mesh))
+    train(make_config(mesh), work / name)
+    out[name] = records(work / name)
+  killed = work / "killed"
+  train_killed(train, make_config(meshes[1]), killed)
+  for mesh in resume_meshes:
+    name = "resumed_on_" + "x".join(map(str, mesh))
+    shutil.copytree(killed, work / name)
+    train(make_config(mesh), work / name)
+    out[name] = records(work / name)
+  return out
+
+
+def case_charlm(work):
+  from lfjax.data import chars
+  from lfjax.tasks import charlm
+  data_dir = work / "data"
+  chars.load("pystdlib", data_dir)
+  return runs(charlm.train_and_evaluate,
+              lambda mesh: charlm_config(str(data_dir), mesh), work / "charlm",
+              meshes=[(1, 1, 1), (2, 1, 4)],
+              resume_meshes=[(1, 2, 2), (4, 1, 1), (1, 1, 1)])
+
+
+def case_mlm(work):
+  from lfjax.tasks import mlm
+  from tests.test_train import load_config
+  tiny = work / "roberta"
+  mlm.make_tiny(tiny, documents=80, vocab_size=400, positions=64,
+                hidden_size=32, layers=1)
+
+  def make_config(mesh):
+    c = load_config("mlm_longformer_base", "tiny")
+    c.init_from = str(tiny)
+    c.data.max_documents = 30
+    c.data.valid_fraction = 0.2
+    c.data.cache_dir = str(work / "mlm_cache")
+    c.model.max_positions = c.train.seq_len = 64
+    c.model.attention_window = 16
+    c.model.global_bos = True  # global tokens across the sequence shards
+    c.train.batch_size, c.train.micro_batch_size = 4, 2
+    c.steps = c.optim.decay_steps = STEPS
+    c.log_every, c.checkpoint_every, c.eval_every = 1, 5, 0
+    c.eval.max_batches, c.eval.batch_size = 1, 2
+    c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
+    return c
+  return runs(mlm.train_and_evaluate, make_config, work / "mlm",
+              meshes=[(1, 1, 1), (2, 1, 4)], resume_meshes=[(1, 2, 2)])
+
+
+def case_hlo(work):
+  """Collectives of the char-LM's compiled train step on data 2 x seq 4."""
+  import numpy as np
+  from flax import nnx
+  from lfjax import checkpoints
+  from lfjax.data import chars
+  from lfjax.models import charlm as charlm_model
+  from lfjax.tasks import charlm
+  c = charlm_config(str(work / "data"), (2, 1, 4))
+  c.schedule.seq_lens = (64,)
+  mesh = parallel.make_mesh(c.mesh)
+  corpus = chars.load("pystdlib", str(work / "data"))
+  model = charlm_model.CharLM(checkpoints.model_config(c, corpus.vocab_size),
+                              rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  tx = charlm.optimizer(c)
+  params = parallel.shard(params, mesh)
+  opt_state = parallel.shard(tx.init(params), mesh)
+  shardings = (parallel.state_shardings(params, mesh),
+               parallel.state_shardings(opt_state, mesh), mesh)
+  step = charlm.make_train_step(graphdef, tx, 1, shardings=shardings)
+  x = np.zeros((4, 64), np.int32)
+  with parallel.use(mesh):
+    text = step.lower(params, opt_state, x, x, jax.random.key(0)).compile(
+    ).as_text()
+  # Shapes of every all-gather's result: none may hold the whole sequence
+  # of keys/values ([.., 64, heads, head_dim]).
+  gathers = re.findall(r"= (\S+) all-gather(?:-start)?\(", text)
+  return {"collective_permutes": len(re.findall(
+      r"collective-permute(?:-start)?\(", text)),
+          "all_gathers": gathers, "seq_len": 64,
+          "heads": c.model.num_heads, "head_dim": c.model.head_dim}
+
+
+CASES = {"charlm": case_charlm, "mlm": case_mlm, "hlo": case_hlo}
+
+
+def main(out, work, names):
+  work = pathlib.Path(work)
+  res = {"devices": jax.device_count()}
+  for name in names or list(CASES):
+    try:
+      res[name] = CASES[name](work)
+    except Exception:  # reported to the test, which fails naming it
+      res[name] = {"exception": traceback.format_exc()}
+  pathlib.Path(out).write_text(json.dumps(res))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1], sys.argv[2], sys.argv[3:])

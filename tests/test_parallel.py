@@ -1,0 +1,200 @@
+"""Training on a mesh (lfjax.parallel, config.mesh): the same losses as one
+device, resume onto another mesh, the compiled step's collectives, and the
+mesh config's errors.
+
+The multi-device runs need 8 devices, requested before JAX starts, so they
+run in one subprocess (tests/parallel_cases.py) with 8 virtual CPU devices,
+and one test asserts on all of its results. The reference is the same run
+on one device (the single-device trainer, no mesh). The MLM case needs
+transformers' tokenizers (the Python 3.11 leg).
+"""
+
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from lfjax import parallel
+from lfjax import tasks
+from tests import parallel_cases
+from tests.test_train import load_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HAVE_TOKENIZERS = importlib.util.find_spec("transformers") is not None
+LOSS_ATOL = 2e-5  # float32 sums in another order on another mesh
+
+
+def eight_device_env():
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              # Both spellings: the env var wins over XLA_FLAGS (research
+              # notes scale.md, §3), so a caller's own count cannot shrink it.
+              JAX_NUM_CPU_DEVICES="8",
+              XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
+                         " --xla_force_host_platform_device_count=8").strip(),
+              PYTHONPATH=os.pathsep.join(
+                  [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")]
+                                 if p]))
+
+
+def run_cases(tmp_path, names):
+  out = tmp_path / "results.json"
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.parallel_cases", str(out),
+       str(tmp_path / "work"), *names], cwd=ROOT, env=eight_device_env(),
+      capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return json.loads(out.read_text())
+
+
+def check_same_run(name, runs, problems):
+  """Every run's per-step loss, gradient norm and final evaluation against
+  the one-device run's."""
+  want = runs["1x1x1"]
+  steps = [r["step"] for r in want if "train_loss" in r]
+  if steps != list(range(1, parallel_cases.STEPS + 1)):
+    problems.append(f"{name}: reference logged steps {steps}")
+  for mesh, recs in runs.items():
+    got_steps = [r["step"] for r in recs if "train_loss" in r]
+    if got_steps != steps:
+      problems.append(f"{name} {mesh}: logged steps {got_steps}")
+      continue
+    for a, b in zip(want, recs):
+      for key, va in a.items():
+        vb = b.get(key)
+        if isinstance(va, float):
+          if vb is None or not math.isclose(va, vb, rel_tol=1e-5,
+                                            abs_tol=LOSS_ATOL):
+            problems.append(f"{name} {mesh} step {a['step']} {key}: {vb} "
+                            f"vs one device {va}")
+        elif key not in ("phase", "window", "seq_len", "step") and va != vb:
+          problems.append(f"{name} {mesh} step {a['step']} {key}: {vb!r} "
+                          f"vs one device {va!r}")
+
+
+def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
+  """char-LM (dropout 0.1) and MLM (global <s> tokens, dropout, dynamic
+  masks): 10 steps on data 2 x seq 4 equal one device; a run killed at
+  step 7 on data 2 x seq 4 resumes from its step-5 checkpoint on fsdp 2 x
+  seq 2, data 4 and one device (char-LM) and on fsdp 2 x seq 2 (MLM) with
+  the same losses. The compiled data 2 x seq 4 char-LM step exchanges
+  halos (collective-permutes) and gathers no K/V over the sequence."""
+  names = ["charlm", "hlo"] + (["mlm"] if HAVE_TOKENIZERS else [])
+  res = run_cases(tmp_path, names)
+  assert res["devices"] == 8
+  problems = []
+  for name in names:
+    if "exception" in res[name]:
+      problems.append(f"{name}: raised\n{res[name]['exception']}")
+  if not problems:
+    check_same_run("charlm", res["charlm"], problems)
+    assert set(res["charlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
+                                  "resumed_on_4x1x1", "resumed_on_1x1x1"}
+    if HAVE_TOKENIZERS:
+      check_same_run("mlm", res["mlm"], problems)
+      assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2"}
+    hlo = res["hlo"]
+    if hlo["collective_permutes"] == 0:
+      problems.append("hlo: no collective-permute (halo exchange)")
+    for shape in hlo["all_gathers"]:
+      dims = [int(d) for d in re.findall(r"\d+", shape.split("{")[0])]
+      if hlo["seq_len"] in dims:
+        problems.append(f"hlo: an all-gather over the whole sequence: "
+                        f"{shape}")
+  assert not problems, "\n".join(problems)
+
+
+# In process: the mesh config and layouts -----------------------------------
+
+
+def mesh_config(data=1, fsdp=1, seq=1):
+  return ml_collections.ConfigDict(dict(data=data, fsdp=fsdp, seq=seq))
+
+
+def test_resolve_fills_the_rest_and_names_bad_fields():
+  assert parallel.resolve(mesh_config(2, 1, -1), 8) == dict(data=2, fsdp=1,
+                                                            seq=4)
+  assert parallel.resolve(mesh_config(-1), 8) == dict(data=8, fsdp=1, seq=1)
+  assert parallel.resolve(mesh_config(), 8) == dict(data=1, fsdp=1, seq=1)
+  cases = [(mesh_config(0), r"config\.mesh\.data: expected a device count "
+            r">= 1 or -1 \(the rest\), got 0"),
+           (mesh_config(seq=2.0), r"config\.mesh\.seq: .* got 2\.0"),
+           (mesh_config(fsdp=True), r"config\.mesh\.fsdp: .* got True"),
+           (mesh_config(-1, 1, -1), r"config\.mesh\.seq: expected -1 \(the "
+            r"rest\) on at most one axis, got -1 on \['data', 'seq'\]"),
+           (mesh_config(3, 1, -1), r"config\.mesh\.seq: -1 takes the devices "
+            r"the other axes leave, but 8 devices are not a multiple of 3"),
+           (mesh_config(2, 2, 4), r"config\.mesh: expected at most 8 devices "
+            r".* got data 2 x fsdp 2 x seq 4 = 16")]
+  for cfg, msg in cases:
+    with pytest.raises(ValueError, match=msg):
+      parallel.resolve(cfg, 8)
+
+
+def test_task_configs_have_the_mesh_and_validate_it():
+  for name, arg in (("charlm_default", "tiny"),
+                    ("mlm_longformer_base", "tiny")):
+    c = load_config(name, arg)
+    c.init_from = "/any/folder"  # the MLM's required field
+    assert dict(c.mesh) == dict(data=1, fsdp=1, seq=1)
+    tasks.get(c.task).validate(c)
+    c.mesh.seq = -2
+    with pytest.raises(ValueError, match=r"config\.mesh\.seq: expected"):
+      tasks.get(c.task).validate(c)
+
+
+def test_one_device_has_no_mesh_and_checks_divisibility():
+  # pytest's process has one device: the default config is today's path.
+  assert parallel.make_mesh(mesh_config()) is None
+  assert parallel.make_mesh(mesh_config(-1)) is None
+  with pytest.raises(ValueError, match=r"config\.mesh: expected at most 1 "):
+    parallel.make_mesh(mesh_config(seq=2))
+  parallel.check_batch(None, "train.batch_size", 3)  # one device: anything
+
+  class FakeMesh:
+    shape = dict(data=2, fsdp=2, seq=4)
+  with pytest.raises(ValueError, match=r"config\.schedule\.batch_sizes\[0\]:"
+                     r" expected a multiple of mesh\.data x mesh\.fsdp = 4 "
+                     r"\(the batch is split over them\), got 6"):
+    parallel.check_batch(FakeMesh, "schedule.batch_sizes[0]", 6)
+  with pytest.raises(ValueError, match=r"config\.train\.seq_len: expected a "
+                     r"multiple of mesh\.seq = 4 .*, got 30"):
+    parallel.check_seq(FakeMesh, "train.seq_len", 30)
+
+
+def test_fsdp_spec_splits_the_largest_divisible_dimension():
+  assert parallel.fsdp_spec((512, 2048), 4) == P(None, "fsdp")
+  assert parallel.fsdp_spec((2048, 512), 4) == P("fsdp", None)
+  assert parallel.fsdp_spec((6, 4), 4) == P(None, "fsdp")  # 6 % 4 != 0
+  assert parallel.fsdp_spec((3, 5), 4) == P()  # nothing divides: replicated
+  assert parallel.fsdp_spec((8, 8), 4) == P("fsdp", None)  # first on ties
+  assert parallel.fsdp_spec((), 4) == P()
+  assert parallel.fsdp_spec((2, 2), 4) == P()  # smaller than the axis
+  assert parallel.fsdp_spec((512, 2048), 1) == P()
+
+
+def test_distributed_environment_errors():
+  assert parallel.initialize_distributed({}) is False
+  assert parallel.initialize_distributed({"JAX_NUM_PROCESSES": "1"}) is False
+  with pytest.raises(ValueError, match=r"JAX_COORDINATOR_ADDRESS: expected "
+                     r"it set \(JAX_NUM_PROCESSES=2 asks for a multi-process "
+                     r"run"):
+    parallel.initialize_distributed({"JAX_NUM_PROCESSES": "2",
+                                     "JAX_PROCESS_ID": "0"})
+  with pytest.raises(ValueError, match=r"JAX_PROCESS_ID: expected 0 \.\. 1, "
+                     r"got 2"):
+    parallel.initialize_distributed({
+        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "2",
+        "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
+  with pytest.raises(ValueError, match=r"JAX_NUM_PROCESSES: expected an "
+                     r"integer, got 'two'"):
+    parallel.initialize_distributed({
+        "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0",
+        "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
