@@ -6,10 +6,12 @@ log-sum-exp as a second output, so partial attentions can be merged.
 
 Queries are cut into blocks of C rows. Block i sees the contiguous key span
 [i*C - w, i*C + C + w) (right halo 0 if causal), plus the G extra keys. A
-loop visits a few independent (row, block) tiles per step: a matmul gives the
-[C, span + G] scores, a static band pattern and the key validity mask them,
-one float32 softmax covers band and extra keys, and a second matmul applies
-it to the values.
+loop visits tiles: U rows of X at one block, as batched ops (several
+independent tiles in one op keep both cores of a small CPU busy, where one
+tile's small matmuls leave one idle). A batched matmul gives the
+[U, C, span + G] scores, a static band pattern and the key validity mask
+them, one float32 softmax covers band and extra keys, and a second matmul
+applies it to the values.
 
 Why a loop and not one big batched op: on CPU the score tensor of a whole
 sequence is hundreds of MB, and every pass over it (scores, mask+max, exp,
@@ -19,8 +21,9 @@ the scores per tile from the saved log-sum-exp (as FlashAttention does), so
 memory stays O(N * D) besides the inputs, and accumulates dK/dV of the
 overlapping key spans in place.
 
-Letters: X independent rows (batch x heads x ...), N queries, M keys,
-D head dim, C block, S band key span, G extra keys.
+Letters: X independent rows (batch x heads x ...), U rows of a tile, N
+queries, M keys, D head dim, C block, S band key span, G extra keys, R
+table rows, W + 1 columns of the padded relative products.
 """
 
 import dataclasses
@@ -33,9 +36,9 @@ import numpy as np
 
 from lfjax.attention import common
 
-# Score elements per loop step (~4 MB of float32) and independent tiles per
-# step: several tiles let the runtime keep both cores busy with small ops,
-# while the working set stays in cache.
+# Score elements per loop step (~4 MB of float32) and rows (of X, batched)
+# times tiles per step: several let the runtime keep both cores busy with
+# small ops, while the working set stays in cache.
 SCORES_PER_STEP = 1 << 20
 MAX_UNROLL = 8
 # Short problems (tests, tiny models) are not worth the longer compile.
@@ -55,12 +58,14 @@ class Geometry:
   hl: int       # keys left of the query block (halo)
   hr: int       # keys right of the query block (halo)
   g: int        # extra keys
-  unroll: int   # independent tiles per forward loop step
+  unroll: int   # tiles (U rows each) per forward loop step
   x: int        # rows of X
   causal: bool
   dropout: float = 0.0  # attention-probability dropout rate
   dil: int = 1  # dilation the rows' positions are spaced by (dropout hash)
   rel_min: Optional[int] = None  # distance of table row 0; None: no table
+  rows: int = 1  # U: rows of X per tile (batched ops); divides x
+  rel_rows: int = 0  # R: rows of the relative table (with rel_min)
 
   @property
   def span(self):
@@ -93,30 +98,29 @@ class Geometry:
     the lag, whichever is wider."""
     return max(rows, self.span + self.rel_lag(rows))
 
-  def rel_valid(self, rows):
-    """[C, R] static, in the reversed layout: column u of row a is the
-    distance of a key inside the tile's span."""
-    t = np.arange(rows)[None, :] + np.arange(self.c)[:, None] - self.rel_lag(
-        rows)
-    return (t >= 0) & (t < self.span)
 
-
-def choose_block(n, window, num_global=0, causal=False):
+def choose_block(n, window, num_global=0, causal=False, rel=False):
   """Query block size for n queries (per dilation class).
 
-  Cost model: scores computed (padded rows x key span), with a per-block
-  overhead that favours blocks big enough for efficient matmuls. The 60 was
-  fitted on a 2-core CPU with unrolled tiles: at window 256, C=128 (1.25x
-  waste) and C=256 (1.5x) ran equally fast, C=64 slower; at window 64,
-  C=32..128 were within noise.
+  Cost model: scores computed (padded rows x key span), plus half that per
+  relative product when rel (a [C, W + 1] product per block, W + 1 about
+  the span plus one; single-block tiles drop their halo from the scores
+  but not from the products), with a per-block overhead that favours
+  blocks big enough for efficient matmuls. The 60 was fitted on a 2-core
+  CPU with unrolled tiles: at window 256, C=128 (1.25x waste) and C=256
+  (1.5x) ran equally fast, C=64 slower; at window 64, C=32..128 were
+  within noise.
   """
+  halo = (1 if causal else 2) * window
   single = _round_up(max(n, 1), _MIN_BLOCK)
-  best = (single * (single + num_global) * (1.0 + 60.0 / single), single)
+  products = lambda c: 0.5 * (c + halo + 1) if rel else 0.0
+  best = (single * (single + num_global + products(single))
+          * (1.0 + 60.0 / single), single)
   for c in (16, 32, 64, 128, 256):
     if c >= single:
       break
-    span = c + (1 if causal else 2) * window + num_global
-    cost = -(-n // c) * c * span * (1.0 + 60.0 / c)
+    span = c + halo + num_global
+    cost = -(-n // c) * c * (span + products(c)) * (1.0 + 60.0 / c)
     best = min(best, (cost, c))
   return best[1]
 
@@ -126,24 +130,28 @@ def _round_up(x, m):
 
 
 def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
-             dropout=0.0, dil=1, rel_min=None):
+             dropout=0.0, dil=1, rel_min=None, rel_rows=0):
   # Farthest any key is from any query: a larger window changes nothing.
   reach = max(abs(k_offset + m - 1), abs(n - 1 - k_offset), 0)
   w = min(window, reach)
-  c = block or choose_block(n, w, g, causal)
+  c = block or choose_block(n, w, g, causal, rel=rel_min is not None)
   nb = -(-n // c)
   hl, hr = w, (0 if causal else w)
   if nb == 1 and k_offset == 0 and m <= c:
     hl = hr = 0  # every key already sits in the single block
-  tiles = x * nb
   per_tile = c * (hl + c + hr + g)
+  fits = lambda u: u == 1 or u * per_tile <= SCORES_PER_STEP
+  # Batched rows cost no compile time; unrolled tiles do.
+  rows = max(u for u in range(1, MAX_UNROLL + 1) if x % u == 0 and fits(u))
   unroll = 1
-  if tiles >= _MIN_TILES_TO_UNROLL:
-    unroll = max(u for u in range(1, MAX_UNROLL + 1) if tiles % u == 0
-                 and (u == 1 or u * per_tile <= SCORES_PER_STEP))
+  if x * nb >= _MIN_TILES_TO_UNROLL:
+    groups = x // rows * nb
+    unroll = max(u for u in range(1, MAX_UNROLL // rows + 1)
+                 if groups % u == 0 and fits(u * rows))
   return Geometry(n=n, m=m, k_offset=k_offset, w=w, c=c, nb=nb, hl=hl, hr=hr,
                   g=g, unroll=unroll, x=x, causal=causal,
-                  dropout=float(dropout), dil=int(dil), rel_min=rel_min)
+                  dropout=float(dropout), dil=int(dil), rel_min=rel_min,
+                  rows=rows, rel_rows=rel_rows)
 
 
 def _align(x_XxMx, left, total, fill):
@@ -166,27 +174,31 @@ def _unalign(xp_XxTx, left, m):
 
 
 def _tiles(geo, step, unroll):
-  """Loop step -> its `unroll` tiles as (row of X, first query of the block),
-  in block-major order, so the tiles of one step sit in different rows."""
+  """Loop step -> its `unroll` tiles as (first row of X, first query of the
+  block), in block-major order, so the tiles of one step sit in different
+  rows."""
+  groups = geo.x // geo.rows
   for u in range(unroll):
     t = step * unroll + u
-    yield t % geo.x, (t // geo.x) * geo.c
+    yield (t % groups) * geo.rows, (t // groups) * geo.c
 
 
-def _slice(a, x0, p0, size):
-  """a[x0, p0:p0+size] for a row of X."""
+def _slice(a, x0, p0, size, rows=1):
+  """a[x0:x0+rows, p0:p0+size]."""
   start = (x0, p0) + (0,) * (a.ndim - 2)
-  return jax.lax.dynamic_slice(a, start, (1, size) + a.shape[2:])[0]
+  return jax.lax.dynamic_slice(a, start, (rows, size) + a.shape[2:])
 
 
 def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
-  """Pad queries to whole blocks and align keys with their halos."""
+  """Pad queries to whole blocks, align keys with their halos, and lay the
+  table out for the relative products (_rel_scores)."""
   if not geo.g:
     gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
     gv = jnp.zeros((geo.x, 0, v.shape[2]), v.dtype)
     gvalid = jnp.zeros((geo.x, 0), bool)
   if rq is not None:
     rq = _align(rq, 0, geo.nb * geo.c, 0)
+    tab = _align(tab[:, ::-1], 0, geo.rel_width(geo.rel_rows) + 1, 0)
   return (_align(q, 0, geo.nb * geo.c, 0),
           _align(k, geo.key_shift, geo.total, 0),
           _align(v, geo.key_shift, geo.total, 0),
@@ -195,62 +207,83 @@ def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
 
 
 def _dropout(geo, drop, x0, p0):
-  """The tile's dropout multiplier [C, S+G] (common.dropout_multiplier at
+  """The tile's dropout multiplier [U, C, S+G] (common.dropout_multiplier at
   the absolute positions of its queries and keys), or None."""
   if not geo.dropout:
     return None
   seed_X, residue_X, gpos_XxG = drop
-  seed, r = seed_X[x0], residue_X[x0]
-  i_pos = (p0 + jnp.arange(geo.c)) * geo.dil + r
-  j_pos = (p0 - geo.hl + jnp.arange(geo.span)) * geo.dil + r
+  seed = jax.lax.dynamic_slice(seed_X, (x0,), (geo.rows,))[:, None, None]
+  r = jax.lax.dynamic_slice(residue_X, (x0,), (geo.rows,))[:, None]
+  i_pos = (p0 + jnp.arange(geo.c))[None, :] * geo.dil + r
+  j_pos = (p0 - geo.hl + jnp.arange(geo.span))[None, :] * geo.dil + r
   if geo.g:
-    j_pos = jnp.concatenate([j_pos, _slice(gpos_XxG, x0, 0, geo.g)])
-  return common.dropout_multiplier(seed, i_pos[:, None], j_pos[None, :],
+    j_pos = jnp.concatenate([j_pos, _slice(gpos_XxG, x0, 0, geo.g, geo.rows)],
+                            axis=1)
+  return common.dropout_multiplier(seed, i_pos[:, :, None], j_pos[:, None, :],
                                    geo.dropout)
 
 
-def _rel_operands(geo, prepared, x0, p0):
-  """The tile's relative queries [C, Dr] and its row's table [R, Dr]."""
-  rqp, tab = prepared[8], prepared[9]
-  return _slice(rqp, x0, p0, geo.c), _slice(tab, x0, 0, tab.shape[1])
+def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
+  """The tile's relative term [U, C, S]: the queries times the table rows
+  the window's distances cover (head_dim wide), then shifted per row so
+  entry (a, t) reads distance a - t + hl.
+
+  tab is the table row-reversed and zero-padded to W + 1 rows (_prepare):
+  product column u of row a is distance rel_min + R - 1 - u, and the
+  distance of (a, t) sits at column t + L - a, a right shift by a. Reading
+  the [C, W + 1] products flat with row stride W (Transformer-XL's skew)
+  is that shift, with no index array; every column a band entry reads is
+  inside the table, the others are masked. The matmul writes the padded
+  layout itself: padding its output instead puts a pad in the fused score
+  loop, which XLA's CPU backend then leaves unvectorised (its exp alone
+  ran ~10x slower, measured)."""
+  p_UxCxW1 = jnp.einsum("xqd,xrd->xqr", rq_UxCxDr, tab_UxWxDr,
+                        preferred_element_type=jnp.float32)
+  u, c, w1 = p_UxCxW1.shape
+  lag = geo.rel_lag(geo.rel_rows)
+  shifted = p_UxCxW1.reshape(u, c * w1)[:, :c * (w1 - 1)].reshape(u, c, w1 - 1)
+  return shifted[:, :, lag:lag + geo.span]
 
 
-def _rel_scores(geo, prepared, x0, p0):
-  """The tile's relative term [C, S]: the queries times the table rows the
-  window's distances cover ([C, R], head_dim wide), then shifted per row so
-  entry (a, t) reads distance a - t + hl."""
-  rq_CxDr, tab_RxDr = _rel_operands(geo, prepared, x0, p0)
-  rows = tab_RxDr.shape[0]
-  # Reversed table rows: column u is distance rel_min + rows - 1 - u, so
-  # the distance a - t + hl sits at column t + L - a: a right shift by a.
-  p_CxR = jnp.einsum("qd,rd->qr", rq_CxDr, tab_RxDr[::-1],
-                     preferred_element_type=jnp.float32)
-  lag = geo.rel_lag(rows)
-  shifted = common.shift_right(
-      jnp.pad(p_CxR, ((0, 0), (0, geo.rel_width(rows) - rows))))
-  return shifted[:, lag:lag + geo.span]
+def _rel_grads(geo, scale, ds_UxCxS, rq_UxCxDr, tab_UxWxDr):
+  """The transpose of _rel_scores: (d rel_query [U, C, Dr], d padded
+  reversed table [U, W + 1, Dr]) from the band scores' cotangent."""
+  u, c, _ = ds_UxCxS.shape
+  w1 = tab_UxWxDr.shape[1]
+  lag, span = geo.rel_lag(geo.rel_rows), geo.span
+  dy = jnp.pad(ds_UxCxS[:, :, :span], ((0, 0), (0, 0),
+                                       (lag, w1 - 1 - span - lag)))
+  dp_UxCxW1 = jnp.pad(dy.reshape(u, c * (w1 - 1)), ((0, 0), (0, c))).reshape(
+      u, c, w1)
+  drq = jnp.einsum("xqr,xrd->xqd", dp_UxCxW1, tab_UxWxDr.astype(jnp.float32))
+  dtab = jnp.einsum("xqr,xqd->xrd", dp_UxCxW1, rq_UxCxDr.astype(jnp.float32))
+  return drq * scale, dtab * scale
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
-  """One tile's queries, masked float32 scores [C, S+G], mask, keys, values."""
-  qp, kp, vp, kvp, gk, gv, gvalid = prepared[:7]
-  q_CxD = _slice(qp, x0, p0, geo.c)
-  k_SxD = _slice(kp, x0, p0, geo.span)
-  v_SxD = _slice(vp, x0, p0, geo.span)
-  mask = band_CxS & _slice(kvp, x0, p0, geo.span)[None, :]
+  """One tile's queries, masked float32 scores [U, C, S+G], mask, keys,
+  values (and relative queries and table, or None)."""
+  qp, kp, vp, kvp, gk, gv, gvalid, _, rqp, tabp = prepared
+  u = geo.rows
+  q = _slice(qp, x0, p0, geo.c, u)
+  k = _slice(kp, x0, p0, geo.span, u)
+  v = _slice(vp, x0, p0, geo.span, u)
+  mask = band_CxS[None] & _slice(kvp, x0, p0, geo.span, u)[:, None, :]
   if geo.g:
-    k_SxD = jnp.concatenate([k_SxD, _slice(gk, x0, 0, geo.g)], axis=0)
-    v_SxD = jnp.concatenate([v_SxD, _slice(gv, x0, 0, geo.g)], axis=0)
-    gmask = jnp.broadcast_to(_slice(gvalid, x0, 0, geo.g)[None, :],
-                             (geo.c, geo.g))
-    mask = jnp.concatenate([mask, gmask], axis=1)
-  s = jnp.einsum("qd,kd->qk", q_CxD, k_SxD,
-                 preferred_element_type=jnp.float32)
+    k = jnp.concatenate([k, _slice(gk, x0, 0, geo.g, u)], axis=1)
+    v = jnp.concatenate([v, _slice(gv, x0, 0, geo.g, u)], axis=1)
+    gmask = jnp.broadcast_to(_slice(gvalid, x0, 0, geo.g, u)[:, None, :],
+                             (u, geo.c, geo.g))
+    mask = jnp.concatenate([mask, gmask], axis=2)
+  s = jnp.einsum("xqd,xkd->xqk", q, k, preferred_element_type=jnp.float32)
+  rel = None
   if geo.rel_min is not None:  # band keys only; extra keys get no term
-    rel_CxS = _rel_scores(geo, prepared, x0, p0)
-    s = s + jnp.pad(rel_CxS, ((0, 0), (0, geo.g)))
+    rel = (_slice(rqp, x0, p0, geo.c, u), _slice(tabp, x0, 0, tabp.shape[1],
+                                                  u))
+    rel_UxCxS = _rel_scores(geo, *rel)
+    s = s + jnp.pad(rel_UxCxS, ((0, 0), (0, 0), (0, geo.g)))
   s = s * scale
-  return q_CxD, jnp.where(mask, s, common.NEG_INF), mask, k_SxD, v_SxD
+  return q, jnp.where(mask, s, common.NEG_INF), mask, k, v, rel
 
 
 def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
@@ -264,26 +297,27 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
     # Unrolled tiles are independent, so the runtime can overlap them: on a
     # 2-core CPU one tile's small ops leave a core idle.
     for x0, p0 in _tiles(geo, step, geo.unroll):
-      _, s, mask, _, v_win = _tile(geo, scale, band, prepared, x0, p0)
+      _, s, mask, _, v_win, _ = _tile(geo, scale, band, prepared, x0, p0)
       mx = jnp.max(s, axis=-1, keepdims=True)
       p = jnp.where(mask, jnp.exp(s - mx), 0.0)
       l = jnp.sum(p, axis=-1)
       z = _dropout(geo, drop, x0, p0)
       # Dropout acts on the normalised probabilities, so l stays undropped.
       pz = p if z is None else p * z
-      o = jnp.einsum("qk,kd->qd", pz.astype(v_win.dtype), v_win,
+      o = jnp.einsum("xqk,xkd->xqd", pz.astype(v_win.dtype), v_win,
                      preferred_element_type=jnp.float32)
       # Normalising after PV touches D values per row instead of S + G.
-      o = o / jnp.where(l == 0.0, 1.0, l)[:, None]
+      o = o / jnp.where(l == 0.0, 1.0, l)[:, :, None]
       lse_c = jnp.where(l == 0.0, common.NEG_INF,
-                        mx[:, 0] + jnp.log(jnp.maximum(l, 1e-30)))
-      out = jax.lax.dynamic_update_slice(out, o[None], (x0, p0, 0))
-      lse = jax.lax.dynamic_update_slice(lse, lse_c[None], (x0, p0))
+                        mx[:, :, 0] + jnp.log(jnp.maximum(l, 1e-30)))
+      out = jax.lax.dynamic_update_slice(out, o, (x0, p0, 0))
+      lse = jax.lax.dynamic_update_slice(lse, lse_c, (x0, p0))
     return out, lse
 
   init = (jnp.zeros((geo.x, npad, dv), jnp.float32),
           jnp.zeros((geo.x, npad), jnp.float32))
-  out, lse = jax.lax.fori_loop(0, geo.x * geo.nb // geo.unroll, body, init)
+  steps = geo.x // geo.rows * geo.nb // geo.unroll
+  out, lse = jax.lax.fori_loop(0, steps, body, init)
   return out[:, :geo.n], lse[:, :geo.n]
 
 
@@ -291,13 +325,10 @@ def _backward(geo, scale, res, dout, dlse):
   q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out, lse = res
   prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
   with_rel = geo.rel_min is not None
-  if with_rel:
-    rows = tab.shape[1]
-    lag, width = geo.rel_lag(rows), geo.rel_width(rows)
-    rel_ok = jnp.asarray(geo.rel_valid(rows))
   band = jnp.asarray(geo.band_mask())
   dqk, dv = q.shape[2], v.shape[2]
   npad = geo.nb * geo.c
+  u, c, span = geo.rows, geo.c, geo.span
   f32 = lambda a: a.astype(jnp.float32)
   dop = _align(f32(dout), 0, npad, 0)
   # Padded query rows have zero dout, so whatever finite lse they get, their
@@ -308,46 +339,39 @@ def _backward(geo, scale, res, dout, dlse):
 
   def body(step, carry):
     dq, dkp, dvp, dgk, dgv, drq, dtab = carry
-    c, span = geo.c, geo.span
     # One tile per step: with several, XLA stops updating the dK/dV
-    # accumulators in place and copies them (3x slower, measured).
+    # accumulators in place and copies them (3x slower, measured). Its U
+    # rows are one batched op each, and one in-place update.
     for x0, p0 in _tiles(geo, step, 1):
-      q_CxD, s, mask, k_win, v_win = _tile(geo, scale, band, prepared, x0,
-                                           p0)
-      p = jnp.where(mask, jnp.exp(s - _slice(lsep, x0, p0, c)[:, None]), 0.0)
-      do_CxD = _slice(dop, x0, p0, c)
+      q_t, s, mask, k_win, v_win, rel = _tile(geo, scale, band, prepared, x0,
+                                              p0)
+      row = lambda a: _slice(a, x0, p0, c, u)[:, :, None]
+      p = jnp.where(mask, jnp.exp(s - row(lsep)), 0.0)
+      do_t = _slice(dop, x0, p0, c, u)
       z = _dropout(geo, drop, x0, p0)
       # With dropout, out = (p * z) v: dv sees p * z, dp gets a factor z,
       # and delta = rowsum(dout * out) stays rowsum(p * dp).
-      dv_win = jnp.einsum("qk,qd->kd", p if z is None else p * z, do_CxD)
-      dp = jnp.einsum("qd,kd->qk", do_CxD, f32(v_win))
+      dv_win = jnp.einsum("xqk,xqd->xkd", p if z is None else p * z, do_t)
+      dp = jnp.einsum("xqd,xkd->xqk", do_t, f32(v_win))
       if z is not None:
         dp = dp * z
-      ds = p * (dp - _slice(deltap, x0, p0, c)[:, None]
-                + _slice(dlsep, x0, p0, c)[:, None])
-      dq_CxD = jnp.einsum("qk,kd->qd", ds, f32(k_win)) * scale
-      dk_win = jnp.einsum("qk,qd->kd", ds, f32(q_CxD)) * scale
-      dq = jax.lax.dynamic_update_slice(dq, dq_CxD[None], (x0, p0, 0))
+      ds = p * (dp - row(deltap) + row(dlsep))
+      dq_t = jnp.einsum("xqk,xkd->xqd", ds, f32(k_win)) * scale
+      dk_win = jnp.einsum("xqk,xqd->xkd", ds, f32(q_t)) * scale
+      dq = jax.lax.dynamic_update_slice(dq, dq_t, (x0, p0, 0))
       # Key spans of neighbouring blocks overlap: accumulate in place.
       add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
-          acc, (_slice(acc, x0, p, upd.shape[0]) + upd)[None], (x0, p, 0))
+          acc, _slice(acc, x0, p, upd.shape[1], u) + upd, (x0, p, 0))
       if with_rel:
-        # The forward's shift undone: reversed column u of row a is key
-        # u + a - L (zero where that key is outside the span; outside the
-        # band ds is already zero).
-        rq_CxDr, tab_RxDr = _rel_operands(geo, prepared, x0, p0)
-        ds_lagged = jnp.pad(ds[:, :span], ((0, 0), (lag, width - span - lag)))
-        dp_CxR = jnp.where(rel_ok, common.shift_left(ds_lagged)[:, :rows],
-                           0.0)[:, ::-1]
-        drq_C = jnp.einsum("qr,rd->qd", dp_CxR, f32(tab_RxDr)) * scale
-        drq = jax.lax.dynamic_update_slice(drq, drq_C[None], (x0, p0, 0))
-        dtab = add(dtab, jnp.einsum("qr,qd->rd", dp_CxR, f32(rq_CxDr)) * scale,
-                   0)
-      dkp = add(dkp, dk_win[:span], p0)
-      dvp = add(dvp, dv_win[:span], p0)
+        # Outside the band ds is zero, so the transposed shift needs no mask.
+        drq_t, dtab_t = _rel_grads(geo, scale, ds, *rel)
+        drq = jax.lax.dynamic_update_slice(drq, drq_t, (x0, p0, 0))
+        dtab = add(dtab, dtab_t, 0)
+      dkp = add(dkp, dk_win[:, :span], p0)
+      dvp = add(dvp, dv_win[:, :span], p0)
       if geo.g:
-        dgk = add(dgk, dk_win[span:], 0)
-        dgv = add(dgv, dv_win[span:], 0)
+        dgk = add(dgk, dk_win[:, span:], 0)
+        dgv = add(dgv, dv_win[:, span:], 0)
     return dq, dkp, dvp, dgk, dgv, drq, dtab
 
   # Zeros that depend on dout: XLA cannot create them at program start and
@@ -355,18 +379,20 @@ def _backward(geo, scale, res, dout, dlse):
   # GBs on the char-LM at 23K tokens). min(|x|, 0) is 0 for any non-NaN x.
   zero = jnp.minimum(jnp.abs(jnp.sum(dop[:1, :1, :1])), 0.0)
   zeros = lambda length, d: jnp.broadcast_to(zero, (geo.x, length, d))
-  rel_shapes = ((npad, rq.shape[2]), tab.shape[1:]) if with_rel else (
+  rel_shapes = ((npad, rq.shape[2]), prepared[9].shape[1:]) if with_rel else (
       (0, 0), (0, 0))
   init = (zeros(npad, dqk), zeros(geo.total, dqk), zeros(geo.total, dv),
           zeros(geo.g, dqk), zeros(geo.g, dv), zeros(*rel_shapes[0]),
           zeros(*rel_shapes[1]))
   dq, dkp, dvp, dgk, dgv, drq, dtab = jax.lax.fori_loop(
-      0, geo.x * geo.nb, body, init)
+      0, geo.x // u * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
   dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
   dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
   drel = (None, None)
   if with_rel:
+    # Back from the padded reversed layout of _prepare.
+    dtab = dtab[:, :tab.shape[1]][:, ::-1]
     drel = (drq[:, :geo.n].astype(rq.dtype), dtab.astype(tab.dtype))
   if not geo.g:
     return (dq, dk, dv, None, None, None, None, None) + drel
@@ -435,7 +461,8 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
   rq, tab, rel_min = (None, None, None) if rel is None else rel
   geo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
                  k_offset=k_offset, block=block, dropout=rate, dil=dil,
-                 rel_min=None if rel is None else int(rel_min))
+                 rel_min=None if rel is None else int(rel_min),
+                 rel_rows=0 if rel is None else tab.shape[1])
   if rel is not None:
     # Distances i - j the band can reach (the window, or less when the
     # sequence is shorter).
