@@ -475,6 +475,8 @@ def write_config(config, workdir, total=None):
             + f" had no effect, and {path} is unchanged. A longer schedule "
             "trains on.", flush=True)
     return step
+  if jax.process_index() != 0:
+    return step  # multi-host: process 0 writes the run's files
   if old is not None and not changes:
     # Fields added to (or removed from) lfjax since the run started: the
     # config gains them, but no change was asked for: no history entry.

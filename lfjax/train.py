@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from lfjax import checkpoints
 from lfjax import cli
+from lfjax import parallel
 from lfjax import tasks
 
 
@@ -49,6 +50,8 @@ def main(argv=None):
   except ValueError as e:
     raise cli.UsageError(str(e)) from None
   checkpoints.quiet_orbax()
+  # Multi-host (JAX_NUM_PROCESSES > 1): before any JAX computation.
+  parallel.initialize_distributed()
   print(f"jax {jax.__version__} on {jax.devices()}", flush=True)
   task.train_and_evaluate(fv.config, fv.workdir)
   print("next: " + "\n      ".join(task.next_steps(fv.workdir)))

@@ -29,7 +29,10 @@ from tests.test_train import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HAVE_TOKENIZERS = importlib.util.find_spec("transformers") is not None
-LOSS_ATOL = 2e-5  # float32 sums in another order on another mesh
+# float32 sums in another order on another mesh: losses agree to ~4e-6,
+# gradient norms (a sum over every parameter) to ~2e-5 relative.
+LOSS_ATOL = 2e-5
+RTOL = {"grad_norm": 1e-4}
 
 
 def eight_device_env():
@@ -70,7 +73,8 @@ def check_same_run(name, runs, problems):
       for key, va in a.items():
         vb = b.get(key)
         if isinstance(va, float):
-          if vb is None or not math.isclose(va, vb, rel_tol=1e-5,
+          if vb is None or not math.isclose(va, vb,
+                                            rel_tol=RTOL.get(key, 1e-5),
                                             abs_tol=LOSS_ATOL):
             problems.append(f"{name} {mesh} step {a['step']} {key}: {vb} "
                             f"vs one device {va}")
@@ -82,11 +86,15 @@ def check_same_run(name, runs, problems):
 def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
   """char-LM (dropout 0.1) and MLM (global <s> tokens, dropout, dynamic
   masks): 10 steps on data 2 x seq 4 equal one device; a run killed at
-  step 7 on data 2 x seq 4 resumes from its step-5 checkpoint on fsdp 2 x
-  seq 2, data 4 and one device (char-LM) and on fsdp 2 x seq 2 (MLM) with
-  the same losses. The compiled data 2 x seq 4 char-LM step exchanges
-  halos (collective-permutes) and gathers no K/V over the sequence."""
-  names = ["charlm", "hlo"] + (["mlm"] if HAVE_TOKENIZERS else [])
+  step 7 on data 2 x seq 4 resumes from its step-5 checkpoint on data 4
+  and one device (char-LM) and on fsdp 2 x seq 2 (MLM) with the same
+  losses. The char-LM on 2 processes x 2 devices (jax.distributed over
+  loopback) on fsdp 2 x seq 2 and on seq 4 equals one device too, each
+  process building only its rows. The compiled data 2 x seq 4 char-LM
+  step exchanges halos (collective-permutes) and gathers no K/V over the
+  sequence."""
+  names = ["charlm", "hlo", "multihost"] + (["mlm"] if HAVE_TOKENIZERS
+                                            else [])
   res = run_cases(tmp_path, names)
   assert res["devices"] == 8
   problems = []
@@ -95,8 +103,15 @@ def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
       problems.append(f"{name}: raised\n{res[name]['exception']}")
   if not problems:
     check_same_run("charlm", res["charlm"], problems)
-    assert set(res["charlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
-                                  "resumed_on_4x1x1", "resumed_on_1x1x1"}
+    assert set(res["charlm"]) == {"1x1x1", "2x1x4", "resumed_on_4x1x1",
+                                  "resumed_on_1x1x1"}
+    multi = res["multihost"]
+    check_same_run("multihost", {"1x1x1": res["charlm"]["1x1x1"],
+                                 "1x2x2": multi["1x2x2"],
+                                 "1x1x4": multi["1x1x4"]}, problems)
+    # [process, devices, local devices, first row, end row] per process.
+    assert sorted(multi["1x2x2_rows"]) == [[0, 4, 2, 0, 2], [1, 4, 2, 2, 4]]
+    assert sorted(multi["1x1x4_rows"]) == [[0, 4, 2, 0, 4], [1, 4, 2, 0, 4]]
     if HAVE_TOKENIZERS:
       check_same_run("mlm", res["mlm"], problems)
       assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2"}

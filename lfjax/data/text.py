@@ -243,12 +243,15 @@ class PackedSampler:
   """Batches of packed sequences, shuffled per epoch.
 
   Batch i depends only on (seed, i): the state {"index": i} replays exactly
-  what an uninterrupted run sees.
+  what an uninterrupted run sees. rows: a slice of the batch to build (one
+  process's rows on a multi-host mesh, lfjax.parallel.local_rows).
   """
 
-  def __init__(self, corpus, split, *, seq_len, batch_size, seed):
+  def __init__(self, corpus, split, *, seq_len, batch_size, seed,
+               rows=slice(None)):
     self.corpus, self.split = corpus, split
     self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+    self.rows = rows
     self.count = num_sequences(corpus, split, seq_len)
     self.index = 0
     self._perm = (None, None)  # (epoch, permutation): one per epoch
@@ -265,7 +268,7 @@ class PackedSampler:
   def __next__(self):
     picks = []
     for j in range(self.index * self.batch_size,
-                   (self.index + 1) * self.batch_size):
+                   (self.index + 1) * self.batch_size)[self.rows]:
       epoch, pos = divmod(j, self.count)
       if self._perm[0] != epoch:
         self._perm = (epoch, np.random.default_rng(

@@ -188,7 +188,7 @@ def train_and_evaluate(config, workdir):
         jax.random.fold_in(dropout_root, step))
     sampler = sampler_lib.WindowSampler(
         corpus, "train", seq_len=s.seq_lens[p], seed=config.seed, stream=p,
-        batch_size=size)
+        batch_size=size, rows=parallel.local_rows(mesh, size))
     return loop.Phase(
         a, b, sampler,
         step_fn, _summarize,

@@ -310,8 +310,9 @@ def train_and_evaluate(config, workdir):
   t = config.train
   jitted = make_train_step(graphdef, rest, tx, config, corpus, shardings)
   root = jax.random.fold_in(jax.random.key(config.seed), 2)
-  sampler = text.PackedSampler(corpus, "train", seq_len=t.seq_len,
-                               batch_size=t.batch_size, seed=config.seed)
+  sampler = text.PackedSampler(
+      corpus, "train", seq_len=t.seq_len, batch_size=t.batch_size,
+      seed=config.seed, rows=parallel.local_rows(mesh, t.batch_size))
   phase = loop.Phase(
       0, config.steps, sampler,
       lambda params, opt_state, batch, step: jitted(
