@@ -1,7 +1,7 @@
 """Does global attention matter? A synthetic long-document task (Table 10
 in miniature).
 
-  python experiments/global_attention.py              # 3 seeds, ~20 min
+  python experiments/global_attention.py              # 3 seeds, ~30 min
   python experiments/global_attention.py --quick      # 1 seed, a few minutes
 
 Each document is --seq_len token ids: <s>, random filler and --keys
@@ -131,38 +131,14 @@ def run(variant, seed, a):
   return curve, time.perf_counter() - start
 
 
-def plot(curves, path, title):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for variant in VARIANTS:
-    runs = curves[variant]
-    steps = [s for s, _, _ in runs[0]]
-    acc = np.array([[v for _, v, _ in c] for c in runs])
-    line, = ax.plot(steps, acc.mean(0), marker="o", label=variant)
-    if len(runs) > 1:
-      ax.fill_between(steps, acc.min(0), acc.max(0), alpha=0.2,
-                      color=line.get_color())
-  ax.axhline(0.5, color="gray", ls=":", label="chance")
-  ax.set_xlabel("training step")
-  ax.set_ylabel("dev accuracy (mean; band = min..max over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--steps", type=int, default=200)
+  p.add_argument("--steps", type=int, default=300)
   p.add_argument("--seq_len", type=int, default=1024)
   p.add_argument("--gap", type=int, default=64,
                  help="KEY tokens sit at positions >= gap")
-  p.add_argument("--keys", type=int, default=8,
+  p.add_argument("--keys", type=int, default=16,
                  help="copies of the KEY token per document")
   p.add_argument("--window", type=int, default=16,
                  help="one-sided window (attention_window = 2x this)")
@@ -181,10 +157,7 @@ def parse_args(argv):
   a = p.parse_args(argv)
   if a.quick:
     a.seeds, a.steps, a.seq_len, a.eval_every, a.dev_docs = "0", 120, 512, 30, 256
-  try:
-    a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-  except ValueError:
-    p.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
+  a.seeds = train_runs.parse_seeds(p, a.seeds)
   if a.layers * a.window >= a.gap:
     p.error(f"--gap: expected more than layers x window = "
             f"{a.layers * a.window} (the first token's local receptive "
@@ -240,7 +213,10 @@ def main(argv=None):
             "65.5 (-8.3, our `local` drops only the global attention).", "",
             f"![dev accuracy]({png.name})", ""]
   out.write_text("\n".join(lines))
-  plot(curves, png, "First-token global attention vs local only")
+  train_runs.plot_seed_bands(
+      [(v, [[(s, acc) for s, acc, _ in c] for c in curves[v]])
+       for v in VARIANTS], png, ylabel="dev accuracy",
+      title="First-token global attention vs local only", chance=0.5)
   print("\n".join(lines))
   print(f"wrote {out} and {png}")
 

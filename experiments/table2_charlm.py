@@ -36,12 +36,7 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="results .md (default: "
                  "experiments/results/table2[_quick].md)")
   a = p.parse_args(argv)
-  try:
-    a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-  except ValueError:
-    p.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
-  if not a.seeds:
-    p.error("--seeds: expected at least one seed")
+  a.seeds = train_runs.parse_seeds(p, a.seeds)
   return a
 
 

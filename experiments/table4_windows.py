@@ -47,42 +47,15 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="results .md (default: "
                  "experiments/results/table4[_quick].md; PNG beside it)")
   a = p.parse_args(argv)
-  try:
-    a.seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
-  except ValueError:
-    p.error(f"--seeds: expected comma-separated integers, got {a.seeds!r}")
-  if len(a.seeds) < 1 or (a.steps is not None and a.steps < 1):
-    p.error("--seeds needs at least one seed and --steps must be >= 1")
+  a.seeds = train_runs.parse_seeds(p, a.seeds)
+  if a.steps is not None and a.steps < 1:
+    p.error(f"--steps: expected an integer >= 1, got {a.steps}")
   return a
 
 
 def dev_curve(records):
   """[(step, eval_bpc)] of a run's validation evaluations."""
   return [(r["step"], r["eval_bpc"]) for r in records if "eval_bpc" in r]
-
-
-def plot(curves, path, title):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-  fig, ax = plt.subplots(figsize=(6.4, 4.2))
-  for variant, label in ROWS:
-    runs = curves[variant]
-    steps = [s for s, _ in runs[0]]
-    values = np.array([[v for _, v in c] for c in runs])
-    line, = ax.plot(steps, values.mean(0), marker="o", label=label)
-    if len(runs) > 1:
-      ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2,
-                      color=line.get_color())
-  ax.set_xlabel("training step")
-  ax.set_ylabel("dev BPC (mean; band = min..max over seeds)")
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def main(argv=None):
@@ -166,7 +139,9 @@ def main(argv=None):
                  f"{verdict} |")
   lines += ["", f"![dev BPC curves]({png.name})", ""]
   out.write_text("\n".join(lines))
-  plot(curves, png, f"Table 4 ablation, {n} seed{'s' * (n > 1)}")
+  train_runs.plot_seed_bands(
+      [(label, curves[v]) for v, label in ROWS], png, ylabel="dev BPC",
+      title=f"Table 4 ablation, {n} seed{'s' * (n > 1)}")
   print("\n".join(lines))
   print(f"wrote {out} and {png}")
 

@@ -93,3 +93,41 @@ def mean_std(values):
   if len(values) < 2:
     return values[0], float("nan")
   return statistics.mean(values), statistics.stdev(values)
+
+
+def parse_seeds(parser, text):
+  """'0,1,2' -> [0, 1, 2]; parser.error naming --seeds otherwise."""
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    seeds = []
+  if not seeds:
+    parser.error(f"--seeds: expected comma-separated integers, got {text!r}")
+  return seeds
+
+
+def plot_seed_bands(series, path, *, ylabel, title, chance=None):
+  """One line per variant: the mean over seeds of [(step, value)] curves,
+  with a band from the seeds' min to max. series: [(label, [curve, ...])]."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, runs in series:
+    steps = [s for s, _ in runs[0]]
+    values = np.array([[v for _, v in c] for c in runs])
+    line, = ax.plot(steps, values.mean(0), marker="o", label=label)
+    if len(runs) > 1:
+      ax.fill_between(steps, values.min(0), values.max(0), alpha=0.2,
+                      color=line.get_color())
+  if chance is not None:
+    ax.axhline(chance, color="gray", ls=":", label="chance")
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"{ylabel} (mean; band = min..max over seeds)")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
