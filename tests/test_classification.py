@@ -233,3 +233,26 @@ def test_unknown_label_in_training_data_with_given_labels(longformer,
                      "'pos' is not one of the model's 2 labels"):
     train.train_and_evaluate(c, tmp_path / "run")
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name,task", [
+    ("classify_longformer", classification),
+    ("qa_longformer", "qa"), ("multiple_choice_longformer", "multiple_choice")])
+@pytest.mark.parametrize("axis,value", [("fsdp", 2), ("data", -1)])
+def test_mesh_other_than_one_device_is_refused(name, task, axis, value):
+  # Fine-tuning has no mesh wiring: a mesh it accepted would be ignored.
+  from lfjax import tasks
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs"
+                                                / f"{name}.py")
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  c = mod.get_config("tiny")
+  c.init_from = "checkpoint"
+  c.data.train = "train.jsonl"
+  module = task if not isinstance(task, str) else tasks.get(task)
+  module.validate(c)  # the defaults pass
+  c.mesh[axis] = value
+  with pytest.raises(ValueError, match=rf"^config\.mesh\.{axis}: fine-tuning "
+                     r"runs on one device for now \(expected 1 .*got "
+                     rf"{value}\)"):
+    module.validate(c)

@@ -109,6 +109,14 @@ def tiny(c):
 def validate_base(c, task):
   """Checks the fields base_config adds. Raises ValueError naming one."""
   common.validate_shared(c, task)
+  for axis, v in c.mesh.items():
+    # The trainer below holds the batch and parameters on one device; a
+    # mesh it would accept and ignore reads as a parallel run that is not.
+    if v != 1:
+      raise ValueError(
+          f"config.mesh.{axis}: fine-tuning runs on one device for now "
+          f"(expected 1 on every mesh axis, got {v!r}); the mesh is used by "
+          "the charlm and mlm tasks only")
   if not isinstance(c.init_from, str) or not c.init_from:
     raise ValueError(
         "config.init_from: expected a local Longformer, RoBERTa or BERT "
