@@ -256,3 +256,32 @@ def test_mesh_other_than_one_device_is_refused(name, task, axis, value):
                      r"runs on one device for now \(expected 1 .*got "
                      rf"{value}\)"):
     module.validate(c)
+
+
+def test_truncated_documents_are_reported_for_train_and_dev(longformer,
+                                                           tmp_path, capsys):
+  # By construction: 200 words are more than the tiny config's 128 tokens
+  # (every word is at least one token); the toy's 8-30 words are fewer.
+  long_doc = {"text": " ".join(["film"] * 200), "label": "pos"}
+  c = config(longformer, tmp_path, **{"train.epochs": 0.25})
+  c.data.train = str(write_jsonl(tmp_path / "train.jsonl",
+                                 toy(6, 0) + [long_doc, long_doc]))
+  c.data.valid = str(write_jsonl(tmp_path / "dev.jsonl",
+                                 toy(3, 1) + [long_doc]))
+  train.train_and_evaluate(c, tmp_path / "run")
+  out = capsys.readouterr().out
+  assert (f"{c.data.train}: 2 of 8 documents truncated to "
+          "model.max_length=128 tokens") in out
+  assert (f"{c.data.valid}: 1 of 4 documents truncated to "
+          "model.max_length=128 tokens") in out
+
+
+def test_invalid_utf8_is_one_error_line(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  # Line 2 holds 0xe9 (Latin-1 é): after line 1's 15 bytes and the 13 of
+  # `{"text": "caf`, at byte offset 28.
+  path.write_bytes(b'{"label": "a"}\n{"text": "caf\xe9", "x": 1}\n')
+  with pytest.raises(ValueError, match=rf"^{path}:2: not UTF-8 text \(byte "
+                     r"b'\\xe9' at byte offset 28: invalid continuation "
+                     r"byte\)"):
+    classification.read(path, None, "train")

@@ -168,3 +168,40 @@ def test_bad_files_name_file_line_and_field(tmp_path, change, error):
     mc.read(path, None, "eval")
   assert str(e.value).startswith(f"{path}:{line}: [1]: ")
   assert error in str(e.value)
+
+
+def test_report_counts_cut_questions_candidates_and_supports(longformer,
+                                                            tmp_path):
+  # By construction (every word is at least one token) with the tiny
+  # config's 8 question and 8 candidate tokens in 64: example x has a
+  # 12-word question and one 10-word candidate of 3; example y has 80
+  # words of supports.
+  c = config(longformer, tmp_path)
+  assert (c.model.max_length, c.model.max_question_tokens,
+          c.model.max_candidate_tokens) == (64, 8, 8)
+  tok = finetune.load_tokenizer(longformer)
+  data = [mc.Example("x", " ".join(["which"] * 12), ["red", "blue",
+                                                    " ".join(["red"] * 10)],
+                     ["the old road"], 0, ""),
+          mc.Example("y", "q", ["pink", "white"], ["lake " * 80], 1, "")]
+  arrays, cut = mc.featurize(data, tok, c, False)
+  assert mc.report(data, arrays, cut, tok, c, False) == [
+      "1 of 2 questions cut to model.max_question_tokens=8 tokens",
+      "1 of 5 candidates cut to model.max_candidate_tokens=8 tokens "
+      "(candidates alike in their first tokens become indistinguishable)",
+      "1 of 2 examples' supports truncated to fit model.max_length=64 tokens"]
+  assert mc.report(data, arrays, {"questions": 0, "candidates": 0,
+                                  "contexts": 0}, tok, c, True) == []
+
+
+def test_duplicate_id_is_refused(tmp_path):
+  rows = [{"id": "a", "query": "q", "candidates": ["red", "blue"],
+           "supports": ["a red lake"], "answer": "red"}] * 2
+  path = write(tmp_path / "dup.json", rows)
+  at = [i for i, l in enumerate(path.read_text().splitlines(), 1)
+        if '"a"' in l]
+  with pytest.raises(ValueError) as e:
+    mc.read(path, None, "eval")
+  assert str(e.value) == (f"{path}:{at[1]}: [1]: field 'id': 'a' is also the "
+                          f"id of [0] (line {at[0]}); ids must be unique "
+                          "(predictions are keyed by id)")

@@ -212,6 +212,26 @@ def test_trains_exports_and_evaluates(longformer, tmp_path, capsys):
   assert em == pytest.approx(last["eval_exact_match"])
   assert f"EM {em:.2f} F1 {f1:.2f}" in capsys.readouterr().out
 
+  # max_answer_tokens changes decoding only: evaluation overrides it (and
+  # names the result after it), a rerun of the finished run says how.
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "run"), "--data",
+                                 c.data.valid, "--max_answer_tokens",
+                                 "1"]) == 0
+  result, = (tmp_path / "run").glob("eval_dev_*_mat1.json")
+  assert json.loads(result.read_text())["max_answer_tokens"] == 1
+  preds = json.loads(pathlib.Path(str(result).replace(
+      "eval_", "predictions_")).read_text())
+  for ex in data:  # each prediction is one token of its context
+    offsets = tok(ex.context, return_offsets_mapping=True)["offset_mapping"]
+    assert preds[ex.qid] in {ex.context[a:b] for a, b in offsets if b > a}
+  capsys.readouterr()
+  c.model.max_answer_tokens = 3
+  train.train_and_evaluate(c, tmp_path / "run")
+  assert ("model.max_answer_tokens: decoding only, so evaluation can use the "
+          f"new value on the finished run: python -m lfjax.evaluate "
+          f"--workdir {tmp_path / 'run'} --data FILE --max_answer_tokens 3"
+          ) in capsys.readouterr().out
+
 
 @pytest.mark.parametrize("change,error", [
     (lambda q, p: q.pop("question"), "field 'question': missing"),
@@ -238,3 +258,69 @@ def test_bad_files_name_file_line_and_field(longformer, tmp_path, change,
     qa.read(path, None, "eval")
   assert str(e.value).startswith(f"{path}:{line}: data[0].paragraphs[1]")
   assert error in str(e.value)
+
+
+def test_duplicate_id_is_refused_naming_both(tmp_path):
+  path = squad(tmp_path / "dup.json", [
+      ("Zoë lives in Kraków.", [("q1", "Where?", [("Kraków", 13)])]),
+      ("Zoë lives in Kraków.", [("q2", "Who?", [("Zoë", 0)]),
+                                ("q1", "Where?", [("Kraków", 13)])])])
+  lines = path.read_text().splitlines()
+  at = [i for i, l in enumerate(lines, 1) if '"q1"' in l]  # by hand: 2
+  with pytest.raises(ValueError) as e:
+    qa.read(path, None, "eval")
+  assert str(e.value) == (
+      f"{path}:{at[1]}: data[0].paragraphs[1].qas[1]: field 'id': 'q1' is "
+      f"also the id of data[0].paragraphs[0].qas[0] (line {at[0]}); ids must "
+      "be unique (predictions are keyed by id)")
+
+
+def test_invalid_utf8_names_file_line_and_byte(tmp_path):
+  good = squad(tmp_path / "good.json", [
+      ("Zoë lives in Kraków.", [("q1", "Where?", [("Kraków", 13)])])])
+  raw = good.read_bytes()
+  at = raw.index("Kraków".encode())  # byte offset of K
+  bad = tmp_path / "bad.json"
+  bad.write_bytes(raw[:at] + b"\xff" + raw[at + 1:])  # K -> 0xff
+  line = raw[:at].count(b"\n") + 1
+  with pytest.raises(ValueError, match=rf"^{bad}:{line}: not UTF-8 text "
+                     rf"\(byte b'\\xff' at byte offset {at}: invalid start "
+                     "byte\\)"):
+    qa.read(bad, None, "eval")
+  with pytest.raises(ValueError, match=rf"^{bad}:{line}: not UTF-8"):
+    finetune.read_jsonl(bad)
+
+
+def test_report_counts_cut_questions_lost_and_long_answers(longformer,
+                                                         tmp_path):
+  # By construction (every word is at least one token): q0's question has
+  # 30 words (> 16 tokens); q1's answer starts after 80 words, past a
+  # 64-token window; q2's answer has 12 words (> 8 tokens).
+  long_q = " ".join(["river"] * 30) + "?"
+  far = " ".join(["stone"] * 80) + " "
+  span = " ".join(["city"] * 12)
+  path = squad(tmp_path / "cut.json", [
+      ("Zoë lives in Kraków.", [("q0", long_q, [("Kraków", 13)])]),
+      (far + "Kraków.", [("q1", "Where?", [("Kraków", len(far))])]),
+      ("Old " + span + " here.", [("q2", "What?", [(span, 4)])]),
+      ("Zoë lives in Kraków.", [("q3", "Where?", None)])])
+  c = config(longformer, **{"data.windows": "truncate"})
+  assert (c.model.max_length, c.model.max_question_tokens,
+          c.model.max_answer_tokens) == (64, 16, 8)
+  tok = finetune.load_tokenizer(longformer)
+  data = qa.read(path, c, "train")
+  arrays, windows = qa.featurize(data, tok, c, True)
+  lines = qa.report(data, arrays, windows, tok, c, True)
+  assert len(lines) == 3, lines
+  assert lines[0].startswith("1 of 4 questions cut to "
+                             "model.max_question_tokens=16 tokens")
+  assert lines[1].startswith("1 of 3 answered questions: the (first) answer "
+                             "is cut off by data.windows='truncate'")
+  assert "train toward <s>" in lines[1]
+  assert lines[2].startswith("1 of 3 (first) answers are longer than "
+                             "model.max_answer_tokens=8 tokens")
+  # Stride windows hold q1's answer; the other two cuts remain.
+  c.data.windows = "stride"
+  arrays, windows = qa.featurize(data, tok, c, True)
+  lines = qa.report(data, arrays, windows, tok, c, False)
+  assert [l[:8] for l in lines] == ["1 of 4 q", "1 of 3 ("], lines

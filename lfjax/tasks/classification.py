@@ -176,12 +176,13 @@ def featurize(data, tok, config, train):
   """{"input_ids", "attention_mask": [n, L] int32, "labels": [n] int32
   (single) or [n, K] float32 (multi)}, L the longest encoded document
   (at most model.max_length, rounded up to 8); documents longer than that
-  are truncated (a note says how many when training)."""
+  are truncated; and how many were (report prints it)."""
+  del train
   enc = tok(data.texts, truncation=True, max_length=config.model.max_length,
             return_attention_mask=False)
   ids_list = enc["input_ids"]
   full = tok(data.texts, return_attention_mask=False, verbose=False)[
-      "input_ids"] if train else None
+      "input_ids"]
   length = min(config.model.max_length,
                finetune.round_up(max(map(len, ids_list))))
   ids = np.full((len(ids_list), length), tok.pad_token_id, np.int32)
@@ -197,12 +198,8 @@ def featurize(data, tok, config, train):
       labels[i, [index[n] for n in names]] = 1.0
   else:
     labels = np.asarray([index[names[0]] for names in data.labels], np.int32)
-  if train:
-    cut = sum(len(f) > config.model.max_length for f in full)
-    if cut:
-      print(f"{data.path}: {cut} of {len(ids)} documents truncated to "
-            f"model.max_length={config.model.max_length} tokens", flush=True)
-  return {"input_ids": ids, "attention_mask": mask, "labels": labels}, None
+  cut = sum(len(f) > config.model.max_length for f in full)
+  return {"input_ids": ids, "attention_mask": mask, "labels": labels}, cut
 
 
 def _logits(model, batch):
@@ -285,6 +282,15 @@ def score(data, info, out, config):
   return metrics, predictions
 
 
+def report(data, arrays, cut, tok, config, train):
+  """Truncated documents (finetune.Spec.report)."""
+  del tok, train
+  if not cut:
+    return []
+  return [f"{cut} of {len(arrays['input_ids'])} documents truncated to "
+          f"model.max_length={config.model.max_length} tokens"]
+
+
 def summary(metrics):
   return " ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in
                   metrics.items())
@@ -294,7 +300,7 @@ SPEC = finetune.Spec(
     name="classification", head=HEAD, validate=validate, resolve=resolve,
     read=read, featurize=featurize, num_labels=num_labels,
     extra_config=extra_config, loss=loss, forward=forward, score=score,
-    summary=summary)
+    summary=summary, report=report)
 
 
 def train_and_evaluate(config, workdir):

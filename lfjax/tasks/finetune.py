@@ -14,7 +14,9 @@ Fine-tuning defaults are the paper's (Appendix D, Table 14): Adam(W), LR
 epochs are per task.
 """
 
+import argparse
 import dataclasses
+import io
 import json
 import math
 import pathlib
@@ -264,31 +266,59 @@ def check_length(config, model=None):
 # Data ---------------------------------------------------------------------
 
 
-def read_jsonl(path, what="data file"):
-  """[(line number, object)] of a JSON-lines file (blank lines skipped).
-  Raises FileNotFoundError, and ValueError naming the file and line of a
-  line that is not a JSON object, or a file without any."""
+def read_text(path, what="data file"):
+  """The UTF-8 text of a file. Raises FileNotFoundError, and ValueError
+  naming the file, the line and the byte offset of invalid UTF-8."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{what}: no file {str(path)!r}")
+  raw = path.read_bytes()
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = raw.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}:{line}: not UTF-8 text (byte "
+                     f"{raw[e.start:e.start + 1]!r} at byte offset {e.start}: "
+                     f"{e.reason}); save the file as UTF-8") from None
+
+
+def read_jsonl(path, what="data file"):
+  """[(line number, object)] of a JSON-lines file (blank lines skipped).
+  Raises FileNotFoundError, and ValueError naming the file and line of
+  invalid UTF-8, of a line that is not a JSON object, or a file without
+  any."""
   out = []
-  with path.open(encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                         f"({e})") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                         f"{type(obj).__name__}")
-      out.append((n, obj))
+  path = pathlib.Path(path)
+  text = read_text(path, what)
+  # Universal newlines, as open() reads text.
+  for n, line in enumerate(io.StringIO(text, newline=None), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except ValueError as e:
+      raise ValueError(f"{path}:{n}: expected a JSON object per line "
+                       f"({e})") from None
+    if not isinstance(obj, dict):
+      raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
+                       f"{type(obj).__name__}")
+    out.append((n, obj))
   if not out:
     raise ValueError(f"{path}: no examples (expected one JSON object per "
                      "line)")
   return out
+
+
+def unique_id(seen, qid, path, line, loc):
+  """Records id qid of the entry at file path, line, JSON path loc in seen
+  {id: (line, loc)}. Raises ValueError naming the file, both entries and
+  the id when qid was seen before: predictions are keyed by id, so a
+  duplicate would lose one."""
+  if qid in seen:
+    raise ValueError(f"{path}:{line}: {loc}: field 'id': {qid!r} is also the "
+                     f"id of {seen[qid][1]} (line {seen[qid][0]}); ids must "
+                     "be unique (predictions are keyed by id)")
+  seen[qid] = (line, loc)
 
 
 def field(path, line, obj, name, kind, nonempty=True):
@@ -460,6 +490,13 @@ class Spec:
   score(data, info, outputs, config) -> (metrics {name: float},
     predictions: JSON-able).
   summary(metrics) -> one line for the terminal.
+  report(data, arrays, info, tok, config, train) -> [lines]: what
+    featurize cut or cannot learn (truncated inputs, answers too long to
+    decode), printed before training for the training and eval files and by
+    the evaluation command; [] when nothing was cut.
+  eval_overrides: ((config field, type, help), ...) that `python -m
+    lfjax.evaluate` may override as --<last part of the field> (they must
+    change only decoding, never the features).
   """
   name: str
   head: str
@@ -473,6 +510,8 @@ class Spec:
   forward: Callable
   score: Callable
   summary: Callable
+  report: Callable
+  eval_overrides: tuple = ()
 
 
 def build_model(spec, config):
@@ -487,9 +526,10 @@ def build_model(spec, config):
 
 
 def evaluate_data(spec, model, config, data, tok, batch_size=None,
-                  progress=False):
-  """(metrics, predictions) of a model on read data."""
-  arrays, info = spec.featurize(data, tok, config, False)
+                  progress=False, features=None):
+  """(metrics, predictions) of a model on read data; features: the data's
+  spec.featurize(..., train=False) when already made."""
+  arrays, info = features or spec.featurize(data, tok, config, False)
   out = predict(model, arrays, batch_size or config.eval.batch_size,
                 lambda m, b: spec.forward(m, b, config), progress)
   metrics, predictions = spec.score(data, info, out, config)
@@ -506,14 +546,25 @@ def train_and_evaluate(spec, config, workdir):
   tok = load_tokenizer(tokenizer_dir(config))
   train_data = spec.read(config.data.train, config, "train")
   config = spec.resolve(config, train_data)
-  arrays, _ = spec.featurize(train_data, tok, config, True)
+  arrays, info = spec.featurize(train_data, tok, config, True)
+  print_report(spec, config.data.train, train_data, arrays, info, tok,
+               config, True)
   valid = (spec.read(config.data.valid, config, "eval")
            if config.data.valid else None)
+  if valid is not None:
+    # Made once: every evaluation of the run sees the same features.
+    valid_features = spec.featurize(valid, tok, config, False)
+    print_report(spec, config.data.valid, valid, *valid_features, tok,
+                 config, False)
   count = len(next(iter(arrays.values())))
   total = total_steps(config, count)
   workdir.mkdir(parents=True, exist_ok=True)
+  saved = workdir / "config.json"
+  old = json.loads(saved.read_text()) if saved.exists() else None
   # Before anything else is written: a refused config leaves the run as is.
-  checkpoints.write_config(config, workdir, total=total)
+  step = checkpoints.write_config(config, workdir, total=total)
+  if old is not None and step >= total:
+    _say_how_to_evaluate(spec, old, config, workdir)
   model = build_model(spec, config)
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -541,12 +592,41 @@ def train_and_evaluate(spec, config, workdir):
     if valid is None:
       return {}, "no data.valid to evaluate"
     m = nnx.merge(eval_graphdef, params, rest)
-    metrics, _ = evaluate_data(spec, m, config, valid, tok)
+    metrics, _ = evaluate_data(spec, m, config, valid, tok,
+                               features=valid_features)
     return ({f"eval_{k}": v for k, v in metrics.items()},
             f"{config.data.valid}: {spec.summary(metrics)}")
 
   return loop.run(workdir, config, params, opt_state, [phase],
                   learning_rate(config, total), evaluate_fn)
+
+
+def print_report(spec, path, data, arrays, info, tok, config, train):
+  for line in spec.report(data, arrays, info, tok, config, train):
+    print(f"{path}: {line}", flush=True)
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def _say_how_to_evaluate(spec, old, config, workdir):
+  """A finished run rerun with a new decoding setting trains nothing (the
+  config keeps the old value); says how evaluation can use the new one."""
+  old, new = _flat(old), _flat(config.to_dict())
+  changed = [name for name, _, _ in spec.eval_overrides
+             if old.get(name) != new.get(name)]
+  if changed:
+    flags = " ".join(f"--{n.rsplit('.', 1)[-1]} {new[n]}" for n in changed)
+    print(f"{', '.join(changed)}: decoding only, so evaluation can use the "
+          f"new value on the finished run: python -m lfjax.evaluate "
+          f"--workdir {workdir} --data FILE {flags}", flush=True)
 
 
 def next_steps(workdir):
@@ -594,13 +674,19 @@ def exported_config(spec, path, base_config, from_hf):
   return config
 
 
-def evaluate_main(spec, argv, base_config, from_hf):
-  """`python -m lfjax.evaluate (--workdir RUN | --model DIR) --data FILE`
-  for a fine-tuning task; prints the metrics, writes them (a run:
-  DIR/eval_<file>_<step>.json) and the predictions (a run:
-  DIR/predictions_<file>_<step>.json; else with --predictions)."""
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Adds "(default: ...)" only to help that does not say its default."""
+
+  def _get_help_string(self, action):
+    if "default:" in (action.help or ""):
+      return action.help
+    return super()._get_help_string(action)
+
+
+def eval_parser(spec):
+  """The flags of `python -m lfjax.evaluate` for a fine-tuning task."""
   p = cli.ArgumentParser(
-      prog="python -m lfjax.evaluate",
+      prog="python -m lfjax.evaluate", formatter_class=_HelpFormatter,
       description=f"Evaluate a fine-tuned {spec.name} run (--workdir) or an "
       "exported folder (--model) on a data file.")
   p.add_argument("--workdir", default=None, help="a fine-tuning run folder")
@@ -615,7 +701,19 @@ def evaluate_main(spec, argv, base_config, from_hf):
                help="default: the run's eval.batch_size")
   p.add_argument("--predictions", default=None,
                  help="write the predictions here (JSON)")
-  args = p.parse_args(argv)
+  for name, kind, text in spec.eval_overrides:
+    cli.add_flag(p, name.rsplit(".", 1)[-1], type=kind, default=None,
+                 help=f"{text} (default: the run's {name})")
+  return p
+
+
+def evaluate_main(spec, argv, base_config, from_hf):
+  """`python -m lfjax.evaluate (--workdir RUN | --model DIR) --data FILE`
+  for a fine-tuning task; prints the metrics, writes them (a run:
+  DIR/eval_<file>_<step>.json, with the overridden decoding settings in
+  the name) and the predictions (a run: DIR/predictions_<file>_<step>.json;
+  else with --predictions)."""
+  args = eval_parser(spec).parse_args(argv)
   if (args.workdir is None) == (args.model is None):
     raise cli.UsageError("expected exactly one of --workdir and --model")
   cli.at_least("--checkpoint", args.checkpoint, 0)
@@ -632,10 +730,21 @@ def evaluate_main(spec, argv, base_config, from_hf):
                                    from_hf), None
     model = load_model(args.model, spec.head,
                        num_labels=spec.num_labels(config))
+  overrides = {}
+  for name, _, _ in spec.eval_overrides:
+    value = getattr(args, name.rsplit(".", 1)[-1])
+    if value is not None:
+      cli.at_least("--" + name.rsplit(".", 1)[-1], value, 1)
+      section, leaf = name.split(".")
+      overrides[name] = (config[section][leaf], value)
+      config[section][leaf] = value
   tok = load_tokenizer(tokenizer_dir(config))
   data = spec.read(args.data, config, "eval")
+  features = spec.featurize(data, tok, config, False)
+  print_report(spec, args.data, data, *features, tok, config, False)
   metrics, predictions = evaluate_data(spec, model, config, data, tok,
-                                       args.batch_size, progress=True)
+                                       args.batch_size, progress=True,
+                                       features=features)
   stem = pathlib.Path(args.data).stem
   where = args.workdir or args.model
   print(f"{where}" + ("" if step is None else f" (step {step})")
@@ -643,11 +752,17 @@ def evaluate_main(spec, argv, base_config, from_hf):
   out = args.predictions
   if args.workdir is not None:
     data_path = str(pathlib.Path(args.data).resolve())
+    settings = {"data": data_path}
+    defaults = {"data": data_path}
+    tags = {"data": "data"}
+    for name, (old, new) in overrides.items():
+      leaf = name.rsplit(".", 1)[-1]
+      settings[leaf], defaults[leaf] = new, old
+      tags[leaf] = "".join(w[0] for w in leaf.split("_"))
     result = common.result_path(args.workdir, f"eval_{stem}_{step}",
-                                {"data": data_path}, {"data": data_path},
-                                {"data": "data"})
-    result.write_text(json.dumps(dict(metrics, data=data_path,
-                                      checkpoint=step), indent=1))
+                                settings, defaults, tags)
+    result.write_text(json.dumps(dict(metrics, checkpoint=step, **settings),
+                                 indent=1))
     print(f"metrics written to {result}")
     out = out or str(pathlib.Path(args.workdir)
                      / result.name.replace("eval_", "predictions_", 1))

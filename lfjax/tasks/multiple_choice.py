@@ -91,9 +91,7 @@ def read(path, config, split):
   candidates."""
   del config, split
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"data file: no file {str(path)!r}")
-  raw = path.read_text(encoding="utf-8")
+  raw = finetune.read_text(path)
   try:
     root = json.loads(raw)
   except ValueError as e:
@@ -101,7 +99,7 @@ def read(path, config, split):
   if not isinstance(root, list) or not root:
     raise ValueError(f"{path}:1: expected a JSON list of examples "
                      '({"id", "query", "candidates", "supports", "answer"})')
-  out, pos = [], 0
+  out, pos, seen = [], 0, {}
   for k, obj in enumerate(root):
     line = 1
     if isinstance(obj, dict) and "id" in obj:
@@ -116,6 +114,7 @@ def read(path, config, split):
                        f"{type(obj).__name__}")
     get = lambda name, kind: finetune.field(path, loc, obj, name, kind)
     qid = str(get("id", (str, int)))
+    finetune.unique_id(seen, qid, path, line, f"[{k}]")
     query = get("query", str)
     candidates = _texts(path, loc, get("candidates", list), "candidates", 2)
     supports = _texts(path, loc, get("supports", list), "supports", 1)
@@ -161,17 +160,25 @@ def from_hf(config, d):
 def featurize(data, tok, config, train):
   """input_ids, attention_mask, global_mask [n, C, L] (C the most
   candidates of any example, L the longest sequence rounded up to 8), the
-  answer [n] and choice_mask [n, C] (False for padded candidates)."""
+  answer [n] and choice_mask [n, C] (False for padded candidates); and
+  {"questions", "candidates", "contexts": how many were cut}."""
   del train
   m = config.model
   sep, cls, pad = tok.sep_token_id, tok.cls_token_id, tok.pad_token_id
   words = lambda t: tok(t, add_special_tokens=False)["input_ids"]
   seqs = []
+  cut = {"questions": 0, "candidates": 0, "contexts": 0}
   for ex in data:
-    q = words(ex.query)[:m.max_question_tokens]
-    cands = [words(" " + c)[:m.max_candidate_tokens] for c in ex.candidates]
+    q = words(ex.query)
+    cut["questions"] += len(q) > m.max_question_tokens
+    q = q[:m.max_question_tokens]
+    cands = [words(" " + c) for c in ex.candidates]
+    cut["candidates"] += sum(len(c) > m.max_candidate_tokens for c in cands)
+    cands = [c[:m.max_candidate_tokens] for c in cands]
     room = m.max_length - 4 - len(q) - max(map(len, cands))
-    ctx = words(" ".join(ex.supports))[:room]
+    ctx = words(" ".join(ex.supports))
+    cut["contexts"] += len(ctx) > room
+    ctx = ctx[:room]
     seqs.append([([cls] + ctx + [sep, sep] + q + c + [sep], len(ctx) + 3)
                  for c in cands])
   n_choices = max(len(s) for s in seqs)
@@ -189,7 +196,7 @@ def featurize(data, tok, config, train):
       [len(ex.candidates) for ex in data])[:, None]
   return {"input_ids": ids, "attention_mask": mask, "global_mask": glob,
           "answer": np.asarray([ex.answer for ex in data], np.int32),
-          "choice_mask": choice}, None
+          "choice_mask": choice}, cut
 
 
 def _cap(config):
@@ -227,11 +234,32 @@ def summary(metrics):
   return f"accuracy {metrics['accuracy']:.4f}"
 
 
+def report(data, arrays, cut, tok, config, train):
+  """Cut questions, candidates and supports (finetune.Spec.report)."""
+  del arrays, tok, train
+  m = config.model
+  n = len(data)
+  lines = []
+  if cut["questions"]:
+    lines.append(f"{cut['questions']} of {n} questions cut to "
+                 f"model.max_question_tokens={m.max_question_tokens} tokens")
+  if cut["candidates"]:
+    total = sum(len(ex.candidates) for ex in data)
+    lines.append(f"{cut['candidates']} of {total} candidates cut to "
+                 f"model.max_candidate_tokens={m.max_candidate_tokens} "
+                 "tokens (candidates alike in their first tokens become "
+                 "indistinguishable)")
+  if cut["contexts"]:
+    lines.append(f"{cut['contexts']} of {n} examples' supports truncated to "
+                 f"fit model.max_length={m.max_length} tokens")
+  return lines
+
+
 SPEC = finetune.Spec(
     name="multiple_choice", head=HEAD, validate=validate, resolve=resolve,
     read=read, featurize=featurize, num_labels=num_labels,
     extra_config=extra_config, loss=loss, forward=forward, score=score,
-    summary=summary)
+    summary=summary, report=report)
 
 
 def train_and_evaluate(config, workdir):

@@ -129,9 +129,7 @@ def read(path, config, split):
   not in its context at answer_start."""
   del config, split
   path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"data file: no file {str(path)!r}")
-  raw = path.read_text(encoding="utf-8")
+  raw = finetune.read_text(path)
   try:
     root = json.loads(raw)
   except ValueError as e:
@@ -140,7 +138,7 @@ def read(path, config, split):
   if not isinstance(root, dict) or not isinstance(root.get("data"), list):
     raise ValueError(f"{path}:1: field 'data': expected the SQuAD layout "
                      '{"data": [{"paragraphs": [...]}]}')
-  out = []
+  out, seen = [], {}
   for a, article in enumerate(root["data"]):
     loc = f"data[{a}]"
     paragraphs = _get(path, 1, loc, article, "paragraphs", list)
@@ -155,6 +153,7 @@ def read(path, config, split):
         line = (first_line if q == 0 else line_of(qa.get("id"))
                 if isinstance(qa, dict) else None) or 1
         qid = str(_get(path, line, qloc, qa, "id", (str, int)))
+        finetune.unique_id(seen, qid, path, line, qloc)
         question = _get(path, line, qloc, qa, "question", str)
         impossible = qa.get("is_impossible", False) is True
         answers = [] if impossible else _get(path, line, qloc, qa,
@@ -407,10 +406,53 @@ def summary(metrics):
   return f"EM {metrics['exact_match']:.2f} F1 {metrics['f1']:.2f}"
 
 
+def report(data, arrays, windows, tok, config, train):
+  """What featurize cut (see finetune.Spec.report), in the checkpoint
+  tokenizer's tokens (byte-level BPE spends ~3 per CJK character): questions
+  cut to max_question_tokens; answered questions with no window holding
+  their (first) answer whole (they train toward <s>); answers longer than
+  max_answer_tokens, which train but are never decoded whole."""
+  m = config.model
+  lines = []
+  q_lens = [len(ids) for ids in tok([ex.question for ex in data],
+                                    add_special_tokens=False)["input_ids"]]
+  cut = sum(n > m.max_question_tokens for n in q_lens)
+  if cut:
+    lines.append(f"{cut} of {len(data)} questions cut to "
+                 f"model.max_question_tokens={m.max_question_tokens} tokens "
+                 f"(the longest has {max(q_lens)})")
+  answered = sum(bool(ex.answers) for ex in data)
+  held = {}  # example -> tokens of its first answer, where a window holds it
+  for w, win in enumerate(windows):
+    if arrays["start"][w]:  # 0: <s>, the window does not hold it
+      held[win.example] = int(arrays["end"][w] - arrays["start"][w] + 1)
+  lost = answered - len(held)
+  if lost:
+    why = ("is cut off by data.windows='truncate' at model.max_length="
+           f"{m.max_length} tokens" if config.data.windows == "truncate"
+           else f"is in no window of model.max_length={m.max_length} tokens")
+    lines.append(f"{lost} of {answered} answered questions: the (first) "
+                 f"answer {why}; " + (
+                     "they train toward <s> (no answer)" if train else
+                     "their answer cannot be predicted"))
+  long = [n for n in held.values() if n > m.max_answer_tokens]
+  if long:
+    lines.append(
+        f"{len(long)} of {answered} (first) answers are longer than "
+        f"model.max_answer_tokens={m.max_answer_tokens} tokens (the longest: "
+        f"{max(long)} tokens): " + ("they train, but " if train else "")
+        + "decoding never predicts them whole; raise "
+        "model.max_answer_tokens (python -m lfjax.evaluate takes "
+        "--max_answer_tokens)")
+  return lines
+
+
 SPEC = finetune.Spec(
     name="qa", head=HEAD, validate=validate, resolve=resolve, read=read,
     featurize=featurize, num_labels=num_labels, extra_config=extra_config,
-    loss=loss, forward=forward, score=score, summary=summary)
+    loss=loss, forward=forward, score=score, summary=summary, report=report,
+    eval_overrides=(("model.max_answer_tokens", int,
+                     "longest answer span decoding considers, in tokens"),))
 
 
 def train_and_evaluate(config, workdir):
