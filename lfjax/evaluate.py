@@ -15,6 +15,10 @@ lfjax.export` wrote:
 
   python -m lfjax.evaluate (--workdir DIR | --model DIR) --data FILE
       [--checkpoint STEP] [--batch_size N] [--predictions FILE]
+      [--max_answer_tokens N (QA)]
+
+Each task's flags: `python -m lfjax.evaluate --workdir RUN --help` (or
+--model DIR --help); `--help` alone lists the fine-tuning flags.
 """
 
 import json
@@ -80,12 +84,40 @@ def task_of(argv):
   return "charlm"
 
 
+def overview():
+  """--help without a run or model: what each task's evaluation takes."""
+  from lfjax.tasks import finetune
+  from lfjax.tasks import qa
+  # QA's flags are every fine-tuning task's plus --max_answer_tokens.
+  text = finetune.eval_parser(qa.SPEC).format_help()
+  # From the "options:" heading (its name varies by Python version) on.
+  flags = text[text.rindex("\n", 0, text.index("\n  -h, --help")):]
+  return (__doc__.strip() + "\n\nFine-tuned runs and exports "
+          "(classification, qa, multiple_choice; --max_answer_tokens: qa "
+          "only):" + flags + "\nChar-LM runs: python -m lfjax.evaluate "
+          "--workdir CHARLM_RUN --help. MLM runs: python -m lfjax.evaluate "
+          "--workdir MLM_RUN --help (the flags of python -m lfjax.mlm "
+          "evaluate).")
+
+
 def main(argv=None):
   """`python -m lfjax.evaluate --workdir DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags, and the loading and
   evaluation errors of the run (see cli.run for how they print)."""
   argv = sys.argv[1:] if argv is None else list(argv)
+  if (({"-h", "--help"} & set(argv)) and _flag_value(argv, "workdir") is None
+      and _flag_value(argv, "model") is None):
+    print(overview())
+    return
   task = task_of(argv)
+  if task == "mlm" and _flag_value(argv, "data") is not None:
+    where = _flag_value(argv, "model") or _flag_value(argv, "workdir")
+    raise cli.UsageError(
+        f"--data: {where} holds a masked LM, with no classification, QA or "
+        "multiple-choice head to evaluate on a data file; fine-tune it first "
+        "(python -m lfjax.train --config configs/classify_longformer.py "
+        f"--config.init_from {where} ...), or give --sources FILES for its "
+        "held-out MLM loss")
   try:
     module = tasks.get(task)
   except ValueError as e:

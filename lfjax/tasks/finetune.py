@@ -675,10 +675,11 @@ def exported_config(spec, path, base_config, from_hf):
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """Adds "(default: ...)" only to help that does not say its default."""
+  """Adds "(default: ...)" only to help that does not say its default and
+  when there is one (not None)."""
 
   def _get_help_string(self, action):
-    if "default:" in (action.help or ""):
+    if "default:" in (action.help or "") or action.default is None:
       return action.help
     return super()._get_help_string(action)
 
