@@ -3,12 +3,16 @@
   python -m lfjax.plot WORKDIR [WORKDIR ...] --out curves.png \
       [--names a,b] [--title TEXT]
 
-Four panels, every run overlaid in its own colour and named in the legend:
-loss (train solid, eval dashed with markers), bits per character (the same),
-learning rate and training throughput (tokens/s). Works for every run the
-trainer writes (char-LM and MLM: lfjax.loop logs train_loss, train_bpc,
-learning_rate, tokens_per_s and the phase at each log step, and eval_bpc,
-eval_loss at each evaluation); a panel with no data for any run says so.
+Panels, every run overlaid in its own colour and named in the legend:
+loss (train solid, eval dashed with markers), bits per character (the same;
+only when a run logged it), learning rate, training throughput (tokens/s),
+and one panel per other evaluation metric a run logged (eval_<name>: a
+fine-tuning task's accuracy, macro F1, exact match, F1, ...; the evaluated
+set's sizes, eval_chars and eval_masked_tokens, are left out). Works for
+every run the trainer writes (lfjax.loop logs train_loss, learning_rate,
+tokens_per_s and the phase at each log step, train_bpc for the char-LM and
+MLM, and the task's eval_* at each evaluation); the loss, learning-rate and
+throughput panels say so when no run has data for them.
 Phase changes of a staged schedule are marked by dotted vertical lines.
 metrics.jsonl stays the source of truth: this only reads it.
 
@@ -37,6 +41,11 @@ PANELS = (
     ("learning rate", "learning rate", (("learning_rate", "train"),)),
     ("throughput", "tokens/s", (("tokens_per_s", "train"),)),
 )
+# Drawn only when some run logged them (the char-LM's and MLM's, not a
+# fine-tuning task's).
+OPTIONAL = ("bits per character",)
+# eval_* numbers that are sizes of the evaluated set, not metrics.
+EVAL_COUNTS = ("eval_chars", "eval_masked_tokens")
 
 
 def load_run(workdir):
@@ -129,18 +138,42 @@ def style(ax, title, xlabel, ylabel):
   ax.grid(True, which="minor", alpha=0.1)
 
 
+def panels(runs):
+  """PANELS without the OPTIONAL ones no run has data for, then one
+  ("eval <metric>", metric, ((key, "eval"),)) per other numeric eval_*
+  key of the runs, in the order they first appear."""
+  has = lambda key: any(series(records, key)[0] for _, records in runs)
+  out = [p for p in PANELS
+         if p[0] not in OPTIONAL or any(has(k) for k, _ in p[2])]
+  drawn = {k for p in PANELS for k, _ in p[2]} | set(EVAL_COUNTS)
+  extra = []
+  for _, records in runs:
+    for rec in records:
+      for key in rec:
+        if (key.startswith("eval_") and key not in drawn
+            and key not in extra and has(key)):
+          extra.append(key)
+  return out + [(f"eval {k[5:].replace('_', ' ')}", k[5:].replace('_', ' '),
+                 ((k, "eval"),))
+                for k in extra]
+
+
 def plot_runs(runs, title=None):
-  """A 2 x 2 figure of the runs' curves.
+  """A figure of the runs' curves, two panels a row (see panels()).
 
   runs: [(name, records)], records as load_run returns them.
   Returns the matplotlib Figure; every plotted line carries the label
   "<name> train" or "<name> eval" and the records' steps and values as its
   data, unchanged.
   """
-  fig = new_figure(figsize=(11, 7.5))
-  axes = fig.subplots(2, 2)
+  chosen = panels(runs)
+  rows = -(-len(chosen) // 2)
+  fig = new_figure(figsize=(11, 3.75 * rows))
+  axes = fig.subplots(rows, 2, squeeze=False).flat
+  for ax in axes[len(chosen):]:
+    fig.delaxes(ax)  # an odd count leaves one
   colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-  for ax, (panel, ylabel, keys) in zip(axes.flat, PANELS):
+  for ax, (panel, ylabel, keys) in zip(axes, chosen):
     drawn = False
     for r, (name, records) in enumerate(runs):
       color = colors[r % len(colors)]
@@ -181,8 +214,8 @@ def main(argv=None):
   p = cli.ArgumentParser(
       prog="python -m lfjax.plot",
       description="Plot the training and evaluation curves (loss, BPC, "
-      "learning rate, tokens/s) of one or more runs from their "
-      "metrics.jsonl, overlaid.")
+      "learning rate, tokens/s, a fine-tuning task's eval metrics) of one "
+      "or more runs from their metrics.jsonl, overlaid.")
   p.add_argument("workdirs", nargs="+", metavar="WORKDIR",
                  help="run folders (each with a metrics.jsonl)")
   p.add_argument("--out", required=True,

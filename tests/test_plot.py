@@ -144,3 +144,30 @@ def test_cli_errors(tmp_path, capsys):
                    "a,b"), 2, "--names", "expected 1")
   short_error(run(capsys, "--out", out), 2, "WORKDIR")
   assert not (tmp_path / "o.png").exists()
+
+
+def test_fine_tuning_eval_metrics_get_panels_and_no_empty_bpc(tmp_path):
+  # Keys as lfjax.tasks.finetune logs them: no BPC; eval_<metric> at the
+  # evaluations (QA's EM/F1 here; a second run with classification's).
+  (tmp_path / "qa").mkdir()
+  w = metrics.JsonlWriter(tmp_path / "qa" / "metrics.jsonl")
+  for step in (5, 10):
+    w.write(step, dict(train_loss=3.0 / step, grad_norm=1.0,
+                       learning_rate=1e-3, tokens_per_s=100.0, phase=1))
+  w.write(5, {"eval_exact_match": 25.0, "eval_f1": 40.0})
+  w.write(10, {"eval_exact_match": 50.0, "eval_f1": 62.5})
+  (tmp_path / "cls").mkdir()
+  w = metrics.JsonlWriter(tmp_path / "cls" / "metrics.jsonl")
+  w.write(4, dict(train_loss=0.7, learning_rate=1e-3, tokens_per_s=90.0))
+  w.write(4, {"eval_accuracy": 0.75, "eval_macro_f1": 0.5})
+  fig = plot.plot_runs([("qa", plot.load_run(tmp_path / "qa")),
+                        ("cls", plot.load_run(tmp_path / "cls"))])
+  assert [ax.get_title() for ax in fig.axes] == [
+      "loss", "learning rate", "throughput", "eval exact match", "eval f1",
+      "eval accuracy", "eval macro f1"]
+  got = lines_by_label(fig)
+  assert got[("eval exact match", "qa eval")] == [(5, 25.0), (10, 50.0)]
+  assert got[("eval f1", "qa eval")] == [(5, 40.0), (10, 62.5)]
+  assert got[("eval accuracy", "cls eval")] == [(4, 0.75)]
+  assert ("eval accuracy", "qa eval") not in got
+  assert all(not ax.texts for ax in fig.axes)  # no "no data" panel
