@@ -8,12 +8,12 @@ byte-level BPE trained on stdlib files is the starting checkpoint. Runs
 where torch is installed (the Python 3.11 leg of CI).
 """
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 import pytest
+
+from tests import finetune_fixtures as fixtures
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -23,11 +23,8 @@ from lfjax import evaluate  # noqa: E402
 from lfjax import export  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
-from lfjax.data import chars  # noqa: E402
-from lfjax.data import text  # noqa: E402
 from lfjax.tasks import classification  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 WORDS = ["the", "film", "was", "and", "plot", "actor", "scene", "long",
          "story", "music", "end", "very", "quite", "über", "naïve"]
@@ -35,20 +32,8 @@ WORDS = ["the", "film", "was", "and", "plot", "actor", "scene", "long",
 
 @pytest.fixture(scope="module")
 def longformer(tmp_path_factory):
-  """A tiny random LongformerForMaskedLM folder with its own tokenizer."""
-  path = tmp_path_factory.mktemp("longformer")
-  docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:60]]
-  docs += [" ".join(WORDS + ["excellent", "terrible", "good", "bad"])] * 20
-  tok = text.train_tokenizer(docs, path, vocab_size=400)
-  cfg = transformers.LongformerConfig(
-      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-      num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
-      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
-      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-      sep_token_id=tok.sep_token_id, attention_window=8)
-  torch.manual_seed(0)
-  transformers.LongformerForMaskedLM(cfg).save_pretrained(path)
-  return path
+  return fixtures.tiny_longformer(tmp_path_factory.mktemp("longformer"),
+                                  WORDS + ["excellent", "terrible", "good", "bad"])
 
 
 def write_jsonl(path, rows):
@@ -74,26 +59,14 @@ def toy(n, seed, multi=False):
 
 
 def config(longformer, tmp_path, multi=False, **changes):
-  spec = importlib.util.spec_from_file_location(
-      "cls", ROOT / "configs" / "classify_longformer.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("tiny")
-  c.init_from = str(longformer)
-  c.data.train = str(write_jsonl(tmp_path / "train.jsonl",
-                                 toy(32, 0, multi)))
-  c.data.valid = str(write_jsonl(tmp_path / "dev.jsonl", toy(8, 1, multi)))
-  c.train.epochs = 8  # 32 steps of 8
-  c.log_every = 4
-  c.checkpoint_every = 10
-  c.eval_every = 16
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return fixtures.tiny_config("classify_longformer", **{
+      "init_from": str(longformer),
+      "data.train": str(write_jsonl(tmp_path / "train.jsonl",
+                                    toy(32, 0, multi))),
+      "data.valid": str(write_jsonl(tmp_path / "dev.jsonl",
+                                    toy(8, 1, multi))),
+      "train.epochs": 8,  # 32 steps of 8
+      "log_every": 4, "checkpoint_every": 10, "eval_every": 16, **changes})
 
 
 def strip_timing(records):
@@ -242,13 +215,8 @@ def test_unknown_label_in_training_data_with_given_labels(longformer,
 def test_mesh_other_than_one_device_is_refused(name, task, axis, value):
   # Fine-tuning has no mesh wiring: a mesh it accepted would be ignored.
   from lfjax import tasks
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs"
-                                                / f"{name}.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("tiny")
-  c.init_from = "checkpoint"
-  c.data.train = "train.jsonl"
+  c = fixtures.tiny_config(name, init_from="checkpoint",
+                           **{"data.train": "train.jsonl"})
   module = task if not isinstance(task, str) else tasks.get(task)
   module.validate(c)  # the defaults pass
   c.mesh[axis] = value

@@ -8,12 +8,13 @@ byte-level BPE trained on stdlib files is the starting checkpoint. Runs
 where torch is installed (the Python 3.11 leg of CI).
 """
 
-import importlib.util
 import json
 import pathlib
 
 import numpy as np
 import pytest
+
+from tests import finetune_fixtures as fixtures
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -22,12 +23,9 @@ from lfjax import cli  # noqa: E402
 from lfjax import evaluate  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
-from lfjax.data import chars  # noqa: E402
-from lfjax.data import text  # noqa: E402
 from lfjax.tasks import finetune  # noqa: E402
 from lfjax.tasks import qa  # noqa: E402
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 WORDS = ["river", "stone", "city", "old", "road", "north", "bridge", "lake",
          "Zoë", "Kraków", "Łódź", "São", "Paulo", "moved", "lives", "in"]
@@ -35,20 +33,8 @@ WORDS = ["river", "stone", "city", "old", "road", "north", "bridge", "lake",
 
 @pytest.fixture(scope="module")
 def longformer(tmp_path_factory):
-  """A tiny random LongformerForMaskedLM folder with its own tokenizer."""
-  path = tmp_path_factory.mktemp("longformer")
-  docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:60]]
-  docs += [" ".join(WORDS + ["what", "is", "the", "code", "?"])] * 20
-  tok = text.train_tokenizer(docs, path, vocab_size=400)
-  cfg = transformers.LongformerConfig(
-      vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
-      num_attention_heads=2, intermediate_size=64, max_position_embeddings=130,
-      type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=tok.pad_token_id,
-      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-      sep_token_id=tok.sep_token_id, attention_window=8)
-  torch.manual_seed(0)
-  transformers.LongformerForMaskedLM(cfg).save_pretrained(path)
-  return path
+  return fixtures.tiny_longformer(tmp_path_factory.mktemp("longformer"),
+                                  WORDS + ["what", "is", "the", "code", "?"])
 
 
 def squad(path, paragraphs):
@@ -64,20 +50,8 @@ def squad(path, paragraphs):
 
 
 def config(longformer, **changes):
-  spec = importlib.util.spec_from_file_location(
-      "qa_cfg", ROOT / "configs" / "qa_longformer.py")
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("tiny")
-  c.init_from = str(longformer)
-  c.data.train = "train.json"
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return fixtures.tiny_config("qa_longformer", **{
+      "init_from": str(longformer), "data.train": "train.json", **changes})
 
 
 def test_spans_map_to_characters_across_windows(longformer, tmp_path):

@@ -303,21 +303,5 @@ SPEC = finetune.Spec(
     summary=summary, report=report)
 
 
-def train_and_evaluate(config, workdir):
-  return finetune.train_and_evaluate(SPEC, config, workdir)
-
-
-def next_steps(workdir):
-  return finetune.next_steps(workdir)
-
-
-def load_trained(workdir, step=None, flag=None):
-  return finetune.load_trained(SPEC, workdir, step, flag)
-
-
-def export(workdir, path, step=None):
-  return finetune.export(SPEC, workdir, path, step)
-
-
-def evaluate_main(argv):
-  finetune.evaluate_main(SPEC, argv, base_config, from_hf)
+(train_and_evaluate, next_steps, load_trained, export,
+ evaluate_main) = finetune.entry_points(SPEC, base_config, from_hf)

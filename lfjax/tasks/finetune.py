@@ -16,6 +16,7 @@ epochs are per task.
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -514,6 +515,33 @@ class Spec:
   eval_overrides: tuple = ()
 
 
+def copy_config(config, data):
+  """Spec.resolve of a task whose training data adds nothing to its config
+  (a copy: the caller's config is not changed)."""
+  del data
+  return ml_collections.ConfigDict(config.to_dict())
+
+
+def no_labels(config):
+  """Spec.num_labels of a head without a label count (QA, multiple
+  choice)."""
+  del config
+
+
+def no_extra_config(config):
+  """Spec.extra_config of a head without label names."""
+  del config
+  return {}
+
+
+def length_from_hf(config, d):
+  """from_hf for a task whose config needs only the length: model.max_length
+  = the positions of a transformers config.json dict d."""
+  config.model.max_length = (d["max_position_embeddings"]
+                             - d.get("pad_token_id", 1) - 1)
+  return config
+
+
 def build_model(spec, config):
   """The model a run of config trains (before its checkpoints)."""
   model = load_model(
@@ -770,3 +798,14 @@ def evaluate_main(spec, argv, base_config, from_hf):
   if out:
     pathlib.Path(out).write_text(json.dumps(predictions, indent=1))
     print(f"predictions written to {out}")
+
+
+def entry_points(spec, base_config, from_hf):
+  """(train_and_evaluate, next_steps, load_trained, export, evaluate_main)
+  of a fine-tuning task module (the functions lfjax.tasks documents), for
+  its Spec; base_config and from_hf as evaluate_main takes them."""
+  return (functools.partial(train_and_evaluate, spec), next_steps,
+          functools.partial(load_trained, spec),
+          functools.partial(export, spec),
+          functools.partial(evaluate_main, spec, base_config=base_config,
+                            from_hf=from_hf))

@@ -45,7 +45,6 @@ import re
 import string
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -189,24 +188,7 @@ def _get(path, line, loc, obj, name, kind, empty=False):
   return v
 
 
-def resolve(config, data):
-  del data
-  return ml_collections.ConfigDict(config.to_dict())
-
-
-def num_labels(config):
-  del config
-
-
-def extra_config(config):
-  del config
-  return {}
-
-
-def from_hf(config, d):
-  config.model.max_length = (d["max_position_embeddings"]
-                             - d.get("pad_token_id", 1) - 1)
-  return config
+from_hf = finetune.length_from_hf
 
 
 @dataclasses.dataclass
@@ -448,28 +430,13 @@ def report(data, arrays, windows, tok, config, train):
 
 
 SPEC = finetune.Spec(
-    name="qa", head=HEAD, validate=validate, resolve=resolve, read=read,
-    featurize=featurize, num_labels=num_labels, extra_config=extra_config,
-    loss=loss, forward=forward, score=score, summary=summary, report=report,
+    name="qa", head=HEAD, validate=validate, resolve=finetune.copy_config,
+    read=read, featurize=featurize, num_labels=finetune.no_labels,
+    extra_config=finetune.no_extra_config, loss=loss, forward=forward,
+    score=score, summary=summary, report=report,
     eval_overrides=(("model.max_answer_tokens", int,
                      "longest answer span decoding considers, in tokens"),))
 
 
-def train_and_evaluate(config, workdir):
-  return finetune.train_and_evaluate(SPEC, config, workdir)
-
-
-def next_steps(workdir):
-  return finetune.next_steps(workdir)
-
-
-def load_trained(workdir, step=None, flag=None):
-  return finetune.load_trained(SPEC, workdir, step, flag)
-
-
-def export(workdir, path, step=None):
-  return finetune.export(SPEC, workdir, path, step)
-
-
-def evaluate_main(argv):
-  finetune.evaluate_main(SPEC, argv, base_config, from_hf)
+(train_and_evaluate, next_steps, load_trained, export,
+ evaluate_main) = finetune.entry_points(SPEC, base_config, from_hf)
