@@ -219,6 +219,37 @@ def hlo_case():
   return out
 
 
+def mesh_switch_case():
+  """Eager jax.grad on a seq-8 mesh, then on a data-2 x seq-4 mesh in the
+  same process (jax 0.10 raised IndivisibleError naming the first mesh).
+  Max gradient error of q, k, v against tests/reference.py per mesh."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from lfjax.attention.sharded import sequence_parallel_attention
+  from tests.reference import reference_attention
+  rng = np.random.default_rng(7)
+  q, k, v, cot = (jnp.asarray(rng.standard_normal((2, 16, 2, 4)),
+                              jnp.float32) for _ in range(4))
+  glob = np.zeros((2, 16), bool)
+  glob[0, [0, 9]] = True
+  kw = dict(window=2, global_mask=jnp.asarray(glob))
+  loss = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a, **kw) * cot),
+                             argnums=(0, 1, 2))
+  want = loss(reference_attention)(q, k, v)
+  errs = {}
+  auto = jax.sharding.AxisType.Auto
+  for label, shape, names, batch in (
+      ("seq8", (8,), ("seq",), None),
+      ("data2_seq4", (2, 4), ("data", "seq"), "data")):
+    mesh = jax.make_mesh(shape, names, axis_types=(auto,) * len(shape))
+    got = loss(lambda *a, **k2: sequence_parallel_attention(
+        *a, mesh=mesh, batch_axis=batch, max_global=2, **k2))(q, k, v)
+    errs[label] = max(float(jnp.max(jnp.abs(g - w)))
+                      for g, w in zip(got, want))
+  return errs
+
+
 def error_cases():
   """Messages of the argument checks that need a real multi-device mesh."""
   import jax
@@ -260,7 +291,8 @@ def main(path):
       results[name] = run_case(name, spec, seed=len(results))
     except Exception:  # recorded, so the other cases still run
       results[name] = dict(exception=traceback.format_exc())
-  for name, fn in (("hlo", hlo_case), ("errors", error_cases)):
+  for name, fn in (("hlo", hlo_case), ("errors", error_cases),
+                   ("mesh_switch", mesh_switch_case)):
     try:
       results[name] = fn()
     except Exception:

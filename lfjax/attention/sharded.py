@@ -174,26 +174,57 @@ def _axis_size(mesh, arg, name):
   return int(mesh.shape[name])
 
 
-# Jitted so eager calls compile once per shape; inlined in a caller's jit.
-@functools.partial(jax.jit, static_argnames=(
-    "mesh", "axis_name", "batch_names", "window", "dilation_H", "causal",
-    "max_global", "scale", "impl", "dropout_rate"))
-def _sharded(arrays, *, mesh, axis_name, batch_names, window, dilation_H,
-             causal, max_global, scale, impl, dropout_rate):
-  batch = batch_names or None
-  rows = P(batch, axis_name, None, None)
+def _sharded(arrays, *, mesh, axis_name, batch_names, **static):
+  return _sharded_jit(mesh, axis_name, batch_names, tuple(sorted(arrays)),
+                      **static)(arrays)
+
+
+def _specs(names, axis_name, batch_names):
+  """The PartitionSpec of each of _sharded's arrays, by name."""
+  rows = P(batch_names or None, axis_name, None, None)
   specs = {}
-  for name, x in arrays.items():
+  for name in names:
     if name in ("key_mask", "global_mask"):
-      specs[name] = P(batch, axis_name)
+      specs[name] = P(batch_names or None, axis_name)
     elif name == "seeds":
-      specs[name] = P(batch, None)  # [B, H]: whole rows on every shard
+      specs[name] = P(batch_names or None, None)  # [B, H]: whole rows
     elif name == "rel_table":
       specs[name] = P()
     elif name == "global_qkv":
       specs[name] = (rows,) * 3
     else:
       specs[name] = rows
+  return rows, specs
+
+
+@functools.lru_cache(maxsize=64)
+def _sharded_jit(mesh, axis_name, batch_names, names, **static):
+  """_sharded_body for these static arguments, jitted (eager calls compile
+  once per shape; inlined in a caller's jit), its shardings stated.
+  Stating them is what makes jax.grad work after another mesh was used in
+  the process: on jax 0.10 eagerly computed arrays (cotangents) can carry
+  the earlier mesh in their type, and an unstated sharding is then parsed
+  against that mesh (IndivisibleError naming the old mesh; jax 0.12 does
+  not). On Explicit meshes the inputs keep their own types (jit refuses
+  others) and the body reshards them."""
+  body = functools.partial(_sharded_body, mesh=mesh, axis_name=axis_name,
+                           batch_names=batch_names, **static)
+  if not isinstance(mesh, jax.sharding.Mesh):
+    # The abstract mesh of jax.set_mesh (windowed_attention): array types
+    # carry it, nothing stale to parse.
+    return jax.jit(body)
+  rows, specs = _specs(names, axis_name, batch_names)
+  named = lambda spec: jax.NamedSharding(mesh, spec)
+  in_shardings = None
+  if jax.sharding.AxisType.Explicit not in tuple(mesh.axis_types):
+    in_shardings = (jax.tree.map(named, specs,
+                                 is_leaf=lambda x: isinstance(x, P)),)
+  return jax.jit(body, in_shardings=in_shardings, out_shardings=named(rows))
+
+
+def _sharded_body(arrays, *, mesh, axis_name, batch_names, window, dilation_H,
+                  causal, max_global, scale, impl, dropout_rate):
+  rows, specs = _specs(tuple(arrays), axis_name, batch_names)
   local = functools.partial(
       shard_attention, axis_name=axis_name, axis_size=mesh.shape[axis_name],
       window=window, dilation_H=dilation_H, causal=causal,
