@@ -3,9 +3,8 @@ resume is exact, the export gives transformers' logits and keeps the label
 names, evaluation of a run and of its export agree, metrics equal hand
 counts, and bad data files fail naming the file, the line and the field.
 
-A tiny random transformers Longformer (window 8, 2 layers) with a
-byte-level BPE trained on stdlib files is the starting checkpoint. Runs
-where torch is installed (the Python 3.11 leg of CI).
+The starting checkpoint is tests/finetune_fixtures.py's tiny random
+Longformer. Runs where torch is installed (the Python 3.11 leg of CI).
 """
 
 import json

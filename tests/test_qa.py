@@ -3,9 +3,8 @@ hand, multi-byte characters, answers crossing a window boundary), EM/F1
 equal hand-computed values, the loss falls on a toy task, the export gives
 transformers' logits, and bad files fail naming the file, line and field.
 
-A tiny random transformers Longformer (window 8, 2 layers) with a
-byte-level BPE trained on stdlib files is the starting checkpoint. Runs
-where torch is installed (the Python 3.11 leg of CI).
+The starting checkpoint is tests/finetune_fixtures.py's tiny random
+Longformer. Runs where torch is installed (the Python 3.11 leg of CI).
 """
 
 import json
