@@ -272,6 +272,16 @@ def error_cases():
       msgs[label] = None
     except ValueError as e:
       msgs[label] = str(e)
+  # windowed_attention pads a length that does not divide over seq, except
+  # on Explicit axes (jax.make_mesh's default), where the cut is refused.
+  from lfjax.attention import windowed_attention
+  explicit = jax.make_mesh((8,), ("seq",))
+  try:
+    with jax.set_mesh(explicit):
+      windowed_attention(x, x, x, window=2)
+    msgs["explicit_pad"] = None
+  except ValueError as e:
+    msgs["explicit_pad"] = str(e)
   return msgs
 
 

@@ -110,6 +110,8 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
   assert "batch_axis size 2, got batch 3" in err["batch_not_multiple"]
   assert "batch_axis: expected mesh axes other than" in (
       err["batch_axis_is_seq"])
+  assert "multiple of the mesh's 'seq' axis (8 devices) on a mesh with " \
+      "Explicit axes" in err["explicit_pad"], err["explicit_pad"]
 
 
 def one_device_mesh():

@@ -164,7 +164,9 @@ def _sequence_parallel(q, k, v, mesh, key_mask_BxN, global_mask_BxN,
   sharded.sequence_parallel_attention over SEQ_AXIS. The batch is split
   over the mesh's other (non-manual) axes when it divides over them. A
   sequence that is not a multiple of the axis is padded at its end with
-  padding keys (never attended, so real rows are unchanged) and cut back."""
+  padding keys (never attended, so real rows are unchanged) and cut back;
+  on a mesh with Explicit axes, which refuse that cut, a ValueError asks
+  for a padded sequence or an Auto mesh."""
   from lfjax.attention import sharded  # it imports this module
   b, n = q.shape[:2]
   others = [a for a, t in zip(mesh.axis_names, mesh.axis_types)
@@ -174,6 +176,14 @@ def _sequence_parallel(q, k, v, mesh, key_mask_BxN, global_mask_BxN,
   batch_axis = tuple(others) if others and b % split == 0 else None
   p = mesh.shape[SEQ_AXIS]
   pad = -n % p
+  if pad and jax.sharding.AxisType.Explicit in mesh.axis_types:
+    # Explicit axes refuse the cut back to n rows (not divisible by p).
+    raise ValueError(
+        f"q, k, v: expected a sequence length that is a multiple of the "
+        f"mesh's '{SEQ_AXIS}' axis ({p} devices) on a mesh with Explicit "
+        f"axes (jax.make_mesh's default), got {n}; pad the sequence, or "
+        f"build the mesh with axis_types=(jax.sharding.AxisType.Auto,) * "
+        f"{len(mesh.axis_names)} and windowed_attention pads it")
   if key_mask_BxN is None:
     key_mask_BxN = jnp.ones((b, n), bool)
   if pad:
