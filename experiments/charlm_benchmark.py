@@ -15,7 +15,10 @@ backward, AdamW) on a batch of random tokens. Variants:
 Timings are interleaved, one of each per round, and the table gives
 medians; memory is XLA's compiled peak (arguments + outputs + temporaries)
 of the step; lengths past --time_up_to are compiled, not run. The loss
-column checks that table and features compute the same step.
+column checks that table and features compute the same step. CPU seconds
+(the process's user + system time per step, all threads) are reported
+next to wall time: on a shared machine other processes stretch the wall
+time of both variants unevenly, while the work a step does stays put.
 """
 
 import argparse
@@ -98,6 +101,7 @@ def run(args, variants):
     runs = {name: build(config, seq, name, bool(args.remat)) for name in names}
     peaks = {name: r[2] for name, r in runs.items()}
     times = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     losses = {}
     if seq <= args.time_up_to:
       for name, (compiled, a, _) in list(runs.items()):
@@ -109,22 +113,27 @@ def run(args, variants):
           losses[name] = float(out[2]["loss"])
       for _ in range(args.repeats):
         for name, (compiled, a, _) in runs.items():
-          t = time.perf_counter()
+          t, c = time.perf_counter(), time.process_time()
           jax.block_until_ready(compiled(*a))
           times[name].append(time.perf_counter() - t)
+          cpu[name].append(time.process_time() - c)
     med = {k: statistics.median(v) if v else float("nan")
            for k, v in times.items()}
-    rows.append((seq, med, peaks, losses))
-    print(f"seq {seq}: " + ", ".join(f"{k} {v:.2f} s" for k, v in
-                                     med.items()) + "; peaks " + ", ".join(
+    med_cpu = {k: statistics.median(v) if v else float("nan")
+               for k, v in cpu.items()}
+    rows.append((seq, med, med_cpu, peaks, losses))
+    print(f"seq {seq}: " + ", ".join(
+        f"{k} {v:.2f} s ({med_cpu[k]:.2f} CPU s)" for k, v in med.items())
+        + "; peaks " + ", ".join(
         f"{k} {v / 2**30:.2f} GiB" for k, v in peaks.items()), flush=True)
     del runs
   print("\n| seq | " + " | ".join(f"{v} s/step" for v in variants)
-        + " | table speedup vs features | " + " | ".join(
+        + " | table speedup vs features | CPU s/step table / features "
+        "| CPU speedup | " + " | ".join(
             f"{v} compiled peak GiB" for v in variants)
         + " | loss table / features |")
-  print("|---" * (2 * len(variants) + 3) + "|")
-  for seq, med, peaks, losses in rows:
+  print("|---" * (2 * len(variants) + 5) + "|")
+  for seq, med, med_cpu, peaks, losses in rows:
     cell = lambda v: ("not run" if v not in med or med[v] != med[v] else
                       "out of memory" if med[v] == float("inf")
                       else f"{med[v]:.2f}")
@@ -132,11 +141,19 @@ def run(args, variants):
              if "table" in med and "features" in med
              and med["table"] == med["table"] and med["features"] == med[
                  "features"] else "n/a")
+    both = ("table" in med_cpu and "features" in med_cpu
+            and med_cpu["table"] == med_cpu["table"]
+            and med_cpu["features"] == med_cpu["features"])
+    cpus = (f"{med_cpu['table']:.2f} / {med_cpu['features']:.2f}" if both
+            else "n/a")
+    cpu_speed = (f"{med_cpu['features'] / med_cpu['table']:.2f}x" if both
+                 else "n/a")
     mem = lambda v: f"{peaks[v] / 2**30:.2f}" if v in peaks else "not compiled"
     loss = (f"{losses['table']:.6f} / {losses['features']:.6f}"
             if "table" in losses and "features" in losses else "n/a")
     print(f"| {seq} | " + " | ".join(cell(v) for v in variants)
-          + f" | {speed} | " + " | ".join(mem(v) for v in variants)
+          + f" | {speed} | {cpus} | {cpu_speed} | "
+          + " | ".join(mem(v) for v in variants)
           + f" | {loss} |")
 
 
