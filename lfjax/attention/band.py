@@ -245,9 +245,10 @@ def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
   return shifted[:, :, lag:lag + geo.span]
 
 
-def _rel_grads(geo, scale, ds_UxCxS, rq_UxCxDr, tab_UxWxDr):
-  """The transpose of _rel_scores: (d rel_query [U, C, Dr], d padded
-  reversed table [U, W + 1, Dr]) from the band scores' cotangent."""
+def _rel_grads(geo, scale, ds_UxCxS, rqt_UxDrxC, tab_UxWxDr):
+  """The transpose of _rel_scores: d rel_query [U, C, Dr] and the padded
+  reversed table's gradient, transposed [U, Dr, W + 1], from the band
+  scores' cotangent (rqt: the tile's relative queries, transposed)."""
   u, c, _ = ds_UxCxS.shape
   w1 = tab_UxWxDr.shape[1]
   lag, span = geo.rel_lag(geo.rel_rows), geo.span
@@ -256,8 +257,8 @@ def _rel_grads(geo, scale, ds_UxCxS, rq_UxCxDr, tab_UxWxDr):
   dp_UxCxW1 = jnp.pad(dy.reshape(u, c * (w1 - 1)), ((0, 0), (0, c))).reshape(
       u, c, w1)
   drq = jnp.einsum("xqr,xrd->xqd", dp_UxCxW1, tab_UxWxDr.astype(jnp.float32))
-  dtab = jnp.einsum("xqr,xqd->xrd", dp_UxCxW1, rq_UxCxDr.astype(jnp.float32))
-  return drq * scale, dtab * scale
+  dtabt = jnp.einsum("xdq,xqr->xdr", rqt_UxDrxC, dp_UxCxW1)
+  return drq * scale, dtabt * scale
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
@@ -336,68 +337,81 @@ def _backward(geo, scale, res, dout, dlse):
   lsep = _align(lse, 0, npad, 0)
   deltap = _align(jnp.sum(out * f32(dout), axis=-1), 0, npad, 0)
   dlsep = _align(f32(dlse), 0, npad, 0)
+  # Key-side gradients (dK, dV, d table) contract a tile's query rows. XLA's
+  # CPU backend sends a dot whose left operand contracts its rows to a
+  # generic kernel ~1.5x slower than its matmul library; transposed, they
+  # are plain [D, C] x [C, S] products: the query-side operands are
+  # transposed once here and the key-side gradients accumulate transposed.
+  tr = lambda a: jnp.swapaxes(a, 1, 2)
+  qt, dot_ = tr(f32(prepared[0])), tr(dop)
+  rqt = tr(f32(prepared[8])) if with_rel else None
+  # a[x0:x0+U, :, p:p+size] of a transposed array.
+  cols = lambda a, x0, p, size: jax.lax.dynamic_slice(
+      a, (x0, 0, p), (u, a.shape[1], size))
 
   def body(step, carry):
-    dq, dkp, dvp, dgk, dgv, drq, dtab = carry
+    dq, dkt, dvt, dgkt, dgvt, drq, dtabt = carry
     # One tile per step: with several, XLA stops updating the dK/dV
     # accumulators in place and copies them (3x slower, measured). Its U
     # rows are one batched op each, and one in-place update.
     for x0, p0 in _tiles(geo, step, 1):
-      q_t, s, mask, k_win, v_win, rel = _tile(geo, scale, band, prepared, x0,
-                                              p0)
+      _, s, mask, k_win, v_win, rel = _tile(geo, scale, band, prepared, x0,
+                                            p0)
       row = lambda a: _slice(a, x0, p0, c, u)[:, :, None]
       p = jnp.where(mask, jnp.exp(s - row(lsep)), 0.0)
       do_t = _slice(dop, x0, p0, c, u)
       z = _dropout(geo, drop, x0, p0)
       # With dropout, out = (p * z) v: dv sees p * z, dp gets a factor z,
       # and delta = rowsum(dout * out) stays rowsum(p * dp).
-      dv_win = jnp.einsum("xqk,xqd->xkd", p if z is None else p * z, do_t)
+      dvt_win = jnp.einsum("xdq,xqk->xdk", cols(dot_, x0, p0, c),
+                           p if z is None else p * z)
       dp = jnp.einsum("xqd,xkd->xqk", do_t, f32(v_win))
       if z is not None:
         dp = dp * z
       ds = p * (dp - row(deltap) + row(dlsep))
       dq_t = jnp.einsum("xqk,xkd->xqd", ds, f32(k_win)) * scale
-      dk_win = jnp.einsum("xqk,xqd->xkd", ds, f32(q_t)) * scale
+      dkt_win = jnp.einsum("xdq,xqk->xdk", cols(qt, x0, p0, c), ds) * scale
       dq = jax.lax.dynamic_update_slice(dq, dq_t, (x0, p0, 0))
       # Key spans of neighbouring blocks overlap: accumulate in place.
       add = lambda acc, upd, p: jax.lax.dynamic_update_slice(
-          acc, _slice(acc, x0, p, upd.shape[1], u) + upd, (x0, p, 0))
+          acc, cols(acc, x0, p, upd.shape[2]) + upd, (x0, 0, p))
       if with_rel:
         # Outside the band ds is zero, so the transposed shift needs no mask.
-        drq_t, dtab_t = _rel_grads(geo, scale, ds, *rel)
+        drq_t, dtabt_t = _rel_grads(geo, scale, ds, cols(rqt, x0, p0, c),
+                                    rel[1])
         drq = jax.lax.dynamic_update_slice(drq, drq_t, (x0, p0, 0))
-        dtab = add(dtab, dtab_t, 0)
-      dkp = add(dkp, dk_win[:, :span], p0)
-      dvp = add(dvp, dv_win[:, :span], p0)
+        dtabt = add(dtabt, dtabt_t, 0)
+      dkt = add(dkt, dkt_win[:, :, :span], p0)
+      dvt = add(dvt, dvt_win[:, :, :span], p0)
       if geo.g:
-        dgk = add(dgk, dk_win[:, span:], 0)
-        dgv = add(dgv, dv_win[:, span:], 0)
-    return dq, dkp, dvp, dgk, dgv, drq, dtab
+        dgkt = add(dgkt, dkt_win[:, :, span:], 0)
+        dgvt = add(dgvt, dvt_win[:, :, span:], 0)
+    return dq, dkt, dvt, dgkt, dgvt, drq, dtabt
 
   # Zeros that depend on dout: XLA cannot create them at program start and
   # keep every layer's accumulators alive until its backward (measured:
   # GBs on the char-LM at 23K tokens). min(|x|, 0) is 0 for any non-NaN x.
   zero = jnp.minimum(jnp.abs(jnp.sum(dop[:1, :1, :1])), 0.0)
-  zeros = lambda length, d: jnp.broadcast_to(zero, (geo.x, length, d))
-  rel_shapes = ((npad, rq.shape[2]), prepared[9].shape[1:]) if with_rel else (
-      (0, 0), (0, 0))
-  init = (zeros(npad, dqk), zeros(geo.total, dqk), zeros(geo.total, dv),
-          zeros(geo.g, dqk), zeros(geo.g, dv), zeros(*rel_shapes[0]),
-          zeros(*rel_shapes[1]))
-  dq, dkp, dvp, dgk, dgv, drq, dtab = jax.lax.fori_loop(
+  zeros = lambda a, b: jnp.broadcast_to(zero, (geo.x, a, b))
+  dr = rq.shape[2] if with_rel else 0
+  init = (zeros(npad, dqk), zeros(dqk, geo.total), zeros(dv, geo.total),
+          zeros(dqk, geo.g), zeros(dv, geo.g), zeros(npad if with_rel else 0,
+                                                     dr),
+          zeros(dr, prepared[9].shape[1] if with_rel else 0))
+  dq, dkt, dvt, dgkt, dgvt, drq, dtabt = jax.lax.fori_loop(
       0, geo.x // u * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
-  dk = _unalign(dkp, geo.key_shift, geo.m).astype(k.dtype)
-  dv = _unalign(dvp, geo.key_shift, geo.m).astype(v.dtype)
+  dk = _unalign(tr(dkt), geo.key_shift, geo.m).astype(k.dtype)
+  dv = _unalign(tr(dvt), geo.key_shift, geo.m).astype(v.dtype)
   drel = (None, None)
   if with_rel:
     # Back from the padded reversed layout of _prepare.
-    dtab = dtab[:, :tab.shape[1]][:, ::-1]
+    dtab = tr(dtabt)[:, :tab.shape[1]][:, ::-1]
     drel = (drq[:, :geo.n].astype(rq.dtype), dtab.astype(tab.dtype))
   if not geo.g:
     return (dq, dk, dv, None, None, None, None, None) + drel
-  return (dq, dk, dv, None, dgk.astype(gk.dtype),
-          dgv.astype(gv.dtype), None, None) + drel
+  return (dq, dk, dv, None, tr(dgkt).astype(gk.dtype),
+          tr(dgvt).astype(gv.dtype), None, None) + drel
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
