@@ -255,3 +255,16 @@ def initialize_distributed(environ=None):
       local_device_ids=([int(i) for i in local.split(",")] if local
                         else None))
   return True
+
+
+def init_state(tx, params, mesh):
+  """(params, opt_state, shardings) of a trainer: on a mesh, parameters
+  and optimizer state split over fsdp and shardings = (param shardings,
+  optimizer-state shardings, mesh) for the train step; without one the
+  state as tx.init makes it and shardings None."""
+  if mesh is None:
+    return params, tx.init(params), None
+  params = shard(params, mesh)
+  opt_sh = state_shardings(jax.eval_shape(tx.init, params), mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  return params, opt_state, (state_shardings(params, mesh), opt_sh, mesh)

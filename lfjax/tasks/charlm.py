@@ -164,15 +164,7 @@ def train_and_evaluate(config, workdir):
       rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model)
   tx = optimizer(config)
-  shardings = None
-  if mesh is None:
-    opt_state = tx.init(params)
-  else:
-    # Parameters and optimizer state split over fsdp (lfjax.parallel).
-    params = parallel.shard(params, mesh)
-    opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    shardings = (parallel.state_shardings(params, mesh), opt_sh, mesh)
+  params, opt_state, shardings = parallel.init_state(tx, params, mesh)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   def phase(p, a, b):
