@@ -53,7 +53,7 @@ KIND = "a char-LM"
 RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
              "model.attention_impl", "model.rel_impl", "schedule.*",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
-             "keep_checkpoints", "eval_every", "mesh.*")
+             "keep_checkpoints", "eval_every", "mesh.*", "tensorboard")
 validate = charlm_defaults.validate
 
 

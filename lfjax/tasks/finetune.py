@@ -47,7 +47,8 @@ RUN_CONFIG = "lfjax_run.json"
 # logs; never the data, labels, tokenizer, model or seed.
 RESUMABLE = ("model.attention_impl", "train.micro_batch_size", "train.epochs",
              "optim.*", "eval.*", "data.valid", "log_every",
-             "checkpoint_every", "keep_checkpoints", "eval_every")
+             "checkpoint_every", "keep_checkpoints", "eval_every",
+             "tensorboard")
 
 
 # Config --------------------------------------------------------------------

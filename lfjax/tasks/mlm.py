@@ -46,7 +46,7 @@ KIND = "an MLM"
 RESUMABLE = ("data.cache_dir", "model.attention_impl",
              "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
              "log_every", "checkpoint_every", "keep_checkpoints",
-             "eval_every", "mesh.*")
+             "eval_every", "mesh.*", "tensorboard")
 validate = mlm_defaults.validate
 
 
