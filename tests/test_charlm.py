@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from lfjax.models import charlm
 from lfjax.models import relpos
 from lfjax.models.charlm import CharLM, CharLMConfig
 
@@ -141,6 +142,38 @@ def test_dropout_needs_a_key_and_is_reproducible():
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, forward(model, x))
   assert not np.allclose(a, run(model, x, jax.random.key(6)))
+
+
+def test_dropout_mask_is_bernoulli_and_independent():
+  """The hashed keep mask against the law it stands for, by hand: each
+  entry kept with p = 1 - rate, scaled by 1 / p; rows, features and keys
+  independent (agreement of two masks p^2 + (1 - p)^2), bounds 5 sigma."""
+  rate, p = 0.3, 0.7
+  x = jnp.full((3, 211, 97), 2.0)  # odd sizes: no power-of-two structure
+  a = np.asarray(jax.jit(charlm._dropout, static_argnums=1)(
+      x, rate, jax.random.key(0)))
+  b = np.asarray(charlm._dropout(x, rate, jax.random.key(1)))
+  assert set(np.unique(a).tolist()) == {0.0, np.float32(2.0 / p)}
+  n = a.size
+  keep_a, keep_b = a > 0, b > 0
+  assert abs(keep_a.mean() - p) < 5 * np.sqrt(p * (1 - p) / n)
+  agree = p * p + (1 - p) ** 2
+  assert abs((keep_a == keep_b).mean() - agree) < 5 * np.sqrt(
+      agree * (1 - agree) / n)
+  # Neighbouring rows and features: as independent as different keys.
+  for u, v in ((keep_a[:, 1:], keep_a[:, :-1]),
+               (keep_a[..., 1:], keep_a[..., :-1]),
+               (keep_a[1:], keep_a[:-1])):
+    m = u.size
+    assert abs((u == v).mean() - agree) < 5 * np.sqrt(
+        agree * (1 - agree) / m)
+  # Per-feature and per-row keep rates: no stuck feature or row.
+  per_col = keep_a.reshape(-1, 97).mean(0)
+  per_row = keep_a.reshape(-1, 97).mean(1)
+  assert np.all(np.abs(per_col - p) < 5 * np.sqrt(p * (1 - p) / 633))
+  assert np.all(np.abs(per_row - p) < 5 * np.sqrt(p * (1 - p) / 97))
+  np.testing.assert_array_equal(
+      np.asarray(charlm._dropout(x, rate, None)), np.asarray(x))
 
 
 def test_bfloat16_compute_and_remat():
