@@ -51,6 +51,7 @@ KIND = "a char-LM"
 # (the schedule from the current phase on: lfjax.checkpoints checks it),
 # or where files are read and logged.
 RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
+             "model.remat_policy",
              "model.attention_impl", "model.rel_impl", "schedule.*",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
              "keep_checkpoints", "eval_every", "mesh.*", "tensorboard")
