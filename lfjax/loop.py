@@ -70,7 +70,8 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
   """Trains (or resumes) through `phases`; returns the last logged record.
 
   config: needs log_every, eval_every (0 = only at the end),
-    checkpoint_every, keep_checkpoints.
+    checkpoint_every, keep_checkpoints, tensorboard (also write the
+    records as TensorBoard scalars in workdir/tensorboard/).
   evaluate_fn(params, phase index) -> (record, printable summary).
   """
   total = phases[-1].end
@@ -85,7 +86,12 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
       if start >= total:
         return finished(workdir, start, total, mngr.all_steps())
       print(f"resuming {workdir} from step {start}")
-    writer = metrics.JsonlWriter(workdir / "metrics.jsonl", resume_step=start)
+    mirror = None
+    if config.tensorboard:
+      mirror = metrics.TensorBoardWriter(workdir / metrics.TENSORBOARD_DIR,
+                                         resume_step=start)
+    writer = metrics.JsonlWriter(workdir / "metrics.jsonl", resume_step=start,
+                                 mirror=mirror)
     last_ckpt = start
     for p, ph in enumerate(phases):
       if ph.end <= start:

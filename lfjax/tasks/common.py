@@ -14,6 +14,7 @@ import pathlib
 import ml_collections
 
 from lfjax import checks
+from lfjax import metrics
 from lfjax import parallel
 
 
@@ -27,6 +28,10 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
   c.keep_checkpoints = keep_checkpoints  # newest checkpoints kept on disk
   # Steps between evaluations; 0 = only at the end (always at the end).
   c.eval_every = eval_every
+  # Also write every metrics.jsonl record as TensorBoard scalars to
+  # workdir/tensorboard/ (needs `pip install tensorboardX`; metrics.jsonl
+  # stays the record lfjax.plot and the tests read).
+  c.tensorboard = False
   # Devices per mesh axis (lfjax.parallel; -1 = the rest, on one axis at
   # most). All 1: one device, no mesh.
   c.mesh = ml_collections.ConfigDict(dict(
@@ -42,6 +47,8 @@ def validate_shared(c, task):
   checks.one_of(c, "task", (task,))
   checks.integer(c, "seed", 0)
   checks.loop_fields(c)
+  if checks.boolean(c, "tensorboard"):
+    metrics.require_tensorboard()  # before anything is written or compiled
   parallel.check_config(c.mesh)  # the device count: when the mesh is built
 
 
