@@ -27,6 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
@@ -389,6 +390,9 @@ def _band_fwd(q, k, v, kbias, rq, table, window, right, scale, rel_min,
               blocks):
   out, lse = _band(q, k, v, kbias, rq, table, window, right, scale, rel_min,
                    blocks)
+  # Named for remat policies (lfjax.models.remat "attention"): kept, they
+  # spare a rematerialised backward this forward.
+  out, lse = checkpoint_name((out, lse), "attention")
   return (out, lse), (q, k, v, kbias, rq, table, out, lse)
 
 

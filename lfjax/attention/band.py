@@ -33,6 +33,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from lfjax.attention import common
 
@@ -424,6 +425,9 @@ def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop,
                         rq, tab):
   out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                       tab)
+  # Named for remat policies (lfjax.models.remat "attention"): kept, they
+  # spare a rematerialised backward this forward.
+  out, lse = checkpoint_name((out, lse), "attention")
   return (out, lse), (q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out,
                       lse)
 

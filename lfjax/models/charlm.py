@@ -43,7 +43,17 @@ class CharLMConfig:
   dropout: float = 0.2
   layer_norm_eps: float = 1e-5
   dtype: str = "float32"  # matmul compute dtype; attention is float32
+  # Recompute each block in the backward pass (lfjax.models.remat), in
+  # layer order: memory of one block's activations instead of all of them.
   remat: bool = False
+  # What remat keeps per block besides its inputs (used only with remat):
+  # "nothing"; "attention" (the band attention's output and log-sum-exp
+  # and, under sequence parallelism, the received halos: the backward
+  # repeats neither the attention forward nor the exchange; about one more
+  # [B, N, hidden] float32 per layer); "offload" (what "attention" keeps,
+  # in pinned host memory between forward and backward: GPU/TPU only, on
+  # CPU jax makes the move a no-op). Same values and gradients for all.
+  remat_policy: str = "nothing"
   attention_impl: str = "auto"
   # How the relative position term reaches the attention: "table" passes
   # windowed_attention a per-distance table (head_dim-wide work per score);
@@ -68,6 +78,9 @@ class CharLMConfig:
       raise ValueError(f"dtype: expected one of {list(DTYPES)}, got "
                        f"{self.dtype!r}")
     relpos.inverse_frequencies(self.rel_features)
+    if self.remat_policy not in remat.POLICIES:
+      raise ValueError(f"remat_policy: expected one of {list(remat.POLICIES)}"
+                       f", got {self.remat_policy!r}")
     if self.rel_impl not in ("table", "features"):
       raise ValueError(f"rel_impl: expected 'table' or 'features', got "
                        f"{self.rel_impl!r}")
@@ -281,7 +294,8 @@ class CharLM(nnx.Module):
       call = lambda blk, x, key: blk(x, key, window_scale=window_scale,
                                      position_offset=position_offset)
       if cfg.remat:  # recomputed in the backward, in layer order
-        call = functools.partial(remat.remat_call, call)
+        call = functools.partial(remat.remat_call, call,
+                                 policy=cfg.remat_policy)
       x = call(block, x, key)
     return self.logits(x)
 
