@@ -14,6 +14,7 @@ with it before anything is written (write_config) and keeps every version
 in config_history.jsonl.
 """
 
+import contextlib
 import datetime
 import fnmatch
 import hashlib
@@ -22,6 +23,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import sys
 from typing import NamedTuple
 
@@ -84,9 +86,13 @@ def _step_dir(directory, step):
 
 
 def _write_atomic(path, text):
+  _write_atomic_bytes(path, text.encode())
+
+
+def _write_atomic_bytes(path, data):
   tmp = path.with_name(path.name + ".tmp")
-  with tmp.open("w") as f:
-    f.write(text)
+  with tmp.open("wb") as f:
+    f.write(data)
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
@@ -435,6 +441,37 @@ def _resume_flags(changes, problems):
   return " ".join(_override(k, changes[k][0]) for k in fields)
 
 
+def _compare(config, workdir):
+  """(newest saved step, saved steps, saved config or None, config as
+  JSON, changes) of config against workdir's config.json. Raises
+  ConfigChangeError for changes a run with checkpoints cannot take."""
+  path = workdir / "config.json"
+  new = json.loads(config.to_json())
+  old = json.loads(path.read_text()) if path.exists() else None
+  steps = saved_steps(workdir) if (workdir / "checkpoints").exists() else []
+  step = steps[-1] if steps else 0
+  changes = {}
+  if old is not None and old != new:
+    changes, problems = config_problems(old, new, step)
+    if problems and steps:
+      raise ConfigChangeError(
+          f"config: {workdir} holds a run at step {step} that cannot "
+          "resume with these changes:\n  " + "\n  ".join(problems) +
+          "\nNothing was written. To resume, pass the run's saved values "
+          f"(from {path}): {_resume_flags(changes, problems)}; or start a "
+          "new run with a new --workdir.")
+  return step, steps, old, new, changes
+
+
+def check_config(config, workdir):
+  """write_config's check alone, writing nothing: returns the run's newest
+  saved step (0 for none; also for a workdir that does not exist) or
+  raises ConfigChangeError. A trainer calls it before loading data and
+  model, so a refused config fails fast; lfjax.loop.run writes the config
+  once the run starts."""
+  return _compare(config, pathlib.Path(workdir))[0]
+
+
 def write_config(config, workdir, total=None):
   """Checks config against the run's saved config.json, then writes it as
   config.json and appends it to config_history.jsonl when it changes a
@@ -451,22 +488,9 @@ def write_config(config, workdir, total=None):
   """
   workdir = pathlib.Path(workdir)
   path, history = workdir / "config.json", workdir / HISTORY
-  new = json.loads(config.to_json())
-  old = json.loads(path.read_text()) if path.exists() else None
-  steps = saved_steps(workdir) if (workdir / "checkpoints").exists() else []
-  step = steps[-1] if steps else 0
+  step, steps, old, new, changes = _compare(config, workdir)
   if old == new:
     return step
-  changes = {}
-  if old is not None:
-    changes, problems = config_problems(old, new, step)
-    if problems and steps:
-      raise ConfigChangeError(
-          f"config: {workdir} holds a run at step {step} that cannot "
-          "resume with these changes:\n  " + "\n  ".join(problems) +
-          "\nNothing was written. To resume, pass the run's saved values "
-          f"(from {path}): {_resume_flags(changes, problems)}; or start a "
-          "new run with a new --workdir.")
   if steps and total is not None and step >= total:
     if changes:
       print(f"config: {workdir} is finished (step {step} of {total} under "
@@ -500,6 +524,73 @@ def write_config(config, workdir, total=None):
           + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
           + f"; every version is kept in {history}")
   return step
+
+
+def _trained_since(workdir, step):
+  """Whether the run in workdir saved a checkpoint or logged a record past
+  `step`."""
+  if (workdir / "checkpoints").exists() and any(
+      s > step for s in saved_steps(workdir)):
+    return True
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return False
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line).get("step", 0) > step:
+        return True
+    except (ValueError, AttributeError):
+      continue  # a torn last line
+  return False
+
+
+def _remove(path):
+  if path.is_dir() and not path.is_symlink():
+    shutil.rmtree(path)
+  else:
+    path.unlink()
+
+
+@contextlib.contextmanager
+def undo_failed_start(workdir):
+  """Context of a training start (lfjax.loop.run): when it raises before
+  the run saves a checkpoint or logs a record (missing data, a compile
+  error, an interrupt, a NaN in the first log interval), workdir is put
+  back as it was: config.json and config_history.jsonl as they were, what
+  the start added (metrics, an empty checkpoints/, TensorBoard files)
+  removed, and a folder that did not exist removed. A later, corrected
+  command then starts afresh instead of reading as a resume of the failed
+  start (`config: resuming from step 0 with ...`).
+
+  What the start changed in files that were there is kept (the lines of
+  metrics.jsonl past the checkpoint, which any resume drops). Process 0
+  only (it writes the run's files); an entry another program adds to the
+  folder during the start is removed with the start's own.
+  """
+  workdir = pathlib.Path(workdir).absolute()
+  top = workdir  # the outermost folder the start may create
+  while not top.parent.exists():
+    top = top.parent
+  before = set(os.listdir(workdir)) if workdir.is_dir() else None
+  kept = {name: (workdir / name).read_bytes() for name in ("config.json",
+                                                          HISTORY)
+          if before is not None and (workdir / name).is_file()}
+  step = max(saved_steps(workdir), default=0) if before is not None else 0
+  try:
+    yield
+  except BaseException:
+    if (jax.process_index() == 0 and workdir.is_dir()
+        and not _trained_since(workdir, step)):
+      for name in set(os.listdir(workdir)) - (before or set()):
+        _remove(workdir / name)
+      for name, data in kept.items():
+        _write_atomic_bytes(workdir / name, data)
+      if before is None:
+        d = workdir
+        while d != top.parent and d.is_dir() and not any(d.iterdir()):
+          d.rmdir()
+          d = d.parent
+    raise
 
 
 def read_config(workdir, task=None):

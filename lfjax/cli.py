@@ -9,7 +9,10 @@ still take their old dashed spellings (`--seq-len`) with a deprecation note.
 status 2 (command line or config) or 1 (data, files, checkpoints, a
 diverged run); `--verbose` or LFJAX_VERBOSE=1 keeps the traceback. Which
 exceptions are the user's (anything else is a bug and keeps its traceback):
-- UsageError: flags, config overrides and config values;
+- UsageError: flags, config overrides and config values (ConfigError, a
+  UsageError that library callers catch as ValueError, for a config value
+  found wrong only when the run starts, e.g. a mesh of more devices than
+  JAX sees);
 - file errors (FileNotFoundError, NotADirectoryError, IsADirectoryError,
   PermissionError, FileExistsError): a path the user gave or a run folder;
 - ValueError, TypeError, KeyError and FloatingPointError raised by lfjax's
@@ -39,6 +42,13 @@ _OWN_ERRORS = (ValueError, TypeError, KeyError, FloatingPointError)
 
 class UsageError(Exception):
   """A bad command line or config: exit status 2."""
+
+
+class ConfigError(UsageError, ValueError):
+  """A config value that cannot work, found by library code (lfjax.parallel:
+  the mesh against the devices JAX sees): exit status 2 like any usage
+  error, and a ValueError to callers that are not the command line. The
+  message names the field (`config.mesh.seq: ...`)."""
 
 
 def verbose(argv=()):

@@ -69,11 +69,28 @@ def run(workdir, config, params, opt_state, phases, learning_rate,
         evaluate_fn):
   """Trains (or resumes) through `phases`; returns the last logged record.
 
-  config: needs log_every, eval_every (0 = only at the end),
-    checkpoint_every, keep_checkpoints, tensorboard (also write the
-    records as TensorBoard scalars in workdir/tensorboard/).
+  config: the run's config, written to workdir (checkpoints.write_config:
+    check it with checkpoints.check_config before loading data and model);
+    needs log_every, eval_every (0 = only at the end), checkpoint_every,
+    keep_checkpoints, tensorboard (also write the records as TensorBoard
+    scalars in workdir/tensorboard/).
   evaluate_fn(params, phase index) -> (record, printable summary).
+
+  workdir is created here. A start that fails before it saves a
+  checkpoint or logs a record leaves workdir as it was
+  (checkpoints.undo_failed_start), so the corrected command is a fresh
+  start, not a resume with a changed config.
   """
+  workdir = pathlib.Path(workdir)
+  with checkpoints.undo_failed_start(workdir):
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints.write_config(config, workdir, total=phases[-1].end)
+    return _train(workdir, config, params, opt_state, phases, learning_rate,
+                  evaluate_fn)
+
+
+def _train(workdir, config, params, opt_state, phases, learning_rate,
+           evaluate_fn):
   total = phases[-1].end
   last = {}
   t0 = time.perf_counter()

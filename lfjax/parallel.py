@@ -33,6 +33,8 @@ from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lfjax import cli
+
 AXES = ("data", "fsdp", "seq")
 BATCH = ("data", "fsdp")  # the mesh axes the batch is split over
 SEQ = "seq"  # the axis lfjax.attention.windowed_attention splits over
@@ -40,42 +42,49 @@ SEQ = "seq"  # the axis lfjax.attention.windowed_attention splits over
 
 def check_config(mesh_config):
   """{axis: value} of config.mesh: ints >= 1, or -1 (the rest) on one axis
-  at most. Raises ValueError naming config.mesh.<axis>."""
+  at most. Raises cli.ConfigError (a ValueError) naming config.mesh.<axis>."""
   sizes = {}
   for axis in AXES:
     v = mesh_config[axis]
     if isinstance(v, bool) or not isinstance(v, int) or (v < 1 and v != -1):
-      raise ValueError(f"config.mesh.{axis}: expected a device count >= 1 "
-                       f"or -1 (the rest), got {v!r}")
+      raise cli.ConfigError(f"config.mesh.{axis}: expected a device count "
+                            f">= 1 or -1 (the rest), got {v!r}")
     sizes[axis] = int(v)
   rest = [a for a in AXES if sizes[a] == -1]
   if len(rest) > 1:
-    raise ValueError(f"config.mesh.{rest[1]}: expected -1 (the rest) on at "
-                     f"most one axis, got -1 on {rest}")
+    raise cli.ConfigError(f"config.mesh.{rest[1]}: expected -1 (the rest) "
+                          f"on at most one axis, got -1 on {rest}")
   return sizes
 
 
-def resolve(mesh_config, device_count):
+def resolve(mesh_config, device_count, platform=None):
   """{axis: count} with -1 replaced by the devices the others leave.
 
-  mesh_config: see check_config. Raises ValueError naming config.mesh or
-  config.mesh.<axis> when a value is malformed or the counts do not fit
+  mesh_config: see check_config. platform: jax.default_backend() of the
+  devices counted ("cpu" makes the error's hint name JAX_NUM_CPU_DEVICES).
+  Raises cli.ConfigError (a ValueError, exit status 2 on the command line)
+  naming config.mesh.<axis> (config.mesh when several axes ask for more
+  than one device) when a value is malformed or the counts do not fit
   device_count devices.
   """
   sizes = check_config(mesh_config)
   rest = [a for a in AXES if sizes[a] == -1]
   fixed = math.prod(v for v in sizes.values() if v != -1)
+  if fixed > device_count:
+    fixed_sizes = {a: v for a, v in sizes.items() if v != -1}
+    others = f" on the axes besides {rest[0]} (-1: the rest)" if rest else ""
+    raise cli.ConfigError(
+        f"{_field(fixed_sizes)}: expected at most the "
+        f"{_devices(device_count)} JAX sees{others}, got "
+        f"{_fmt(fixed_sizes)} = {_devices(fixed)}; "
+        f"{_more_devices(fixed, platform)}")
   if rest:
     if device_count % fixed:
-      raise ValueError(
+      raise cli.ConfigError(
           f"config.mesh.{rest[0]}: -1 takes the devices the other axes "
-          f"leave, but {device_count} devices are not a multiple of "
+          f"leave, but {_devices(device_count)} are not a multiple of "
           f"{fixed} ({_fmt(sizes)})")
     sizes[rest[0]] = device_count // fixed
-  if math.prod(sizes.values()) > device_count:
-    raise ValueError(f"config.mesh: expected at most {device_count} devices "
-                     f"(the ones JAX sees), got {_fmt(sizes)} = "
-                     f"{math.prod(sizes.values())}")
   return sizes
 
 
@@ -83,21 +92,46 @@ def _fmt(sizes):
   return " x ".join(f"{a} {v}" for a, v in sizes.items())
 
 
+def _devices(n):
+  return f"{n} device" + ("" if n == 1 else "s")
+
+
+def _field(sizes):
+  """config.mesh.<axis> when one axis asks for more than one device, else
+  config.mesh."""
+  many = [a for a, v in sizes.items() if v > 1]
+  return f"config.mesh.{many[0]}" if len(many) == 1 else "config.mesh"
+
+
+def _more_devices(count, platform):
+  """How to get `count` devices, for the error of a mesh too large."""
+  # The env var, not XLA_FLAGS=--xla_force_host_platform_device_count: it
+  # works on every jax lfjax supports and wins when both are set (research
+  # notes scale.md, section 3), so a stale XLA_FLAGS cannot undo it.
+  cpu = (f"JAX_NUM_CPU_DEVICES={count} in the environment gives {count} "
+         "virtual devices (sharing its cores: for trying a mesh out)")
+  if platform == "cpu":
+    return "on this CPU, " + cpu
+  fewer = "lower the mesh, or run where JAX sees more devices"
+  return fewer if platform else f"{fewer}; on a CPU, {cpu}"
+
+
 def make_mesh(mesh_config):
   """The run's jax.sharding.Mesh (axes AXES, Auto types), or None when it
   is one device (the single-device code path).
 
   Uses the first data x fsdp x seq devices on one process; a multi-process
-  run must use every device of every process. Raises ValueError (resolve's,
-  or naming config.mesh when a multi-process mesh leaves devices out)."""
-  sizes = resolve(mesh_config, jax.device_count())
+  run must use every device of every process. Raises cli.ConfigError
+  (resolve's, or naming config.mesh when a multi-process mesh leaves
+  devices out)."""
+  sizes = resolve(mesh_config, jax.device_count(), jax.default_backend())
   count = math.prod(sizes.values())
   if count == 1 and jax.process_count() == 1:
     return None
   if jax.process_count() > 1 and count != jax.device_count():
-    raise ValueError(f"config.mesh: a {jax.process_count()}-process run must "
-                     f"use all {jax.device_count()} devices, got "
-                     f"{_fmt(sizes)} = {count}")
+    raise cli.ConfigError(
+        f"config.mesh: a {jax.process_count()}-process run must use all "
+        f"{jax.device_count()} devices, got {_fmt(sizes)} = {count}")
   return jax.make_mesh(tuple(sizes[a] for a in AXES), AXES,
                        axis_types=(AxisType.Auto,) * len(AXES),
                        devices=jax.devices()[:count])
@@ -119,22 +153,23 @@ def seq_shards(mesh):
 
 
 def check_batch(mesh, field, batch_size):
-  """Raises ValueError naming config.<field> when batch_size does not split
-  over the mesh's data x fsdp devices."""
+  """Raises cli.ConfigError (a ValueError) naming config.<field> when
+  batch_size does not split over the mesh's data x fsdp devices."""
   g = batch_groups(mesh)
   if batch_size % g:
-    raise ValueError(f"config.{field}: expected a multiple of mesh.data x "
-                     f"mesh.fsdp = {g} (the batch is split over them), got "
-                     f"{batch_size}")
+    raise cli.ConfigError(f"config.{field}: expected a multiple of mesh.data "
+                          f"x mesh.fsdp = {g} (the batch is split over "
+                          f"them), got {batch_size}")
 
 
 def check_seq(mesh, field, seq_len):
-  """Raises ValueError naming config.<field> when seq_len does not split
-  over the mesh's seq devices."""
+  """Raises cli.ConfigError (a ValueError) naming config.<field> when
+  seq_len does not split over the mesh's seq devices."""
   p = seq_shards(mesh)
   if seq_len % p:
-    raise ValueError(f"config.{field}: expected a multiple of mesh.seq = {p} "
-                     f"(the sequence is split over it), got {seq_len}")
+    raise cli.ConfigError(f"config.{field}: expected a multiple of mesh.seq "
+                          f"= {p} (the sequence is split over it), got "
+                          f"{seq_len}")
 
 
 def batch_sharding(mesh, ndim=2):

@@ -276,3 +276,17 @@ def test_flag_errors_name_only_the_flag_typed(capsys, tmp_path):
   code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(tmp_path),
                      "--positions", "0")
   short_error(code, err, 2, "--positions: expected")
+
+
+def test_a_mesh_larger_than_the_machine_is_a_usage_error(capsys, tmp_path):
+  # pytest's process sees one CPU device; the trainers build the mesh
+  # before they write anything.
+  for config, more in ((TINY, []), (MLM_TINY, ["--config.init_from",
+                                               str(tmp_path / "none")])):
+    workdir = tmp_path / "run"
+    code, _, err = run(capsys, train.main, "--config", config, *more,
+                       "--config.mesh.seq=8", "--workdir", str(workdir))
+    short_error(code, err, 2, "error: config.mesh.seq: expected at most the "
+                "1 device JAX sees, got data 1 x fsdp 1 x seq 8 = 8 devices; "
+                "on this CPU, JAX_NUM_CPU_DEVICES=8 in the environment")
+    assert not workdir.exists()

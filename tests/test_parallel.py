@@ -22,6 +22,7 @@ import ml_collections
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from lfjax import cli
 from lfjax import parallel
 from lfjax import tasks
 from tests import parallel_cases
@@ -146,11 +147,29 @@ def test_resolve_fills_the_rest_and_names_bad_fields():
             r"rest\) on at most one axis, got -1 on \['data', 'seq'\]"),
            (mesh_config(3, 1, -1), r"config\.mesh\.seq: -1 takes the devices "
             r"the other axes leave, but 8 devices are not a multiple of 3"),
-           (mesh_config(2, 2, 4), r"config\.mesh: expected at most 8 devices "
-            r".* got data 2 x fsdp 2 x seq 4 = 16")]
+           # More devices than JAX sees: the one axis asking for them is
+           # named, or config.mesh for several; the hint fits the platform.
+           (mesh_config(2, 2, 4), r"^config\.mesh: expected at most the 8 "
+            r"devices JAX sees, got data 2 x fsdp 2 x seq 4 = 16 devices; "
+            r"lower the mesh, or run where JAX sees more devices; on a CPU, "
+            r"JAX_NUM_CPU_DEVICES=16 in the environment gives 16 virtual "
+            r"devices"),
+           (mesh_config(1, 16, -1), r"^config\.mesh\.fsdp: expected at most "
+            r"the 8 devices JAX sees on the axes besides seq \(-1: the "
+            r"rest\), got data 1 x fsdp 16 = 16 devices; .*=16 ")]
   for cfg, msg in cases:
-    with pytest.raises(ValueError, match=msg):
+    with pytest.raises(cli.ConfigError, match=msg):
       parallel.resolve(cfg, 8)
+  with pytest.raises(ValueError, match=r"^config\.mesh\.seq: expected at most "
+                     r"the 1 device JAX sees, got data 1 x fsdp 1 x seq 2 = 2 "
+                     r"devices; on this CPU, JAX_NUM_CPU_DEVICES=2 in the "
+                     r"environment gives 2 virtual devices \(sharing"):
+    parallel.resolve(mesh_config(seq=2), 1, "cpu")
+  with pytest.raises(ValueError, match=r"= 2 devices; lower the mesh, or run "
+                     r"where JAX sees more devices$"):
+    parallel.resolve(mesh_config(data=2), 1, "gpu")
+  with pytest.raises(ValueError, match=r"but 3 devices are not a multiple"):
+    parallel.resolve(mesh_config(2, 1, -1), 3)
 
 
 def test_task_configs_have_the_mesh_and_validate_it():
@@ -169,7 +188,9 @@ def test_one_device_has_no_mesh_and_checks_divisibility():
   # pytest's process has one device: the default config is today's path.
   assert parallel.make_mesh(mesh_config()) is None
   assert parallel.make_mesh(mesh_config(-1)) is None
-  with pytest.raises(ValueError, match=r"config\.mesh: expected at most 1 "):
+  with pytest.raises(cli.ConfigError, match=r"config\.mesh\.seq: expected "
+                     r"at most the 1 device JAX sees, .* on this CPU, "
+                     r"JAX_NUM_CPU_DEVICES=2 "):
     parallel.make_mesh(mesh_config(seq=2))
   parallel.check_batch(None, "train.batch_size", 3)  # one device: anything
 
@@ -213,3 +234,15 @@ def test_distributed_environment_errors():
     parallel.initialize_distributed({
         "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0",
         "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
+
+
+def test_the_device_count_hint_works_alone():
+  # The mesh error's hint names JAX_NUM_CPU_DEVICES only (no XLA_FLAGS):
+  # it must give that many devices on this jax by itself.
+  env = {k: v for k, v in eight_device_env().items() if k != "XLA_FLAGS"}
+  env["JAX_NUM_CPU_DEVICES"] = "3"
+  proc = subprocess.run(
+      [sys.executable, "-c", "import jax; print(jax.device_count())"],
+      env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.split()[-1] == "3"

@@ -30,6 +30,7 @@ from lfjax.tasks import charlm as charlm_task
 from lfjax.tasks import common
 from lfjax.tasks import mlm_defaults
 from tests.test_train import small_config
+from tests.test_train import strip_timing
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -417,3 +418,92 @@ def test_partial_evaluation_gets_its_own_file(run, capsys):
   (workdir / "eval_test_10.json").write_text(json.dumps(settings))
   assert common.result_path(workdir, "eval_test_10", settings, settings,
                               tags) == workdir / "eval_test_10.json"
+
+
+def test_a_failed_start_leaves_a_new_folder_as_it_was(finished, tmp_path,
+                                                      capsys):
+  c, done, _ = finished
+  # Missing data: refused before anything is written, parents included.
+  bad = c.copy_and_resolve_references()
+  bad.data.name, bad.data.dir = "enwik8", str(tmp_path / "no_data")
+  with pytest.raises(FileNotFoundError, match="enwik8"):
+    train.train_and_evaluate(bad, tmp_path / "new" / "run")
+  assert not (tmp_path / "new").exists()
+  mlm_config = mlm_defaults.base_config()
+  mlm_config.init_from = str(tmp_path / "no_checkpoint")
+  mlm_config.data.sources = (str(tmp_path / "no_docs"),)
+  with pytest.raises(FileNotFoundError, match="tokenizer"):
+    train.train_and_evaluate(mlm_config, tmp_path / "new" / "mlm")
+  assert not (tmp_path / "new").exists()
+  # A start that diverges before its first log, in an empty folder: the
+  # loop wrote config.json and its history, then took them back.
+  workdir = tmp_path / "empty"
+  workdir.mkdir()
+  bad = c.copy_and_resolve_references()
+  bad.schedule.lrs = (1e30, 1e30)
+  with pytest.raises(FloatingPointError, match="no checkpoint was saved"):
+    train.train_and_evaluate(bad, workdir)
+  assert list(workdir.iterdir()) == []
+  capsys.readouterr()
+  # The corrected command is a fresh start: the same run as one that never
+  # failed, no "resuming ... with" changes in its history.
+  train.train_and_evaluate(c, workdir)
+  assert "resuming" not in capsys.readouterr().out
+  history = metrics.read(workdir / checkpoints.HISTORY)
+  assert [(h["step"], h["changes"]) for h in history] == [(0, {})]
+  assert checkpoints.saved_steps(workdir) == checkpoints.saved_steps(done)
+  assert strip_timing(metrics.read(workdir / "metrics.jsonl")) == (
+      strip_timing(metrics.read(done / "metrics.jsonl")))
+
+
+def test_a_failed_resume_puts_the_config_back(run, capsys):
+  c, workdir, _ = run
+  before = snapshot(workdir)
+  # Two more steps of phase 2 at a learning rate that diverges at once.
+  c.schedule.steps = (6, 6)
+  lrs = c.schedule.lrs
+  c.schedule.lrs = (lrs[0], 1e30)
+  with pytest.raises(FloatingPointError, match="at step 12"):
+    train.train_and_evaluate(c, workdir)
+  assert snapshot(workdir) == before
+  capsys.readouterr()
+  c.schedule.lrs = lrs
+  train.train_and_evaluate(c, workdir)
+  assert "resuming from step 10 with schedule.steps [6, 4] -> [6, 6];" in (
+      capsys.readouterr().out)
+  history = metrics.read(workdir / checkpoints.HISTORY)
+  assert [(h["step"], h["changes"]) for h in history] == [
+      (0, {}), (10, {"schedule.steps": [[6, 4], [6, 6]]})]
+  assert checkpoints.saved_steps(workdir) == [8, 10, 12]
+
+
+def test_undo_failed_start_keeps_what_was_there(tmp_path):
+  # Folders the start made, parents too, go.
+  work = tmp_path / "a" / "b"
+  with pytest.raises(KeyboardInterrupt):
+    with checkpoints.undo_failed_start(work):
+      work.mkdir(parents=True)
+      (work / "config.json").write_text("{}")
+      (work / "checkpoints").mkdir()
+      raise KeyboardInterrupt
+  assert list(tmp_path.iterdir()) == []
+  # A folder with the user's file and a config: both kept as they were.
+  work.mkdir(parents=True)
+  (work / "notes.txt").write_text("mine")
+  (work / "config.json").write_text('{"seed": 0}')
+  with pytest.raises(ValueError):
+    with checkpoints.undo_failed_start(work):
+      (work / "config.json").write_text('{"seed": 1}')
+      (work / checkpoints.HISTORY).write_text("{}\n")
+      raise ValueError("data")
+  assert sorted(p.name for p in work.iterdir()) == ["config.json",
+                                                    "notes.txt"]
+  assert (work / "config.json").read_text() == '{"seed": 0}'
+  # A logged record is the start's result: kept.
+  with pytest.raises(ValueError):
+    with checkpoints.undo_failed_start(work):
+      (work / "config.json").write_text('{"seed": 1}')
+      (work / "metrics.jsonl").write_text('{"step": 1, "train_loss": 2.0}\n')
+      raise ValueError("step 2")
+  assert (work / "config.json").read_text() == '{"seed": 1}'
+  assert (work / "metrics.jsonl").exists()

@@ -154,11 +154,9 @@ def train_and_evaluate(config, workdir):
     parallel.check_batch(mesh, f"schedule.batch_sizes[{p}]", b)
     parallel.check_seq(mesh, f"schedule.seq_lens[{p}]", n)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
   bounds = phases(config)
-  # Before anything else is written: a refused config leaves the run as is.
-  # A finished run (nothing to train under config) writes nothing.
-  checkpoints.write_config(config, workdir, total=bounds[-1][1])
+  # A refused config fails before the data loads; loop.run writes it.
+  checkpoints.check_config(config, workdir)
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm_model.CharLM(
       checkpoints.model_config(config, corpus.vocab_size),

@@ -587,11 +587,10 @@ def train_and_evaluate(spec, config, workdir):
                  config, False)
   count = len(next(iter(arrays.values())))
   total = total_steps(config, count)
-  workdir.mkdir(parents=True, exist_ok=True)
   saved = workdir / "config.json"
   old = json.loads(saved.read_text()) if saved.exists() else None
-  # Before anything else is written: a refused config leaves the run as is.
-  step = checkpoints.write_config(config, workdir, total=total)
+  # A refused config fails before the model loads; loop.run writes it.
+  step = checkpoints.check_config(config, workdir)
   if old is not None and step >= total:
     _say_how_to_evaluate(spec, old, config, workdir)
   model = build_model(spec, config)

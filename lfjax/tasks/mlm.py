@@ -282,11 +282,8 @@ def train_and_evaluate(config, workdir):
                        config.train.micro_batch_size)
   parallel.check_seq(mesh, "train.seq_len", config.train.seq_len)
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  # Before anything else is written: a refused config leaves the run as is.
-  # A finished run (nothing to train under config) writes nothing.
-  done = checkpoints.write_config(config, workdir,
-                                  total=config.steps) >= config.steps
+  # A refused config fails before the data loads; loop.run writes it.
+  done = checkpoints.check_config(config, workdir) >= config.steps
   corpus = load_corpus(config)
   # A finished run only says so (lfjax.loop): no "making it long" first.
   model = load_model(config, announce=not done)
