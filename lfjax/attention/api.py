@@ -78,8 +78,14 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   as lfjax.attention.sharded.sequence_parallel_attention over that axis:
   the same result, each device computing its slice of the sequence (halo
   exchange, no all-gather), the batch split over the mesh's other axes
-  when it divides over them, a seq that is not a multiple padded inside.
+  when it divides over them, a seq that is not a multiple padded inside
+  (on Auto axes; Explicit axes refuse the cut: pad seq to a multiple).
   impl="dense" (the oracle) is never split. Model code needs no change.
+  On a mesh with Explicit axes (jax.make_mesh's default since jax 0.9),
+  call it, and take its jax.grad, under jax.set_mesh(mesh), jitted or
+  not: without it the mesh is not seen, and arrays sharded along seq are
+  refused (ShardingTypeError from the unsplit attention's einsum; jax 0.10
+  and 0.12 alike).
 
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.

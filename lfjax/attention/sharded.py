@@ -64,12 +64,16 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
     q, k, v: [batch, seq, heads, head_dim] (v's head_dim may differ), any
       float dtype. seq must be a multiple of P, the mesh's size along
       axis_name; the result is sharded like q.
-    mesh: a jax.sharding.Mesh with an axis named axis_name. Auto axes not
-      named here stay under the compiler's control (it may split the batch
-      over them). On a mesh with Explicit axes (jax.make_mesh's default
-      since jax 0.9) the inputs are first resharded to the layout below and
-      every other axis holds replicas, so pass batch_axis when the batch is
-      split.
+    mesh: a jax.sharding.Mesh with an axis named axis_name. Inputs may be
+      laid out in any way (they are resharded to the layout below). Auto
+      axes not named here stay under the compiler's control (it may split
+      the batch over them). On a mesh with Explicit axes (jax.make_mesh's
+      default since jax 0.9) every other axis holds replicas, so pass
+      batch_axis when the batch is split; and an eager (not jitted)
+      jax.grad needs jax.set_mesh(mesh) around it (JAX refuses it
+      otherwise: "enter your `jit` into a mesh context via
+      `jax.set_mesh`"), while under jit it works with or without (jax
+      0.10 and 0.12 alike). On Auto axes it works with or without.
     axis_name: the mesh axis the sequence is split over (P devices).
     batch_axis: None, or a mesh axis name (or tuple of names) the batch is
       split over (data parallelism); batch must be a multiple of its size.
@@ -175,8 +179,22 @@ def _axis_size(mesh, arg, name):
 
 
 def _sharded(arrays, *, mesh, axis_name, batch_names, **static):
-  return _sharded_jit(mesh, axis_name, batch_names, tuple(sorted(arrays)),
-                      **static)(arrays)
+  fn = _sharded_jit(mesh, axis_name, batch_names, tuple(sorted(arrays)),
+                    **static)
+  if not isinstance(mesh, jax.sharding.Mesh) or (
+      jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)):
+    return fn(arrays)
+  # The jit states its shardings, and eagerly refuses a committed array
+  # laid out otherwise (replicated, or made under jax.set_mesh, as the
+  # default key mask and jnp.sum's cotangent are): lay the inputs out as
+  # stated, as jit does for uncommitted ones, and the output too (a no-op
+  # forward, whose transpose lays the cotangent out as the output is).
+  # Under a caller's jit these are the constraints the jit states anyway.
+  rows, specs = _specs(tuple(arrays), axis_name, batch_names)
+  named = lambda spec: jax.NamedSharding(mesh, spec)
+  arrays = jax.tree.map(lambda x, spec: jax.device_put(x, named(spec)),
+                        arrays, specs, is_leaf=lambda x: isinstance(x, P))
+  return jax.device_put(fn(arrays), named(rows))
 
 
 def _specs(names, axis_name, batch_names):
