@@ -2,6 +2,7 @@
 
 import functools
 import numbers
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -90,11 +91,60 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   Returns:
     [batch, seq, heads, v's head_dim] in q's dtype.
   """
+  if impl not in IMPLS:
+    raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
+  a = _check_args(q, k, v, window=window, dilation=dilation, causal=causal,
+                  key_mask=key_mask, global_mask=global_mask,
+                  global_qkv=global_qkv, max_global=max_global, scale=scale,
+                  impl=impl, dropout_rate=dropout_rate,
+                  dropout_key=dropout_key, rel_query=rel_query,
+                  rel_table=rel_table)
+  static = dict(window=a.window, dilation_H=a.dilation_H, causal=causal,
+                max_global=a.max_global, scale=a.scale, impl=impl,
+                dropout_rate=a.dropout_rate)
+  mesh = _sequence_mesh() if impl != "dense" else None
+  if mesh is not None:
+    return _sequence_parallel(
+        q, k, v, mesh, a.key_mask_BxN,
+        a.global_mask_BxN if a.max_global else None,
+        a.global_qkv if a.max_global else None, a.rel,
+        dropout_key=dropout_key, **static)
+  b, n = q.shape[:2]
+  key_mask_BxN = (jnp.ones((b, n), bool) if a.key_mask_BxN is None
+                  else a.key_mask_BxN)
+  global_mask_BxN, global_qkv = a.global_mask_BxN, a.global_qkv
+  if not a.max_global:
+    global_mask_BxN, global_qkv = None, None
+  elif global_mask_BxN is None:
+    global_mask_BxN = jnp.zeros((b, n), bool)
+  return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
+                   a.dropout_seeds_BxH, a.rel, **static)
+
+
+class _Checked(NamedTuple):
+  """windowed_attention's arguments after _check_args."""
+  window: int
+  dilation_H: tuple  # one dilation per head
+  key_mask_BxN: Any  # bool [B, N], or None: no padding
+  global_mask_BxN: Any  # bool [B, N], or None
+  global_qkv: Any  # (q_g, k_g, v_g), or None: q, k, v
+  rel: Any  # (rel_query, rel_table), or None
+  scale: float
+  max_global: int  # the static cap on global tokens; 0: none
+  dropout_rate: float
+  dropout_seeds_BxH: Any  # uint32 [B, H], or None without dropout
+
+
+def _check_args(q, k, v, *, window, dilation, causal, key_mask, global_mask,
+                global_qkv, max_global, scale, impl, dropout_rate,
+                dropout_key, rel_query, rel_table):
+  """Checks and normalises windowed_attention's arguments (its own and
+  sequence_parallel_attention's, so both reject the same input with the
+  same message) except impl, whose choices differ; returns a Checked.
+  Raises ValueError naming the first bad argument."""
   b, n, h, d = _check_qkv(q, k, v)
   window = _check_window(window)
   dilation_H = _check_dilation(dilation, h)
-  if impl not in IMPLS:
-    raise ValueError(f"impl: expected one of {IMPLS}, got {impl!r}")
   key_mask_BxN = _check_mask("key_mask", key_mask, b, n)
   global_mask_BxN = _check_mask("global_mask", global_mask, b, n)
   if global_mask is not None and causal:
@@ -123,24 +173,9 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
                        "dropout yet; use impl='chunked' (or 'auto') for "
                        "training with dropout_rate > 0")
     dropout_seeds_BxH = common.dropout_seeds(dropout_key, b, h)
-  mesh = _sequence_mesh() if impl != "dense" else None
-  if mesh is not None:
-    return _sequence_parallel(
-        q, k, v, mesh, key_mask_BxN, global_mask_BxN if max_global else None,
-        global_qkv if max_global else None, rel, window=window,
-        dilation_H=dilation_H, causal=causal, max_global=max_global,
-        scale=float(scale), impl=impl, dropout_rate=float(dropout_rate),
-        dropout_key=dropout_key)
-  if key_mask_BxN is None:
-    key_mask_BxN = jnp.ones((b, n), bool)
-  if not max_global:
-    global_mask_BxN, global_qkv = None, None
-  elif global_mask_BxN is None:
-    global_mask_BxN = jnp.zeros((b, n), bool)
-  return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
-                   dropout_seeds_BxH, rel, window=window, dilation_H=dilation_H,
-                   causal=causal, max_global=max_global, scale=float(scale),
-                   impl=impl, dropout_rate=float(dropout_rate))
+  return _Checked(window, dilation_H, key_mask_BxN, global_mask_BxN,
+                  global_qkv, rel, float(scale), max_global,
+                  float(dropout_rate), dropout_seeds_BxH)
 
 
 # Sequence parallelism ------------------------------------------------------

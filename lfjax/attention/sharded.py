@@ -27,7 +27,6 @@ P devices on the sequence axis.
 """
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
@@ -102,7 +101,7 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
       not a multiple of the axis size; impl not in IMPLS; dropout with
       impl="pallas".
   """
-  b, n, h, d = api._check_qkv(q, k, v)
+  b, n, _, _ = api._check_qkv(q, k, v)
   if impl not in IMPLS:
     raise ValueError(f"impl: expected one of {IMPLS} (dense is the O(N^2) "
                      f"oracle and is not sharded), got {impl!r}")
@@ -122,49 +121,29 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
   if b % p_batch:
     raise ValueError(f"q, k, v: expected batch to be a multiple of the "
                      f"batch_axis size {p_batch}, got batch {b}")
-  window = api._check_window(window)
-  dilation_H = api._check_dilation(dilation, h)
-  key_mask_BxN = api._check_mask("key_mask", key_mask, b, n)
-  global_mask_BxN = api._check_mask("global_mask", global_mask, b, n)
-  if global_mask is not None and causal:
-    raise ValueError("global_mask: global tokens see the future, so they "
-                     "cannot be combined with causal=True; got both")
-  if global_qkv is not None:
-    global_qkv = api._check_global_qkv(global_qkv, q, k, v)
-  rel = api._check_rel(rel_query, rel_table, q, window, dilation_H, causal)
-  if scale is None:
-    scale = 1.0 / float(np.sqrt(d))
-  elif not isinstance(scale, numbers.Real):
-    raise ValueError(f"scale: expected a Python float, got {type(scale)}")
-  max_global = api._check_max_global(max_global, global_mask, global_mask_BxN,
-                                     key_mask_BxN, n)
-  if (not isinstance(dropout_rate, numbers.Real)
-      or not 0.0 <= dropout_rate < 1.0):
-    raise ValueError(f"dropout_rate: expected a Python float in [0, 1), got "
-                     f"{dropout_rate!r}")
+  a = api._check_args(q, k, v, window=window, dilation=dilation,
+                      causal=causal, key_mask=key_mask,
+                      global_mask=global_mask, global_qkv=global_qkv,
+                      max_global=max_global, scale=scale, impl=impl,
+                      dropout_rate=dropout_rate, dropout_key=dropout_key,
+                      rel_query=rel_query, rel_table=rel_table)
   arrays = dict(q=q, k=k, v=v)
-  if dropout_rate:
-    if dropout_key is None:
-      raise ValueError("dropout_key: expected a jax.random key when "
-                       f"dropout_rate={dropout_rate} > 0, got None")
-    if impl == "pallas":
-      raise ValueError("dropout_rate: impl='pallas' has no attention "
-                       "dropout yet; use impl='chunked' (or 'auto') for "
-                       "training with dropout_rate > 0")
-    arrays["seeds"] = common.dropout_seeds(dropout_key, b, h)
-  arrays["key_mask"] = (jnp.ones((b, n), bool) if key_mask_BxN is None
-                        else key_mask_BxN)
-  if max_global:
-    arrays["global_mask"] = (jnp.zeros((b, n), bool) if global_mask_BxN is None
-                             else global_mask_BxN)
-    arrays["global_qkv"] = global_qkv or (q, k, v)
-  if rel is not None:
-    arrays["rel_query"], arrays["rel_table"] = rel
+  if a.dropout_seeds_BxH is not None:
+    arrays["seeds"] = a.dropout_seeds_BxH
+  arrays["key_mask"] = (jnp.ones((b, n), bool) if a.key_mask_BxN is None
+                        else a.key_mask_BxN)
+  if a.max_global:
+    arrays["global_mask"] = (jnp.zeros((b, n), bool)
+                             if a.global_mask_BxN is None
+                             else a.global_mask_BxN)
+    arrays["global_qkv"] = a.global_qkv or (q, k, v)
+  if a.rel is not None:
+    arrays["rel_query"], arrays["rel_table"] = a.rel
   return _sharded(arrays, mesh=mesh, axis_name=axis_name,
-                  batch_names=batch_names, window=window,
-                  dilation_H=dilation_H, causal=causal, max_global=max_global,
-                  scale=float(scale), impl=impl,
-                  dropout_rate=float(dropout_rate))
+                  batch_names=batch_names, window=a.window,
+                  dilation_H=a.dilation_H, causal=causal,
+                  max_global=a.max_global, scale=a.scale, impl=impl,
+                  dropout_rate=a.dropout_rate)
 
 
 def _axis_size(mesh, arg, name):

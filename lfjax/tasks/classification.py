@@ -51,7 +51,6 @@ def base_config():
 
 def tiny(c):
   finetune.tiny(c)
-  c.train.epochs = 8.0
 
 
 def validate(config):

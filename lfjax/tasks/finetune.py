@@ -103,7 +103,7 @@ def tiny(c):
   c.model.max_length = 128
   c.train.batch_size = 8
   c.train.micro_batch_size = 4
-  c.train.epochs = 3.0
+  c.train.epochs = 8.0
   c.optim.lr = 3e-3  # a tiny random model needs a large step to move
   c.log_every = 5
   c.checkpoint_every = 10

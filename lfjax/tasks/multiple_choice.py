@@ -56,7 +56,6 @@ def base_config():
 
 def tiny(c):
   finetune.tiny(c)
-  c.train.epochs = 8.0
   c.model.max_length = 64
   c.model.max_question_tokens = 8
   c.model.max_candidate_tokens = 8

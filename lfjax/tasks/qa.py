@@ -73,7 +73,6 @@ def base_config():
 
 def tiny(c):
   finetune.tiny(c)
-  c.train.epochs = 8.0
   c.model.max_length = 64
   c.model.doc_stride = 16
   c.model.max_question_tokens = 16
