@@ -74,8 +74,11 @@ def _read_bin(path):
   return {k: v.float().numpy() for k, v in sd.items()}
 
 
-def read_weights(path):
+def read_weights(path, arg="path"):
   """name -> float32 numpy array from a checkpoint directory.
+
+  arg: how the caller's user named the directory (a flag or config field),
+  for the error messages.
 
   Reads every layout transformers' save_pretrained writes for PyTorch:
   model.safetensors, pytorch_model.bin, and their sharded forms (an
@@ -93,7 +96,7 @@ def read_weights(path):
         shards = sorted(set(json.load(f)["weight_map"].values()))
       missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
       if missing:
-        raise FileNotFoundError(f"path: {index} names shard files missing from "
+        raise FileNotFoundError(f"{arg}: {index} names shard files missing from "
                                 f"{path!r}: {missing}")
       out = {}
       for shard in shards:
@@ -101,12 +104,12 @@ def read_weights(path):
       return out
   others = [f for f in _OTHER_FORMATS if os.path.exists(os.path.join(path, f))]
   if others:
-    raise ValueError(f"path: {path!r} holds only {others}; lfjax reads PyTorch "
+    raise ValueError(f"{arg}: {path!r} holds only {others}; lfjax reads PyTorch "
                      "weights (model.safetensors or pytorch_model.bin); "
                      "convert with transformers' from_pretrained(..., "
                      "from_tf=True) and save_pretrained")
   raise FileNotFoundError(
-      f"path: expected a Hugging Face checkpoint directory with config.json "
+      f"{arg}: expected a Hugging Face checkpoint directory with config.json "
       f"and model.safetensors or pytorch_model.bin (or their sharded "
       f"*.index.json), found no weights file in {path!r}")
 
@@ -234,8 +237,13 @@ def bert_as_roberta(weights, pad_token_id):
   return out
 
 
-def _read_config(path):
-  with open(os.path.join(path, "config.json")) as f:
+def _read_config(path, arg="path"):
+  file = os.path.join(path, "config.json")
+  if not os.path.isfile(file):
+    raise FileNotFoundError(f"{arg}: expected a Hugging Face checkpoint "
+                            f"directory with config.json, found none in "
+                            f"{path!r}")
+  with open(file) as f:
     return json.load(f)
 
 
@@ -303,7 +311,7 @@ def _is_head_tensor(name):
   return name.startswith(_HEAD_TENSORS)
 
 
-def from_pretrained(path, *, head=None, seed=0, **overrides):
+def from_pretrained(path, *, head=None, seed=0, arg="path", **overrides):
   """A local Hugging Face directory -> an lfjax model with its weights, in
   inference mode (dropout off, like transformers' from_pretrained); call
   `.train()` on it to fine-tune.
@@ -322,6 +330,8 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
     tensors with a warning; a head whose weights the checkpoint lacks
     raises.
   overrides: LongformerConfig fields (e.g. attention_impl, max_global).
+  arg: how the caller's user named path (e.g. "config.init_from"), for the
+    error messages.
 
   Raises FileNotFoundError (no directory, no weights), ValueError (unknown
   model_type or head, a tensor with no place, a missing or misshapen
@@ -331,11 +341,11 @@ def from_pretrained(path, *, head=None, seed=0, **overrides):
     raise ValueError(f"head: expected one of {sorted(HEADS)} or None, got "
                      f"{head!r}")
   if not os.path.isdir(path):
-    raise FileNotFoundError(f"path: expected a local checkpoint directory, "
+    raise FileNotFoundError(f"{arg}: expected a local checkpoint directory, "
                             f"got {path!r}")
-  d = _read_config(path)
+  d = _read_config(path, arg)
   cfg = _config_from_dict(d, **overrides)
-  weights = read_weights(path)
+  weights = read_weights(path, arg)
   model_type = d["model_type"]
   if model_type == "bert":
     weights = bert_as_roberta(weights, cfg.pad_token_id)
@@ -610,7 +620,7 @@ def main(argv=None):
   if args.attention_window < 2 or args.attention_window % 2:
     raise cli.UsageError(f"--attention_window: expected a positive even int "
                          f"(the full window), got {args.attention_window}")
-  model = from_pretrained(args.src)
+  model = from_pretrained(args.src, arg="--from")
   long_model = make_long(model, args.max_positions, args.attention_window)
   to_pretrained(long_model, args.dst)
   copied = copy_tokenizer(args.src, args.dst, args.max_positions)

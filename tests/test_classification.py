@@ -207,6 +207,20 @@ def test_unknown_label_in_training_data_with_given_labels(longformer,
   assert not (tmp_path / "run").exists()
 
 
+def test_init_from_without_weights_names_the_field(longformer, tmp_path):
+  # A folder with config.json and tokenizer files but no weights file.
+  import shutil
+  broken = tmp_path / "broken"
+  shutil.copytree(longformer, broken)
+  for f in broken.glob("*.safetensors"):
+    f.unlink()
+  c = config(broken, tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"^config\.init_from: "
+                     "expected a Hugging Face checkpoint directory"):
+    train.train_and_evaluate(c, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name,task", [
     ("classify_longformer", classification),
     ("qa_longformer", "qa"), ("multiple_choice_longformer", "multiple_choice")])

@@ -159,6 +159,16 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
   with pytest.raises(FileNotFoundError, match="model.safetensors or "
                      "pytorch_model.bin"):
     convert.from_pretrained(str(tmp_path))
+  # The message names the caller's flag or config field.
+  with pytest.raises(FileNotFoundError, match="^config.init_from: expected "
+                     "a Hugging Face checkpoint directory with config.json "
+                     "and model.safetensors"):
+    convert.from_pretrained(str(tmp_path), arg="config.init_from")
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match="^--from: expected a Hugging "
+                     "Face checkpoint directory with config.json, found none"):
+    convert.from_pretrained(str(empty), arg="--from")
   other = tmp_path / "t5"
   other.mkdir()
   (other / "config.json").write_text(json.dumps({"model_type": "t5"}))

@@ -224,11 +224,13 @@ def load_model(path, head, *, seed=0, num_labels=None, extra_config=None,
   if num_labels is not None:
     overrides["num_labels"] = num_labels
   if same:
-    return convert.from_pretrained(path, head=head, seed=seed, **overrides)
+    return convert.from_pretrained(path, head=head, seed=seed,
+                                   arg="config.init_from", **overrides)
   with warnings.catch_warnings():
     # The checkpoint's own head (e.g. the MLM's) is dropped on purpose.
     warnings.simplefilter("ignore")
-    base = convert.from_pretrained(path, head="base", seed=seed, **overrides)
+    base = convert.from_pretrained(path, head="base", seed=seed,
+                                   arg="config.init_from", **overrides)
   model = convert.HEADS[head](base.cfg, rngs=nnx.Rngs(seed))
   weights = convert.export_weights(model)  # the new head, at its init
   has_pooler = model.longformer.pooler is not None

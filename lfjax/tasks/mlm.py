@@ -80,6 +80,7 @@ def load_model(config, announce=False):
   m = config.model
   model = convert.from_pretrained(
       config.init_from, head="masked_lm", seed=config.seed,
+      arg="config.init_from",
       attention_impl=m.attention_impl, max_global=1 if m.global_bos else None)
   cfg = model.cfg
   have = cfg.max_position_embeddings - cfg.pad_token_id - 1
