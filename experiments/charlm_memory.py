@@ -1,12 +1,14 @@
 """Compiled peak memory of the paper-small char-LM train step vs length.
 
   python experiments/charlm_memory.py [--seqs 2048,4096,8192] \
-      [--rel_impl features|table] [--window_scale phase|N] [--top 15]
+      [--rel_impl features|table] [--window_scale phase|N] [--top 15] \
+      [--remat_policies nothing,attention]
 
 Compiles (never runs) lfjax.train.make_train_step for the paper's small model
 (configs/charlm_text8_small.py: 12 x 512, 8 heads, head_dim 64, FFN 2048,
 windows 32..512 times the window scale, dilation on 2 heads), batch 1,
-float32, remat on, AdamW, and prints XLA's memory analysis per length:
+float32, remat on, AdamW, and prints XLA's memory analysis per length
+(and per remat policy, model.remat_policy, with --remat_policies):
 arguments (parameters, optimizer state, batch), outputs, temporaries, and
 the peak = arguments + outputs + temporaries - aliased (donated) bytes,
 which is what charlm_benchmark.py reports (minus the alias term).
@@ -27,6 +29,7 @@ import glob
 import inspect
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -47,6 +50,10 @@ def parse_args(argv=None):
                   help="'phase' (the schedule's scale for that length) or an "
                   "int")
   ap.add_argument("--remat", type=int, default=1)
+  ap.add_argument("--remat_policies", default="nothing",
+                  help="comma-separated model.remat_policy values to compile "
+                  "each length with (nothing, attention; offload compiles "
+                  "like attention on CPU, where jax drops host moves)")
   ap.add_argument("--donate", type=int, default=1,
                   help="donate params and optimizer state to the step, as "
                   "lfjax.train does (when make_train_step supports it)")
@@ -148,6 +155,7 @@ def main(argv=None):
   config = charlm_text8_small.get_config()
   config.model.remat = bool(args.remat)
   cfg = model_config(config, args.rel_impl)
+  policies = args.remat_policies.split(",") if cfg.remat else ["-"]
   rel = getattr(cfg, "rel_impl", "features")
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, "
         f"{os.cpu_count()} CPUs; paper-small char-LM (12 x 512, 8 heads, "
@@ -158,34 +166,38 @@ def main(argv=None):
   rows = []
   for seq in seqs:
     ws = window_scale_for(config, seq, args.window_scale)
-    if dump_dir:
-      for f in glob.glob(os.path.join(dump_dir, "*")):
-        os.remove(f)
-    t = time.perf_counter()
-    compiled = compile_step(config, cfg, seq, ws, args.donate)
-    secs = time.perf_counter() - t
-    mem = compiled.memory_analysis()
-    arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,
-                     mem.temp_size_in_bytes)
-    alias = mem.alias_size_in_bytes
-    peak = arg + out + tmp - alias
-    rows.append((seq, ws, arg, out, tmp, alias, peak))
-    print(f"seq {seq} (window scale {ws}): peak {peak / GiB:.2f} GiB "
-          f"(arguments {arg / GiB:.2f}, outputs {out / GiB:.2f}, "
-          f"temporaries {tmp / GiB:.2f}, aliased {alias / GiB:.2f}); "
-          f"compiled in {secs:.0f} s", flush=True)
-    if args.top:
-      for line in top_buffers(dump_dir, args.top):
-        print("   " + line)
-    del compiled
-  print(f"\n| seq | window scale | top window | peak GiB | arguments GiB | "
-        f"outputs GiB | temporaries GiB | aliased GiB | peak MiB per "
-        f"1K tokens |")
-  print("|---|---|---|---|---|---|---|---|---|")
-  for seq, ws, arg, out, tmp, alias, peak in rows:
-    print(f"| {seq} | {ws} | {max(cfg.windows) * ws} | {peak / GiB:.2f} | "
-          f"{arg / GiB:.2f} | {out / GiB:.2f} | {tmp / GiB:.2f} | "
-          f"{alias / GiB:.2f} | {peak / 2**20 / (seq / 1024):.0f} |")
+    for policy in policies:
+      if dump_dir:
+        for f in glob.glob(os.path.join(dump_dir, "*")):
+          (shutil.rmtree if os.path.isdir(f) else os.remove)(f)
+      c = cfg if policy == "-" else dataclasses.replace(
+          cfg, remat_policy=policy)
+      t = time.perf_counter()
+      compiled = compile_step(config, c, seq, ws, args.donate)
+      secs = time.perf_counter() - t
+      mem = compiled.memory_analysis()
+      arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,
+                       mem.temp_size_in_bytes)
+      alias = mem.alias_size_in_bytes
+      peak = arg + out + tmp - alias
+      rows.append((seq, ws, policy, arg, out, tmp, alias, peak))
+      print(f"seq {seq} (window scale {ws}), remat policy {policy}: peak "
+            f"{peak / GiB:.2f} GiB (arguments {arg / GiB:.2f}, outputs "
+            f"{out / GiB:.2f}, temporaries {tmp / GiB:.2f}, aliased "
+            f"{alias / GiB:.2f}); compiled in {secs:.0f} s", flush=True)
+      if args.top:
+        for line in top_buffers(dump_dir, args.top):
+          print("   " + line)
+      del compiled
+  print(f"\n| seq | window scale | top window | remat policy | peak GiB | "
+        f"arguments GiB | outputs GiB | temporaries GiB | aliased GiB | "
+        f"peak MiB per 1K tokens |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  for seq, ws, policy, arg, out, tmp, alias, peak in rows:
+    print(f"| {seq} | {ws} | {max(cfg.windows) * ws} | {policy} | "
+          f"{peak / GiB:.2f} | {arg / GiB:.2f} | {out / GiB:.2f} | "
+          f"{tmp / GiB:.2f} | {alias / GiB:.2f} | "
+          f"{peak / 2**20 / (seq / 1024):.0f} |")
 
 
 if __name__ == "__main__":
