@@ -30,6 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
 from absl import logging
@@ -331,14 +332,31 @@ def save(mngr, step, params, opt_state, data_state):
   write_record(mngr.directory, step)
 
 
+def _abstract(tree):
+  """The restore target of tree: each leaf's shape, dtype and sharding.
+
+  Leaves that are not jax arrays (the numpy weights lfjax.convert loads)
+  get the default device: with no sharding, orbax would lay them out as
+  they were saved, which fails where those devices do not exist (a run
+  trained on a mesh, restored on fewer devices) or mixes device sets in
+  one jit (restored on the same devices with another mesh)."""
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+  def leaf(x):
+    if isinstance(x, jax.Array):
+      return ocp.utils.to_shape_dtype_struct(x)
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype,
+                                sharding=device)
+  return jax.tree.map(leaf, tree)
+
+
 def restore(mngr, step, params, opt_state):
   """Restores into the structure (and shardings) of params and opt_state.
   Raises CheckpointError when the step fails verification, cannot be read
   or holds NaN/Inf."""
-  abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
   r = _restore(mngr, step, ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract(params)),
-      opt_state=ocp.args.StandardRestore(abstract(opt_state)),
+      params=ocp.args.StandardRestore(_abstract(params)),
+      opt_state=ocp.args.StandardRestore(_abstract(opt_state)),
       data=ocp.args.JsonRestore()))
   return r["params"], r["opt_state"], r["data"]
 
@@ -643,10 +661,9 @@ def restore_params(workdir, params, step=None, flag=None):
       from lfjax import cli
       raise cli.UsageError(f"{flag}: {text}")
     raise ValueError(f"step: {text}")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
   with _reader(workdir) as mngr:
     r = _restore(mngr, step, ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract),
+        params=ocp.args.StandardRestore(_abstract(params)),
         data=ocp.args.JsonRestore()))
   return r["params"], r["data"], step
 

@@ -137,6 +137,17 @@ def make_mesh(mesh_config):
                        devices=jax.devices()[:count])
 
 
+def describe(mesh):
+  """One line saying where a run trains, e.g. "mesh: data 2 x fsdp 1 x seq
+  4 on 8 of 8 devices" (a mesh may use fewer devices than JAX sees), or
+  "one device (of 8)" without a mesh."""
+  if mesh is None:
+    n = jax.device_count()
+    return "one device" + (f" (of {n}: config.mesh uses 1)" if n > 1 else "")
+  return (f"mesh: {_fmt(dict(mesh.shape))} on {mesh.size} of "
+          f"{jax.device_count()} devices")
+
+
 def use(mesh):
   """Context in which the mesh is set (jax.set_mesh), so that
   windowed_attention splits the sequence; nothing for mesh None."""
@@ -267,28 +278,41 @@ def initialize_distributed(environ=None):
   n = env.get("JAX_NUM_PROCESSES", "")
   if n in ("", "1"):
     return False
+  try:
+    count = int(n)
+  except ValueError:
+    raise ValueError(f"JAX_NUM_PROCESSES: expected an integer, got "
+                     f"{n!r}") from None
+  if count < 1:
+    raise ValueError(f"JAX_NUM_PROCESSES: expected a process count >= 1, "
+                     f"got {count}")
   missing = [k for k in ENV if not env.get(k)]
   if missing:
     raise ValueError(f"{missing[0]}: expected it set (JAX_NUM_PROCESSES={n} "
                      f"asks for a multi-process run, which needs "
                      f"{', '.join(ENV)}), got nothing")
-  ints = {}
-  for k in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
-    try:
-      ints[k] = int(env[k])
-    except ValueError:
-      raise ValueError(f"{k}: expected an integer, got {env[k]!r}") from None
+  ints = {"JAX_NUM_PROCESSES": count}
+  try:
+    ints["JAX_PROCESS_ID"] = int(env["JAX_PROCESS_ID"])
+  except ValueError:
+    raise ValueError(f"JAX_PROCESS_ID: expected an integer, got "
+                     f"{env['JAX_PROCESS_ID']!r}") from None
   if not 0 <= ints["JAX_PROCESS_ID"] < ints["JAX_NUM_PROCESSES"]:
     raise ValueError(f"JAX_PROCESS_ID: expected 0 .. "
                      f"{ints['JAX_NUM_PROCESSES'] - 1}, got "
                      f"{ints['JAX_PROCESS_ID']}")
   local = env.get("LFJAX_LOCAL_DEVICE_IDS")
+  if local:
+    try:
+      local = [int(i) for i in local.split(",")]
+    except ValueError:
+      raise ValueError(f"LFJAX_LOCAL_DEVICE_IDS: expected comma-separated "
+                       f"device ids (e.g. 0,1), got {local!r}") from None
   jax.distributed.initialize(
       coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
       num_processes=ints["JAX_NUM_PROCESSES"],
       process_id=ints["JAX_PROCESS_ID"],
-      local_device_ids=([int(i) for i in local.split(",")] if local
-                        else None))
+      local_device_ids=local or None)
   return True
 
 

@@ -129,7 +129,10 @@ def case_mlm(work):
     c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
     return c
   return runs(mlm.train_and_evaluate, make_config, work / "mlm",
-              meshes=[(1, 1, 1), (2, 1, 4)], resume_meshes=[(1, 2, 2)])
+              meshes=[(1, 1, 1), (2, 1, 4)],
+              # (1, 1, 1): the converted checkpoint's numpy weights must be
+              # restored onto one device, not the saved mesh's layout.
+              resume_meshes=[(1, 2, 2), (1, 1, 1)])
 
 
 def case_hlo(work):

@@ -115,7 +115,23 @@ def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
     assert sorted(multi["1x1x4_rows"]) == [[0, 4, 2, 0, 4], [1, 4, 2, 0, 4]]
     if HAVE_TOKENIZERS:
       check_same_run("mlm", res["mlm"], problems)
-      assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2"}
+      assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
+                                 "resumed_on_1x1x1"}
+      # Trained on 8 devices, evaluated where JAX sees one: the final
+      # evaluation the one-device run logged.
+      env = dict(eight_device_env(), JAX_NUM_CPU_DEVICES="1",
+                 XLA_FLAGS="")
+      proc = subprocess.run(
+          [sys.executable, "-m", "lfjax.mlm", "evaluate", "--workdir",
+           str(tmp_path / "work" / "mlm" / "2x1x4")], cwd=ROOT, env=env,
+          capture_output=True, text=True, timeout=300)
+      want = [r for r in res["mlm"]["1x1x1"] if "eval_loss" in r][-1]
+      got = re.search(r"loss (\d+\.\d+)", proc.stdout)
+      if proc.returncode or not got or not math.isclose(
+          float(got.group(1)), want["eval_loss"], abs_tol=1e-4):
+        problems.append(f"mlm evaluate on 1 device: rc {proc.returncode}, "
+                        f"{proc.stdout[-300:]}{proc.stderr[-300:]} vs "
+                        f"eval_loss {want['eval_loss']}")
     hlo = res["hlo"]
     if hlo["collective_permutes"] == 0:
       problems.append("hlo: no collective-permute (halo exchange)")
@@ -188,6 +204,7 @@ def test_one_device_has_no_mesh_and_checks_divisibility():
   # pytest's process has one device: the default config is today's path.
   assert parallel.make_mesh(mesh_config()) is None
   assert parallel.make_mesh(mesh_config(-1)) is None
+  assert parallel.describe(None) == "one device"
   with pytest.raises(cli.ConfigError, match=r"config\.mesh\.seq: expected "
                      r"at most the 1 device JAX sees, .* on this CPU, "
                      r"JAX_NUM_CPU_DEVICES=2 "):
@@ -234,6 +251,20 @@ def test_distributed_environment_errors():
     parallel.initialize_distributed({
         "JAX_NUM_PROCESSES": "two", "JAX_PROCESS_ID": "0",
         "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234"})
+  # Malformed values are named before missing companions are asked for.
+  for n in ("0", "-1"):
+    with pytest.raises(ValueError, match=rf"^JAX_NUM_PROCESSES: expected a "
+                       rf"process count >= 1, got {n}$"):
+      parallel.initialize_distributed({"JAX_NUM_PROCESSES": n})
+  with pytest.raises(ValueError, match=r"^JAX_NUM_PROCESSES: expected an "
+                     r"integer, got 'abc'$"):
+    parallel.initialize_distributed({"JAX_NUM_PROCESSES": "abc"})
+  with pytest.raises(ValueError, match=r"^LFJAX_LOCAL_DEVICE_IDS: expected "
+                     r"comma-separated device ids \(e\.g\. 0,1\), got 'a,b'$"):
+    parallel.initialize_distributed({
+        "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0",
+        "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1234",
+        "LFJAX_LOCAL_DEVICE_IDS": "a,b"})
 
 
 _ADVICE_CASES = r"""
@@ -274,6 +305,10 @@ for kind in ("Auto", "Explicit"):
       got = grad(fn)(*x)
     out[f"{kind}_{name}"] = max(float(jnp.max(jnp.abs(g - w)))
                                 for g, w in zip(got, want))
+from lfjax import parallel
+out["describe"] = [
+    parallel.describe(parallel.make_mesh({"data": 1, "fsdp": 1, "seq": 2})),
+    parallel.describe(None)]
 print(json.dumps(out))
 """
 
@@ -290,6 +325,10 @@ def test_what_the_docs_advise_works_on_4_cpu_devices():
   assert proc.returncode == 0, proc.stderr[-4000:]
   res = json.loads(proc.stdout.strip().splitlines()[-1])
   assert res.pop("devices") == 4
+  # A mesh smaller than the machine says so when a run starts.
+  assert res.pop("describe") == [
+      "mesh: data 1 x fsdp 1 x seq 2 on 2 of 4 devices",
+      "one device (of 4: config.mesh uses 1)"]
   assert sorted(res) == sorted(
       ["Auto_sequence_parallel_replicated", "Auto_sequence_parallel_set_mesh",
        "Auto_windowed_set_mesh", "Explicit_sequence_parallel_set_mesh",
