@@ -17,9 +17,6 @@ import traceback
 
 import jax
 
-# Tiny models compile faster without XLA's optimisations.
-jax.config.update("jax_disable_most_optimizations", True)
-
 # Two layers; layer 1 has two heads at dilation 2 and window 5: a causal
 # halo of 10 rows, more than a shard's 8 (two hops on seq 4).
 TINY = dict(vocab_size=27, num_layers=2, num_heads=4, hidden_size=32,
@@ -53,6 +50,9 @@ def main(out):
   import numpy as np
   from lfjax import parallel
   from lfjax.models import charlm
+  # Tiny models compile faster without XLA's optimisations (here, not at
+  # import: tests/test_remat.py imports TINY).
+  jax.config.update("jax_disable_most_optimizations", True)
   res = {"devices": jax.device_count()}
   try:
     tokens = np.random.default_rng(0).integers(0, 27, (2, SEQ)).astype(

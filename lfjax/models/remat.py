@@ -17,12 +17,15 @@ remat (same function, same dropout key).
 Policies (what a block keeps from its forward for its backward, POLICIES):
   "nothing": its inputs only; the backward recomputes the whole block.
   "attention": also the arrays named "attention" (the band attention's
-    output and log-sum-exp: lfjax.attention.band and the Pallas kernel name
-    them) and "halo" (the keys/values sequence parallelism received from
+    output and log-sum-exp, named by lfjax.attention.band and the Pallas
+    kernel) and "halo" (the keys/values sequence parallelism received from
     neighbours: lfjax.attention.sharded), so the backward repeats neither
     the attention's forward nor its ppermute exchange; the projections,
-    LayerNorms, FFN and dropout are recomputed. Costs about one more
-    [B, N, hidden] float32 per layer (out is heads x head_dim wide).
+    LayerNorms, FFN and dropout are recomputed. Keeps about one more
+    [B, N, heads x head_dim] float32 per layer (the paper-small compiled
+    peak grows only 1%: experiments/results/charlm_memory.md). The dense
+    oracle (attention_impl "dense") names nothing: there it keeps what
+    "nothing" keeps.
   "offload": what "attention" keeps, block inputs included, moved to the
     host's pinned memory after the forward and back before the backward
     (jax.checkpoint_policies.save_and_offload_only_these_names). JAX lowers
