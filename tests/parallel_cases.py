@@ -23,10 +23,6 @@ import jax
 from lfjax import metrics
 from lfjax import parallel
 
-# Tiny models compile faster without XLA's optimisations (tests/conftest.py
-# does the same for the in-process trainer tests).
-jax.config.update("jax_disable_most_optimizations", True)
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 10
 KILL_AT = 7  # after the checkpoint at step 5
@@ -241,6 +237,10 @@ def main(out, work, names):
 
 
 if __name__ == "__main__":
+  # Tiny models compile faster without XLA's optimisations (tests/conftest.py
+  # does the same for the in-process trainer tests). Set here, not at
+  # import: tests/test_parallel.py imports this module into pytest's process.
+  jax.config.update("jax_disable_most_optimizations", True)
   if sys.argv[1] == "--process":
     process_main(*sys.argv[2:])
   else:
