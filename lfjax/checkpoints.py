@@ -372,11 +372,12 @@ def resumable(task):
   return tasks.get(task).RESUMABLE
 
 
-def _flat(tree, prefix=""):
+def flat(tree, prefix=""):
+  """{"a.b": value} of a nested dict (a config's to_dict or JSON)."""
   out = {}
   for k, v in tree.items():
     if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
+      out.update(flat(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -414,7 +415,7 @@ def config_problems(old, new, step):
   """(changes, problems) between saved config `old` and `new` (JSON
   dicts) for a run whose newest checkpoint is `step`: changes as
   {field: (old, new)}; problems, one line per change it cannot take."""
-  fo, fn = _flat(old), _flat(new)
+  fo, fn = flat(old), flat(new)
   # Char-LM configs predate the field; it is not an addition.
   fo.setdefault("task", "charlm")
   fn.setdefault("task", "charlm")

@@ -43,10 +43,5 @@ def tiny_config(name, **changes):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   c = mod.get_config("tiny")
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(changes)
   return c

@@ -79,12 +79,7 @@ def config(roberta, docs_dir, tmp_path, **changes):
   c.eval_every = 6
   c.checkpoint_every = 5
   c.eval.max_batches = 2
-  for k, v in changes.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(changes)
   return c
 
 

@@ -636,20 +636,10 @@ def print_report(spec, path, data, arrays, info, tok, config, train):
     print(f"{path}: {line}", flush=True)
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
-
-
 def _say_how_to_evaluate(spec, old, config, workdir):
   """A finished run rerun with a new decoding setting trains nothing (the
   config keeps the old value); says how evaluation can use the new one."""
-  old, new = _flat(old), _flat(config.to_dict())
+  old, new = checkpoints.flat(old), checkpoints.flat(config.to_dict())
   changed = [name for name, _, _ in spec.eval_overrides
              if old.get(name) != new.get(name)]
   if changed:
