@@ -156,6 +156,7 @@ def parse_absl(argv, define, *, prog, doc, required=()):
     raise SystemExit(0)
   if "config" in fv:
     _check_config_file(argv)
+    _check_repeated_overrides(argv)
   try:
     rest = fv([prog] + list(argv))
   except flags.Error as e:
@@ -204,6 +205,22 @@ def _check_config_file(argv):
   if arg is not None and not os.path.isfile(arg.split(":", 1)[0]):
     raise UsageError(f"--config: no file {arg.split(':', 1)[0]!r} (expected "
                      "a config file such as configs/charlm_default.py:tiny)")
+
+
+def _check_repeated_overrides(argv):
+  """A --config.a.b given twice is refused: ml_collections replaces a scalar
+  with the last value but joins tuples ('(1,1)' then '(2,2)' gives
+  (1, 1, 2, 2)), so a repeat is either redundant or silently wrong."""
+  seen = set()
+  for a in argv:
+    m = re.match(r"^--?(?:no)?config\.([^=]+)", a)
+    if not m:
+      continue
+    if m.group(1) in seen:
+      raise UsageError(f"--config.{m.group(1)}: given more than once; give "
+                       "it once (repeated tuple values are joined, not "
+                       "replaced)")
+    seen.add(m.group(1))
 
 
 def _clean_flag_error(text):

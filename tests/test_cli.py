@@ -290,3 +290,19 @@ def test_a_mesh_larger_than_the_machine_is_a_usage_error(capsys, tmp_path):
                 "1 device JAX sees, got data 1 x fsdp 1 x seq 8 = 8 devices; "
                 "on this CPU, JAX_NUM_CPU_DEVICES=8 in the environment")
     assert not workdir.exists()
+
+
+def test_a_config_field_given_twice_is_refused(capsys, tmp_path):
+  # ml_collections joins a repeated tuple flag: these two would train
+  # schedule.steps = (1, 1, 2, 2).
+  workdir = tmp_path / "run"
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.schedule.steps=(1,1)",
+                     "--config.schedule.steps=(2,2)", "--workdir",
+                     str(workdir))
+  short_error(code, err, 2, "--config.schedule.steps: given more than once")
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.tensorboard", "--noconfig.tensorboard",
+                     "--workdir", str(workdir))
+  short_error(code, err, 2, "--config.tensorboard: given more than once")
+  assert not workdir.exists()
