@@ -40,6 +40,12 @@ class Phase:
   tokens_per_batch: int
 
 
+def _print(*args, **kwargs):
+  # In a multi-process run every process trains the same steps; one log.
+  if jax.process_index() == 0:
+    print(*args, **kwargs)
+
+
 def check_finite(loss, step, last_ckpt):
   if not math.isfinite(loss):
     where = (f"the newest checkpoint is step {last_ckpt}" if last_ckpt
@@ -53,7 +59,7 @@ def check_finite(loss, step, last_ckpt):
 def finished(workdir, step, total, steps):
   """Says where a finished run's results are; returns its last record (the
   records logged at its last step, merged), as the run itself returned."""
-  print("\n".join([f"{workdir} is already finished: its newest checkpoint "
+  _print("\n".join([f"{workdir} is already finished: its newest checkpoint "
                    f"is step {step} of {total}."] + _where(workdir, steps)
                   + ["To train on, give it a longer schedule; to start "
                      "over, use a new --workdir."]), flush=True)
@@ -102,7 +108,7 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
           mngr, start, params, opt_state)
       if start >= total:
         return finished(workdir, start, total, mngr.all_steps())
-      print(f"resuming {workdir} from step {start}")
+      _print(f"resuming {workdir} from step {start}")
     mirror = None
     if config.tensorboard:
       mirror = metrics.TensorBoardWriter(workdir / metrics.TENSORBOARD_DIR,
@@ -121,7 +127,7 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
       first = max(start, ph.start)
       # The first step of a phase compiles (minutes for a big model): say so
       # before the wait, and keep it out of tokens/s.
-      print(f"phase {p + 1}/{len(phases)}: compiling the train step (seq "
+      _print(f"phase {p + 1}/{len(phases)}: compiling the train step (seq "
             f"{ph.info.get('seq_len')}, {ph.tokens_per_batch:,} tokens per "
             "batch)...", flush=True)
       tick, tick_step = time.perf_counter(), first
@@ -132,7 +138,7 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
         if step == first:
           jax.block_until_ready(m)
           now = time.perf_counter()
-          print(f"phase {p + 1}/{len(phases)}: compiled; first step took "
+          _print(f"phase {p + 1}/{len(phases)}: compiled; first step took "
                 f"{now - tick:.1f} s", flush=True)
           tick, tick_step = now, done
         if done % config.log_every == 0 or done == ph.end:
@@ -146,7 +152,7 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
                       learning_rate=float(learning_rate(step)),
                       tokens_per_s=rate, phase=p + 1, **ph.info)
           writer.write(done, last)
-          print(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
+          _print(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
                 f"seq {ph.info.get('seq_len')} "
                 f"loss {last['train_loss']:.4f} "
                 + (f"bpc {last['train_bpc']:.3f} " if "train_bpc" in last
@@ -160,13 +166,13 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
         if (config.eval_every and done % config.eval_every == 0) or (
             done == total):
           if not evaluated:
-            print(f"step {done:>7} evaluating (the first evaluation "
+            _print(f"step {done:>7} evaluating (the first evaluation "
                   "compiles)...", flush=True)
             evaluated = True
           record, text = evaluate_fn(params, p)
           last = dict(last, **record)
           writer.write(done, record)
-          print(f"step {done:>7} eval {text}", flush=True)
+          _print(f"step {done:>7} eval {text}", flush=True)
           tick, tick_step = time.perf_counter(), done  # tok/s excludes eval
         if done % config.checkpoint_every == 0 or done == ph.end:
           check_finite(float(m["loss"]), done, last_ckpt)
@@ -204,7 +210,7 @@ def _summary(workdir, total, seconds, steps, last):
                     if k.startswith("eval_") and isinstance(v, float))
   lines = [f"finished step {total} in {_duration(seconds)}"
            + (f": {evals}" if evals else "")] + _where(workdir, steps)
-  print("\n".join(lines), flush=True)
+  _print("\n".join(lines), flush=True)
 
 
 def _where(workdir, steps):

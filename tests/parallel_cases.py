@@ -204,6 +204,10 @@ def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4))):
     out[name + "_rows"] = [json.loads(l.split(" ", 1)[1]) for log in logs
                            for l in log.splitlines()
                            if l.startswith("ROWS ")]
+    # Progress lines per process (only process 0 should print them).
+    out[name + "_step_lines"] = [sum(l.startswith("step ")
+                                     for l in log.splitlines())
+                                 for log in logs]
   return out
 
 

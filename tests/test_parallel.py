@@ -113,6 +113,9 @@ def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
     # [process, devices, local devices, first row, end row] per process.
     assert sorted(multi["1x2x2_rows"]) == [[0, 4, 2, 0, 2], [1, 4, 2, 2, 4]]
     assert sorted(multi["1x1x4_rows"]) == [[0, 4, 2, 0, 4], [1, 4, 2, 0, 4]]
+    for name in ("1x2x2", "1x1x4"):
+      logged = multi[name + "_step_lines"]
+      assert logged[0] > 0 and logged[1] == 0, (name, logged)
     if HAVE_TOKENIZERS:
       check_same_run("mlm", res["mlm"], problems)
       assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
