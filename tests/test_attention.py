@@ -316,8 +316,16 @@ def test_max_global_overflow():
   q = jnp.asarray(rng.standard_normal((1, 16, 2, 4)), jnp.float32)
   gm = np.zeros((1, 16), bool)
   gm[0, [1, 5, 9]] = True
-  with pytest.raises(ValueError, match="max_global.*3 global tokens"):
+  with pytest.raises(ValueError, match="max_global: batch row 0 has up to 3 "
+                     "global tokens"):
     windowed_attention(q, q, q, window=2, global_mask=jnp.asarray(gm),
+                       max_global=2)
+  # The message names the offending rows of a batch.
+  q3 = jnp.broadcast_to(q, (3, 16, 2, 4))
+  gm3 = np.repeat(gm, 3, axis=0)
+  gm3[1, 9] = False
+  with pytest.raises(ValueError, match="batch rows 0, 2 have up to 3"):
+    windowed_attention(q3, q3, q3, window=2, global_mask=jnp.asarray(gm3),
                        max_global=2)
 
   # Under jit the cap cannot be checked: tokens past the first max_global are

@@ -422,14 +422,19 @@ def _check_max_global(max_global, global_mask, global_mask_BxN, key_mask_BxN,
   g = np.asarray(global_mask_BxN)
   if key_mask_BxN is not None:
     g = g & np.asarray(key_mask_BxN)
-  count = int(g.sum(axis=1).max()) if g.size else 0
+  counts = g.sum(axis=1)
+  count = int(counts.max()) if g.size else 0
   if max_global is None:
     # The cap is static (a compile per value); a power of two makes eager
     # calls with varying counts reuse a few programs. Slots past a row's
     # count are masked, so the result does not depend on the cap.
     return min(1 << (count - 1).bit_length(), n) if count else 0
   if count > max_global:
-    raise ValueError(f"max_global: a sequence has {count} global tokens, more "
-                     f"than max_global={max_global}")
+    rows = np.flatnonzero(counts > max_global)
+    raise ValueError(
+        f"max_global: batch row{'s' * (len(rows) > 1)} "
+        f"{', '.join(map(str, rows[:5]))}{' ...' * (len(rows) > 5)} "
+        f"{'have' if len(rows) > 1 else 'has'} up to {count} global tokens "
+        f"(non-padding), more than max_global={max_global}")
   return min(int(max_global), n)
 
