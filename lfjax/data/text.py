@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfjax.data import chars as chars_lib
+from lfjax.data import sampler
 
 SPLITS = ("train", "valid")
 
@@ -239,7 +240,7 @@ def packed(corpus, split, seq_len, indices):
           .astype(np.int32), "chars": cnt}
 
 
-class PackedSampler:
+class PackedSampler(sampler.EpochSampler):
   """Batches of packed sequences, shuffled per epoch.
 
   Batch i depends only on (seed, i): the state {"index": i} replays exactly
@@ -249,33 +250,12 @@ class PackedSampler:
 
   def __init__(self, corpus, split, *, seq_len, batch_size, seed,
                rows=slice(None)):
-    self.corpus, self.split = corpus, split
-    self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-    self.rows = rows
-    self.count = num_sequences(corpus, split, seq_len)
-    self.index = 0
-    self._perm = (None, None)  # (epoch, permutation): one per epoch
+    self.corpus, self.split, self.seq_len = corpus, split, seq_len
+    super().__init__(num_sequences(corpus, split, seq_len), batch_size, seed,
+                     rows)
 
-  def state(self):
-    return {"index": self.index}
-
-  def restore(self, state):
-    self.index = int(state["index"])
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    picks = []
-    for j in range(self.index * self.batch_size,
-                   (self.index + 1) * self.batch_size)[self.rows]:
-      epoch, pos = divmod(j, self.count)
-      if self._perm[0] != epoch:
-        self._perm = (epoch, np.random.default_rng(
-            [self.seed, epoch]).permutation(self.count))
-      picks.append(self._perm[1][pos])
-    self.index += 1
-    return packed(self.corpus, self.split, self.seq_len, picks)
+  def _batch(self):
+    return packed(self.corpus, self.split, self.seq_len, self.picks())
 
 
 def max_masked(seq_len, prob):

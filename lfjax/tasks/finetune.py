@@ -37,6 +37,7 @@ from lfjax import checks as ck
 from lfjax import cli
 from lfjax import convert
 from lfjax import loop
+from lfjax.data import sampler
 from lfjax.tasks import common
 
 # Written next to an export: the run's config, so `python -m lfjax.evaluate
@@ -356,37 +357,18 @@ def round_up(n, m=8):
   return -(-n // m) * m
 
 
-class ExampleSampler:
+class ExampleSampler(sampler.EpochSampler):
   """Batches of rows of `arrays` (dict of arrays with the same first
   axis), in a new random order each epoch; batches run on across epochs.
   Batch i depends only on (seed, i): the state {"index": i} replays exactly
   what an uninterrupted run sees."""
 
   def __init__(self, arrays, batch_size, seed):
-    self.arrays, self.batch_size, self.seed = arrays, batch_size, seed
-    self.count = len(next(iter(arrays.values())))
-    self.index = 0
-    self._perm = (None, None)  # (epoch, permutation)
+    self.arrays = arrays
+    super().__init__(len(next(iter(arrays.values()))), batch_size, seed)
 
-  def state(self):
-    return {"index": self.index}
-
-  def restore(self, state):
-    self.index = int(state["index"])
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    picks = []
-    for j in range(self.index * self.batch_size,
-                   (self.index + 1) * self.batch_size):
-      epoch, pos = divmod(j, self.count)
-      if self._perm[0] != epoch:
-        self._perm = (epoch, np.random.default_rng(
-            [self.seed, epoch]).permutation(self.count))
-      picks.append(self._perm[1][pos])
-    self.index += 1
+  def _batch(self):
+    picks = self.picks()
     return {k: v[picks] for k, v in self.arrays.items()}
 
 
