@@ -55,6 +55,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+import train_runs  # noqa: E402  (experiments/, beside this file)
 
 IMPLS = ("jax_full", "lfjax_dense", "lfjax_chunked", "hf_longformer",
          "hf_roberta")
@@ -76,18 +78,23 @@ def parse_args(argv=None):
                  help="smoke run: lengths 512-2048, 1 repeat, 4 heads of 64")
   p.add_argument("--impls", default=",".join(IMPLS),
                  help="comma-separated subset of " + ", ".join(IMPLS))
-  p.add_argument("--min_seq", type=int, default=512)
-  p.add_argument("--max_seq", type=int, default=65536)
+  p.add_argument("--min_seq", type=int, default=512,
+                 help="shortest sequence length; lengths double from it")
+  p.add_argument("--max_seq", type=int, default=65536,
+                 help="longest sequence length (--quick caps it at 2048)")
   p.add_argument("--seqs", default=None,
                  help="comma-separated lengths (overrides min/max_seq)")
-  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--batch", type=int, default=1,
+                 help="sequences per forward + backward")
   p.add_argument("--hidden", type=int, default=768,
                  help="model width (RoBERTa-base's 768)")
   p.add_argument("--heads", type=int, default=12)
   p.add_argument("--window", type=int, default=256,
                  help="ONE-SIDED window (transformers' attention_window is "
                  "twice this: 512, longformer-base's)")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=3,
+                 help="timed runs per configuration after one warm-up "
+                 "(the median is reported)")
   p.add_argument("--time_cap_s", type=float, default=60.0,
                  help="an implementation whose warm-up forward+backward "
                  "takes longer is marked 'over cap' and not run longer")
@@ -95,23 +102,47 @@ def parse_args(argv=None):
                  help="memory budget: configurations needing more are "
                  "marked OOM and not run")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", type=pathlib.Path,
-                 default=ROOT / "experiments" / "results" / "figure1.md")
+  p.add_argument("--out", type=pathlib.Path, default=None,
+                 help="results .md, the PNG beside it (None: "
+                 "experiments/results/figure1.md, figure1_quick.md with "
+                 "--quick)")
   p.add_argument("--plot_only", action="store_true",
                  help="redraw the PNG from --out's JSON block, run nothing")
   p.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = p.parse_args(argv)
+  args.seqs_text = args.seqs
+  for name in ("min_seq", "max_seq", "batch", "repeats", "hidden", "heads",
+               "window"):
+    if getattr(args, name) < 1:
+      p.error(f"--{name}: expected a positive integer, got "
+              f"{getattr(args, name)}")
+  if args.min_seq > args.max_seq:
+    p.error(f"--min_seq: expected at most --max_seq={args.max_seq}, got "
+            f"{args.min_seq}")
+  args.notes = []
   if args.quick:
+    if args.max_seq > 2048 and not args.seqs:
+      args.notes.append(f"--quick: lengths capped at 2048 (--max_seq "
+                        f"{args.max_seq} not used)")
     args.max_seq = min(args.max_seq, 2048)
     args.repeats = 1
     args.hidden, args.heads = 256, 4
+  name = "figure1_quick.md" if args.quick else "figure1.md"
+  args.out = (ROOT / "experiments" / "results" / name if args.out is None
+              else args.out.absolute())
   impls = [i for i in args.impls.split(",") if i]
   bad = [i for i in impls if i not in IMPLS]
   if bad:
     p.error(f"--impls: expected names from {', '.join(IMPLS)}, got {bad}")
   args.impls = impls
   if args.seqs:
-    args.seqs = [int(s) for s in args.seqs.split(",") if s]
+    try:
+      args.seqs = [int(s) for s in args.seqs.split(",") if s.strip()]
+    except ValueError:
+      args.seqs = []
+    if not args.seqs or min(args.seqs) < 1:
+      p.error(f"--seqs: expected comma-separated positive integers, got "
+              f"{args.seqs_text!r}")
   else:
     args.seqs, n = [], args.min_seq
     while n <= args.max_seq:
@@ -310,7 +341,8 @@ def measure(args, impl, seq):
   try:
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(c)],
                        capture_output=True, text=True, timeout=timeout,
-                       env=env, cwd=ROOT)
+                       env=env, cwd=ROOT,
+                       preexec_fn=train_runs.die_with_parent())
   except subprocess.TimeoutExpired:
     return {"status": "over cap", "note": f"killed after {timeout:.0f} s"}
   for line in p.stdout.splitlines():
@@ -333,15 +365,7 @@ def versions():
 
 
 def machine():
-  cpu = platform.processor() or "unknown CPU"
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(l.split(":", 1)[1].strip() for l in f
-                 if l.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-  return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()}"
+  return train_runs.machine()
 
 
 def fmt(v, digits=0):
@@ -437,17 +461,27 @@ def main(argv=None):
     return
   png = args.out.with_suffix(".png")
   if args.plot_only:
-    text = args.out.read_text()
-    block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
-    rows = json.loads(block)
-    draw(rows, png, _title(json.loads(text.split("<!-- setup ", 1)[1]
-                                      .split(" -->", 1)[0])))
+    try:
+      text = args.out.read_text()
+      block = text.split("```json\n", 1)[1].split("\n```", 1)[0]
+      rows = json.loads(block)
+      setup = json.loads(text.split("<!-- setup ", 1)[1].split(" -->", 1)[0])
+    except OSError as e:
+      raise SystemExit(f"error: --out: --plot_only redraws from an existing "
+                       f"results file, got {args.out} ({e.strerror})")
+    except (IndexError, ValueError):
+      raise SystemExit(f"error: --out: expected a results file this script "
+                       f"wrote (its setup comment and JSON rows), got "
+                       f"{args.out}")
+    draw(rows, png, _title(setup))
     print(f"wrote {png}")
     return
-  cmd = "python experiments/figure1_memory_time.py " + " ".join(
-      sys.argv[1:] if argv is None else argv)
+  cmd = train_runs.command_line(__file__,
+                                sys.argv[1:] if argv is None else argv)
   setup = dict(batch=args.batch, hidden=args.hidden, heads=args.heads,
                window=args.window)
+  for note in args.notes:
+    print(f"# {note}", flush=True)
   print(f"# {versions()}\n# {machine()}\n# batch {args.batch}, hidden "
         f"{args.hidden}, {args.heads} heads, window {args.window} "
         f"(one-sided), float32; budget {args.mem_limit_gb} GiB, cap "
@@ -518,7 +552,7 @@ compiled peak.
 
 {chr(10).join('- ' + n for n in notes)}
 
-![Figure 1](figure1.png)
+![Figure 1]({args.out.with_suffix(".png").name})
 
 Deviations from the paper (its Figure 1 gives no setup: GPU, batch,
 hidden size and window are not stated; see ../shared/research/paper.md §4):

@@ -28,8 +28,6 @@ parameters inside the model.
 """
 
 import argparse
-import pathlib
-import shlex
 import statistics
 import sys
 import time
@@ -131,11 +129,21 @@ def run(variant, seed, a):
   return curve, time.perf_counter() - start
 
 
+# --quick's values of the flags a user did not give.
+QUICK = dict(seeds="0", steps=120, seq_len=512, eval_every=30, dev_docs=256)
+DEFAULTS = dict(seeds="0,1,2", steps=300, seq_len=1024, eval_every=25,
+                dev_docs=512)
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--seeds", default="0,1,2")
-  p.add_argument("--steps", type=int, default=300)
-  p.add_argument("--seq_len", type=int, default=1024)
+  d = lambda k: f" (default {DEFAULTS[k]}; --quick: {QUICK[k]})"
+  p.add_argument("--seeds", default=None, help="comma-separated distinct "
+                 "non-negative seeds" + d("seeds"))
+  p.add_argument("--steps", type=int, default=None, help="training steps"
+                 + d("steps"))
+  p.add_argument("--seq_len", type=int, default=None, help="tokens per "
+                 "document" + d("seq_len"))
   p.add_argument("--gap", type=int, default=64,
                  help="KEY tokens sit at positions >= gap")
   p.add_argument("--keys", type=int, default=16,
@@ -149,15 +157,30 @@ def parse_args(argv):
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--lr", type=float, default=3e-3)
   p.add_argument("--train_docs", type=int, default=4096)
-  p.add_argument("--dev_docs", type=int, default=512)
-  p.add_argument("--eval_every", type=int, default=25)
+  p.add_argument("--dev_docs", type=int, default=None, help="dev documents"
+                 + d("dev_docs"))
+  p.add_argument("--eval_every", type=int, default=None,
+                 help="steps between dev evaluations" + d("eval_every"))
   p.add_argument("--quick", action="store_true",
-                 help="1 seed, 120 steps, 512 tokens")
-  p.add_argument("--out", default=None)
+                 help="smoke run: the --quick values above")
+  p.add_argument("--out", default=None, help="results .md (default: "
+                 "experiments/results/global_attention[_quick].md; PNG "
+                 "beside it)")
   a = p.parse_args(argv)
-  if a.quick:
-    a.seeds, a.steps, a.seq_len, a.eval_every, a.dev_docs = "0", 120, 512, 30, 256
+  for k, v in (QUICK if a.quick else DEFAULTS).items():
+    if getattr(a, k) is None:  # a flag the user gave wins over --quick
+      setattr(a, k, v)
   a.seeds = train_runs.parse_seeds(p, a.seeds)
+  for k in ("steps", "seq_len", "keys", "window", "layers", "hidden",
+            "heads", "batch", "train_docs", "dev_docs", "eval_every"):
+    if getattr(a, k) < 1:
+      p.error(f"--{k}: expected an integer >= 1, got {getattr(a, k)}")
+  if a.vocab <= FIRST_FILLER:
+    p.error(f"--vocab: expected more than {FIRST_FILLER} (ids 0-4 are "
+            f"special and the two KEYs), got {a.vocab}")
+  if a.hidden % a.heads:
+    p.error(f"--hidden: expected a multiple of --heads={a.heads}, got "
+            f"{a.hidden}")
   if a.layers * a.window >= a.gap:
     p.error(f"--gap: expected more than layers x window = "
             f"{a.layers * a.window} (the first token's local receptive "
@@ -165,6 +188,13 @@ def parse_args(argv):
   if a.gap >= a.seq_len // 2:
     p.error(f"--gap: expected less than seq_len / 2 = {a.seq_len // 2}, "
             f"got {a.gap}")
+  if a.keys > a.seq_len - 1 - a.gap:
+    p.error(f"--keys: expected at most seq_len - 1 - gap = "
+            f"{a.seq_len - 1 - a.gap} (the positions a KEY may take), got "
+            f"{a.keys}")
+  name = "global_attention_quick" if a.quick else "global_attention"
+  a.out = (train_runs.absolute(a.out) if a.out else
+           train_runs.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
@@ -178,13 +208,11 @@ def main(argv=None):
       curve, wall = run(variant, seed, a)
       curves[variant].append(curve)
       walls[variant].append(wall)
-  name = "global_attention_quick" if a.quick else "global_attention"
-  out = pathlib.Path(a.out or f"experiments/results/{name}.md")
+  out = a.out
   out.parent.mkdir(parents=True, exist_ok=True)
   png = out.with_suffix(".png")
   lines = ["# Global attention on a synthetic long-document task", ""]
-  lines += train_runs.header("python experiments/global_attention.py "
-                             + shlex.join(argv))
+  lines += train_runs.header(train_runs.command_line(__file__, argv))
   lines += [
       f"Task: {a.seq_len}-token documents of random filler, label = which "
       f"of two KEY tokens fills {a.keys} uniform positions in {a.gap}.."
@@ -222,4 +250,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  train_runs.main_guard(main)

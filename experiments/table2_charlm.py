@@ -9,42 +9,47 @@ Trains configs/charlm_table2.py's `longformer` and `full` variants with
 process per run so that wall time and peak resident memory are the run's
 own, evaluates each on the test split with `python -m lfjax.evaluate`
 (the run's eval window and stride), and writes
-experiments/results/table2{_quick}.md. The paper's Table 2 (small models,
-41M): Longformer 1.10 test BPC on text8, 1.00 on enwik8; full-attention
-T12 1.18 / 1.11.
+experiments/results/table2{_quick}.md and .png (training curves). The
+paper's Table 2 (small models, 41M): Longformer 1.10 test BPC on text8,
+1.00 on enwik8; full-attention T12 1.18 / 1.11.
 """
 
 import argparse
-import pathlib
-import shlex
+import json
 import statistics
 import sys
 
 import train_runs
 
-ROWS = (("longformer", "Longformer (windows 16 -> 128, dilation on 2 heads)"),
+ROWS = (("longformer", "Longformer (increasing windows, dilation on 2 heads)"),
         ("full", "Full attention (dense, every window = the sequence)"))
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--root", default="/tmp/lfjax_table2",
-                 help="folder for the runs (one subfolder per run)")
-  p.add_argument("--seeds", default="0", help="comma-separated seeds")
+                 help="folder for the runs (one subfolder per run; a run "
+                 "already there is read, not retrained)")
+  p.add_argument("--seeds", default="0", help="comma-separated distinct "
+                 "non-negative seeds")
   p.add_argument("--quick", action="store_true",
                  help="tiny runs (a few minutes); results go to table2_quick")
   p.add_argument("--out", default=None, help="results .md (default: "
-                 "experiments/results/table2[_quick].md)")
+                 "experiments/results/table2[_quick].md; PNG beside it)")
   a = p.parse_args(argv)
   a.seeds = train_runs.parse_seeds(p, a.seeds)
+  name = "table2_quick" if a.quick else "table2"
+  a.root = train_runs.absolute(a.root)
+  a.out = (train_runs.absolute(a.out) if a.out else
+           train_runs.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   a = parse_args(argv)
-  root = pathlib.Path(a.root) / ("quick" if a.quick else "full")
-  rows = {}
+  root = a.root / ("quick" if a.quick else "full")
+  rows, timings, notes = {}, [], []
   for variant, _ in ROWS:
     rows[variant] = []
     for seed in a.seeds:
@@ -53,62 +58,106 @@ def main(argv=None):
       workdir = root / f"{variant}_s{seed}"
       records, timing = train_runs.train(config, workdir,
                                          [f"--config.seed={seed}"])
+      timings.append((f"{variant} seed {seed}", timing))
+      notes += train_runs.extensions(workdir)
       test = train_runs.evaluate(
           workdir, "test", ["--max_chars", "8000" if a.quick else "100000"])
       dev = [r["eval_bpc"] for r in records if "eval_bpc" in r]
       # Throughput per phase: the median of the logged tokens/s.
       tps = {}
       for r in records:
-        if "tokens_per_s" in r:
+        if r.get("tokens_per_s"):
           tps.setdefault(r["phase"], []).append(r["tokens_per_s"])
       rows[variant].append(dict(
           test=test["bpc"], dev=dev[-1] if dev else float("nan"),
-          wall=timing["wall_s"], rss=timing["peak_rss_gib"],
+          timing=timing, workdir=workdir,
+          config=json.loads((workdir / "config.json").read_text()),
           tps={p: statistics.median(v) for p, v in sorted(tps.items())},
+          curve=[(r["step"], r["train_bpc"]) for r in records
+                 if "train_bpc" in r],
           chars=test["chars_scored"]))
       print(f"{variant} seed {seed}: test bpc {test['bpc']:.4f}, "
-            f"{timing['wall_s']:.0f} s, {timing['peak_rss_gib']:.2f} GiB",
+            f"{train_runs.fmt(timing['wall_s'], '.0f')} s, "
+            f"{train_runs.fmt(timing['peak_rss_gib'], '.2f')} GiB",
             flush=True)
 
-  name = "table2_quick" if a.quick else "table2"
-  out = pathlib.Path(a.out or f"experiments/results/{name}.md")
+  out = a.out
   out.parent.mkdir(parents=True, exist_ok=True)
+  first = rows["longformer"][0]
+  layers, _ = train_runs.describe_model(first["config"])
+  sched = first["config"]["schedule"]
+  params = {v: train_runs.param_count(rows[v][0]["workdir"]) for v, _ in ROWS}
   lines = [f"# Table 2 at CPU scale ({'quick' if a.quick else 'default'})",
-           ""] + train_runs.header(
-               "python experiments/table2_charlm.py " + shlex.join(argv))
+           ""] + train_runs.header(train_runs.command_line(__file__, argv))
   lines += [
-      "Model: configs/charlm_table2.py (6 layers, hidden 256, 8 heads of "
-      "32, FFN 1024, relative positions; embedded corpus `pystdlib`), two "
-      "phases (sequence and windows double, learning rate halves), the "
-      f"same tokens for both variants, seeds {a.seeds}. Test BPC: "
-      "`python -m lfjax.evaluate --split test` with the run's eval window "
-      "and stride (paper protocol scaled down) over the first "
-      f"{rows['full'][0]['chars']:,} characters scored. Wall time is the whole "
-      "training process (compiles and the final validation included); "
-      "peak memory is the process's peak resident set (ru_maxrss).", "",
+      f"Model (from the runs' config.json): {layers}, relative positions; "
+      f"{params['longformer']:,} parameters (longformer), "
+      f"{params['full']:,} (full), counted from the model the config "
+      "builds. Embedded corpus `pystdlib`; "
+      f"{len(sched['steps'])} phases of {tuple(sched['steps'])} steps "
+      f"(sequences {tuple(sched['seq_lens'])}, windows x "
+      f"{tuple(sched['window_scales'])}, learning rates "
+      f"{tuple(sched['lrs'])}), the same tokens for both variants, seeds "
+      f"{a.seeds}. Windows per layer (bottom -> top):"]
+  for variant, label in ROWS:
+    _, windows = train_runs.describe_model(rows[variant][0]["config"])
+    lines.append(f"- {variant}: {windows}; dilations "
+                 f"{tuple(rows[variant][0]['config']['model']['dilations'])}")
+  lines += [
+      "", "Test BPC: `python -m lfjax.evaluate --split test` with the run's "
+      "eval window and stride (paper protocol scaled down) over the first "
+      f"{rows['full'][0]['chars']:,} characters scored. Wall time is the "
+      "whole training (compiles and the final validation included); CPU s "
+      "is its user + system time (moves less than wall time when other "
+      "jobs share the cores); load is the 1-minute load average when the "
+      "training started / ended. Peak memory is the training process's "
+      "peak resident set (ru_maxrss).", "",
       "Deviations from the paper: text8/enwik8 -> Python sources; 41M "
-      "params -> about 5M; 5 phases up to 23,040 tokens -> 2 phases up to "
-      "1,024 (quick: 512); the full-attention row is our own model with "
-      "windows covering the sequence, not T12 or Transformer-XL.", "",
-      "| Model | test BPC | dev BPC | train wall s | peak RSS GiB | "
-      "tok/s per phase (median) |", "|---|---|---|---|---|---|"]
+      f"params -> the counts above; 5 phases up to 23,040 tokens -> "
+      f"{len(sched['steps'])} phases up to {max(sched['seq_lens']):,}; the "
+      "full-attention row is our own model with windows covering the "
+      "sequence, not T12 or Transformer-XL.", "",
+      "| Model | test BPC | dev BPC | train wall s | train CPU s | load | "
+      "peak RSS GiB | tok/s per phase (median) |",
+      "|---|---|---|---|---|---|---|---|"]
+  fmt = train_runs.fmt
   for variant, label in ROWS:
     rs = rows[variant]
+    ts = [r["timing"] for r in rs]
     test = train_runs.mean_std([r["test"] for r in rs])
     dev = train_runs.mean_std([r["dev"] for r in rs])
-    fmt = lambda ms: (f"{ms[0]:.4f}" if len(rs) == 1
-                      else f"{ms[0]:.4f} ± {ms[1]:.4f}")
+    ms = lambda m: (f"{m[0]:.4f}" if len(rs) == 1
+                    else f"{m[0]:.4f} ± {m[1]:.4f}")
+    known = lambda k: (None if any(t[k] is None for t in ts)
+                       else [t[k] for t in ts])
+    wall, cpu, rss = known("wall_s"), known("cpu_s"), known("peak_rss_gib")
+    load = ", ".join(train_runs.UNKNOWN if t["load_average"] is None else
+                     f"{t['load_average'][0]:.1f}/{t['load_average'][1]:.1f}"
+                     for t in ts)
     tps = " / ".join(f"{statistics.median(r['tps'][p] for r in rs):,.0f}"
                      for p in sorted(rs[0]["tps"]))
-    lines.append(f"| {label} | {fmt(test)} | {fmt(dev)} | "
-                 f"{statistics.median(r['wall'] for r in rs):.0f} | "
-                 f"{max(r['rss'] for r in rs):.2f} | {tps} |")
-  lines += ["", "Paper (Table 2, small models, test BPC): Longformer 1.10 "
+    lines.append(f"| {label} | {ms(test)} | {ms(dev)} | "
+                 f"{fmt(wall and statistics.median(wall), '.0f')} | "
+                 f"{fmt(cpu and statistics.median(cpu), '.0f')} | {load} | "
+                 f"{fmt(rss and max(rss), '.2f')} | {tps} |")
+  lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
+  if notes:
+    lines += ["Runs resumed with a longer schedule (their first steps ran "
+              "under the shorter one's warmup): " + "; ".join(notes) + ".",
+              ""]
+  lines += ["Paper (Table 2, small models, test BPC): Longformer 1.10 "
             "(text8), 1.00 (enwik8); T12, full attention, 1.18 / 1.11.", ""]
+  png = out.with_suffix(".png")
+  lines += [f"Training curves (train BPC, every logged step): "
+            f"[{png.name}]({png.name}).", ""]
   out.write_text("\n".join(lines))
+  train_runs.plot_seed_bands(
+      [(label, [r["curve"] for r in rows[v]]) for v, label in ROWS], png,
+      ylabel="train BPC", title="Table 2 at CPU scale: char-LM, same size, "
+      "same tokens")
   print("\n".join(lines))
-  print(f"wrote {out}")
+  print(f"wrote {out} and {png}")
 
 
 if __name__ == "__main__":
-  main()
+  train_runs.main_guard(main)

@@ -6,8 +6,9 @@
 
 Trains configs/charlm_table4.py's variants (increasing, fixed, decreasing
 windows; increasing with dilation on 2 heads) with `python -m lfjax.train`,
-one process per run, under --root (resumable: finished runs are read, not
-retrained), then writes experiments/results/table4{_quick}.md with the
+one process per run, under --root (finished runs are read, not retrained;
+shorter ones are resumed with --steps; a run of other steps or config is
+refused), then writes experiments/results/table4{_quick}.md with the
 mean and standard deviation of the final dev BPC per variant, whether the
 paper's orderings hold beyond the seed spread, and a PNG of the dev BPC
 curves. The paper's numbers (text8 dev BPC after 150K steps of phase 1):
@@ -18,8 +19,6 @@ on 2 heads 1.20.
 import argparse
 import json
 import math
-import pathlib
-import shlex
 import sys
 
 import train_runs
@@ -38,8 +37,11 @@ ORDERINGS = (("increasing", "fixed"), ("fixed", "decreasing"),
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--root", default="/tmp/lfjax_table4",
-                 help="folder for the runs (one subfolder per run)")
-  p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+                 help="folder for the runs (one subfolder per run; a run "
+                 "already there is read, or resumed when --steps asks for "
+                 "more; one of other steps or config is refused)")
+  p.add_argument("--seeds", default="0,1,2", help="comma-separated distinct "
+                 "non-negative seeds")
   p.add_argument("--steps", type=int, default=None,
                  help="training steps per run (default: the config's)")
   p.add_argument("--quick", action="store_true",
@@ -50,6 +52,10 @@ def parse_args(argv):
   a.seeds = train_runs.parse_seeds(p, a.seeds)
   if a.steps is not None and a.steps < 1:
     p.error(f"--steps: expected an integer >= 1, got {a.steps}")
+  name = "table4_quick" if a.quick else "table4"
+  a.root = train_runs.absolute(a.root)
+  a.out = (train_runs.absolute(a.out) if a.out else
+           train_runs.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
@@ -59,9 +65,10 @@ def dev_curve(records):
 
 
 def main(argv=None):
-  a = parse_args(sys.argv[1:] if argv is None else argv)
-  root = pathlib.Path(a.root) / ("quick" if a.quick else "full")
-  final, curves, walls, shapes = {}, {}, {}, {}
+  argv = sys.argv[1:] if argv is None else argv
+  a = parse_args(argv)
+  root = a.root / ("quick" if a.quick else "full")
+  final, curves, walls, shapes, timings, notes = {}, {}, {}, {}, [], []
   for variant, _ in ROWS:
     final[variant], curves[variant], walls[variant] = [], [], []
     for seed in a.seeds:
@@ -70,38 +77,40 @@ def main(argv=None):
       overrides = [f"--config.seed={seed}"]
       if a.steps:
         overrides.append(f"--config.schedule.steps=({a.steps},)")
-      records, timing = train_runs.train(
-          config, root / f"{variant}_s{seed}", overrides)
+      workdir = root / f"{variant}_s{seed}"
+      records, timing = train_runs.train(config, workdir, overrides,
+                                         hint="--root (or --steps)")
+      timings.append((f"{variant} seed {seed}", timing))
+      notes += train_runs.extensions(workdir)
       curve = dev_curve(records)
       if not curve:
-        raise SystemExit(f"error: run {variant} seed {seed} wrote no "
-                         "eval_bpc (config.eval_every = 0?)")
+        raise train_runs.Error(f"run {workdir} wrote no eval_bpc "
+                               "(config.eval_every = 0?)")
       final[variant].append(curve[-1][1])
-      model = json.loads((root / f"{variant}_s{seed}" / "config.json")
-                         .read_text())["model"]
+      run_config = json.loads((workdir / "config.json").read_text())
+      model = run_config["model"]
       shapes[variant] = (tuple(model["windows"]), tuple(model["dilations"]))
       curves[variant].append(curve)
       walls[variant].append(timing["wall_s"])
       print(f"{variant} seed {seed}: dev bpc {curve[-1][1]:.4f} "
-            f"({timing['wall_s']:.0f} s)", flush=True)
+            f"({train_runs.fmt(timing['wall_s'], '.0f')} s)", flush=True)
 
-  name = "table4_quick" if a.quick else "table4"
-  out = pathlib.Path(a.out or f"experiments/results/{name}.md")
+  out = a.out
   out.parent.mkdir(parents=True, exist_ok=True)
   png = out.with_suffix(".png")
   n = len(a.seeds)
   lines = [f"# Table 4 at CPU scale ({'quick' if a.quick else 'default'})",
-           ""] + train_runs.header(
-               "python experiments/table4_windows.py " + shlex.join(
-                   sys.argv[1:] if argv is None else argv))
-  steps = records[-1]["step"]
+           ""] + train_runs.header(train_runs.command_line(__file__, argv))
+  layers, _ = train_runs.describe_model(run_config)
+  steps = train_runs.total_steps(run_config)
   lines += [
-      f"Model: configs/charlm_table4.py (6 layers, 8 heads of 16, hidden "
-      f"128, causal windows; embedded corpus `pystdlib`), one phase of "
-      f"{steps} steps, seeds {a.seeds}. Dev BPC: the run's last "
-      "validation (paper protocol scaled: windows stepped by the config's "
-      "eval.step, scoring the last eval.step characters; first "
-      "eval.max_chars characters of the valid split).", "",
+      f"Model: configs/charlm_table4.py ({layers}, causal windows; "
+      f"embedded corpus `pystdlib`), one phase of {steps} steps of "
+      f"{run_config['schedule']['batch_sizes'][0]} x "
+      f"{run_config['schedule']['seq_lens'][0]} tokens, seeds {a.seeds}. "
+      "Dev BPC: the run's last validation (paper protocol scaled: windows "
+      "stepped by the config's eval.step, scoring the last eval.step "
+      "characters; first eval.max_chars characters of the valid split).", "",
       "Deviations from the paper: text8 -> Python sources; 12 layers x 512 "
       "-> 6 x 128; sequence 2,048 -> 512 (quick: 256) and windows scaled "
       "alike; 150K steps -> the steps above; the paper's 'No dilation' row "
@@ -114,10 +123,18 @@ def main(argv=None):
     per = ", ".join(f"{v:.4f}" for v in final[variant])
     spread = f" ± {s:.4f}" if n > 1 else ""
     windows, dilations = shapes[variant]
+    known = [w for w in walls[variant] if w is not None]
+    wall = train_runs.fmt(min(known) if known else None, ".0f") + (
+        f" ({train_runs.UNKNOWN} for {len(walls[variant]) - len(known)})"
+        if known and len(known) < len(walls[variant]) else "")
     lines.append(f"| {label} | {windows} | {dilations} | {m:.4f}{spread} | "
-                 f"{per} | {PAPER[variant]:.2f} | "
-                 f"{min(walls[variant]):.0f} |")
-  lines += ["", "Orderings the paper reports, tested here: a difference "
+                 f"{per} | {PAPER[variant]:.2f} | {wall} |")
+  lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
+  if notes:
+    lines += ["Runs resumed with a longer schedule (their first steps ran "
+              "under the shorter one's warmup): " + "; ".join(notes) + ".",
+              ""]
+  lines += ["Orderings the paper reports, tested here: a difference "
             "counts as beyond the seed spread when it exceeds twice its "
             "standard error, sqrt(s1^2/n + s2^2/n).", "",
             "| Paper says | mean difference | 2 x s.e. | here |",
@@ -147,4 +164,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  train_runs.main_guard(main)

@@ -110,15 +110,23 @@ def phase_starts(records):
 
 def run_names(workdirs):
   """Short distinct names: the folder names, with parent folders added
-  while two runs share a name."""
+  while two runs share a name; the same folder given twice is its full
+  path, the repeats numbered ("/a/run", "/a/run (2)")."""
   paths = [pathlib.Path(os.path.abspath(w)) for w in workdirs]
   depth = 1
   while True:
-    names = ["/".join(p.parts[-depth:]) for p in paths]
+    # PurePath joins the root part without doubling it ("/" + "work").
+    names = [str(pathlib.PurePath(*p.parts[-depth:])) for p in paths]
     if len(set(names)) == len(names) or depth >= max(len(p.parts)
                                                      for p in paths):
-      return names
+      break
     depth += 1
+  seen = {}
+  for i, name in enumerate(names):
+    seen[name] = seen.get(name, 0) + 1
+    if seen[name] > 1:
+      names[i] = f"{name} ({seen[name]})"
+  return names
 
 
 def new_figure(**kwargs):

@@ -1,0 +1,414 @@
+"""The reproduction scripts' run handling (experiments/train_runs.py and the
+scripts' argument checks), without training: the lfjax.train subprocess is
+replaced by a stand-in that writes checkpoint folders, and run folders are
+built by hand. Expected timings, steps and names are written out here."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))
+
+import train_runs  # noqa: E402
+
+
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, EXPERIMENTS /
+                                                f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _table4_config(variant, seed, steps=None):
+  """The JSON config of configs/charlm_table4.py:<variant>,quick with a
+  seed (and steps), read from the config file itself."""
+  spec = importlib.util.spec_from_file_location(
+      "charlm_table4", REPO / "configs" / "charlm_table4.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(f"{variant},quick")
+  c.seed = seed
+  if steps is not None:
+    c.schedule.steps = (steps,)
+  return json.loads(c.to_json())
+
+
+def _run_folder(path, config, steps=(), timing=None):
+  """A run folder as lfjax.train leaves it: config.json, metrics.jsonl
+  and finalized checkpoint folders."""
+  path.mkdir(parents=True)
+  (path / "config.json").write_text(json.dumps(config))
+  for s in steps:
+    (path / "checkpoints" / str(s)).mkdir(parents=True)
+  (path / "metrics.jsonl").write_text("".join(
+      json.dumps({"step": s, "train_loss": 1.0}) + "\n" for s in steps))
+  if timing is not None:
+    (path / "timing.json").write_text(json.dumps(timing))
+  return path
+
+
+class FakeTrainer:
+  """Stands in for train_runs.run: 'trains' to `to_step` (writes its
+  checkpoint folder), reports `usage`, and optionally raises after it as
+  an interrupted script would."""
+
+  def __init__(self, to_step, usage, raises=None):
+    self.to_step, self.usage, self.raises, self.calls = (
+        to_step, usage, raises, [])
+
+  def __call__(self, args, log_path, on_exit=None):
+    self.calls.append(args)
+    workdir = pathlib.Path(args[args.index("--workdir") + 1])
+    if self.to_step:
+      (workdir / "checkpoints" / str(self.to_step)).mkdir(parents=True,
+                                                           exist_ok=True)
+    on_exit(self.usage)
+    if self.raises:
+      raise self.raises
+    return self.usage
+
+
+CONFIG = "configs/charlm_table4.py:increasing,quick"  # 60 steps
+
+
+# Timing segments --------------------------------------------------------------
+
+
+def test_segments_covering_the_run_add_up():
+  segments = [
+      dict(from_step=300, to_step=550, wall_s=50.0, cpu_s=60.0,
+           peak_rss_gib=1.5, load_average=[0.5, 3.0]),
+      dict(from_step=0, to_step=300, wall_s=100.0, cpu_s=150.0,
+           peak_rss_gib=1.0, load_average=[1.0, 2.0])]
+  t = train_runs.summarize(segments, 550)
+  assert t["complete"] and t["launches"] == 2
+  assert t["wall_s"] == 150.0 and t["cpu_s"] == 210.0
+  assert t["peak_rss_gib"] == 1.5 and t["load_average"] == (1.0, 3.0)
+
+
+@pytest.mark.parametrize("segments,newest,why", [
+    ([dict(from_step=300, to_step=550, wall_s=9.0, cpu_s=9.0,
+           peak_rss_gib=0.4, load_average=[1, 1])], 550, "steps 0-300"),
+    ([dict(from_step=0, to_step=300, wall_s=9.0, cpu_s=9.0,
+           peak_rss_gib=0.4, load_average=[1, 1])], 550, "steps 300-550"),
+    ([], 550, "no timing record"),
+])
+def test_segments_with_a_gap_give_no_numbers(segments, newest, why):
+  t = train_runs.summarize(segments, newest)
+  assert not t["complete"] and why in t["why"]
+  assert t["wall_s"] is None and t["peak_rss_gib"] is None
+  assert t["cpu_s"] is None
+
+
+def test_old_single_record_reads_as_one_complete_training(tmp_path):
+  old = {"wall_s": 1234.5, "peak_rss_gib": 2.25, "cpu_s": 2400.0,
+         "load_average": [1.5, 2.5], "command": "lfjax.train ..."}
+  run = _run_folder(tmp_path / "longformer_s0", {}, steps=(400, 500, 550),
+                    timing=old)
+  t = train_runs.timing(run)
+  assert t["complete"] and t["launches"] == 1
+  assert t["wall_s"] == 1234.5 and t["peak_rss_gib"] == 2.25
+  assert t["cpu_s"] == 2400.0 and t["load_average"] == (1.5, 2.5)
+
+
+def test_resume_after_a_kill_without_record_is_incomplete(tmp_path,
+                                                           monkeypatch):
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0), steps=(30,))
+  fake = FakeTrainer(60, train_runs.Usage(0, 12.0, 0.5, 20.0, (1.0, 2.0)))
+  monkeypatch.setattr(train_runs, "run", fake)
+  _, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+  assert len(fake.calls) == 1
+  assert not t["complete"] and "steps 0-30" in t["why"]
+  assert t["wall_s"] is None
+  (seg,) = json.loads((run / "timing.json").read_text())["segments"]
+  assert (seg["from_step"], seg["to_step"], seg["wall_s"]) == (30, 60, 12.0)
+  notes = train_runs.timing_notes([("increasing seed 0", t)])
+  assert notes[0].startswith("`?`: timing unknown") and "steps 0-30" in (
+      notes[0])
+
+
+def test_killed_then_resumed_run_sums_its_launches(tmp_path, monkeypatch):
+  run = tmp_path / "increasing_s0"
+  # First launch: the script is interrupted after the trainer saved step 30.
+  monkeypatch.setattr(train_runs, "run", FakeTrainer(
+      30, train_runs.Usage(-15, 40.0, 0.75, 70.0, (1.0, 1.5)),
+      raises=KeyboardInterrupt()))
+  _run_folder(run, _table4_config("increasing", 0))  # config, no steps
+  with pytest.raises(KeyboardInterrupt):
+    train_runs.train(CONFIG, run, ["--config.seed=0"])
+  monkeypatch.setattr(train_runs, "run", FakeTrainer(
+      60, train_runs.Usage(0, 25.0, 0.5, 45.0, (1.5, 2.0))))
+  _, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+  assert t["complete"] and t["launches"] == 2
+  assert t["wall_s"] == 65.0 and t["cpu_s"] == 115.0
+  assert t["peak_rss_gib"] == 0.75 and t["load_average"] == (1.0, 2.0)
+
+
+def test_a_launch_that_trains_nothing_is_no_segment(tmp_path, monkeypatch):
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0), steps=(30,))
+  fake = FakeTrainer(None, train_runs.Usage(0, 10.0, 0.41, 9.0, (1, 1)))
+  monkeypatch.setattr(train_runs, "run", fake)
+  with pytest.raises(train_runs.Error, match="ended at step 30 of 60"):
+    train_runs.train(CONFIG, run, ["--config.seed=0"])
+  assert not (run / "timing.json").exists()
+
+
+def test_a_finished_run_is_read_not_relaunched(tmp_path, monkeypatch):
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0), steps=(60,))
+  fake = FakeTrainer(60, None)
+  monkeypatch.setattr(train_runs, "run", fake)
+  records, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+  assert fake.calls == [] and records[-1]["step"] == 60
+  assert not t["complete"]  # finished by a process nobody timed
+
+
+# Reusing run folders ----------------------------------------------------------
+
+
+def test_longer_run_than_requested_is_refused(tmp_path):
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0), steps=(60,))
+  want = train_runs.requested_config(
+      CONFIG, ["--config.seed=0", "--config.schedule.steps=(30,)"])
+  with pytest.raises(train_runs.Error, match=r"60 steps.*30 requested"
+                     r".*another --root \(or --steps\)"):
+    train_runs.check_reuse(want, run, "--root (or --steps)")
+
+
+def test_other_config_is_refused_and_longer_schedule_resumes(tmp_path):
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0), steps=(60,))
+  other_seed = train_runs.requested_config(CONFIG, ["--config.seed=1"])
+  with pytest.raises(train_runs.Error, match="seed: 0 in the run, 1 "
+                     "requested"):
+    train_runs.check_reuse(other_seed, run, "--root")
+  longer = train_runs.requested_config(
+      CONFIG, ["--config.seed=0", "--config.schedule.steps=(120,)"])
+  assert train_runs.check_reuse(longer, run, "--root") == "train"
+  same = train_runs.requested_config(CONFIG, ["--config.seed=0"])
+  assert train_runs.check_reuse(same, run, "--root") == "done"
+
+
+def test_killed_longer_schedule_is_refused_at_the_requested_step(tmp_path):
+  # Started as 120 steps, killed after saving step 60; 60 are requested.
+  run = _run_folder(tmp_path / "increasing_s0",
+                    _table4_config("increasing", 0, steps=120), steps=(60,))
+  want = train_runs.requested_config(CONFIG, ["--config.seed=0"])
+  with pytest.raises(train_runs.Error, match="120 steps"):
+    train_runs.check_reuse(want, run, "--root")
+
+
+def test_table4_steps_mismatch_is_one_error_line(tmp_path, capsys):
+  table4 = _load("table4_windows")
+  _run_folder(tmp_path / "quick" / "decreasing_s0",
+              _table4_config("decreasing", 0), steps=(60,))
+  with pytest.raises(SystemExit) as e:
+    train_runs.main_guard(lambda: table4.main(
+        ["--quick", "--seeds", "0", "--steps", "30", "--root",
+         str(tmp_path)]))
+  assert e.value.code == 1
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and "--steps" in err
+  assert "Traceback" not in err
+
+
+# Seeds --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text,problem", [("0,0,1,1", "distinct"),
+                                          ("1,-2", "non-negative"),
+                                          ("a", "integers")])
+def test_bad_seeds_are_a_usage_error(text, problem, capsys):
+  table4 = _load("table4_windows")
+  with pytest.raises(SystemExit) as e:
+    table4.parse_args(["--seeds", text])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert "--seeds" in err and problem in err
+
+
+def test_good_seeds_parse():
+  table4 = _load("table4_windows")
+  assert table4.parse_args(["--seeds", "2,0,1"]).seeds == [2, 0, 1]
+
+
+# The child dies with the script ----------------------------------------------
+
+SLEEPER = ("import os, sys, time\n"
+           "open(sys.argv[1] + '.tmp', 'w').write(str(os.getpid()))\n"
+           "os.replace(sys.argv[1] + '.tmp', sys.argv[1])\n"
+           "time.sleep(60)\n")
+
+
+def _wait_for(path, timeout=20.0):
+  deadline = time.monotonic() + timeout
+  while not path.exists():
+    assert time.monotonic() < deadline, f"{path} never appeared"
+    time.sleep(0.02)
+  return int(path.read_text())
+
+
+def _gone(pid, timeout=10.0):
+  """True once pid no longer runs (reaped, or a zombie nobody reaps)."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    try:
+      state = pathlib.Path(f"/proc/{pid}/stat").read_text().split()[2]
+    except FileNotFoundError:
+      return True
+    if state == "Z":
+      return True
+    time.sleep(0.05)
+  return False
+
+
+@pytest.fixture
+def sleeper(tmp_path, monkeypatch):
+  (tmp_path / "lfjax_test_sleeper.py").write_text(SLEEPER)
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  return tmp_path / "child.pid"
+
+
+needs_main_thread = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signals reach the main thread only")
+
+
+@needs_main_thread
+@pytest.mark.parametrize("signum,raised,code", [
+    (signal.SIGTERM, SystemExit, 143), (signal.SIGINT, KeyboardInterrupt,
+                                        None)])
+def test_child_is_stopped_when_the_script_is_interrupted(
+    sleeper, tmp_path, signum, raised, code):
+  ended = []
+
+  def interrupt():
+    _wait_for(sleeper)
+    os.kill(os.getpid(), signum)
+  timer = threading.Thread(target=interrupt, daemon=True)
+  timer.start()
+  with pytest.raises(raised) as e:
+    train_runs.run(["lfjax_test_sleeper", str(sleeper)],
+                   tmp_path / "child.log", on_exit=ended.append)
+  timer.join()
+  if code is not None:
+    assert e.value.code == code
+  pid = int(sleeper.read_text())
+  with pytest.raises(ProcessLookupError):
+    os.kill(pid, 0)  # terminated and reaped by run()
+  assert ended and ended[0].code == -signal.SIGTERM
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="PR_SET_PDEATHSIG is Linux's")
+def test_child_dies_with_a_killed_script(sleeper, tmp_path):
+  script = (f"import sys; sys.path.insert(0, {str(EXPERIMENTS)!r}); "
+            "import train_runs; train_runs.run(['lfjax_test_sleeper', "
+            f"{str(sleeper)!r}], {str(tmp_path / 'child.log')!r})")
+  parent = subprocess.Popen([sys.executable, "-c", script],
+                            stdout=subprocess.DEVNULL)
+  try:
+    child = _wait_for(sleeper)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    assert _gone(child), f"child {child} outlived its killed parent"
+  finally:
+    parent.kill()
+
+
+def test_failed_command_is_one_error_with_the_log_tail(tmp_path,
+                                                        monkeypatch):
+  (tmp_path / "lfjax_test_fail.py").write_text(
+      "print('loading'); raise SystemExit('disk full')\n")
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  log = tmp_path / "x.log"
+  with pytest.raises(train_runs.Error) as e:
+    train_runs.run(["lfjax_test_fail"], log)
+  text = str(e.value)
+  assert "exited with status 1" in text and str(log) in text
+  assert "loading" in text and "disk full" in text
+
+
+# Figure 1, results files, plot labels -----------------------------------------
+
+
+def test_figure1_quick_writes_its_own_file_and_links_its_png(tmp_path,
+                                                               monkeypatch):
+  fig1 = _load("figure1_memory_time")
+  results = REPO / "experiments" / "results"
+  assert fig1.parse_args([]).out == results / "figure1.md"
+  quick = fig1.parse_args(["--quick"])
+  assert quick.out == results / "figure1_quick.md"
+  assert any("capped at 2048" in n for n in quick.notes)
+  monkeypatch.chdir(tmp_path)
+  args = fig1.parse_args(["--quick", "--out", "sub/fig_x.md"])
+  assert args.out == tmp_path / "sub" / "fig_x.md"
+  monkeypatch.setattr(fig1, "versions", lambda: "versions")
+  args.load = 0.5
+  setup = dict(batch=1, hidden=256, heads=4, window=256)
+  text = fig1.report(args, "cmd", [], [], 60.0, setup)
+  assert "![Figure 1](fig_x.png)" in text and "figure1.png" not in text
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--seqs", "0,-5"], "--seqs"), (["--seqs", "x"], "--seqs"),
+    (["--min_seq", "0"], "--min_seq"), (["--max_seq", "-1"], "--max_seq"),
+    (["--repeats", "0"], "--repeats"), (["--batch", "0"], "--batch"),
+    (["--min_seq", "4096", "--max_seq", "1024"], "--min_seq")])
+def test_figure1_bad_lengths_are_usage_errors(argv, flag, capsys):
+  fig1 = _load("figure1_memory_time")
+  with pytest.raises(SystemExit) as e:
+    fig1.parse_args(argv)
+  assert e.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_figure1_plot_only_without_file_is_one_error(tmp_path):
+  fig1 = _load("figure1_memory_time")
+  with pytest.raises(SystemExit) as e:
+    fig1.main(["--plot_only", "--out", str(tmp_path / "none.md")])
+  assert str(e.value).startswith("error: --out:")
+  assert "none.md" in str(e.value)
+
+
+def test_command_line_is_typeable_from_the_users_folder(tmp_path,
+                                                       monkeypatch):
+  script = EXPERIMENTS / "table2_charlm.py"
+  monkeypatch.chdir(REPO)
+  assert train_runs.command_line(script, ["--quick"]) == (
+      "python experiments/table2_charlm.py --quick")
+  monkeypatch.chdir(tmp_path)
+  assert train_runs.command_line(script, ["--quick"]) == (
+      f"cd {tmp_path} && python "
+      f"{os.path.relpath(script, tmp_path)} --quick")
+
+
+def test_machine_line_names_the_cpu_model_and_ram():
+  text = train_runs.machine()
+  assert "GiB RAM" in text and f"{os.cpu_count()} CPU cores" in text
+  cpuinfo = pathlib.Path("/proc/cpuinfo")
+  models = [l.split(":", 1)[1].strip()
+            for l in (cpuinfo.read_text().splitlines() if cpuinfo.exists()
+                      else []) if l.startswith("model name")]
+  if models:
+    assert models[0] in text
+
+
+def test_plot_names_the_same_run_twice_without_double_slash():
+  from lfjax import plot
+  assert plot.run_names(["/work/a/run", "/work/a/run"]) == [
+      "/work/a/run", "/work/a/run (2)"]
+  assert plot.run_names(["/x/a/run", "/y/a/run"]) == ["x/a/run", "y/a/run"]
