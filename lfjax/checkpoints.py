@@ -677,11 +677,14 @@ class Trained(NamedTuple):
   corpus: chars.CharCorpus
 
 
-def load_trained(workdir, step=None, flag=None):
+def load_trained(workdir, step=None, flag=None, rel_impl=None):
   """A char-LM run's config, model with trained params, step, window scale
   and corpus (for `python -m lfjax.evaluate` / `lfjax.sample`); flag: see
-  restore_params."""
+  restore_params. rel_impl: "table" or "features" to build the model with
+  that relative-position path instead of the run's (same parameters)."""
   config = read_config(workdir, "charlm")
+  if rel_impl is not None:
+    config.model.rel_impl = rel_impl
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm.CharLM(model_config(config, corpus.vocab_size),
                         rngs=nnx.Rngs(config.seed))

@@ -229,6 +229,9 @@ def _clean_flag_error(text):
   if "Error whilst parsing config file" in text:
     last = [l for l in text.splitlines() if l.strip()][-1].strip()
     return "--config: " + re.sub(r"^\w+(Error|Exception): ", "", last)
+  # absl's boolean parser raises with a tuple as its message.
+  text = re.sub(r"\('Non-boolean argument to boolean flag', '(.*)'\)",
+                r"expected true or false, got '\1'", text)
   return text.replace("\\n", " ")
 
 

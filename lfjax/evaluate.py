@@ -8,6 +8,7 @@ character, the paper's protocol:
 
   python -m lfjax.evaluate --workdir DIR [--split test] [--seq_len 32256]
       [--stride 512] [--batch_size 1] [--max_chars 0] [--checkpoint STEP]
+      [--rel_impl table|features]
 
 MLM runs: held-out MLM loss and BPC (as `python -m lfjax.mlm evaluate`).
 Fine-tuned runs (classification, ...), or a folder `python -m

@@ -306,3 +306,18 @@ def test_a_config_field_given_twice_is_refused(capsys, tmp_path):
                      "--workdir", str(workdir))
   short_error(code, err, 2, "--config.tensorboard: given more than once")
   assert not workdir.exists()
+
+
+def test_phase_count_and_boolean_errors_name_the_cause(capsys, tmp_path):
+  # Three phases of steps against the tiny config's two of everything else.
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.schedule.steps=(100,30,10)", "--workdir",
+                     str(tmp_path / "a"))
+  short_error(code, err, 2, "config.schedule.seq_lens",
+              "one per phase: schedule.steps has 3")
+  code, _, err = run(capsys, train.main, "--config", TINY,
+                     "--config.model.remat=yes", "--workdir",
+                     str(tmp_path / "b"))
+  short_error(code, err, 2, "--config.model.remat=yes",
+              "expected true or false, got 'yes'")
+  assert "Non-boolean" not in err[0]

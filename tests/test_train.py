@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from lfjax import checkpoints
+from lfjax import cli
+from lfjax import evaluate
 from lfjax import metrics
 from lfjax import sample
 from lfjax import train
@@ -90,6 +92,15 @@ def test_tiny_run_learns_and_writes_metrics(data_dir, tmp_path):
       model, corpus, split="valid", seq_len=64, step=32, batch_size=4,
       max_chars=1000, window_scale=scale)
   assert abs(value - last["eval_bpc"]) < 1e-5 and count == 999
+  # The same checkpoint through the other relative-position path (q/k
+  # features instead of the table), from the command line.
+  assert cli.run(evaluate.main, [
+      "--workdir", str(tmp_path), "--split", "valid", "--max_chars", "1000",
+      "--rel_impl", "features"]) == 0
+  feats = json.loads((tmp_path / "eval_valid_80_chars1000_features.json"
+                      ).read_text())
+  assert feats["rel_impl"] == "features" and feats["chars_scored"] == 999
+  assert abs(feats["bpc"] - last["eval_bpc"]) < 1e-5
   prompt = corpus.encode("def f(x):\n")
   outs = [np.concatenate(list(sample.sample(
       model, prompt, 40, window_scale=scale, seed=s, chunk=16)), axis=1)

@@ -26,6 +26,10 @@ from lfjax.models import remat
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+# CharLMConfig.rel_impl values.
+REL_IMPLS = ("table", "features")
+
+
 @dataclasses.dataclass(frozen=True)
 class CharLMConfig:
   """Shapes and options; windows and dilations are per layer."""
@@ -81,8 +85,8 @@ class CharLMConfig:
     if self.remat_policy not in remat.POLICIES:
       raise ValueError(f"remat_policy: expected one of {list(remat.POLICIES)}"
                        f", got {self.remat_policy!r}")
-    if self.rel_impl not in ("table", "features"):
-      raise ValueError(f"rel_impl: expected 'table' or 'features', got "
+    if self.rel_impl not in REL_IMPLS:
+      raise ValueError(f"rel_impl: expected one of {REL_IMPLS}, got "
                        f"{self.rel_impl!r}")
     object.__setattr__(self, "windows", tuple(int(w) for w in self.windows))
     object.__setattr__(self, "dilations",

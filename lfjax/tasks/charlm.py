@@ -304,6 +304,10 @@ def _define_flags(fv, argv):
   flags.DEFINE_integer("checkpoint", None,
                        "Checkpoint step (default: the newest).",
                        flag_values=fv)
+  flags.DEFINE_enum("rel_impl", None, list(charlm_model.REL_IMPLS),
+                    "Relative positions as a per-distance table or as q/k "
+                    "features (default: the run's config.model.rel_impl); "
+                    "both use the same parameters.", flag_values=fv)
 
 
 def evaluate_main(argv, doc=__doc__):
@@ -338,21 +342,24 @@ def evaluate_main(argv, doc=__doc__):
                            f"{stride} (config.eval.step; or pass --stride), "
                            f"got {seq_len}")
   checkpoints.quiet_orbax()
+  run_rel_impl = config.model.rel_impl
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
-      fv.workdir, fv.checkpoint, flag="--checkpoint")
+      fv.workdir, fv.checkpoint, flag="--checkpoint", rel_impl=fv.rel_impl)
   args = dict(split=fv.split, seq_len=seq_len, step=stride,
               batch_size=(config.eval.batch_size if fv.batch_size is None
                           else fv.batch_size),
-              max_chars=fv.max_chars)
-  value, count = evaluate_model(model, corpus, window_scale=scale,
-                                progress=True, **args)
+              max_chars=fv.max_chars, rel_impl=config.model.rel_impl)
+  value, count = evaluate_model(
+      model, corpus, window_scale=scale, progress=True,
+      **{k: v for k, v in args.items() if k != "rel_impl"})
   result = dict(args, bpc=value, chars_scored=count, checkpoint=ckpt,
                 dataset=corpus.name, window_scale=scale)
   out = common.result_path(
       fv.workdir, f"eval_{fv.split}_{ckpt}",
-      {k: args[k] for k in ("seq_len", "step", "max_chars")},
-      dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0),
-      dict(seq_len="seq", step="stride", max_chars="chars"))
+      {k: args[k] for k in ("seq_len", "step", "max_chars", "rel_impl")},
+      dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0,
+           rel_impl=run_rel_impl),
+      dict(seq_len="seq", step="stride", max_chars="chars", rel_impl=""))
   out.write_text(json.dumps(result, indent=1))
   print(f"{corpus.name} {fv.split}: {value:.4f} bpc over {count:,} "
         f"characters (checkpoint {ckpt}; written to {out})")

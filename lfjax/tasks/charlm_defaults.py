@@ -149,10 +149,13 @@ def validate(config):
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   ck.one_of(c, "model.rel_impl", ("table", "features"))
   n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
-  ck.integers(c, "schedule.seq_lens", 1, n, " (one per phase)")
-  ck.integers(c, "schedule.window_scales", 1, n, " (one per phase)")
-  ck.reals(c, "schedule.lrs", 0, True, n, " (one per phase)")
-  ck.integers(c, "schedule.batch_sizes", 1, n, " (one per phase)")
+  # schedule.steps sets the phase count; say so, or a user who changed
+  # only steps is blamed for seq_lens.
+  per_phase = f" (one per phase: schedule.steps has {n})"
+  ck.integers(c, "schedule.seq_lens", 1, n, per_phase)
+  ck.integers(c, "schedule.window_scales", 1, n, per_phase)
+  ck.reals(c, "schedule.lrs", 0, True, n, per_phase)
+  ck.integers(c, "schedule.batch_sizes", 1, n, per_phase)
   ck.real(c, "optim.warmup_fraction", 0, 1)
   ck.integer(c, "optim.max_warmup_steps", 1)
   ck.real(c, "optim.grad_clip", 0, lo_open=True)
