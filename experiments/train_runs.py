@@ -441,9 +441,9 @@ def timing_notes(runs):
   several = [f"{n} ({t['launches']} launches)" for n, t in runs
              if t["complete"] and t["launches"] > 1]
   if several:
-    lines.append("Resumed runs (timing summed over their launches, the "
-                 "steps a killed launch lost and each launch's compiles "
-                 "included): " + ", ".join(several) + ".")
+    lines.append("Runs trained in several launches (timing summed over "
+                 "them, each launch's compiles and any steps a killed "
+                 "launch lost included): " + ", ".join(several) + ".")
   return lines
 
 
