@@ -46,13 +46,13 @@ def get_config(arg=None):
   c.model.attention_impl = "dense" if variant == "full" else "chunked"
   if quick:  # a smoke run: narrower model, a few steps
     c.model.hidden_size, c.model.head_dim, c.model.ffn_size = 128, 16, 512
-  c.schedule.steps = (40, 20) if quick else (1500, 500)
+  c.schedule.steps = (40, 20) if quick else (400, 150)
   c.schedule.seq_lens = (seq, 2 * seq)
   c.schedule.window_scales = (1, 2)
   c.schedule.lrs = (1e-3, 5e-4)
   c.schedule.batch_sizes = (8, 4)
   c.log_every = 10 if quick else 50
-  c.checkpoint_every = 500
+  c.checkpoint_every = 100  # a killed default run loses at most ~2 min
   c.eval_every = 0  # validation once, at the end
   # Paper protocol scaled: windows of the last phase's length, stepped by
   # a quarter of it, scoring the last quarter (paper: 32,256 / 512).
