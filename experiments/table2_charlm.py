@@ -141,10 +141,7 @@ def main(argv=None):
                  f"{fmt(cpu and statistics.median(cpu), '.0f')} | {load} | "
                  f"{fmt(rss and max(rss), '.2f')} | {tps} |")
   lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
-  if notes:
-    lines += ["Runs resumed with a longer schedule (their first steps ran "
-              "under the shorter one's warmup): " + "; ".join(notes) + ".",
-              ""]
+  lines += train_runs.resumed_notes(notes)
   lines += ["Paper (Table 2, small models, test BPC): Longformer 1.10 "
             "(text8), 1.00 (enwik8); T12, full attention, 1.18 / 1.11.", ""]
   png = out.with_suffix(".png")

@@ -130,10 +130,7 @@ def main(argv=None):
     lines.append(f"| {label} | {windows} | {dilations} | {m:.4f}{spread} | "
                  f"{per} | {PAPER[variant]:.2f} | {wall} |")
   lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
-  if notes:
-    lines += ["Runs resumed with a longer schedule (their first steps ran "
-              "under the shorter one's warmup): " + "; ".join(notes) + ".",
-              ""]
+  lines += train_runs.resumed_notes(notes)
   lines += ["Orderings the paper reports, tested here: a difference "
             "counts as beyond the seed spread when it exceeds twice its "
             "standard error, sqrt(s1^2/n + s2^2/n).", "",

@@ -242,20 +242,11 @@ def requested_config(config, overrides=()):
   return json.loads(fv.config.to_json())
 
 
-def _flat(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def _diff(old, new):
   """{field: (old, new)} over the fields both configs have (a field only
   one has was added to or removed from lfjax since the run started)."""
-  fo, fn = _flat(old), _flat(new)
+  from lfjax import checkpoints
+  fo, fn = checkpoints.flat(old), checkpoints.flat(new)
   return {k: (fo[k], fn[k]) for k in sorted(set(fo) & set(fn))
           if fo[k] != fn[k]}
 
@@ -427,6 +418,15 @@ def timing(workdir, timing_file=TIMING):
 def fmt(value, spec):
   """value formatted, or UNKNOWN for None (unknown timing)."""
   return UNKNOWN if value is None else format(value, spec)
+
+
+def resumed_notes(notes):
+  """Lines for the results file naming runs resumed with a longer
+  schedule (notes: one string per run), or none."""
+  if not notes:
+    return []
+  return ["Runs resumed with a longer schedule (their first steps ran "
+          "under the shorter one's warmup): " + "; ".join(notes) + ".", ""]
 
 
 def timing_notes(runs):
