@@ -40,8 +40,9 @@ class Phase:
   tokens_per_batch: int
 
 
-def _print(*args, **kwargs):
-  # In a multi-process run every process trains the same steps; one log.
+def say(*args, **kwargs):
+  """print() on process 0 only: in a multi-process run every process runs
+  the same steps, and the log should appear once."""
   if jax.process_index() == 0:
     print(*args, **kwargs)
 
@@ -59,10 +60,10 @@ def check_finite(loss, step, last_ckpt):
 def finished(workdir, step, total, steps):
   """Says where a finished run's results are; returns its last record (the
   records logged at its last step, merged), as the run itself returned."""
-  _print("\n".join([f"{workdir} is already finished: its newest checkpoint "
-                   f"is step {step} of {total}."] + _where(workdir, steps)
-                  + ["To train on, give it a longer schedule; to start "
-                     "over, use a new --workdir."]), flush=True)
+  say("\n".join([f"{workdir} is already finished: its newest checkpoint "
+                 f"is step {step} of {total}."] + _where(workdir, steps)
+                + ["To train on, give it a longer schedule; to start "
+                   "over, use a new --workdir."]), flush=True)
   path = workdir / "metrics.jsonl"
   last = {}
   for rec in metrics.read(path) if path.exists() else []:
@@ -108,7 +109,7 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
           mngr, start, params, opt_state)
       if start >= total:
         return finished(workdir, start, total, mngr.all_steps())
-      _print(f"resuming {workdir} from step {start}")
+      say(f"resuming {workdir} from step {start}")
     mirror = None
     if config.tensorboard:
       mirror = metrics.TensorBoardWriter(workdir / metrics.TENSORBOARD_DIR,
@@ -127,9 +128,9 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
       first = max(start, ph.start)
       # The first step of a phase compiles (minutes for a big model): say so
       # before the wait, and keep it out of tokens/s.
-      _print(f"phase {p + 1}/{len(phases)}: compiling the train step (seq "
-            f"{ph.info.get('seq_len')}, {ph.tokens_per_batch:,} tokens per "
-            "batch)...", flush=True)
+      say(f"phase {p + 1}/{len(phases)}: compiling the train step (seq "
+          f"{ph.info.get('seq_len')}, {ph.tokens_per_batch:,} tokens per "
+          "batch)...", flush=True)
       tick, tick_step = time.perf_counter(), first
       for step in range(first, ph.end):
         batch = next(ph.sampler)
@@ -138,8 +139,8 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
         if step == first:
           jax.block_until_ready(m)
           now = time.perf_counter()
-          _print(f"phase {p + 1}/{len(phases)}: compiled; first step took "
-                f"{now - tick:.1f} s", flush=True)
+          say(f"phase {p + 1}/{len(phases)}: compiled; first step took "
+              f"{now - tick:.1f} s", flush=True)
           tick, tick_step = now, done
         if done % config.log_every == 0 or done == ph.end:
           host = {k: float(v) for k, v in m.items()}  # waits for the step
@@ -152,27 +153,27 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
                       learning_rate=float(learning_rate(step)),
                       tokens_per_s=rate, phase=p + 1, **ph.info)
           writer.write(done, last)
-          _print(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
-                f"seq {ph.info.get('seq_len')} "
-                f"loss {last['train_loss']:.4f} "
-                + (f"bpc {last['train_bpc']:.3f} " if "train_bpc" in last
-                   else "")
-                + f"lr {last['learning_rate']:.2e} "
-                + (f"{rate:,.0f} tok/s " if rate else "")
-                + f"elapsed {_duration(now - t0)} "
-                f"eta {_eta(rate, phases, p, done)}", flush=True)
+          say(f"step {done:>7}/{total} phase {p + 1}/{len(phases)} "
+              f"seq {ph.info.get('seq_len')} "
+              f"loss {last['train_loss']:.4f} "
+              + (f"bpc {last['train_bpc']:.3f} " if "train_bpc" in last
+                 else "")
+              + f"lr {last['learning_rate']:.2e} "
+              + (f"{rate:,.0f} tok/s " if rate else "")
+              + f"elapsed {_duration(now - t0)} "
+              f"eta {_eta(rate, phases, p, done)}", flush=True)
           if rate:
             tick, tick_step = now, done
         if (config.eval_every and done % config.eval_every == 0) or (
             done == total):
           if not evaluated:
-            _print(f"step {done:>7} evaluating (the first evaluation "
-                  "compiles)...", flush=True)
+            say(f"step {done:>7} evaluating (the first evaluation "
+                "compiles)...", flush=True)
             evaluated = True
           record, text = evaluate_fn(params, p)
           last = dict(last, **record)
           writer.write(done, record)
-          _print(f"step {done:>7} eval {text}", flush=True)
+          say(f"step {done:>7} eval {text}", flush=True)
           tick, tick_step = time.perf_counter(), done  # tok/s excludes eval
         if done % config.checkpoint_every == 0 or done == ph.end:
           check_finite(float(m["loss"]), done, last_ckpt)
@@ -210,7 +211,7 @@ def _summary(workdir, total, seconds, steps, last):
                     if k.startswith("eval_") and isinstance(v, float))
   lines = [f"finished step {total} in {_duration(seconds)}"
            + (f": {evals}" if evals else "")] + _where(workdir, steps)
-  _print("\n".join(lines), flush=True)
+  say("\n".join(lines), flush=True)
 
 
 def _where(workdir, steps):

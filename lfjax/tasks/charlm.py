@@ -149,8 +149,7 @@ def train_and_evaluate(config, workdir):
   metrics."""
   validate(config)  # every field, before anything is written
   mesh = parallel.make_mesh(config.mesh)
-  if jax.process_index() == 0:
-    print(f"training on {parallel.describe(mesh)}", flush=True)
+  loop.say(f"training on {parallel.describe(mesh)}", flush=True)
   for p, (b, n) in enumerate(zip(config.schedule.batch_sizes,
                                  config.schedule.seq_lens)):
     parallel.check_batch(mesh, f"schedule.batch_sizes[{p}]", b)

@@ -279,8 +279,7 @@ def train_and_evaluate(config, workdir):
   """Trains (or resumes) the MLM run in workdir; returns the last record."""
   validate(config)  # every field, before anything is written
   mesh = parallel.make_mesh(config.mesh)
-  if jax.process_index() == 0:
-    print(f"training on {parallel.describe(mesh)}", flush=True)
+  loop.say(f"training on {parallel.describe(mesh)}", flush=True)
   parallel.check_batch(mesh, "train.micro_batch_size",
                        config.train.micro_batch_size)
   parallel.check_seq(mesh, "train.seq_len", config.train.seq_len)
