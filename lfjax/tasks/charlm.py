@@ -347,15 +347,15 @@ def evaluate_main(argv, doc=__doc__):
   args = dict(split=fv.split, seq_len=seq_len, step=stride,
               batch_size=(config.eval.batch_size if fv.batch_size is None
                           else fv.batch_size),
-              max_chars=fv.max_chars, rel_impl=config.model.rel_impl)
-  value, count = evaluate_model(
-      model, corpus, window_scale=scale, progress=True,
-      **{k: v for k, v in args.items() if k != "rel_impl"})
-  result = dict(args, bpc=value, chars_scored=count, checkpoint=ckpt,
-                dataset=corpus.name, window_scale=scale)
+              max_chars=fv.max_chars)
+  value, count = evaluate_model(model, corpus, window_scale=scale,
+                                progress=True, **args)
+  result = dict(args, rel_impl=config.model.rel_impl, bpc=value,
+                chars_scored=count, checkpoint=ckpt, dataset=corpus.name,
+                window_scale=scale)
   out = common.result_path(
       fv.workdir, f"eval_{fv.split}_{ckpt}",
-      {k: args[k] for k in ("seq_len", "step", "max_chars", "rel_impl")},
+      {k: result[k] for k in ("seq_len", "step", "max_chars", "rel_impl")},
       dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0,
            rel_impl=run_rel_impl),
       dict(seq_len="seq", step="stride", max_chars="chars", rel_impl=""))
