@@ -5,8 +5,7 @@
 
 Args (comma separated): `longformer` (increasing windows, dilation on 2
 heads, the chunked band core) or `full` (every window covers the whole
-sequence, the dense O(N^2) path: an ordinary causal transformer with the
-same parameters), optionally `quick`. Both train on the embedded corpus
+sequence: an ordinary causal transformer with the same parameters), optionally `quick`. Both train on the embedded corpus
 (pystdlib) with the paper's staged schedule in two phases: sequence and
 window double, the learning rate halves. `experiments/table2_charlm.py`
 runs both and writes experiments/results/table2.md.
@@ -43,7 +42,12 @@ def get_config(arg=None):
   c.model.dilations = ((1,) * 6 if variant == "full"
                        else (1, 1, 1, 2, 3, 4))
   c.model.dilated_heads = 2
-  c.model.attention_impl = "dense" if variant == "full" else "chunked"
+  # Both variants use the chunked band core: with windows covering the
+  # sequence it computes exactly full causal attention, in 0.55x the time
+  # per train step of the dense O(N^2) oracle path at 512 tokens on this
+  # CPU (2.9 vs 5.3 s, interleaved medians): the baseline should not pay
+  # for a slow implementation.
+  c.model.attention_impl = "chunked"
   if quick:  # a smoke run: narrower model, a few steps
     c.model.hidden_size, c.model.head_dim, c.model.ffn_size = 128, 16, 512
   c.schedule.steps = (40, 20) if quick else (400, 150)
