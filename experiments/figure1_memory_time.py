@@ -56,7 +56,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
-import train_runs  # noqa: E402  (experiments/, beside this file)
+import commands  # noqa: E402  (experiments/, beside this file)
+import results_text  # noqa: E402
 
 IMPLS = ("jax_full", "lfjax_dense", "lfjax_chunked", "hf_longformer",
          "hf_roberta")
@@ -342,7 +343,7 @@ def measure(args, impl, seq):
     p = subprocess.run([sys.executable, __file__, "--child", json.dumps(c)],
                        capture_output=True, text=True, timeout=timeout,
                        env=env, cwd=ROOT,
-                       preexec_fn=train_runs.die_with_parent())
+                       preexec_fn=commands.die_with_parent())
   except subprocess.TimeoutExpired:
     return {"status": "over cap", "note": f"killed after {timeout:.0f} s"}
   for line in p.stdout.splitlines():
@@ -365,7 +366,7 @@ def versions():
 
 
 def machine():
-  return train_runs.machine()
+  return results_text.machine()
 
 
 def fmt(v, digits=0):
@@ -476,8 +477,8 @@ def main(argv=None):
     draw(rows, png, _title(setup))
     print(f"wrote {png}")
     return
-  cmd = train_runs.command_line(__file__,
-                                sys.argv[1:] if argv is None else argv)
+  cmd = commands.command_line(__file__,
+                              sys.argv[1:] if argv is None else argv)
   setup = dict(batch=args.batch, hidden=args.hidden, heads=args.heads,
                window=args.window)
   for note in args.notes:

@@ -38,7 +38,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-import train_runs
+import commands
+import results_text
 from lfjax.models import LongformerConfig
 from lfjax.models import LongformerForSequenceClassification
 
@@ -170,7 +171,7 @@ def parse_args(argv):
   for k, v in (QUICK if a.quick else DEFAULTS).items():
     if getattr(a, k) is None:  # a flag the user gave wins over --quick
       setattr(a, k, v)
-  a.seeds = train_runs.parse_seeds(p, a.seeds)
+  a.seeds = results_text.parse_seeds(p, a.seeds)
   for k in ("steps", "seq_len", "keys", "window", "layers", "hidden",
             "heads", "batch", "train_docs", "dev_docs", "eval_every"):
     if getattr(a, k) < 1:
@@ -193,8 +194,8 @@ def parse_args(argv):
             f"{a.seq_len - 1 - a.gap} (the positions a KEY may take), got "
             f"{a.keys}")
   name = "global_attention_quick" if a.quick else "global_attention"
-  a.out = (train_runs.absolute(a.out) if a.out else
-           train_runs.REPO / "experiments" / "results" / f"{name}.md")
+  a.out = (commands.absolute(a.out) if a.out else
+           commands.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
@@ -212,7 +213,7 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   png = out.with_suffix(".png")
   lines = ["# Global attention on a synthetic long-document task", ""]
-  lines += train_runs.header(train_runs.command_line(__file__, argv))
+  lines += results_text.header(commands.command_line(__file__, argv))
   lines += [
       f"Task: {a.seq_len}-token documents of random filler, label = which "
       f"of two KEY tokens fills {a.keys} uniform positions in {a.gap}.."
@@ -229,7 +230,7 @@ def main(argv=None):
   for variant in VARIANTS:
     final = [c[-1][1] for c in curves[variant]]
     best = [max(v for _, v, _ in c) for c in curves[variant]]
-    m, s = train_runs.mean_std(final)
+    m, s = results_text.mean_std(final)
     spread = f" ± {s:.3f}" if len(final) > 1 else ""
     lines.append(f"| {variant} | {m:.3f}{spread} | "
                  f"{', '.join(f'{v:.3f}' for v in final)} | "
@@ -241,7 +242,7 @@ def main(argv=None):
             "65.5 (-8.3, our `local` drops only the global attention).", "",
             f"![dev accuracy]({png.name})", ""]
   out.write_text("\n".join(lines))
-  train_runs.plot_seed_bands(
+  results_text.plot_seed_bands(
       [(v, [[(s, acc) for s, acc, _ in c] for c in curves[v]])
        for v in VARIANTS], png, ylabel="dev accuracy",
       title="First-token global attention vs local only", chance=0.5)
@@ -250,4 +251,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  train_runs.main_guard(main)
+  commands.main_guard(main)

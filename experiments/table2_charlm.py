@@ -22,7 +22,9 @@ import json
 import statistics
 import sys
 
-import train_runs
+import commands
+import results_text
+import run_folders
 
 ROWS = (("longformer", "Longformer (increasing windows, dilation on 2 heads)"),
         ("full", "Full attention (every window = the sequence)"))
@@ -40,11 +42,11 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="results .md (default: "
                  "experiments/results/table2[_quick].md; PNG beside it)")
   a = p.parse_args(argv)
-  a.seeds = train_runs.parse_seeds(p, a.seeds)
+  a.seeds = results_text.parse_seeds(p, a.seeds)
   name = "table2_quick" if a.quick else "table2"
-  a.root = train_runs.absolute(a.root)
-  a.out = (train_runs.absolute(a.out) if a.out else
-           train_runs.REPO / "experiments" / "results" / f"{name}.md")
+  a.root = commands.absolute(a.root)
+  a.out = (commands.absolute(a.out) if a.out else
+           commands.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
@@ -59,11 +61,11 @@ def main(argv=None):
       config = f"configs/charlm_table2.py:{variant}" + (
           ",quick" if a.quick else "")
       workdir = root / f"{variant}_s{seed}"
-      records, timing = train_runs.train(config, workdir,
-                                         [f"--config.seed={seed}"])
+      records, timing = run_folders.train(config, workdir,
+                                          [f"--config.seed={seed}"])
       timings.append((f"{variant} seed {seed}", timing))
-      notes += train_runs.extensions(workdir)
-      test = train_runs.evaluate(
+      notes += run_folders.extensions(workdir)
+      test = run_folders.evaluate(
           workdir, "test", ["--max_chars", "8000" if a.quick else "100000"])
       dev = [r["eval_bpc"] for r in records if "eval_bpc" in r]
       # Throughput per phase: the median of the logged tokens/s.
@@ -80,18 +82,18 @@ def main(argv=None):
                  if "train_bpc" in r],
           chars=test["chars_scored"]))
       print(f"{variant} seed {seed}: test bpc {test['bpc']:.4f}, "
-            f"{train_runs.fmt(timing['wall_s'], '.0f')} s, "
-            f"{train_runs.fmt(timing['peak_rss_gib'], '.2f')} GiB",
+            f"{results_text.fmt(timing['wall_s'], '.0f')} s, "
+            f"{results_text.fmt(timing['peak_rss_gib'], '.2f')} GiB",
             flush=True)
 
   out = a.out
   out.parent.mkdir(parents=True, exist_ok=True)
   first = rows["longformer"][0]
-  layers, _ = train_runs.describe_model(first["config"])
+  layers, _ = results_text.describe_model(first["config"])
   sched = first["config"]["schedule"]
-  params = {v: train_runs.param_count(rows[v][0]["workdir"]) for v, _ in ROWS}
+  params = {v: results_text.param_count(rows[v][0]["workdir"]) for v, _ in ROWS}
   lines = [f"# Table 2 at CPU scale ({'quick' if a.quick else 'default'})",
-           ""] + train_runs.header(train_runs.command_line(__file__, argv))
+           ""] + results_text.header(commands.command_line(__file__, argv))
   lines += [
       f"Model (from the runs' config.json): {layers}, relative positions; "
       f"{params['longformer']:,} parameters (longformer), "
@@ -103,7 +105,7 @@ def main(argv=None):
       f"{tuple(sched['lrs'])}), the same tokens for both variants, seeds "
       f"{a.seeds}. Windows per layer (bottom -> top):"]
   for variant, label in ROWS:
-    _, windows = train_runs.describe_model(rows[variant][0]["config"])
+    _, windows = results_text.describe_model(rows[variant][0]["config"])
     lines.append(f"- {variant}: {windows}; dilations "
                  f"{tuple(rows[variant][0]['config']['model']['dilations'])}")
   lines += [
@@ -123,18 +125,18 @@ def main(argv=None):
       "| Model | test BPC | dev BPC | train wall s | train CPU s | load | "
       "peak RSS GiB | tok/s per phase (median) |",
       "|---|---|---|---|---|---|---|---|"]
-  fmt = train_runs.fmt
+  fmt = results_text.fmt
   for variant, label in ROWS:
     rs = rows[variant]
     ts = [r["timing"] for r in rs]
-    test = train_runs.mean_std([r["test"] for r in rs])
-    dev = train_runs.mean_std([r["dev"] for r in rs])
+    test = results_text.mean_std([r["test"] for r in rs])
+    dev = results_text.mean_std([r["dev"] for r in rs])
     ms = lambda m: (f"{m[0]:.4f}" if len(rs) == 1
                     else f"{m[0]:.4f} ± {m[1]:.4f}")
     known = lambda k: (None if any(t[k] is None for t in ts)
                        else [t[k] for t in ts])
     wall, cpu, rss = known("wall_s"), known("cpu_s"), known("peak_rss_gib")
-    load = ", ".join(train_runs.UNKNOWN if t["load_average"] is None else
+    load = ", ".join(results_text.UNKNOWN if t["load_average"] is None else
                      f"{t['load_average'][0]:.1f}/{t['load_average'][1]:.1f}"
                      for t in ts)
     tps = " / ".join(f"{statistics.median(r['tps'][p] for r in rs):,.0f}"
@@ -143,15 +145,15 @@ def main(argv=None):
                  f"{fmt(wall and statistics.median(wall), '.0f')} | "
                  f"{fmt(cpu and statistics.median(cpu), '.0f')} | {load} | "
                  f"{fmt(rss and max(rss), '.2f')} | {tps} |")
-  lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
-  lines += train_runs.resumed_notes(notes)
+  lines += [""] + [l + "\n" for l in results_text.timing_notes(timings)]
+  lines += results_text.resumed_notes(notes)
   lines += ["Paper (Table 2, small models, test BPC): Longformer 1.10 "
             "(text8), 1.00 (enwik8); T12, full attention, 1.18 / 1.11.", ""]
   png = out.with_suffix(".png")
   lines += [f"Training curves (train BPC, every logged step): "
             f"[{png.name}]({png.name}).", ""]
   out.write_text("\n".join(lines))
-  train_runs.plot_seed_bands(
+  results_text.plot_seed_bands(
       [(label, [r["curve"] for r in rows[v]]) for v, label in ROWS], png,
       ylabel="train BPC", title="Table 2 at CPU scale: char-LM, same size, "
       "same tokens")
@@ -160,4 +162,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  train_runs.main_guard(main)
+  commands.main_guard(main)

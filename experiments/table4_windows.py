@@ -21,7 +21,9 @@ import json
 import math
 import sys
 
-import train_runs
+import commands
+import results_text
+import run_folders
 
 PAPER = {"decreasing": 1.24, "fixed": 1.23, "increasing": 1.21,
          "dilated": 1.20}
@@ -49,13 +51,13 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="results .md (default: "
                  "experiments/results/table4[_quick].md; PNG beside it)")
   a = p.parse_args(argv)
-  a.seeds = train_runs.parse_seeds(p, a.seeds)
+  a.seeds = results_text.parse_seeds(p, a.seeds)
   if a.steps is not None and a.steps < 1:
     p.error(f"--steps: expected an integer >= 1, got {a.steps}")
   name = "table4_quick" if a.quick else "table4"
-  a.root = train_runs.absolute(a.root)
-  a.out = (train_runs.absolute(a.out) if a.out else
-           train_runs.REPO / "experiments" / "results" / f"{name}.md")
+  a.root = commands.absolute(a.root)
+  a.out = (commands.absolute(a.out) if a.out else
+           commands.REPO / "experiments" / "results" / f"{name}.md")
   return a
 
 
@@ -78,13 +80,13 @@ def main(argv=None):
       if a.steps:
         overrides.append(f"--config.schedule.steps=({a.steps},)")
       workdir = root / f"{variant}_s{seed}"
-      records, timing = train_runs.train(config, workdir, overrides,
-                                         hint="--root (or --steps)")
+      records, timing = run_folders.train(config, workdir, overrides,
+                                          hint="--root (or --steps)")
       timings.append((f"{variant} seed {seed}", timing))
-      notes += train_runs.extensions(workdir)
+      notes += run_folders.extensions(workdir)
       curve = dev_curve(records)
       if not curve:
-        raise train_runs.Error(f"run {workdir} wrote no eval_bpc "
+        raise commands.Error(f"run {workdir} wrote no eval_bpc "
                                "(config.eval_every = 0?)")
       final[variant].append(curve[-1][1])
       run_config = json.loads((workdir / "config.json").read_text())
@@ -93,16 +95,16 @@ def main(argv=None):
       curves[variant].append(curve)
       walls[variant].append(timing["wall_s"])
       print(f"{variant} seed {seed}: dev bpc {curve[-1][1]:.4f} "
-            f"({train_runs.fmt(timing['wall_s'], '.0f')} s)", flush=True)
+            f"({results_text.fmt(timing['wall_s'], '.0f')} s)", flush=True)
 
   out = a.out
   out.parent.mkdir(parents=True, exist_ok=True)
   png = out.with_suffix(".png")
   n = len(a.seeds)
   lines = [f"# Table 4 at CPU scale ({'quick' if a.quick else 'default'})",
-           ""] + train_runs.header(train_runs.command_line(__file__, argv))
-  layers, _ = train_runs.describe_model(run_config)
-  steps = train_runs.total_steps(run_config)
+           ""] + results_text.header(commands.command_line(__file__, argv))
+  layers, _ = results_text.describe_model(run_config)
+  steps = run_folders.total_steps(run_config)
   lines += [
       f"Model: configs/charlm_table4.py ({layers}, causal windows; "
       f"embedded corpus `pystdlib`), one phase of {steps} steps of "
@@ -119,26 +121,26 @@ def main(argv=None):
       "mean ± std | per seed | paper (text8) | min train wall s |",
       "|---|---|---|---|---|---|---|"]
   for variant, label in ROWS:
-    m, s = train_runs.mean_std(final[variant])
+    m, s = results_text.mean_std(final[variant])
     per = ", ".join(f"{v:.4f}" for v in final[variant])
     spread = f" ± {s:.4f}" if n > 1 else ""
     windows, dilations = shapes[variant]
     known = [w for w in walls[variant] if w is not None]
-    wall = train_runs.fmt(min(known) if known else None, ".0f") + (
-        f" ({train_runs.UNKNOWN} for {len(walls[variant]) - len(known)})"
+    wall = results_text.fmt(min(known) if known else None, ".0f") + (
+        f" ({results_text.UNKNOWN} for {len(walls[variant]) - len(known)})"
         if known and len(known) < len(walls[variant]) else "")
     lines.append(f"| {label} | {windows} | {dilations} | {m:.4f}{spread} | "
                  f"{per} | {PAPER[variant]:.2f} | {wall} |")
-  lines += [""] + [l + "\n" for l in train_runs.timing_notes(timings)]
-  lines += train_runs.resumed_notes(notes)
+  lines += [""] + [l + "\n" for l in results_text.timing_notes(timings)]
+  lines += results_text.resumed_notes(notes)
   lines += ["Orderings the paper reports, tested here: a difference "
             "counts as beyond the seed spread when it exceeds twice its "
             "standard error, sqrt(s1^2/n + s2^2/n).", "",
             "| Paper says | mean difference | 2 x s.e. | here |",
             "|---|---|---|---|"]
   for better, worse in ORDERINGS:
-    mb, sb = train_runs.mean_std(final[better])
-    mw, sw = train_runs.mean_std(final[worse])
+    mb, sb = results_text.mean_std(final[better])
+    mw, sw = results_text.mean_std(final[worse])
     se = math.sqrt((sb ** 2 + sw ** 2) / n) if n > 1 else float("nan")
     diff = mw - mb
     if not n > 1:
@@ -153,7 +155,7 @@ def main(argv=None):
                  f"{verdict} |")
   lines += ["", f"![dev BPC curves]({png.name})", ""]
   out.write_text("\n".join(lines))
-  train_runs.plot_seed_bands(
+  results_text.plot_seed_bands(
       [(label, curves[v]) for v, label in ROWS], png, ylabel="dev BPC",
       title=f"Table 4 ablation, {n} seed{'s' * (n > 1)}")
   print("\n".join(lines))
@@ -161,4 +163,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  train_runs.main_guard(main)
+  commands.main_guard(main)

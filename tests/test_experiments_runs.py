@@ -1,7 +1,7 @@
-"""The reproduction scripts' run handling (experiments/train_runs.py and the
-scripts' argument checks), without training: the lfjax.train subprocess is
-replaced by a stand-in that writes checkpoint folders, and run folders are
-built by hand. Expected timings, steps and names are written out here."""
+"""The reproduction scripts' run handling (experiments/commands.py,
+run_folders.py, results_text.py and the scripts' argument checks), without
+training: the lfjax.train subprocess is replaced by a stand-in that
+writes checkpoint folders, and run folders are built by hand. Expected timings, steps and names are written out here."""
 
 import importlib.util
 import json
@@ -19,7 +19,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
 
-import train_runs  # noqa: E402
+import commands  # noqa: E402
+import results_text  # noqa: E402
+import run_folders  # noqa: E402
 
 
 def _load(name):
@@ -59,9 +61,9 @@ def _run_folder(path, config, steps=(), timing=None):
 
 
 class FakeTrainer:
-  """Stands in for train_runs.run: 'trains' to `to_step` (writes its
-  checkpoint folder), reports `usage`, and optionally raises after it as
-  an interrupted script would."""
+  """Stands in for commands.run where run_folders.train calls it:
+  'trains' to `to_step` (writes its checkpoint folder), reports `usage`,
+  and optionally raises after it as an interrupted script would."""
 
   def __init__(self, to_step, usage, raises=None):
     self.to_step, self.usage, self.raises, self.calls = (
@@ -91,7 +93,7 @@ def test_segments_covering_the_run_add_up():
            peak_rss_gib=1.5, load_average=[0.5, 3.0]),
       dict(from_step=0, to_step=300, wall_s=100.0, cpu_s=150.0,
            peak_rss_gib=1.0, load_average=[1.0, 2.0])]
-  t = train_runs.summarize(segments, 550)
+  t = run_folders.summarize(segments, 550)
   assert t["complete"] and t["launches"] == 2
   assert t["wall_s"] == 150.0 and t["cpu_s"] == 210.0
   assert t["peak_rss_gib"] == 1.5 and t["load_average"] == (1.0, 3.0)
@@ -105,7 +107,7 @@ def test_segments_covering_the_run_add_up():
     ([], 550, "no timing record"),
 ])
 def test_segments_with_a_gap_give_no_numbers(segments, newest, why):
-  t = train_runs.summarize(segments, newest)
+  t = run_folders.summarize(segments, newest)
   assert not t["complete"] and why in t["why"]
   assert t["wall_s"] is None and t["peak_rss_gib"] is None
   assert t["cpu_s"] is None
@@ -116,7 +118,7 @@ def test_old_single_record_reads_as_one_complete_training(tmp_path):
          "load_average": [1.5, 2.5], "command": "lfjax.train ..."}
   run = _run_folder(tmp_path / "longformer_s0", {}, steps=(400, 500, 550),
                     timing=old)
-  t = train_runs.timing(run)
+  t = run_folders.timing(run)
   assert t["complete"] and t["launches"] == 1
   assert t["wall_s"] == 1234.5 and t["peak_rss_gib"] == 2.25
   assert t["cpu_s"] == 2400.0 and t["load_average"] == (1.5, 2.5)
@@ -126,15 +128,15 @@ def test_resume_after_a_kill_without_record_is_incomplete(tmp_path,
                                                            monkeypatch):
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0), steps=(30,))
-  fake = FakeTrainer(60, train_runs.Usage(0, 12.0, 0.5, 20.0, (1.0, 2.0)))
-  monkeypatch.setattr(train_runs, "run", fake)
-  _, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+  fake = FakeTrainer(60, commands.Usage(0, 12.0, 0.5, 20.0, (1.0, 2.0)))
+  monkeypatch.setattr(run_folders, "run", fake)
+  _, t = run_folders.train(CONFIG, run, ["--config.seed=0"])
   assert len(fake.calls) == 1
   assert not t["complete"] and "steps 0-30" in t["why"]
   assert t["wall_s"] is None
   (seg,) = json.loads((run / "timing.json").read_text())["segments"]
   assert (seg["from_step"], seg["to_step"], seg["wall_s"]) == (30, 60, 12.0)
-  notes = train_runs.timing_notes([("increasing seed 0", t)])
+  notes = results_text.timing_notes([("increasing seed 0", t)])
   assert notes[0].startswith("`?`: timing unknown") and "steps 0-30" in (
       notes[0])
 
@@ -142,15 +144,15 @@ def test_resume_after_a_kill_without_record_is_incomplete(tmp_path,
 def test_killed_then_resumed_run_sums_its_launches(tmp_path, monkeypatch):
   run = tmp_path / "increasing_s0"
   # First launch: the script is interrupted after the trainer saved step 30.
-  monkeypatch.setattr(train_runs, "run", FakeTrainer(
-      30, train_runs.Usage(-15, 40.0, 0.75, 70.0, (1.0, 1.5)),
+  monkeypatch.setattr(run_folders, "run", FakeTrainer(
+      30, commands.Usage(-15, 40.0, 0.75, 70.0, (1.0, 1.5)),
       raises=KeyboardInterrupt()))
   _run_folder(run, _table4_config("increasing", 0))  # config, no steps
   with pytest.raises(KeyboardInterrupt):
-    train_runs.train(CONFIG, run, ["--config.seed=0"])
-  monkeypatch.setattr(train_runs, "run", FakeTrainer(
-      60, train_runs.Usage(0, 25.0, 0.5, 45.0, (1.5, 2.0))))
-  _, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+    run_folders.train(CONFIG, run, ["--config.seed=0"])
+  monkeypatch.setattr(run_folders, "run", FakeTrainer(
+      60, commands.Usage(0, 25.0, 0.5, 45.0, (1.5, 2.0))))
+  _, t = run_folders.train(CONFIG, run, ["--config.seed=0"])
   assert t["complete"] and t["launches"] == 2
   assert t["wall_s"] == 65.0 and t["cpu_s"] == 115.0
   assert t["peak_rss_gib"] == 0.75 and t["load_average"] == (1.0, 2.0)
@@ -159,10 +161,10 @@ def test_killed_then_resumed_run_sums_its_launches(tmp_path, monkeypatch):
 def test_a_launch_that_trains_nothing_is_no_segment(tmp_path, monkeypatch):
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0), steps=(30,))
-  fake = FakeTrainer(None, train_runs.Usage(0, 10.0, 0.41, 9.0, (1, 1)))
-  monkeypatch.setattr(train_runs, "run", fake)
-  with pytest.raises(train_runs.Error, match="ended at step 30 of 60"):
-    train_runs.train(CONFIG, run, ["--config.seed=0"])
+  fake = FakeTrainer(None, commands.Usage(0, 10.0, 0.41, 9.0, (1, 1)))
+  monkeypatch.setattr(run_folders, "run", fake)
+  with pytest.raises(commands.Error, match="ended at step 30 of 60"):
+    run_folders.train(CONFIG, run, ["--config.seed=0"])
   assert not (run / "timing.json").exists()
 
 
@@ -170,8 +172,8 @@ def test_a_finished_run_is_read_not_relaunched(tmp_path, monkeypatch):
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0), steps=(60,))
   fake = FakeTrainer(60, None)
-  monkeypatch.setattr(train_runs, "run", fake)
-  records, t = train_runs.train(CONFIG, run, ["--config.seed=0"])
+  monkeypatch.setattr(run_folders, "run", fake)
+  records, t = run_folders.train(CONFIG, run, ["--config.seed=0"])
   assert fake.calls == [] and records[-1]["step"] == 60
   assert not t["complete"]  # finished by a process nobody timed
 
@@ -182,34 +184,34 @@ def test_a_finished_run_is_read_not_relaunched(tmp_path, monkeypatch):
 def test_longer_run_than_requested_is_refused(tmp_path):
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0), steps=(60,))
-  want = train_runs.requested_config(
+  want = run_folders.requested_config(
       CONFIG, ["--config.seed=0", "--config.schedule.steps=(30,)"])
-  with pytest.raises(train_runs.Error, match=r"60 steps.*30 requested"
+  with pytest.raises(commands.Error, match=r"60 steps.*30 requested"
                      r".*another --root \(or --steps\)"):
-    train_runs.check_reuse(want, run, "--root (or --steps)")
+    run_folders.check_reuse(want, run, "--root (or --steps)")
 
 
 def test_other_config_is_refused_and_longer_schedule_resumes(tmp_path):
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0), steps=(60,))
-  other_seed = train_runs.requested_config(CONFIG, ["--config.seed=1"])
-  with pytest.raises(train_runs.Error, match="seed: 0 in the run, 1 "
+  other_seed = run_folders.requested_config(CONFIG, ["--config.seed=1"])
+  with pytest.raises(commands.Error, match="seed: 0 in the run, 1 "
                      "requested"):
-    train_runs.check_reuse(other_seed, run, "--root")
-  longer = train_runs.requested_config(
+    run_folders.check_reuse(other_seed, run, "--root")
+  longer = run_folders.requested_config(
       CONFIG, ["--config.seed=0", "--config.schedule.steps=(120,)"])
-  assert train_runs.check_reuse(longer, run, "--root") == "train"
-  same = train_runs.requested_config(CONFIG, ["--config.seed=0"])
-  assert train_runs.check_reuse(same, run, "--root") == "done"
+  assert run_folders.check_reuse(longer, run, "--root") == "train"
+  same = run_folders.requested_config(CONFIG, ["--config.seed=0"])
+  assert run_folders.check_reuse(same, run, "--root") == "done"
 
 
 def test_killed_longer_schedule_is_refused_at_the_requested_step(tmp_path):
   # Started as 120 steps, killed after saving step 60; 60 are requested.
   run = _run_folder(tmp_path / "increasing_s0",
                     _table4_config("increasing", 0, steps=120), steps=(60,))
-  want = train_runs.requested_config(CONFIG, ["--config.seed=0"])
-  with pytest.raises(train_runs.Error, match="120 steps"):
-    train_runs.check_reuse(want, run, "--root")
+  want = run_folders.requested_config(CONFIG, ["--config.seed=0"])
+  with pytest.raises(commands.Error, match="120 steps"):
+    run_folders.check_reuse(want, run, "--root")
 
 
 def test_table4_steps_mismatch_is_one_error_line(tmp_path, capsys):
@@ -217,7 +219,7 @@ def test_table4_steps_mismatch_is_one_error_line(tmp_path, capsys):
   _run_folder(tmp_path / "quick" / "decreasing_s0",
               _table4_config("decreasing", 0), steps=(60,))
   with pytest.raises(SystemExit) as e:
-    train_runs.main_guard(lambda: table4.main(
+    commands.main_guard(lambda: table4.main(
         ["--quick", "--seeds", "0", "--steps", "30", "--root",
          str(tmp_path)]))
   assert e.value.code == 1
@@ -302,7 +304,7 @@ def test_child_is_stopped_when_the_script_is_interrupted(
   timer = threading.Thread(target=interrupt, daemon=True)
   timer.start()
   with pytest.raises(raised) as e:
-    train_runs.run(["lfjax_test_sleeper", str(sleeper)],
+    commands.run(["lfjax_test_sleeper", str(sleeper)],
                    tmp_path / "child.log", on_exit=ended.append)
   timer.join()
   if code is not None:
@@ -317,7 +319,7 @@ def test_child_is_stopped_when_the_script_is_interrupted(
                     reason="PR_SET_PDEATHSIG is Linux's")
 def test_child_dies_with_a_killed_script(sleeper, tmp_path):
   script = (f"import sys; sys.path.insert(0, {str(EXPERIMENTS)!r}); "
-            "import train_runs; train_runs.run(['lfjax_test_sleeper', "
+            "import commands; commands.run(['lfjax_test_sleeper', "
             f"{str(sleeper)!r}], {str(tmp_path / 'child.log')!r})")
   parent = subprocess.Popen([sys.executable, "-c", script],
                             stdout=subprocess.DEVNULL)
@@ -336,8 +338,8 @@ def test_failed_command_is_one_error_with_the_log_tail(tmp_path,
       "print('loading'); raise SystemExit('disk full')\n")
   monkeypatch.setenv("PYTHONPATH", str(tmp_path))
   log = tmp_path / "x.log"
-  with pytest.raises(train_runs.Error) as e:
-    train_runs.run(["lfjax_test_fail"], log)
+  with pytest.raises(commands.Error) as e:
+    commands.run(["lfjax_test_fail"], log)
   text = str(e.value)
   assert "exited with status 1" in text and str(log) in text
   assert "loading" in text and "disk full" in text
@@ -388,16 +390,16 @@ def test_command_line_is_typeable_from_the_users_folder(tmp_path,
                                                        monkeypatch):
   script = EXPERIMENTS / "table2_charlm.py"
   monkeypatch.chdir(REPO)
-  assert train_runs.command_line(script, ["--quick"]) == (
+  assert commands.command_line(script, ["--quick"]) == (
       "python experiments/table2_charlm.py --quick")
   monkeypatch.chdir(tmp_path)
-  assert train_runs.command_line(script, ["--quick"]) == (
+  assert commands.command_line(script, ["--quick"]) == (
       f"cd {tmp_path} && python "
       f"{os.path.relpath(script, tmp_path)} --quick")
 
 
 def test_machine_line_names_the_cpu_model_and_ram():
-  text = train_runs.machine()
+  text = results_text.machine()
   assert "GiB RAM" in text and f"{os.cpu_count()} CPU cores" in text
   cpuinfo = pathlib.Path("/proc/cpuinfo")
   models = [l.split(":", 1)[1].strip()
