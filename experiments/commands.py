@@ -5,7 +5,8 @@ Each run is exactly the command a user would type (printed before it
 starts), in its own process so its peak resident memory and CPU time can
 be read from the kernel (os.wait4). The child dies with the script
 (SIGTERM, Ctrl-C, and on Linux also kill -9 of the script via
-PR_SET_PDEATHSIG). main_guard, command_line and absolute are the
+PR_SET_PDEATHSIG, set by a small Python program that then becomes the
+command: see die_with_parent). main_guard, command_line and absolute are the
 scripts' own command line: one `error:` line, the command that reruns a
 script, paths against the user's folder.
 
@@ -13,7 +14,6 @@ Light at import (no jax): the child-process test imports it in a fresh
 interpreter.
 """
 
-import ctypes
 import os
 import pathlib
 import shlex
@@ -43,30 +43,40 @@ class Usage(NamedTuple):
 
 # Processes ------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-try:
-  _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux/glibc: no parent-death signal
-  _prctl = None
+# Runs in place of a command on Linux (die_with_parent). PR_SET_PDEATHSIG
+# (1, linux/prctl.h) survives execve of a binary that is not set-user-ID, so
+# the command keeps it. Python ignores SIGPIPE and SIGXFSZ at start-up and an
+# ignored signal stays ignored across execve: both go back to the default, as
+# Popen's restore_signals does for the command it starts itself.
+_DIE_WITH_PARENT = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+  os.kill(os.getpid(), signal.SIGTERM)
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
-def die_with_parent(parent=None):
-  """Returns a subprocess preexec_fn that makes the child receive SIGTERM
-  when the process that started it dies (even by SIGKILL). Linux only:
-  returns None elsewhere. `parent` is the starting process's pid (default
-  this process): a child whose parent already died before the call is
-  terminated at once."""
-  if _prctl is None:
-    return None
+def die_with_parent(cmd, parent=None):
+  """The argv that runs cmd (an argv list) so that it receives SIGTERM when
+  the process that started it dies (even by SIGKILL). On Linux: a Python
+  program that sets PR_SET_PDEATHSIG and then replaces itself with cmd
+  (execvp: the same pid, cmd's own argv in ps); elsewhere cmd as it is.
+  `parent` is the starting process's pid (default this process): a child
+  whose parent died before it set the signal is terminated at once.
+
+  Not a subprocess preexec_fn: that makes CPython run the at-fork hooks in
+  this process, and JAX's hook warns that os.fork() is incompatible with its
+  threads."""
+  if not sys.platform.startswith("linux"):
+    return list(cmd)
   parent = os.getpid() if parent is None else parent
-
-  def preexec():
-    # Resolved before the fork: nothing here loads or imports.
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:
-      os.kill(os.getpid(), signal.SIGTERM)
-  return preexec
-
+  # -I -S: the program needs only the standard library (no site, no
+  # PYTHON* variables, no cwd on sys.path); cmd still gets the environment.
+  return [sys.executable, "-I", "-S", "-c", _DIE_WITH_PARENT, str(parent),
+          *cmd]
 
 
 def _raise_terminated(signum, frame):
@@ -125,8 +135,8 @@ def run(args, log_path, on_exit=None):
   status = usage = result = code = None
   try:
     with open(log_path, "a") as log:
-      proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                              cwd=REPO, preexec_fn=die_with_parent())
+      proc = subprocess.Popen(die_with_parent(cmd), stdout=log,
+                              stderr=subprocess.STDOUT, cwd=REPO)
       try:
         _, status, usage = os.wait4(proc.pid, 0)
       finally:

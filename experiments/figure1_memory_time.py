@@ -340,10 +340,9 @@ def measure(args, impl, seq):
   # for RoBERTa's at 512 tokens).
   env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   try:
-    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(c)],
-                       capture_output=True, text=True, timeout=timeout,
-                       env=env, cwd=ROOT,
-                       preexec_fn=commands.die_with_parent())
+    child = [sys.executable, __file__, "--child", json.dumps(c)]
+    p = subprocess.run(commands.die_with_parent(child), capture_output=True,
+                       text=True, timeout=timeout, env=env, cwd=ROOT)
   except subprocess.TimeoutExpired:
     return {"status": "over cap", "note": f"killed after {timeout:.0f} s"}
   for line in p.stdout.splitlines():

@@ -332,6 +332,46 @@ def test_child_dies_with_a_killed_script(sleeper, tmp_path):
     parent.kill()
 
 
+# Reports what the kernel holds for the process the script started.
+# PR_GET_PDEATHSIG is 2 in linux/prctl.h.
+PDEATHSIG_REPORTER = (
+    "import ctypes, json, os, pathlib\n"
+    "sig = ctypes.c_int(-1)\n"
+    "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)\n"
+    "argv = pathlib.Path('/proc/self/cmdline').read_bytes().split(b'\\0')\n"
+    "print(json.dumps(dict(pdeathsig=sig.value, ppid=os.getppid(),\n"
+    "                      argv=[a.decode() for a in argv if a])))\n")
+_fork_hook_calls = []
+_fork_hook_armed = []
+os.register_at_fork(  # cannot be unregistered: inert unless armed
+    before=lambda: _fork_hook_armed and _fork_hook_calls.append(1))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="PR_SET_PDEATHSIG is Linux's")
+def test_child_has_the_death_signal_without_a_python_fork(tmp_path,
+                                                          monkeypatch,
+                                                          capsys):
+  # A preexec_fn makes CPython run the at-fork hooks (JAX's warns of
+  # os.fork() in a multithreaded process); the command must still be this
+  # process's own child, under its own argv, with SIGTERM as its signal.
+  (tmp_path / "lfjax_test_pdeathsig.py").write_text(PDEATHSIG_REPORTER)
+  monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+  log = tmp_path / "child.log"
+  _fork_hook_armed.append(True)
+  try:
+    commands.run(["lfjax_test_pdeathsig"], log)
+  finally:
+    _fork_hook_armed.clear()
+  assert _fork_hook_calls == []
+  report = json.loads(log.read_text().splitlines()[-1])
+  assert report == dict(pdeathsig=signal.SIGTERM, ppid=os.getpid(),
+                        argv=[sys.executable, "-m", "lfjax_test_pdeathsig"])
+  printed = capsys.readouterr().out
+  assert printed.startswith("$ ") and printed.rstrip().endswith(
+      "python -m lfjax_test_pdeathsig")
+
+
 def test_failed_command_is_one_error_with_the_log_tail(tmp_path,
                                                         monkeypatch):
   (tmp_path / "lfjax_test_fail.py").write_text(
