@@ -1,7 +1,14 @@
 """Corpora, the window sampler and the BPC evaluation protocol."""
 
+import hashlib
+import json
 import math
+import os
+import pathlib
+import sys
+import sysconfig
 import zipfile
+import zlib
 
 import jax
 import numpy as np
@@ -42,6 +49,7 @@ def test_text8_from_zip_split_and_vocabulary(tmp_path):
   assert c.vocab_size == 27
   assert [len(c.splits[s]) for s in chars.SPLITS] == [900, 50, 50]
   assert c.decode(c.ids("test")) == text[950:]
+  assert c.sha256 == hashlib.sha256(text.encode()).hexdigest()
   assert c.ids("train").max() <= 26
   np.testing.assert_array_equal(c.encode(" az"), [0, 1, 26])
   with pytest.raises(ValueError, match=r"text: text8 has only the"):
@@ -70,6 +78,102 @@ def test_embedded_corpus_is_deterministic(tmp_path):
   for s in chars.SPLITS:
     np.testing.assert_array_equal(a.splits[s][:1000], b.splits[s][:1000])
   assert "def " in a.decode(a.ids("valid", 0, 20_000))
+
+
+def test_file_sha256_is_cached_until_the_file_changes(tmp_path):
+  f = tmp_path / "enwik8"
+  f.write_bytes(b"abc" * 1000)
+  want = hashlib.sha256(b"abc" * 1000).hexdigest()
+  assert chars.file_sha256(f) == want
+  cache = tmp_path / "enwik8.sha256.json"
+  saved = json.loads(cache.read_text())
+  assert saved["sha256"] == want and saved["bytes"] == 3000
+  # The cached value is what a second call returns (not hashed again) ...
+  cache.write_text(json.dumps(dict(saved, sha256="cached")))
+  assert chars.file_sha256(f) == "cached"
+  # ... until the file's size or mtime changes.
+  f.write_bytes(b"abd" * 1000)
+  os.utime(f, ns=(saved["mtime_ns"] + 10**9,) * 2)
+  assert chars.file_sha256(f) == hashlib.sha256(b"abd" * 1000).hexdigest()
+
+
+def _stdlib_splits_by_hand():
+  """{split: bytes} of pystdlib built here, not by lfjax: every .py file
+  under this Python's stdlib folder in path order (compared part by part),
+  except installed packages and the files the build or install writes
+  (`_sysconfigdata*.py`, the top-level `config-X.Y-<platform>/` folder,
+  top-level site/user customize hooks); a file goes to valid when the
+  CRC-32 of its relative path is 0-4 mod 100, to test when 5-9, else to
+  train; each is followed by two newlines."""
+  root = sysconfig.get_paths()["stdlib"]
+  rels = []
+  for folder, _, files in os.walk(root):
+    for name in files:
+      if name.endswith(".py"):
+        rel = os.path.relpath(os.path.join(folder, name), root)
+        rels.append(tuple(rel.split(os.sep)))
+  out = {"train": [], "valid": [], "test": []}
+  for parts in sorted(rels):
+    if ("site-packages" in parts or "dist-packages" in parts
+        or parts[-1].startswith("_sysconfigdata")
+        or (len(parts) > 1 and parts[0].startswith("config-3."))
+        or parts in (("sitecustomize.py",), ("usercustomize.py",))):
+      continue
+    bucket = zlib.crc32("/".join(parts).encode()) % 100
+    split = "valid" if bucket < 5 else "test" if bucket < 10 else "train"
+    with open(os.path.join(root, *parts), "rb") as f:
+      out[split].append(f.read() + b"\n\n")
+  return {s: b"".join(v) for s, v in out.items()}
+
+
+def test_old_pystdlib_cache_is_rebuilt_without_generated_files(tmp_path,
+                                                              capsys):
+  version = f"{sys.version_info.major}.{sys.version_info.minor}"
+  folder = tmp_path / f"pystdlib-{version}"
+  folder.mkdir()
+  # A cache as lfjax wrote it before the corpus had a format number:
+  # complete and consistent by its own record, and stale.
+  for s in chars.SPLITS:
+    (folder / f"{s}.bin").write_bytes(b"old " + s.encode())
+  (folder / "meta.json").write_text(json.dumps(
+      {"python": version, "sha256": "0" * 64,
+       "bytes": {s: 4 + len(s) for s in chars.SPLITS}}))
+  c = chars.load("pystdlib", tmp_path)
+  assert "rebuilding the corpus cache" in capsys.readouterr().err
+  want = _stdlib_splits_by_hand()
+  got = {s: bytes(c.splits[s]) for s in chars.SPLITS}
+  for s in chars.SPLITS:
+    assert got[s] == want[s], s
+    assert (folder / f"{s}.bin").read_bytes() == want[s]
+  meta = json.loads((folder / "meta.json").read_text())
+  assert meta["format"] == chars.PYSTDLIB_FORMAT
+  assert meta["bytes"] == {s: len(want[s]) for s in chars.SPLITS}
+  digest = hashlib.sha256()
+  for s in ("train", "valid", "test"):
+    digest.update(f"{s} {len(want[s])}\n".encode() + want[s])
+  assert c.sha256 == meta["sha256"] == digest.hexdigest()
+  # No build variables, configure command line (CONFIG_ARGS, with the
+  # prefix; empty on some builds) or install prefix in any split. The
+  # conventional system prefixes are named by ordinary source text
+  # (shebangs, docs), so only another prefix can be checked for.
+  flags = sysconfig.get_config_var("CONFIG_ARGS") or ""
+  for s in chars.SPLITS:
+    assert b"build_time_vars = {" not in got[s]
+    if flags:
+      assert flags.encode() not in got[s]
+    if sys.base_prefix not in ("/", "/usr", "/usr/local"):
+      assert sys.base_prefix.encode() not in got[s]
+  # Those files were there to leave out (on a pyenv build, the test split's
+  # first file was _sysconfigdata__linux_x86_64-linux-gnu.py).
+  stdlib = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  assert meta["excluded"] == sorted(
+      p.relative_to(stdlib).as_posix() for p in stdlib.rglob("*.py")
+      if p.name.startswith("_sysconfigdata")
+      or p.relative_to(stdlib).parts[0].startswith("config-3."))
+  # A cache of this format is used as it is.
+  (folder / "test.bin").write_bytes(b"x" * len(want["test"]))
+  assert bytes(chars.load("pystdlib", tmp_path).splits["test"][:3]) == b"xxx"
+  assert capsys.readouterr().err == ""
 
 
 def _toy_corpus(n=500):

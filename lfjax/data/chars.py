@@ -2,7 +2,12 @@
 
 Nothing is downloaded. enwik8 and text8 are read from `data_dir` (the zip or
 the extracted file); the default corpus `pystdlib` is built once from this
-Python's standard library sources, so it exists on every machine.
+Python's standard library sources, so it exists on every machine. It holds
+the sources only: files the build or install generates (install_specific)
+are left out, so the corpus depends on the Python release, not on where it
+was built or installed (distributions that patch the standard library or
+split it into packages, Debian's python3-tk say, still give other bytes).
+Every corpus carries a sha256 of its bytes (CharCorpus.sha256).
 """
 
 import dataclasses
@@ -10,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import sys
 import sysconfig
 import zipfile
@@ -22,6 +28,9 @@ NAMES = ("enwik8", "text8", "pystdlib")
 # The standard split of Transformer-XL's prep scripts (90M / 5M / 5M).
 _PAPER_SIZE, _PAPER_HELD_OUT = 100_000_000, 5_000_000
 _TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
+# The pystdlib cache's layout and rule (meta.json "format"); a cache of
+# another format is rebuilt. 1 (no "format" field) kept the generated files.
+PYSTDLIB_FORMAT = 2
 _DOWNLOAD = {
     "enwik8": "http://mattmahoney.net/dc/enwik8.zip",
     "text8": "http://mattmahoney.net/dc/text8.zip",
@@ -35,12 +44,18 @@ def default_data_dir():
 
 @dataclasses.dataclass(frozen=True)
 class CharCorpus:
-  """Splits as uint8 arrays of raw bytes; `lut` maps a byte to its id."""
+  """Splits as uint8 arrays of raw bytes; `lut` maps a byte to its id.
+
+  sha256: hex digest identifying the corpus bytes, so a result or a run can
+  name the data it used: for enwik8/text8 the sha256 of the 100M-byte file;
+  for pystdlib the one in its meta.json (splits_sha256). None for a corpus
+  built in memory."""
   name: str
   vocab_size: int
   splits: dict
   lut: np.ndarray
   alphabet: str | None = None  # for text8: id -> character
+  sha256: str | None = None
 
   def ids(self, split, start=0, stop=None):
     """Token ids of split[start:stop] (int32)."""
@@ -106,7 +121,45 @@ def _paper_corpus(name, data_dir, size=_PAPER_SIZE, held_out=_PAPER_HELD_OUT):
   n_train = size - 2 * held_out
   splits = {"train": data[:n_train], "valid": data[n_train:n_train + held_out],
             "test": data[n_train + held_out:]}
-  return CharCorpus(name, vocab, splits, lut, alphabet)
+  return CharCorpus(name, vocab, splits, lut, alphabet, file_sha256(raw))
+
+
+def file_sha256(path):
+  """The sha256 (hex) of a file, cached beside it in `<name>.sha256.json`
+  with the file's size and mtime, so a 100M-byte corpus is hashed once
+  (about 0.1 s per 100 MB once it is in the page cache) and again only
+  when the file changes. A folder we may not
+  write to (shared, read-only data) gets no cache: the file is hashed on
+  every call."""
+  path = pathlib.Path(path)
+  st = path.stat()
+  stamp = {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+  cache = path.with_name(path.name + ".sha256.json")
+  try:
+    saved = json.loads(cache.read_text())
+    if {k: saved.get(k) for k in stamp} == stamp and saved.get("sha256"):
+      return saved["sha256"]
+  except (OSError, ValueError, AttributeError):
+    pass
+  with path.open("rb") as f:
+    digest = hashlib.file_digest(f, "sha256").hexdigest()
+  try:
+    _write_atomic(cache, json.dumps(dict(stamp, sha256=digest)).encode())
+  except OSError:
+    pass
+  return digest
+
+
+def _write_atomic(path, data):
+  """Writes through a temporary file named for this process, then renames:
+  readers (and processes building the same cache at once) see the old file
+  or the new one, never a part; a memory map of the old one stays valid."""
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+  try:
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
 
 
 def _extract(zipped, member, dest):
@@ -125,43 +178,118 @@ def _extract(zipped, member, dest):
     os.replace(tmp, dest)
 
 
-def pystdlib_files():
-  """(relative path, bytes) of the standard library's .py files, sorted."""
+def install_specific(rel):
+  """Whether `rel` (a path relative to the stdlib folder, "/"-separated)
+  names a file that the build or the install generates, or that a site
+  adds, rather than one of the standard library's sources. Such files
+  differ between installs of one Python version, so pystdlib leaves them
+  out:
+
+  - `_sysconfigdata*.py`, anywhere: sysconfig's build variables (the
+    install prefix about 80 times, the compiler flags, the build folder);
+    36,843 bytes on a pyenv 3.11.7, 48,617 on 3.12.1;
+  - the top-level folder `config-<X.Y>...` (config-3.11-x86_64-linux-gnu):
+    the build's Makefile, Setup files and a generated python-config.py (the
+    prefix once);
+  - top-level `sitecustomize.py` / `usercustomize.py`: site hooks that a
+    distribution or an administrator adds (Debian's links to /etc).
+
+  (Installed packages, under site-packages or dist-packages, are not the
+  standard library at all: pystdlib_files skips them before this rule.)
+  """
+  parts = rel.split("/")
+  name = parts[-1]
+  if name.startswith("_sysconfigdata") and name.endswith(".py"):
+    return True
+  if len(parts) > 1 and re.fullmatch(r"config-\d+\.\d+.*", parts[0]):
+    return True
+  return len(parts) == 1 and name in ("sitecustomize.py", "usercustomize.py")
+
+
+def pystdlib_files(excluded=None):
+  """(relative path, bytes) of the standard library's .py sources (this
+  Python's sysconfig "stdlib" folder, without installed packages), sorted
+  by path, leaving out the files install_specific names. excluded: a list
+  that gets the relative paths of those, in path order."""
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   out = []
   for f in sorted(root.rglob("*.py")):
     rel = f.relative_to(root)
     if {"site-packages", "dist-packages"} & set(rel.parts):
       continue
+    if install_specific(rel.as_posix()):
+      if excluded is not None:
+        excluded.append(rel.as_posix())
+      continue
     out.append((rel.as_posix(), f.read_bytes()))
   return out
 
 
+def split_of(rel):
+  """A pystdlib file's split, from the CRC-32 of its relative path: 5% valid,
+  5% test, 90% train; it depends on the path alone, so a file keeps its split
+  whatever other files an install has."""
+  bucket = zlib.crc32(rel.encode()) % 100
+  return "valid" if bucket < 5 else "test" if bucket < 10 else "train"
+
+
+def splits_sha256(splits):
+  """The sha256 (hex) of a corpus given as {split: bytes-like}: over each of
+  SPLITS in order, the line f"{split} {byte count}" then its bytes."""
+  digest = hashlib.sha256()
+  for s in SPLITS:
+    data = memoryview(splits[s]).cast("B")
+    digest.update(f"{s} {data.nbytes}\n".encode())
+    digest.update(data)
+  return digest.hexdigest()
+
+
+def _pystdlib_meta(folder):
+  """The cache's meta.json when it is of PYSTDLIB_FORMAT and its split files
+  have the sizes it records; None when the cache must be (re)built."""
+  try:
+    meta = json.loads((folder / "meta.json").read_text())
+    if (meta.get("format") != PYSTDLIB_FORMAT
+        or not isinstance(meta.get("sha256"), str)):
+      return None
+    if any((folder / f"{s}.bin").stat().st_size != meta["bytes"][s]
+           for s in SPLITS):
+      return None
+    return meta
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return None
+
+
 def _pystdlib(data_dir):
-  """Python's stdlib sources; files assigned to splits by a hash of their
-  path (90/5/5), concatenated in path order with a blank line between."""
+  """Python's stdlib sources (pystdlib_files); each file goes to the split
+  of its path (split_of), and a split is its files concatenated in path
+  order, each followed by two newlines. Cached in
+  data_dir/pystdlib-X.Y: {train,valid,test}.bin and meta.json (format,
+  byte and file counts, the excluded files, sha256 = splits_sha256)."""
   version = f"{sys.version_info.major}.{sys.version_info.minor}"
   folder = data_dir / f"pystdlib-{version}"
-  meta_path = folder / "meta.json"
-  if not meta_path.exists():
+  meta = _pystdlib_meta(folder)
+  if meta is None:
+    if (folder / "meta.json").exists():
+      print(f"note: rebuilding the corpus cache {folder}: it is not of "
+            f"format {PYSTDLIB_FORMAT} (an older lfjax's, or incomplete)",
+            file=sys.stderr)
+    excluded = []
     parts = {s: [] for s in SPLITS}
-    digest = hashlib.sha256()
-    for rel, text in pystdlib_files():
-      bucket = zlib.crc32(rel.encode()) % 100
-      split = "valid" if bucket < 5 else "test" if bucket < 10 else "train"
-      parts[split].append(text + b"\n\n")
-      digest.update(rel.encode() + text)
+    for rel, text in pystdlib_files(excluded):
+      parts[split_of(rel)].append(text + b"\n\n")
+    data = {s: b"".join(parts[s]) for s in SPLITS}
+    meta = {"format": PYSTDLIB_FORMAT, "python": version,
+            "sha256": splits_sha256(data),
+            "bytes": {s: len(data[s]) for s in SPLITS},
+            "files": {s: len(parts[s]) for s in SPLITS},
+            "excluded": excluded}
     folder.mkdir(parents=True, exist_ok=True)
     for s in SPLITS:
-      tmp = folder / f"{s}.bin.tmp"
-      tmp.write_bytes(b"".join(parts[s]))
-      os.replace(tmp, folder / f"{s}.bin")
-    meta = {"python": version, "sha256": digest.hexdigest(),
-            "bytes": {s: sum(map(len, parts[s])) for s in SPLITS}}
-    tmp = folder / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+      _write_atomic(folder / f"{s}.bin", data[s])
+    # Last: a meta.json of this format vouches for the split files.
+    _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
   splits = {s: np.memmap(folder / f"{s}.bin", np.uint8, mode="r")
             for s in SPLITS}
   return CharCorpus(f"pystdlib-{version}", 256, splits,
-                    np.arange(256, dtype=np.uint8))
+                    np.arange(256, dtype=np.uint8), sha256=meta["sha256"])
