@@ -571,7 +571,7 @@ def _remove(path):
 
 
 @contextlib.contextmanager
-def undo_failed_start(workdir):
+def undo_failed_start(workdir, keep=()):
   """Context of a training start (lfjax.loop.run): when it raises before
   the run saves a checkpoint or logs a record (missing data, a compile
   error, an interrupt, a NaN in the first log interval), workdir is put
@@ -585,14 +585,17 @@ def undo_failed_start(workdir):
   metrics.jsonl past the checkpoint, which any resume drops). Process 0
   only (it writes the run's files); an entry another program adds to the
   folder during the start is removed with the start's own.
+
+  keep: names of more files in workdir to put back as they were (a task's
+  own records of the run, written at its start).
   """
   workdir = pathlib.Path(workdir).absolute()
   top = workdir  # the outermost folder the start may create
   while not top.parent.exists():
     top = top.parent
   before = set(os.listdir(workdir)) if workdir.is_dir() else None
-  kept = {name: (workdir / name).read_bytes() for name in ("config.json",
-                                                          HISTORY)
+  kept = {name: (workdir / name).read_bytes()
+          for name in ("config.json", HISTORY, *keep)
           if before is not None and (workdir / name).is_file()}
   step = max(saved_steps(workdir), default=0) if before is not None else 0
   try:

@@ -182,3 +182,59 @@ def test_cli_rejects_a_mistyped_field(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert r.returncode != 0
   assert "windws" in r.stderr and "windows" in r.stderr
+
+
+def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
+  c = small_config(data_dir, steps=(4, 2))
+  c.checkpoint_every, c.eval_every, c.log_every = 2, 0, 2
+  c.eval.max_chars = 200
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(c, workdir)
+  meta = json.loads(next(pathlib.Path(data_dir).glob("pystdlib-*/meta.json"))
+                    .read_text())
+  name, sha = f"pystdlib-{meta['python']}", meta["sha256"]
+  record = workdir / charlm_task.CORPUS_HISTORY
+  assert metrics.read(record) == [{"step": 0, "corpus": name, "sha256": sha}]
+  # The evaluation names the corpus it scored.
+  assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
+                                 "valid", "--max_chars", "200"]) == 0
+  result = json.loads((workdir / "eval_valid_6_chars200.json").read_text())
+  assert (result["dataset"], result["dataset_sha256"]) == (name, sha)
+
+  # As if the run had trained its first 6 steps on other data.
+  fake = "ab" * 32
+  record.write_text(json.dumps({"step": 0, "corpus": name, "sha256": fake})
+                    + "\n")
+  faked = record.read_bytes()
+  capsys.readouterr()
+  # A resume that fails before its first log puts the record back too.
+  c.schedule.steps = (4, 4)
+  lrs = c.schedule.lrs
+  c.schedule.lrs = (lrs[0], 1e30)
+  with pytest.raises(FloatingPointError, match="at step 8"):
+    train.train_and_evaluate(c, workdir)
+  assert record.read_bytes() == faked
+  capsys.readouterr()
+  c.schedule.lrs = lrs
+  train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  want = (f"warning: the training data changed since step 6: {name} sha256 "
+          f"{fake[:12]} (from step 0) -> {name} sha256 {sha[:12]}; training "
+          "continues on the new data")
+  assert [l for l in out.splitlines() if "training data" in l] == [
+      f"{want} (recorded in {record})"]
+  assert checkpoints.saved_steps(workdir)[-1] == 8
+  assert metrics.read(record) == [
+      {"step": 0, "corpus": name, "sha256": fake},
+      {"step": 6, "corpus": name, "sha256": sha}]
+  # The same corpus again: nothing said, nothing written.
+  corpus = chars.load("pystdlib", data_dir)
+  charlm_task.record_corpus(workdir, corpus, 8)
+  assert capsys.readouterr().out == ""
+  assert len(metrics.read(record)) == 2
+  # A run from before the record was kept gets one from its resume on.
+  record.unlink()
+  charlm_task.record_corpus(workdir, corpus, 8)
+  assert "no record of the data it trained on before step 8" in (
+      capsys.readouterr().out)
+  assert metrics.read(record) == [{"step": 8, "corpus": name, "sha256": sha}]

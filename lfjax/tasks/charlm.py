@@ -8,15 +8,17 @@ Training: each phase of config.schedule doubles the sequence length and
 windows and halves the learning rate (paper Section 4.2). Restarting the
 same command resumes from DIR's newest checkpoint and reproduces exactly
 the losses an uninterrupted run would have written (lfjax.loop). DIR gets
-config.json, metrics.jsonl (one JSON object per logged step) and
-checkpoints/.
+config.json, metrics.jsonl (one JSON object per logged step),
+corpus_history.jsonl (the corpus's sha256; a resume on other data says so:
+record_corpus) and checkpoints/.
 
 Evaluation protocol (paper Section 4.2, after Transformer-XL): windows of
 seq_len characters that move by a stride (`step` in the code and
 config.eval.step); the first window scores all its predictions, every later
 one only its last `stride`, so each character is scored once with at least
 seq_len - stride characters of context (except at the very start). Writes
-DIR/eval_<split>_<checkpoint>.json, with `_seq<N>`, `_stride<N>` and
+DIR/eval_<split>_<checkpoint>.json (the BPC, the settings, and the corpus
+as `dataset` and `dataset_sha256`), with `_seq<N>`, `_stride<N>` and
 `_chars<N>` added for each of --seq_len, --stride and --max_chars that
 differs from the run's config.eval (resp. the whole split), so a partial
 evaluation never replaces a full one.
@@ -56,6 +58,10 @@ RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
              "keep_checkpoints", "eval_every", "mesh.*", "tensorboard")
 validate = charlm_defaults.validate
+# In the run folder: the corpus (name, sha256) the run trains on, one JSON
+# line from the step it started on, and one more from each step a resume
+# found another corpus (data.dir may change; the files in it may too).
+CORPUS_HISTORY = "corpus_history.jsonl"
 
 
 # Training ----------------------------------------------------------------
@@ -144,6 +150,43 @@ def _summarize(m):
               grad_norm=m["grad_norm"])
 
 
+def record_corpus(workdir, corpus, step):
+  """Records in workdir/CORPUS_HISTORY the corpus a run trains on from
+  `step` (its newest checkpoint; 0: a fresh start, which begins a new
+  record), and says (lfjax.loop.say) when it differs from the one the run
+  trained on up to that step. Process 0 only; the caller undoes it when
+  the start fails (checkpoints.undo_failed_start(keep=...))."""
+  if jax.process_index() != 0 or corpus.sha256 is None:
+    return
+  path = pathlib.Path(workdir) / CORPUS_HISTORY
+  lines = []
+  for text in (path.read_text().splitlines()
+               if step and path.exists() else ()):
+    try:  # a line edited by hand into something else is no record
+      lines.append(dict(json.loads(text)))
+    except (ValueError, TypeError):
+      continue
+  now = {"step": step, "corpus": corpus.name, "sha256": corpus.sha256}
+  if lines and lines[-1].get("sha256") == corpus.sha256:
+    return
+  if lines:
+    old = lines[-1]
+    loop.say(f"warning: the training data changed since step {step}: "
+             f"{old.get('corpus')} sha256 {str(old.get('sha256'))[:12]} "
+             f"(from step {old.get('step')}) -> {corpus.name} sha256 "
+             f"{corpus.sha256[:12]}; training continues on the new data "
+             f"(recorded in {path})", flush=True)
+  elif step:
+    loop.say(f"note: {workdir} has no record of the data it trained on "
+             f"before step {step} (started before lfjax kept {CORPUS_HISTORY}"
+             f"); recording {corpus.name} sha256 {corpus.sha256[:12]} from "
+             "here on", flush=True)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # The run folder's writer: a reader sees the old record or the new one.
+  checkpoints._write_atomic(path, "".join(  # pylint: disable=protected-access
+      json.dumps(l) + "\n" for l in lines + [now]))
+
+
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the char-LM run in workdir; returns the last
   metrics."""
@@ -157,7 +200,7 @@ def train_and_evaluate(config, workdir):
   workdir = pathlib.Path(workdir)
   bounds = phases(config)
   # A refused config fails before the data loads; loop.run writes it.
-  checkpoints.check_config(config, workdir)
+  start = checkpoints.check_config(config, workdir)
   corpus = chars.load(config.data.name, config.data.dir or None)
   model = charlm_model.CharLM(
       checkpoints.model_config(config, corpus.vocab_size),
@@ -197,7 +240,10 @@ def train_and_evaluate(config, workdir):
     return ({"eval_bpc": value, "eval_chars": count},
             f"{config.eval.split} bpc {value:.4f} ({count:,} chars)")
 
-  with parallel.use(mesh):
+  with parallel.use(mesh), checkpoints.undo_failed_start(
+      workdir, keep=(CORPUS_HISTORY,)):
+    if start < bounds[-1][1]:  # a finished run trains on no data
+      record_corpus(workdir, corpus, start)
     return loop.run(workdir, config, params, opt_state,
                     [phase(p, a, b) for p, (a, b) in enumerate(bounds)],
                     learning_rate(config), evaluate_fn)
@@ -352,7 +398,7 @@ def evaluate_main(argv, doc=__doc__):
                                 progress=True, **args)
   result = dict(args, rel_impl=config.model.rel_impl, bpc=value,
                 chars_scored=count, checkpoint=ckpt, dataset=corpus.name,
-                window_scale=scale)
+                dataset_sha256=corpus.sha256, window_scale=scale)
   out = common.result_path(
       fv.workdir, f"eval_{fv.split}_{ckpt}",
       {k: result[k] for k in ("seq_len", "step", "max_chars", "rel_impl")},
