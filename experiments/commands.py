@@ -20,6 +20,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import NamedTuple
@@ -196,3 +197,40 @@ def absolute(path):
   """path made absolute against the user's folder (before any change of
   directory), or None."""
   return None if path is None else pathlib.Path(path).absolute()
+
+
+def folder_arg(parser, flag, text):
+  """The absolute folder `flag` names, created if missing; parser.error (one
+  line, exit 2) for an empty name, a file, or a folder that cannot be made
+  or written, before any run starts."""
+  if not str(text).strip():
+    parser.error(f"{flag}: expected a folder, got {str(text)!r}")
+  path = absolute(text)
+  if path.exists() and not path.is_dir():
+    parser.error(f"{flag}: expected a folder, got the file {path}")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    parser.error(f"{flag}: cannot create the folder {path} ({e.strerror})")
+  try:  # os.access says yes to root even on /proc or a read-only mount
+    tempfile.TemporaryFile(dir=path).close()
+  except OSError as e:
+    parser.error(f"{flag}: cannot write in the folder {path} ({e.strerror})")
+  return path
+
+
+def out_arg(parser, flag, text, default):
+  """The absolute results file `flag` names (default when not given), its
+  folder created; parser.error for a folder or an unwritable place, so a
+  long run does not fail only when it writes its table."""
+  path = absolute(text) if text else pathlib.Path(default)
+  if path.is_dir():
+    parser.error(f"{flag}: expected a results file (.md), got the folder "
+                 f"{path}")
+  folder_arg(parser, f"{flag} (its folder)", path.parent)
+  if path.exists():
+    try:
+      open(path, "a").close()  # appends nothing: the file stays as it is
+    except OSError as e:
+      parser.error(f"{flag}: cannot write {path} ({e.strerror})")
+  return path

@@ -129,8 +129,8 @@ def parse_args(argv=None):
     args.repeats = 1
     args.hidden, args.heads = 256, 4
   name = "figure1_quick.md" if args.quick else "figure1.md"
-  args.out = (ROOT / "experiments" / "results" / name if args.out is None
-              else args.out.absolute())
+  args.out = commands.out_arg(p, "--out", args.out,
+                             ROOT / "experiments" / "results" / name)
   impls = [i for i in args.impls.split(",") if i]
   bad = [i for i in impls if i not in IMPLS]
   if bad:

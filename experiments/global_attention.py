@@ -194,8 +194,8 @@ def parse_args(argv):
             f"{a.seq_len - 1 - a.gap} (the positions a KEY may take), got "
             f"{a.keys}")
   name = "global_attention_quick" if a.quick else "global_attention"
-  a.out = (commands.absolute(a.out) if a.out else
-           commands.REPO / "experiments" / "results" / f"{name}.md")
+  a.out = commands.out_arg(p, "--out", a.out, commands.REPO / "experiments"
+                           / "results" / f"{name}.md")
   return a
 
 

@@ -29,6 +29,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from flax import nnx  # noqa: E402
 
+import commands  # noqa: E402  (experiments/, beside this file)
+
 from lfjax import checkpoints  # noqa: E402
 from lfjax import convert  # noqa: E402
 from lfjax import train  # noqa: E402
@@ -152,9 +154,10 @@ def main():
       p.error("--plot_only: needs --out (the results file to read)")
     print(f"wrote {plot_table(args.out, args.out.with_suffix('.png'))}")
     return
+  w = args.workdir = commands.folder_arg(p, "--workdir", args.workdir)
+  if args.out:
+    args.out = commands.out_arg(p, "--out", args.out, None)
   checkpoints.quiet_orbax()
-  w = args.workdir
-  w.mkdir(parents=True, exist_ok=True)
   started = time.time()
 
   tok_dir = w / "tokenizer"

@@ -105,18 +105,19 @@ def mean_std(values):
 
 def parse_seeds(parser, text):
   """'0,1,2' -> [0, 1, 2]; parser.error naming --seeds for anything but
-  distinct non-negative integers (a repeated seed would count one run
-  twice and shrink the spread; a negative one is no valid seed)."""
+  distinct integers in [0, 2**31 - 1] (a repeated seed would count one run
+  twice and shrink the spread; lfjax.train refuses others)."""
+  from lfjax import checks
   try:
     seeds = [int(s) for s in text.split(",") if s.strip()]
   except ValueError:
     seeds = []
   if not seeds:
     parser.error(f"--seeds: expected comma-separated integers, got {text!r}")
-  negative = [s for s in seeds if s < 0]
-  if negative:
-    parser.error(f"--seeds: expected non-negative integers, got {negative} "
-                 f"in {text!r}")
+  out = [s for s in seeds if not 0 <= s <= checks.SEED_MAX]
+  if out:
+    parser.error(f"--seeds: expected integers in [0, {checks.SEED_MAX}], "
+                 f"got {out} in {text!r}")
   repeated = sorted({s for s in seeds if seeds.count(s) > 1})
   if repeated:
     parser.error(f"--seeds: expected distinct seeds, got {repeated} more "

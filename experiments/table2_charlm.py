@@ -44,9 +44,9 @@ def parse_args(argv):
   a = p.parse_args(argv)
   a.seeds = results_text.parse_seeds(p, a.seeds)
   name = "table2_quick" if a.quick else "table2"
-  a.root = commands.absolute(a.root)
-  a.out = (commands.absolute(a.out) if a.out else
-           commands.REPO / "experiments" / "results" / f"{name}.md")
+  a.root = commands.folder_arg(p, "--root", a.root)
+  a.out = commands.out_arg(p, "--out", a.out, commands.REPO / "experiments"
+                           / "results" / f"{name}.md")
   return a
 
 

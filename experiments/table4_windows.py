@@ -55,9 +55,9 @@ def parse_args(argv):
   if a.steps is not None and a.steps < 1:
     p.error(f"--steps: expected an integer >= 1, got {a.steps}")
   name = "table4_quick" if a.quick else "table4"
-  a.root = commands.absolute(a.root)
-  a.out = (commands.absolute(a.out) if a.out else
-           commands.REPO / "experiments" / "results" / f"{name}.md")
+  a.root = commands.folder_arg(p, "--root", a.root)
+  a.out = commands.out_arg(p, "--out", a.out, commands.REPO / "experiments"
+                           / "results" / f"{name}.md")
   return a
 
 

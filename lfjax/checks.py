@@ -9,6 +9,12 @@ mlm_defaults, ...) calls these once per field.
 import numbers
 
 
+# Seeds fit a signed 32-bit integer: every generator they feed (jax.random,
+# numpy, the dropout hash) takes one, and a larger int overflowed inside
+# jax.random.key with a traceback.
+SEED_MAX = 2**31 - 1
+
+
 def _fail(field, expected, value):
   raise ValueError(f"config.{field}: expected {expected}, got {value!r}")
 

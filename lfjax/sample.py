@@ -17,6 +17,7 @@ from flax import nnx
 import tqdm
 
 from lfjax import checkpoints
+from lfjax import checks
 from lfjax import cli
 
 
@@ -115,6 +116,8 @@ def main(argv=None):
                  "a finite number >= 0 (0 = greedy)")
   cli.at_least("--top_k", fv.top_k, 0, " (0 = all)")
   cli.at_least("--checkpoint", fv.checkpoint, 0)
+  cli.check_flag("--seed", fv.seed, lambda v: 0 <= v <= checks.SEED_MAX,
+                 f"an integer in [0, {checks.SEED_MAX}]")
   if not fv.prompt:
     raise cli.UsageError("--prompt: expected at least one character, got ''")
   checkpoints.quiet_orbax()
@@ -127,8 +130,9 @@ def main(argv=None):
   bar = tqdm.tqdm(total=fv.length, unit="char", leave=False,
                   desc="sampling (first chunk compiles)",
                   disable=True if sys.stdout.isatty() else None)
+  prompt = corpus.encode(fv.prompt)  # refused before anything is printed
   sys.stdout.write(fv.prompt)
-  for ids in sample(model, corpus.encode(fv.prompt), fv.length,
+  for ids in sample(model, prompt, fv.length,
                     window_scale=scale, temperature=fv.temperature,
                     top_k=fv.top_k, seed=fv.seed):
     sys.stdout.write(corpus.decode(ids[0]))

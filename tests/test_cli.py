@@ -261,6 +261,15 @@ def test_flag_errors_name_only_the_flag_typed(capsys, tmp_path):
   short_error(code, err, 2, "--top_k: expected an integer >= 0")
   assert "--length" not in err[0] and "--temperature" not in err[0]
   code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path),
+                     "--seed", str(2**31))
+  short_error(code, err, 2, "--seed: expected an integer in [0, 2147483647]")
+  code, _, err = run(capsys, train.main, "--config",
+                     "configs/charlm_default.py:tiny", "--workdir",
+                     str(tmp_path / "never"), "--config.seed=" + "9" * 20)
+  short_error(code, err, 2, "config.seed: expected an integer in [0, "
+              "2147483647]")
+  assert not (tmp_path / "never").exists()
+  code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path),
                      "--temperature", "nan")
   short_error(code, err, 2, "--temperature: expected a finite number")
   code, _, err = run(capsys, convert.main, "--from", str(tmp_path / "none"),
@@ -321,3 +330,22 @@ def test_phase_count_and_boolean_errors_name_the_cause(capsys, tmp_path):
   short_error(code, err, 2, "--config.model.remat=yes",
               "expected true or false, got 'yes'")
   assert "Non-boolean" not in err[0]
+
+
+@pytest.mark.parametrize("data,alphabet", [
+    ("text8", " abcdefghijklmnopqrstuvwxyz"),  # text8's 27 characters
+    ("pystdlib", None)])
+def test_next_sample_command_uses_a_prompt_the_corpus_has(tmp_path, data,
+                                                          alphabet):
+  """lfjax.train's `next:` lines: a text8 run was told to sample from
+  'def main(', which text8 refuses ('(' is not in it)."""
+  import json
+  import shlex
+  from lfjax.tasks import charlm
+  config = charlm_defaults.base_config()
+  config.data.name = data
+  (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+  line = charlm.next_steps(tmp_path)[1]
+  prompt = shlex.split(line)[shlex.split(line).index("--prompt") + 1]
+  assert prompt and set(prompt) <= set(alphabet or prompt)
+  assert (prompt == "def main(") == (data == "pystdlib")

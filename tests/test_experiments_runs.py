@@ -232,7 +232,8 @@ def test_table4_steps_mismatch_is_one_error_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("text,problem", [("0,0,1,1", "distinct"),
-                                          ("1,-2", "non-negative"),
+                                          ("1,-2", "[0, 2147483647]"),
+                                          ("9" * 20, "[0, 2147483647]"),
                                           ("a", "integers")])
 def test_bad_seeds_are_a_usage_error(text, problem, capsys):
   table4 = _load("table4_windows")
@@ -241,6 +242,33 @@ def test_bad_seeds_are_a_usage_error(text, problem, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert "--seeds" in err and problem in err
+
+
+@pytest.mark.parametrize("argv,problem", [
+    (["--root", ""], "--root: expected a folder, got ''"),
+    (["--root", "{file}"], "--root: expected a folder, got the file"),
+    (["--root", "/proc/lfjax_no"], "--root: cannot create the folder"),
+    (["--out", "{tmp}"], "--out: expected a results file (.md), got the "
+     "folder"),
+    (["--out", "{file}/x.md"], "--out (its folder): expected a folder"),
+    (["--out", "/proc/x.md"], "--out (its folder): cannot write in the "
+     "folder /proc"),
+])
+def test_bad_root_or_out_is_a_usage_error_before_any_run(argv, problem,
+                                                        tmp_path, capsys):
+  """Found by a fresh-user check: these were tracebacks, the --out ones only
+  after the whole training had run."""
+  (tmp_path / "afile").write_text("x")
+  argv = [a.format(tmp=tmp_path, file=tmp_path / "afile") for a in argv]
+  if "--root" not in argv:  # not the default /tmp/lfjax_table*
+    argv += ["--root", str(tmp_path / "runs")]
+  for script in ("table2_charlm", "table4_windows"):
+    with pytest.raises(SystemExit) as e:
+      _load(script).parse_args(["--quick"] + argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert problem in err[-1] and "Traceback" not in "".join(err), err
+  assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_good_seeds_parse():

@@ -250,8 +250,14 @@ def train_and_evaluate(config, workdir):
 
 
 def next_steps(workdir):
+  # text8 has only lowercase letters and spaces: '(' would be refused.
+  try:
+    name = checkpoints.read_config(workdir).data.name
+  except (OSError, ValueError, KeyError, AttributeError):
+    name = "pystdlib"
+  prompt = "'def main('" if name == "pystdlib" else "'the '"
   return [f"python -m lfjax.evaluate --workdir {workdir} --split test",
-          f"python -m lfjax.sample --workdir {workdir} --prompt 'def main('"]
+          f"python -m lfjax.sample --workdir {workdir} --prompt {prompt}"]
 
 
 # Evaluation --------------------------------------------------------------

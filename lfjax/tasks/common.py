@@ -45,7 +45,7 @@ def validate_shared(c, task):
   """Checks the fields shared_fields adds. Raises ValueError naming the
   field (`config.seed: expected ...`)."""
   checks.one_of(c, "task", (task,))
-  checks.integer(c, "seed", 0)
+  checks.integer(c, "seed", 0, checks.SEED_MAX)
   checks.loop_fields(c)
   if checks.boolean(c, "tensorboard"):
     metrics.require_tensorboard()  # before anything is written or compiled
