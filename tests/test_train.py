@@ -200,6 +200,7 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
                                  "valid", "--max_chars", "200"]) == 0
   result = json.loads((workdir / "eval_valid_6_chars200.json").read_text())
   assert (result["dataset"], result["dataset_sha256"]) == (name, sha)
+  assert "the run trained on" not in capsys.readouterr().err
 
   # As if the run had trained its first 6 steps on other data.
   fake = "ab" * 32
@@ -207,6 +208,11 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
                     + "\n")
   faked = record.read_bytes()
   capsys.readouterr()
+  # Evaluating on other data than the run trained on says so.
+  assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
+                                 "valid", "--max_chars", "200"]) == 0
+  assert (f"note: the run trained on {name} sha256 {fake[:12]}; this is "
+          f"{name} sha256 {sha[:12]}") in capsys.readouterr().err
   # A resume that fails before its first log puts the record back too.
   c.schedule.steps = (4, 4)
   lrs = c.schedule.lrs

@@ -150,6 +150,19 @@ def _summarize(m):
               grad_norm=m["grad_norm"])
 
 
+def corpus_records(workdir):
+  """The run's CORPUS_HISTORY records ({step, corpus, sha256}, oldest
+  first); [] when it has none."""
+  path = pathlib.Path(workdir) / CORPUS_HISTORY
+  lines = []
+  for text in path.read_text().splitlines() if path.exists() else ():
+    try:  # a line edited by hand into something else is no record
+      lines.append(dict(json.loads(text)))
+    except (ValueError, TypeError):
+      continue
+  return lines
+
+
 def record_corpus(workdir, corpus, step):
   """Records in workdir/CORPUS_HISTORY the corpus a run trains on from
   `step` (its newest checkpoint; 0: a fresh start, which begins a new
@@ -159,13 +172,7 @@ def record_corpus(workdir, corpus, step):
   if jax.process_index() != 0 or corpus.sha256 is None:
     return
   path = pathlib.Path(workdir) / CORPUS_HISTORY
-  lines = []
-  for text in (path.read_text().splitlines()
-               if step and path.exists() else ()):
-    try:  # a line edited by hand into something else is no record
-      lines.append(dict(json.loads(text)))
-    except (ValueError, TypeError):
-      continue
+  lines = corpus_records(workdir) if step else []
   now = {"step": step, "corpus": corpus.name, "sha256": corpus.sha256}
   if lines and lines[-1].get("sha256") == corpus.sha256:
     return
@@ -396,6 +403,12 @@ def evaluate_main(argv, doc=__doc__):
   run_rel_impl = config.model.rel_impl
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
       fv.workdir, fv.checkpoint, flag="--checkpoint", rel_impl=fv.rel_impl)
+  trained_on = corpus_records(fv.workdir)[-1:]
+  if trained_on and trained_on[0].get("sha256") != corpus.sha256:
+    print(f"note: the run trained on {trained_on[0].get('corpus')} sha256 "
+          f"{str(trained_on[0].get('sha256'))[:12]}; this is {corpus.name} "
+          f"sha256 {str(corpus.sha256)[:12]} (the data changed since: the "
+          f"{fv.split} split may differ too)", file=sys.stderr)
   args = dict(split=fv.split, seq_len=seq_len, step=stride,
               batch_size=(config.eval.batch_size if fv.batch_size is None
                           else fv.batch_size),
