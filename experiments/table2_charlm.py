@@ -13,8 +13,9 @@ experiments/results/table2{_quick}.md and .png (training curves). The
 paper's Table 2 (small models, 41M): Longformer 1.10 test BPC on text8,
 1.00 on enwik8; full-attention T12 1.18 / 1.11.
 
-(*) The Longformer run took 42 min with other jobs on the cores; one
-full-attention train step at 512 tokens takes ~1.3x the Longformer's.
+(*) Measured with other jobs on the cores: the Longformer run 42 min, the
+full-attention run 44 min (1.38x the Longformer's CPU time), each test
+evaluation 2-3 min.
 """
 
 import argparse
@@ -53,6 +54,7 @@ def parse_args(argv):
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   a = parse_args(argv)
+  from lfjax.tasks import charlm as charlm_task  # jax: after the usage checks
   root = a.root / ("quick" if a.quick else "full")
   rows, timings, notes = {}, [], []
   for variant, _ in ROWS:
@@ -81,7 +83,9 @@ def main(argv=None):
           curve=[(r["step"], r["train_bpc"]) for r in records
                  if "train_bpc" in r],
           chars=test["chars_scored"],
-          sha256=test.get("dataset_sha256", results_text.UNKNOWN)[:12]))
+          sha256=test.get("dataset_sha256", results_text.UNKNOWN)[:12],
+          trained_on=[r.get("sha256", "")[:12] for r in
+                      charlm_task.corpus_records(workdir)]))
       print(f"{variant} seed {seed}: test bpc {test['bpc']:.4f}, "
             f"{results_text.fmt(timing['wall_s'], '.0f')} s, "
             f"{results_text.fmt(timing['peak_rss_gib'], '.2f')} GiB",
@@ -140,8 +144,8 @@ def main(argv=None):
       f"{len(sched['steps'])} phases of {tuple(sched['steps'])} steps from "
       f"{min(sched['seq_lens']):,} to {max(sched['seq_lens']):,} tokens, "
       f"batch {tuple(sched['batch_sizes'])}, learning rates "
-      f"{tuple(sched['lrs'])} (small models this early in training want a "
-      "larger rate); phase-1 windows 32 -> 512 at 2,048 tokens -> the "
+      f"{tuple(sched['lrs'])} (our choice for short runs of a "
+      "small model, not tuned); phase-1 windows 32 -> 512 at 2,048 tokens -> the "
       "windows above (the same shape, 16 -> 128 at 512 tokens: a length "
       "scaling of the bottom window would give 8); warmup 10% of each "
       "phase, constant rate and gradient clipping 0.25 as in the paper; "
@@ -175,6 +179,18 @@ def main(argv=None):
                  f"{fmt(wall and statistics.median(wall), '.0f')} | "
                  f"{fmt(cpu and statistics.median(cpu), '.0f')} | {load} | "
                  f"{fmt(rss and max(rss), '.2f')} | {tps} |")
+  unrecorded = [f"{v} seed {a.seeds[i]}" for v, _ in ROWS
+                for i, r in enumerate(rows[v]) if not r["trained_on"]]
+  other = [f"{v} seed {a.seeds[i]} ({', '.join(r['trained_on'])})"
+           for v, _ in ROWS for i, r in enumerate(rows[v])
+           if r["trained_on"] and set(r["trained_on"]) != {r["sha256"]}]
+  if unrecorded:
+    lines += ["", f"Not recorded which corpus build trained "
+              f"{', '.join(unrecorded)} (the run started before lfjax kept "
+              "corpus_history.jsonl); the test corpus is the one above."]
+  if other:
+    lines += ["", "Trained (partly) on another corpus build than the test "
+              f"split's above (sha256 prefixes): {'; '.join(other)}."]
   if a.quick:
     lines += ["", "At --quick sizes compiling takes much of the wall time "
               "(one compile per phase and variant): compare tokens/s, not "
