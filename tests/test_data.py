@@ -170,10 +170,49 @@ def test_old_pystdlib_cache_is_rebuilt_without_generated_files(tmp_path,
       p.relative_to(stdlib).as_posix() for p in stdlib.rglob("*.py")
       if p.name.startswith("_sysconfigdata")
       or p.relative_to(stdlib).parts[0].startswith("config-3."))
-  # A cache of this format is used as it is.
-  (folder / "test.bin").write_bytes(b"x" * len(want["test"]))
-  assert bytes(chars.load("pystdlib", tmp_path).splits["test"][:3]) == b"xxx"
+  # A cache of this format is used as it is, quietly.
+  assert bytes(chars.load("pystdlib", tmp_path).splits["test"]) == want["test"]
   assert capsys.readouterr().err == ""
+  # Damaged bytes of the right size are found by the sha256 and rebuilt
+  # (they were used, with the recorded sha256 reported for them).
+  (folder / "test.bin").write_bytes(b"x" * len(want["test"]))
+  assert bytes(chars.load("pystdlib", tmp_path).splits["test"]) == want["test"]
+  assert "do not hash to the sha256 it records" in capsys.readouterr().err
+
+
+def test_pystdlib_cache_of_another_stdlib_is_rebuilt(tmp_path, monkeypatch,
+                                                      capsys):
+  """Two installs of one X.Y share data_dir/pystdlib-X.Y: the second must
+  not train on the first's corpus. A three-file standard library, then one
+  file edited (a patch release)."""
+  stdlib = tmp_path / "stdlib"
+  (stdlib / "email").mkdir(parents=True)
+  files = {"ast.py": b"x = 1\n", "email/utils.py": b"def f(): pass\n",
+           "zipfile.py": b"import os\n"}
+  for rel, text in files.items():
+    (stdlib / rel).write_bytes(text)
+  monkeypatch.setattr(chars.sysconfig, "get_paths",
+                      lambda: {"stdlib": str(stdlib)})
+  data = tmp_path / "data"
+
+  def by_hand():  # the CRC-32 rule over the three files, in path order
+    want = {s: b"" for s in chars.SPLITS}
+    for rel in sorted(files):
+      b = zlib.crc32(rel.encode()) % 100
+      want["valid" if b < 5 else "test" if b < 10 else "train"] += (
+          files[rel] + b"\n\n")
+    return want
+
+  got = chars.load("pystdlib", data)
+  assert {s: bytes(got.splits[s]) for s in chars.SPLITS} == by_hand()
+  first = got.sha256
+  files["email/utils.py"] = b"def f(): return 1\n"
+  (stdlib / "email/utils.py").write_bytes(files["email/utils.py"])
+  capsys.readouterr()
+  got = chars.load("pystdlib", data)
+  assert "built from another standard library" in capsys.readouterr().err
+  assert {s: bytes(got.splits[s]) for s in chars.SPLITS} == by_hand()
+  assert got.sha256 != first
 
 
 def _toy_corpus(n=500):

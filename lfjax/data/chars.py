@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import platform
 import re
 import sys
 import sysconfig
@@ -30,7 +31,7 @@ _PAPER_SIZE, _PAPER_HELD_OUT = 100_000_000, 5_000_000
 _TEXT8_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
 # The pystdlib cache's layout and rule (meta.json "format"); a cache of
 # another format is rebuilt. 1 (no "format" field) kept the generated files.
-PYSTDLIB_FORMAT = 2
+PYSTDLIB_FORMAT = 3
 _DOWNLOAD = {
     "enwik8": "http://mattmahoney.net/dc/enwik8.zip",
     "text8": "http://mattmahoney.net/dc/text8.zip",
@@ -211,6 +212,11 @@ def pystdlib_files(excluded=None):
   Python's sysconfig "stdlib" folder, without installed packages), sorted
   by path, leaving out the files install_specific names. excluded: a list
   that gets the relative paths of those, in path order."""
+  return [(rel, f.read_bytes()) for rel, f in _stdlib_sources(excluded)]
+
+
+def _stdlib_sources(excluded=None):
+  """(relative path, pathlib.Path) of the files pystdlib_files reads."""
   root = pathlib.Path(sysconfig.get_paths()["stdlib"])
   out = []
   for f in sorted(root.rglob("*.py")):
@@ -221,8 +227,20 @@ def pystdlib_files(excluded=None):
       if excluded is not None:
         excluded.append(rel.as_posix())
       continue
-    out.append((rel.as_posix(), f.read_bytes()))
+    out.append((rel.as_posix(), f))
   return out
+
+
+def _listing_sha256():
+  """sha256 of the sources' paths, sizes and modification times: another
+  standard library of the same X.Y (a patch release, another distribution's
+  build sharing the cache folder) lists differently. Stats only: ~10 ms,
+  where reading the sources takes seconds."""
+  digest = hashlib.sha256()
+  for rel, f in _stdlib_sources():
+    st = f.stat()
+    digest.update(f"{rel} {st.st_size} {st.st_mtime_ns}\n".encode())
+  return digest.hexdigest()
 
 
 def split_of(rel):
@@ -260,19 +278,39 @@ def _pystdlib_meta(folder):
     return None
 
 
+def _open_splits(folder):
+  # np.memmap refuses an empty file (a split no file hashed into).
+  return {s: (np.memmap(f, np.uint8, mode="r") if f.stat().st_size
+              else np.zeros(0, np.uint8))
+          for s, f in ((s, folder / f"{s}.bin") for s in SPLITS)}
+
+
 def _pystdlib(data_dir):
   """Python's stdlib sources (pystdlib_files); each file goes to the split
   of its path (split_of), and a split is its files concatenated in path
   order, each followed by two newlines. Cached in
   data_dir/pystdlib-X.Y: {train,valid,test}.bin and meta.json (format,
-  byte and file counts, the excluded files, sha256 = splits_sha256)."""
+  byte and file counts, the excluded files, sha256 = splits_sha256, the
+  sources' listing). Rebuilt, with a note, when the cache is of another
+  format, lists other sources (another standard library of X.Y) or its
+  split files do not hash to its sha256 (~0.3 s per load)."""
   version = f"{sys.version_info.major}.{sys.version_info.minor}"
   folder = data_dir / f"pystdlib-{version}"
-  meta = _pystdlib_meta(folder)
-  if meta is None:
-    if (folder / "meta.json").exists():
-      print(f"note: rebuilding the corpus cache {folder}: it is not of "
-            f"format {PYSTDLIB_FORMAT} (an older lfjax's, or incomplete)",
+  listing = _listing_sha256()
+  meta, why = _pystdlib_meta(folder), None
+  if meta is not None:
+    splits = _open_splits(folder)
+    if meta.get("listing") != listing:
+      why = ("built from another standard library of Python "
+             f"{version} (its files' names, sizes or times differ)")
+    elif splits_sha256(splits) != meta["sha256"]:
+      why = "its split files do not hash to the sha256 it records (damaged)"
+  elif (folder / "meta.json").exists():
+    why = (f"it is not of format {PYSTDLIB_FORMAT} (an older lfjax's, or "
+           "incomplete)")
+  if meta is None or why:
+    if why:
+      print(f"note: rebuilding the corpus cache {folder}: {why}",
             file=sys.stderr)
     excluded = []
     parts = {s: [] for s in SPLITS}
@@ -280,7 +318,8 @@ def _pystdlib(data_dir):
       parts[split_of(rel)].append(text + b"\n\n")
     data = {s: b"".join(parts[s]) for s in SPLITS}
     meta = {"format": PYSTDLIB_FORMAT, "python": version,
-            "sha256": splits_sha256(data),
+            "python_version": platform.python_version(),
+            "sha256": splits_sha256(data), "listing": listing,
             "bytes": {s: len(data[s]) for s in SPLITS},
             "files": {s: len(parts[s]) for s in SPLITS},
             "excluded": excluded}
@@ -289,7 +328,6 @@ def _pystdlib(data_dir):
       _write_atomic(folder / f"{s}.bin", data[s])
     # Last: a meta.json of this format vouches for the split files.
     _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
-  splits = {s: np.memmap(folder / f"{s}.bin", np.uint8, mode="r")
-            for s in SPLITS}
+    splits = _open_splits(folder)
   return CharCorpus(f"pystdlib-{version}", 256, splits,
                     np.arange(256, dtype=np.uint8), sha256=meta["sha256"])
