@@ -396,7 +396,7 @@ def test_numeric_flags_are_checked_and_named(run, capsys):
   assert snapshot(workdir) == before
 
 
-def test_partial_evaluation_gets_its_own_file(run, capsys):
+def test_partial_evaluation_gets_its_own_file(run, capsys, tmp_path):
   _, workdir, _ = run
   (workdir / "eval_test_10.json").write_text('{"bpc": 1.5}')  # a full one
   code, out, _ = cli_run(capsys, evaluate.main, "--workdir", workdir,
@@ -418,6 +418,16 @@ def test_partial_evaluation_gets_its_own_file(run, capsys):
   (workdir / "eval_test_10.json").write_text(json.dumps(settings))
   assert common.result_path(workdir, "eval_test_10", settings, settings,
                               tags) == workdir / "eval_test_10.json"
+  # A setting that is a path (fine-tuning's --data) or a sha256 names the
+  # file by a short hash: the name was the path itself, slashes included,
+  # so writing the result failed (no such folder).
+  other = {"data": str(tmp_path / "b" / "dev.jsonl")}
+  (workdir / "eval_dev_5.json").write_text(json.dumps(
+      {"data": str(tmp_path / "a" / "dev.jsonl")}))
+  path = common.result_path(workdir, "eval_dev_5", other, other,
+                            {"data": "data"})
+  assert path.parent == workdir and path.name.startswith("eval_dev_5_data")
+  path.write_text("{}")
 
 
 def test_a_failed_start_leaves_a_new_folder_as_it_was(finished, tmp_path,

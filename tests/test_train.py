@@ -208,11 +208,19 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
                     + "\n")
   faked = record.read_bytes()
   capsys.readouterr()
-  # Evaluating on other data than the run trained on says so.
+  # Evaluating on other data than the run trained on says so, and a
+  # result of another corpus is kept, not overwritten.
+  old_result = workdir / "eval_valid_6_chars200.json"
+  old_result.write_text(json.dumps(dict(result, dataset_sha256=fake)))
+  kept = old_result.read_bytes()
   assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
                                  "valid", "--max_chars", "200"]) == 0
   assert (f"note: the run trained on {name} sha256 {fake[:12]}; this is "
           f"{name} sha256 {sha[:12]}") in capsys.readouterr().err
+  assert old_result.read_bytes() == kept
+  new = [p for p in workdir.glob("eval_valid_6_*.json") if p != old_result]
+  assert len(new) == 1 and "/" not in new[0].name[len("eval_valid_6"):]
+  assert json.loads(new[0].read_text())["dataset_sha256"] == sha
   # A resume that fails before its first log puts the record back too.
   c.schedule.steps = (4, 4)
   lrs = c.schedule.lrs
@@ -230,6 +238,13 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
   assert [l for l in out.splitlines() if "training data" in l] == [
       f"{want} (recorded in {record})"]
   assert checkpoints.saved_steps(workdir)[-1] == 8
+  # Checkpoint 6 was trained on the old data (the record from step 6 holds
+  # after it), checkpoint 8 partly on the new: only 6 gets the note.
+  for ckpt, noted in ((6, True), (8, False)):
+    assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
+                                   "valid", "--max_chars", "200",
+                                   "--checkpoint", str(ckpt)]) == 0
+    assert ("the run trained on" in capsys.readouterr().err) == noted, ckpt
   assert metrics.read(record) == [
       {"step": 0, "corpus": name, "sha256": fake},
       {"step": 6, "corpus": name, "sha256": sha}]

@@ -403,7 +403,10 @@ def evaluate_main(argv, doc=__doc__):
   run_rel_impl = config.model.rel_impl
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
       fv.workdir, fv.checkpoint, flag="--checkpoint", rel_impl=fv.rel_impl)
-  trained_on = corpus_records(fv.workdir)[-1:]
+  # A record {step: s} holds from step s on: checkpoint c was trained on
+  # the last one below c.
+  trained_on = [r for r in corpus_records(fv.workdir)
+                if isinstance(r.get("step"), int) and r["step"] < ckpt][-1:]
   if trained_on and trained_on[0].get("sha256") != corpus.sha256:
     print(f"note: the run trained on {trained_on[0].get('corpus')} sha256 "
           f"{str(trained_on[0].get('sha256'))[:12]}; this is {corpus.name} "
@@ -420,10 +423,12 @@ def evaluate_main(argv, doc=__doc__):
                 dataset_sha256=corpus.sha256, window_scale=scale)
   out = common.result_path(
       fv.workdir, f"eval_{fv.split}_{ckpt}",
-      {k: result[k] for k in ("seq_len", "step", "max_chars", "rel_impl")},
+      {k: result[k] for k in ("seq_len", "step", "max_chars", "rel_impl",
+                              "dataset_sha256")},
       dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0,
-           rel_impl=run_rel_impl),
-      dict(seq_len="seq", step="stride", max_chars="chars", rel_impl=""))
+           rel_impl=run_rel_impl, dataset_sha256=corpus.sha256),
+      dict(seq_len="seq", step="stride", max_chars="chars", rel_impl="",
+           dataset_sha256="data"))
   out.write_text(json.dumps(result, indent=1))
   print(f"{corpus.name} {fv.split}: {value:.4f} bpc over {count:,} "
         f"characters (checkpoint {ckpt}; written to {out})")

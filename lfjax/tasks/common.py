@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import pathlib
+import re
 
 import ml_collections
 
@@ -63,8 +64,12 @@ def check_finite_metric(name, value):
 
 
 def _tag(value):
-  if isinstance(value, (int, str)) and not isinstance(value, bool):
+  # Short plain words and ints name themselves; anything else (a data path
+  # with slashes, a 64-digit sha256, a dict) by a hash that fits a name.
+  if isinstance(value, int) and not isinstance(value, bool):
     return str(value)
+  if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9._-]{1,16}", value):
+    return value
   return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest(
   )[:8]
 
