@@ -300,3 +300,55 @@ def test_random_positions_and_config_errors(roberta, docs_dir, tmp_path):
   with pytest.raises(ValueError, match="positions: expected 'copy' or"):
     mlm.load_model(config(roberta, docs_dir, tmp_path,
                           **{"model.position_init": "zeros"}))
+
+
+def framed_sha256(parts):
+  # data_sha256's documented hash, written out here: SHA-256 of each byte
+  # string preceded by its length (8 bytes, little-endian).
+  import hashlib
+  return hashlib.sha256(b"".join(
+      len(p).to_bytes(8, "little") + p for p in parts)).hexdigest()
+
+
+def test_run_records_its_data_and_a_resume_on_other_data_says_so(
+    roberta, docs_dir, tmp_path, capsys):
+  c = config(roberta, docs_dir, tmp_path, steps=2, eval_every=0,
+             checkpoint_every=2)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(c, workdir)
+  tokenizer = [p for p in sorted(pathlib.Path(roberta).iterdir())
+               if p.name.startswith(("tokenizer", "vocab", "merges",
+                                     "special_tokens", "added_tokens"))]
+  assert {"vocab.json", "merges.txt"} <= {p.name for p in tokenizer}
+  parts = [b"lfjax-mlm-data-1"]
+  for p in tokenizer:
+    parts += [p.name.encode(), p.read_bytes()]
+  parts.append(b"0.2")  # data.valid_fraction
+  for f in sorted(docs_dir.glob("*.txt")):
+    parts += [f"{docs_dir.name}/{f.name}".encode(), f.read_bytes()]
+  sha, name = framed_sha256(parts), str(docs_dir)
+  record = workdir / "corpus_history.jsonl"
+  assert metrics.read(record) == [{"step": 0, "corpus": name, "sha256": sha}]
+  capsys.readouterr()
+  mlm.main(["evaluate", "--workdir", str(workdir)])
+  result = json.loads((workdir / "eval_valid_2_128.json").read_text())
+  assert result["dataset_sha256"] == sha
+  assert "the run trained on" not in capsys.readouterr().err
+
+  # As if the run had trained its first 2 steps on other documents.
+  fake = "ab" * 32
+  record.write_text(json.dumps({"step": 0, "corpus": name, "sha256": fake})
+                    + "\n")
+  mlm.main(["evaluate", "--workdir", str(workdir)])
+  assert (f"note: the run trained on {name} sha256 {fake[:12]}; this is "
+          f"{name} sha256 {sha[:12]}") in capsys.readouterr().err
+  c.steps = 4
+  train.train_and_evaluate(c, workdir)
+  out = capsys.readouterr().out
+  assert [l for l in out.splitlines() if "training data" in l] == [
+      f"warning: the training data changed since step 2: {name} sha256 "
+      f"{fake[:12]} (from step 0) -> {name} sha256 {sha[:12]}; training "
+      f"continues on the new data (recorded in {record})"]
+  assert metrics.read(record) == [
+      {"step": 0, "corpus": name, "sha256": fake},
+      {"step": 2, "corpus": name, "sha256": sha}]

@@ -3,9 +3,10 @@ into fixed-length sequences, and dynamic masking.
 
 Nothing is downloaded: documents are local files (or `pystdlib`, this
 Python's standard library sources), the tokenizer is read from a local
-Hugging Face directory. Tokenized splits are cached (npy, keyed by a hash of
-the documents and the tokenizer files) so a resumed run does not tokenize
-again.
+Hugging Face directory. Tokenized splits are cached (npy, keyed by
+data_sha256: a hash of the documents, the split and the tokenizer files) so
+a resumed run does not tokenize again; the full hash is the corpus's
+sha256, which MLM runs record (lfjax.tasks.common.record_corpus).
 
 Character accounting for BPC: the characters of a document are divided
 among its tokens by their offsets, each token owning the characters from
@@ -154,12 +155,47 @@ class TokenCorpus:
   pad_id: int
   mask_id: int
   special_ids: tuple  # never masked, never a random replacement
+  # data_sha256 of what the splits were tokenized from (hex); None: not
+  # known (a corpus built by hand).
+  sha256: str | None = None
 
 
 def special_ids(tokenizer):
   """Special tokens (unk is a real token and may be masked)."""
   return tuple(sorted(set(tokenizer.all_special_ids)
                       - {tokenizer.unk_token_id}))
+
+
+# The tokenizer's files that decide its tokens (the weights' files do not).
+_TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens",
+                    "added_tokens")
+
+
+def data_sha256(docs, tokenizer_dir, valid_fraction):
+  """The sha256 (64 hex digits) of everything the tokenized splits are
+  made from: SHA-256 over a sequence of byte strings, each preceded by its
+  length (8 bytes, little-endian), so no two different inputs give the same
+  sequence: b"lfjax-mlm-data-1"; for each of tokenizer_dir's files whose
+  name starts with tokenizer / vocab / merges / special_tokens /
+  added_tokens, sorted by name, its name (UTF-8) and its bytes; repr of
+  valid_fraction (it decides each document's split); then for each
+  document in order its name and its text (UTF-8).
+
+  docs: [(name, text)] as read_documents returns them."""
+  digest = hashlib.sha256()
+
+  def put(b):
+    digest.update(len(b).to_bytes(8, "little") + b)
+  put(b"lfjax-mlm-data-1")
+  for name in sorted(os.listdir(tokenizer_dir)):
+    if name.startswith(_TOKENIZER_FILES):
+      put(name.encode())
+      put(pathlib.Path(tokenizer_dir, name).read_bytes())
+  put(repr(valid_fraction).encode())
+  for name, text in docs:
+    put(name.encode())
+    put(text.encode("utf-8", "replace"))
+  return digest.hexdigest()
 
 
 def load_corpus(sources, tokenizer_dir, *, valid_fraction=0.01, glob="*.txt",
@@ -175,15 +211,8 @@ def load_corpus(sources, tokenizer_dir, *, valid_fraction=0.01, glob="*.txt",
   if bos is None or eos is None:
     raise ValueError(f"tokenizer: {tokenizer_dir!r} needs cls/bos and "
                      "sep/eos tokens to frame sequences")
-  digest = hashlib.sha256()
-  for name in sorted(os.listdir(tokenizer_dir)):
-    if name.startswith(("tokenizer", "vocab", "merges", "special_tokens")):
-      digest.update(name.encode() + pathlib.Path(tokenizer_dir, name)
-                    .read_bytes())
-  digest.update(f"{valid_fraction}".encode())
-  for name, text in docs:
-    digest.update(name.encode() + b"\0" + text.encode("utf-8", "replace"))
-  key = digest.hexdigest()[:16]
+  sha256 = data_sha256(docs, tokenizer_dir, valid_fraction)
+  key = sha256[:16]
   root = pathlib.Path(cache_dir) if cache_dir else (
       chars_lib.default_data_dir() / "mlm")
   folder = root / key
@@ -213,7 +242,7 @@ def load_corpus(sources, tokenizer_dir, *, valid_fraction=0.01, glob="*.txt",
                 np.load(folder / f"{s}.chars.npy", mmap_mode="r"))
             for s in SPLITS}
   return TokenCorpus(splits, len(tok), bos, eos, tok.pad_token_id,
-                     tok.mask_token_id, special_ids(tok))
+                     tok.mask_token_id, special_ids(tok), sha256)
 
 
 def num_sequences(corpus, split, seq_len):

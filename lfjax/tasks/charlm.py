@@ -58,10 +58,9 @@ RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
              "keep_checkpoints", "eval_every", "mesh.*", "tensorboard")
 validate = charlm_defaults.validate
-# In the run folder: the corpus (name, sha256) the run trains on, one JSON
-# line from the step it started on, and one more from each step a resume
-# found another corpus (data.dir may change; the files in it may too).
-CORPUS_HISTORY = "corpus_history.jsonl"
+# The record of the corpus the run trains on: lfjax.tasks.common's.
+CORPUS_HISTORY = common.CORPUS_HISTORY
+corpus_records = common.corpus_records
 
 
 # Training ----------------------------------------------------------------
@@ -150,48 +149,9 @@ def _summarize(m):
               grad_norm=m["grad_norm"])
 
 
-def corpus_records(workdir):
-  """The run's CORPUS_HISTORY records ({step, corpus, sha256}, oldest
-  first); [] when it has none."""
-  path = pathlib.Path(workdir) / CORPUS_HISTORY
-  lines = []
-  for text in path.read_text().splitlines() if path.exists() else ():
-    try:  # a line edited by hand into something else is no record
-      lines.append(dict(json.loads(text)))
-    except (ValueError, TypeError):
-      continue
-  return lines
-
-
 def record_corpus(workdir, corpus, step):
-  """Records in workdir/CORPUS_HISTORY the corpus a run trains on from
-  `step` (its newest checkpoint; 0: a fresh start, which begins a new
-  record), and says (lfjax.loop.say) when it differs from the one the run
-  trained on up to that step. Process 0 only; the caller undoes it when
-  the start fails (checkpoints.undo_failed_start(keep=...))."""
-  if jax.process_index() != 0 or corpus.sha256 is None:
-    return
-  path = pathlib.Path(workdir) / CORPUS_HISTORY
-  lines = corpus_records(workdir) if step else []
-  now = {"step": step, "corpus": corpus.name, "sha256": corpus.sha256}
-  if lines and lines[-1].get("sha256") == corpus.sha256:
-    return
-  if lines:
-    old = lines[-1]
-    loop.say(f"warning: the training data changed since step {step}: "
-             f"{old.get('corpus')} sha256 {str(old.get('sha256'))[:12]} "
-             f"(from step {old.get('step')}) -> {corpus.name} sha256 "
-             f"{corpus.sha256[:12]}; training continues on the new data "
-             f"(recorded in {path})", flush=True)
-  elif step:
-    loop.say(f"note: {workdir} has no record of the data it trained on "
-             f"before step {step} (started before lfjax kept {CORPUS_HISTORY}"
-             f"); recording {corpus.name} sha256 {corpus.sha256[:12]} from "
-             "here on", flush=True)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  # The run folder's writer: a reader sees the old record or the new one.
-  checkpoints._write_atomic(path, "".join(  # pylint: disable=protected-access
-      json.dumps(l) + "\n" for l in lines + [now]))
+  """common.record_corpus of a chars.CharCorpus (its name and sha256)."""
+  common.record_corpus(workdir, corpus.name, corpus.sha256, step)
 
 
 def train_and_evaluate(config, workdir):
@@ -403,15 +363,8 @@ def evaluate_main(argv, doc=__doc__):
   run_rel_impl = config.model.rel_impl
   config, model, ckpt, scale, corpus = checkpoints.load_trained(
       fv.workdir, fv.checkpoint, flag="--checkpoint", rel_impl=fv.rel_impl)
-  # A record {step: s} holds from step s on: checkpoint c was trained on
-  # the last one below c.
-  trained_on = [r for r in corpus_records(fv.workdir)
-                if isinstance(r.get("step"), int) and r["step"] < ckpt][-1:]
-  if trained_on and trained_on[0].get("sha256") != corpus.sha256:
-    print(f"note: the run trained on {trained_on[0].get('corpus')} sha256 "
-          f"{str(trained_on[0].get('sha256'))[:12]}; this is {corpus.name} "
-          f"sha256 {str(corpus.sha256)[:12]} (the data changed since: the "
-          f"{fv.split} split may differ too)", file=sys.stderr)
+  common.note_other_data(fv.workdir, ckpt, corpus.name, corpus.sha256,
+                         fv.split)
   args = dict(split=fv.split, seq_len=seq_len, step=stride,
               batch_size=(config.eval.batch_size if fv.batch_size is None
                           else fv.batch_size),

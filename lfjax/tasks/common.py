@@ -1,5 +1,6 @@
-"""What every task shares: the config fields of every run, and how an
-evaluation's result is checked and named.
+"""What every task shares: the config fields of every run, how an
+evaluation's result is checked and named, and the record of the data a run
+trains on (CORPUS_HISTORY).
 
 shared_fields / validate_shared are the one place for a field every task's
 config has (the task's name, the seed, the fields lfjax.loop reads): a new
@@ -11,12 +12,22 @@ import json
 import math
 import pathlib
 import re
+import sys
 
+import jax
 import ml_collections
 
+from lfjax import checkpoints
 from lfjax import checks
+from lfjax import loop
 from lfjax import metrics
 from lfjax import parallel
+
+# In the run folder: the data (name, sha256) the run trains on, one JSON
+# line from the step it started on, and one more from each step a resume
+# found other data (data.dir / data.sources may change; the files in them
+# may too).
+CORPUS_HISTORY = "corpus_history.jsonl"
 
 
 def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
@@ -97,3 +108,68 @@ def result_path(workdir, stem, settings, defaults, tags):
         old.get(k) != v for k, v in settings.items()):
       path = name(list(settings))
   return path
+
+
+def corpus_records(workdir):
+  """The run's CORPUS_HISTORY records ({step, corpus, sha256}, oldest
+  first); [] when it has none."""
+  path = pathlib.Path(workdir) / CORPUS_HISTORY
+  lines = []
+  for text in path.read_text().splitlines() if path.exists() else ():
+    try:  # a line edited by hand into something else is no record
+      lines.append(dict(json.loads(text)))
+    except (ValueError, TypeError):
+      continue
+  return lines
+
+
+def record_corpus(workdir, name, sha256, step):
+  """Records in workdir/CORPUS_HISTORY that a run trains on the data
+  `name` (str, for people) with content hash `sha256` (hex str; None:
+  unknown, nothing recorded) from `step` (its newest checkpoint; 0: a fresh
+  start, which begins a new record), and says (lfjax.loop.say) when it
+  differs from the one the run trained on up to that step. Process 0 only;
+  the caller undoes it when the start fails
+  (checkpoints.undo_failed_start(keep=(CORPUS_HISTORY,)))."""
+  if jax.process_index() != 0 or sha256 is None:
+    return
+  path = pathlib.Path(workdir) / CORPUS_HISTORY
+  lines = corpus_records(workdir) if step else []
+  now = {"step": step, "corpus": name, "sha256": sha256}
+  if lines and lines[-1].get("sha256") == sha256:
+    return
+  if lines:
+    old = lines[-1]
+    loop.say(f"warning: the training data changed since step {step}: "
+             f"{old.get('corpus')} sha256 {str(old.get('sha256'))[:12]} "
+             f"(from step {old.get('step')}) -> {name} sha256 "
+             f"{sha256[:12]}; training continues on the new data "
+             f"(recorded in {path})", flush=True)
+  elif step:
+    loop.say(f"note: {workdir} has no record of the data it trained on "
+             f"before step {step} (started before lfjax kept {CORPUS_HISTORY}"
+             f"); recording {name} sha256 {sha256[:12]} from here on",
+             flush=True)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  # The run folder's writer: a reader sees the old record or the new one.
+  checkpoints._write_atomic(path, "".join(  # pylint: disable=protected-access
+      json.dumps(l) + "\n" for l in lines + [now]))
+
+
+def note_other_data(workdir, checkpoint, name, sha256, split):
+  """Prints a note to stderr when checkpoint `checkpoint` (a step) of the
+  run in workdir was trained on other data than `name`/`sha256`, the data
+  it is evaluated on (split: the split evaluated). Silent without a
+  record. Returns whether it noted."""
+  # A record {step: s} holds from step s on: checkpoint c was trained on
+  # the last one below c.
+  trained_on = [r for r in corpus_records(workdir)
+                if isinstance(r.get("step"), int) and r["step"] < checkpoint
+                ][-1:]
+  if not trained_on or trained_on[0].get("sha256") == sha256:
+    return False
+  print(f"note: the run trained on {trained_on[0].get('corpus')} sha256 "
+        f"{str(trained_on[0].get('sha256'))[:12]}; this is {name} "
+        f"sha256 {str(sha256)[:12]} (the data changed since: the "
+        f"{split} split may differ too)", file=sys.stderr)
+  return True

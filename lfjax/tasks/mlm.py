@@ -14,6 +14,13 @@ BPC here is the paper's Table 5 quantity made explicit: the masked tokens'
 loss in bits divided by the characters those tokens cover (lfjax.data.text
 says how characters are divided among tokens). allenai's script logs the
 loss / ln 2, i.e. bits per token; that is `bits_per_token` in the metrics.
+
+The run folder's corpus_history.jsonl records the data it trains on (its
+data.sources and lfjax.data.text.data_sha256: the documents, the split and
+the tokenizer files); a resume on other data says so (as the char-LM's,
+lfjax.tasks.common.record_corpus). `evaluate` writes that sha256 as
+`dataset_sha256` and notes (stderr) when the evaluated checkpoint was
+trained on other data.
 """
 
 import functools
@@ -62,6 +69,11 @@ def load_corpus(config):
   return text.load_corpus(
       tuple(d.sources), tokenizer_dir(config), valid_fraction=d.valid_fraction,
       glob=d.glob, max_documents=d.max_documents, cache_dir=d.cache_dir or None)
+
+
+def corpus_name(config):
+  """The data's name in records: its data.sources, comma-separated."""
+  return ",".join(str(s) for s in config.data.sources)
 
 
 def load_model(config, announce=False):
@@ -285,7 +297,8 @@ def train_and_evaluate(config, workdir):
   parallel.check_seq(mesh, "train.seq_len", config.train.seq_len)
   workdir = pathlib.Path(workdir)
   # A refused config fails before the data loads; loop.run writes it.
-  done = checkpoints.check_config(config, workdir) >= config.steps
+  start = checkpoints.check_config(config, workdir)
+  done = start >= config.steps
   corpus = load_corpus(config)
   # A finished run only says so (lfjax.loop): no "making it long" first.
   model = load_model(config, announce=not done)
@@ -319,7 +332,10 @@ def train_and_evaluate(config, workdir):
                f"({r['eval_masked_tokens']:,} masked tokens, "
                f"{r['eval_chars']:,} chars)")
 
-  with parallel.use(mesh):
+  with parallel.use(mesh), checkpoints.undo_failed_start(
+      workdir, keep=(common.CORPUS_HISTORY,)):
+    if not done:  # a finished run trains on no data
+      common.record_corpus(workdir, corpus_name(config), corpus.sha256, start)
     return loop.run(workdir, config, params, opt_state, [phase],
                     learning_rate(config), evaluate_fn)
 
@@ -407,6 +423,9 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
     raise cli.UsageError(f"--seq_len: expected at most the model's "
                          f"{have} positions, got {seq_len}")
   corpus = load_corpus(config)
+  if workdir is not None:
+    common.note_other_data(workdir, step, corpus_name(config), corpus.sha256,
+                           "valid")
   r = evaluate_model(model, config, corpus, seq_len=seq_len,
                      batch_size=batch_size, max_batches=max_batches,
                      progress=progress)
@@ -417,7 +436,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
       max_batches=(config.eval.max_batches if max_batches is None
                    else max_batches),
       batch_size=config.eval.batch_size if batch_size is None else batch_size,
-      data=data)
+      data=data, dataset_sha256=corpus.sha256)
   r = dict(r, seq_len=config.train.seq_len if seq_len is None else seq_len,
            step=step, checkpoint=str(workdir or init_from), **settings)
   if workdir is not None:
@@ -425,10 +444,14 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
     defaults = dict(max_batches=saved.eval.max_batches,
                     batch_size=saved.eval.batch_size,
                     data=dict({k: saved.data[k] for k in data},
-                              sources=list(saved.data.sources)))
+                              sources=list(saved.data.sources)),
+                    # As lfjax.evaluate's: a result of other data in the
+                    # file is kept (result_path names this one in full).
+                    dataset_sha256=corpus.sha256)
     out = common.result_path(
         workdir, f"eval_valid_{step}_{r['seq_len']}", settings, defaults,
-        dict(max_batches="batches", batch_size="bs", data="data"))
+        dict(max_batches="batches", batch_size="bs", data="data",
+             dataset_sha256="sha"))
     out.write_text(json.dumps(r, indent=1))
   return r
 
