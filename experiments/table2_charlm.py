@@ -54,7 +54,7 @@ def parse_args(argv):
 def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   a = parse_args(argv)
-  from lfjax.tasks import charlm as charlm_task  # jax: after the usage checks
+  from lfjax.tasks import common  # jax: after the usage checks
   root = a.root / ("quick" if a.quick else "full")
   rows, timings, notes = {}, [], []
   for variant, _ in ROWS:
@@ -85,7 +85,7 @@ def main(argv=None):
           chars=test["chars_scored"],
           sha256=test.get("dataset_sha256", results_text.UNKNOWN)[:12],
           trained_on=[r.get("sha256", "")[:12] for r in
-                      charlm_task.corpus_records(workdir)]))
+                      common.corpus_records(workdir)]))
       print(f"{variant} seed {seed}: test bpc {test['bpc']:.4f}, "
             f"{results_text.fmt(timing['wall_s'], '.0f')} s, "
             f"{results_text.fmt(timing['peak_rss_gib'], '.2f')} GiB",

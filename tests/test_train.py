@@ -20,6 +20,7 @@ from lfjax import sample
 from lfjax import train
 from lfjax.data import chars
 from lfjax.tasks import charlm as charlm_task
+from lfjax.tasks import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -193,7 +194,7 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
   meta = json.loads(next(pathlib.Path(data_dir).glob("pystdlib-*/meta.json"))
                     .read_text())
   name, sha = f"pystdlib-{meta['python']}", meta["sha256"]
-  record = workdir / charlm_task.CORPUS_HISTORY
+  record = workdir / common.CORPUS_HISTORY
   assert metrics.read(record) == [{"step": 0, "corpus": name, "sha256": sha}]
   # The evaluation names the corpus it scored.
   assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
@@ -250,12 +251,12 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
       {"step": 6, "corpus": name, "sha256": sha}]
   # The same corpus again: nothing said, nothing written.
   corpus = chars.load("pystdlib", data_dir)
-  charlm_task.record_corpus(workdir, corpus, 8)
+  common.record_corpus(workdir, corpus.name, corpus.sha256, 8)
   assert capsys.readouterr().out == ""
   assert len(metrics.read(record)) == 2
   # A run from before the record was kept gets one from its resume on.
   record.unlink()
-  charlm_task.record_corpus(workdir, corpus, 8)
+  common.record_corpus(workdir, corpus.name, corpus.sha256, 8)
   assert "no record of the data it trained on before step 8" in (
       capsys.readouterr().out)
   assert metrics.read(record) == [{"step": 8, "corpus": name, "sha256": sha}]

@@ -10,7 +10,7 @@ same command resumes from DIR's newest checkpoint and reproduces exactly
 the losses an uninterrupted run would have written (lfjax.loop). DIR gets
 config.json, metrics.jsonl (one JSON object per logged step),
 corpus_history.jsonl (the corpus's sha256; a resume on other data says so:
-record_corpus) and checkpoints/.
+lfjax.tasks.common.record_corpus) and checkpoints/
 
 Evaluation protocol (paper Section 4.2, after Transformer-XL): windows of
 seq_len characters that move by a stride (`step` in the code and
@@ -58,9 +58,6 @@ RESUMABLE = ("data.dir", "model.dropout", "model.dtype", "model.remat",
              "optim.*", "eval.*", "log_every", "checkpoint_every",
              "keep_checkpoints", "eval_every", "mesh.*", "tensorboard")
 validate = charlm_defaults.validate
-# The record of the corpus the run trains on: lfjax.tasks.common's.
-CORPUS_HISTORY = common.CORPUS_HISTORY
-corpus_records = common.corpus_records
 
 
 # Training ----------------------------------------------------------------
@@ -149,11 +146,6 @@ def _summarize(m):
               grad_norm=m["grad_norm"])
 
 
-def record_corpus(workdir, corpus, step):
-  """common.record_corpus of a chars.CharCorpus (its name and sha256)."""
-  common.record_corpus(workdir, corpus.name, corpus.sha256, step)
-
-
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the char-LM run in workdir; returns the last
   metrics."""
@@ -208,9 +200,9 @@ def train_and_evaluate(config, workdir):
             f"{config.eval.split} bpc {value:.4f} ({count:,} chars)")
 
   with parallel.use(mesh), checkpoints.undo_failed_start(
-      workdir, keep=(CORPUS_HISTORY,)):
+      workdir, keep=(common.CORPUS_HISTORY,)):
     if start < bounds[-1][1]:  # a finished run trains on no data
-      record_corpus(workdir, corpus, start)
+      common.record_corpus(workdir, corpus.name, corpus.sha256, start)
     return loop.run(workdir, config, params, opt_state,
                     [phase(p, a, b) for p, (a, b) in enumerate(bounds)],
                     learning_rate(config), evaluate_fn)
