@@ -36,6 +36,7 @@ from absl import flags
 from absl import logging
 from flax import nnx
 
+from lfjax import files
 from lfjax.data import chars
 from lfjax.models import charlm
 
@@ -86,19 +87,6 @@ def _step_dir(directory, step):
       directory, ocp.path.step.standard_name_format(), step))
 
 
-def _write_atomic(path, text):
-  _write_atomic_bytes(path, text.encode())
-
-
-def _write_atomic_bytes(path, data):
-  tmp = path.with_name(path.name + ".tmp")
-  with tmp.open("wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _digests(step_dir):
   out = {}
   for f in sorted(step_dir.rglob("*")):
@@ -116,7 +104,7 @@ def write_record(directory, step):
   if jax.process_index() != 0:
     return
   d = _step_dir(directory, step)
-  _write_atomic(d / RECORD, json.dumps(
+  files.write_atomic(d / RECORD, json.dumps(
       {"step": step, "files": _digests(d)}, indent=1))
 
 
@@ -523,7 +511,7 @@ def write_config(config, workdir, total=None):
   if old is not None and not changes:
     # Fields added to (or removed from) lfjax since the run started: the
     # config gains them, but no change was asked for: no history entry.
-    _write_atomic(path, json.dumps(new, indent=1))
+    files.write_atomic(path, json.dumps(new, indent=1))
     return step
   now = datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
@@ -537,7 +525,7 @@ def write_config(config, workdir, total=None):
                 "config": new})
   with history.open("a") as f:
     f.write("".join(json.dumps(l) + "\n" for l in lines))
-  _write_atomic(path, json.dumps(new, indent=1))
+  files.write_atomic(path, json.dumps(new, indent=1))
   if changes:
     print(f"config: resuming from step {step} with "
           + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
@@ -606,7 +594,7 @@ def undo_failed_start(workdir, keep=()):
       for name in set(os.listdir(workdir)) - (before or set()):
         _remove(workdir / name)
       for name, data in kept.items():
-        _write_atomic_bytes(workdir / name, data)
+        files.write_atomic(workdir / name, data)
       if before is None:
         d = workdir
         while d != top.parent and d.is_dir() and not any(d.iterdir()):

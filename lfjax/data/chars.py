@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from lfjax import files
+
 SPLITS = ("train", "valid", "test")
 NAMES = ("enwik8", "text8", "pystdlib")
 # The standard split of Transformer-XL's prep scripts (90M / 5M / 5M).
@@ -145,22 +147,10 @@ def file_sha256(path):
   with path.open("rb") as f:
     digest = hashlib.file_digest(f, "sha256").hexdigest()
   try:
-    _write_atomic(cache, json.dumps(dict(stamp, sha256=digest)).encode())
+    files.write_atomic(cache, json.dumps(dict(stamp, sha256=digest)))
   except OSError:
     pass
   return digest
-
-
-def _write_atomic(path, data):
-  """Writes through a temporary file named for this process, then renames:
-  readers (and processes building the same cache at once) see the old file
-  or the new one, never a part; a memory map of the old one stays valid."""
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  try:
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _extract(zipped, member, dest):
@@ -325,9 +315,9 @@ def _pystdlib(data_dir):
             "excluded": excluded}
     folder.mkdir(parents=True, exist_ok=True)
     for s in SPLITS:
-      _write_atomic(folder / f"{s}.bin", data[s])
+      files.write_atomic(folder / f"{s}.bin", data[s])
     # Last: a meta.json of this format vouches for the split files.
-    _write_atomic(folder / "meta.json", json.dumps(meta, indent=1).encode())
+    files.write_atomic(folder / "meta.json", json.dumps(meta, indent=1))
     splits = _open_splits(folder)
   return CharCorpus(f"pystdlib-{version}", 256, splits,
                     np.arange(256, dtype=np.uint8), sha256=meta["sha256"])

@@ -17,8 +17,8 @@ import sys
 import jax
 import ml_collections
 
-from lfjax import checkpoints
 from lfjax import checks
+from lfjax import files
 from lfjax import loop
 from lfjax import metrics
 from lfjax import parallel
@@ -152,8 +152,8 @@ def record_corpus(workdir, name, sha256, step):
              flush=True)
   path.parent.mkdir(parents=True, exist_ok=True)
   # The run folder's writer: a reader sees the old record or the new one.
-  checkpoints._write_atomic(path, "".join(  # pylint: disable=protected-access
-      json.dumps(l) + "\n" for l in lines + [now]))
+  files.write_atomic(path, "".join(json.dumps(l) + "\n"
+                                   for l in lines + [now]))
 
 
 def note_other_data(workdir, checkpoint, name, sha256, split):
