@@ -16,7 +16,7 @@ attention on the first token, documents up to 4,096 tokens. Fields are
 commented in lfjax/tasks/finetune.py and lfjax/tasks/classification.py.
 
 `tiny` runs on CPU in about a minute from a tiny checkpoint of 128
-positions (`python -m lfjax.mlm make_tiny --to DIR --positions 128` builds
+positions (`python -m lfjax.make_tiny --to DIR --positions 128` builds
 one) on a small data file: 128 tokens, batch 8, 8 epochs, LR 3e-3.
 """
 

@@ -3,7 +3,7 @@
   python -m lfjax.train --config configs/mlm_longformer_base.py \
       --config.init_from /path/to/roberta-base \
       --config.data.sources /path/to/documents --workdir /tmp/lf_base
-  python -m lfjax.mlm export --workdir /tmp/lf_base --to /tmp/lf_base_hf
+  python -m lfjax.export --workdir /tmp/lf_base --to /tmp/lf_base_hf
 
 init_from is a local folder (config.json, model.safetensors or
 pytorch_model.bin, tokenizer files): nothing is downloaded. Variants of the
@@ -11,7 +11,7 @@ paper's Table 5: --config.model.position_init random, and
 --config.train.train_only position_embeddings.
 
 `tiny` runs on CPU in about a minute on 300 stdlib files from a tiny random
-RoBERTa, which `python -m lfjax.mlm make_tiny --to DIR` builds:
+RoBERTa, which `python -m lfjax.make_tiny --to DIR` builds:
   python -m lfjax.train --config configs/mlm_longformer_base.py:tiny \
       --config.init_from DIR --workdir /tmp/mlm_tiny
 """

@@ -17,7 +17,7 @@ micro-batches of one example accumulated. Fields are commented in
 lfjax/tasks/finetune.py and lfjax/tasks/multiple_choice.py.
 
 `tiny`: 64 tokens, batch 8, 8 epochs at LR 3e-3, from a tiny checkpoint
-(`python -m lfjax.mlm make_tiny --to DIR`).
+(`python -m lfjax.make_tiny --to DIR`).
 """
 
 from lfjax.tasks import multiple_choice

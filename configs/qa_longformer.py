@@ -16,7 +16,7 @@ linear warmup and decay. Fields are commented in lfjax/tasks/finetune.py
 and lfjax/tasks/qa.py.
 
 `tiny`: 64-token windows with a stride of 16, batch 8, 8 epochs at LR 3e-3,
-from a tiny checkpoint (`python -m lfjax.mlm make_tiny --to DIR`).
+from a tiny checkpoint (`python -m lfjax.make_tiny --to DIR`).
 """
 
 from lfjax.tasks import qa

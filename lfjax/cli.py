@@ -1,9 +1,9 @@
-"""What the five commands (lfjax.train, .evaluate, .sample, .mlm, .convert)
-share: one flag style, and one short message for errors a user causes.
+"""What the commands (lfjax.train, .evaluate, .sample, .export, .convert,
+.make_tiny) share: one flag style, and one short message for errors a user
+causes.
 
 Flags are spelled with underscores everywhere (absl's style, which
-lfjax.train needs for its `--config.x.y=` overrides); the argparse commands
-still take their old dashed spellings (`--seq-len`) with a deprecation note.
+lfjax.train needs for its `--config.x.y=` overrides), and only so.
 
 `run(main)` turns a user's error into `error: <message>` on stderr and exit
 status 2 (command line or config) or 1 (data, files, checkpoints, a
@@ -275,12 +275,13 @@ def _no_field(path, node, done, part):
   return text
 
 
-# argparse commands (lfjax.mlm, lfjax.convert) ------------------------------
+# argparse commands (lfjax.export, .convert, .make_tiny) --------------------
 
 
 class ArgumentParser(argparse.ArgumentParser):
-  """argparse with defaults in --help, no abbreviated flags (they would be
-  ambiguous with the old dashed spellings) and a two-line error."""
+  """argparse with defaults in --help, no abbreviated flags (a prefix that
+  names a flag today could name another one tomorrow) and a two-line
+  error."""
 
   def __init__(self, *args, **kwargs):
     kwargs.setdefault("formatter_class",
@@ -292,28 +293,3 @@ class ArgumentParser(argparse.ArgumentParser):
   def error(self, message):
     raise UsageError(f"{message} (see {self.prog} --help)")
 
-
-class _Deprecated(argparse.Action):
-
-  def __init__(self, option_strings, dest, new, **kwargs):
-    self.new = new
-    super().__init__(option_strings, dest, **kwargs)
-
-  def __call__(self, parser, namespace, values, option_string=None):
-    print(f"note: {option_string} is deprecated; use {self.new}",
-          file=sys.stderr)
-    setattr(namespace, self.dest, values)
-
-
-def add_flag(parser, name, *old, **kwargs):
-  """Adds --name (underscores) and, hidden, its old spellings, which still
-  work with a deprecation note: the dashed form of name unless `old` lists
-  them (e.g. "step" for --step)."""
-  flag = "--" + name
-  parser.add_argument(flag, **kwargs)
-  old = old or ((name.replace("_", "-"),) if "_" in name else ())
-  for o in old:
-    parser.add_argument(
-        "--" + o, dest=kwargs.get("dest", name), action=_Deprecated, new=flag,
-        default=argparse.SUPPRESS, help=argparse.SUPPRESS,
-        type=kwargs.get("type"), nargs=kwargs.get("nargs"))

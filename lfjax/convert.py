@@ -602,10 +602,10 @@ def main(argv=None):
   p.add_argument("--from", dest="src", required=True,
                  help="local Hugging Face checkpoint directory")
   p.add_argument("--to", dest="dst", required=True, help="output directory")
-  cli.add_flag(p, "max_positions", type=int, default=4096,
-               help="positions of the long model")
-  cli.add_flag(p, "attention_window", type=int, default=512,
-               help="FULL window (even), as transformers counts it")
+  p.add_argument("--max_positions", type=int, default=4096,
+                 help="positions of the long model")
+  p.add_argument("--attention_window", type=int, default=512,
+                 help="FULL window (even), as transformers counts it")
   args = p.parse_args(argv)
   if not os.path.isdir(args.src):
     raise cli.UsageError(f"--from: expected a local checkpoint directory "

@@ -10,7 +10,7 @@ character, the paper's protocol:
       [--stride 512] [--batch_size 1] [--max_chars 0] [--checkpoint STEP]
       [--rel_impl table|features]
 
-MLM runs: held-out MLM loss and BPC (as `python -m lfjax.mlm evaluate`).
+MLM runs: held-out MLM loss and BPC.
 Fine-tuned runs (classification, ...), or a folder `python -m
 lfjax.export` wrote:
 
@@ -97,8 +97,7 @@ def overview():
           "(classification, qa, multiple_choice; --max_answer_tokens: qa "
           "only):" + flags + "\nChar-LM runs: python -m lfjax.evaluate "
           "--workdir CHARLM_RUN --help. MLM runs: python -m lfjax.evaluate "
-          "--workdir MLM_RUN --help (the flags of python -m lfjax.mlm "
-          "evaluate).")
+          "--workdir MLM_RUN --help.")
 
 
 def main(argv=None):

@@ -5,8 +5,8 @@
 OUT gets config.json and model.safetensors for transformers' Longformer
 class of the run's head (label names as id2label / label2id), the
 tokenizer files, and the run's config (so `python -m lfjax.evaluate
---model OUT` reads data as the run did). MLM runs: as `python -m lfjax.mlm
-export`. Char-LM runs have no transformers counterpart.
+--model OUT` reads data as the run did).
+Char-LM runs have no transformers counterpart.
 """
 
 import sys
@@ -23,8 +23,8 @@ def main(argv=None):
                          description=__doc__.strip().splitlines()[0])
   p.add_argument("--workdir", required=True, help="a run folder")
   p.add_argument("--to", required=True, help="output folder")
-  cli.add_flag(p, "checkpoint", type=int, default=None,
-               help="a saved step (default: the newest)")
+  p.add_argument("--checkpoint", type=int, default=None,
+                 help="a saved step (default: the newest)")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   cli.at_least("--checkpoint", args.checkpoint, 0)
   task = tasks.of(checkpoints.read_config(args.workdir))

@@ -59,13 +59,13 @@ def load_run(workdir):
   workdir = pathlib.Path(workdir)
   if not workdir.is_dir():
     raise FileNotFoundError(f"{workdir}: expected a run folder (one "
-                            "lfjax.train or lfjax.mlm wrote), got no such "
+                            "lfjax.train wrote), got no such "
                             "folder")
   path = workdir / "metrics.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"{workdir}: expected a run folder with a "
-                            "metrics.jsonl (lfjax.train and lfjax.mlm write "
-                            "one at their first log step), found none")
+                            "metrics.jsonl (lfjax.train writes "
+                            "one at its first log step), found none")
   try:
     records = metrics.read(path)
   except ValueError as e:  # json.JSONDecodeError

@@ -103,11 +103,12 @@ def case_charlm(work):
 
 
 def case_mlm(work):
+  from lfjax import make_tiny
   from lfjax.tasks import mlm
   from tests.test_train import load_config
   tiny = work / "roberta"
-  mlm.make_tiny(tiny, documents=80, vocab_size=400, positions=64,
-                hidden_size=32, layers=1)
+  make_tiny.make_tiny(tiny, documents=80, vocab_size=400, positions=64,
+                      hidden_size=32, layers=1)
 
   def make_config(mesh):
     c = load_config("mlm_longformer_base", "tiny")

@@ -1,4 +1,4 @@
-"""The five commands: short errors a user can act on, one flag style, --help
+"""The commands: short errors a user can act on, one flag style, --help
 with defaults, every config field validated, the MLM quick start's tiny
 checkpoint. Commands run in-process (cli.run(main, argv)): a subprocess
 would spend most of its time importing jax."""
@@ -13,6 +13,8 @@ import pytest
 from lfjax import cli
 from lfjax import convert
 from lfjax import evaluate
+from lfjax import export
+from lfjax import make_tiny
 from lfjax import sample
 from lfjax import train
 from lfjax.tasks import charlm_defaults
@@ -21,6 +23,7 @@ from lfjax.tasks import mlm
 from lfjax.tasks import mlm_defaults
 from lfjax.tasks import multiple_choice
 from lfjax.tasks import qa
+from tests import optional
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "charlm_default.py") + ":tiny"
@@ -167,7 +170,7 @@ def test_user_errors_at_run_time_are_short(capsys, tmp_path):
   short_error(code, err, 1, str(tmp_path))
   code, _, err = run(capsys, sample.main, "--workdir", str(tmp_path))
   short_error(code, err, 1, str(tmp_path))
-  code, _, err = run(capsys, mlm.main, "export", "--workdir", str(tmp_path),
+  code, _, err = run(capsys, export.main, "--workdir", str(tmp_path),
                      "--to", str(tmp_path / "out"))
   short_error(code, err, 1, str(tmp_path))
   # Missing data.
@@ -202,33 +205,36 @@ def test_a_bug_keeps_its_traceback():
 
 
 def test_one_flag_style_and_old_spellings(capsys, tmp_path):
-  # Underscores everywhere; the argparse commands' dashed forms and the old
-  # --step (a checkpoint in lfjax.mlm, a stride in lfjax.evaluate) still
-  # work, with a note.
-  code, _, err = run(capsys, mlm.main, "evaluate", "--seq-len", "8",
-                     "--step", "3")
-  assert code == 1
-  assert "note: --seq-len is deprecated; use --seq_len" in err
-  assert "note: --step is deprecated; use --checkpoint" in err
-  assert err[-2] == "error: expected exactly one of --workdir and --init_from"
+  # Underscores only: the old dashed spellings and --step (a checkpoint in
+  # MLM evaluation, a stride in char-LM evaluation) are refused, naming the
+  # flag, before anything is read.
+  for argv in (["--seq-len", "8"], ["--step", "3"], ["--workdri", "x"]):
+    code, _, err = run(capsys, mlm.evaluate_main, *argv)
+    short_error(code, err, 2, argv[0])
+  code, _, err = run(capsys, mlm.evaluate_main, "--seq_len", "8")
+  short_error(code, err, 1, "expected exactly one of --workdir and --model")
   code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
                      "--step", "3")
-  assert code == 1 and "note: --step is deprecated; use --stride" in err
+  short_error(code, err, 2, "step")
   code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
                      "--seq-len", "3")
   short_error(code, err, 2, "seq-len")
-  code, _, err = run(capsys, mlm.main, "evaluate", "--workdri", "x")
-  short_error(code, err, 2, "--workdri")
+  code, _, err = run(capsys, convert.main, "--from", str(tmp_path), "--to",
+                     str(tmp_path / "x"), "--max-positions", "8")
+  short_error(code, err, 2, "--max-positions")
+  code, _, err = run(capsys, export.main, "--workdir", str(tmp_path), "--to",
+                     str(tmp_path / "x"), "--check", "3")
+  short_error(code, err, 2, "--check")
 
 
 @pytest.mark.parametrize("main,argv,flags", [
     (train.main, [], ["--config", "--workdir", "--verbose"]),
     (evaluate.main, [], ["--stride", "--checkpoint", "--seq_len"]),
     (sample.main, [], ["--checkpoint", "--top_k", "--temperature"]),
-    (mlm.main, ["evaluate"], ["--init_from", "--checkpoint", "--seq_len",
-                              "--max_batches"]),
-    (mlm.main, ["export"], ["--checkpoint"]),
-    (mlm.main, ["make_tiny"], ["--to", "--positions"]),
+    (mlm.evaluate_main, [], ["--model", "--checkpoint", "--seq_len",
+                             "--max_batches"]),
+    (export.main, [], ["--checkpoint"]),
+    (make_tiny.main, [], ["--to", "--positions"]),
     (convert.main, [], ["--max_positions", "--attention_window"]),
 ])
 def test_help_shows_flags_with_defaults(capsys, main, argv, flags):
@@ -241,9 +247,9 @@ def test_help_shows_flags_with_defaults(capsys, main, argv, flags):
 
 
 def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
-  pytest.importorskip("transformers")
-  pytest.importorskip("tokenizers")
-  out = mlm.make_tiny(tmp_path / "tiny", documents=30, vocab_size=300)
+  optional.need("transformers")
+  optional.need("tokenizers")
+  out = make_tiny.make_tiny(tmp_path / "tiny", documents=30, vocab_size=300)
   c = _load("mlm_longformer_base", "tiny")
   c.init_from = str(out)
   mlm_defaults.validate(c)
@@ -251,7 +257,7 @@ def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
   assert "has 64 positions: making it long" in capsys.readouterr().out
   assert model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1 == 256
   assert mlm.text.load_tokenizer(str(out)).model_max_length == 64
-  code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(out))
+  code, _, err = run(capsys, make_tiny.main, "--to", str(out))
   short_error(code, err, 1, "already holds a checkpoint")
 
 
@@ -278,11 +284,10 @@ def test_flag_errors_name_only_the_flag_typed(capsys, tmp_path):
   for argv, flag in [(["--max_batches", "-1"], "--max_batches"),
                      (["--batch_size", "0"], "--batch_size"),
                      (["--valid_fraction", "1.5"], "--valid_fraction"),
-                     (["--init_from", str(tmp_path / "none")],
-                      "--init_from")]:
-    code, _, err = run(capsys, mlm.main, "evaluate", *argv)
+                     (["--model", str(tmp_path / "none")], "--model")]:
+    code, _, err = run(capsys, mlm.evaluate_main, *argv)
     short_error(code, err, 2, f"{flag}: expected")
-  code, _, err = run(capsys, mlm.main, "make_tiny", "--to", str(tmp_path),
+  code, _, err = run(capsys, make_tiny.main, "--to", str(tmp_path),
                      "--positions", "0")
   short_error(code, err, 2, "--positions: expected")
 

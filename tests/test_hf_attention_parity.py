@@ -9,8 +9,10 @@ the separate global projections. Runs where torch is installed (the Python
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests import optional
+
+torch = optional.need("torch")
+transformers = optional.need("transformers")
 
 import jax.numpy as jnp  # noqa: E402
 

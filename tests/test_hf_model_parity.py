@@ -10,8 +10,10 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests import optional
+
+torch = optional.need("torch")
+transformers = optional.need("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -219,8 +221,8 @@ def test_make_long_roberta_keeps_short_outputs_and_cli(tmp_path):
       **TINY)), src)
   write_tiny_tokenizer(src)
   dst = tmp_path / "long"
-  convert.main(["--from", str(src), "--to", str(dst), "--max-positions", "512",
-                "--attention-window", "64"])
+  convert.main(["--from", str(src), "--to", str(dst), "--max_positions", "512",
+                "--attention_window", "64"])
   long_hf = transformers.LongformerForMaskedLM.from_pretrained(dst).eval()
   assert long_hf.config.max_position_embeddings == 514
   # Shorter than the original 128 positions and than the one-sided window:

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kernels import band_attention as kernel
-from kernels import lowering
+from lfjax.kernels import band_attention as kernel
+from lfjax.kernels import lowering
 from lfjax.attention import windowed_attention
 from lfjax.attention.pallas import band_with_global_keys
 from tests.reference import reference_attention

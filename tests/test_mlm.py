@@ -16,10 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+from tests import optional
+
+torch = optional.need("torch")
+transformers = optional.need("transformers")
 
 from lfjax import convert  # noqa: E402
+from lfjax import evaluate  # noqa: E402
+from lfjax import export  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
 from lfjax.data import chars  # noqa: E402
@@ -227,8 +231,7 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
           == strip_timing(recs))
 
   out = tmp_path / "hf"
-  mlm.main(["export", "--workdir", str(tmp_path / "straight"),
-            "--to", str(out)])
+  export.main(["--workdir", str(tmp_path / "straight"), "--to", str(out)])
   _, ours, step = mlm.load_trained(tmp_path / "straight")
   assert step == 12
   hf = transformers.LongformerForMaskedLM.from_pretrained(out).eval()
@@ -246,7 +249,7 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
   # The CLI evaluates the run and the exported folder alike, with the same
   # defaults (split, seq_len, batches, masks: the run's config, which the
   # export carries).
-  mlm.main(["evaluate", "--workdir", str(tmp_path / "straight")])
+  evaluate.main(["--workdir", str(tmp_path / "straight")])
   run = json.loads((tmp_path / "straight" / "eval_valid_12_128.json")
                    .read_text())
   monkeypatch.setenv("LFJAX_DATA", str(tmp_path / "data"))  # its cache
@@ -330,7 +333,7 @@ def test_run_records_its_data_and_a_resume_on_other_data_says_so(
   record = workdir / "corpus_history.jsonl"
   assert metrics.read(record) == [{"step": 0, "corpus": name, "sha256": sha}]
   capsys.readouterr()
-  mlm.main(["evaluate", "--workdir", str(workdir)])
+  evaluate.main(["--workdir", str(workdir)])
   result = json.loads((workdir / "eval_valid_2_128.json").read_text())
   assert result["dataset_sha256"] == sha
   assert "the run trained on" not in capsys.readouterr().err
@@ -339,7 +342,7 @@ def test_run_records_its_data_and_a_resume_on_other_data_says_so(
   fake = "ab" * 32
   record.write_text(json.dumps({"step": 0, "corpus": name, "sha256": fake})
                     + "\n")
-  mlm.main(["evaluate", "--workdir", str(workdir)])
+  evaluate.main(["--workdir", str(workdir)])
   assert (f"note: the run trained on {name} sha256 {fake[:12]}; this is "
           f"{name} sha256 {sha[:12]}") in capsys.readouterr().err
   c.steps = 4

@@ -12,15 +12,11 @@ import sys
 
 import pytest
 
-nbformat = pytest.importorskip(
-    "nbformat", reason="nbformat not installed (pip install -r "
-    "requirements-dev.txt) : the notebook is not executed")
-nbclient = pytest.importorskip(
-    "nbclient", reason="nbclient not installed (pip install -r "
-    "requirements-dev.txt): the notebook is not executed")
-pytest.importorskip("ipykernel", reason="ipykernel not installed (pip "
-                    "install -r requirements-dev.txt): no kernel to run the "
-                    "notebook")
+from tests import optional
+
+nbformat = optional.need("nbformat")
+nbclient = optional.need("nbclient")
+optional.need("ipykernel")  # the kernel that runs the notebook
 
 NOTEBOOK = (pathlib.Path(__file__).resolve().parents[1] / "experiments"
             / "explore.ipynb")

@@ -8,7 +8,9 @@ import math
 
 import pytest
 
-pytest.importorskip("matplotlib")
+from tests import optional
+
+optional.need("matplotlib")
 
 from lfjax import cli  # noqa: E402
 from lfjax import metrics  # noqa: E402

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from tests import finetune_fixtures as fixtures
+from tests import optional
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = optional.need("torch")
+transformers = optional.need("transformers")
 
 from lfjax import cli  # noqa: E402
 from lfjax import evaluate  # noqa: E402

@@ -302,6 +302,7 @@ def test_which_changes_an_mlm_run_can_take():
 # Fresh-user findings after issue 12 ---------------------------------------
 
 from lfjax import cli  # noqa: E402
+from lfjax import export  # noqa: E402
 from lfjax.tasks import mlm  # noqa: E402
 from lfjax import sample  # noqa: E402
 
@@ -389,10 +390,13 @@ def test_numeric_flags_are_checked_and_named(run, capsys):
   code, _, err = cli_run(capsys, sample.main, "--workdir", workdir,
                          "--checkpoint", 77)
   assert code == 2 and "--checkpoint: expected one of" in err[0]
-  for cmd in (["evaluate"], ["export", "--to", workdir / "x"]):
-    code, _, err = cli_run(capsys, mlm.main, *cmd, "--workdir", workdir)
-    assert code == 1 and len(err) == 2, err
-    assert "is a 'charlm' run, not an MLM" in err[0]
+  code, _, err = cli_run(capsys, mlm.evaluate_main, "--workdir", workdir)
+  assert code == 1 and len(err) == 2, err
+  assert "is a 'charlm' run, not an MLM" in err[0]
+  code, _, err = cli_run(capsys, export.main, "--workdir", workdir, "--to",
+                         workdir / "x")
+  assert code == 1 and len(err) == 2, err
+  assert "is a 'charlm' run, which has no transformers counterpart" in err[0]
   assert snapshot(workdir) == before
 
 

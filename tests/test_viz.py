@@ -5,7 +5,9 @@ the compiled-memory helpers against byte counts done by hand."""
 import numpy as np
 import pytest
 
-pytest.importorskip("matplotlib")
+from tests import optional
+
+optional.need("matplotlib")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -3,7 +3,7 @@ around the Pallas band kernel, with global keys merged by log-sum-exp."""
 
 import jax.numpy as jnp
 
-from kernels import band_attention as kernel
+from lfjax.kernels import band_attention as kernel
 from lfjax.attention import common
 
 

@@ -28,7 +28,6 @@ import functools
 import json
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -304,8 +303,6 @@ def _define_flags(fv, argv):
   flags.DEFINE_integer("stride", None, "Window stride = characters scored "
                        "per window (default: the run's config.eval.step).",
                        flag_values=fv)
-  flags.DEFINE_integer("step", None, "Deprecated spelling of --stride.",
-                       flag_values=fv)
   flags.DEFINE_integer("batch_size", None, "Windows per forward pass "
                        "(default: the run's config.eval.batch_size).",
                        flag_values=fv)
@@ -327,13 +324,9 @@ def evaluate_main(argv, doc=__doc__):
   print)."""
   fv = cli.parse_absl(argv, _define_flags, prog="python -m lfjax.evaluate",
                       doc=doc, required=("workdir",))
-  stride, stride_flag = fv.stride, "--stride"
-  if fv["step"].present:
-    print("note: --step is deprecated; use --stride", file=sys.stderr)
-    if stride is None:
-      stride, stride_flag = fv.step, "--step"
+  stride = fv.stride
   cli.at_least("--seq_len", fv.seq_len, 1)
-  cli.at_least(stride_flag, stride, 1)
+  cli.at_least("--stride", stride, 1)
   cli.at_least("--batch_size", fv.batch_size, 1)
   cli.check_flag("--max_chars", fv.max_chars, lambda v: v == 0 or v >= 2,
                  "0 (the whole split) or an integer >= 2")
@@ -342,9 +335,9 @@ def evaluate_main(argv, doc=__doc__):
   seq_len = config.eval.seq_len if fv.seq_len is None else fv.seq_len
   stride = config.eval.step if stride is None else stride
   if stride > seq_len:
-    if fv.stride is not None or fv["step"].present:
+    if fv.stride is not None:
       raise cli.UsageError(
-          f"{stride_flag}: expected at most the window length {seq_len} "
+          f"--stride: expected at most the window length {seq_len} "
           f"({'--seq_len' if fv.seq_len is not None else 'config.eval.seq_len'}"
           f"), got {stride}")
     if fv.seq_len is not None:

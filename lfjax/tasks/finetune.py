@@ -126,8 +126,8 @@ def validate_base(c, task):
     raise ValueError(
         "config.init_from: expected a local Longformer, RoBERTa or BERT "
         "checkpoint folder (config.json, weights and tokenizer files), got "
-        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m lfjax.mlm "
-        "make_tiny --to DIR` builds a tiny one for the :tiny config)")
+        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m "
+        "lfjax.make_tiny --to DIR` builds a tiny one for the :tiny config)")
   ck.string(c, "data.train", nonempty=True)
   ck.string(c, "data.valid")
   ck.string(c, "data.tokenizer")
@@ -698,15 +698,15 @@ def eval_parser(spec):
                  "transformers checkpoint with this head)")
   p.add_argument("--data", required=True, help="data file (the task's "
                  "format)")
-  cli.add_flag(p, "checkpoint", type=int, default=None,
-               help="a saved step of --workdir (default: the newest)")
-  cli.add_flag(p, "batch_size", type=int, default=None,
-               help="default: the run's eval.batch_size")
+  p.add_argument("--checkpoint", type=int, default=None,
+                 help="a saved step of --workdir (default: the newest)")
+  p.add_argument("--batch_size", type=int, default=None,
+                 help="default: the run's eval.batch_size")
   p.add_argument("--predictions", default=None,
                  help="write the predictions here (JSON)")
   for name, kind, text in spec.eval_overrides:
-    cli.add_flag(p, name.rsplit(".", 1)[-1], type=kind, default=None,
-                 help=f"{text} (default: the run's {name})")
+    p.add_argument("--" + name.rsplit(".", 1)[-1], type=kind, default=None,
+                   help=f"{text} (default: the run's {name})")
   return p
 
 

@@ -2,7 +2,7 @@
 
   python -m lfjax.train --config configs/mlm_longformer_base.py \
       --config.init_from /path/to/roberta-base --workdir DIR
-  python -m lfjax.mlm export --workdir DIR --to OUT   # for transformers
+  python -m lfjax.export --workdir DIR --to OUT   # for transformers
 
 A RoBERTa/BERT/Longformer checkpoint folder (with its tokenizer files) is
 loaded, made long with lfjax.convert.make_long when it has fewer positions
@@ -87,7 +87,7 @@ def load_model(config, announce=False):
     raise ValueError("config.init_from: expected a local RoBERTa, BERT or "
                      "Longformer checkpoint folder (config.json, weights and "
                      "tokenizer files), got ''; pass --config.init_from=DIR "
-                     "(`python -m lfjax.mlm make_tiny --to DIR` builds a tiny "
+                     "(`python -m lfjax.make_tiny --to DIR` builds a tiny "
                      "one for the :tiny config)")
   m = config.model
   model = convert.from_pretrained(
@@ -341,8 +341,8 @@ def train_and_evaluate(config, workdir):
 
 
 def next_steps(workdir):
-  return [f"python -m lfjax.mlm evaluate --workdir {workdir}",
-          f"python -m lfjax.mlm export --workdir {workdir} --to DIR"]
+  return [f"python -m lfjax.evaluate --workdir {workdir}",
+          f"python -m lfjax.export --workdir {workdir} --to DIR"]
 
 
 def load_trained(workdir, step=None, flag=None):
@@ -367,7 +367,7 @@ def export(workdir, path, step=None):
   convert.to_pretrained(model, path)
   convert.copy_tokenizer(tokenizer_dir(config), path,
                          config.model.max_positions)
-  # The run's config travels with the export, so that `evaluate --init_from
+  # The run's config travels with the export, so that `evaluate --model
   # EXPORT` defaults to the run's held-out split and protocol.
   (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
   return step
@@ -393,7 +393,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   """
   import json
   if (workdir is None) == (init_from is None):
-    raise ValueError("expected exactly one of --workdir and --init_from")
+    raise ValueError("expected exactly one of --workdir and --model")
   if workdir is not None:
     config, model, step = load_trained(workdir, step, flag="--checkpoint")
   else:
@@ -456,120 +456,55 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   return r
 
 
-def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
-              hidden_size=64, layers=2, seed=0):
-  """Writes a tiny random RoBERTa-shaped checkpoint (a Longformer whose
-  window covers its `positions`, i.e. full attention) with a byte-level BPE
-  trained on the first `documents` files of the embedded corpus: the
-  init_from of configs/mlm_longformer_base.py:tiny, which makes it long.
-  Needs the `tokenizers` and `transformers` packages (requirements-dev).
-
-  Raises:
-    FileExistsError: path holds a config.json already.
-  """
-  import tempfile
-  from lfjax.data import chars
-  from lfjax.models import LongformerConfig
-  from lfjax.models import LongformerForMaskedLM
-  path = pathlib.Path(path)
-  if (path / "config.json").exists():
-    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
-                          "a new folder")
-  path.mkdir(parents=True, exist_ok=True)
-  docs = [t.decode("utf-8", "replace")
-          for _, t in chars.pystdlib_files()[:documents]]
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
-    cfg = LongformerConfig(
-        vocab_size=len(tok), hidden_size=hidden_size,
-        num_hidden_layers=layers, num_attention_heads=max(1, hidden_size // 32),
-        intermediate_size=4 * hidden_size,
-        max_position_embeddings=positions + tok.pad_token_id + 1,
-        type_vocab_size=1, layer_norm_eps=1e-5,
-        pad_token_id=tok.pad_token_id, attention_window=2 * positions)
-    convert.to_pretrained(LongformerForMaskedLM(cfg, rngs=nnx.Rngs(seed)),
-                          path)
-    convert.copy_tokenizer(tmp, path, positions)
-  return path
-
-
-def main(argv=None):
-  """`python -m lfjax.mlm {export,evaluate,make_tiny} ...`; argv excludes
-  the program name. Raises cli.UsageError for bad flags."""
+def evaluate_parser():
+  """The flags of `python -m lfjax.evaluate` for an MLM run or checkpoint."""
   from lfjax import cli
-  p = cli.ArgumentParser(prog="python -m lfjax.mlm",
-                         description="Export or evaluate an MLM run "
-                         "(python -m lfjax.train --config configs/mlm_*.py),"
-                         " or make a tiny checkpoint to start one from.")
-  sub = p.add_subparsers(dest="cmd", required=True)
-  e = sub.add_parser("export", help="write a run for transformers",
-                     description="Write a run's model and tokenizer for "
-                     "transformers' LongformerForMaskedLM.")
-  e.add_argument("--workdir", required=True, help="an MLM run folder")
-  e.add_argument("--to", required=True, help="output folder")
-  cli.add_flag(e, "checkpoint", "step", type=int, default=None,
-               help="a saved step (default: the newest)")
-  v = sub.add_parser("evaluate", help="held-out MLM loss and BPC",
-                     description="Held-out MLM loss and BPC of a run or a "
-                     "checkpoint folder. Defaults come from the run's config "
-                     "(--workdir, or the run an export came from), else from "
-                     "lfjax/tasks/mlm_defaults.py.")
+  v = cli.ArgumentParser(
+      prog="python -m lfjax.evaluate",
+      description="Held-out MLM loss and BPC of a run or a checkpoint folder. "
+      "Defaults come from the run's config (--workdir, or the run an export "
+      "came from), else from lfjax/tasks/mlm_defaults.py.")
   v.add_argument("--workdir", default=None, help="an MLM run folder")
-  cli.add_flag(v, "init_from", default=None,
-               help="or a Hugging Face checkpoint folder, as it is")
+  v.add_argument("--model", dest="init_from", default=None,
+                 help="or a Hugging Face checkpoint folder, as it is")
   v.add_argument("--sources", nargs="*", default=(),
                  help="documents (default: the run's data.sources)")
-  cli.add_flag(v, "checkpoint", "step", type=int, default=None,
-               help="a saved step of --workdir (default: the newest)")
-  cli.add_flag(v, "seq_len", type=int, default=None,
-               help="default: the run's train.seq_len, else the checkpoint's "
-               "positions")
-  cli.add_flag(v, "max_batches", type=int, default=None,
-               help="0 = the whole held-out split (default: eval.max_batches)")
-  cli.add_flag(v, "batch_size", type=int, default=None,
-               help="default: eval.batch_size")
-  cli.add_flag(v, "valid_fraction", type=float, default=None,
-               help="held-out share of the documents (default: "
-               "data.valid_fraction)")
-  cli.add_flag(v, "max_documents", type=int, default=None,
-               help="default: data.max_documents")
+  v.add_argument("--checkpoint", type=int, default=None,
+                 help="a saved step of --workdir (default: the newest)")
+  v.add_argument("--seq_len", type=int, default=None,
+                 help="default: the run's train.seq_len, else the "
+                 "checkpoint's positions")
+  v.add_argument("--max_batches", type=int, default=None,
+                 help="0 = the whole held-out split (default: "
+                 "eval.max_batches)")
+  v.add_argument("--batch_size", type=int, default=None,
+                 help="default: eval.batch_size")
+  v.add_argument("--valid_fraction", type=float, default=None,
+                 help="held-out share of the documents (default: "
+                 "data.valid_fraction)")
+  v.add_argument("--max_documents", type=int, default=None,
+                 help="default: data.max_documents")
   v.add_argument("--glob", default=None, help="default: data.glob")
-  t = sub.add_parser("make_tiny", aliases=["make-tiny"],
-                     help="a tiny random RoBERTa and tokenizer",
-                     description="A tiny random RoBERTa-shaped checkpoint "
-                     "with a BPE tokenizer trained on the embedded corpus, "
-                     "for configs/mlm_longformer_base.py:tiny.")
-  t.add_argument("--to", required=True, help="output folder (new)")
-  t.add_argument("--positions", type=int, default=64,
-                 help="its positions (the :tiny config makes it 256 long)")
-  args = p.parse_args(argv)
-  cli.at_least("--checkpoint", getattr(args, "checkpoint", None), 0)
-  if args.cmd == "evaluate":
-    cli.at_least("--seq_len", args.seq_len, 1)
-    cli.at_least("--max_batches", args.max_batches, 0, " (0 = all)")
-    cli.at_least("--batch_size", args.batch_size, 1)
-    cli.check_flag("--valid_fraction", args.valid_fraction,
-                   lambda v: 0 < v < 1, "a number in (0, 1)")
-    cli.at_least("--max_documents", args.max_documents, 0, " (0 = all)")
-    if args.init_from is not None and not pathlib.Path(
-        args.init_from).is_dir():
-      raise cli.UsageError(f"--init_from: expected a local checkpoint "
-                           f"directory, got {args.init_from!r}: no such "
-                           "directory")
-  if args.cmd in ("make_tiny", "make-tiny"):
-    cli.at_least("--positions", args.positions, 2)
+  return v
+
+
+def evaluate_main(argv):
+  """`python -m lfjax.evaluate --workdir RUN | --model DIR ...` for MLM:
+  prints the held-out loss, BPC and bits per token; argv excludes the
+  program name. Raises cli.UsageError for bad flags."""
+  from lfjax import cli
+  args = evaluate_parser().parse_args(argv)
+  cli.at_least("--checkpoint", args.checkpoint, 0)
+  cli.at_least("--seq_len", args.seq_len, 1)
+  cli.at_least("--max_batches", args.max_batches, 0, " (0 = all)")
+  cli.at_least("--batch_size", args.batch_size, 1)
+  cli.check_flag("--valid_fraction", args.valid_fraction,
+                 lambda v: 0 < v < 1, "a number in (0, 1)")
+  cli.at_least("--max_documents", args.max_documents, 0, " (0 = all)")
+  if args.init_from is not None and not pathlib.Path(args.init_from).is_dir():
+    raise cli.UsageError(f"--model: expected a local checkpoint directory, "
+                         f"got {args.init_from!r}: no such directory")
   checkpoints.quiet_orbax()
-  if args.cmd == "export":
-    step = export(args.workdir, args.to, args.checkpoint)
-    print(f"wrote step {step} of {args.workdir} to {args.to}")
-    return
-  if args.cmd in ("make_tiny", "make-tiny"):
-    out = make_tiny(args.to, positions=args.positions)
-    print(f"wrote a tiny random RoBERTa ({args.positions} positions) and "
-          f"its tokenizer to {out}; train from it with\n  python -m "
-          "lfjax.train --config configs/mlm_longformer_base.py:tiny "
-          f"--config.init_from {out} --workdir DIR")
-    return
   r = evaluate_cli(args.workdir, args.init_from, args.sources,
                    args.checkpoint, args.seq_len, args.max_batches,
                    args.batch_size, args.valid_fraction, args.max_documents,
@@ -580,14 +515,3 @@ def main(argv=None):
         f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
         f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
         f"masked tokens ({r['eval_chars']:,} chars)")
-
-
-def evaluate_main(argv):
-  """`python -m lfjax.evaluate --workdir DIR ...` for an MLM run: the same
-  as `python -m lfjax.mlm evaluate ...` (--model DIR: its --init_from)."""
-  main(["evaluate", *["--init_from" if a == "--model" else a
-                      for a in argv]])
-
-
-if __name__ == "__main__":
-  sys.exit(cli.run(main))

@@ -115,8 +115,8 @@ def validate(config):
     raise ValueError(
         "config.init_from: expected a local RoBERTa, BERT or Longformer "
         "checkpoint folder (config.json, weights and tokenizer files), got "
-        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m lfjax.mlm "
-        "make_tiny --to DIR` builds a tiny one for the :tiny config)")
+        f"{c.init_from!r}; pass --config.init_from=DIR (`python -m "
+        "lfjax.make_tiny --to DIR` builds a tiny one for the :tiny config)")
   ck.strings(c, "data.sources")
   ck.string(c, "data.glob", nonempty=True)
   ck.integer(c, "data.max_documents", 0)
