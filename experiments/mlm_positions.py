@@ -6,10 +6,10 @@
 Stages, all on the embedded corpus (Python's stdlib sources, split by
 document), each resumable (re-running skips finished stages):
   1. a byte-level BPE tokenizer trained on the train split;
-  2. a small "RoBERTa": a random model pretrained with MLM at --short-len
+  2. a small "RoBERTa": a random model pretrained with MLM at --short_len
      tokens with full attention (its window covers every position);
-  3. BPC on the held-out split of: that model at --short-len; the
-     Longformer made from it at --long-len (window = --short-len, as the
+  3. BPC on the held-out split of: that model at --short_len; the
+     Longformer made from it at --long_len (window = --short_len, as the
      paper's 512 window at 4096) with random new position embeddings and
      with copied ones, before training; after --steps continued MLM updates
      (copied); and after the same updates to the position embeddings only.
@@ -133,20 +133,20 @@ def main():
   p.add_argument("--out", type=pathlib.Path, default=None)
   p.add_argument("--plot_only", action="store_true",
                  help="redraw --out's PNG from its table; train nothing")
-  p.add_argument("--short-len", type=int, default=64)
-  p.add_argument("--long-len", type=int, default=512)
+  p.add_argument("--short_len", type=int, default=64)
+  p.add_argument("--long_len", type=int, default=512)
   p.add_argument("--hidden", type=int, default=128)
   p.add_argument("--layers", type=int, default=3)
   p.add_argument("--vocab", type=int, default=512)
-  p.add_argument("--tokens-per-batch", type=int, default=4096)
-  p.add_argument("--pretrain-steps", type=int, default=2500)
-  p.add_argument("--pretrain-lr", type=float, default=2e-3)
-  p.add_argument("--pretrain-power", type=float, default=1.0,
+  p.add_argument("--tokens_per_batch", type=int, default=4096)
+  p.add_argument("--pretrain_steps", type=int, default=2500)
+  p.add_argument("--pretrain_lr", type=float, default=2e-3)
+  p.add_argument("--pretrain_power", type=float, default=1.0,
                  help="LR decay power of the pretraining (1 = linear)")
   p.add_argument("--steps", type=int, default=300,
-                 help="continued MLM updates at --long-len")
+                 help="continued MLM updates at --long_len")
   p.add_argument("--lr", type=float, default=5e-4)
-  p.add_argument("--eval-batches", type=int, default=20)
+  p.add_argument("--eval_batches", type=int, default=20)
   p.add_argument("--seed", type=int, default=0)
   args = p.parse_args()
   if args.plot_only:

@@ -160,7 +160,10 @@ def parse_absl(argv, define, *, prog, doc, required=()):
   try:
     rest = fv([prog] + list(argv))
   except flags.Error as e:
-    raise UsageError(_clean_flag_error(str(e))) from None
+    text = _clean_flag_error(str(e))
+    hints = [f"{a.split('=', 1)[0]} is now {RENAMED[a.split('=', 1)[0]]}"
+             for a in argv if a.split("=", 1)[0] in RENAMED]
+    raise UsageError("; ".join([text] + hints[:1])) from None
   except (KeyError, AttributeError) as e:
     # A --config.a.b naming no field; ml_collections raises these.
     text = _override_error(fv, argv)
@@ -278,18 +281,53 @@ def _no_field(path, node, done, part):
 # argparse commands (lfjax.export, .convert, .make_tiny) --------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Adds "(default: ...)" only to help that does not say its default and
+  when there is one (not None)."""
+
+  def _get_help_string(self, action):
+    if "default:" in (action.help or "") or action.default is None:
+      return action.help
+    return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
   """argparse with defaults in --help, no abbreviated flags (a prefix that
   names a flag today could name another one tomorrow) and a two-line
   error."""
 
   def __init__(self, *args, **kwargs):
-    kwargs.setdefault("formatter_class",
-                      argparse.ArgumentDefaultsHelpFormatter)
+    kwargs.setdefault("formatter_class", _HelpFormatter)
     kwargs.setdefault("allow_abbrev", False)
     super().__init__(*args, **kwargs)
     self.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
   def error(self, message):
-    raise UsageError(f"{message} (see {self.prog} --help)")
+    hints = []
+    if message.startswith("unrecognized arguments:"):
+      known = [o for o in self._option_string_actions if o.startswith("--")]
+      hints = [renamed_flag(a, known) for a in message.split()[2:]
+               if a.startswith("--")]
+    hint = "; ".join(h for h in hints if h)
+    raise UsageError(f"{message}{'; ' + hint if hint else ''} "
+                     f"(see {self.prog} --help)")
+
+
+# Flags that no longer exist, and what to type instead.
+RENAMED = {"--step": "--checkpoint (a saved step) or --stride (the char-LM "
+                     "evaluation's window stride)"}
+
+
+def renamed_flag(arg, known):
+  """A hint for an unknown flag `arg` (e.g. "--seq-len=8"), or "": what it
+  is called now (RENAMED, the underscore spelling), else the closest of
+  `known` (flags as "--name")."""
+  name = arg.split("=", 1)[0]
+  if name in RENAMED:
+    return f"{name} is now {RENAMED[name]}"
+  if name.replace("-", "_").replace("__", "--", 1) in known:
+    return (f"flags are spelled with underscores: "
+            f"{name.replace('-', '_').replace('__', '--', 1)}")
+  close = difflib.get_close_matches(name, known, n=1)
+  return f"did you mean {close[0]}?" if close else ""
 

@@ -1,45 +1,63 @@
-"""A tiny random RoBERTa-shaped checkpoint to start MLM or fine-tuning from.
+"""A tiny random RoBERTa checkpoint to start MLM or fine-tuning from.
 
   python -m lfjax.make_tiny --to DIR [--positions 64]
 
-The checkpoint is a Hugging Face folder (config.json, model.safetensors and
-a byte-level BPE tokenizer trained on the embedded corpus) that
-transformers' RobertaForMaskedLM and LongformerForMaskedLM load; the :tiny
-configs (configs/mlm_longformer_base.py, classify_longformer.py,
-qa_longformer.py, multiple_choice_longformer.py) start from it. Needs
-transformers (`pip install "lfjax[hf]"`).
+DIR gets a Hugging Face RoBERTa folder (config.json with model_type
+"roberta", model.safetensors in RobertaForMaskedLM's layout, and a
+byte-level BPE tokenizer trained on the embedded corpus) that transformers'
+RobertaForMaskedLM loads: the :tiny configs (configs/mlm_longformer_base.py,
+classify_longformer.py, qa_longformer.py, multiple_choice_longformer.py)
+start from it, so their quick starts go through the paper's RoBERTa-to-
+Longformer conversion as a real checkpoint would. Needs transformers
+(`pip install "lfjax[hf]"`).
 """
 
+import json
+import os
 import pathlib
 import sys
 import tempfile
 
 from flax import nnx
+from safetensors.numpy import save_file
 
 from lfjax import cli
 from lfjax import convert
+from lfjax import extras
 from lfjax.data import chars
 from lfjax.data import text
 from lfjax.models import LongformerConfig
 from lfjax.models import LongformerForMaskedLM
 
+# RobertaConfig's fields (transformers' configuration_roberta.py); a RoBERTa
+# config with attention_window would read as the RobertaLong recipe.
+ROBERTA_FIELDS = (
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "intermediate_size", "hidden_act", "hidden_dropout_prob",
+    "attention_probs_dropout_prob", "max_position_embeddings",
+    "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id",
+    "bos_token_id", "eos_token_id", "tie_word_embeddings")
+
 
 def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
               hidden_size=64, layers=2, seed=0):
-  """Writes a tiny random RoBERTa-shaped checkpoint (a Longformer whose
-  window covers its `positions`, i.e. full attention) with a byte-level BPE
-  trained on the first `documents` files of the embedded corpus: the
-  init_from of configs/mlm_longformer_base.py:tiny, which makes it long.
-  Needs transformers (`pip install "lfjax[hf]"`).
+  """Writes a tiny random RoBERTa checkpoint with a byte-level BPE trained
+  on the first `documents` files of the embedded corpus; returns its path.
+
+  positions: tokens it takes (max_position_embeddings is positions +
+  pad_token_id + 1, RoBERTa's reserved rows); hidden_size / 32 heads.
 
   Raises:
     FileExistsError: path holds a config.json already.
+    extras.MissingPackage: transformers or tokenizers is not installed
+      (checked before anything is written).
   """
+  for module in ("tokenizers", "transformers"):
+    extras.require(module, "python -m lfjax.make_tiny (its tokenizer)")
   path = pathlib.Path(path)
   if (path / "config.json").exists():
     raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
                           "a new folder")
-  path.mkdir(parents=True, exist_ok=True)
   docs = [t.decode("utf-8", "replace")
           for _, t in chars.pystdlib_files()[:documents]]
   with tempfile.TemporaryDirectory() as tmp:
@@ -50,9 +68,22 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
         intermediate_size=4 * hidden_size,
         max_position_embeddings=positions + tok.pad_token_id + 1,
         type_vocab_size=1, layer_norm_eps=1e-5,
-        pad_token_id=tok.pad_token_id, attention_window=2 * positions)
-    convert.to_pretrained(LongformerForMaskedLM(cfg, rngs=nnx.Rngs(seed)),
-                          path)
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, attention_window=2 * positions)
+    # A Longformer whose window covers its positions is a RoBERTa; its
+    # global projections (not written) are unused.
+    model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(seed))
+    weights = {name.replace("longformer.", "roberta.", 1): w
+               for name, w in convert.export_weights(model).items()
+               if "_global." not in name}
+    config = {k: v for k, v in convert.hf_config(model).items()
+              if k in ROBERTA_FIELDS}
+    config.update(model_type="roberta", architectures=["RobertaForMaskedLM"],
+                  dtype="float32")
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(weights, os.path.join(path, "model.safetensors"),
+              metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(config, indent=2))
     convert.copy_tokenizer(tmp, path, positions)
   return path
 
@@ -71,9 +102,9 @@ def main(argv=None):
   cli.at_least("--positions", args.positions, 2)
   out = make_tiny(args.to, positions=args.positions)
   print(f"wrote a tiny random RoBERTa ({args.positions} positions) and its "
-        f"tokenizer to {out}; train from it with\n  python -m lfjax.train "
-        "--config configs/mlm_longformer_base.py:tiny --config.init_from "
-        f"{out} --workdir DIR")
+        f"tokenizer to {out}; start a :tiny config from it, e.g.\n  python "
+        "-m lfjax.train --config configs/mlm_longformer_base.py:tiny "
+        f"--config.init_from {out} --workdir DIR")
 
 
 if __name__ == "__main__":

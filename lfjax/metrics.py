@@ -14,7 +14,7 @@ import weakref
 import jax
 
 TENSORBOARD_DIR = "tensorboard"  # the event files' folder in a run folder
-TENSORBOARD_INSTALL = "pip install tensorboardX"
+TENSORBOARD_INSTALL = 'pip install "lfjax[tensorboard]"'
 
 
 class JsonlWriter:

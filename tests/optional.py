@@ -57,8 +57,13 @@ def need(module):
                   f"installs it on Python {version}: run pip install -e "
                   "\".[dev]\" (its tests would otherwise pass unrun)",
                   pytrace=False)
-    pytest.skip(f"{module} is not installed: lfjax[dev] leaves it out on "
-                f"Python {version} (torch and transformers, the parity "
-                "oracles, are installed on Python 3.11 only)",
+    # pytest reports a skip at this line: the reason names the caller.
+    frame = sys._getframe(1)
+    caller = frame.f_globals.get("__name__", "?") + (
+        "" if frame.f_code.co_name == "<module>"
+        else "::" + frame.f_code.co_name)
+    pytest.skip(f"{caller}: {module} is not installed: lfjax[dev] leaves it "
+                f"out on Python {version} (torch and transformers, the "
+                "parity oracles, are installed on Python 3.11 only)",
                 allow_module_level=True)
 

@@ -5,6 +5,7 @@ would spend most of its time importing jax."""
 
 import importlib.util
 import pathlib
+import sys
 
 import ml_collections
 import numpy as np
@@ -208,20 +209,26 @@ def test_one_flag_style_and_old_spellings(capsys, tmp_path):
   # Underscores only: the old dashed spellings and --step (a checkpoint in
   # MLM evaluation, a stride in char-LM evaluation) are refused, naming the
   # flag, before anything is read.
-  for argv in (["--seq-len", "8"], ["--step", "3"], ["--workdri", "x"]):
+  # Each error says what to type instead.
+  for argv, hint in [
+      (["--seq-len", "8"], "flags are spelled with underscores: --seq_len"),
+      (["--step", "3"], "--step is now --checkpoint (a saved step) or "
+       "--stride"),
+      (["--workdri", "x"], "did you mean --workdir?")]:
     code, _, err = run(capsys, mlm.evaluate_main, *argv)
-    short_error(code, err, 2, argv[0])
+    short_error(code, err, 2, argv[0], hint)
   code, _, err = run(capsys, mlm.evaluate_main, "--seq_len", "8")
   short_error(code, err, 1, "expected exactly one of --workdir and --model")
   code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
                      "--step", "3")
-  short_error(code, err, 2, "step")
+  short_error(code, err, 2, "step", "--step is now --checkpoint")
   code, _, err = run(capsys, evaluate.main, "--workdir", str(tmp_path),
                      "--seq-len", "3")
-  short_error(code, err, 2, "seq-len")
+  short_error(code, err, 2, "seq-len", "seq_len")
   code, _, err = run(capsys, convert.main, "--from", str(tmp_path), "--to",
-                     str(tmp_path / "x"), "--max-positions", "8")
-  short_error(code, err, 2, "--max-positions")
+                     str(tmp_path / "x"), "--max-positions=8")
+  short_error(code, err, 2, "--max-positions",
+              "flags are spelled with underscores: --max_positions")
   code, _, err = run(capsys, export.main, "--workdir", str(tmp_path), "--to",
                      str(tmp_path / "x"), "--check", "3")
   short_error(code, err, 2, "--check")
@@ -255,6 +262,7 @@ def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
   mlm_defaults.validate(c)
   model = mlm.load_model(c, announce=True)
   assert "has 64 positions: making it long" in capsys.readouterr().out
+  assert model.cfg.windows() == [c.model.attention_window] * 2  # made long
   assert model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1 == 256
   assert mlm.text.load_tokenizer(str(out)).model_max_length == 64
   code, _, err = run(capsys, make_tiny.main, "--to", str(out))
@@ -354,3 +362,21 @@ def test_next_sample_command_uses_a_prompt_the_corpus_has(tmp_path, data,
   prompt = shlex.split(line)[shlex.split(line).index("--prompt") + 1]
   assert prompt and set(prompt) <= set(alphabet or prompt)
   assert (prompt == "def main(") == (data == "pystdlib")
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_extra(
+    capsys, tmp_path, monkeypatch):
+  # As on a core install (`pip install lfjax`, no [hf]): importing
+  # transformers fails.
+  monkeypatch.setitem(sys.modules, "transformers", None)
+  code, _, err = run(capsys, make_tiny.main, "--to", str(tmp_path / "t"))
+  short_error(code, err, 1, "needs the transformers package",
+              'pip install "lfjax[hf]"')
+  assert not (tmp_path / "t").exists()
+  # MLM and fine-tuning read tokenizers through the same check.
+  from lfjax import extras
+  from lfjax.tasks import finetune
+  for load in (mlm.text.load_tokenizer, finetune.load_tokenizer):
+    with pytest.raises(extras.MissingPackage, match=r'tokenizer: .* needs the '
+                       r'transformers package.*pip install "lfjax\[hf\]"'):
+      load(str(tmp_path))

@@ -355,3 +355,28 @@ def test_run_records_its_data_and_a_resume_on_other_data_says_so(
   assert metrics.read(record) == [
       {"step": 0, "corpus": name, "sha256": fake},
       {"step": 2, "corpus": name, "sha256": sha}]
+
+
+def test_make_tiny_writes_a_roberta_that_transformers_loads(tmp_path):
+  """`python -m lfjax.make_tiny` writes RoBERTa's layout: transformers'
+  RobertaForMaskedLM loads every weight (none missing or left over) and its
+  logits are lfjax's, which reads the folder as a RoBERTa (full attention,
+  global projections copied from the local ones)."""
+  from lfjax import make_tiny
+  out = make_tiny.make_tiny(tmp_path / "tiny", documents=30, vocab_size=300,
+                            positions=32)
+  assert json.loads((out / "config.json").read_text())["model_type"] == (
+      "roberta")
+  hf, info = transformers.RobertaForMaskedLM.from_pretrained(
+      out, output_loading_info=True)
+  assert not any(info.values()), info
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  enc = tok(["def f(x):\n    return x + 1", "import os"], padding=True,
+            return_tensors="np")
+  with torch.no_grad():
+    want = hf.eval()(input_ids=torch.tensor(enc["input_ids"]),
+                     attention_mask=torch.tensor(enc["attention_mask"])).logits
+  ours = convert.from_pretrained(str(out), head="masked_lm")
+  got = ours(enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+  m = enc["attention_mask"].astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[m], want.numpy()[m], atol=1e-4)

@@ -127,7 +127,7 @@ def test_missing_tensorboardx_is_one_error_line(capsys, tmp_path,
   assert code == 2, err
   assert err[0].startswith("error: config.tensorboard: True needs the "
                            "tensorboardX package"), err
-  assert "pip install tensorboardX" in err[0]
+  assert "pip install \"lfjax[tensorboard]\"" in err[0]
   assert "Traceback" not in "\n".join(err)
   assert not list(tmp_path.iterdir())  # nothing written
 

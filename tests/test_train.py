@@ -222,6 +222,14 @@ def test_resume_on_another_corpus_says_so_once(data_dir, tmp_path, capsys):
   new = [p for p in workdir.glob("eval_valid_6_*.json") if p != old_result]
   assert len(new) == 1 and "/" not in new[0].name[len("eval_valid_6"):]
   assert json.loads(new[0].read_text())["dataset_sha256"] == sha
+  # The plain name is for the data the checkpoint trained on: a result on
+  # other data gets its own name even when it is the first one written.
+  for p in workdir.glob("eval_valid_6_*.json"):
+    p.unlink()
+  assert cli.run(evaluate.main, ["--workdir", str(workdir), "--split",
+                                 "valid", "--max_chars", "200"]) == 0
+  [first] = workdir.glob("eval_valid_6_*.json")
+  assert first.name.startswith("eval_valid_6_chars200_data"), first.name
   # A resume that fails before its first log puts the record back too.
   c.schedule.steps = (4, 4)
   lrs = c.schedule.lrs

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfjax import extras
 from lfjax.data import chars as chars_lib
 from lfjax.data import sampler
 
@@ -34,19 +35,22 @@ SPLITS = ("train", "valid")
 
 
 def load_tokenizer(path):
-  """A fast Hugging Face tokenizer from a local directory."""
-  try:
-    from transformers import AutoTokenizer
-  except ImportError:
-    raise ImportError("tokenizer: MLM data needs transformers (pip install "
-                      "transformers) to read the checkpoint's tokenizer") \
-        from None
+  """A fast Hugging Face tokenizer from a local directory.
+
+  Raises:
+    extras.MissingPackage: transformers is not installed.
+    FileNotFoundError: no such directory, or no tokenizer files in it.
+    ValueError: a slow tokenizer, or one without mask and pad tokens.
+  """
+  transformers = extras.require("transformers", "tokenizer: reading the "
+                                "checkpoint's tokenizer for MLM data")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"tokenizer: expected a local directory with the "
                             f"tokenizer files (vocab.json/merges.txt or "
                             f"tokenizer.json), got {path!r}")
   try:
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(path,
+                                                     local_files_only=True)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(f"tokenizer: no tokenizer files in {path!r} "
                             f"({e}); copy them next to config.json") from None
@@ -64,19 +68,20 @@ def train_tokenizer(texts, path, vocab_size=1000):
   """Trains a byte-level BPE (RoBERTa's kind) on `texts` and saves it as a
   RobertaTokenizerFast in `path`: for tests and the small experiments, whose
   tokenizer must come from local text."""
-  from tokenizers import ByteLevelBPETokenizer
-  from transformers import RobertaTokenizerFast
+  tokenizers = extras.require("tokenizers", "training a tokenizer")
+  transformers = extras.require("transformers", "training a tokenizer")
   specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-  bpe = ByteLevelBPETokenizer()
+  bpe = tokenizers.ByteLevelBPETokenizer()
   bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2,
-                          special_tokens=specials)
+                          special_tokens=specials, show_progress=False)
   os.makedirs(path, exist_ok=True)
   bpe.save_model(str(path))
   files = (os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt"))
   try:  # transformers 5 names the files vocab / merges, 4 vocab_file / ...
-    tok = RobertaTokenizerFast(vocab=files[0], merges=files[1])
+    tok = transformers.RobertaTokenizerFast(vocab=files[0], merges=files[1])
   except TypeError:
-    tok = RobertaTokenizerFast(vocab_file=files[0], merges_file=files[1])
+    tok = transformers.RobertaTokenizerFast(vocab_file=files[0],
+                                            merges_file=files[1])
   tok.save_pretrained(str(path))
   return tok
 

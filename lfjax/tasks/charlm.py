@@ -364,7 +364,9 @@ def evaluate_main(argv, doc=__doc__):
       {k: result[k] for k in ("seq_len", "step", "max_chars", "rel_impl",
                               "dataset_sha256")},
       dict(seq_len=config.eval.seq_len, step=config.eval.step, max_chars=0,
-           rel_impl=run_rel_impl, dataset_sha256=corpus.sha256),
+           rel_impl=run_rel_impl,
+           dataset_sha256=common.trained_sha256(fv.workdir, ckpt,
+                                                corpus.sha256)),
       dict(seq_len="seq", step="stride", max_chars="chars", rel_impl="",
            dataset_sha256="data"))
   out.write_text(json.dumps(result, indent=1))

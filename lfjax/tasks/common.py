@@ -41,7 +41,7 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
   # Steps between evaluations; 0 = only at the end (always at the end).
   c.eval_every = eval_every
   # Also write every metrics.jsonl record as TensorBoard scalars to
-  # workdir/tensorboard/ (needs `pip install tensorboardX`; metrics.jsonl
+  # workdir/tensorboard/ (needs `pip install "lfjax[tensorboard]"`; metrics.jsonl
   # stays the record lfjax.plot and the tests read).
   c.tensorboard = False
   # Devices per mesh axis (lfjax.parallel; -1 = the rest, on one axis at
@@ -156,20 +156,37 @@ def record_corpus(workdir, name, sha256, step):
                                    for l in lines + [now]))
 
 
+def trained_on(workdir, checkpoint):
+  """The CORPUS_HISTORY record ({step, corpus, sha256}) of the data that
+  checkpoint `checkpoint` (a step) of the run in workdir was trained on, or
+  None without a record."""
+  # A record {step: s} holds from step s on: checkpoint c was trained on
+  # the last one below c.
+  records = [r for r in corpus_records(workdir)
+             if isinstance(r.get("step"), int) and r["step"] < checkpoint]
+  return records[-1] if records else None
+
+
+def trained_sha256(workdir, checkpoint, default):
+  """The sha256 of the data checkpoint `checkpoint` was trained on, else
+  `default`: what an evaluation's file name leaves out (result_path), so
+  that the plain name holds a result on the run's own data and a result on
+  other data gets a `_data<hash>` / `_sha<hash>` name, whichever came
+  first."""
+  record = trained_on(workdir, checkpoint)
+  return record.get("sha256", default) if record else default
+
+
 def note_other_data(workdir, checkpoint, name, sha256, split):
   """Prints a note to stderr when checkpoint `checkpoint` (a step) of the
   run in workdir was trained on other data than `name`/`sha256`, the data
   it is evaluated on (split: the split evaluated). Silent without a
   record. Returns whether it noted."""
-  # A record {step: s} holds from step s on: checkpoint c was trained on
-  # the last one below c.
-  trained_on = [r for r in corpus_records(workdir)
-                if isinstance(r.get("step"), int) and r["step"] < checkpoint
-                ][-1:]
-  if not trained_on or trained_on[0].get("sha256") == sha256:
+  record = trained_on(workdir, checkpoint)
+  if record is None or record.get("sha256") == sha256:
     return False
-  print(f"note: the run trained on {trained_on[0].get('corpus')} sha256 "
-        f"{str(trained_on[0].get('sha256'))[:12]}; this is {name} "
+  print(f"note: the run trained on {record.get('corpus')} sha256 "
+        f"{str(record.get('sha256'))[:12]}; this is {name} "
         f"sha256 {str(sha256)[:12]} (the data changed since: the "
         f"{split} split may differ too)", file=sys.stderr)
   return True

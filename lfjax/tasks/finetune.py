@@ -14,7 +14,6 @@ Fine-tuning defaults are the paper's (Appendix D, Table 14): Adam(W), LR
 epochs are per task.
 """
 
-import argparse
 import dataclasses
 import functools
 import io
@@ -36,6 +35,7 @@ from lfjax import checkpoints
 from lfjax import checks as ck
 from lfjax import cli
 from lfjax import convert
+from lfjax import extras
 from lfjax import loop
 from lfjax.data import sampler
 from lfjax.tasks import common
@@ -156,21 +156,18 @@ def tokenizer_dir(config):
 
 def load_tokenizer(path):
   """The fast Hugging Face tokenizer of a local folder (character offsets
-  need a fast one). Raises ImportError without transformers,
+  need a fast one). Raises extras.MissingPackage without transformers,
   FileNotFoundError for a folder without tokenizer files, ValueError for
   a slow tokenizer."""
-  try:
-    from transformers import AutoTokenizer
-  except ImportError:
-    raise ImportError("tokenizer: fine-tuning needs transformers (pip "
-                      "install transformers) to read the checkpoint's "
-                      "tokenizer") from None
+  transformers = extras.require("transformers", "tokenizer: reading the "
+                                "checkpoint's tokenizer for fine-tuning")
   if not pathlib.Path(path).is_dir():
     raise FileNotFoundError(f"tokenizer: expected a local directory with the "
                             f"tokenizer files (vocab.json/merges.txt or "
                             f"tokenizer.json), got {str(path)!r}")
   try:
-    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path),
+                                                     local_files_only=True)
   except (OSError, ValueError) as e:
     raise FileNotFoundError(f"tokenizer: no tokenizer files in {str(path)!r} "
                             f"({e}); copy them next to config.json") from None
@@ -676,20 +673,10 @@ def exported_config(spec, path, base_config, from_hf):
   return config
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-  """Adds "(default: ...)" only to help that does not say its default and
-  when there is one (not None)."""
-
-  def _get_help_string(self, action):
-    if "default:" in (action.help or "") or action.default is None:
-      return action.help
-    return super()._get_help_string(action)
-
-
 def eval_parser(spec):
   """The flags of `python -m lfjax.evaluate` for a fine-tuning task."""
   p = cli.ArgumentParser(
-      prog="python -m lfjax.evaluate", formatter_class=_HelpFormatter,
+      prog="python -m lfjax.evaluate",
       description=f"Evaluate a fine-tuned {spec.name} run (--workdir) or an "
       "exported folder (--model) on a data file.")
   p.add_argument("--workdir", default=None, help="a fine-tuning run folder")

@@ -445,9 +445,8 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
                     batch_size=saved.eval.batch_size,
                     data=dict({k: saved.data[k] for k in data},
                               sources=list(saved.data.sources)),
-                    # As lfjax.evaluate's: a result of other data in the
-                    # file is kept (result_path names this one in full).
-                    dataset_sha256=corpus.sha256)
+                    dataset_sha256=common.trained_sha256(
+                        workdir, step, corpus.sha256))
     out = common.result_path(
         workdir, f"eval_valid_{step}_{r['seq_len']}", settings, defaults,
         dict(max_batches="batches", batch_size="bs", data="data",
