@@ -482,7 +482,9 @@ def hf_config(model):
   d = {k: v for k, v in json.loads(cfg.source_config).items()
        if k not in _NOT_CARRIED}
   ours = dataclasses.asdict(cfg)
-  del ours["source_config"]
+  # How this process runs the model, not what the checkpoint is.
+  for name in ("source_config", "compute_dtype", "param_dtype"):
+    del ours[name]
   d.update(ours)
   d["attention_window"] = cfg.windows()
   labels = d.get("id2label")
@@ -526,16 +528,32 @@ def to_pretrained(model, path):
   return path
 
 
-def make_long(model, max_positions=4096, attention_window=512, seed=0,
+def full_attention(cfg):
+  """Whether every layer's window covers every position of the checkpoint
+  (a RoBERTa or BERT loaded by from_pretrained), i.e. it has no trained
+  windows of its own."""
+  positions = cfg.max_position_embeddings - cfg.pad_token_id - 1
+  return all(w // 2 >= positions - 1 for w in cfg.windows())
+
+
+def make_long(model, max_positions=4096, attention_window=None, seed=0,
               positions="copy"):
-  """The paper's RoBERTa-to-Longformer recipe on a loaded model.
+  """The paper's RoBERTa-to-Longformer recipe on a loaded model (Section
+  5; allenai's convert_model_to_long.ipynb), also for lengthening a
+  Longformer (e.g. longformer-base-4096 to 16K positions).
 
   Position embeddings: the first pad_token_id + 1 rows (RoBERTa's reserved
   ones) are kept; the learned rows after them are copied repeatedly until
   max_positions tokens are covered (positions="copy"), or all rows after
   the reserved ones are drawn afresh from N(0, initializer_range)
-  (positions="random", the paper's Table 5 baseline). Global q/k/v start as
-  copies of the local ones. attention_window is the full window (even).
+  (positions="random", the paper's Table 5 baseline). Every other weight is
+  the model's own: a Longformer keeps its trained global q/k/v; a RoBERTa
+  or BERT loaded by from_pretrained has them as copies of its local ones
+  (the recipe).
+
+  attention_window: the full window (even), an int or one per layer; None
+  keeps a Longformer's own (per-layer) windows and gives a full-attention
+  model (RoBERTa, BERT: full_attention(cfg)) the paper's 512.
   Returns a new model in inference mode; the input model is unchanged.
   """
   if positions not in ("copy", "random"):
@@ -545,6 +563,8 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0,
     raise ValueError(f"max_positions: expected an int >= 1, got "
                      f"{max_positions!r}")
   cfg = model.cfg
+  if attention_window is None:
+    attention_window = 512 if full_attention(cfg) else cfg.attention_window
   reserved = cfg.pad_token_id + 1
   new_cfg = dataclasses.replace(
       cfg, max_position_embeddings=max_positions + reserved,
@@ -568,7 +588,9 @@ def make_long(model, max_positions=4096, attention_window=512, seed=0,
     new_rows = cfg.initializer_range * np.random.default_rng(seed).standard_normal(
         (max_positions, old.shape[1])).astype(np.float32)
   weights[pos_key] = np.concatenate([old[:reserved], new_rows], axis=0)
-  new = load_weights(new, with_global_projections(weights))
+  # export_weights holds the model's global q/k/v: a Longformer's trained
+  # ones are kept (copying the local ones over them discarded them).
+  new = load_weights(new, weights)
   new.eval()
   return new
 
@@ -591,21 +613,31 @@ def copy_tokenizer(src, dst, max_length=None):
   return copied
 
 
+def _windows_text(cfg):
+  w = cfg.windows()
+  return str(w[0]) if len(set(w)) == 1 else str(w)
+
+
 def main(argv=None):
   """`python -m lfjax.convert --from DIR --to DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags or --to == --from."""
   from lfjax import cli
   p = cli.ArgumentParser(
-      prog="python -m lfjax.convert", description="Make a long model from a RoBERTa/Longformer checkpoint "
-      "(position embeddings copied, global projections from local ones) and "
-      "write it for transformers, with the tokenizer files.")
+      prog="python -m lfjax.convert",
+      description="Make a long model from a RoBERTa, BERT or Longformer "
+      "checkpoint (position embeddings copied; a Longformer keeps its "
+      "trained global projections and windows, a RoBERTa's global "
+      "projections start as copies of its local ones) and write it for "
+      "transformers, with the tokenizer files.")
   p.add_argument("--from", dest="src", required=True,
                  help="local Hugging Face checkpoint directory")
   p.add_argument("--to", dest="dst", required=True, help="output directory")
   p.add_argument("--max_positions", type=int, default=4096,
                  help="positions of the long model")
-  p.add_argument("--attention_window", type=int, default=512,
-                 help="FULL window (even), as transformers counts it")
+  p.add_argument("--attention_window", type=int, default=None,
+                 help="FULL window (even), as transformers counts it "
+                 "(default: a Longformer's own per-layer windows; 512 for "
+                 "RoBERTa and BERT)")
   args = p.parse_args(argv)
   if not os.path.isdir(args.src):
     raise cli.UsageError(f"--from: expected a local checkpoint directory "
@@ -617,7 +649,8 @@ def main(argv=None):
   if args.max_positions < 1:
     raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
                          f"{args.max_positions}")
-  if args.attention_window < 2 or args.attention_window % 2:
+  if args.attention_window is not None and (
+      args.attention_window < 2 or args.attention_window % 2):
     raise cli.UsageError(f"--attention_window: expected a positive even int "
                          f"(the full window), got {args.attention_window}")
   model = from_pretrained(args.src, arg="--from")
@@ -625,7 +658,7 @@ def main(argv=None):
   to_pretrained(long_model, args.dst)
   copied = copy_tokenizer(args.src, args.dst, args.max_positions)
   print(f"wrote {type(long_model).__name__} with {args.max_positions} "
-        f"positions, window {args.attention_window} to {args.dst}; "
+        f"positions, windows {_windows_text(long_model.cfg)} to {args.dst}; "
         f"tokenizer files: {', '.join(copied) or 'none found'}")
 
 

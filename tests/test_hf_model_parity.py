@@ -249,6 +249,52 @@ def test_make_long_roberta_keeps_short_outputs_and_cli(tmp_path):
   assert tok("abc")["input_ids"][0] == 0
 
 
+def test_make_long_keeps_a_longformers_trained_globals_and_windows(tmp_path):
+  """Lengthening a Longformer (longformer-base-4096 to 16K, transformers
+  #8077) keeps what it trained: every expected value is read back with
+  transformers. make_long used to overwrite the global q/k/v with copies of
+  the local ones and the per-layer windows with one int."""
+  torch.manual_seed(12)
+  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  src = save(transformers.LongformerForMaskedLM(cfg), tmp_path / "src")
+  attn = src.longformer.encoder.layer[0].attention.self
+  assert not torch.equal(attn.query_global.weight, attn.query.weight)
+  ours = convert.from_pretrained(str(tmp_path / "src"))
+  assert not convert.full_attention(ours.cfg)
+  convert.to_pretrained(convert.make_long(ours, 300), str(tmp_path / "long"))
+  back = transformers.LongformerForMaskedLM.from_pretrained(
+      tmp_path / "long").eval()
+  assert back.config.attention_window == [8, 4, 8]
+  assert back.config.max_position_embeddings == 302
+  want, got = src.state_dict(), back.state_dict()
+  pos = "longformer.embeddings.position_embeddings.weight"
+  for name, value in want.items():
+    if name != pos:
+      assert torch.equal(got[name], value), name
+  # Positions by hand: the two reserved rows, then the 128 learned ones
+  # repeated to 300.
+  learned = want[pos][2:]
+  torch.testing.assert_close(
+      got[pos], torch.cat([want[pos][:2], learned, learned, learned[:44]]),
+      atol=0, rtol=0)
+  # So inputs within the old length give the source's outputs, global
+  # tokens included.
+  ids, mask, glob = batch([37, 23], 37, "scattered")
+  valid = mask.astype(bool)
+  np.testing.assert_allclose(
+      run_hf(back, ids, mask, glob).logits.numpy()[valid],
+      run_hf(src, ids, mask, glob).logits.numpy()[valid], atol=1e-5)
+  # Asked for, new windows replace them.
+  assert convert.make_long(ours, 300, 16).cfg.windows() == [16, 16, 16]
+  # A RoBERTa (full attention) gets the paper's 512.
+  roberta = save(transformers.RobertaForMaskedLM(transformers.RobertaConfig(
+      **TINY)), tmp_path / "roberta")
+  del roberta
+  full = convert.from_pretrained(str(tmp_path / "roberta"))
+  assert convert.full_attention(full.cfg)
+  assert convert.make_long(full, 300).cfg.windows() == [512, 512, 512]
+
+
 def test_dilated_model_refuses_export(tmp_path):
   torch.manual_seed(6)
   save(transformers.LongformerModel(transformers.LongformerConfig(

@@ -380,3 +380,30 @@ def test_make_tiny_writes_a_roberta_that_transformers_loads(tmp_path):
   got = ours(enc["input_ids"], attention_mask=enc["attention_mask"]).logits
   m = enc["attention_mask"].astype(bool)
   np.testing.assert_allclose(np.asarray(got)[m], want.numpy()[m], atol=1e-4)
+
+
+def test_a_longformer_made_longer_keeps_its_windows_and_globals(
+    roberta, docs_dir, tmp_path, capsys):
+  """MLM from a Longformer with fewer positions than model.max_positions:
+  make_long keeps its trained per-layer windows and global q/k/v
+  (model.attention_window is for RoBERTa/BERT), as transformers reads
+  them from the source folder."""
+  src = transformers.RobertaConfig.from_pretrained(roberta).to_dict()
+  cfg = transformers.LongformerConfig(**{
+      k: src[k] for k in ("vocab_size", "hidden_size", "num_hidden_layers",
+                          "num_attention_heads", "intermediate_size",
+                          "max_position_embeddings", "type_vocab_size",
+                          "layer_norm_eps", "pad_token_id")},
+      attention_window=[8, 16])
+  torch.manual_seed(3)
+  hf = transformers.LongformerForMaskedLM(cfg)
+  hf.save_pretrained(tmp_path / "lf")
+  model = mlm.load_model(config(roberta, docs_dir, tmp_path,
+                                init_from=str(tmp_path / "lf")),
+                         announce=True)
+  assert "its own windows [8, 16]" in capsys.readouterr().out
+  assert model.cfg.windows() == [8, 16]
+  weights = convert.export_weights(model)
+  for name, value in hf.state_dict().items():
+    if "_global." in name:
+      np.testing.assert_array_equal(weights[name], value.numpy(), name)

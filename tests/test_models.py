@@ -223,3 +223,82 @@ def test_convert_cli_refuses_bad_sizes(tmp_path):
   with pytest.raises(cli.UsageError, match="--attention_window: expected a "
                      "positive even int"):
     convert.main(base + ["--attention_window", "7"])
+
+
+# Precision (model.dtype / param_dtype) ------------------------------------
+
+
+def dot_operand_dtypes(fn, *args):
+  """The operand dtypes of every dot_general in fn's jaxpr, sub-jaxprs
+  (scan, custom_vjp, pjit) included."""
+  found = []
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "dot_general":
+        found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        walk(sub)
+
+  walk(jax.make_jaxpr(fn)(*args).jaxpr)
+  return found
+
+
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+def test_bfloat16_compute_keeps_bf16_operands_and_float32_logits(
+    monkeypatch, impl):
+  from lfjax.models import longformer
+  seen = []
+  real = longformer.windowed_attention
+
+  def spy(q, k, v, **kw):
+    seen.append([q.dtype, k.dtype, v.dtype] + [
+        a.dtype for a in kw.get("global_qkv") or ()])
+    return real(q, k, v, **kw)
+
+  monkeypatch.setattr(longformer, "windowed_attention", spy)
+  cfg = LongformerConfig(**TINY, attention_window=8, attention_impl=impl,
+                         compute_dtype="bfloat16")
+  model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(0))
+  ids = jnp.asarray(np.random.default_rng(0).integers(3, 50, (2, 29)))
+  glob = jnp.zeros((2, 29), bool).at[:, 0].set(True)
+  out = model(ids, global_attention_mask=glob, output_hidden_states=True)
+  # q, k, v and the global projections reach the attention as bfloat16.
+  assert seen and all(d == jnp.bfloat16 for rec in seen for d in rec), seen
+  assert all(h.dtype == jnp.bfloat16 for h in out.hidden_states)
+  assert out.logits.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32
+             for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  # No matmul of the forward pass upcasts its operands first.
+  model.eval()  # make_jaxpr may not advance the dropout keys' counters
+  dots = dot_operand_dtypes(
+      lambda i: model(i, global_attention_mask=glob, max_global=1).logits,
+      ids)
+  assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
+
+
+def test_bfloat16_parameters_and_gradients():
+  cfg = LongformerConfig(**TINY, attention_window=8, compute_dtype="bfloat16",
+                         param_dtype="bfloat16", tie_word_embeddings=False)
+  model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(params))
+  ids = jnp.asarray(np.random.default_rng(1).integers(3, 50, (2, 17)))
+
+  def loss(m):
+    logits = m(ids).logits
+    assert logits.dtype == jnp.float32
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 5])
+
+  grads = nnx.grad(loss)(model)
+  leaves = jax.tree.leaves(nnx.state(grads, nnx.Param))
+  assert all(g.dtype == jnp.bfloat16 for g in leaves)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+
+
+def test_precision_fields_are_checked():
+  with pytest.raises(ValueError, match=r"compute_dtype: expected one of "
+                     r"\['float32', 'bfloat16'\], got 'float16'"):
+    LongformerConfig(**TINY, compute_dtype="float16")
+  with pytest.raises(ValueError, match="param_dtype: expected one of"):
+    LongformerConfig(**TINY, param_dtype="bf16")

@@ -22,8 +22,7 @@ from lfjax.attention import windowed_attention
 from lfjax.models import inputs
 from lfjax.models import relpos
 from lfjax.models import remat
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from lfjax.models.config import DTYPES
 
 
 # CharLMConfig.rel_impl values.

@@ -5,8 +5,12 @@ import json
 import os
 from typing import Optional, Sequence, Union
 
+import jax.numpy as jnp
+
 # Transformers' hidden_act names -> our activations (see longformer.py).
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
+# Compute and parameter dtypes the models take, by name (configs hold names).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,14 @@ class LongformerConfig:
   # lfjax: the MLM head's activation. RoBERTa's and Longformer's head is
   # always gelu; BERT's uses hidden_act (set by lfjax.convert for BERT).
   lm_head_act: str = "gelu"
+  # lfjax: the dtype of matmul operands and activations ("float32" or
+  # "bfloat16"; flax's `dtype`). Softmax, layer norm statistics, the
+  # attention's accumulation and the heads' logits stay float32. Not
+  # written to config.json (transformers' `dtype` there is the file's).
+  compute_dtype: str = "float32"
+  # lfjax: the parameters' dtype (flax's `param_dtype`): float32 master
+  # weights by default.
+  param_dtype: str = "float32"
   # lfjax: the source config.json's other fields (id2label, label2id,
   # problem_type, ...) as sorted JSON, written back by convert.to_pretrained
   # so a round trip loses nothing. A string keeps the config hashable (it is
@@ -80,6 +92,10 @@ class LongformerConfig:
     if self.position_ids_from not in ("tokens", "index"):
       raise ValueError(f"position_ids_from: expected 'tokens' or 'index', "
                        f"got {self.position_ids_from!r}")
+    for name in ("compute_dtype", "param_dtype"):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f"{name}: expected one of {list(DTYPES)}, got "
+                         f"{getattr(self, name)!r}")
     for name in ("hidden_act", "lm_head_act"):
       if getattr(self, name) not in ACTIVATIONS:
         raise ValueError(f"{name}: expected one of {ACTIVATIONS}, got "

@@ -20,6 +20,7 @@ from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models import inputs
+from lfjax.models.config import DTYPES
 from lfjax.models.config import LongformerConfig
 
 
@@ -33,14 +34,22 @@ def activation(name):
   }[name]
 
 
+def _dtypes(cfg):
+  """Flax's dtype / param_dtype arguments for cfg's precision."""
+  return dict(dtype=DTYPES[cfg.compute_dtype],
+              param_dtype=DTYPES[cfg.param_dtype])
+
+
 def _dense(cfg, n_in, n_out, rngs):
+  # bfloat16 operands: XLA accumulates the products in float32 on GPU/TPU.
   init = nnx.initializers.normal(cfg.initializer_range)
-  return nnx.Linear(n_in, n_out, kernel_init=init, rngs=rngs)
+  return nnx.Linear(n_in, n_out, kernel_init=init, rngs=rngs, **_dtypes(cfg))
 
 
 def _layer_norm(cfg, rngs):
+  # Flax computes the statistics in at least float32 whatever `dtype` is.
   return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
-                       use_fast_variance=False, rngs=rngs)
+                       use_fast_variance=False, rngs=rngs, **_dtypes(cfg))
 
 
 def position_ids_from_input_ids(input_ids_BxN, pad_token_id):
@@ -55,25 +64,30 @@ class Embeddings(nnx.Module):
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
     init = nnx.initializers.normal(cfg.initializer_range)
     self.cfg = cfg
+    param_dtype = DTYPES[cfg.param_dtype]
     self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
-                                     embedding_init=init, rngs=rngs)
+                                     embedding_init=init,
+                                     param_dtype=param_dtype, rngs=rngs)
     self.position_embeddings = nnx.Embed(cfg.max_position_embeddings,
                                          cfg.hidden_size,
-                                         embedding_init=init, rngs=rngs)
+                                         embedding_init=init,
+                                         param_dtype=param_dtype, rngs=rngs)
     self.token_type_embeddings = nnx.Embed(cfg.type_vocab_size,
                                            cfg.hidden_size,
-                                           embedding_init=init, rngs=rngs)
+                                           embedding_init=init,
+                                           param_dtype=param_dtype, rngs=rngs)
     self.layer_norm = _layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
     # inputs.lookup, not nnx.Embed's call: an out-of-range id gives NaN rows
-    # (nnx.Embed returns row 0 for any id of a one-row table).
+    # (nnx.Embed returns row 0 for any id of a one-row table). The sum is
+    # float32; the layer norm returns the compute dtype.
+    table = lambda e: e.embedding[...].astype(jnp.float32)
     x_BxNxE = (
-        inputs.lookup(self.word_embeddings.embedding[...], input_ids_BxN)
-        + inputs.lookup(self.position_embeddings.embedding[...],
-                        position_ids_BxN)
-        + inputs.lookup(self.token_type_embeddings.embedding[...],
+        inputs.lookup(table(self.word_embeddings), input_ids_BxN)
+        + inputs.lookup(table(self.position_embeddings), position_ids_BxN)
+        + inputs.lookup(table(self.token_type_embeddings),
                         token_type_ids_BxN))
     return self.dropout(self.layer_norm(x_BxNxE))
 
@@ -159,9 +173,11 @@ class SelfAttention(nnx.Module):
     """The named projections as one matmul: a few large GEMMs run closer to
     peak than many small ones (on CPU and GPU alike)."""
     mods = [getattr(self, name) for name in names]
+    dtype = DTYPES[self.cfg.compute_dtype]
     kernel = jnp.concatenate([m.kernel[...] for m in mods], axis=1)
     bias = jnp.concatenate([m.bias[...] for m in mods])
-    y = jnp.einsum("bne,ef->bnf", x_BxNxE, kernel) + bias
+    y = (jnp.einsum("bne,ef->bnf", x_BxNxE.astype(dtype), kernel.astype(dtype))
+         + bias.astype(dtype))
     return jnp.split(y, len(mods), axis=-1)
 
 
@@ -219,6 +235,12 @@ _ENCODER_EXTRAS = ("hidden_states", "attentions", "global_attentions")
 
 def _extras(out):
   return {name: getattr(out, name) for name in _ENCODER_EXTRAS}
+
+
+def _f32(logits):
+  """Heads return float32 logits whatever the compute dtype: losses, argmax
+  and span scores read them."""
+  return logits.astype(jnp.float32)
 
 
 def _traced(*xs):
@@ -433,12 +455,14 @@ class LongformerForMaskedLM(nnx.Module):
     self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
     self.lm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
     self.lm_layer_norm = _layer_norm(cfg, rngs)
-    self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,)))
+    param_dtype = DTYPES[cfg.param_dtype]
+    self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype))
     self.lm_decoder = None
     if not cfg.tie_word_embeddings:
       self.lm_decoder = nnx.data(nnx.Param(nnx.initializers.normal(
           cfg.initializer_range)(rngs.params(),
-                                 (cfg.vocab_size, cfg.hidden_size))))
+                                 (cfg.vocab_size, cfg.hidden_size),
+                                 param_dtype)))
     self.act = activation(cfg.lm_head_act)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
@@ -466,7 +490,10 @@ class LongformerForMaskedLM(nnx.Module):
     y = self.lm_layer_norm(self.act(self.lm_dense(y)))
     decoder_VxE = (self.longformer.embeddings.word_embeddings.embedding[...]
                    if self.lm_decoder is None else self.lm_decoder[...])
-    logits = jnp.einsum("bne,ve->bnv", y, decoder_VxE) + self.lm_bias[...]
+    # Operands in the compute dtype, logits (what losses read) float32.
+    logits = jnp.einsum("bne,ve->bnv", y, decoder_VxE.astype(y.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = logits + self.lm_bias[...].astype(jnp.float32)
     return MaskedLMOutput(logits=logits, last_hidden_state=h, **_extras(out))
 
 
@@ -519,8 +546,8 @@ class LongformerForSequenceClassification(nnx.Module):
                           output_hidden_states, max_global=cap)
     h = out.last_hidden_state
     x = jnp.tanh(self.classifier_dense(self.dropout(h[:, 0])))
-    return ClassifierOutput(logits=self.classifier_out(self.dropout(x)),
-                            **_extras(out))
+    return ClassifierOutput(
+        logits=_f32(self.classifier_out(self.dropout(x))), **_extras(out))
 
 
 class LongformerForTokenClassification(nnx.Module):
@@ -540,7 +567,7 @@ class LongformerForTokenClassification(nnx.Module):
                           token_type_ids, position_ids, output_attentions,
                           output_hidden_states, max_global=max_global)
     logits = self.classifier(self.dropout(out.last_hidden_state))
-    return ClassifierOutput(logits=logits, **_extras(out))
+    return ClassifierOutput(logits=_f32(logits), **_extras(out))
 
 
 def choice_global_mask(input_ids_BxN, sep_token_id):
@@ -583,7 +610,7 @@ class LongformerForMultipleChoice(nnx.Module):
                           flat(position_ids), output_attentions,
                           output_hidden_states, max_global=max_global)
     logits = self.classifier(self.dropout(out.pooler_output))
-    return ClassifierOutput(logits=logits.reshape(b, c), **_extras(out))
+    return ClassifierOutput(logits=_f32(logits).reshape(b, c), **_extras(out))
 
 
 def question_global_mask(input_ids_BxN, sep_token_id):
@@ -615,6 +642,6 @@ class LongformerForQuestionAnswering(nnx.Module):
     out = self.longformer(input_ids, attention_mask, global_attention_mask,
                           token_type_ids, position_ids, output_attentions,
                           output_hidden_states, max_global=max_global)
-    logits = self.qa_outputs(out.last_hidden_state)
+    logits = _f32(self.qa_outputs(out.last_hidden_state))
     return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
                     **_extras(out))

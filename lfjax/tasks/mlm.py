@@ -93,16 +93,24 @@ def load_model(config, announce=False):
   model = convert.from_pretrained(
       config.init_from, head="masked_lm", seed=config.seed,
       arg="config.init_from",
-      attention_impl=m.attention_impl, max_global=1 if m.global_bos else None)
+      attention_impl=m.attention_impl, max_global=1 if m.global_bos else None,
+      # .get: runs started before the fields existed ran in float32.
+      compute_dtype=m.get("dtype", "float32"),
+      param_dtype=m.get("param_dtype", "float32"))
   cfg = model.cfg
   have = cfg.max_position_embeddings - cfg.pad_token_id - 1
   if have < m.max_positions:
+    # A Longformer keeps its trained windows; model.attention_window is the
+    # window a RoBERTa or BERT gets.
+    full = convert.full_attention(cfg)
     if announce:
+      windows = (f"model.attention_window={m.attention_window}" if full else
+                 f"its own windows {sorted(set(cfg.windows()))}")
       print(f"{config.init_from} has {have} positions: making it long "
-            f"(model.max_positions={m.max_positions}, model.attention_window="
-            f"{m.attention_window}, new position embeddings: "
-            f"{m.position_init})", flush=True)
-    model = convert.make_long(model, m.max_positions, m.attention_window,
+            f"(model.max_positions={m.max_positions}, {windows}, new "
+            f"position embeddings: {m.position_init})", flush=True)
+    model = convert.make_long(model, m.max_positions,
+                              m.attention_window if full else None,
                               seed=config.seed, positions=m.position_init)
   elif m.position_init != "copy":
     raise ValueError(f"model.position_init: {config.init_from} already has "

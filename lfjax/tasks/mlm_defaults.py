@@ -37,13 +37,21 @@ def base_config():
   # Positions after the conversion; a shorter checkpoint goes through
   # lfjax.convert.make_long, a long enough one is used as is.
   c.model.max_positions = 4096
-  # FULL window (even) given to make_long; one-sided is half. Paper: 512.
+  # FULL window (even) of a RoBERTa or BERT made long; one-sided is half.
+  # Paper: 512. A Longformer checkpoint made longer keeps its own windows.
   c.model.attention_window = 512
   # New position rows: "copy" (paper) or "random" (Table 5's baseline).
   c.model.position_init = "copy"
   # Global attention on <s>; the paper's MLM uses none.
   c.model.global_bos = False
   c.model.attention_impl = "auto"  # windowed_attention impl
+  # Matmul operands and activations: float32 | bfloat16 (softmax, layer
+  # norm statistics, attention accumulation, logits and losses stay
+  # float32). bfloat16 halves activation memory on GPUs and TPUs.
+  c.model.dtype = "float32"
+  # Parameters (and so AdamW's moments): float32 master weights, or
+  # bfloat16 to halve their memory at some cost in update precision.
+  c.model.param_dtype = "float32"
 
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = 4096  # tokens per packed sequence, <s> and </s> included
@@ -130,6 +138,8 @@ def validate(config):
   ck.one_of(c, "model.position_init", ("copy", "random"))
   ck.boolean(c, "model.global_bos")
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
+  ck.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
   ck.integer(c, "train.seq_len", 3, positions)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)
