@@ -7,6 +7,7 @@ mlm_defaults, ...) calls these once per field.
 """
 
 import numbers
+import os
 
 
 # Seeds fit a signed 32-bit integer: every generator they feed (jax.random,
@@ -133,3 +134,39 @@ def _range(kind, lo, hi, lo_open=False, hi_open=False):
   if hi is not None:
     return f"{kind} {'<' if hi_open else '<='} {hi}"
   return kind
+
+
+def remat(c):
+  """model.remat (a bool) and model.remat_policy: a name in
+  lfjax.models.remat.POLICIES, other than "nothing" only with model.remat,
+  and "offload" only where JAX can move arrays to host memory. Configs
+  from before the fields existed have neither (no remat)."""
+  from lfjax.models import remat as remat_lib
+  if "remat" not in c.model and "remat_policy" not in c.model:
+    return
+  remat_on = boolean(c, "model.remat")
+  policy = one_of(c, "model.remat_policy", remat_lib.POLICIES)
+  if policy != "nothing" and not remat_on:
+    raise ValueError(
+        f"config.model.remat_policy: {policy!r} applies only with "
+        "model.remat True, got model.remat False; set --config.model.remat="
+        "True, or leave remat_policy 'nothing'")
+  if policy == "offload" and _backend() == "cpu":
+    import jax
+    raise ValueError(
+        "config.model.remat_policy: 'offload' needs a GPU or TPU: on CPU "
+        f"jax {jax.__version__} lowers the move to pinned_host memory to "
+        "nothing (device memory is host memory there), so it would keep what "
+        "'attention' keeps, in the same memory; on CPU use 'nothing' or "
+        "'attention'")
+
+
+def _backend():
+  """jax's default platform, or None while a multi-process run has yet to
+  call jax.distributed.initialize (asking would start the backend before
+  it, which that call refuses; the trainer validates again after it)."""
+  import jax
+  if (os.environ.get("JAX_NUM_PROCESSES", "") not in ("", "1")
+      and not jax.distributed.is_initialized()):
+    return None
+  return jax.default_backend()

@@ -483,7 +483,8 @@ def hf_config(model):
        if k not in _NOT_CARRIED}
   ours = dataclasses.asdict(cfg)
   # How this process runs the model, not what the checkpoint is.
-  for name in ("source_config", "compute_dtype", "param_dtype"):
+  for name in ("source_config", "compute_dtype", "param_dtype", "remat",
+               "remat_policy"):
     del ours[name]
   d.update(ours)
   d["attention_window"] = cfg.windows()

@@ -407,3 +407,19 @@ def test_a_longformer_made_longer_keeps_its_windows_and_globals(
   for name, value in hf.state_dict().items():
     if "_global." in name:
       np.testing.assert_array_equal(weights[name], value.numpy(), name)
+
+
+def test_remat_trains_as_without(roberta, docs_dir, tmp_path):
+  """model.remat (policy "attention") recomputes each layer in the
+  backward: the same per-step losses and gradient norms as without."""
+  runs = {}
+  for name, changes in (("plain", {}),
+                        ("remat", {"model.remat": True,
+                                   "model.remat_policy": "attention"})):
+    c = config(roberta, docs_dir, tmp_path, steps=4, **changes)
+    c.optim.decay_steps, c.eval_every = 4, 0
+    train.train_and_evaluate(c, tmp_path / name)
+    runs[name] = [(r["train_loss"], r["grad_norm"]) for r in metrics.read(
+        tmp_path / name / "metrics.jsonl") if "train_loss" in r]
+  assert len(runs["plain"]) == 4
+  np.testing.assert_allclose(runs["remat"], runs["plain"], rtol=1e-5)

@@ -10,8 +10,6 @@ import base64
 import pathlib
 import sys
 
-import pytest
-
 from tests import optional
 
 nbformat = optional.need("nbformat")

@@ -6,8 +6,6 @@ with the keys lfjax.loop logs, so no training is needed."""
 import json
 import math
 
-import pytest
-
 from tests import optional
 
 optional.need("matplotlib")

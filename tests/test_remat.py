@@ -157,3 +157,61 @@ def test_remat_call_rejects_unknown_policy():
   with pytest.raises(ValueError, match=r"policy: expected one of"):
     remat.remat_call(lambda m, x: m(x), block, jnp.ones((1, 2)),
                      policy="everything")
+
+
+# The Longformer encoder (LongformerConfig.remat) ---------------------------
+
+
+def encoder_loss_and_grads(**overrides):
+  """(loss, grads) of an MLM-shaped loss of a tiny LongformerForMaskedLM in
+  training mode (hidden and attention dropout 0.1, a global token, padding)
+  under jit, reseeded with one key as the MLM trainer does."""
+  from lfjax.models import LongformerConfig
+  from lfjax.models import LongformerForMaskedLM
+  cfg = LongformerConfig(
+      vocab_size=40, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32, max_position_embeddings=40,
+      type_vocab_size=1, attention_window=[4, 8], max_global=1,
+      attention_impl="chunked", **overrides)
+  model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(2))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  ids = jax.random.randint(jax.random.key(0), (2, 23), 3, 40)
+  mask = jnp.ones((2, 23), bool).at[1, 17:].set(False)
+  glob = jnp.zeros((2, 23), bool).at[:, 0].set(True)
+
+  def loss(params):
+    m = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+    nnx.reseed(m, default=jax.random.key(7))
+    logits = m(ids, attention_mask=mask, global_attention_mask=glob).logits
+    return -jnp.mean(jax.nn.log_softmax(logits)[..., 5] * mask)
+
+  fn = jax.value_and_grad(loss)
+  return jax.jit(fn)(params), str(jax.make_jaxpr(fn)(params))
+
+
+@pytest.mark.usefixtures("fast_compiles")
+@pytest.mark.parametrize("policy", remat.POLICIES)
+def test_encoder_remat_equals_no_remat(policy):
+  """The encoder with remat (each policy; "offload" keeps what "attention"
+  keeps on CPU) computes the loss and every gradient of the encoder
+  without it, dropout on: the layers' dropout keys are explicit."""
+  (want_loss, want), want_jaxpr = encoder_loss_and_grads()
+  (loss, got), jaxpr = encoder_loss_and_grads(remat=True,
+                                              remat_policy=policy)
+  # One remat per layer: its backward waits behind an optimization barrier.
+  assert want_jaxpr.count("optimization_barrier") == 0
+  assert jaxpr.count("optimization_barrier") >= 2
+  assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+  leaves = jax.tree.leaves(want)
+  assert any(float(np.max(np.abs(b))) > 0 for b in leaves)
+  for (path, a), b in zip(jax.tree.leaves_with_path(got), leaves):
+    scale = max(float(np.max(np.abs(b))), 1e-30)
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale, rtol=0,
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_encoder_remat_policy_is_checked():
+  from lfjax.models import LongformerConfig
+  with pytest.raises(ValueError, match=r"remat_policy: expected one of "
+                     r"\['nothing', 'attention', 'offload'\], got 'all'"):
+    LongformerConfig(remat_policy="all")

@@ -7,6 +7,8 @@ from typing import Optional, Sequence, Union
 
 import jax.numpy as jnp
 
+from lfjax.models import remat
+
 # Transformers' hidden_act names -> our activations (see longformer.py).
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "tanh")
 # Compute and parameter dtypes the models take, by name (configs hold names).
@@ -69,6 +71,12 @@ class LongformerConfig:
   # lfjax: the parameters' dtype (flax's `param_dtype`): float32 master
   # weights by default.
   param_dtype: str = "float32"
+  # lfjax: recompute each layer in the backward pass (lfjax.models.remat),
+  # keeping what remat_policy says: "nothing" (its inputs), "attention"
+  # (also the attention's output), "offload" (those, in host memory; GPU
+  # and TPU only). Not written to config.json.
+  remat: bool = False
+  remat_policy: str = "nothing"
   # lfjax: the source config.json's other fields (id2label, label2id,
   # problem_type, ...) as sorted JSON, written back by convert.to_pretrained
   # so a round trip loses nothing. A string keeps the config hashable (it is
@@ -92,6 +100,9 @@ class LongformerConfig:
     if self.position_ids_from not in ("tokens", "index"):
       raise ValueError(f"position_ids_from: expected 'tokens' or 'index', "
                        f"got {self.position_ids_from!r}")
+    if self.remat_policy not in remat.POLICIES:
+      raise ValueError(f"remat_policy: expected one of {list(remat.POLICIES)}"
+                       f", got {self.remat_policy!r}")
     for name in ("compute_dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"{name}: expected one of {list(DTYPES)}, got "

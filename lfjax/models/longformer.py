@@ -20,6 +20,7 @@ from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models import inputs
+from lfjax.models import remat
 from lfjax.models.config import DTYPES
 from lfjax.models.config import LongformerConfig
 
@@ -110,9 +111,10 @@ class SelfAttention(nnx.Module):
     self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob, rngs=rngs)
 
   def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
-               output_attentions=False, max_global=None):
+               output_attentions=False, max_global=None, dropout_key=None):
     """max_global: static cap on global tokens per sequence (None: inferred
-    from a concrete global mask)."""
+    from a concrete global mask); dropout_key: the attention dropout's key
+    (None: the module's own stream)."""
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
     split = lambda y: y.reshape(b, -1, cfg.num_attention_heads, cfg.head_dim)
@@ -142,7 +144,7 @@ class SelfAttention(nnx.Module):
         q, k, v, window=self.window, dilation=self.dilation,
         key_mask=key_mask_BxN, global_mask=global_mask_BxN,
         global_qkv=global_qkv, max_global=max_global,
-        impl=cfg.attention_impl, **self._dropout_args())
+        impl=cfg.attention_impl, **self._dropout_args(dropout_key))
     out = out_BxNxHxD.reshape(b, n, cfg.hidden_size)
     if not output_attentions:
       return out, None
@@ -163,11 +165,11 @@ class SelfAttention(nnx.Module):
         max_global=columns)
 
 
-  def _dropout_args(self):
+  def _dropout_args(self, key=None):
     if self.dropout.deterministic or not self.dropout.rate:
       return {}
     return dict(dropout_rate=float(self.dropout.rate),
-                dropout_key=self.dropout.rngs())
+                dropout_key=self.dropout.rngs() if key is None else key)
 
   def _project(self, x_BxNxE, names):
     """The named projections as one matmul: a few large GEMMs run closer to
@@ -196,13 +198,19 @@ class Layer(nnx.Module):
     self.act = activation(cfg.hidden_act)
 
   def __call__(self, x_BxNxE, key_mask_BxN, global_mask_BxN,
-               output_attentions=False, max_global=None):
+               output_attentions=False, max_global=None, dropout_key=None):
+    """dropout_key: one key for the layer's three dropouts (None: the
+    modules' own streams); a pure function of its arguments given one,
+    as remat needs."""
+    keys = ([None] * 3 if dropout_key is None
+            else list(jax.random.split(dropout_key, 3)))
     a, probs_ = self.attention(x_BxNxE, key_mask_BxN, global_mask_BxN,
-                               output_attentions, max_global)
+                               output_attentions, max_global, keys[0])
     x_BxNxE = self.attention_layer_norm(
-        x_BxNxE + self.dropout(self.attention_output(a)))
+        x_BxNxE + self.dropout(self.attention_output(a), rngs=keys[1]))
     h = self.output(self.act(self.intermediate(x_BxNxE)))
-    return self.output_layer_norm(x_BxNxE + self.dropout(h)), probs_
+    return (self.output_layer_norm(x_BxNxE + self.dropout(h, rngs=keys[2])),
+            probs_)
 
 
 def _output(cls):
@@ -334,9 +342,16 @@ class LongformerModel(nnx.Module):
     if bad_B is not None:
       x_BxNxE = jnp.where(bad_B[:, None, None], jnp.nan, x_BxNxE)
     local, glob, hidden = [], [], [x_BxNxE]
-    for layer in self.layers:
-      x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions,
-                         cap)
+    for layer, key in zip(self.layers, self._layer_keys()):
+      if cfg.remat and not output_attentions:
+        # Recomputed in the backward, in layer order (lfjax.models.remat).
+        x_BxNxE, p = remat.remat_call(
+            lambda lyr, x, km, gm, k: lyr(x, km, gm, False, cap, k)[0],
+            layer, x_BxNxE, key_mask, global_mask, key,
+            policy=cfg.remat_policy), None
+      else:
+        x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions,
+                           cap, key)
       hidden.append(x_BxNxE)
       if p is not None:
         local.append(p[0])
@@ -350,6 +365,17 @@ class LongformerModel(nnx.Module):
         attentions=tuple(local) if output_attentions else None,
         global_attentions=(tuple(glob) if output_attentions and glob
                            and glob[0] is not None else None))
+
+  def _layer_keys(self):
+    """One dropout key per layer, drawn from the encoder's stream when
+    dropout is on (else Nones): explicit keys make each layer a pure
+    function of its inputs, with or without remat, and the same values
+    either way."""
+    cfg, d = self.cfg, self.embeddings.dropout
+    if d.deterministic or not (cfg.hidden_dropout_prob
+                               or cfg.attention_probs_dropout_prob):
+      return [None] * cfg.num_hidden_layers
+    return list(jax.random.split(d.rngs(), cfg.num_hidden_layers))
 
   def _default_position_ids(self, input_ids_BxN):
     cfg = self.cfg

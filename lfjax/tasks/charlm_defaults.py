@@ -7,8 +7,6 @@ every task has (task, seed, logging, checkpoints) come from
 lfjax.tasks.common.shared_fields.
 """
 
-import os
-
 import ml_collections
 
 from lfjax.tasks import common
@@ -145,7 +143,7 @@ def validate(config):
   ck.real(c, "model.dropout", 0, 1, hi_open=True)
   ck.real(c, "model.layer_norm_eps", 0, lo_open=True)
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
-  _check_remat_policy(c, ck.boolean(c, "model.remat"))
+  ck.remat(c)
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   ck.one_of(c, "model.rel_impl", ("table", "features"))
   n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
@@ -165,36 +163,3 @@ def validate(config):
   ck.integer(c, "eval.step", 1, seq)
   ck.integer(c, "eval.batch_size", 1)
   ck.integer(c, "eval.max_chars", 0)
-
-
-def _check_remat_policy(c, remat_on):
-  """model.remat_policy: a name in lfjax.models.remat.POLICIES, other than
-  "nothing" only with model.remat, and "offload" only where JAX can move
-  arrays to host memory."""
-  from lfjax import checks as ck
-  from lfjax.models import remat
-  policy = ck.one_of(c, "model.remat_policy", remat.POLICIES)
-  if policy != "nothing" and not remat_on:
-    raise ValueError(
-        f"config.model.remat_policy: {policy!r} applies only with "
-        "model.remat True, got model.remat False; set --config.model.remat="
-        "True, or leave remat_policy 'nothing'")
-  if policy == "offload" and _backend() == "cpu":
-    import jax
-    raise ValueError(
-        "config.model.remat_policy: 'offload' needs a GPU or TPU: on CPU "
-        f"jax {jax.__version__} lowers the move to pinned_host memory to "
-        "nothing (device memory is host memory there), so it would keep what "
-        "'attention' keeps, in the same memory; on CPU use 'nothing' or "
-        "'attention'")
-
-
-def _backend():
-  """jax's default platform, or None while a multi-process run has yet to
-  call jax.distributed.initialize (asking would start the backend before
-  it, which that call refuses; the trainer validates again after it)."""
-  import jax
-  if (os.environ.get("JAX_NUM_PROCESSES", "") not in ("", "1")
-      and not jax.distributed.is_initialized()):
-    return None
-  return jax.default_backend()

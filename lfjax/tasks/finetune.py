@@ -37,6 +37,7 @@ from lfjax import cli
 from lfjax import convert
 from lfjax import extras
 from lfjax import loop
+from lfjax import train_step
 from lfjax.data import sampler
 from lfjax.tasks import common
 
@@ -46,7 +47,8 @@ RUN_CONFIG = "lfjax_run.json"
 # Fields a resumed fine-tuning run may change: they steer only the steps to
 # come (more epochs, the optimizer), or how and where it evaluates and
 # logs; never the data, labels, tokenizer, model or seed.
-RESUMABLE = ("model.attention_impl", "train.micro_batch_size", "train.epochs",
+RESUMABLE = ("model.attention_impl", "model.dtype", "model.remat",
+             "model.remat_policy", "train.micro_batch_size", "train.epochs",
              "optim.*", "eval.*", "data.valid", "log_every",
              "checkpoint_every", "keep_checkpoints", "eval_every",
              "tensorboard")
@@ -82,6 +84,14 @@ def base_config(task, *, epochs=15, warmup_fraction=0.1):
   # Parameters (and so AdamW's moments): float32 master weights, or
   # bfloat16 to halve their memory at some cost in update precision.
   c.model.param_dtype = "float32"
+  # Recompute each layer in the backward pass (lfjax.models.remat): the
+  # activations of one layer at a time instead of all of them.
+  c.model.remat = False
+  # What remat keeps per layer besides its inputs (with remat only):
+  # "nothing" | "attention" (also the attention's output: the backward
+  # skips the attention's forward) | "offload" (the same, in pinned host
+  # memory; GPU/TPU only). Same values and gradients either way.
+  c.model.remat_policy = "nothing"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # examples per optimizer step (paper: 32)
@@ -142,6 +152,7 @@ def validate_base(c, task):
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
   ck.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
+  ck.remat(c)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)
   if c.train.batch_size % micro:
@@ -407,39 +418,19 @@ def optimizer(config, total):
 
 
 def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
-  """Jitted (params, opt_state, batch, key) -> (params, opt_state, metrics):
-  one optimizer step on the mean loss over the batch's examples,
-  accumulated over micro-batches of `micro` examples.
+  """One optimizer step on the mean loss over the batch's examples,
+  accumulated over micro-batches of `micro` examples (lfjax.train_step).
 
   loss_fn(model, micro_batch) -> (sum of the examples' losses, {stat: sum})
   with the model in training mode (dropout on, reseeded per micro-batch)."""
-  accum = batch_size // micro
-
-  def micro_loss(params, mb, key):
-    # A fresh copy of the RNG variables: reseeding mutates them.
-    model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+  def sums(model, mb, key):
     nnx.reseed(model, default=key)
     loss_sum, stats = loss_fn(model, mb)
-    return loss_sum, dict(stats, loss_sum=loss_sum)
+    return dict(stats, loss_sum=loss_sum, count=jnp.float32(micro))
 
-  @jax.jit
-  def step(params, opt_state, batch, key):
-    mbs = jax.tree.map(lambda x: x.reshape(accum, micro, *x.shape[1:]), batch)
-
-    def body(g, xs):
-      mb, k = xs
-      (_, s), gi = jax.value_and_grad(micro_loss, has_aux=True)(params, mb, k)
-      return jax.tree.map(jnp.add, g, gi), s
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, s = jax.lax.scan(body, zeros, (mbs, jax.random.split(key, accum)))
-    s = jax.tree.map(jnp.sum, s)
-    grads = jax.tree.map(lambda g: g / batch_size, grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state,
-            dict(s, loss=s["loss_sum"] / batch_size,
-                 grad_norm=optax.global_norm(grads)))
-  return step
+  return train_step.make_train_step(graphdef, rest, tx, sums,
+                                    batch_size=batch_size,
+                                    micro_batch_size=micro)
 
 
 def predict(model, arrays, batch_size, forward, progress=False):
@@ -542,7 +533,9 @@ def build_model(spec, config):
       attention_impl=config.model.attention_impl,
       # .get: runs started before the fields existed ran in float32.
       compute_dtype=config.model.get("dtype", "float32"),
-      param_dtype=config.model.get("param_dtype", "float32"))
+      param_dtype=config.model.get("param_dtype", "float32"),
+      remat=config.model.get("remat", False),
+      remat_policy=config.model.get("remat_policy", "nothing"))
   check_length(config, model)
   return model
 

@@ -23,10 +23,8 @@ lfjax.tasks.common.record_corpus). `evaluate` writes that sha256 as
 trained on other data.
 """
 
-import functools
 import math
 import pathlib
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +39,7 @@ from lfjax import cli
 from lfjax import convert
 from lfjax import loop
 from lfjax import parallel
+from lfjax import train_step
 from lfjax.data import text
 from lfjax.tasks import common
 from lfjax.tasks import mlm_defaults
@@ -50,7 +49,8 @@ KIND = "an MLM"
 # Fields a resumed run may change: they steer only the steps still to come
 # (a longer `steps`: lfjax.checkpoints checks it against the checkpoint),
 # or where files are read and logged; never the data, tokenizer or model.
-RESUMABLE = ("data.cache_dir", "model.attention_impl",
+RESUMABLE = ("data.cache_dir", "model.attention_impl", "model.dtype",
+             "model.remat", "model.remat_policy",
              "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
              "log_every", "checkpoint_every", "keep_checkpoints",
              "eval_every", "mesh.*", "tensorboard")
@@ -96,7 +96,9 @@ def load_model(config, announce=False):
       attention_impl=m.attention_impl, max_global=1 if m.global_bos else None,
       # .get: runs started before the fields existed ran in float32.
       compute_dtype=m.get("dtype", "float32"),
-      param_dtype=m.get("param_dtype", "float32"))
+      param_dtype=m.get("param_dtype", "float32"),
+      remat=m.get("remat", False),
+      remat_policy=m.get("remat_policy", "nothing"))
   cfg = model.cfg
   have = cfg.max_position_embeddings - cfg.pad_token_id - 1
   if have < m.max_positions:
@@ -189,62 +191,17 @@ def masked_loss(model, config, corpus, batch, key):
 
 def make_train_step(graphdef, rest, tx, config, corpus, shardings=None):
   """One optimizer step over batch_size sequences, accumulated over
-  micro-batches; the loss is the mean over all the batch's masked tokens.
-
-  shardings: None (one device), or (params', opt_state's shardings, the
-  mesh): each micro-batch is split by lfjax.parallel.batch_sharding, params
-  and optimizer state keep their shardings, metrics are replicated. Call
-  the step under lfjax.parallel.use(mesh)."""
-  t = config.train
-  if t.batch_size % t.micro_batch_size:
-    raise ValueError(f"train.batch_size: expected a multiple of "
-                     f"train.micro_batch_size={t.micro_batch_size}, got "
-                     f"{t.batch_size}")
-  accum = t.batch_size // t.micro_batch_size
-
-  def micro(params, mb, key):
-    # A fresh copy of the RNG variables: reseeding mutates them, and the
-    # originals belong to the caller's trace.
-    model = nnx.merge(graphdef, params, jax.tree.map(lambda v: v, rest))
+  micro-batches (lfjax.train_step); the loss is the mean over all the
+  batch's masked tokens. shardings: as lfjax.train_step.make_train_step."""
+  def loss_fn(model, mb, key):
     k_drop, k_mask = jax.random.split(key)
     nnx.reseed(model, default=k_drop)
-    s = masked_loss(model, config, corpus, mb, k_mask)
-    return s["loss_sum"], s
+    return masked_loss(model, config, corpus, mb, k_mask)
 
-  layout, split = {}, lambda x: x
-  if shardings is not None:
-    param_sh, opt_sh, mesh = shardings
-    rep = parallel.replicated(mesh)
-    layout = dict(in_shardings=(param_sh, opt_sh,
-                                parallel.batch_sharding(mesh), rep),
-                  out_shardings=(param_sh, opt_sh, rep))
-    # Micro-batch j is rows j * micro .. of the batch, as on one device;
-    # each is split over data x fsdp (not the scan axis).
-    split = lambda x: jax.lax.with_sharding_constraint(
-        x, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(None, parallel.BATCH,
-                                             parallel.SEQ)))
-
-  @functools.partial(jax.jit, **layout)
-  def step(params, opt_state, batch, key):
-    mbs = jax.tree.map(
-        lambda x: split(x.reshape(accum, t.micro_batch_size, *x.shape[1:])),
-        batch)
-
-    def body(g, xs):
-      mb, k = xs
-      (_, s), gi = jax.value_and_grad(micro, has_aux=True)(params, mb, k)
-      return jax.tree.map(jnp.add, g, gi), s
-
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    grads, s = jax.lax.scan(body, zeros, (mbs, jax.random.split(key, accum)))
-    s = jax.tree.map(jnp.sum, s)
-    n = jnp.maximum(s["count"], 1.0)
-    grads = jax.tree.map(lambda g: g / n, grads)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state,
-            dict(s, loss=s["loss_sum"] / n, grad_norm=optax.global_norm(grads)))
-  return step
+  t = config.train
+  return train_step.make_train_step(
+      graphdef, rest, tx, loss_fn, batch_size=t.batch_size,
+      micro_batch_size=t.micro_batch_size, shardings=shardings)
 
 
 def summarize(m):

@@ -52,6 +52,14 @@ def base_config():
   # Parameters (and so AdamW's moments): float32 master weights, or
   # bfloat16 to halve their memory at some cost in update precision.
   c.model.param_dtype = "float32"
+  # Recompute each layer in the backward pass (lfjax.models.remat): the
+  # activations of one layer at a time instead of all of them.
+  c.model.remat = False
+  # What remat keeps per layer besides its inputs (with remat only):
+  # "nothing" | "attention" (also the attention's output: the backward
+  # skips the attention's forward) | "offload" (the same, in pinned host
+  # memory; GPU/TPU only). Same values and gradients either way.
+  c.model.remat_policy = "nothing"
 
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = 4096  # tokens per packed sequence, <s> and </s> included
@@ -140,6 +148,7 @@ def validate(config):
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
   ck.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
+  ck.remat(c)
   ck.integer(c, "train.seq_len", 3, positions)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)
