@@ -251,7 +251,17 @@ def config_from_pretrained(path, **overrides):
   return _config_from_dict(_read_config(path), **overrides)
 
 
+# LongformerConfig fields that say how this process runs a model, not what
+# the model is: never written to config.json, and ignored there (an export
+# of lfjax <= 0.2.0 holds attention_impl and max_global, which would cap
+# the global tokens of every later use), so only from_pretrained's
+# overrides set them.
+RUNTIME_FIELDS = ("attention_impl", "max_global", "compute_dtype",
+                  "param_dtype", "remat", "remat_policy")
+
+
 def _config_from_dict(d, **overrides):
+  d = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
   model_type = d.get("model_type")
   if model_type not in MODEL_TYPES:
     raise ValueError(f"config.json: model_type expected one of {MODEL_TYPES}, "
@@ -482,9 +492,7 @@ def hf_config(model):
   d = {k: v for k, v in json.loads(cfg.source_config).items()
        if k not in _NOT_CARRIED}
   ours = dataclasses.asdict(cfg)
-  # How this process runs the model, not what the checkpoint is.
-  for name in ("source_config", "compute_dtype", "param_dtype", "remat",
-               "remat_policy"):
+  for name in ("source_config",) + RUNTIME_FIELDS:
     del ours[name]
   d.update(ours)
   d["attention_window"] = cfg.windows()
@@ -530,9 +538,17 @@ def to_pretrained(model, path):
 
 
 def full_attention(cfg):
-  """Whether every layer's window covers every position of the checkpoint
-  (a RoBERTa or BERT loaded by from_pretrained), i.e. it has no trained
-  windows of its own."""
+  """Whether cfg is a RoBERTa-family or BERT checkpoint that from_pretrained
+  gave windows covering its positions (it has no trained windows of its
+  own), as opposed to a Longformer (whose windows are trained, whatever
+  their size) or a RobertaLong (config.json with attention_window). A
+  config built in code, with no source model_type, counts as full
+  attention when its windows cover every position."""
+  model_type = json.loads(cfg.source_config).get("model_type")
+  if model_type == "longformer":
+    return False
+  if model_type is not None:
+    return all(w == 2 * cfg.max_position_embeddings for w in cfg.windows())
   positions = cfg.max_position_embeddings - cfg.pad_token_id - 1
   return all(w // 2 >= positions - 1 for w in cfg.windows())
 
@@ -564,9 +580,21 @@ def make_long(model, max_positions=4096, attention_window=None, seed=0,
     raise ValueError(f"max_positions: expected an int >= 1, got "
                      f"{max_positions!r}")
   cfg = model.cfg
+  reserved = cfg.pad_token_id + 1
+  have = cfg.max_position_embeddings - reserved
+  if max_positions < have:
+    raise ValueError(f"max_positions: expected at least the model's "
+                     f"{have} positions (make_long does not shorten a "
+                     f"model), got {max_positions}")
   if attention_window is None:
     attention_window = 512 if full_attention(cfg) else cfg.attention_window
-  reserved = cfg.pad_token_id + 1
+  elif not (isinstance(attention_window, int) or (
+      isinstance(attention_window, (list, tuple))
+      and all(isinstance(w, int) for w in attention_window))) or isinstance(
+          attention_window, bool):
+    raise ValueError(f"attention_window: expected an int or one int per "
+                     f"layer (the FULL window, even), got "
+                     f"{attention_window!r}")
   new_cfg = dataclasses.replace(
       cfg, max_position_embeddings=max_positions + reserved,
       attention_window=attention_window)

@@ -293,6 +293,47 @@ def test_make_long_keeps_a_longformers_trained_globals_and_windows(tmp_path):
   full = convert.from_pretrained(str(tmp_path / "roberta"))
   assert convert.full_attention(full.cfg)
   assert convert.make_long(full, 300).cfg.windows() == [512, 512, 512]
+  # A Longformer whose windows cover its 128 positions still has trained
+  # windows: kept (the window size alone made it a RoBERTa).
+  wide = transformers.LongformerConfig(attention_window=[256, 300, 260],
+                                       **TINY)
+  save(transformers.LongformerForMaskedLM(wide), tmp_path / "wide")
+  wide = convert.from_pretrained(str(tmp_path / "wide"))
+  assert not convert.full_attention(wide.cfg)
+  assert convert.make_long(wide, 300).cfg.windows() == [256, 300, 260]
+  with pytest.raises(ValueError, match=r"max_positions: expected at least "
+                     r"the model's 128 positions .* got 64"):
+    convert.make_long(ours, 64)
+  with pytest.raises(ValueError, match=r"attention_window: expected an int "
+                     r"or one int per layer .* got 8.0"):
+    convert.make_long(ours, 300, 8.0)
+
+
+def test_run_settings_are_not_written_or_read_as_the_checkpoints(tmp_path):
+  """attention_impl, max_global, precision and remat say how a process
+  runs a model: an export does not carry them, and a config.json that does
+  (lfjax 0.2.0 wrote attention_impl and max_global) does not impose them: a
+  max_global of 1 there capped every later use at one global token (NaN
+  rows under jit)."""
+  torch.manual_seed(13)
+  cfg = transformers.LongformerConfig(attention_window=4, **TINY)
+  save(transformers.LongformerForMaskedLM(cfg), tmp_path / "a")
+  run = dict(attention_impl="dense", max_global=1, compute_dtype="bfloat16",
+             param_dtype="bfloat16", remat=True, remat_policy="attention")
+  ours = convert.from_pretrained(str(tmp_path / "a"), **run)
+  convert.to_pretrained(ours, str(tmp_path / "b"))
+  written = json.loads((tmp_path / "b" / "config.json").read_text())
+  assert not set(run) & set(written), set(run) & set(written)
+  old = dict(written, attention_impl="dense", max_global=1)
+  (tmp_path / "b" / "config.json").write_text(json.dumps(old))
+  again = convert.from_pretrained(str(tmp_path / "b"))
+  assert (again.cfg.attention_impl, again.cfg.max_global) == ("auto", None)
+  ids, mask, glob = batch([37, 23], 37, "scattered")  # 3 globals in row 0
+  # transformers reads the same file (its weights bfloat16-rounded).
+  want = run_hf(transformers.LongformerForMaskedLM.from_pretrained(
+      tmp_path / "b").eval(), ids, mask, glob).logits.numpy()
+  got = again(ids, mask, glob).logits
+  assert_valid_close(got, want, mask)
 
 
 def test_dilated_model_refuses_export(tmp_path):

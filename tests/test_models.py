@@ -314,3 +314,19 @@ def test_precision_fields_are_checked():
     LongformerConfig(**TINY, compute_dtype="float16")
   with pytest.raises(ValueError, match="param_dtype: expected one of"):
     LongformerConfig(**TINY, param_dtype="bf16")
+
+
+def test_bfloat16_parameters_start_from_the_float32_values():
+  """The same seed gives the float32 model's initial values, rounded: a
+  bfloat16 run compares with a float32 one on precision, not on another
+  draw of its initial weights."""
+  f32 = LongformerForMaskedLM(LongformerConfig(**TINY, tie_word_embeddings=
+                                               False), rngs=nnx.Rngs(4))
+  bf16 = LongformerForMaskedLM(LongformerConfig(
+      **TINY, tie_word_embeddings=False, param_dtype="bfloat16"),
+      rngs=nnx.Rngs(4))
+  for a, b in zip(jax.tree.leaves(nnx.state(f32, nnx.Param)),
+                  jax.tree.leaves(nnx.state(bf16, nnx.Param))):
+    assert b.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)),
+                                  np.asarray(b))

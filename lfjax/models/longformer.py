@@ -41,9 +41,18 @@ def _dtypes(cfg):
               param_dtype=DTYPES[cfg.param_dtype])
 
 
+def _normal_init(cfg):
+  """N(0, initializer_range) drawn in float32 and rounded to the parameter
+  dtype: a bfloat16-parameter model starts from the float32 model's values
+  at the same seed (a bfloat16 draw would be another sample)."""
+  normal = nnx.initializers.normal(cfg.initializer_range)
+  return lambda key, shape, dtype=jnp.float32: normal(
+      key, shape, jnp.float32).astype(dtype)
+
+
 def _dense(cfg, n_in, n_out, rngs):
   # bfloat16 operands: XLA accumulates the products in float32 on GPU/TPU.
-  init = nnx.initializers.normal(cfg.initializer_range)
+  init = _normal_init(cfg)
   return nnx.Linear(n_in, n_out, kernel_init=init, rngs=rngs, **_dtypes(cfg))
 
 
@@ -63,7 +72,7 @@ def position_ids_from_input_ids(input_ids_BxN, pad_token_id):
 class Embeddings(nnx.Module):
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    init = nnx.initializers.normal(cfg.initializer_range)
+    init = _normal_init(cfg)
     self.cfg = cfg
     param_dtype = DTYPES[cfg.param_dtype]
     self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
@@ -485,8 +494,8 @@ class LongformerForMaskedLM(nnx.Module):
     self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype))
     self.lm_decoder = None
     if not cfg.tie_word_embeddings:
-      self.lm_decoder = nnx.data(nnx.Param(nnx.initializers.normal(
-          cfg.initializer_range)(rngs.params(),
+      self.lm_decoder = nnx.data(nnx.Param(_normal_init(cfg)(
+          rngs.params(),
                                  (cfg.vocab_size, cfg.hidden_size),
                                  param_dtype)))
     self.act = activation(cfg.lm_head_act)

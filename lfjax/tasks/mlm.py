@@ -204,6 +204,12 @@ def make_train_step(graphdef, rest, tx, config, corpus, shardings=None):
       micro_batch_size=t.micro_batch_size, shardings=shardings)
 
 
+def _window_info(cfg):
+  """The full window for the metrics: one int, or one per layer."""
+  w = cfg.windows()
+  return w[0] if len(set(w)) == 1 else w
+
+
 def summarize(m):
   n = max(m["count"], 1.0)
   return dict(train_loss=m["loss"],
@@ -288,7 +294,7 @@ def train_and_evaluate(config, workdir):
           params, opt_state, parallel.put_batch(batch, mesh, t.batch_size),
           jax.random.fold_in(root, step)),
       summarize,
-      info=dict(seq_len=t.seq_len, window=model.cfg.windows()[0]),
+      info=dict(seq_len=t.seq_len, window=_window_info(model.cfg)),
       tokens_per_batch=t.seq_len * t.batch_size)
 
   def evaluate_fn(params, p):
