@@ -139,11 +139,8 @@ def _range(kind, lo, hi, lo_open=False, hi_open=False):
 def remat(c):
   """model.remat (a bool) and model.remat_policy: a name in
   lfjax.models.remat.POLICIES, other than "nothing" only with model.remat,
-  and "offload" only where JAX can move arrays to host memory. Configs
-  from before the fields existed have neither (no remat)."""
+  and "offload" only where JAX can move arrays to host memory."""
   from lfjax.models import remat as remat_lib
-  if "remat" not in c.model and "remat_policy" not in c.model:
-    return
   remat_on = boolean(c, "model.remat")
   policy = one_of(c, "model.remat_policy", remat_lib.POLICIES)
   if policy != "nothing" and not remat_on:

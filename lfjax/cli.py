@@ -160,10 +160,10 @@ def parse_absl(argv, define, *, prog, doc, required=()):
   try:
     rest = fv([prog] + list(argv))
   except flags.Error as e:
-    text = _clean_flag_error(str(e))
-    hints = [f"{a.split('=', 1)[0]} is now {RENAMED[a.split('=', 1)[0]]}"
-             for a in argv if a.split("=", 1)[0] in RENAMED]
-    raise UsageError("; ".join([text] + hints[:1])) from None
+    # absl suggests close names itself; renamed flags are ours to name.
+    hints = [h for h in (renamed_flag(a, ()) for a in argv) if h]
+    raise UsageError("; ".join([_clean_flag_error(str(e))] + hints[:1])) \
+        from None
   except (KeyError, AttributeError) as e:
     # A --config.a.b naming no field; ml_collections raises these.
     text = _override_error(fv, argv)

@@ -588,13 +588,6 @@ def make_long(model, max_positions=4096, attention_window=None, seed=0,
                      f"model), got {max_positions}")
   if attention_window is None:
     attention_window = 512 if full_attention(cfg) else cfg.attention_window
-  elif not (isinstance(attention_window, int) or (
-      isinstance(attention_window, (list, tuple))
-      and all(isinstance(w, int) for w in attention_window))) or isinstance(
-          attention_window, bool):
-    raise ValueError(f"attention_window: expected an int or one int per "
-                     f"layer (the FULL window, even), got "
-                     f"{attention_window!r}")
   new_cfg = dataclasses.replace(
       cfg, max_position_embeddings=max_positions + reserved,
       attention_window=attention_window)
@@ -642,11 +635,6 @@ def copy_tokenizer(src, dst, max_length=None):
   return copied
 
 
-def _windows_text(cfg):
-  w = cfg.windows()
-  return str(w[0]) if len(set(w)) == 1 else str(w)
-
-
 def main(argv=None):
   """`python -m lfjax.convert --from DIR --to DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags or --to == --from."""
@@ -687,7 +675,7 @@ def main(argv=None):
   to_pretrained(long_model, args.dst)
   copied = copy_tokenizer(args.src, args.dst, args.max_positions)
   print(f"wrote {type(long_model).__name__} with {args.max_positions} "
-        f"positions, windows {_windows_text(long_model.cfg)} to {args.dst}; "
+        f"positions, windows {long_model.cfg.window_summary()} to {args.dst}; "
         f"tokenizer files: {', '.join(copied) or 'none found'}")
 
 

@@ -23,7 +23,6 @@ from safetensors.numpy import save_file
 
 from lfjax import cli
 from lfjax import convert
-from lfjax import extras
 from lfjax.data import chars
 from lfjax.data import text
 from lfjax.models import LongformerConfig
@@ -50,10 +49,8 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
   Raises:
     FileExistsError: path holds a config.json already.
     extras.MissingPackage: transformers or tokenizers is not installed
-      (checked before anything is written).
+      (text.train_tokenizer checks, before anything is written).
   """
-  for module in ("tokenizers", "transformers"):
-    extras.require(module, "python -m lfjax.make_tiny (its tokenizer)")
   path = pathlib.Path(path)
   if (path / "config.json").exists():
     raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "

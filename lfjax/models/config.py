@@ -115,8 +115,12 @@ class LongformerConfig:
   def windows(self):
     """Full window per layer."""
     w = self.attention_window
-    if isinstance(w, int):
+    if isinstance(w, int) and not isinstance(w, bool):
       return [w] * self.num_hidden_layers
+    if not isinstance(w, (list, tuple)) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in w):
+      raise ValueError(f"attention_window: expected an int or one int per "
+                       f"layer (the FULL window, even), got {w!r}")
     w = list(w)
     if len(w) != self.num_hidden_layers:
       raise ValueError(f"attention_window: expected an int or one value per "
@@ -126,6 +130,12 @@ class LongformerConfig:
   def dilations(self):
     d = self.attention_dilation
     return [d] * self.num_hidden_layers if isinstance(d, int) else list(d)
+
+  def window_summary(self):
+    """The full window as one int when every layer has it, else the list
+    (for messages and metrics)."""
+    w = self.windows()
+    return w[0] if len(set(w)) == 1 else w
 
   @property
   def head_dim(self):

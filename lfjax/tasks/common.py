@@ -53,6 +53,44 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
   return c
 
 
+def encoder_fields(model):
+  """Adds the Longformer encoder's precision and remat fields to a config's
+  model section (MLM and fine-tuning; in place)."""
+  # Matmul operands and activations: float32 | bfloat16 (softmax, layer
+  # norm statistics, attention accumulation, logits and losses stay
+  # float32). bfloat16 halves activation memory on GPUs and TPUs.
+  model.dtype = "float32"
+  # Parameters (and so AdamW's moments): float32 master weights, or
+  # bfloat16 to halve their memory at some cost in update precision.
+  model.param_dtype = "float32"
+  # Recompute each layer in the backward pass (lfjax.models.remat): the
+  # activations of one layer at a time instead of all of them.
+  model.remat = False
+  # What remat keeps per layer besides its inputs (with remat only):
+  # "nothing" | "attention" (also the attention's output: the backward
+  # skips the attention's forward) | "offload" (the same, in pinned host
+  # memory; GPU/TPU only). Same values and gradients in float32 (in
+  # bfloat16, up to rounding).
+  model.remat_policy = "nothing"
+
+
+def validate_encoder_fields(c):
+  """Checks the fields encoder_fields adds. Raises ValueError naming one."""
+  checks.one_of(c, "model.dtype", ("float32", "bfloat16"))
+  checks.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
+  checks.remat(c)
+
+
+def encoder_overrides(model):
+  """LongformerConfig overrides (lfjax.convert.from_pretrained) from a
+  run's model section; a run started before the fields existed ran in
+  float32 without remat."""
+  return dict(compute_dtype=model.get("dtype", "float32"),
+              param_dtype=model.get("param_dtype", "float32"),
+              remat=model.get("remat", False),
+              remat_policy=model.get("remat_policy", "nothing"))
+
+
 def validate_shared(c, task):
   """Checks the fields shared_fields adds. Raises ValueError naming the
   field (`config.seed: expected ...`)."""

@@ -77,21 +77,7 @@ def base_config(task, *, epochs=15, warmup_fraction=0.1):
   # inputs are truncated (QA: split into windows, see qa.py).
   c.model.max_length = 4096
   c.model.attention_impl = "auto"  # windowed_attention impl
-  # Matmul operands and activations: float32 | bfloat16 (softmax, layer
-  # norm statistics, attention accumulation, logits and losses stay
-  # float32). bfloat16 halves activation memory on GPUs and TPUs.
-  c.model.dtype = "float32"
-  # Parameters (and so AdamW's moments): float32 master weights, or
-  # bfloat16 to halve their memory at some cost in update precision.
-  c.model.param_dtype = "float32"
-  # Recompute each layer in the backward pass (lfjax.models.remat): the
-  # activations of one layer at a time instead of all of them.
-  c.model.remat = False
-  # What remat keeps per layer besides its inputs (with remat only):
-  # "nothing" | "attention" (also the attention's output: the backward
-  # skips the attention's forward) | "offload" (the same, in pinned host
-  # memory; GPU/TPU only). Same values and gradients either way.
-  c.model.remat_policy = "nothing"
+  common.encoder_fields(c.model)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # examples per optimizer step (paper: 32)
@@ -150,9 +136,7 @@ def validate_base(c, task):
   ck.string(c, "data.tokenizer")
   ck.integer(c, "model.max_length", 8)
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
-  ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
-  ck.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
-  ck.remat(c)
+  common.validate_encoder_fields(c)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)
   if c.train.batch_size % micro:
@@ -531,11 +515,7 @@ def build_model(spec, config):
       num_labels=spec.num_labels(config),
       extra_config=spec.extra_config(config),
       attention_impl=config.model.attention_impl,
-      # .get: runs started before the fields existed ran in float32.
-      compute_dtype=config.model.get("dtype", "float32"),
-      param_dtype=config.model.get("param_dtype", "float32"),
-      remat=config.model.get("remat", False),
-      remat_policy=config.model.get("remat_policy", "nothing"))
+      **common.encoder_overrides(config.model))
   check_length(config, model)
   return model
 

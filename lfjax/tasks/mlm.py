@@ -94,11 +94,7 @@ def load_model(config, announce=False):
       config.init_from, head="masked_lm", seed=config.seed,
       arg="config.init_from",
       attention_impl=m.attention_impl, max_global=1 if m.global_bos else None,
-      # .get: runs started before the fields existed ran in float32.
-      compute_dtype=m.get("dtype", "float32"),
-      param_dtype=m.get("param_dtype", "float32"),
-      remat=m.get("remat", False),
-      remat_policy=m.get("remat_policy", "nothing"))
+      **common.encoder_overrides(m))
   cfg = model.cfg
   have = cfg.max_position_embeddings - cfg.pad_token_id - 1
   if have < m.max_positions:
@@ -204,12 +200,6 @@ def make_train_step(graphdef, rest, tx, config, corpus, shardings=None):
       micro_batch_size=t.micro_batch_size, shardings=shardings)
 
 
-def _window_info(cfg):
-  """The full window for the metrics: one int, or one per layer."""
-  w = cfg.windows()
-  return w[0] if len(set(w)) == 1 else w
-
-
 def summarize(m):
   n = max(m["count"], 1.0)
   return dict(train_loss=m["loss"],
@@ -294,7 +284,7 @@ def train_and_evaluate(config, workdir):
           params, opt_state, parallel.put_batch(batch, mesh, t.batch_size),
           jax.random.fold_in(root, step)),
       summarize,
-      info=dict(seq_len=t.seq_len, window=_window_info(model.cfg)),
+      info=dict(seq_len=t.seq_len, window=model.cfg.window_summary()),
       tokens_per_batch=t.seq_len * t.batch_size)
 
   def evaluate_fn(params, p):

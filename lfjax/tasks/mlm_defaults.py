@@ -45,21 +45,7 @@ def base_config():
   # Global attention on <s>; the paper's MLM uses none.
   c.model.global_bos = False
   c.model.attention_impl = "auto"  # windowed_attention impl
-  # Matmul operands and activations: float32 | bfloat16 (softmax, layer
-  # norm statistics, attention accumulation, logits and losses stay
-  # float32). bfloat16 halves activation memory on GPUs and TPUs.
-  c.model.dtype = "float32"
-  # Parameters (and so AdamW's moments): float32 master weights, or
-  # bfloat16 to halve their memory at some cost in update precision.
-  c.model.param_dtype = "float32"
-  # Recompute each layer in the backward pass (lfjax.models.remat): the
-  # activations of one layer at a time instead of all of them.
-  c.model.remat = False
-  # What remat keeps per layer besides its inputs (with remat only):
-  # "nothing" | "attention" (also the attention's output: the backward
-  # skips the attention's forward) | "offload" (the same, in pinned host
-  # memory; GPU/TPU only). Same values and gradients either way.
-  c.model.remat_policy = "nothing"
+  common.encoder_fields(c.model)
 
   c.train = ml_collections.ConfigDict()
   c.train.seq_len = 4096  # tokens per packed sequence, <s> and </s> included
@@ -146,9 +132,7 @@ def validate(config):
   ck.one_of(c, "model.position_init", ("copy", "random"))
   ck.boolean(c, "model.global_bos")
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
-  ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
-  ck.one_of(c, "model.param_dtype", ("float32", "bfloat16"))
-  ck.remat(c)
+  common.validate_encoder_fields(c)
   ck.integer(c, "train.seq_len", 3, positions)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)
