@@ -1,19 +1,25 @@
 """Orbax checkpoints of a run: params, optimizer state and data state saved
 together, so a resumed run continues exactly; and loading a finished run.
 
-Every saved step gets an integrity record, RECORD inside its folder: the
-size and sha256 of each of its files, written once orbax has finished the
-save. Every restore checks the files against it and the restored arrays for
-NaN/Inf, and raises CheckpointError naming the step, what failed and how to
-fall back to the previous good step; nothing is ever deleted. Steps saved
-before lfjax wrote records (or whose save was killed between orbax's commit
-and the record) restore with a warning and the finiteness check only.
+Saves are asynchronous: orbax copies the arrays to host memory and the
+training continues while a background thread writes and commits them (a
+kill before the commit leaves no trace of the step: the previous one stays
+the newest). Every saved step then gets an integrity record, RECORD inside
+its folder: the size and sha256 of each of its files, written by a thread
+of ours as soon as orbax has committed the step. A restore checks the files
+against it once per process (on process 0 of a multi-host run, which tells
+the others) and the restored arrays for NaN/Inf, and raises CheckpointError
+naming the step, what failed and how to fall back to the previous good
+step; nothing is ever deleted. Steps saved before lfjax wrote records (or
+whose run was killed between orbax's commit and the record, a window of
+one hashing pass) restore with a warning and the finiteness check only.
 
 config.json is the run's current config; resuming compares the new config
 with it before anything is written (write_config) and keeps every version
 in config_history.jsonl.
 """
 
+import concurrent.futures
 import contextlib
 import datetime
 import fnmatch
@@ -25,6 +31,7 @@ import re
 import shlex
 import shutil
 import sys
+import threading
 from typing import NamedTuple
 
 import jax
@@ -61,8 +68,39 @@ def quiet_orbax():
     logging.set_verbosity(logging.WARNING)
 
 
+class Manager(ocp.CheckpointManager):
+  """orbax's CheckpointManager (asynchronous saves) that also writes each
+  saved step's integrity record once orbax has committed it, in a thread
+  of its own (save() below starts it). wait_until_finished (and close,
+  which calls it) also waits for that record and raises what writing it
+  raised."""
+
+  _recorder = None
+  _record_error = None
+
+  def record_when_committed(self, step):
+    def write():
+      try:
+        super(Manager, self).wait_until_finished()
+        write_record(self.directory, step)
+      except BaseException as e:  # pylint: disable=broad-except
+        self._record_error = e  # raised in the training thread
+    self._recorder = threading.Thread(target=write, daemon=True,
+                                      name=f"lfjax-record-{step}")
+    self._recorder.start()
+
+  def wait_until_finished(self):
+    super().wait_until_finished()
+    if self._recorder is not None:
+      self._recorder.join()
+      self._recorder = None
+    if self._record_error is not None:
+      e, self._record_error = self._record_error, None
+      raise e
+
+
 def manager(workdir, keep=3):
-  return ocp.CheckpointManager(
+  return Manager(
       pathlib.Path(workdir).absolute() / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
@@ -87,20 +125,30 @@ def _step_dir(directory, step):
       directory, ocp.path.step.standard_name_format(), step))
 
 
+def _sha256(path):
+  with path.open("rb") as fh:
+    return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _hash_all(paths):
+  """sha256 of each file, several at once (hashlib releases the GIL while
+  it reads: a multi-GB checkpoint hashes at the disk's speed)."""
+  with concurrent.futures.ThreadPoolExecutor(
+      min(8, os.cpu_count() or 1)) as pool:
+    return list(pool.map(_sha256, paths))
+
+
 def _digests(step_dir):
-  out = {}
-  for f in sorted(step_dir.rglob("*")):
-    if f.is_file() and not f.name.startswith(RECORD):
-      with f.open("rb") as fh:
-        out[f.relative_to(step_dir).as_posix()] = {
-            "bytes": f.stat().st_size,
-            "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
-  return out
+  paths = [f for f in sorted(step_dir.rglob("*"))
+           if f.is_file() and not f.name.startswith(RECORD)]
+  return {f.relative_to(step_dir).as_posix(): {"bytes": f.stat().st_size,
+                                               "sha256": h}
+          for f, h in zip(paths, _hash_all(paths))}
 
 
 def write_record(directory, step):
-  """Writes step's integrity record; call only once orbax has finished
-  the save (CheckpointManager saves in a background thread)."""
+  """Writes step's integrity record; call only once orbax has committed
+  the save (Manager.record_when_committed does)."""
   if jax.process_index() != 0:
     return
   d = _step_dir(directory, step)
@@ -118,18 +166,20 @@ def _problem(directory, step):
     return "no record"
   except (ValueError, KeyError) as e:
     return f"has an unreadable integrity record {RECORD} ({e})"
-  for name, want in sorted(files.items()):
-    f = d / name
+  names = sorted(files)
+  # Sizes first: a missing or truncated file is found without reading.
+  for name in names:
+    f, want = d / name, files[name]
     if not f.is_file():
       return f"is missing {name}"
     size = f.stat().st_size
     if size != want["bytes"]:
       return (f"has {name} of {size:,} bytes, recorded {want['bytes']:,} "
               "at save time (truncated or overwritten)")
-    with f.open("rb") as fh:
-      if hashlib.file_digest(fh, "sha256").hexdigest() != want["sha256"]:
-        return (f"has {name} with bytes changed since the save (its sha256 "
-                f"differs from the one in {RECORD})")
+  for name, got in zip(names, _hash_all([d / n for n in names])):
+    if got != files[name]["sha256"]:
+      return (f"has {name} with bytes changed since the save (its sha256 "
+              f"differs from the one in {RECORD})")
   return None
 
 
@@ -175,11 +225,46 @@ def _damaged(directory, step, what):
       f"and nothing was deleted. {_fallback(directory, step)}")
 
 
+# Steps this process verified, with their files' sizes and modification
+# times then: a second restore of the same unchanged step reads nothing.
+_verified = {}
+
+
+def _signature(directory, step):
+  d = _step_dir(directory, step)
+  return tuple((f.as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
+               for f in sorted(d.rglob("*")) if f.is_file())
+
+
 def verify(directory, step):
   """Checks step's files against its integrity record (a warning when it
-  has none). Raises CheckpointError naming the first file that differs."""
+  has none), once per process and unchanged step. In a multi-host run only
+  process 0 reads the files (they are shared storage) and tells the others
+  whether to go on, so a step is hashed once, not once per host; call it
+  on every process.
+
+  Raises CheckpointError naming the first file that differs (on process
+  0; the others name the step and point to process 0's output)."""
   directory = pathlib.Path(directory)
-  problem = _problem(directory, step)
+  problem = None
+  if jax.process_index() == 0:
+    key = (directory.absolute(), step)
+    sig = _signature(directory, step)
+    if _verified.get(key) != sig:
+      problem = _problem(directory, step)
+      if problem is None:
+        _verified[key] = sig
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    bad = int(multihost_utils.broadcast_one_to_all(
+        np.int32(problem not in (None, "no record"))))
+    if jax.process_index() != 0:
+      if bad:
+        raise CheckpointError(
+            f"checkpoint step {step} of {directory.parent} failed its "
+            "integrity check on process 0 (its output names the file and "
+            "how to fall back); not using it and nothing was deleted")
+      return
   if problem == "no record":
     _unverified(directory, step)
   elif problem:
@@ -310,14 +395,19 @@ def _restore(mngr, step, args):
 
 
 def save(mngr, step, params, opt_state, data_state):
-  """data_state: a JSON dict (phase, sampler position). Waits for orbax to
-  finish, then writes the step's integrity record."""
+  """Starts saving step with mngr (a Manager) and returns once orbax has
+  copied the arrays to host memory: the caller may then donate or change
+  them. orbax writes and commits in the background, then the step's
+  integrity record is written; the previous save is waited for first (one
+  in flight), and mngr.wait_until_finished() waits for this one.
+
+  data_state: a JSON dict (phase, sampler position)."""
+  mngr.wait_until_finished()
   mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(params),
       opt_state=ocp.args.StandardSave(opt_state),
       data=ocp.args.JsonSave(data_state)), force=True)
-  mngr.wait_until_finished()
-  write_record(mngr.directory, step)
+  mngr.record_when_committed(step)
 
 
 def _abstract(tree):

@@ -180,6 +180,9 @@ def _train(workdir, config, params, opt_state, phases, learning_rate,
           checkpoints.save(mngr, done, params, opt_state,
                            {"phase": p, "sampler": ph.sampler.state()})
           last_ckpt = done
+    # The last save was only started (lfjax.checkpoints.save): it is
+    # committed, with its record, before the run says it is done.
+    mngr.wait_until_finished()
     if start < total:
       _summary(workdir, total, time.perf_counter() - t0, mngr.all_steps(),
                last)

@@ -172,7 +172,8 @@ def train_and_evaluate(config, workdir):
     s = config.schedule
     scale = s.window_scales[p]
     # The loop drops the old params/opt state after each step, and saves
-    # checkpoints synchronously: their buffers can be donated.
+    # checkpoints from host copies (lfjax.checkpoints.save returns once
+    # orbax has copied them): their buffers can be donated.
     jitted = make_train_step(graphdef, tx, scale, donate=True,
                              shardings=shardings)
     size = s.batch_sizes[p]
