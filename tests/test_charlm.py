@@ -9,6 +9,7 @@ from flax import nnx
 from lfjax.models import charlm
 from lfjax.models import relpos
 from lfjax.models.charlm import CharLM, CharLMConfig
+from tests.jaxprs import dot_operand_dtypes
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
 
@@ -208,6 +209,33 @@ def test_bfloat16_compute_and_remat():
   model = tiny_model(remat=True)
   g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x) ** 2)))(model)
   assert all(np.isfinite(v).all() for v in jax.tree.leaves(g))
+
+
+@pytest.mark.parametrize("rel_impl", ["table", "features"])
+@pytest.mark.parametrize("impl", ["dense", "chunked"])
+def test_bfloat16_operands_reach_the_attention_as_bfloat16(impl, rel_impl):
+  # q, k, v and the relative term go to every matmul in bfloat16 (float32
+  # accumulation); float32 only in the per-layer W_r r(t) table (table) or
+  # query features (features) product, and the float32 logits head.
+  x = tokens(2, 29)
+  kw = dict(attention_impl=impl, rel_impl=rel_impl)
+  model = tiny_model(dtype="bfloat16", **kw)
+  dots = dot_operand_dtypes(lambda x: model(x), x)
+  f32 = [d for d in dots if d == ("float32", "float32")]
+  assert len(f32) == TINY["num_layers"] + 1, dots
+  assert all(d in (("bfloat16", "bfloat16"), ("float32", "float32"))
+             for d in dots), dots
+  # The gradients' matmuls too.
+  graphdef, state = nnx.split(model)
+  loss = lambda st, x: jnp.mean(nnx.merge(graphdef, st)(x)[..., 3])
+  grad_dots = dot_operand_dtypes(jax.grad(loss), state, x)
+  bf16 = [d for d in grad_dots if d == ("bfloat16", "bfloat16")]
+  assert len(bf16) > 2 * len(dots) - 2 * len(f32), grad_dots
+  # The same model in float32 is the reference: bf16 rounding only.
+  want = forward(tiny_model(**kw), x)
+  got = forward(model, x)
+  assert got.dtype == jnp.float32
+  np.testing.assert_allclose(got, want, atol=0.05)
 
 
 @pytest.mark.parametrize("overrides,pattern", [

@@ -9,6 +9,7 @@ from flax import nnx
 from lfjax.models import LongformerConfig
 from lfjax.models import LongformerForMaskedLM
 from lfjax.models import LongformerModel
+from tests.jaxprs import dot_operand_dtypes
 
 TINY = dict(vocab_size=50, hidden_size=16, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=32,
@@ -195,7 +196,8 @@ def test_negative_ids_and_over_cap_globals_poison_under_jit():
               (ids, zeros.at[1, 2].set(-1), pos),
               (ids, zeros, pos.at[1, 0].set(-1))):
     out = np.asarray(f(model, *bad))
-    assert np.isnan(out[1]).all() and not np.isnan(out[0]).any()
+    assert np.isnan(out[1]).all()
+    np.testing.assert_allclose(out[0], good[0], atol=1e-5)  # row 0 intact
   # Sequence classification jits with its one default global token; a row
   # marking more (attention_mask 2) gets NaN rather than local tokens.
   from lfjax.models import LongformerForSequenceClassification
@@ -226,34 +228,6 @@ def test_convert_cli_refuses_bad_sizes(tmp_path):
 
 
 # Precision (model.dtype / param_dtype) ------------------------------------
-
-
-def dot_operand_dtypes(fn, *args):
-  """The operand dtypes of every dot_general in fn's jaxpr, sub-jaxprs
-  (scan, custom_vjp, pjit) included."""
-  found = []
-
-  def subjaxprs(value):
-    # Jaxprs have .eqns, ClosedJaxprs a .jaxpr (duck-typed: where these
-    # classes live moves between jax versions).
-    if hasattr(value, "eqns"):
-      yield value
-    elif hasattr(getattr(value, "jaxpr", None), "eqns"):
-      yield value.jaxpr
-    elif isinstance(value, (tuple, list)):
-      for v in value:
-        yield from subjaxprs(v)
-
-  def walk(jaxpr):
-    for eqn in jaxpr.eqns:
-      if eqn.primitive.name == "dot_general":
-        found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-      for value in eqn.params.values():
-        for sub in subjaxprs(value):
-          walk(sub)
-
-  walk(jax.make_jaxpr(fn)(*args).jaxpr)
-  return found
 
 
 @pytest.mark.parametrize("impl", ["dense", "chunked"])

@@ -145,12 +145,19 @@ class Attention(nnx.Module):
     self.position_bias = nnx.Param(init(rngs.params(), (h, dh)))  # v
 
   def project(self, x_BxNxE):
+    """q, k, v [B, N, H, D] in the compute dtype (cfg.dtype): the attention
+    takes bf16 operands as they are and accumulates in float32."""
     cfg = self.cfg
     b, n, _ = x_BxNxE.shape
-    qkv = self.qkv(x_BxNxE).astype(jnp.float32)
+    qkv = self.qkv(x_BxNxE)
     q, k, v = jnp.split(qkv.reshape(b, n, 3, cfg.num_heads, cfg.head_dim),
                         3, axis=2)
     return q[:, :, 0], k[:, :, 0], v[:, :, 0]
+
+  def biased(self, q):
+    """(q + u, q + v): the content and position queries, in q's dtype."""
+    return (q + self.content_bias[...].astype(q.dtype),
+            q + self.position_bias[...].astype(q.dtype))
 
   def rel_kernel_FxHxD(self):
     cfg = self.cfg
@@ -158,10 +165,12 @@ class Attention(nnx.Module):
         cfg.rel_features, cfg.num_heads, cfg.head_dim)
 
   def rel_table_TxHxD(self, rows):
-    """W_r r(t) for distances t = 0 .. rows - 1, [rows, H, D]."""
+    """W_r r(t) for distances t = 0 .. rows - 1, [rows, H, D], computed in
+    float32 (one small matmul per call) and given in the compute dtype."""
     r_TxF = jnp.asarray(relpos.sinusoid(np.arange(rows), self.cfg.rel_features),
                         jnp.float32)
-    return jnp.einsum("tf,fhd->thd", r_TxF, self.rel_kernel_FxHxD())
+    return jnp.einsum("tf,fhd->thd", r_TxF, self.rel_kernel_FxHxD()).astype(
+        DTYPES[self.cfg.dtype])
 
   def __call__(self, x_BxNxE, *, window_scale, position_offset):
     cfg = self.cfg
@@ -170,25 +179,27 @@ class Attention(nnx.Module):
     window = cfg.windows[self.layer] * window_scale
     dilation = cfg.head_dilations(self.layer)
     scale = 1.0 / float(np.sqrt(cfg.head_dim))
+    q_content, q_position = self.biased(q)
     if cfg.rel_impl == "table":
       # Only distances the window reaches (and the sequence has) need rows;
       # positions enter only relatively, so position_offset plays no part.
       rows = min(window * max(dilation), n - 1) + 1
       o = windowed_attention(
-          q + self.content_bias[...], k, v, window=window, dilation=dilation,
+          q_content, k, v, window=window, dilation=dilation,
           causal=True, scale=scale, impl=cfg.attention_impl,
-          rel_query=q + self.position_bias[...],
-          rel_table=self.rel_table_TxHxD(rows))
+          rel_query=q_position, rel_table=self.rel_table_TxHxD(rows))
       return self.out(o.reshape(b, n, -1).astype(DTYPES[cfg.dtype]))
     sin, cos = relpos.position_sin_cos(n, cfg.rel_features, position_offset)
-    c_BxNxHxF = jnp.einsum("bnhd,fhd->bnhf", q + self.position_bias[...],
+    # The features trick's sums of products are formed in float32; the
+    # augmented operands then go to the attention in the compute dtype.
+    c_BxNxHxF = jnp.einsum("bnhd,fhd->bnhf", q_position.astype(jnp.float32),
                            self.rel_kernel_FxHxD())
     q_aug = jnp.concatenate(
-        [q + self.content_bias[...], relpos.query_features(c_BxNxHxF, sin,
-                                                           cos)], axis=-1)
+        [q_content, relpos.query_features(c_BxNxHxF, sin, cos).astype(
+            q.dtype)], axis=-1)
     k_pos = jnp.broadcast_to(relpos.key_features(sin, cos)[None, :, None],
                              (b, n, cfg.num_heads, cfg.rel_features))
-    k_aug = jnp.concatenate([k, k_pos], axis=-1)
+    k_aug = jnp.concatenate([k, k_pos.astype(k.dtype)], axis=-1)
     o = windowed_attention(
         q_aug, k_aug, v, window=window, dilation=dilation, causal=True,
         scale=scale, impl=cfg.attention_impl)
@@ -200,8 +211,10 @@ class Attention(nnx.Module):
     Scores use r(t - j) directly (not the feature trick), so comparing with
     __call__ checks the decomposition too."""
     cfg = self.cfg
-    q, k, v = self.project(x_BxE[:, None])
-    q, k, v = q[:, 0], k[:, 0], v[:, 0]
+    # Sampling keeps its cache and scores in float32 (one token per call:
+    # memory is not the constraint there).
+    q, k, v = (x[:, 0].astype(jnp.float32)
+               for x in self.project(x_BxE[:, None]))
     k_SxBxHxD, v_SxBxHxD, pos_S = cache
     size = pos_S.shape[0]
     slot = t % size
