@@ -47,12 +47,13 @@ def build(config, seq, variant, remat):
     c.model.windows = (seq,) * c.model.num_layers
     c.model.attention_impl = "dense"
   model = charlm.CharLM(checkpoints.model_config(c, 27), rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(model, nnx.Param)
   tx = train.optimizer(c)
   opt_state = tx.init(params)
-  step = train.make_train_step(graphdef, tx, window_scale=1)
+  step = train.make_train_step(graphdef, tx, window_scale=1, batch_size=1)
   x = np.random.default_rng(0).integers(0, 27, (1, seq + 1)).astype(np.int32)
-  args = (params, opt_state, x[:, :-1], x[:, 1:], jax.random.key(0))
+  args = (params, opt_state, {"inputs": x[:, :-1], "targets": x[:, 1:]},
+          jax.random.key(0))
   compiled = step.lower(*args).compile()
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes

@@ -26,7 +26,6 @@ lengths only for the dump; without --top it is small.
 import argparse
 import dataclasses
 import glob
-import inspect
 import os
 import re
 import shutil
@@ -91,15 +90,14 @@ def compile_step(config, cfg, seq, window_scale, donate):
   from lfjax.tasks import charlm as train
   from lfjax.models import charlm
   abstract = nnx.eval_shape(lambda: charlm.CharLM(cfg, rngs=nnx.Rngs(0)))
-  graphdef, params = nnx.split(abstract)
+  graphdef, params = nnx.split(abstract, nnx.Param)
   tx = train.optimizer(config)
   opt_state = jax.eval_shape(tx.init, params)
-  kw = {}
-  if donate and "donate" in inspect.signature(train.make_train_step).parameters:
-    kw["donate"] = True
-  step = train.make_train_step(graphdef, tx, window_scale=window_scale, **kw)
+  step = train.make_train_step(graphdef, tx, window_scale=window_scale,
+                               batch_size=1, donate=donate)
   tok = jax.ShapeDtypeStruct((1, seq), np.int32)
-  args = (params, opt_state, tok, tok, jax.random.key(0))
+  args = (params, opt_state, {"inputs": tok, "targets": tok},
+          jax.random.key(0))
   return step.lower(*args).compile()
 
 
@@ -189,9 +187,9 @@ def main(argv=None):
         for line in top_buffers(dump_dir, args.top):
           print("   " + line)
       del compiled
-  print(f"\n| seq | window scale | top window | remat policy | peak GiB | "
-        f"arguments GiB | outputs GiB | temporaries GiB | aliased GiB | "
-        f"peak MiB per 1K tokens |")
+  print("\n| seq | window scale | top window | remat policy | peak GiB | "
+        "arguments GiB | outputs GiB | temporaries GiB | aliased GiB | "
+        "peak MiB per 1K tokens |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for seq, ws, policy, arg, out, tmp, alias, peak in rows:
     print(f"| {seq} | {ws} | {max(cfg.windows) * ws} | {policy} | "

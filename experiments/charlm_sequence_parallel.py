@@ -77,7 +77,8 @@ def build(config, seq, mesh, window_scale, policy, abstract=True):
   config.model.remat_policy = policy
   cfg = checkpoints.model_config(config, 27)  # text8: 27 symbols
   make = lambda: charlm_model.CharLM(cfg, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(nnx.eval_shape(make) if abstract else make())
+  graphdef, params = nnx.split(nnx.eval_shape(make) if abstract else make(),
+                             nnx.Param)
   tx = charlm.optimizer(config)
   shardings = None
   if mesh is not None:
@@ -93,9 +94,10 @@ def build(config, seq, mesh, window_scale, policy, abstract=True):
         tx.init, out_shardings=shardings[1])(params))
     tok = np.random.default_rng(0).integers(0, 27, (1, seq)).astype(np.int32)
     tok = parallel.put_batch(tok, mesh, 1)
-  step = charlm.make_train_step(graphdef, tx, window_scale, donate=True,
-                                shardings=shardings)
-  return step, [params, opt_state, tok, tok, jax.random.key(0)]
+  step = charlm.make_train_step(graphdef, tx, window_scale, batch_size=1,
+                                donate=True, shardings=shardings)
+  return step, [params, opt_state, {"inputs": tok, "targets": tok},
+                jax.random.key(0)]
 
 
 def load():

@@ -1,11 +1,11 @@
-"""The encoder tasks' optimizer step (MLM and fine-tuning): gradients
+"""The optimizer step of every task (char-LM, MLM, fine-tuning): gradients
 accumulated over micro-batches by a scan, normalised by the batch's count,
 one optax update, parameters and optimizer state donated.
 
 Each task keeps only its loss: `loss_fn(model, micro_batch, key)` returns
 sums over the micro-batch, {"loss_sum": ..., "count": ..., other stats},
-where count is what the loss is a mean over (masked tokens for MLM,
-examples for fine-tuning). The step's loss and gradients are the batch's
+where count is what the loss is a mean over (characters for the char-LM,
+masked tokens for MLM, examples for fine-tuning). The step's loss and gradients are the batch's
 loss_sum and gradient sum divided by its count, so accumulating over
 micro-batches of any size gives the same update.
 """

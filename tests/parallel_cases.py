@@ -146,17 +146,18 @@ def case_hlo(work):
   corpus = chars.load("pystdlib", str(work / "data"))
   model = charlm_model.CharLM(checkpoints.model_config(c, corpus.vocab_size),
                               rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(model, nnx.Param)
   tx = charlm.optimizer(c)
   params = parallel.shard(params, mesh)
   opt_state = parallel.shard(tx.init(params), mesh)
   shardings = (parallel.state_shardings(params, mesh),
                parallel.state_shardings(opt_state, mesh), mesh)
-  step = charlm.make_train_step(graphdef, tx, 1, shardings=shardings)
+  step = charlm.make_train_step(graphdef, tx, 1, batch_size=4,
+                                shardings=shardings)
   x = np.zeros((4, 64), np.int32)
   with parallel.use(mesh):
-    text = step.lower(params, opt_state, x, x, jax.random.key(0)).compile(
-    ).as_text()
+    text = step.lower(params, opt_state, {"inputs": x, "targets": x},
+                      jax.random.key(0)).compile().as_text()
   # Shapes of every all-gather's result: none may hold the whole sequence
   # of keys/values ([.., 64, heads, head_dim]).
   gathers = re.findall(r"= (\S+) all-gather(?:-start)?\(", text)

@@ -9,7 +9,6 @@ reruns its own copy.
 import hashlib
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess

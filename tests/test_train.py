@@ -140,6 +140,33 @@ def test_killed_run_resumes_exactly(data_dir, tmp_path, monkeypatch):
   assert got == want  # bit-identical losses, gradients norms and eval
 
 
+def test_micro_batches_accumulate_to_the_whole_batch_step(data_dir,
+                                                          tmp_path):
+  # The char-LM runs on lfjax.train_step: batch 4 as two passes of 2 (and
+  # phase 2's batch 2 as two of 1) gives the whole batch's losses and
+  # updates, up to float rounding; dropout off, as its draws are per pass.
+  def run(name, micro):
+    c = small_config(data_dir, steps=(6, 4))
+    c.model.dropout = 0.0
+    c.eval_every = 0
+    c.schedule.micro_batch_sizes = micro
+    train.train_and_evaluate(c, tmp_path / name)
+    return [r for r in metrics.read(tmp_path / name / "metrics.jsonl")
+            if "train_loss" in r]
+  whole, parts = run("whole", ()), run("parts", (2, 1))
+  assert [r["step"] for r in whole] == [r["step"] for r in parts] == list(
+      range(1, 11))
+  for key in ("train_loss", "grad_norm"):
+    np.testing.assert_allclose([r[key] for r in parts],
+                               [r[key] for r in whole], rtol=2e-5)
+  c = small_config(data_dir)
+  c.schedule.micro_batch_sizes = (3, 2)
+  with pytest.raises(ValueError, match=r"schedule.micro_batch_sizes\[0\]: "
+                                       r"expected a divisor of "
+                                       r"schedule.batch_sizes\[0\]=4"):
+    train.train_and_evaluate(c, tmp_path / "bad")
+
+
 def test_nan_stops_with_a_clear_message(data_dir, tmp_path):
   c = small_config(data_dir)
   c.schedule.lrs = (1e30, 1e30)

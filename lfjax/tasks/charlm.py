@@ -41,6 +41,7 @@ from lfjax import checkpoints
 from lfjax import cli
 from lfjax import loop
 from lfjax import parallel
+from lfjax import train_step
 from lfjax.data import chars
 from lfjax.data import sampler as sampler_lib
 from lfjax.models import charlm as charlm_model
@@ -106,38 +107,46 @@ def optimizer(config):
                   weight_decay=o.weight_decay, mask=decay))
 
 
-def make_train_step(graphdef, tx, window_scale, donate=False,
-                    shardings=None):
-  """Jitted (params, opt_state, x, y, key) -> (params, opt_state, metrics).
+def micro_batch_sizes(config):
+  """Sequences per accumulated pass, one per phase (schedule.batch_sizes
+  where schedule.micro_batch_sizes is () or absent: runs saved before the
+  field existed)."""
+  s = config.schedule
+  return tuple(s.get("micro_batch_sizes", ()) or s.batch_sizes)
 
+
+def make_train_step(graphdef, tx, window_scale, *, batch_size,
+                    micro_batch_size=None, donate=False, shardings=None):
+  """Jitted (params, opt_state, batch, key) -> (params, opt_state, metrics)
+  by lfjax.train_step (the step MLM and fine-tuning take too): the mean
+  next-character loss over every position of the batch, gradients
+  accumulated over micro-batches.
+
+  graphdef: the CharLM's (nnx.split(model, nnx.Param, ...)); params the
+    step's first argument.
+  batch: {"inputs": [batch_size, N] int32, "targets": [batch_size, N]
+    int32}; micro_batch_size (a divisor, None = batch_size) sequences per
+    forward/backward pass.
   donate: the step reuses the buffers of params and opt_state for their
-  updated values (saves their size, 0.46 GiB for the paper-small model, from
-  the peak); the caller must not use the arrays it passed in again.
+    updated values (saves their size, 0.46 GiB for the paper-small model,
+    from the peak); the caller must not use the arrays it passed in again.
   shardings: None (one device), or (params', opt_state's shardings, the
-  mesh): x and y are split by lfjax.parallel.batch_sharding, params and
-  optimizer state keep their shardings, metrics are replicated. Call the
-  step under lfjax.parallel.use(mesh), so the attention splits the
-  sequence."""
-  def loss_fn(params, x, y, key):
-    model = nnx.merge(graphdef, params)
-    logits = model(x, dropout_key=key, window_scale=window_scale)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    mesh): each micro-batch is split over data x fsdp and seq, params and
+    optimizer state keep their shardings, metrics are replicated. Call the
+    step under lfjax.parallel.use(mesh), so the attention splits the
+    sequence.
+  metrics: loss (nats per character), loss_sum, count (characters) and
+  grad_norm."""
+  def loss_fn(model, mb, key):
+    logits = model(mb["inputs"], dropout_key=key, window_scale=window_scale)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits,
+                                                         mb["targets"])
+    return {"loss_sum": jnp.sum(ce), "count": jnp.float32(ce.size)}
 
-  layout = {}
-  if shardings is not None:
-    param_sh, opt_sh, mesh = shardings
-    batch, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
-    layout = dict(in_shardings=(param_sh, opt_sh, batch, batch, rep),
-                  out_shardings=(param_sh, opt_sh, rep))
-
-  @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
-                     **layout)
-  def step(params, opt_state, x, y, key):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y, key)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state,
-            {"loss": loss, "grad_norm": optax.global_norm(grads)})
-  return step
+  return train_step.make_train_step(
+      graphdef, nnx.State({}), tx, loss_fn, batch_size=batch_size,
+      micro_batch_size=micro_batch_size or batch_size, shardings=shardings,
+      donate=donate)
 
 
 def _summarize(m):
@@ -151,9 +160,13 @@ def train_and_evaluate(config, workdir):
   validate(config)  # every field, before anything is written
   mesh = parallel.make_mesh(config.mesh)
   loop.say(f"training on {parallel.describe(mesh)}", flush=True)
-  for p, (b, n) in enumerate(zip(config.schedule.batch_sizes,
-                                 config.schedule.seq_lens)):
-    parallel.check_batch(mesh, f"schedule.batch_sizes[{p}]", b)
+  micro = micro_batch_sizes(config)
+  field = ("schedule.micro_batch_sizes"
+           if config.schedule.get("micro_batch_sizes", ())
+           else "schedule.batch_sizes")
+  for p, (m, n) in enumerate(zip(micro, config.schedule.seq_lens)):
+    # Each accumulated micro-batch is split over data x fsdp.
+    parallel.check_batch(mesh, f"{field}[{p}]", m)
     parallel.check_seq(mesh, f"schedule.seq_lens[{p}]", n)
   workdir = pathlib.Path(workdir)
   bounds = phases(config)
@@ -163,7 +176,7 @@ def train_and_evaluate(config, workdir):
   model = charlm_model.CharLM(
       checkpoints.model_config(config, corpus.vocab_size),
       rngs=nnx.Rngs(config.seed))
-  graphdef, params = nnx.split(model)
+  graphdef, params = nnx.split(model, nnx.Param)
   tx = optimizer(config)
   params, opt_state, shardings = parallel.init_state(tx, params, mesh)
   dropout_root = jax.random.fold_in(jax.random.key(config.seed), 1)
@@ -174,11 +187,13 @@ def train_and_evaluate(config, workdir):
     # The loop drops the old params/opt state after each step, and saves
     # checkpoints from host copies (lfjax.checkpoints.save returns once
     # orbax has copied them): their buffers can be donated.
-    jitted = make_train_step(graphdef, tx, scale, donate=True,
-                             shardings=shardings)
     size = s.batch_sizes[p]
+    jitted = make_train_step(graphdef, tx, scale, batch_size=size,
+                             micro_batch_size=micro[p],
+                             donate=True, shardings=shardings)
     step_fn = lambda params, opt_state, xy, step: jitted(
-        params, opt_state, *parallel.put_batch(xy, mesh, size),
+        params, opt_state, parallel.put_batch(
+            {"inputs": xy[0], "targets": xy[1]}, mesh, size),
         jax.random.fold_in(dropout_root, step))
     sampler = sampler_lib.WindowSampler(
         corpus, "train", seq_len=s.seq_lens[p], seed=config.seed, stream=p,

@@ -69,6 +69,11 @@ def base_config():
   c.schedule.window_scales = (1, 2, 4, 8, 16)  # multiplies model.windows
   c.schedule.lrs = (2.5e-4, 1.25e-4, 6.25e-5, 3.125e-5, 1.5625e-5)
   c.schedule.batch_sizes = (32, 32, 16, 16, 16)
+  # Sequences per forward/backward pass, one per phase, each dividing the
+  # phase's batch size: gradients are accumulated over batch / micro passes
+  # (lfjax.train_step; the same update up to float rounding, less
+  # activation memory). () = the whole batch at once.
+  c.schedule.micro_batch_sizes = ()
 
   c.optim = ml_collections.ConfigDict()
   # Linear warmup over this fraction of each phase, then constant (paper).
@@ -153,7 +158,15 @@ def validate(config):
   ck.integers(c, "schedule.seq_lens", 1, n, per_phase)
   ck.integers(c, "schedule.window_scales", 1, n, per_phase)
   ck.reals(c, "schedule.lrs", 0, True, n, per_phase)
-  ck.integers(c, "schedule.batch_sizes", 1, n, per_phase)
+  batches = ck.integers(c, "schedule.batch_sizes", 1, n, per_phase)
+  micro = c.schedule.get("micro_batch_sizes", ())
+  if not (isinstance(micro, (tuple, list)) and len(micro) == 0):
+    micro = ck.integers(c, "schedule.micro_batch_sizes", 1, n,
+                        per_phase + ", or () for whole batches")
+    for p, (b, m) in enumerate(zip(batches, micro)):
+      if b % m:
+        ck._fail(f"schedule.micro_batch_sizes[{p}]",
+                 f"a divisor of schedule.batch_sizes[{p}]={b}", m)
   ck.real(c, "optim.warmup_fraction", 0, 1)
   ck.integer(c, "optim.max_warmup_steps", 1)
   ck.real(c, "optim.grad_clip", 0, lo_open=True)
