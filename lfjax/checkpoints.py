@@ -4,38 +4,30 @@ together, so a resumed run continues exactly; and loading a finished run.
 Saves are asynchronous: orbax copies the arrays to host memory and the
 training continues while a background thread writes and commits them (a
 kill before the commit leaves no trace of the step: the previous one stays
-the newest). Every saved step then gets an integrity record, RECORD inside
-its folder: the size and sha256 of each of its files, written by a thread
-of ours as soon as orbax has committed the step. A restore checks the files
-against it once per process (on process 0 of a multi-host run, which tells
-the others) and the restored arrays for NaN/Inf, and raises CheckpointError
-naming the step, what failed and how to fall back to the previous good
-step; nothing is ever deleted. Steps saved before lfjax wrote records (or
-whose run was killed between orbax's commit and the record, a window of
-one hashing pass) restore with a warning and the finiteness check only.
+the newest). Each saved step then gets its integrity record
+(lfjax.integrity), written by a thread of ours as soon as orbax has
+committed the step; a restore verifies it, checks the restored arrays for
+NaN/Inf, and raises CheckpointError naming the step, what failed and how
+to fall back to the previous good step; nothing is ever deleted.
 
 config.json is the run's current config; resuming compares the new config
 with it before anything is written (write_config) and keeps every version
 in config_history.jsonl.
 """
 
-import concurrent.futures
 import contextlib
 import datetime
 import fnmatch
-import hashlib
 import json
 import os
 import pathlib
 import re
 import shlex
 import shutil
-import sys
 import threading
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -44,17 +36,14 @@ from absl import logging
 from flax import nnx
 
 from lfjax import files
+from lfjax import integrity
+from lfjax.integrity import saved_steps
 from lfjax.data import chars
 from lfjax.models import charlm
 
-RECORD = "lfjax_integrity.json"
 HISTORY = "config_history.jsonl"
-
-
-class CheckpointError(ValueError):
-  """A saved step that must not be used: its files differ from its
-  integrity record, orbax cannot read it, or it holds NaN/Inf. The message
-  names the step, what failed and how to fall back."""
+# Raised by restore (from the integrity checks): callers catch it here.
+CheckpointError = integrity.CheckpointError
 
 
 class ConfigChangeError(ValueError):
@@ -82,7 +71,7 @@ class Manager(ocp.CheckpointManager):
     def write():
       try:
         super(Manager, self).wait_until_finished()
-        write_record(self.directory, step)
+        integrity.write_record(self.directory, step)
       except BaseException as e:  # pylint: disable=broad-except
         self._record_error = e  # raised in the training thread
     self._recorder = threading.Thread(target=write, daemon=True,
@@ -112,175 +101,6 @@ def _reader(workdir):
   return ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / "checkpoints",
       options=ocp.CheckpointManagerOptions(create=False, max_to_keep=None))
-
-
-def saved_steps(workdir):
-  """The finalized steps under workdir/checkpoints, ascending."""
-  return sorted(ocp.path.step.checkpoint_steps(
-      pathlib.Path(workdir) / "checkpoints"))
-
-
-def _step_dir(directory, step):
-  return pathlib.Path(ocp.path.step.build_step_path(
-      directory, ocp.path.step.standard_name_format(), step))
-
-
-def _sha256(path):
-  with path.open("rb") as fh:
-    return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _hash_all(paths):
-  """sha256 of each file, several at once (hashlib releases the GIL while
-  it reads: a multi-GB checkpoint hashes at the disk's speed)."""
-  with concurrent.futures.ThreadPoolExecutor(
-      min(8, os.cpu_count() or 1)) as pool:
-    return list(pool.map(_sha256, paths))
-
-
-def _digests(step_dir):
-  paths = [f for f in sorted(step_dir.rglob("*"))
-           if f.is_file() and not f.name.startswith(RECORD)]
-  return {f.relative_to(step_dir).as_posix(): {"bytes": f.stat().st_size,
-                                               "sha256": h}
-          for f, h in zip(paths, _hash_all(paths))}
-
-
-def write_record(directory, step):
-  """Writes step's integrity record; call only once orbax has committed
-  the save (Manager.record_when_committed does)."""
-  if jax.process_index() != 0:
-    return
-  d = _step_dir(directory, step)
-  files.write_atomic(d / RECORD, json.dumps(
-      {"step": step, "files": _digests(d)}, indent=1))
-
-
-def _problem(directory, step):
-  """None when step's files match its record, "no record" when it has
-  none, else what differs (the first file in name order)."""
-  d = _step_dir(directory, step)
-  try:
-    files = json.loads((d / RECORD).read_text())["files"]
-  except FileNotFoundError:
-    return "no record"
-  except (ValueError, KeyError) as e:
-    return f"has an unreadable integrity record {RECORD} ({e})"
-  names = sorted(files)
-  # Sizes first: a missing or truncated file is found without reading.
-  for name in names:
-    f, want = d / name, files[name]
-    if not f.is_file():
-      return f"is missing {name}"
-    size = f.stat().st_size
-    if size != want["bytes"]:
-      return (f"has {name} of {size:,} bytes, recorded {want['bytes']:,} "
-              "at save time (truncated or overwritten)")
-  for name, got in zip(names, _hash_all([d / n for n in names])):
-    if got != files[name]["sha256"]:
-      return (f"has {name} with bytes changed since the save (its sha256 "
-              f"differs from the one in {RECORD})")
-  return None
-
-
-_warned = set()
-
-
-def _unverified(directory, step):
-  if (directory, step) not in _warned:
-    _warned.add((directory, step))
-    print(f"warning: checkpoint step {step} of {directory.parent} has no "
-          f"integrity record ({RECORD}; saved before lfjax wrote them, or "
-          "killed between the save and its record): its files are not "
-          "verified, only that its arrays are finite", file=sys.stderr)
-
-
-def _fallback(directory, step):
-  """How to get back to the newest earlier step that passes its check."""
-  workdir = directory.parent
-  earlier = [s for s in reversed(saved_steps(workdir)) if s < step]
-  good = next((s for s in earlier
-               if _problem(directory, s) in (None, "no record")), None)
-  if good is None:
-    return (f"No earlier step passes its check (saved steps: "
-            f"{saved_steps(workdir)}); start a new run with a new "
-            "--workdir.")
-  dest = workdir / "damaged_checkpoints" / str(step)
-  n = 1
-  while dest.exists():
-    dest, n = dest.with_name(f"{step}.{n}"), n + 1
-  note = ("" if _problem(directory, good) is None
-          else " (it has no integrity record to verify)")
-  return (f"Step {good} is the newest earlier step that passes{note}. To "
-          f"resume, evaluate or sample from it, move step {step} out of "
-          f"the run's checkpoints: mkdir -p {shlex.quote(str(dest.parent))}"
-          f" && mv {shlex.quote(str(_step_dir(directory, step)))} "
-          f"{shlex.quote(str(dest))} (evaluate, sample and mlm also take "
-          f"--checkpoint {good}).")
-
-
-def _damaged(directory, step, what):
-  return CheckpointError(
-      f"checkpoint step {step} of {directory.parent} {what}; not using it "
-      f"and nothing was deleted. {_fallback(directory, step)}")
-
-
-# Steps this process verified, with their files' sizes and modification
-# times then: a second restore of the same unchanged step reads nothing.
-_verified = {}
-
-
-def _signature(directory, step):
-  d = _step_dir(directory, step)
-  return tuple((f.as_posix(), f.stat().st_size, f.stat().st_mtime_ns)
-               for f in sorted(d.rglob("*")) if f.is_file())
-
-
-def verify(directory, step):
-  """Checks step's files against its integrity record (a warning when it
-  has none), once per process and unchanged step. In a multi-host run only
-  process 0 reads the files (they are shared storage) and tells the others
-  whether to go on, so a step is hashed once, not once per host; call it
-  on every process.
-
-  Raises CheckpointError naming the first file that differs (on process
-  0; the others name the step and point to process 0's output)."""
-  directory = pathlib.Path(directory)
-  problem = None
-  if jax.process_index() == 0:
-    key = (directory.absolute(), step)
-    sig = _signature(directory, step)
-    if _verified.get(key) != sig:
-      problem = _problem(directory, step)
-      if problem is None:
-        _verified[key] = sig
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    bad = int(multihost_utils.broadcast_one_to_all(
-        np.int32(problem not in (None, "no record"))))
-    if jax.process_index() != 0:
-      if bad:
-        raise CheckpointError(
-            f"checkpoint step {step} of {directory.parent} failed its "
-            "integrity check on process 0 (its output names the file and "
-            "how to fall back); not using it and nothing was deleted")
-      return
-  if problem == "no record":
-    _unverified(directory, step)
-  elif problem:
-    raise _damaged(directory, step, problem)
-
-
-def _check_finite(directory, step, tree):
-  """Raises CheckpointError naming the first array holding NaN/Inf."""
-  leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  bad = jax.device_get([jnp.sum(~jnp.isfinite(x)) for _, x in leaves])
-  for (path, x), n in zip(leaves, bad):
-    if n:
-      raise _damaged(directory, step, (
-          f"holds non-finite values: {int(n)} of {x.size} in "
-          f"{jax.tree_util.keystr(path)} (the first such array)"))
 
 
 class ConfigMismatchError(ValueError):
@@ -314,7 +134,7 @@ def structure_problems(directory, step, name, abstract):
   config builds); [] when they agree or the metadata cannot be read."""
   try:
     saved = _shapes(ocp.StandardCheckpointHandler().metadata(
-        _step_dir(directory, step) / name))
+        integrity.step_dir(directory, step) / name))
   except Exception:  # pylint: disable=broad-except
     return []  # unreadable metadata: the restore says what is wrong
   want = _shapes(abstract)
@@ -374,7 +194,7 @@ def _restore(mngr, step, args):
   CheckpointError. Arrays of other shapes than config.json builds are a
   ConfigMismatchError (the config, not the checkpoint, is wrong)."""
   directory = pathlib.Path(mngr.directory)
-  verify(directory, step)
+  integrity.verify(directory, step)
   mismatch = _mismatch(directory, step, args)
   if mismatch is not None:
     raise mismatch
@@ -387,10 +207,10 @@ def _restore(mngr, step, args):
     while root.__cause__ is not None or root.__context__ is not None:
       root = root.__cause__ or root.__context__
     lines = _clean_orbax_text(str(root)).splitlines() or [""]
-    raise _damaged(directory, step, (
+    raise integrity.damaged(directory, step, (
         f"could not be read ({type(root).__name__}: {lines[0][:300]})")
                    ) from e
-  _check_finite(directory, step, {k: r[k] for k in r.keys() if k != "data"})
+  integrity.check_finite(directory, step, {k: r[k] for k in r.keys() if k != "data"})
   return r
 
 

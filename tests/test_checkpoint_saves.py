@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from lfjax import checkpoints
+from lfjax import integrity
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -30,13 +31,13 @@ def state(n=1000, value=0.0):
 def test_save_returns_before_the_record_and_waiting_writes_it(
     tmp_path, monkeypatch):
   release, written = threading.Event(), []
-  real = checkpoints.write_record
+  real = integrity.write_record
 
   def slow_record(directory, step):
     assert release.wait(60)
     real(directory, step)
     written.append(step)
-  monkeypatch.setattr(checkpoints, "write_record", slow_record)
+  monkeypatch.setattr(integrity, "write_record", slow_record)
   params, opt_state = state(value=2.0)
   with checkpoints.manager(tmp_path) as mngr:
     checkpoints.save(mngr, 5, params, opt_state, {"phase": 0})
@@ -50,7 +51,7 @@ def test_save_returns_before_the_record_and_waiting_writes_it(
     release.set()
     mngr.wait_until_finished()
     assert written == [5]
-  rec = json.loads((tmp_path / "checkpoints" / "5" / checkpoints.RECORD)
+  rec = json.loads((tmp_path / "checkpoints" / "5" / integrity.RECORD)
                    .read_text())
   assert rec["step"] == 5 and rec["files"]
   with checkpoints.manager(tmp_path) as mngr:
@@ -65,7 +66,7 @@ def test_a_failed_record_is_raised_in_the_training_thread(
     tmp_path, monkeypatch):
   def broken(directory, step):
     raise OSError(28, "No space left on device")
-  monkeypatch.setattr(checkpoints, "write_record", broken)
+  monkeypatch.setattr(integrity, "write_record", broken)
   mngr = checkpoints.manager(tmp_path)
   checkpoints.save(mngr, 1, *state(), {"phase": 0})
   with pytest.raises(OSError, match="No space left"):
@@ -98,7 +99,7 @@ def test_a_kill_during_the_save_leaves_the_previous_step_newest(tmp_path):
     small = {"w": jnp.zeros((1000,), jnp.float32)}
     p, _, _ = checkpoints.restore(mngr, 1, small, small)
   np.testing.assert_array_equal(np.asarray(p["w"]), 1.0)
-  assert (tmp_path / "checkpoints" / "1" / checkpoints.RECORD).exists()
+  assert (tmp_path / "checkpoints" / "1" / integrity.RECORD).exists()
 
 
 def test_a_step_is_hashed_once_per_process_until_its_files_change(
@@ -106,19 +107,19 @@ def test_a_step_is_hashed_once_per_process_until_its_files_change(
   with checkpoints.manager(tmp_path) as mngr:
     checkpoints.save(mngr, 3, *state(), {"phase": 0})
   hashed = []
-  real = checkpoints._hash_all
-  monkeypatch.setattr(checkpoints, "_hash_all",
+  real = integrity._hash_all
+  monkeypatch.setattr(integrity, "_hash_all",
                       lambda paths: hashed.append(len(paths)) or real(paths))
-  checkpoints.verify(tmp_path / "checkpoints", 3)
-  checkpoints.verify(tmp_path / "checkpoints", 3)
+  integrity.verify(tmp_path / "checkpoints", 3)
+  integrity.verify(tmp_path / "checkpoints", 3)
   assert len(hashed) == 1 and hashed[0] > 0
   # A file changed since (same size): verified again, and refused.
   step = tmp_path / "checkpoints" / "3"
   f = max((f for f in step.rglob("*") if f.is_file()
-           and f.name != checkpoints.RECORD), key=lambda f: f.stat().st_size)
+           and f.name != integrity.RECORD), key=lambda f: f.stat().st_size)
   data = bytearray(f.read_bytes())
   data[len(data) // 2] ^= 0xFF
   f.write_bytes(bytes(data))
   with pytest.raises(checkpoints.CheckpointError, match="sha256 differs"):
-    checkpoints.verify(tmp_path / "checkpoints", 3)
+    integrity.verify(tmp_path / "checkpoints", 3)
   assert len(hashed) == 2

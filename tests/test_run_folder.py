@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from lfjax import checkpoints
+from lfjax import integrity
 from lfjax import evaluate
 from lfjax import metrics
 from lfjax import train
@@ -89,10 +90,10 @@ def test_every_kept_step_has_a_record_and_orbax_still_lists_steps(finished):
       "10", "6", "8"]
   for step in (6, 8, 10):
     d = workdir / "checkpoints" / str(step)
-    rec = json.loads((d / checkpoints.RECORD).read_text())
+    rec = json.loads((d / integrity.RECORD).read_text())
     assert rec["step"] == step
     on_disk = {f.relative_to(d).as_posix() for f in d.rglob("*")
-               if f.is_file() and f.name != checkpoints.RECORD}
+               if f.is_file() and f.name != integrity.RECORD}
     assert set(rec["files"]) == on_disk
     assert any(name.startswith("params/") for name in on_disk)
 
@@ -148,7 +149,7 @@ def test_step_without_record_warns_and_orbax_errors_become_one(run, capsys):
   # A step saved before records existed: it loads with a warning, and
   # orbax's error for a truncated file becomes one CheckpointError.
   _, workdir, _ = run
-  (workdir / "checkpoints" / "10" / checkpoints.RECORD).unlink()
+  (workdir / "checkpoints" / "10" / integrity.RECORD).unlink()
   assert checkpoints.load_trained(workdir).step == 10
   assert "step 10" in capsys.readouterr().err
   f = params_file(workdir, 10)
