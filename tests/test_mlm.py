@@ -206,7 +206,7 @@ class Interrupt(Exception):
 
 
 def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
-                                            monkeypatch):
+                                            monkeypatch, capsys):
   c = config(roberta, docs_dir, tmp_path)
   last = train.train_and_evaluate(c, tmp_path / "straight")
   recs = metrics.read(tmp_path / "straight" / "metrics.jsonl")
@@ -250,8 +250,9 @@ def test_trains_resumes_exactly_and_exports(roberta, docs_dir, tmp_path,
   # defaults (split, seq_len, batches, masks: the run's config, which the
   # export carries).
   evaluate.main(["--workdir", str(tmp_path / "straight")])
-  run = json.loads((tmp_path / "straight" / "eval_valid_12_128.json")
-                   .read_text())
+  written = tmp_path / "straight" / "eval_valid_12_128.json"
+  assert f"written to {written}" in capsys.readouterr().out
+  run = json.loads(written.read_text())
   monkeypatch.setenv("LFJAX_DATA", str(tmp_path / "data"))  # its cache
   exported = mlm.evaluate_cli(init_from=str(out))
   assert run["eval_masked_tokens"] == exported["eval_masked_tokens"] > 0

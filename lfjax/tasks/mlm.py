@@ -343,7 +343,8 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
                  progress=False):
   """BPC of a run's checkpoint (workdir) or of a Hugging Face checkpoint
   folder as it is (init_from: RoBERTa at its own length, or a Longformer),
-  on the run's held-out split or on `sources`. Returns the record.
+  on the run's held-out split or on `sources`. Returns the record (with
+  `written_to`, the JSON file it was saved as, for a workdir).
 
   Every default comes from one config, so both ways agree on the same
   model: the run's (workdir, or the run an `export` folder came from, saved
@@ -413,6 +414,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
         dict(max_batches="batches", batch_size="bs", data="data",
              dataset_sha256="sha"))
     out.write_text(json.dumps(r, indent=1))
+    r = dict(r, written_to=str(out))
   return r
 
 
@@ -474,4 +476,5 @@ def evaluate_main(argv):
   print(f"{where}, seq {r['seq_len']}: loss "
         f"{r['eval_loss']:.4f}, bpc {r['eval_bpc']:.4f}, bits/token "
         f"{r['eval_bits_per_token']:.4f} over {r['eval_masked_tokens']:,} "
-        f"masked tokens ({r['eval_chars']:,} chars)")
+        f"masked tokens ({r['eval_chars']:,} chars)"
+        + (f"; written to {r['written_to']}" if "written_to" in r else ""))
