@@ -22,7 +22,7 @@ from lfjax import cli  # noqa: E402
 from lfjax import evaluate  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
-from lfjax.tasks import finetune  # noqa: E402
+from lfjax.tasks import finetune_model  # noqa: E402
 from lfjax.tasks import multiple_choice as mc  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -72,7 +72,7 @@ def test_sequences_and_global_tokens(longformer, tmp_path):
   c = config(longformer, tmp_path)
   c.model.max_question_tokens = 16
   mc.validate(c)
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   ex = mc.Example("x", "which colour?", ["red", "green", "blue"],
                   ["the old road", "red bridge"], 0, "")
   arrays, _ = mc.featurize([ex, mc.Example("y", "q", ["pink", "white"],
@@ -103,7 +103,7 @@ def test_trains_exports_and_evaluates(longformer, tmp_path, capsys):
   _, ours, _ = mc.load_trained(tmp_path / "run")
   hf = transformers.LongformerForMultipleChoice.from_pretrained(
       tmp_path / "hf").eval()
-  tok = finetune.load_tokenizer(tmp_path / "hf")
+  tok = finetune_model.load_tokenizer(tmp_path / "hf")
   data = mc.read(c.data.valid, c, "eval")
   arrays, _ = mc.featurize(data[:3], tok, c, False)
   with torch.no_grad():  # its default global tokens: after </s></s>
@@ -158,7 +158,7 @@ def test_report_counts_cut_questions_candidates_and_supports(longformer,
   c = config(longformer, tmp_path)
   assert (c.model.max_length, c.model.max_question_tokens,
           c.model.max_candidate_tokens) == (64, 8, 8)
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   data = [mc.Example("x", " ".join(["which"] * 12), ["red", "blue",
                                                     " ".join(["red"] * 10)],
                      ["the old road"], 0, ""),

@@ -1,8 +1,8 @@
 """What the fine-tuning tasks share (classification, extractive QA,
-multiple choice): config fields, the checkpoint's fast tokenizer, the model
-with a new head, JSON-lines reading with line numbers, a shuffled example
-sampler, the paper's optimizer, the train step, batched prediction, the
-trainer, export and the evaluation command.
+multiple choice): config fields, the paper's optimizer, the train step,
+batched prediction, the trainer, export and the evaluation command. The
+tokenizer and the model with a new head are in finetune_model.py; reading
+files and sampling batches in finetune_data.py.
 
 A task module describes itself with a Spec (its head, how it reads and
 featurizes data, its loss and its metrics); everything else is here, so
@@ -16,11 +16,9 @@ epochs are per task.
 
 import dataclasses
 import functools
-import io
 import json
 import math
 import pathlib
-import warnings
 from typing import Callable
 
 import jax
@@ -35,11 +33,11 @@ from lfjax import checkpoints
 from lfjax import checks as ck
 from lfjax import cli
 from lfjax import convert
-from lfjax import extras
 from lfjax import loop
 from lfjax import train_step
-from lfjax.data import sampler
 from lfjax.tasks import common
+from lfjax.tasks import finetune_data
+from lfjax.tasks import finetune_model
 
 # Written next to an export: the run's config, so `python -m lfjax.evaluate
 # --model EXPORT` featurizes data as the run did.
@@ -156,221 +154,6 @@ def validate_base(c, task):
 
 def tokenizer_dir(config):
   return config.data.tokenizer or config.init_from
-
-
-def load_tokenizer(path):
-  """The fast Hugging Face tokenizer of a local folder (character offsets
-  need a fast one). Raises extras.MissingPackage without transformers,
-  FileNotFoundError for a folder without tokenizer files, ValueError for
-  a slow tokenizer."""
-  transformers = extras.require("transformers", "tokenizer: reading the "
-                                "checkpoint's tokenizer for fine-tuning")
-  if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f"tokenizer: expected a local directory with the "
-                            f"tokenizer files (vocab.json/merges.txt or "
-                            f"tokenizer.json), got {str(path)!r}")
-  try:
-    tok = transformers.AutoTokenizer.from_pretrained(str(path),
-                                                     local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"tokenizer: no tokenizer files in {str(path)!r} "
-                            f"({e}); copy them next to config.json") from None
-  if not tok.is_fast:
-    raise ValueError(f"tokenizer: {str(path)!r} loads a slow tokenizer; "
-                     "character offsets need a fast one (tokenizer.json)")
-  if tok.pad_token_id is None:
-    raise ValueError(f"tokenizer: {str(path)!r} has no pad token")
-  return tok
-
-
-_SUFFIX = {"sequence_classification": "ForSequenceClassification",
-           "question_answering": "ForQuestionAnswering",
-           "multiple_choice": "ForMultipleChoice"}
-
-
-def _source_config(path, extra):
-  """The checkpoint's own extra config fields (convert keeps them for
-  to_pretrained) with `extra` (id2label, ...) merged in, as sorted JSON."""
-  d = json.loads(convert.config_from_pretrained(path).source_config)
-  d.update(extra)
-  return json.dumps(d, sort_keys=True)
-
-
-def load_model(path, head, *, seed=0, num_labels=None, extra_config=None,
-               **overrides):
-  """A model with `head` from a local checkpoint folder, in inference mode.
-
-  When the checkpoint holds this head (config.json's architectures) with
-  num_labels labels, it is loaded whole (a fine-tuned model, or an
-  export); otherwise its encoder is loaded and the head is new: weights
-  drawn from N(0, initializer_range), zero biases, as transformers
-  initialises a head it does not find. A pooler the new head needs and the
-  checkpoint lacks is new the same way.
-
-  extra_config: transformers config fields to save with the model
-    (id2label, label2id, problem_type); they reach config.json on export.
-  overrides: LongformerConfig fields (attention_impl, ...).
-  Raises FileNotFoundError and ValueError as lfjax.convert.from_pretrained.
-  """
-  path = str(path)
-  if not pathlib.Path(path, "config.json").is_file():
-    raise FileNotFoundError(f"init_from: expected a local checkpoint folder "
-                            f"with config.json, got {path!r}")
-  d = json.loads(pathlib.Path(path, "config.json").read_text())
-  if extra_config:
-    overrides["source_config"] = _source_config(path, extra_config)
-  same = any(str(a).endswith(_SUFFIX[head])
-             for a in d.get("architectures") or ())
-  if same and num_labels is not None:
-    same = len(d.get("id2label") or {}) == num_labels
-  if num_labels is not None:
-    overrides["num_labels"] = num_labels
-  if same:
-    return convert.from_pretrained(path, head=head, seed=seed,
-                                   arg="config.init_from", **overrides)
-  with warnings.catch_warnings():
-    # The checkpoint's own head (e.g. the MLM's) is dropped on purpose.
-    warnings.simplefilter("ignore")
-    base = convert.from_pretrained(path, head="base", seed=seed,
-                                   arg="config.init_from", **overrides)
-  model = convert.HEADS[head](base.cfg, rngs=nnx.Rngs(seed))
-  weights = convert.export_weights(model)  # the new head, at its init
-  has_pooler = model.longformer.pooler is not None
-  for name, value in convert.export_weights(base).items():
-    if has_pooler or not name.startswith("pooler."):
-      weights["longformer." + name] = value
-  model = convert.load_weights(model, weights)
-  model.eval()
-  return model
-
-
-def positions(model):
-  """Tokens a sequence of the model may have (its position table)."""
-  cfg = model.cfg
-  return cfg.max_position_embeddings - cfg.pad_token_id - 1
-
-
-def check_length(config, model=None):
-  """Raises ValueError naming model.max_length when it exceeds the
-  positions of the model (default: of config.init_from's config.json)."""
-  if model is None:
-    if not pathlib.Path(config.init_from, "config.json").is_file():
-      raise FileNotFoundError(
-          f"init_from: expected a local checkpoint folder with config.json, "
-          f"got {config.init_from!r}")
-    cfg = convert.config_from_pretrained(config.init_from)
-    have = cfg.max_position_embeddings - cfg.pad_token_id - 1
-  else:
-    have = positions(model)
-  if config.model.max_length > have:
-    raise ValueError(f"config.model.max_length: expected at most the "
-                     f"{have} positions of {config.init_from}, got "
-                     f"{config.model.max_length} (make the model long "
-                     "first: python -m lfjax.convert --max_positions N)")
-
-
-# Data ---------------------------------------------------------------------
-
-
-def read_text(path, what="data file"):
-  """The UTF-8 text of a file. Raises FileNotFoundError, and ValueError
-  naming the file, the line and the byte offset of invalid UTF-8."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{what}: no file {str(path)!r}")
-  raw = path.read_bytes()
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 text (byte "
-                     f"{raw[e.start:e.start + 1]!r} at byte offset {e.start}: "
-                     f"{e.reason}); save the file as UTF-8") from None
-
-
-def read_jsonl(path, what="data file"):
-  """[(line number, object)] of a JSON-lines file (blank lines skipped).
-  Raises FileNotFoundError, and ValueError naming the file and line of
-  invalid UTF-8, of a line that is not a JSON object, or a file without
-  any."""
-  out = []
-  path = pathlib.Path(path)
-  text = read_text(path, what)
-  # Universal newlines, as open() reads text.
-  for n, line in enumerate(io.StringIO(text, newline=None), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except ValueError as e:
-      raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                       f"({e})") from None
-    if not isinstance(obj, dict):
-      raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                       f"{type(obj).__name__}")
-    out.append((n, obj))
-  if not out:
-    raise ValueError(f"{path}: no examples (expected one JSON object per "
-                     "line)")
-  return out
-
-
-def unique_id(seen, qid, path, line, loc):
-  """Records id qid of the entry at file path, line, JSON path loc in seen
-  {id: (line, loc)}. Raises ValueError naming the file, both entries and
-  the id when qid was seen before: predictions are keyed by id, so a
-  duplicate would lose one."""
-  if qid in seen:
-    raise ValueError(f"{path}:{line}: {loc}: field 'id': {qid!r} is also the "
-                     f"id of {seen[qid][1]} (line {seen[qid][0]}); ids must "
-                     "be unique (predictions are keyed by id)")
-  seen[qid] = (line, loc)
-
-
-def field(path, line, obj, name, kind, nonempty=True):
-  """obj[name], checked to be of type `kind` (and non-empty text).
-  Raises ValueError naming the file, the line and the field."""
-  where = f"{path}:{line}: field {name!r}"
-  if name not in obj:
-    raise ValueError(f"{where}: missing (the line has {sorted(obj)})")
-  v = obj[name]
-  if not isinstance(v, kind) or isinstance(v, bool):
-    raise ValueError(f"{where}: expected {_kind_name(kind)}, got "
-                     f"{type(v).__name__} {_short(v)}")
-  if nonempty and isinstance(v, str) and not v.strip():
-    raise ValueError(f"{where}: empty (expected non-empty text)")
-  return v
-
-
-def _kind_name(kind):
-  kinds = kind if isinstance(kind, tuple) else (kind,)
-  names = {str: "a string", int: "an integer", list: "a list",
-           dict: "an object"}
-  return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _short(v):
-  text = json.dumps(v, ensure_ascii=False)
-  return text if len(text) < 60 else text[:57] + "..."
-
-
-def round_up(n, m=8):
-  return -(-n // m) * m
-
-
-class ExampleSampler(sampler.EpochSampler):
-  """Batches of rows of `arrays` (dict of arrays with the same first
-  axis), in a new random order each epoch; batches run on across epochs.
-  Batch i depends only on (seed, i): the state {"index": i} replays exactly
-  what an uninterrupted run sees."""
-
-  def __init__(self, arrays, batch_size, seed):
-    self.arrays = arrays
-    super().__init__(len(next(iter(arrays.values()))), batch_size, seed)
-
-  def _batch(self):
-    picks = self.picks()
-    return {k: v[picks] for k, v in self.arrays.items()}
 
 
 # Training -----------------------------------------------------------------
@@ -510,13 +293,13 @@ def length_from_hf(config, d):
 
 def build_model(spec, config):
   """The model a run of config trains (before its checkpoints)."""
-  model = load_model(
+  model = finetune_model.load_model(
       config.init_from, spec.head, seed=config.seed,
       num_labels=spec.num_labels(config),
       extra_config=spec.extra_config(config),
       attention_impl=config.model.attention_impl,
       **common.encoder_overrides(config.model))
-  check_length(config, model)
+  finetune_model.check_length(config, model)
   return model
 
 
@@ -536,9 +319,9 @@ def evaluate_data(spec, model, config, data, tok, batch_size=None,
 def train_and_evaluate(spec, config, workdir):
   """Fine-tunes (or resumes) in workdir; returns the last logged record."""
   spec.validate(config)  # every field, before anything is written
-  check_length(config)
+  finetune_model.check_length(config)
   workdir = pathlib.Path(workdir)
-  tok = load_tokenizer(tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(tokenizer_dir(config))
   train_data = spec.read(config.data.train, config, "train")
   config = spec.resolve(config, train_data)
   arrays, info = spec.featurize(train_data, tok, config, True)
@@ -574,7 +357,7 @@ def train_and_evaluate(spec, config, workdir):
   seq_len = arrays["input_ids"].shape[-1]
   rows = int(np.prod(arrays["input_ids"].shape[1:-1], dtype=int))
   phase = loop.Phase(
-      0, total, ExampleSampler(arrays, t.batch_size, config.seed),
+      0, total, finetune_data.ExampleSampler(arrays, t.batch_size, config.seed),
       lambda params, opt_state, batch, step: jitted(
           params, opt_state, batch, jax.random.fold_in(root, step)),
       lambda m: dict(train_loss=m["loss"], grad_norm=m["grad_norm"]),
@@ -637,7 +420,8 @@ def export(spec, workdir, path, step=None):
     raise ValueError("to: expected a folder other than init_from (the "
                      "source checkpoint is never overwritten)")
   convert.to_pretrained(model, path)
-  convert.copy_tokenizer(tokenizer_dir(config), path, positions(model))
+  convert.copy_tokenizer(tokenizer_dir(config), path,
+                         finetune_model.positions(model))
   (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
   return step
 
@@ -703,7 +487,7 @@ def evaluate_main(spec, argv, base_config, from_hf):
   else:
     config, step = exported_config(spec, args.model, base_config,
                                    from_hf), None
-    model = load_model(args.model, spec.head,
+    model = finetune_model.load_model(args.model, spec.head,
                        num_labels=spec.num_labels(config))
   overrides = {}
   for name, _, _ in spec.eval_overrides:
@@ -713,7 +497,7 @@ def evaluate_main(spec, argv, base_config, from_hf):
       section, leaf = name.split(".")
       overrides[name] = (config[section][leaf], value)
       config[section][leaf] = value
-  tok = load_tokenizer(tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(tokenizer_dir(config))
   data = spec.read(args.data, config, "eval")
   features = spec.featurize(data, tok, config, False)
   print_report(spec, args.data, data, *features, tok, config, False)

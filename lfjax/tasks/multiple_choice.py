@@ -37,6 +37,7 @@ import optax
 
 from lfjax import checks as ck
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_data
 
 KIND = "a multiple-choice model"
 RESUMABLE = finetune.RESUMABLE
@@ -89,7 +90,7 @@ def read(path, config, split):
   candidates."""
   del config, split
   path = pathlib.Path(path)
-  raw = finetune.read_text(path)
+  raw = finetune_data.read_text(path)
   try:
     root = json.loads(raw)
   except ValueError as e:
@@ -110,16 +111,16 @@ def read(path, config, split):
     if not isinstance(obj, dict):
       raise ValueError(f"{path}:{loc}: expected an object, got "
                        f"{type(obj).__name__}")
-    get = lambda name, kind: finetune.field(path, loc, obj, name, kind)
+    get = lambda name, kind: finetune_data.field(path, loc, obj, name, kind)
     qid = str(get("id", (str, int)))
-    finetune.unique_id(seen, qid, path, line, f"[{k}]")
+    finetune_data.unique_id(seen, qid, path, line, f"[{k}]")
     query = get("query", str)
     candidates = _texts(path, loc, get("candidates", list), "candidates", 2)
     supports = _texts(path, loc, get("supports", list), "supports", 1)
     answer = get("answer", str)
     if answer not in candidates:
       raise ValueError(f"{path}:{loc}: field 'answer': "
-                       f"{finetune._short(answer)} is not one of the "
+                       f"{finetune_data.short(answer)} is not one of the "
                        f"{len(candidates)} candidates")
     out.append(Example(qid, query, candidates, supports,
                        candidates.index(answer), f"{path}:{loc}"))
@@ -131,7 +132,7 @@ def _texts(path, loc, items, name, least):
                                    for x in items):
     raise ValueError(f"{path}:{loc}: field {name!r}: expected a list of at "
                      f"least {least} non-empty strings, got "
-                     f"{finetune._short(items)}")
+                     f"{finetune_data.short(items)}")
   return items
 
 
@@ -163,7 +164,7 @@ def featurize(data, tok, config, train):
     seqs.append([([cls] + ctx + [sep, sep] + q + c + [sep], len(ctx) + 3)
                  for c in cands])
   n_choices = max(len(s) for s in seqs)
-  length = min(m.max_length, finetune.round_up(
+  length = min(m.max_length, finetune_data.round_up(
       max(len(ids) for s in seqs for ids, _ in s)))
   ids = np.full((len(data), n_choices, length), pad, np.int32)
   mask = np.zeros_like(ids)
