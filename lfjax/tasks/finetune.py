@@ -34,6 +34,7 @@ from lfjax import checks as ck
 from lfjax import cli
 from lfjax import convert
 from lfjax import loop
+from lfjax import parallel
 from lfjax import train_step
 from lfjax.tasks import common
 from lfjax.tasks import finetune_data
@@ -49,7 +50,10 @@ RESUMABLE = ("model.attention_impl", "model.dtype", "model.remat",
              "model.remat_policy", "train.micro_batch_size", "train.epochs",
              "optim.*", "eval.*", "data.valid", "log_every",
              "checkpoint_every", "keep_checkpoints", "eval_every",
-             "tensorboard")
+             "mesh.*", "tensorboard")
+# Length buckets' token counts are rounded up to a multiple of this (and of
+# the mesh's seq devices): few distinct shapes to compile.
+ROUND = 8
 
 
 # Config --------------------------------------------------------------------
@@ -69,6 +73,19 @@ def base_config(task, *, epochs=15, warmup_fraction=0.1):
   c.data.train = ""  # training file (the task's format). Required.
   c.data.valid = ""  # evaluated during training and at the end; "" = none
   c.data.tokenizer = ""  # tokenizer folder; "" = init_from
+  # Training batches by length: the examples sorted by length are cut into
+  # this many buckets of near-equal size, each padded only to its longest
+  # example (rounded up to 8 and to the mesh's seq devices); a batch holds
+  # one bucket's examples, batches of all buckets shuffled together each
+  # epoch, and each bucket's shape compiles once. Fewer buckets when a
+  # bucket would hold fewer than train.batch_size examples. A bucket's
+  # last batch of an epoch is filled up with its own examples again, so
+  # an epoch repeats up to a batch per bucket. 1: every batch at the
+  # longest example's length, examples drawn uniformly (the paper's
+  # sampling, and this default: batches then mix lengths, and results
+  # stay those of runs made before buckets existed). 4 or so saves most
+  # of the padding when lengths vary (WikiHop, classification).
+  c.data.length_buckets = 1
 
   c.model = ml_collections.ConfigDict()
   # Tokens per sequence, special tokens included; the paper: 4,096. Longer
@@ -115,14 +132,6 @@ def tiny(c):
 def validate_base(c, task):
   """Checks the fields base_config adds. Raises ValueError naming one."""
   common.validate_shared(c, task)
-  for axis, v in c.mesh.items():
-    # The trainer below holds the batch and parameters on one device; a
-    # mesh it would accept and ignore reads as a parallel run that is not.
-    if v != 1:
-      raise ValueError(
-          f"config.mesh.{axis}: fine-tuning runs on one device for now "
-          f"(expected 1 on every mesh axis, got {v!r}); the mesh is used by "
-          "the charlm and mlm tasks only")
   if not isinstance(c.init_from, str) or not c.init_from:
     raise ValueError(
         "config.init_from: expected a local Longformer, RoBERTa or BERT "
@@ -132,6 +141,7 @@ def validate_base(c, task):
   ck.string(c, "data.train", nonempty=True)
   ck.string(c, "data.valid")
   ck.string(c, "data.tokenizer")
+  ck.integer(c, "data.length_buckets", 1)
   ck.integer(c, "model.max_length", 8)
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   common.validate_encoder_fields(c)
@@ -184,12 +194,16 @@ def optimizer(config, total):
       weight_decay=o.weight_decay, mask=decay))
 
 
-def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
+def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro, *,
+                    shardings=None, batch_shardings=None):
   """One optimizer step on the mean loss over the batch's examples,
   accumulated over micro-batches of `micro` examples (lfjax.train_step).
 
   loss_fn(model, micro_batch) -> (sum of the examples' losses, {stat: sum})
-  with the model in training mode (dropout on, reseeded per micro-batch)."""
+  with the model in training mode (dropout on, reseeded per micro-batch).
+  shardings, batch_shardings: on a mesh, lfjax.parallel.init_state's
+  shardings and finetune_data.batch_shardings(mesh, batch) (see
+  lfjax.train_step.make_train_step); None on one device."""
   def sums(model, mb, key):
     nnx.reseed(model, default=key)
     loss_sum, stats = loss_fn(model, mb)
@@ -197,27 +211,40 @@ def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
 
   return train_step.make_train_step(graphdef, rest, tx, sums,
                                     batch_size=batch_size,
-                                    micro_batch_size=micro)
+                                    micro_batch_size=micro,
+                                    shardings=shardings,
+                                    batch_shardings=batch_shardings)
 
 
-def predict(model, arrays, batch_size, forward, progress=False):
-  """forward(model, batch) -> {name: [b, ...]} over every row of `arrays`
-  in batches of batch_size (the last one padded with copies of row 0 and
-  cut off), as numpy arrays with the rows' first axis."""
+def predict(model, arrays, batch_size, forward, progress=False, mesh=None):
+  """forward(model, batch) -> {name: [b, ...]} over every example of
+  `arrays` (featurize's) in batches of batch_size (the last one padded
+  with copies of example 0 and cut off), as numpy float32 arrays with the
+  examples' first axis. mesh: the batches split over it as in training
+  (batch_size a multiple of data x fsdp, the token arrays' length of the
+  seq devices: lfjax.parallel.check_batch, finetune_data.pad_tokens); the
+  outputs replicated, so every process gets them all."""
   model.eval()
   graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda state, batch: forward(nnx.merge(graphdef, state),
-                                            batch))
-  n = len(next(iter(arrays.values())))
+  call = lambda state, batch: forward(nnx.merge(graphdef, state), batch)
+  rows = parallel.local_rows(mesh, batch_size)
+  if mesh is None:
+    fn, put = jax.jit(call), lambda b: b
+  else:
+    fn = jax.jit(call, out_shardings=parallel.replicated(mesh))
+    put = lambda b: parallel.put_batch(b, mesh, batch_size,
+                                       finetune_data.batch_shardings(mesh, b))
+  n = finetune_data.count(arrays)
   outs = []
-  for i in tqdm.trange(0, n, batch_size, unit="batch", leave=False,
-                       desc="predicting (first batch compiles)",
-                       disable=None if progress else True):
-    idx = np.arange(i, i + batch_size)
-    idx = np.where(idx < n, idx, 0)
-    out = fn(state, {k: v[idx] for k, v in arrays.items()})
-    outs.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[:min(
-        batch_size, n - i)], out))
+  with parallel.use(mesh):
+    for i in tqdm.trange(0, n, batch_size, unit="batch", leave=False,
+                         desc="predicting (first batch compiles)",
+                         disable=None if progress else True):
+      idx = np.arange(i, i + batch_size)
+      idx = np.where(idx < n, idx, 0)
+      out = fn(state, put(finetune_data.gather(arrays, idx[rows])))
+      outs.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[:min(
+          batch_size, n - i)], out))
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -304,12 +331,13 @@ def build_model(spec, config):
 
 
 def evaluate_data(spec, model, config, data, tok, batch_size=None,
-                  progress=False, features=None):
+                  progress=False, features=None, mesh=None):
   """(metrics, predictions) of a model on read data; features: the data's
-  spec.featurize(..., train=False) when already made."""
+  spec.featurize(..., train=False) when already made (with mesh: their
+  tokens padded for it, see predict)."""
   arrays, info = features or spec.featurize(data, tok, config, False)
   out = predict(model, arrays, batch_size or config.eval.batch_size,
-                lambda m, b: spec.forward(m, b, config), progress)
+                lambda m, b: spec.forward(m, b, config), progress, mesh)
   metrics, predictions = spec.score(data, info, out, config)
   for k, v in metrics.items():
     common.check_finite_metric(k, v)
@@ -320,6 +348,14 @@ def train_and_evaluate(spec, config, workdir):
   """Fine-tunes (or resumes) in workdir; returns the last logged record."""
   spec.validate(config)  # every field, before anything is written
   finetune_model.check_length(config)
+  t = config.train
+  mesh = parallel.make_mesh(config.mesh)
+  loop.say(f"training on {parallel.describe(mesh)}", flush=True)
+  parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
+  parallel.check_batch(mesh, "eval.batch_size", config.eval.batch_size)
+  # Sequences padded to a multiple the seq devices split evenly (nothing
+  # on one device: featurize's arrays as they are).
+  seq = parallel.seq_shards(mesh)
   workdir = pathlib.Path(workdir)
   tok = finetune_model.load_tokenizer(tokenizer_dir(config))
   train_data = spec.read(config.data.train, config, "train")
@@ -327,14 +363,17 @@ def train_and_evaluate(spec, config, workdir):
   arrays, info = spec.featurize(train_data, tok, config, True)
   print_report(spec, config.data.train, train_data, arrays, info, tok,
                config, True)
+  arrays = finetune_data.pad_tokens(arrays, seq, tok.pad_token_id)
   valid = (spec.read(config.data.valid, config, "eval")
            if config.data.valid else None)
   if valid is not None:
     # Made once: every evaluation of the run sees the same features.
-    valid_features = spec.featurize(valid, tok, config, False)
-    print_report(spec, config.data.valid, valid, *valid_features, tok,
-                 config, False)
-  count = len(next(iter(arrays.values())))
+    valid_arrays, valid_info = spec.featurize(valid, tok, config, False)
+    print_report(spec, config.data.valid, valid, valid_arrays, valid_info,
+                 tok, config, False)
+    valid_features = (finetune_data.pad_tokens(
+        valid_arrays, seq, tok.pad_token_id), valid_info)
+  count = finetune_data.count(arrays)
   total = total_steps(config, count)
   saved = workdir / "config.json"
   old = json.loads(saved.read_text()) if saved.exists() else None
@@ -348,21 +387,31 @@ def train_and_evaluate(spec, config, workdir):
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
   tx = optimizer(config, total)
-  opt_state = tx.init(params)
-  t = config.train
-  jitted = make_train_step(graphdef, rest, tx,
-                           lambda m, b: spec.loss(m, b, config),
-                           t.batch_size, t.micro_batch_size)
+  params, opt_state, shardings = parallel.init_state(tx, params, mesh)
+  sampler = finetune_data.make_sampler(
+      config, arrays, math.lcm(ROUND, seq),
+      parallel.local_rows(mesh, t.batch_size))
+  first = finetune_data.gather(arrays, [0])
+  jitted = make_train_step(
+      graphdef, rest, tx, lambda m, b: spec.loss(m, b, config),
+      t.batch_size, t.micro_batch_size, shardings=shardings,
+      batch_shardings=finetune_data.batch_shardings(mesh, first))
   root = jax.random.fold_in(jax.random.key(config.seed), 3)
   seq_len = arrays["input_ids"].shape[-1]
-  rows = int(np.prod(arrays["input_ids"].shape[1:-1], dtype=int))
+  # Sequences per example: [1, C, L] for multiple choice.
+  rows = int(np.prod(first["input_ids"].shape[1:-1], dtype=int))
+  tokens = (sampler.tokens_per_batch() if hasattr(sampler, "sizes")
+            else seq_len * t.batch_size)
   phase = loop.Phase(
-      0, total, finetune_data.ExampleSampler(arrays, t.batch_size, config.seed),
+      0, total, sampler,
       lambda params, opt_state, batch, step: jitted(
-          params, opt_state, batch, jax.random.fold_in(root, step)),
+          params, opt_state,
+          parallel.put_batch(batch, mesh, t.batch_size,
+                             finetune_data.batch_shardings(mesh, batch)),
+          jax.random.fold_in(root, step)),
       lambda m: dict(train_loss=m["loss"], grad_norm=m["grad_norm"]),
       info=dict(seq_len=seq_len, examples=count),
-      tokens_per_batch=seq_len * rows * t.batch_size)
+      tokens_per_batch=int(tokens * rows))
 
   def evaluate_fn(params, p):
     del p
@@ -370,12 +419,13 @@ def train_and_evaluate(spec, config, workdir):
       return {}, "no data.valid to evaluate"
     m = nnx.merge(eval_graphdef, params, rest)
     metrics, _ = evaluate_data(spec, m, config, valid, tok,
-                               features=valid_features)
+                               features=valid_features, mesh=mesh)
     return ({f"eval_{k}": v for k, v in metrics.items()},
             f"{config.data.valid}: {spec.summary(metrics)}")
 
-  return loop.run(workdir, config, params, opt_state, [phase],
-                  learning_rate(config, total), evaluate_fn)
+  with parallel.use(mesh):
+    return loop.run(workdir, config, params, opt_state, [phase],
+                    learning_rate(config, total), evaluate_fn)
 
 
 def print_report(spec, path, data, arrays, info, tok, config, train):
