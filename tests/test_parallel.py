@@ -120,6 +120,33 @@ def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
   assert not problems, "\n".join(problems)
 
 
+def test_finetuning_mesh_runs_equal_one_device_and_resume(tmp_path):
+  """QA (2 length buckets) and multiple choice ([batch, candidates, seq]
+  batches): 10 steps (dropout 0.1) on data 2 x fsdp 2 x seq 2 give the
+  one-device run's per-step losses and gradient norms, and its final
+  evaluation; a run killed at step 7 on that mesh resumes from its step-5
+  checkpoint (QA on the same mesh, multiple choice on one device) with
+  the same losses."""
+  optional.need("torch")
+  optional.need("transformers")
+  names = ["qa", "multiple_choice"]
+  res = run_cases(tmp_path, names)
+  assert res["devices"] == 8
+  problems = raised(res, names)
+  if not problems:
+    for name in names:
+      check_same_run(name, res[name], problems)
+    assert set(res["qa"]) == {"1x1x1", "2x2x2", "resumed_on_2x2x2"}
+    assert set(res["multiple_choice"]) == {"1x1x1", "2x2x2",
+                                           "resumed_on_1x1x1"}
+    for name in names:
+      evals = [r for r in res[name]["1x1x1"] if any(
+          k.startswith("eval_") for k in r)]
+      if not evals:
+        problems.append(f"{name}: the one-device run logged no evaluation")
+  assert not problems, "\n".join(problems)
+
+
 def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
     tmp_path):
   """MLM (global <s> tokens, dropout, dynamic masks): 10 steps on data 2 x
