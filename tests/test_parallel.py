@@ -139,6 +139,10 @@ def test_finetuning_mesh_runs_equal_one_device_and_resume(tmp_path):
     assert set(res["qa"]) == {"1x1x1", "2x2x2", "resumed_on_2x2x2"}
     assert set(res["multiple_choice"]) == {"1x1x1", "2x2x2",
                                            "resumed_on_1x1x1"}
+    # QA's batches come from 2 buckets of different lengths (records are
+    # compared equal across meshes above).
+    lengths = res["qa"]["1x1x1"][0]["bucket_lengths"]
+    assert len(lengths) == 2 and lengths[0] < lengths[1], lengths
     for name in names:
       evals = [r for r in res[name]["1x1x1"] if any(
           k.startswith("eval_") for k in r)]

@@ -400,8 +400,8 @@ def train_and_evaluate(spec, config, workdir):
   seq_len = arrays["input_ids"].shape[-1]
   # Sequences per example: [1, C, L] for multiple choice.
   rows = int(np.prod(first["input_ids"].shape[1:-1], dtype=int))
-  tokens = (sampler.tokens_per_batch() if hasattr(sampler, "sizes")
-            else seq_len * t.batch_size)
+  bucketed = isinstance(sampler, finetune_data.BucketSampler)
+  tokens = sampler.tokens_per_batch() if bucketed else seq_len * t.batch_size
   phase = loop.Phase(
       0, total, sampler,
       lambda params, opt_state, batch, step: jitted(
@@ -410,7 +410,10 @@ def train_and_evaluate(spec, config, workdir):
                              finetune_data.batch_shardings(mesh, batch)),
           jax.random.fold_in(root, step)),
       lambda m: dict(train_loss=m["loss"], grad_norm=m["grad_norm"]),
-      info=dict(seq_len=seq_len, examples=count),
+      # Each record says which lengths the batches had (the buckets').
+      info=dict(seq_len=seq_len, examples=count,
+                **({"bucket_lengths": list(sampler.sizes)} if bucketed
+                   else {})),
       tokens_per_batch=int(tokens * rows))
 
   def evaluate_fn(params, p):
