@@ -4,7 +4,6 @@ assembled into [b, C, L], padding for the mesh's seq devices. Synthetic
 arrays: no tokenizer or model."""
 
 import numpy as np
-import pytest
 
 from lfjax.tasks import finetune_data as fd
 
@@ -86,9 +85,3 @@ def test_rows_assemble_candidates_and_pad_for_the_mesh():
   assert padded["attention_mask"][:, 3].tolist() == [0] * 4
   assert fd.pad_tokens(rows, 1, 99) is rows
 
-
-def test_batch_sharding_names_a_bad_seq_axis():
-  from lfjax import parallel
-  with pytest.raises(ValueError, match=r"^seq_axis: expected an axis 1 \.\. "
-                     r"1 of a 2-d batch array \(or None\), got 2"):
-    parallel.batch_sharding(None, 2, 2)

@@ -276,6 +276,20 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
   assert parallel.fsdp_spec((512, 2048), 1) == P()
 
 
+def test_batch_sharding_splits_the_batch_and_the_named_seq_axis():
+  import jax
+  mesh = jax.make_mesh((1, 1, 1), parallel.AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  spec = lambda *a: parallel.batch_sharding(mesh, *a).spec
+  assert spec() == P(parallel.BATCH, "seq")  # [batch, seq] (MLM)
+  assert spec(3, 2) == P(parallel.BATCH, None, "seq")  # [b, choices, seq]
+  assert spec(1, None) == P(parallel.BATCH)  # labels [b]
+  assert spec(2, None) == P(parallel.BATCH, None)  # multi-label [b, k]
+  with pytest.raises(ValueError, match=r"^seq_axis: expected an axis 1 \.\. "
+                     r"2 of a 3-d batch array \(or None\), got 0"):
+    spec(3, 0)
+
+
 def test_distributed_environment_errors():
   assert parallel.initialize_distributed({}) is False
   assert parallel.initialize_distributed({"JAX_NUM_PROCESSES": "1"}) is False
