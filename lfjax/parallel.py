@@ -266,7 +266,7 @@ def put_batch(tree, mesh, batch_size, shardings=None):
     return jax.make_array_from_process_local_data(
         sh or batch_sharding(mesh, x.ndim), x, (batch_size,) + x.shape[1:])
   if shardings is None:
-    shardings = jax.tree.map(lambda _: None, tree)
+    return jax.tree.map(lambda x: put(x, None), tree)
   return jax.tree.map(put, tree, shardings)
 
 

@@ -60,7 +60,23 @@ def make_train_step(graphdef, rest, tx, loss_fn, *, batch_size,
     stats = loss_fn(model, mb, key)
     return stats["loss_sum"], stats
 
-  layout, split = {}, lambda x, sh: x
+  def split(batch):
+    """The batch as [accum, micro, ...] micro-batches: micro-batch j is
+    rows j * micro .. of the batch, as on one device. On a mesh each is
+    split as the batch is (its spec after the scan axis), not along the
+    scan axis; without batch_shardings a leaf is [batch, seq, ...]."""
+    mbs = jax.tree.map(
+        lambda x: x.reshape(accum, micro_batch_size, *x.shape[1:]), batch)
+    if shardings is None:
+      return mbs
+    mesh = shardings[2]
+    sh = batch_shardings or jax.tree.map(
+        lambda x: parallel.batch_sharding(mesh, x.ndim), batch)
+    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(
+        x, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(None, *s.spec))), mbs, sh)
+
+  layout = {}
   if shardings is not None:
     param_sh, opt_sh, mesh = shardings
     rep = parallel.replicated(mesh)
@@ -68,28 +84,11 @@ def make_train_step(graphdef, rest, tx, loss_fn, *, batch_size,
                 else batch_shardings)
     layout = dict(in_shardings=(param_sh, opt_sh, batch_sh, rep),
                   out_shardings=(param_sh, opt_sh, rep))
-    # Micro-batch j is rows j * micro .. of the batch, as on one device;
-    # each is split as the batch is (its spec after the scan axis), not
-    # along the scan axis.
-    split = lambda x, sh: jax.lax.with_sharding_constraint(
-        x, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(None, *sh.spec)))
-
-  def leaf_shardings(batch):
-    """A sharding per batch leaf (None without a mesh)."""
-    if shardings is None:
-      return jax.tree.map(lambda _: None, batch)
-    if batch_shardings is None:
-      return jax.tree.map(lambda x: parallel.batch_sharding(
-          shardings[2], x.ndim), batch)
-    return batch_shardings
 
   @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
                      **layout)
   def step(params, opt_state, batch, key):
-    mbs = jax.tree.map(
-        lambda x, sh: split(x.reshape(accum, micro_batch_size, *x.shape[1:]),
-                            sh), batch, leaf_shardings(batch))
+    mbs = split(batch)
 
     def body(g, xs):
       mb, k = xs
