@@ -14,6 +14,10 @@ weights and tokenizer files; nothing is downloaded. The paper's settings:
 Adam, LR 3e-5, batch 32, 10% warmup, linear decay, 15 epochs, global
 attention on the first token, documents up to 4,096 tokens. Fields are
 commented in lfjax/tasks/finetune.py and lfjax/tasks/classification.py.
+On several devices, --config.mesh.data/fsdp/seq split the batch, the
+parameters and each sequence as for MLM (docs/parallel.md);
+--config.data.length_buckets=4 pads each batch only to its length bucket
+(docs/finetuning.md; 1, the default, pads all to the longest example).
 
 `tiny` runs on CPU in about a minute from a tiny checkpoint of 128
 positions (`python -m lfjax.make_tiny --to DIR --positions 128` builds

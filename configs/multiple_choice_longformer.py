@@ -15,6 +15,10 @@ linear warmup and decay, 4,096 tokens; here each candidate is its own
 sequence (transformers' LongformerForMultipleChoice), so batches are
 micro-batches of one example accumulated. Fields are commented in
 lfjax/tasks/finetune.py and lfjax/tasks/multiple_choice.py.
+On several devices, --config.mesh.data/fsdp/seq split the batch, the
+parameters and each sequence as for MLM (docs/parallel.md);
+--config.data.length_buckets=4 pads each batch only to its length bucket
+(docs/finetuning.md; 1, the default, pads all to the longest example).
 
 `tiny`: 64 tokens, batch 8, 8 epochs at LR 3e-3, from a tiny checkpoint
 (`python -m lfjax.make_tiny --to DIR`).

@@ -14,6 +14,10 @@ tokens with the document truncated (data.windows "truncate"; "stride"
 splits it into overlapping windows instead), LR 3e-5, batch 32, 5 epochs,
 linear warmup and decay. Fields are commented in lfjax/tasks/finetune.py
 and lfjax/tasks/qa.py.
+On several devices, --config.mesh.data/fsdp/seq split the batch, the
+parameters and each sequence as for MLM (docs/parallel.md);
+--config.data.length_buckets=4 pads each batch only to its length bucket
+(docs/finetuning.md; 1, the default, pads all to the longest example).
 
 `tiny`: 64-token windows with a stride of 16, batch 8, 8 epochs at LR 3e-3,
 from a tiny checkpoint (`python -m lfjax.make_tiny --to DIR`).

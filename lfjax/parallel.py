@@ -183,9 +183,18 @@ def check_seq(mesh, field, seq_len):
                           f"{seq_len}")
 
 
-def batch_sharding(mesh, ndim=2):
-  """[batch, seq, ...] arrays: batch over data x fsdp, seq over seq."""
-  return NamedSharding(mesh, P(BATCH, SEQ, *([None] * (ndim - 2))))
+def batch_sharding(mesh, ndim=2, seq_axis=1):
+  """A batch array's sharding: its first axis (the batch) over data x
+  fsdp and axis seq_axis (the sequence; None: it has none) over seq.
+  Default: [batch, seq, ...]; fine-tuning's [batch, choices, seq] token
+  arrays have seq_axis 2 and its labels [batch] or [batch, k] None."""
+  spec = [BATCH] + [None] * (ndim - 1)
+  if seq_axis is not None:
+    if not 0 < seq_axis < ndim:
+      raise ValueError(f"seq_axis: expected an axis 1 .. {ndim - 1} of a "
+                       f"{ndim}-d batch array (or None), got {seq_axis}")
+    spec[seq_axis] = SEQ
+  return NamedSharding(mesh, P(*spec))
 
 
 def replicated(mesh):
@@ -242,19 +251,23 @@ def local_rows(mesh, batch_size):
   return slice(lo, hi)
 
 
-def put_batch(tree, mesh, batch_size):
+def put_batch(tree, mesh, batch_size, shardings=None):
   """Host arrays [rows, seq, ...] -> global jax.Arrays [batch_size, seq,
   ...] laid out by batch_sharding. rows are this process's
   local_rows(mesh, batch_size) (all of them on one process), with whole
-  sequences: each device keeps its seq slice. tree unchanged for None."""
+  sequences: each device keeps its seq slice. shardings: a tree like
+  `tree` of NamedShardings for arrays laid out otherwise (default:
+  batch_sharding(mesh, ndim) of each). tree unchanged for None."""
   if mesh is None:
     return tree
 
-  def put(x):
+  def put(x, sh):
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(
-        batch_sharding(mesh, x.ndim), x, (batch_size,) + x.shape[1:])
-  return jax.tree.map(put, tree)
+        sh or batch_sharding(mesh, x.ndim), x, (batch_size,) + x.shape[1:])
+  if shardings is None:
+    return jax.tree.map(lambda x: put(x, None), tree)
+  return jax.tree.map(put, tree, shardings)
 
 
 # Multi-host ---------------------------------------------------------------

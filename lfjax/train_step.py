@@ -21,7 +21,8 @@ from lfjax import parallel
 
 
 def make_train_step(graphdef, rest, tx, loss_fn, *, batch_size,
-                    micro_batch_size, shardings=None, donate=True):
+                    micro_batch_size, shardings=None, batch_shardings=None,
+                    donate=True):
   """Jitted (params, opt_state, batch, key) -> (params, opt_state, stats).
 
   graphdef, rest: the model in training mode split as
@@ -35,6 +36,10 @@ def make_train_step(graphdef, rest, tx, loss_fn, *, batch_size,
     mesh): each micro-batch is split over data x fsdp (rows) and seq
     (lfjax.parallel), params and optimizer state keep their shardings,
     stats are replicated. Call the step under lfjax.parallel.use(mesh).
+  batch_shardings: with shardings, a tree like the batch of NamedShardings
+    whose spec's first entry is the batch axis (lfjax.parallel.batch_sharding
+    of each leaf: fine-tuning's [batch, choices, seq] tokens and [batch]
+    labels); None: every leaf is [batch, seq, ...] (MLM).
   donate: the step reuses the buffers of params and opt_state for their
     updated values (their size off the peak: parameters and Adam's two
     moments are otherwise held twice); the caller must not use the arrays
@@ -55,26 +60,35 @@ def make_train_step(graphdef, rest, tx, loss_fn, *, batch_size,
     stats = loss_fn(model, mb, key)
     return stats["loss_sum"], stats
 
-  layout, split = {}, lambda x: x
+  def split(batch):
+    """The batch as [accum, micro, ...] micro-batches: micro-batch j is
+    rows j * micro .. of the batch, as on one device. On a mesh each is
+    split as the batch is (its spec after the scan axis), not along the
+    scan axis; without batch_shardings a leaf is [batch, seq, ...]."""
+    mbs = jax.tree.map(
+        lambda x: x.reshape(accum, micro_batch_size, *x.shape[1:]), batch)
+    if shardings is None:
+      return mbs
+    mesh = shardings[2]
+    sh = batch_shardings or jax.tree.map(
+        lambda x: parallel.batch_sharding(mesh, x.ndim), batch)
+    return jax.tree.map(lambda x, s: jax.lax.with_sharding_constraint(
+        x, jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec(None, *s.spec))), mbs, sh)
+
+  layout = {}
   if shardings is not None:
     param_sh, opt_sh, mesh = shardings
     rep = parallel.replicated(mesh)
-    layout = dict(in_shardings=(param_sh, opt_sh,
-                                parallel.batch_sharding(mesh), rep),
+    batch_sh = (parallel.batch_sharding(mesh) if batch_shardings is None
+                else batch_shardings)
+    layout = dict(in_shardings=(param_sh, opt_sh, batch_sh, rep),
                   out_shardings=(param_sh, opt_sh, rep))
-    # Micro-batch j is rows j * micro .. of the batch, as on one device;
-    # each is split over data x fsdp (not the scan axis).
-    split = lambda x: jax.lax.with_sharding_constraint(
-        x, jax.sharding.NamedSharding(
-            mesh, jax.sharding.PartitionSpec(None, parallel.BATCH,
-                                             parallel.SEQ)))
 
   @functools.partial(jax.jit, donate_argnums=(0, 1) if donate else (),
                      **layout)
   def step(params, opt_state, batch, key):
-    mbs = jax.tree.map(
-        lambda x: split(x.reshape(accum, micro_batch_size, *x.shape[1:])),
-        batch)
+    mbs = split(batch)
 
     def body(g, xs):
       mb, k = xs

@@ -132,6 +132,54 @@ def case_mlm(work):
               resume_meshes=[(1, 2, 2), (1, 1, 1)])
 
 
+def finetune_runs(work, task, name, make_data, resume_meshes, **changes):
+  """A fine-tuning task on the tiny Longformer of tests/finetune_fixtures:
+  10 steps (16 examples, batch 8 in micro-batches of 4, 5 epochs) on one
+  device and on data 2 x fsdp 2 x seq 2, a run killed at step 7 on the
+  latter resumed on resume_meshes; evaluated at the end. make_data(path,
+  n, seed) writes a data file."""
+  from lfjax import tasks
+  from tests import finetune_fixtures as fixtures
+  from tests.test_qa import WORDS
+  tiny = work / (name + "_longformer")
+  tiny.mkdir(parents=True, exist_ok=True)
+  fixtures.tiny_longformer(tiny, WORDS + ["what", "is", "the", "code", "?",
+                                          "which", "colour", "red", "pink",
+                                          "green", "blue", "black", "white"])
+  train = make_data(work / f"{name}_train.json", 16, 0)
+  valid = make_data(work / f"{name}_dev.json", 8, 1)
+
+  def make_config(mesh):
+    c = fixtures.tiny_config(name, **{
+        "init_from": str(tiny), "data.train": str(train),
+        "data.valid": str(valid), "train.epochs": 5.0, "log_every": 1,
+        "checkpoint_every": 5, **changes})
+    c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
+    return c
+  return runs(tasks.get(task).train_and_evaluate, make_config, work / name,
+              meshes=[(1, 1, 1), (2, 2, 2)], resume_meshes=resume_meshes)
+
+
+def case_qa(work):
+  """QA, one window per question (data.windows truncate, 128 tokens: the
+  toy contexts fit), 2 length buckets, resumed on the same mesh."""
+  from tests import test_qa
+  return finetune_runs(
+      work, "qa", "qa_longformer",
+      lambda path, n, seed: test_qa.squad(path, test_qa.toy(n, seed)),
+      [(2, 2, 2)], **{"data.windows": "truncate", "data.length_buckets": 2,
+                      "model.max_length": 128})
+
+
+def case_multiple_choice(work):
+  """Multiple choice ([batch, 3 candidates, seq] batches), resumed on one
+  device."""
+  from tests import test_multiple_choice as tmc
+  return finetune_runs(
+      work, "multiple_choice", "multiple_choice_longformer",
+      lambda path, n, seed: tmc.write(path, tmc.toy(n, seed)), [(1, 1, 1)])
+
+
 def case_hlo(work):
   """Collectives of the char-LM's compiled train step on data 2 x seq 4."""
   import numpy as np
@@ -228,7 +276,8 @@ def process_main(work, workdir, mesh):
 
 
 CASES = {"charlm": case_charlm, "mlm": case_mlm, "hlo": case_hlo,
-         "multihost": case_multihost}
+         "multihost": case_multihost, "qa": case_qa,
+         "multiple_choice": case_multiple_choice}
 
 
 def main(out, work, names):

@@ -225,18 +225,18 @@ def test_init_from_without_weights_names_the_field(longformer, tmp_path):
 @pytest.mark.parametrize("name,task", [
     ("classify_longformer", classification),
     ("qa_longformer", "qa"), ("multiple_choice_longformer", "multiple_choice")])
-@pytest.mark.parametrize("axis,value", [("fsdp", 2), ("data", -1)])
-def test_mesh_other_than_one_device_is_refused(name, task, axis, value):
-  # Fine-tuning has no mesh wiring: a mesh it accepted would be ignored.
+def test_mesh_is_accepted_and_checked(name, task):
+  # Fine-tuning runs on the mesh (tests/test_parallel.py): a mesh passes
+  # validation, a malformed one fails naming its axis.
   from lfjax import tasks
   c = fixtures.tiny_config(name, init_from="checkpoint",
                            **{"data.train": "train.jsonl"})
   module = task if not isinstance(task, str) else tasks.get(task)
-  module.validate(c)  # the defaults pass
-  c.mesh[axis] = value
-  with pytest.raises(ValueError, match=rf"^config\.mesh\.{axis}: fine-tuning "
-                     r"runs on one device for now \(expected 1 .*got "
-                     rf"{value}\)"):
+  c.mesh.data, c.mesh.fsdp, c.mesh.seq = 2, 2, -1
+  module.validate(c)
+  c.mesh.fsdp = 0
+  with pytest.raises(ValueError, match=r"^config\.mesh\.fsdp: expected a "
+                     r"device count >= 1 or -1 \(the rest\), got 0"):
     module.validate(c)
 
 

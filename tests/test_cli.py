@@ -375,8 +375,8 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(
   assert not (tmp_path / "t").exists()
   # MLM and fine-tuning read tokenizers through the same check.
   from lfjax import extras
-  from lfjax.tasks import finetune
-  for load in (mlm.text.load_tokenizer, finetune.load_tokenizer):
+  from lfjax.tasks import finetune_model
+  for load in (mlm.text.load_tokenizer, finetune_model.load_tokenizer):
     with pytest.raises(extras.MissingPackage, match=r'tokenizer: .* needs the '
                        r'transformers package.*pip install "lfjax\[hf\]"'):
       load(str(tmp_path))

@@ -7,6 +7,7 @@ The starting checkpoint is tests/finetune_fixtures.py's tiny random
 Longformer. Runs where torch is installed (the Python 3.11 leg of CI).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,7 +23,9 @@ from lfjax import cli  # noqa: E402
 from lfjax import evaluate  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
+from lfjax.tasks import finetune_model  # noqa: E402
 from lfjax.tasks import finetune  # noqa: E402
+from lfjax.tasks import finetune_data  # noqa: E402
 from lfjax.tasks import multiple_choice as mc  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -72,11 +75,14 @@ def test_sequences_and_global_tokens(longformer, tmp_path):
   c = config(longformer, tmp_path)
   c.model.max_question_tokens = 16
   mc.validate(c)
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   ex = mc.Example("x", "which colour?", ["red", "green", "blue"],
                   ["the old road", "red bridge"], 0, "")
   arrays, _ = mc.featurize([ex, mc.Example("y", "q", ["pink", "white"],
                                            ["lake"], 1, "")], tok, c, False)
+  # One token row per candidate (5) and the padding row.
+  assert arrays["input_ids"].shape[0] == 6
+  arrays = finetune_data.gather(arrays, [0, 1])
   ids, glob = arrays["input_ids"], arrays["global_mask"]
   assert ids.shape[:2] == (2, 3)
   assert arrays["choice_mask"].tolist() == [[True, True, True],
@@ -103,9 +109,10 @@ def test_trains_exports_and_evaluates(longformer, tmp_path, capsys):
   _, ours, _ = mc.load_trained(tmp_path / "run")
   hf = transformers.LongformerForMultipleChoice.from_pretrained(
       tmp_path / "hf").eval()
-  tok = finetune.load_tokenizer(tmp_path / "hf")
+  tok = finetune_model.load_tokenizer(tmp_path / "hf")
   data = mc.read(c.data.valid, c, "eval")
-  arrays, _ = mc.featurize(data[:3], tok, c, False)
+  arrays = finetune_data.gather(mc.featurize(data[:3], tok, c, False)[0],
+                                range(3))
   with torch.no_grad():  # its default global tokens: after </s></s>
     want = hf(input_ids=torch.tensor(arrays["input_ids"]).long(),
               attention_mask=torch.tensor(arrays["attention_mask"]).long()
@@ -158,7 +165,7 @@ def test_report_counts_cut_questions_candidates_and_supports(longformer,
   c = config(longformer, tmp_path)
   assert (c.model.max_length, c.model.max_question_tokens,
           c.model.max_candidate_tokens) == (64, 8, 8)
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   data = [mc.Example("x", " ".join(["which"] * 12), ["red", "blue",
                                                     " ".join(["red"] * 10)],
                      ["the old road"], 0, ""),
@@ -184,3 +191,79 @@ def test_duplicate_id_is_refused(tmp_path):
   assert str(e.value) == (f"{path}:{at[1]}: [1]: field 'id': 'a' is also the "
                           f"id of [0] (line {at[0]}); ids must be unique "
                           "(predictions are keyed by id)")
+
+
+def dense_features(data, tok, c):
+  """[n, C, L] arrays of the data, built here from the tokenizer as the
+  module documents the sequences (the layout featurize had before it kept
+  one row per candidate): the reference for its predictions."""
+  m = c.model
+  words = lambda t: tok(t, add_special_tokens=False)["input_ids"]
+  seqs = []
+  for ex in data:
+    q = words(ex.query)[:m.max_question_tokens]
+    cands = [words(" " + x)[:m.max_candidate_tokens] for x in ex.candidates]
+    ctx = words(" ".join(ex.supports))[:m.max_length - 4 - len(q)
+                                        - max(map(len, cands))]
+    seqs.append([([tok.cls_token_id] + ctx + [tok.sep_token_id] * 2 + q + x
+                  + [tok.sep_token_id], len(ctx) + 3) for x in cands])
+  width = max(map(len, seqs))
+  length = -(-max(len(r) for s in seqs for r, _ in s) // 8) * 8
+  ids = np.full((len(data), width, length), tok.pad_token_id, np.int32)
+  mask, glob = np.zeros_like(ids), np.zeros_like(ids)
+  for i, s in enumerate(seqs):
+    for j, (r, g) in enumerate(s):
+      ids[i, j, :len(r)], mask[i, j, :len(r)], glob[i, j, g:len(r)] = r, 1, 1
+  return {"input_ids": ids, "attention_mask": mask, "global_mask": glob,
+          "answer": np.asarray([ex.answer for ex in data], np.int32),
+          "choice_mask": np.asarray([[j < len(ex.candidates)
+                                      for j in range(width)] for ex in data])}
+
+
+def test_candidate_rows_predict_as_dense_arrays(longformer, tmp_path):
+  """The per-candidate rows give the logits, predictions and accuracy of
+  the whole set's [n, C, L] arrays built independently; the rows hold
+  every candidate once (no [n, C, L] array: examples with 3 and 2
+  candidates)."""
+  c = config(longformer, tmp_path)
+  tok = finetune_model.load_tokenizer(longformer)
+  rows = toy(7, 2)
+  rows[3]["candidates"] = rows[3]["candidates"][:1] + [
+      x for x in rows[3]["candidates"][1:] if x != rows[3]["answer"]][:1]
+  data = mc.read(write(tmp_path / "mixed.json", rows), c, "eval")
+  arrays, _ = mc.featurize(data, tok, c, False)
+  assert arrays["input_ids"].shape[0] == 3 * 7 - 1 + 1  # + the padding row
+  dense = dense_features(data, tok, c)
+  model = finetune_model.load_model(longformer, mc.HEAD)
+  want = np.asarray(mc.forward(model, dense, c)["logits"])
+  got = finetune.predict(model, arrays, 4,
+                         lambda m, b: mc.forward(m, b, c))["logits"]
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  metrics, preds = finetune.evaluate_data(mc.SPEC, model, c, data, tok, 4)
+  pick = np.argmax(want, -1)
+  assert preds == {ex.qid: ex.candidates[p] for ex, p in zip(data, pick)}
+  assert metrics["accuracy"] == pytest.approx(np.mean(
+      [p == ex.answer for ex, p in zip(data, pick)]))
+
+
+def test_length_buckets_compile_once_each(longformer, tmp_path):
+  """data.length_buckets 3: batches at their bucket's length only, one
+  train-step trace per bucket (the loss traced once per shape), the
+  shortest bucket shorter than the longest example's."""
+  c = config(longformer, tmp_path)
+  rows = toy(32, 0)
+  for i, r in enumerate(rows):  # lengths spread over about 16 .. 40 tokens
+    r["supports"] = [" ".join(["river"] * (1 + i // 2))]
+  c.data.train = str(write(tmp_path / "spread.json", rows))
+  c.data.length_buckets = 3
+  c.train.epochs = 2.0
+  shapes = []
+
+  def loss(model, batch, config):
+    shapes.append(batch["input_ids"].shape)
+    return mc.loss(model, batch, config)
+  spec = dataclasses.replace(mc.SPEC, loss=loss)
+  finetune.train_and_evaluate(spec, c, tmp_path / "run")
+  lengths = sorted(s[-1] for s in shapes)
+  assert len(shapes) == len(set(shapes)) == 3, shapes
+  assert lengths[0] < lengths[-1] and all(n % 8 == 0 for n in lengths)

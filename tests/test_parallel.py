@@ -120,6 +120,37 @@ def test_mesh_runs_equal_one_device_and_resume_onto_other_meshes(tmp_path):
   assert not problems, "\n".join(problems)
 
 
+def test_finetuning_mesh_runs_equal_one_device_and_resume(tmp_path):
+  """QA (2 length buckets) and multiple choice ([batch, candidates, seq]
+  batches): 10 steps (dropout 0.1) on data 2 x fsdp 2 x seq 2 give the
+  one-device run's per-step losses and gradient norms, and its final
+  evaluation; a run killed at step 7 on that mesh resumes from its step-5
+  checkpoint (QA on the same mesh, multiple choice on one device) with
+  the same losses."""
+  optional.need("torch")
+  optional.need("transformers")
+  names = ["qa", "multiple_choice"]
+  res = run_cases(tmp_path, names)
+  assert res["devices"] == 8
+  problems = raised(res, names)
+  if not problems:
+    for name in names:
+      check_same_run(name, res[name], problems)
+    assert set(res["qa"]) == {"1x1x1", "2x2x2", "resumed_on_2x2x2"}
+    assert set(res["multiple_choice"]) == {"1x1x1", "2x2x2",
+                                           "resumed_on_1x1x1"}
+    # QA's batches come from 2 buckets of different lengths (records are
+    # compared equal across meshes above).
+    lengths = res["qa"]["1x1x1"][0]["bucket_lengths"]
+    assert len(lengths) == 2 and lengths[0] < lengths[1], lengths
+    for name in names:
+      evals = [r for r in res[name]["1x1x1"] if any(
+          k.startswith("eval_") for k in r)]
+      if not evals:
+        problems.append(f"{name}: the one-device run logged no evaluation")
+  assert not problems, "\n".join(problems)
+
+
 def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
     tmp_path):
   """MLM (global <s> tokens, dropout, dynamic masks): 10 steps on data 2 x
@@ -243,6 +274,20 @@ def test_fsdp_spec_splits_the_largest_divisible_dimension():
   assert parallel.fsdp_spec((), 4) == P()
   assert parallel.fsdp_spec((2, 2), 4) == P()  # smaller than the axis
   assert parallel.fsdp_spec((512, 2048), 1) == P()
+
+
+def test_batch_sharding_splits_the_batch_and_the_named_seq_axis():
+  import jax
+  mesh = jax.make_mesh((1, 1, 1), parallel.AXES,
+                       axis_types=(jax.sharding.AxisType.Auto,) * 3)
+  spec = lambda *a: parallel.batch_sharding(mesh, *a).spec
+  assert spec() == P(parallel.BATCH, "seq")  # [batch, seq] (MLM)
+  assert spec(3, 2) == P(parallel.BATCH, None, "seq")  # [b, choices, seq]
+  assert spec(1, None) == P(parallel.BATCH)  # labels [b]
+  assert spec(2, None) == P(parallel.BATCH, None)  # multi-label [b, k]
+  with pytest.raises(ValueError, match=r"^seq_axis: expected an axis 1 \.\. "
+                     r"2 of a 3-d batch array \(or None\), got 0"):
+    spec(3, 0)
 
 
 def test_distributed_environment_errors():

@@ -23,7 +23,8 @@ from lfjax import cli  # noqa: E402
 from lfjax import evaluate  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
-from lfjax.tasks import finetune  # noqa: E402
+from lfjax.tasks import finetune_model  # noqa: E402
+from lfjax.tasks import finetune_data  # noqa: E402
 from lfjax.tasks import qa  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("fast_compiles")
@@ -76,7 +77,7 @@ def test_spans_map_to_characters_across_windows(longformer, tmp_path):
   qa.validate(c)
   data = qa.read(path, c, "eval")
   assert data[2].answers == [("Łódź", len(" Zoë moved to ") + 14)]
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   arrays, windows = qa.featurize(data, tok, c, True)
   whole, crossing = set(), 0
   for w, win in enumerate(windows):
@@ -163,7 +164,7 @@ def test_trains_exports_and_evaluates(longformer, tmp_path, capsys):
   _, ours, _ = qa.load_trained(tmp_path / "run")
   hf = transformers.LongformerForQuestionAnswering.from_pretrained(
       tmp_path / "hf").eval()
-  tok = finetune.load_tokenizer(tmp_path / "hf")
+  tok = finetune_model.load_tokenizer(tmp_path / "hf")
   data = qa.read(c.data.valid, c, "eval")
   arrays, _ = qa.featurize(data[:3], tok, c, False)
   with torch.no_grad():  # global attention on the question by default
@@ -262,7 +263,7 @@ def test_invalid_utf8_names_file_line_and_byte(tmp_path):
                      "byte\\)"):
     qa.read(bad, None, "eval")
   with pytest.raises(ValueError, match=rf"^{bad}:{line}: not UTF-8"):
-    finetune.read_jsonl(bad)
+    finetune_data.read_jsonl(bad)
 
 
 def test_report_counts_cut_questions_lost_and_long_answers(longformer,
@@ -281,7 +282,7 @@ def test_report_counts_cut_questions_lost_and_long_answers(longformer,
   c = config(longformer, **{"data.windows": "truncate"})
   assert (c.model.max_length, c.model.max_question_tokens,
           c.model.max_answer_tokens) == (64, 16, 8)
-  tok = finetune.load_tokenizer(longformer)
+  tok = finetune_model.load_tokenizer(longformer)
   data = qa.read(path, c, "train")
   arrays, windows = qa.featurize(data, tok, c, True)
   lines = qa.report(data, arrays, windows, tok, c, True)

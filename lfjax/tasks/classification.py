@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_data
 
 KIND = "a classifier"
 RESUMABLE = finetune.RESUMABLE
@@ -87,7 +88,7 @@ def _names(path, line, value):
         isinstance(v, str) and not v):
       raise ValueError(f"{path}:{line}: field 'label': expected a label name "
                        f"(a non-empty string or an integer) or a list of "
-                       f"them, got {finetune._short(value)}")
+                       f"them, got {finetune_data.short(value)}")
     out.append(str(v))
   return tuple(out)
 
@@ -97,9 +98,9 @@ def read(path, config, split):
   one of config.data.labels. Raises ValueError naming the file, line and
   field of the first bad example."""
   data = Data(str(path), [], [], [], [])
-  for line, obj in finetune.read_jsonl(path):
-    text = finetune.field(path, line, obj, "text", str)
-    value = finetune.field(path, line, obj, "label", (str, int, list))
+  for line, obj in finetune_data.read_jsonl(path):
+    text = finetune_data.field(path, line, obj, "text", str)
+    value = finetune_data.field(path, line, obj, "label", (str, int, list))
     data.lines.append(line)
     data.texts.append(text)
     data.labels.append(_names(path, line, value))
@@ -183,7 +184,7 @@ def featurize(data, tok, config, train):
   full = tok(data.texts, return_attention_mask=False, verbose=False)[
       "input_ids"]
   length = min(config.model.max_length,
-               finetune.round_up(max(map(len, ids_list))))
+               finetune_data.round_up(max(map(len, ids_list))))
   ids = np.full((len(ids_list), length), tok.pad_token_id, np.int32)
   for i, row in enumerate(ids_list):
     ids[i, :len(row)] = row

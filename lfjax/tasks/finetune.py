@@ -1,8 +1,8 @@
 """What the fine-tuning tasks share (classification, extractive QA,
-multiple choice): config fields, the checkpoint's fast tokenizer, the model
-with a new head, JSON-lines reading with line numbers, a shuffled example
-sampler, the paper's optimizer, the train step, batched prediction, the
-trainer, export and the evaluation command.
+multiple choice): config fields, the paper's optimizer, the train step,
+batched prediction, the trainer, export and the evaluation command. The
+tokenizer and the model with a new head are in finetune_model.py; reading
+files and sampling batches in finetune_data.py.
 
 A task module describes itself with a Spec (its head, how it reads and
 featurizes data, its loss and its metrics); everything else is here, so
@@ -16,11 +16,9 @@ epochs are per task.
 
 import dataclasses
 import functools
-import io
 import json
 import math
 import pathlib
-import warnings
 from typing import Callable
 
 import jax
@@ -35,11 +33,12 @@ from lfjax import checkpoints
 from lfjax import checks as ck
 from lfjax import cli
 from lfjax import convert
-from lfjax import extras
 from lfjax import loop
+from lfjax import parallel
 from lfjax import train_step
-from lfjax.data import sampler
 from lfjax.tasks import common
+from lfjax.tasks import finetune_data
+from lfjax.tasks import finetune_model
 
 # Written next to an export: the run's config, so `python -m lfjax.evaluate
 # --model EXPORT` featurizes data as the run did.
@@ -51,7 +50,10 @@ RESUMABLE = ("model.attention_impl", "model.dtype", "model.remat",
              "model.remat_policy", "train.micro_batch_size", "train.epochs",
              "optim.*", "eval.*", "data.valid", "log_every",
              "checkpoint_every", "keep_checkpoints", "eval_every",
-             "tensorboard")
+             "mesh.*", "tensorboard")
+# Length buckets' token counts are rounded up to a multiple of this (and of
+# the mesh's seq devices): few distinct shapes to compile.
+ROUND = 8
 
 
 # Config --------------------------------------------------------------------
@@ -71,6 +73,19 @@ def base_config(task, *, epochs=15, warmup_fraction=0.1):
   c.data.train = ""  # training file (the task's format). Required.
   c.data.valid = ""  # evaluated during training and at the end; "" = none
   c.data.tokenizer = ""  # tokenizer folder; "" = init_from
+  # Training batches by length: the examples sorted by length are cut into
+  # this many buckets of near-equal size, each padded only to its longest
+  # example (rounded up to 8 and to the mesh's seq devices); a batch holds
+  # one bucket's examples, batches of all buckets shuffled together each
+  # epoch, and each bucket's shape compiles once. Fewer buckets when a
+  # bucket would hold fewer than train.batch_size examples. A bucket's
+  # last batch of an epoch is filled up with its own examples again, so
+  # an epoch repeats up to a batch per bucket. 1: every batch at the
+  # longest example's length, examples drawn uniformly (the paper's
+  # sampling, and this default: batches then mix lengths, and results
+  # stay those of runs made before buckets existed). 4 or so saves most
+  # of the padding when lengths vary (WikiHop, classification).
+  c.data.length_buckets = 1
 
   c.model = ml_collections.ConfigDict()
   # Tokens per sequence, special tokens included; the paper: 4,096. Longer
@@ -117,14 +132,6 @@ def tiny(c):
 def validate_base(c, task):
   """Checks the fields base_config adds. Raises ValueError naming one."""
   common.validate_shared(c, task)
-  for axis, v in c.mesh.items():
-    # The trainer below holds the batch and parameters on one device; a
-    # mesh it would accept and ignore reads as a parallel run that is not.
-    if v != 1:
-      raise ValueError(
-          f"config.mesh.{axis}: fine-tuning runs on one device for now "
-          f"(expected 1 on every mesh axis, got {v!r}); the mesh is used by "
-          "the charlm and mlm tasks only")
   if not isinstance(c.init_from, str) or not c.init_from:
     raise ValueError(
         "config.init_from: expected a local Longformer, RoBERTa or BERT "
@@ -134,6 +141,7 @@ def validate_base(c, task):
   ck.string(c, "data.train", nonempty=True)
   ck.string(c, "data.valid")
   ck.string(c, "data.tokenizer")
+  ck.integer(c, "data.length_buckets", 1)
   ck.integer(c, "model.max_length", 8)
   ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
   common.validate_encoder_fields(c)
@@ -156,221 +164,6 @@ def validate_base(c, task):
 
 def tokenizer_dir(config):
   return config.data.tokenizer or config.init_from
-
-
-def load_tokenizer(path):
-  """The fast Hugging Face tokenizer of a local folder (character offsets
-  need a fast one). Raises extras.MissingPackage without transformers,
-  FileNotFoundError for a folder without tokenizer files, ValueError for
-  a slow tokenizer."""
-  transformers = extras.require("transformers", "tokenizer: reading the "
-                                "checkpoint's tokenizer for fine-tuning")
-  if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f"tokenizer: expected a local directory with the "
-                            f"tokenizer files (vocab.json/merges.txt or "
-                            f"tokenizer.json), got {str(path)!r}")
-  try:
-    tok = transformers.AutoTokenizer.from_pretrained(str(path),
-                                                     local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"tokenizer: no tokenizer files in {str(path)!r} "
-                            f"({e}); copy them next to config.json") from None
-  if not tok.is_fast:
-    raise ValueError(f"tokenizer: {str(path)!r} loads a slow tokenizer; "
-                     "character offsets need a fast one (tokenizer.json)")
-  if tok.pad_token_id is None:
-    raise ValueError(f"tokenizer: {str(path)!r} has no pad token")
-  return tok
-
-
-_SUFFIX = {"sequence_classification": "ForSequenceClassification",
-           "question_answering": "ForQuestionAnswering",
-           "multiple_choice": "ForMultipleChoice"}
-
-
-def _source_config(path, extra):
-  """The checkpoint's own extra config fields (convert keeps them for
-  to_pretrained) with `extra` (id2label, ...) merged in, as sorted JSON."""
-  d = json.loads(convert.config_from_pretrained(path).source_config)
-  d.update(extra)
-  return json.dumps(d, sort_keys=True)
-
-
-def load_model(path, head, *, seed=0, num_labels=None, extra_config=None,
-               **overrides):
-  """A model with `head` from a local checkpoint folder, in inference mode.
-
-  When the checkpoint holds this head (config.json's architectures) with
-  num_labels labels, it is loaded whole (a fine-tuned model, or an
-  export); otherwise its encoder is loaded and the head is new: weights
-  drawn from N(0, initializer_range), zero biases, as transformers
-  initialises a head it does not find. A pooler the new head needs and the
-  checkpoint lacks is new the same way.
-
-  extra_config: transformers config fields to save with the model
-    (id2label, label2id, problem_type); they reach config.json on export.
-  overrides: LongformerConfig fields (attention_impl, ...).
-  Raises FileNotFoundError and ValueError as lfjax.convert.from_pretrained.
-  """
-  path = str(path)
-  if not pathlib.Path(path, "config.json").is_file():
-    raise FileNotFoundError(f"init_from: expected a local checkpoint folder "
-                            f"with config.json, got {path!r}")
-  d = json.loads(pathlib.Path(path, "config.json").read_text())
-  if extra_config:
-    overrides["source_config"] = _source_config(path, extra_config)
-  same = any(str(a).endswith(_SUFFIX[head])
-             for a in d.get("architectures") or ())
-  if same and num_labels is not None:
-    same = len(d.get("id2label") or {}) == num_labels
-  if num_labels is not None:
-    overrides["num_labels"] = num_labels
-  if same:
-    return convert.from_pretrained(path, head=head, seed=seed,
-                                   arg="config.init_from", **overrides)
-  with warnings.catch_warnings():
-    # The checkpoint's own head (e.g. the MLM's) is dropped on purpose.
-    warnings.simplefilter("ignore")
-    base = convert.from_pretrained(path, head="base", seed=seed,
-                                   arg="config.init_from", **overrides)
-  model = convert.HEADS[head](base.cfg, rngs=nnx.Rngs(seed))
-  weights = convert.export_weights(model)  # the new head, at its init
-  has_pooler = model.longformer.pooler is not None
-  for name, value in convert.export_weights(base).items():
-    if has_pooler or not name.startswith("pooler."):
-      weights["longformer." + name] = value
-  model = convert.load_weights(model, weights)
-  model.eval()
-  return model
-
-
-def positions(model):
-  """Tokens a sequence of the model may have (its position table)."""
-  cfg = model.cfg
-  return cfg.max_position_embeddings - cfg.pad_token_id - 1
-
-
-def check_length(config, model=None):
-  """Raises ValueError naming model.max_length when it exceeds the
-  positions of the model (default: of config.init_from's config.json)."""
-  if model is None:
-    if not pathlib.Path(config.init_from, "config.json").is_file():
-      raise FileNotFoundError(
-          f"init_from: expected a local checkpoint folder with config.json, "
-          f"got {config.init_from!r}")
-    cfg = convert.config_from_pretrained(config.init_from)
-    have = cfg.max_position_embeddings - cfg.pad_token_id - 1
-  else:
-    have = positions(model)
-  if config.model.max_length > have:
-    raise ValueError(f"config.model.max_length: expected at most the "
-                     f"{have} positions of {config.init_from}, got "
-                     f"{config.model.max_length} (make the model long "
-                     "first: python -m lfjax.convert --max_positions N)")
-
-
-# Data ---------------------------------------------------------------------
-
-
-def read_text(path, what="data file"):
-  """The UTF-8 text of a file. Raises FileNotFoundError, and ValueError
-  naming the file, the line and the byte offset of invalid UTF-8."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{what}: no file {str(path)!r}")
-  raw = path.read_bytes()
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 text (byte "
-                     f"{raw[e.start:e.start + 1]!r} at byte offset {e.start}: "
-                     f"{e.reason}); save the file as UTF-8") from None
-
-
-def read_jsonl(path, what="data file"):
-  """[(line number, object)] of a JSON-lines file (blank lines skipped).
-  Raises FileNotFoundError, and ValueError naming the file and line of
-  invalid UTF-8, of a line that is not a JSON object, or a file without
-  any."""
-  out = []
-  path = pathlib.Path(path)
-  text = read_text(path, what)
-  # Universal newlines, as open() reads text.
-  for n, line in enumerate(io.StringIO(text, newline=None), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except ValueError as e:
-      raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                       f"({e})") from None
-    if not isinstance(obj, dict):
-      raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                       f"{type(obj).__name__}")
-    out.append((n, obj))
-  if not out:
-    raise ValueError(f"{path}: no examples (expected one JSON object per "
-                     "line)")
-  return out
-
-
-def unique_id(seen, qid, path, line, loc):
-  """Records id qid of the entry at file path, line, JSON path loc in seen
-  {id: (line, loc)}. Raises ValueError naming the file, both entries and
-  the id when qid was seen before: predictions are keyed by id, so a
-  duplicate would lose one."""
-  if qid in seen:
-    raise ValueError(f"{path}:{line}: {loc}: field 'id': {qid!r} is also the "
-                     f"id of {seen[qid][1]} (line {seen[qid][0]}); ids must "
-                     "be unique (predictions are keyed by id)")
-  seen[qid] = (line, loc)
-
-
-def field(path, line, obj, name, kind, nonempty=True):
-  """obj[name], checked to be of type `kind` (and non-empty text).
-  Raises ValueError naming the file, the line and the field."""
-  where = f"{path}:{line}: field {name!r}"
-  if name not in obj:
-    raise ValueError(f"{where}: missing (the line has {sorted(obj)})")
-  v = obj[name]
-  if not isinstance(v, kind) or isinstance(v, bool):
-    raise ValueError(f"{where}: expected {_kind_name(kind)}, got "
-                     f"{type(v).__name__} {_short(v)}")
-  if nonempty and isinstance(v, str) and not v.strip():
-    raise ValueError(f"{where}: empty (expected non-empty text)")
-  return v
-
-
-def _kind_name(kind):
-  kinds = kind if isinstance(kind, tuple) else (kind,)
-  names = {str: "a string", int: "an integer", list: "a list",
-           dict: "an object"}
-  return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _short(v):
-  text = json.dumps(v, ensure_ascii=False)
-  return text if len(text) < 60 else text[:57] + "..."
-
-
-def round_up(n, m=8):
-  return -(-n // m) * m
-
-
-class ExampleSampler(sampler.EpochSampler):
-  """Batches of rows of `arrays` (dict of arrays with the same first
-  axis), in a new random order each epoch; batches run on across epochs.
-  Batch i depends only on (seed, i): the state {"index": i} replays exactly
-  what an uninterrupted run sees."""
-
-  def __init__(self, arrays, batch_size, seed):
-    self.arrays = arrays
-    super().__init__(len(next(iter(arrays.values()))), batch_size, seed)
-
-  def _batch(self):
-    picks = self.picks()
-    return {k: v[picks] for k, v in self.arrays.items()}
 
 
 # Training -----------------------------------------------------------------
@@ -401,12 +194,16 @@ def optimizer(config, total):
       weight_decay=o.weight_decay, mask=decay))
 
 
-def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
+def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro, *,
+                    shardings=None, batch_shardings=None):
   """One optimizer step on the mean loss over the batch's examples,
   accumulated over micro-batches of `micro` examples (lfjax.train_step).
 
   loss_fn(model, micro_batch) -> (sum of the examples' losses, {stat: sum})
-  with the model in training mode (dropout on, reseeded per micro-batch)."""
+  with the model in training mode (dropout on, reseeded per micro-batch).
+  shardings, batch_shardings: on a mesh, lfjax.parallel.init_state's
+  shardings and finetune_data.batch_shardings(mesh, batch) (see
+  lfjax.train_step.make_train_step); None on one device."""
   def sums(model, mb, key):
     nnx.reseed(model, default=key)
     loss_sum, stats = loss_fn(model, mb)
@@ -414,27 +211,40 @@ def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro):
 
   return train_step.make_train_step(graphdef, rest, tx, sums,
                                     batch_size=batch_size,
-                                    micro_batch_size=micro)
+                                    micro_batch_size=micro,
+                                    shardings=shardings,
+                                    batch_shardings=batch_shardings)
 
 
-def predict(model, arrays, batch_size, forward, progress=False):
-  """forward(model, batch) -> {name: [b, ...]} over every row of `arrays`
-  in batches of batch_size (the last one padded with copies of row 0 and
-  cut off), as numpy arrays with the rows' first axis."""
+def predict(model, arrays, batch_size, forward, progress=False, mesh=None):
+  """forward(model, batch) -> {name: [b, ...]} over every example of
+  `arrays` (featurize's) in batches of batch_size (the last one padded
+  with copies of example 0 and cut off), as numpy float32 arrays with the
+  examples' first axis. mesh: the batches split over it as in training
+  (batch_size a multiple of data x fsdp, the token arrays' length of the
+  seq devices: lfjax.parallel.check_batch, finetune_data.pad_tokens); the
+  outputs replicated, so every process gets them all."""
   model.eval()
   graphdef, state = nnx.split(model)
-  fn = jax.jit(lambda state, batch: forward(nnx.merge(graphdef, state),
-                                            batch))
-  n = len(next(iter(arrays.values())))
+  call = lambda state, batch: forward(nnx.merge(graphdef, state), batch)
+  rows = parallel.local_rows(mesh, batch_size)
+  if mesh is None:
+    fn, put = jax.jit(call), lambda b: b
+  else:
+    fn = jax.jit(call, out_shardings=parallel.replicated(mesh))
+    put = lambda b: parallel.put_batch(b, mesh, batch_size,
+                                       finetune_data.batch_shardings(mesh, b))
+  n = finetune_data.count(arrays)
   outs = []
-  for i in tqdm.trange(0, n, batch_size, unit="batch", leave=False,
-                       desc="predicting (first batch compiles)",
-                       disable=None if progress else True):
-    idx = np.arange(i, i + batch_size)
-    idx = np.where(idx < n, idx, 0)
-    out = fn(state, {k: v[idx] for k, v in arrays.items()})
-    outs.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[:min(
-        batch_size, n - i)], out))
+  with parallel.use(mesh):
+    for i in tqdm.trange(0, n, batch_size, unit="batch", leave=False,
+                         desc="predicting (first batch compiles)",
+                         disable=None if progress else True):
+      idx = np.arange(i, i + batch_size)
+      idx = np.where(idx < n, idx, 0)
+      out = fn(state, put(finetune_data.gather(arrays, idx[rows])))
+      outs.append(jax.tree.map(lambda x: np.asarray(x, np.float32)[:min(
+          batch_size, n - i)], out))
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
@@ -510,23 +320,24 @@ def length_from_hf(config, d):
 
 def build_model(spec, config):
   """The model a run of config trains (before its checkpoints)."""
-  model = load_model(
+  model = finetune_model.load_model(
       config.init_from, spec.head, seed=config.seed,
       num_labels=spec.num_labels(config),
       extra_config=spec.extra_config(config),
       attention_impl=config.model.attention_impl,
       **common.encoder_overrides(config.model))
-  check_length(config, model)
+  finetune_model.check_length(config, model)
   return model
 
 
 def evaluate_data(spec, model, config, data, tok, batch_size=None,
-                  progress=False, features=None):
+                  progress=False, features=None, mesh=None):
   """(metrics, predictions) of a model on read data; features: the data's
-  spec.featurize(..., train=False) when already made."""
+  spec.featurize(..., train=False) when already made (with mesh: their
+  tokens padded for it, see predict)."""
   arrays, info = features or spec.featurize(data, tok, config, False)
   out = predict(model, arrays, batch_size or config.eval.batch_size,
-                lambda m, b: spec.forward(m, b, config), progress)
+                lambda m, b: spec.forward(m, b, config), progress, mesh)
   metrics, predictions = spec.score(data, info, out, config)
   for k, v in metrics.items():
     common.check_finite_metric(k, v)
@@ -536,22 +347,33 @@ def evaluate_data(spec, model, config, data, tok, batch_size=None,
 def train_and_evaluate(spec, config, workdir):
   """Fine-tunes (or resumes) in workdir; returns the last logged record."""
   spec.validate(config)  # every field, before anything is written
-  check_length(config)
+  finetune_model.check_length(config)
+  t = config.train
+  mesh = parallel.make_mesh(config.mesh)
+  loop.say(f"training on {parallel.describe(mesh)}", flush=True)
+  parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
+  parallel.check_batch(mesh, "eval.batch_size", config.eval.batch_size)
+  # Sequences padded to a multiple the seq devices split evenly (nothing
+  # on one device: featurize's arrays as they are).
+  seq = parallel.seq_shards(mesh)
   workdir = pathlib.Path(workdir)
-  tok = load_tokenizer(tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(tokenizer_dir(config))
   train_data = spec.read(config.data.train, config, "train")
   config = spec.resolve(config, train_data)
   arrays, info = spec.featurize(train_data, tok, config, True)
   print_report(spec, config.data.train, train_data, arrays, info, tok,
                config, True)
+  arrays = finetune_data.pad_tokens(arrays, seq, tok.pad_token_id)
   valid = (spec.read(config.data.valid, config, "eval")
            if config.data.valid else None)
   if valid is not None:
     # Made once: every evaluation of the run sees the same features.
-    valid_features = spec.featurize(valid, tok, config, False)
-    print_report(spec, config.data.valid, valid, *valid_features, tok,
-                 config, False)
-  count = len(next(iter(arrays.values())))
+    valid_arrays, valid_info = spec.featurize(valid, tok, config, False)
+    print_report(spec, config.data.valid, valid, valid_arrays, valid_info,
+                 tok, config, False)
+    valid_features = (finetune_data.pad_tokens(
+        valid_arrays, seq, tok.pad_token_id), valid_info)
+  count = finetune_data.count(arrays)
   total = total_steps(config, count)
   saved = workdir / "config.json"
   old = json.loads(saved.read_text()) if saved.exists() else None
@@ -565,21 +387,34 @@ def train_and_evaluate(spec, config, workdir):
   model.eval()
   eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
   tx = optimizer(config, total)
-  opt_state = tx.init(params)
-  t = config.train
-  jitted = make_train_step(graphdef, rest, tx,
-                           lambda m, b: spec.loss(m, b, config),
-                           t.batch_size, t.micro_batch_size)
+  params, opt_state, shardings = parallel.init_state(tx, params, mesh)
+  sampler = finetune_data.make_sampler(
+      config, arrays, math.lcm(ROUND, seq),
+      parallel.local_rows(mesh, t.batch_size))
+  first = finetune_data.gather(arrays, [0])
+  jitted = make_train_step(
+      graphdef, rest, tx, lambda m, b: spec.loss(m, b, config),
+      t.batch_size, t.micro_batch_size, shardings=shardings,
+      batch_shardings=finetune_data.batch_shardings(mesh, first))
   root = jax.random.fold_in(jax.random.key(config.seed), 3)
   seq_len = arrays["input_ids"].shape[-1]
-  rows = int(np.prod(arrays["input_ids"].shape[1:-1], dtype=int))
+  # Sequences per example: [1, C, L] for multiple choice.
+  rows = int(np.prod(first["input_ids"].shape[1:-1], dtype=int))
+  bucketed = isinstance(sampler, finetune_data.BucketSampler)
+  tokens = sampler.tokens_per_batch() if bucketed else seq_len * t.batch_size
   phase = loop.Phase(
-      0, total, ExampleSampler(arrays, t.batch_size, config.seed),
+      0, total, sampler,
       lambda params, opt_state, batch, step: jitted(
-          params, opt_state, batch, jax.random.fold_in(root, step)),
+          params, opt_state,
+          parallel.put_batch(batch, mesh, t.batch_size,
+                             finetune_data.batch_shardings(mesh, batch)),
+          jax.random.fold_in(root, step)),
       lambda m: dict(train_loss=m["loss"], grad_norm=m["grad_norm"]),
-      info=dict(seq_len=seq_len, examples=count),
-      tokens_per_batch=seq_len * rows * t.batch_size)
+      # Each record says which lengths the batches had (the buckets').
+      info=dict(seq_len=seq_len, examples=count,
+                **({"bucket_lengths": list(sampler.sizes)} if bucketed
+                   else {})),
+      tokens_per_batch=int(tokens * rows))
 
   def evaluate_fn(params, p):
     del p
@@ -587,12 +422,13 @@ def train_and_evaluate(spec, config, workdir):
       return {}, "no data.valid to evaluate"
     m = nnx.merge(eval_graphdef, params, rest)
     metrics, _ = evaluate_data(spec, m, config, valid, tok,
-                               features=valid_features)
+                               features=valid_features, mesh=mesh)
     return ({f"eval_{k}": v for k, v in metrics.items()},
             f"{config.data.valid}: {spec.summary(metrics)}")
 
-  return loop.run(workdir, config, params, opt_state, [phase],
-                  learning_rate(config, total), evaluate_fn)
+  with parallel.use(mesh):
+    return loop.run(workdir, config, params, opt_state, [phase],
+                    learning_rate(config, total), evaluate_fn)
 
 
 def print_report(spec, path, data, arrays, info, tok, config, train):
@@ -637,7 +473,8 @@ def export(spec, workdir, path, step=None):
     raise ValueError("to: expected a folder other than init_from (the "
                      "source checkpoint is never overwritten)")
   convert.to_pretrained(model, path)
-  convert.copy_tokenizer(tokenizer_dir(config), path, positions(model))
+  convert.copy_tokenizer(tokenizer_dir(config), path,
+                         finetune_model.positions(model))
   (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
   return step
 
@@ -703,7 +540,7 @@ def evaluate_main(spec, argv, base_config, from_hf):
   else:
     config, step = exported_config(spec, args.model, base_config,
                                    from_hf), None
-    model = load_model(args.model, spec.head,
+    model = finetune_model.load_model(args.model, spec.head,
                        num_labels=spec.num_labels(config))
   overrides = {}
   for name, _, _ in spec.eval_overrides:
@@ -713,7 +550,7 @@ def evaluate_main(spec, argv, base_config, from_hf):
       section, leaf = name.split(".")
       overrides[name] = (config[section][leaf], value)
       config[section][leaf] = value
-  tok = load_tokenizer(tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(tokenizer_dir(config))
   data = spec.read(args.data, config, "eval")
   features = spec.featurize(data, tok, config, False)
   print_report(spec, args.data, data, *features, tok, config, False)

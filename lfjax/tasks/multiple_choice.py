@@ -21,7 +21,8 @@ separator: so no separator between supports). At most
 model.max_question_tokens and model.max_candidate_tokens are kept, so
 their sum plus one is the static cap on global tokens per sequence.
 Candidates are padded to the most any example has (padded ones are all
-padding and never chosen). The paper encodes all candidates in one
+padding and never chosen); the data is held as one token row per
+candidate, a batch's [b, C, L] assembled from them. The paper encodes all candidates in one
 sequence with special marker tokens instead; this layout keeps the
 transformers head, so the export loads there. Loss: cross-entropy over an
 example's candidates. Metric: accuracy.
@@ -37,6 +38,7 @@ import optax
 
 from lfjax import checks as ck
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_data
 
 KIND = "a multiple-choice model"
 RESUMABLE = finetune.RESUMABLE
@@ -89,7 +91,7 @@ def read(path, config, split):
   candidates."""
   del config, split
   path = pathlib.Path(path)
-  raw = finetune.read_text(path)
+  raw = finetune_data.read_text(path)
   try:
     root = json.loads(raw)
   except ValueError as e:
@@ -110,16 +112,16 @@ def read(path, config, split):
     if not isinstance(obj, dict):
       raise ValueError(f"{path}:{loc}: expected an object, got "
                        f"{type(obj).__name__}")
-    get = lambda name, kind: finetune.field(path, loc, obj, name, kind)
+    get = lambda name, kind: finetune_data.field(path, loc, obj, name, kind)
     qid = str(get("id", (str, int)))
-    finetune.unique_id(seen, qid, path, line, f"[{k}]")
+    finetune_data.unique_id(seen, qid, path, line, f"[{k}]")
     query = get("query", str)
     candidates = _texts(path, loc, get("candidates", list), "candidates", 2)
     supports = _texts(path, loc, get("supports", list), "supports", 1)
     answer = get("answer", str)
     if answer not in candidates:
       raise ValueError(f"{path}:{loc}: field 'answer': "
-                       f"{finetune._short(answer)} is not one of the "
+                       f"{finetune_data.short(answer)} is not one of the "
                        f"{len(candidates)} candidates")
     out.append(Example(qid, query, candidates, supports,
                        candidates.index(answer), f"{path}:{loc}"))
@@ -131,7 +133,7 @@ def _texts(path, loc, items, name, least):
                                    for x in items):
     raise ValueError(f"{path}:{loc}: field {name!r}: expected a list of at "
                      f"least {least} non-empty strings, got "
-                     f"{finetune._short(items)}")
+                     f"{finetune_data.short(items)}")
   return items
 
 
@@ -139,10 +141,16 @@ from_hf = finetune.length_from_hf
 
 
 def featurize(data, tok, config, train):
-  """input_ids, attention_mask, global_mask [n, C, L] (C the most
-  candidates of any example, L the longest sequence rounded up to 8), the
-  answer [n] and choice_mask [n, C] (False for padded candidates); and
-  {"questions", "candidates", "contexts": how many were cut}."""
+  """One token row per candidate: input_ids, attention_mask, global_mask
+  [R + 1, L] int32 (R the candidates of all examples, then one row of
+  padding; L the longest sequence rounded up to 8), rows [n, C] int32
+  (example i's candidate j is token row rows[i, j]; C the most candidates
+  of any example, padded candidates point at the padding row), the answer
+  [n] and choice_mask [n, C] (False for padded candidates); and
+  {"questions", "candidates", "contexts": how many were cut}. A batch
+  assembles its [b, C, L] from the rows (finetune_data.gather): the set is
+  never held as [n, C, L] (WikiHop's 79 candidates at most, 4,096 tokens
+  each)."""
   del train
   m = config.model
   sep, cls, pad = tok.sep_token_id, tok.cls_token_id, tok.pad_token_id
@@ -163,19 +171,25 @@ def featurize(data, tok, config, train):
     seqs.append([([cls] + ctx + [sep, sep] + q + c + [sep], len(ctx) + 3)
                  for c in cands])
   n_choices = max(len(s) for s in seqs)
-  length = min(m.max_length, finetune.round_up(
+  length = min(m.max_length, finetune_data.round_up(
       max(len(ids) for s in seqs for ids, _ in s)))
-  ids = np.full((len(data), n_choices, length), pad, np.int32)
+  total = sum(map(len, seqs))
+  ids = np.full((total + 1, length), pad, np.int32)
   mask = np.zeros_like(ids)
   glob = np.zeros_like(ids)
+  rows = np.full((len(data), n_choices), total, np.int32)  # padding row
+  r = 0
   for i, s in enumerate(seqs):
     for j, (row, first_global) in enumerate(s):
-      ids[i, j, :len(row)] = row
-      mask[i, j, :len(row)] = 1
-      glob[i, j, first_global:len(row)] = 1
+      ids[r, :len(row)] = row
+      mask[r, :len(row)] = 1
+      glob[r, first_global:len(row)] = 1
+      rows[i, j] = r
+      r += 1
   choice = np.arange(n_choices)[None, :] < np.asarray(
       [len(ex.candidates) for ex in data])[:, None]
   return {"input_ids": ids, "attention_mask": mask, "global_mask": glob,
+          finetune_data.ROWS: rows,
           "answer": np.asarray([ex.answer for ex in data], np.int32),
           "choice_mask": choice}, cut
 

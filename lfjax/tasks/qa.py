@@ -50,6 +50,7 @@ import optax
 
 from lfjax import checks as ck
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_data
 
 KIND = "a question-answering model"
 RESUMABLE = finetune.RESUMABLE + ("model.max_answer_tokens",)
@@ -127,7 +128,7 @@ def read(path, config, split):
   not in its context at answer_start."""
   del config, split
   path = pathlib.Path(path)
-  raw = finetune.read_text(path)
+  raw = finetune_data.read_text(path)
   try:
     root = json.loads(raw)
   except ValueError as e:
@@ -151,7 +152,7 @@ def read(path, config, split):
         line = (first_line if q == 0 else line_of(qa.get("id"))
                 if isinstance(qa, dict) else None) or 1
         qid = str(_get(path, line, qloc, qa, "id", (str, int)))
-        finetune.unique_id(seen, qid, path, line, qloc)
+        finetune_data.unique_id(seen, qid, path, line, qloc)
         question = _get(path, line, qloc, qa, "question", str)
         impossible = qa.get("is_impossible", False) is True
         answers = [] if impossible else _get(path, line, qloc, qa,
@@ -164,9 +165,9 @@ def read(path, config, split):
           if context[start:start + len(text)] != text:
             raise ValueError(
                 f"{path}:{line}: {aloc}: field 'answer_start': the answer "
-                f"{finetune._short(text)} is not in the context at "
+                f"{finetune_data.short(text)} is not in the context at "
                 f"character {start} (the context has "
-                f"{finetune._short(context[start:start + len(text)])} "
+                f"{finetune_data.short(context[start:start + len(text)])} "
                 "there)")
           spans.append((text, start))
         out.append(Example(qid, question, context, spans,
@@ -180,7 +181,7 @@ def _get(path, line, loc, obj, name, kind, empty=False):
   if not isinstance(obj, dict):
     raise ValueError(f"{path}:{line}: {loc}: expected an object, got "
                      f"{type(obj).__name__}")
-  v = finetune.field(path, f"{line}: {loc}", obj, name, kind)
+  v = finetune_data.field(path, f"{line}: {loc}", obj, name, kind)
   if isinstance(v, list) and not v and not empty:
     raise ValueError(f"{path}:{line}: {loc}: field {name!r}: empty (a "
                      'question without answers needs "is_impossible": true)')
@@ -250,7 +251,7 @@ def featurize(data, tok, config, train):
         e_tok = max(i for i in inside if offsets[i][0] < b)
     starts.append(s_tok)
     ends.append(e_tok)
-  length = min(m.max_length, finetune.round_up(max(map(len, rows))))
+  length = min(m.max_length, finetune_data.round_up(max(map(len, rows))))
   ids = np.full((len(rows), length), tok.pad_token_id, np.int32)
   mask = np.zeros_like(ids)
   for i, r in enumerate(rows):
