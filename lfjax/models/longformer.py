@@ -21,7 +21,7 @@ from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models import inputs
-from lfjax.models import remat
+from lfjax.models import stack
 from lfjax.models.config import DTYPES
 from lfjax.models.config import LongformerConfig
 
@@ -273,8 +273,10 @@ class LongformerModel(nnx.Module):
                rngs: nnx.Rngs):
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
-    self.layers = nnx.List([Layer(cfg, i, rngs=rngs)
-                            for i in range(cfg.num_hidden_layers)])
+    layers = [Layer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)]
+    if cfg.scan_layers:  # the same values, stacked per run
+      layers = [stack.LayerRun(layers[a:b]) for a, b in stack.layer_runs(cfg)]
+    self.layers = nnx.List(layers)
     self.pooler = (dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
                    if add_pooling_layer else None)
 
@@ -345,21 +347,14 @@ class LongformerModel(nnx.Module):
     x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
     if bad_B is not None:
       x_BxNxE = jnp.where(bad_B[:, None, None], jnp.nan, x_BxNxE)
-    local, glob, hidden = [], [], [x_BxNxE]
-    for layer, key in zip(self.layers, self._layer_keys()):
-      if cfg.remat and not output_attentions:
-        # Recomputed in the backward, in layer order (lfjax.models.remat).
-        x_BxNxE, p = remat.remat_call(
-            lambda lyr, x, km, gm, k: lyr(x, km, gm, False, cap, k)[0],
-            layer, x_BxNxE, key_mask, global_mask, key,
-            policy=cfg.remat_policy), None
-      else:
-        x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions,
-                           cap, key)
-      hidden.append(x_BxNxE)
-      if p is not None:
-        local.append(p[0])
-        glob.append(p[1])
+    x_embedded = x_BxNxE
+    x_BxNxE, hidden, probs_ = stack.run_layers(
+        self.layers, x_BxNxE, key_mask, global_mask, self._layer_keys(),
+        cfg=cfg, cap=cap, output_attentions=output_attentions,
+        output_hidden_states=output_hidden_states)
+    local = [p[0] for p in probs_]
+    glob = [p[1] for p in probs_]
+    hidden = [x_embedded] + hidden
     pooled = None
     if self.pooler is not None:
       pooled = jnp.tanh(self.pooler(x_BxNxE[:, 0]))
@@ -371,15 +366,15 @@ class LongformerModel(nnx.Module):
                            and glob[0] is not None else None))
 
   def _layer_keys(self):
-    """One dropout key per layer, drawn from the encoder's stream when
-    dropout is on (else Nones): explicit keys make each layer a pure
-    function of its inputs, with or without remat, and the same values
-    either way."""
+    """One dropout key per layer ([num_hidden_layers] key array), drawn
+    from the encoder's stream when dropout is on (else None): explicit keys
+    make each layer a pure function of its inputs, with or without remat or
+    scan, and the same values either way."""
     cfg, d = self.cfg, self.embeddings.dropout
     if d.deterministic or not (cfg.hidden_dropout_prob
                                or cfg.attention_probs_dropout_prob):
-      return [None] * cfg.num_hidden_layers
-    return list(jax.random.split(d.rngs(), cfg.num_hidden_layers))
+      return None
+    return jax.random.split(d.rngs(), cfg.num_hidden_layers)
 
   def _default_position_ids(self, input_ids_BxN):
     cfg = self.cfg
