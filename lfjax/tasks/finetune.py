@@ -39,6 +39,7 @@ from lfjax import extras
 from lfjax import loop
 from lfjax import train_step
 from lfjax.data import sampler
+from lfjax.models import stack
 from lfjax.tasks import common
 
 # Written next to an export: the run's config, so `python -m lfjax.evaluate
@@ -394,7 +395,8 @@ def learning_rate(config, total):
 
 def optimizer(config, total):
   o = config.optim
-  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+  # Matrices only (not biases, LayerNorm), with scan_layers too.
+  decay = stack.decay_mask
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
   return optax.chain(*chain, optax.adamw(
       learning_rate(config, total), b1=o.b1, b2=o.b2, eps=o.eps,
