@@ -135,6 +135,7 @@ def main(argv=None):
       os.path.dirname(os.path.abspath(__file__)), "results",
       "scan_compile_quick.md" if a.quick else "scan_compile.md")
 
+  load = [os.getloadavg()[0]]
   rows = []
   for layers in a.layers:
     t = {scan: time_compile(a, layers, scan) for scan in (False, True)}
@@ -146,6 +147,7 @@ def main(argv=None):
         f"{t[True][1] / t[False][1]:.2f} |")
     print(rows[-1], flush=True)
   step = {scan: time_steps(a, a.step_layers, scan) for scan in (False, True)}
+  load.append(os.getloadavg()[0])
   losses = {s: v[1] for s, v in step.items()}
   cfg = model_config(a, a.step_layers, False)
   lines = [
@@ -153,8 +155,8 @@ def main(argv=None):
       "step",
       "",
       "```",
-      "python experiments/scan_compile.py " + " ".join(
-          sys.argv[1:] if argv is None else argv),
+      " ".join(["python experiments/scan_compile.py"] + (
+          sys.argv[1:] if argv is None else argv)),
       "```",
       "",
       f"JAX {jax.__version__}, {jax.devices()[0].platform} "
@@ -166,7 +168,10 @@ def main(argv=None):
       f"sequence, dropout on, remat {'on' if a.remat else 'off'}; "
       f"lfjax.train_step.make_train_step with AdamW. Seconds are wall "
       f"times, the median of {a.repeats} fresh jits: `step.lower(...)` "
-      f"(trace + lower) + `.compile()` (XLA).",
+      f"(trace + lower) + `.compile()` (XLA). One-minute load average "
+      f"{load[0]:.1f} at the start, {load[1]:.1f} at the end: where it "
+      f"exceeds the cores, other jobs shared the CPU and the seconds are "
+      f"inflated and noisy; the ratios are the result.",
       "",
       "| layers | unrolled: lower + compile = total (s) | scanned (s) | "
       "scanned / unrolled, total | compile only |",
