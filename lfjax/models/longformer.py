@@ -267,7 +267,12 @@ MAX_GLOBAL_HINT = (
 
 
 class LongformerModel(nnx.Module):
-  """Embeddings, encoder and optional pooler (transformers' LongformerModel)."""
+  """Embeddings, encoder and optional pooler (transformers' LongformerModel).
+
+  `layers`: one Layer per layer, or with cfg.scan_layers one
+  lfjax.models.stack.LayerRun per run of layers with the same window and
+  dilation (parameters stacked [L, ...]; the same values at the same
+  seed)."""
 
   def __init__(self, cfg: LongformerConfig, *, add_pooling_layer=True,
                rngs: nnx.Rngs):

@@ -1,6 +1,7 @@
 """The encoder's layer stack: a Python loop over per-layer modules, or
 (LongformerConfig.scan_layers) one `lax.scan` per run of consecutive layers
-that trace alike, so that compile time stops growing with depth.
+that trace alike, so that the program holds each run's layer once and
+compile time grows far less with depth.
 
 With scan_layers the model holds each run as a LayerRun: one Layer whose
 parameters are stacked, [L, ...] per leaf, so that the train step (gradient
@@ -86,7 +87,11 @@ def copy_params(src, dst):
   """Copies every parameter of model src into dst: the same model (class,
   config, head) but for scan_layers, so layer i of the one is slice j of
   run r of the other (r, j from layer_runs). Values are converted to dst's
-  parameter dtype; src's may be numpy arrays. Returns dst."""
+  parameter dtype; src's may be numpy arrays. Returns dst. Raises
+  ValueError when both have the same scan_layers (nothing to convert)."""
+  if src.cfg.scan_layers == dst.cfg.scan_layers:
+    raise ValueError(f"copy_params: expected models that differ in "
+                     f"scan_layers, got {src.cfg.scan_layers} for both")
   runs = layer_runs(dst.cfg)
   where = {i: (r, i - a) for r, (a, b) in enumerate(runs) for i in range(a, b)}
   src_p, dst_p = _param_paths(src), _param_paths(dst)
