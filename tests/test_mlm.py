@@ -448,7 +448,7 @@ def test_scanned_run_resumes_with_its_setting_and_exports(roberta, docs_dir,
   longer = config(roberta, docs_dir, tmp_path, steps=6,
                   **{"model.scan_layers": False})
   with pytest.raises(checkpoints.ConfigChangeError,
-                     match=r"model\.scan_layers: True -> False.*"
+                     match=r"(?s)model\.scan_layers: True -> False.*"
                      r"--config\.model\.scan_layers=True"):
     train.train_and_evaluate(longer, tmp_path / "True")
   old = tmp_path / "False" / "config.json"
