@@ -64,9 +64,11 @@ def loss_and_grads(**overrides):
     h = sum(jnp.mean(x.astype(jnp.float32) ** 2) for x in out.hidden_states)
     return -jnp.mean(lp) + 1e-3 * h
 
-  value, grads = jax.jit(jax.value_and_grad(loss))(params)
+  fn = jax.value_and_grad(loss)
+  value, grads = jax.jit(fn)(params)
   nnx.update(model, grads)  # the model now holds the gradients
-  return float(value), nnx.state(per_layer(model), nnx.Param)
+  return (float(value), nnx.state(per_layer(model), nnx.Param),
+          str(jax.make_jaxpr(fn)(params)))
 
 
 def assert_trees_close(got, want, rel):
@@ -125,10 +127,16 @@ def test_scan_equals_loop_loss_and_gradients(overrides):
   only XLA's fusion differs, ~1e-6 relative), with dropout on (each layer
   gets the loop's key), global tokens, padding and remat (per layer,
   inside the scan: its optimization barriers are in the program)."""
-  want_loss, want = loss_and_grads(**overrides)
-  loss, got = loss_and_grads(scan_layers=True, **overrides)
+  want_loss, want, want_jaxpr = loss_and_grads(**overrides)
+  loss, got, jaxpr = loss_and_grads(scan_layers=True, **overrides)
   assert loss == pytest.approx(want_loss, rel=1e-6)
   assert_trees_close(got, want, 1e-5)
+  # The program holds three layer bodies (runs of 2, 3 and 1), not six
+  # (the GELU's erf: once per body).
+  assert jaxpr.count("erf") < want_jaxpr.count("erf")
+  if overrides.get("remat"):  # remat per layer, inside the scan bodies
+    assert 0 < jaxpr.count("optimization_barrier") < want_jaxpr.count(
+        "optimization_barrier")
 
 
 @pytest.mark.usefixtures("fast_compiles")
@@ -136,8 +144,8 @@ def test_scan_equals_loop_in_bfloat16():
   """bfloat16 compute and parameters: scanned and loop agree to bfloat16's
   rounding (each rounds its own fused intermediates)."""
   bf16 = dict(compute_dtype="bfloat16", param_dtype="bfloat16")
-  want_loss, want = loss_and_grads(**bf16)
-  loss, got = loss_and_grads(scan_layers=True, **bf16)
+  want_loss, want, _ = loss_and_grads(**bf16)
+  loss, got, _ = loss_and_grads(scan_layers=True, **bf16)
   assert loss == pytest.approx(want_loss, rel=1e-2)
   assert_trees_close(got, want, 3e-2)
 

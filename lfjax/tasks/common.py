@@ -55,9 +55,9 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
 
 # model.scan_layers' default: on, as it helps every encoder run measured
 # (experiments/results/scan_compile.md, the MLM train step on a shared
-# 2-core CPU): compile time 0.78x the loop's at 12 layers and 0.26x at 24,
-# and the step itself no slower at 12 layers (0.61x there, in noise), with
-# the same loss. A one-layer model has nothing to scan and runs the loop.
+# 2-core CPU, two runs): compile time 0.42-0.78x the loop's at 12 layers
+# and 0.26-0.32x at 24 (about flat in depth), the step as fast as the
+# loop's at 12 layers, the same loss. A one-layer model runs the loop.
 SCAN_LAYERS_DEFAULT = True
 
 
