@@ -46,6 +46,12 @@ HISTORY = "config_history.jsonl"
 CheckpointError = integrity.CheckpointError
 
 
+# Config fields added to lfjax after runs were started, and the value a run
+# without the field ran with: an encoder run before model.scan_layers
+# had per-layer parameters in its checkpoints.
+ABSENT_MEANT = {"model.scan_layers": False}
+
+
 class ConfigChangeError(ValueError):
   """A resumed run's config changes fields the saved run cannot change."""
 
@@ -317,6 +323,12 @@ def config_problems(old, new, step):
   # Char-LM configs predate the field; it is not an addition.
   fo.setdefault("task", "charlm")
   fn.setdefault("task", "charlm")
+  # Fields added since whose absence meant another value than today's
+  # default: a resume that would change it is a change (and refused where
+  # not RESUMABLE), not an addition.
+  for k, v in ABSENT_MEANT.items():
+    if k in fn:
+      fo.setdefault(k, v)
   task = fo["task"]
   # A field only one side has was added to (or removed from) lfjax since
   # the run started: it is no change the user asked for.

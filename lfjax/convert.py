@@ -16,12 +16,13 @@ import warnings
 import numpy as np
 from flax import nnx
 
+from lfjax.models import stack
 from lfjax.models.config import LongformerConfig
-from lfjax.models.longformer import LongformerForMaskedLM
-from lfjax.models.longformer import LongformerForMultipleChoice
-from lfjax.models.longformer import LongformerForQuestionAnswering
-from lfjax.models.longformer import LongformerForSequenceClassification
-from lfjax.models.longformer import LongformerForTokenClassification
+from lfjax.models.heads import LongformerForMaskedLM
+from lfjax.models.heads import LongformerForMultipleChoice
+from lfjax.models.heads import LongformerForQuestionAnswering
+from lfjax.models.heads import LongformerForSequenceClassification
+from lfjax.models.heads import LongformerForTokenClassification
 from lfjax.models.longformer import LongformerModel
 
 HEADS = {
@@ -171,9 +172,25 @@ def _target(model, name):
   raise KeyError(name)
 
 
+def _twin(model, scan_layers):
+  """An abstract (nnx.eval_shape: shapes only, nothing allocated) copy of
+  model's class and config with scan_layers set: the per-layer layout
+  lfjax.convert maps name by name, for a model whose layers are stacked."""
+  cfg = dataclasses.replace(model.cfg, scan_layers=scan_layers)
+  if hasattr(model, "longformer"):
+    return nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0)))
+  pooled = model.pooler is not None
+  return nnx.eval_shape(lambda: LongformerModel(
+      cfg, add_pooling_layer=pooled, rngs=nnx.Rngs(0)))
+
+
 def load_weights(model, weights):
   """Copy Hugging Face tensors into the model; every parameter must be set
-  exactly once and every tensor must have a home."""
+  exactly once and every tensor must have a home. A model with scan_layers
+  (stacked layers) is filled through its per-layer twin."""
+  if model.cfg.scan_layers:
+    return stack.copy_params(load_weights(_twin(model, False), weights),
+                             model)
   expected = {id(v) for _, v in nnx.iter_graph(model)
               if isinstance(v, nnx.Param)}
   filled = set()
@@ -257,7 +274,7 @@ def config_from_pretrained(path, **overrides):
 # the global tokens of every later use), so only from_pretrained's
 # overrides set them.
 RUNTIME_FIELDS = ("attention_impl", "max_global", "compute_dtype",
-                  "param_dtype", "remat", "remat_policy")
+                  "param_dtype", "remat", "remat_policy", "scan_layers")
 
 
 def _config_from_dict(d, **overrides):
@@ -442,7 +459,7 @@ def hf_names(model):
   names = [f"{pre}embeddings.{e}.weight" for e in (
       "word_embeddings", "position_embeddings", "token_type_embeddings")]
   names += [f"{pre}embeddings.LayerNorm.{p}" for p in ("weight", "bias")]
-  for i in range(len(base.layers)):
+  for i in range(base.cfg.num_hidden_layers):
     for mod in ("attention.self.query", "attention.self.key",
                 "attention.self.value", "attention.self.query_global",
                 "attention.self.key_global", "attention.self.value_global",
@@ -469,7 +486,10 @@ def hf_names(model):
 
 
 def export_weights(model):
-  """Hugging Face name -> numpy tensor (HF layout) for every parameter."""
+  """Hugging Face name -> numpy tensor (HF layout) for every parameter (a
+  model with scan_layers: its stacked layers unstacked)."""
+  if model.cfg.scan_layers:
+    model = stack.copy_params(model, _twin(model, False))
   out = {}
   for name in hf_names(model):
     mod, attr, transpose = _target(model, _strip_prefix(name))

@@ -107,8 +107,10 @@ def case_mlm(work):
   from lfjax.tasks import mlm
   from tests.test_train import load_config
   tiny = work / "roberta"
+  # Two layers of one window: scan_layers runs them as one lax.scan over
+  # stacked parameters (fsdp-sharded on the 1x2x2 resume).
   make_tiny.make_tiny(tiny, documents=80, vocab_size=400, positions=64,
-                      hidden_size=32, layers=1)
+                      hidden_size=32, layers=2)
 
   def make_config(mesh):
     c = load_config("mlm_longformer_base", "tiny")
@@ -119,6 +121,7 @@ def case_mlm(work):
     c.model.max_positions = c.train.seq_len = 64
     c.model.attention_window = 16
     c.model.global_bos = True  # global tokens across the sequence shards
+    c.model.scan_layers = True
     c.train.batch_size, c.train.micro_batch_size = 4, 2
     c.steps = c.optim.decay_steps = STEPS
     c.log_every, c.checkpoint_every, c.eval_every = 1, 5, 0

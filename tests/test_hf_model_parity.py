@@ -67,23 +67,28 @@ def run_hf(model, ids, mask, glob=None):
     return model(**kwargs)
 
 
-@pytest.mark.parametrize("globals_at", ["none", "first", "scattered", "last"])
-def test_longformer_model_and_mlm(tmp_path, globals_at):
+@pytest.mark.parametrize("globals_at,scan", [
+    ("none", False), ("first", False), ("scattered", False), ("last", False),
+    ("none", True), ("scattered", True)])
+def test_longformer_model_and_mlm(tmp_path, globals_at, scan):
+  """scan: scan_layers (layers 0-1 share a window: one scanned run of two,
+  then a run of one)."""
   torch.manual_seed(0)
-  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  cfg = transformers.LongformerConfig(attention_window=[8, 8, 4], **TINY)
   hf_mlm = save(transformers.LongformerForMaskedLM(cfg), tmp_path)
   ids, mask, glob = batch([37, 23], 37, globals_at)  # 37: no window multiple
   want = run_hf(hf_mlm, ids, mask, glob)
 
-  ours = convert.from_pretrained(str(tmp_path))
+  ours = convert.from_pretrained(str(tmp_path), scan_layers=scan)
   assert isinstance(ours, LongformerForMaskedLM)
+  assert len(ours.longformer.layers) == (2 if scan else 3)
   ours.eval()
   got = ours(ids, mask, glob if globals_at != "none" else None)
   valid = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got.logits)[valid],
                              want.logits.numpy()[valid], atol=1e-4, rtol=0)
 
-  base = convert.from_pretrained(str(tmp_path), head="base")
+  base = convert.from_pretrained(str(tmp_path), head="base", scan_layers=scan)
   assert isinstance(base, LongformerModel)
   base.eval()
   hidden = base(ids, mask, glob).last_hidden_state
@@ -92,14 +97,16 @@ def test_longformer_model_and_mlm(tmp_path, globals_at):
                              want_hidden.numpy()[valid], atol=1e-4, rtol=0)
 
 
-def test_longformer_model_with_pooler_under_jit(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_longformer_model_with_pooler_under_jit(tmp_path, scan):
   torch.manual_seed(1)
   cfg = transformers.LongformerConfig(attention_window=6, **TINY)
   hf_model = save(transformers.LongformerModel(cfg), tmp_path)
   ids, mask, glob = batch([50, 41, 12], 50, "scattered", seed=2)
   want = run_hf(hf_model, ids, mask, glob)
 
-  ours = convert.from_pretrained(str(tmp_path), max_global=4)
+  ours = convert.from_pretrained(str(tmp_path), max_global=4,
+                                 scan_layers=scan)
   ours.eval()
   f = jax.jit(lambda m, i, a, g: m(i, a, g))
   got = f(ours, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(glob))
@@ -180,11 +187,14 @@ def test_bad_checkpoints_fail_clearly(tmp_path):
     convert.from_pretrained(str(tmp_path / "t5"), head="ner")
 
 
-def test_round_trip_to_transformers(tmp_path):
+@pytest.mark.parametrize("scan", [False, True])
+def test_round_trip_to_transformers(tmp_path, scan):
+  """scan: exported from scan_layers' stacked parameters (a run of two
+  layers, then one) into transformers' per-layer layout."""
   torch.manual_seed(4)
-  cfg = transformers.LongformerConfig(attention_window=[8, 4, 8], **TINY)
+  cfg = transformers.LongformerConfig(attention_window=[4, 4, 8], **TINY)
   save(transformers.LongformerForMaskedLM(cfg), tmp_path / "a")
-  ours = convert.from_pretrained(str(tmp_path / "a"))
+  ours = convert.from_pretrained(str(tmp_path / "a"), scan_layers=scan)
   convert.to_pretrained(ours, str(tmp_path / "b"))
   back = transformers.LongformerForMaskedLM.from_pretrained(tmp_path / "b")
   back.eval()
@@ -195,7 +205,8 @@ def test_round_trip_to_transformers(tmp_path):
   valid = mask.astype(bool)
   np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
 
-  base = convert.from_pretrained(str(tmp_path / "a"), head="base")
+  base = convert.from_pretrained(str(tmp_path / "a"), head="base",
+                                 scan_layers=scan)
   convert.to_pretrained(base, str(tmp_path / "c"))
   hf_base = transformers.LongformerModel.from_pretrained(tmp_path / "c")
   base.eval()
@@ -310,16 +321,18 @@ def test_make_long_keeps_a_longformers_trained_globals_and_windows(tmp_path):
 
 
 def test_run_settings_are_not_written_or_read_as_the_checkpoints(tmp_path):
-  """attention_impl, max_global, precision and remat say how a process
-  runs a model: an export does not carry them, and a config.json that does
-  (lfjax 0.2.0 wrote attention_impl and max_global) does not impose them: a
+  """attention_impl, max_global, precision, remat and scan_layers say how a
+  process runs a model: an export does not carry them, and a config.json
+  that does (lfjax 0.2.0 wrote attention_impl and max_global) does not
+  impose them: a
   max_global of 1 there capped every later use at one global token (NaN
   rows under jit)."""
   torch.manual_seed(13)
   cfg = transformers.LongformerConfig(attention_window=4, **TINY)
   save(transformers.LongformerForMaskedLM(cfg), tmp_path / "a")
   run = dict(attention_impl="dense", max_global=1, compute_dtype="bfloat16",
-             param_dtype="bfloat16", remat=True, remat_policy="attention")
+             param_dtype="bfloat16", remat=True, remat_policy="attention",
+             scan_layers=True)
   ours = convert.from_pretrained(str(tmp_path / "a"), **run)
   convert.to_pretrained(ours, str(tmp_path / "b"))
   written = json.loads((tmp_path / "b" / "config.json").read_text())

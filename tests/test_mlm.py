@@ -424,3 +424,57 @@ def test_remat_trains_as_without(roberta, docs_dir, tmp_path):
         tmp_path / name / "metrics.jsonl") if "train_loss" in r]
   assert len(runs["plain"]) == 4
   np.testing.assert_allclose(runs["remat"], runs["plain"], rtol=1e-5)
+
+
+def test_scanned_run_resumes_with_its_setting_and_exports(roberta, docs_dir,
+                                                          tmp_path):
+  """model.scan_layers True and False train the same run (per-step losses
+  and gradient norms, to float32 rounding). The scanned run's checkpoints
+  hold stacked layers: resuming it with the other setting is refused,
+  naming the field; a run from before the field (its saved config lacks
+  it: per-layer checkpoints) refuses scan_layers True the same way. The
+  scanned run exports to transformers' layout and evaluates."""
+  from lfjax import checkpoints
+  runs = {}
+  for scan in (False, True):
+    c = config(roberta, docs_dir, tmp_path, steps=4, **{
+        "model.scan_layers": scan})
+    c.optim.decay_steps, c.eval_every, c.checkpoint_every = 4, 0, 2
+    train.train_and_evaluate(c, tmp_path / str(scan))
+    runs[scan] = [(r["train_loss"], r["grad_norm"]) for r in metrics.read(
+        tmp_path / str(scan) / "metrics.jsonl") if "train_loss" in r]
+  assert len(runs[False]) == 4
+  np.testing.assert_allclose(runs[True], runs[False], rtol=1e-5)
+
+  longer = config(roberta, docs_dir, tmp_path, steps=6,
+                  **{"model.scan_layers": False})
+  with pytest.raises(checkpoints.ConfigChangeError,
+                     match=r"(?s)model\.scan_layers: True -> False.*"
+                     r"--config\.model\.scan_layers=True"):
+    train.train_and_evaluate(longer, tmp_path / "True")
+  old = tmp_path / "False" / "config.json"
+  saved = json.loads(old.read_text())
+  del saved["model"]["scan_layers"]  # as written before the field
+  old.write_text(json.dumps(saved))
+  with pytest.raises(checkpoints.ConfigChangeError,
+                     match=r"model\.scan_layers: False -> True"):
+    train.train_and_evaluate(
+        config(roberta, docs_dir, tmp_path, steps=6,
+               **{"model.scan_layers": True}), tmp_path / "False")
+  # ... and evaluates as the per-layer run it is.
+  _, model, _ = mlm.load_trained(tmp_path / "False")
+  assert not model.cfg.scan_layers
+
+  out = tmp_path / "hf"
+  export.main(["--workdir", str(tmp_path / "True"), "--to", str(out)])
+  _, ours, step = mlm.load_trained(tmp_path / "True")
+  assert step == 4 and ours.cfg.scan_layers
+  hf = transformers.LongformerForMaskedLM.from_pretrained(out).eval()
+  ids = np.array([[0, 5, 9, 17, 33, 2], [0, 44, 3, 2, 1, 1]])
+  mask = (ids != 1).astype(np.int64)
+  with torch.no_grad():
+    want = hf(input_ids=torch.tensor(ids),
+              attention_mask=torch.tensor(mask)).logits.numpy()
+  got = np.asarray(ours(ids, attention_mask=mask).logits)
+  np.testing.assert_allclose(got[mask == 1], want[mask == 1], atol=1e-4)
+  evaluate.main(["--workdir", str(tmp_path / "True")])

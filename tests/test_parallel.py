@@ -153,11 +153,12 @@ def test_finetuning_mesh_runs_equal_one_device_and_resume(tmp_path):
 
 def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
     tmp_path):
-  """MLM (global <s> tokens, dropout, dynamic masks): 10 steps on data 2 x
-  seq 4 equal one device; a run killed at step 7 on data 2 x seq 4 resumes
-  from its step-5 checkpoint on fsdp 2 x seq 2 and one device with the same
-  losses; trained on 8 devices, it evaluates where JAX sees one to the
-  final evaluation the one-device run logged."""
+  """MLM (global <s> tokens, dropout, dynamic masks, two layers under
+  scan_layers): 10 steps on data 2 x seq 4 equal one device; a run killed
+  at step 7 on data 2 x seq 4 resumes from its step-5 checkpoint on fsdp 2
+  x seq 2 and one device with the same losses; trained on 8 devices, it
+  evaluates where JAX sees one to the final evaluation the one-device run
+  logged."""
   optional.need("transformers")
   res = run_cases(tmp_path, ["mlm"])
   assert res["devices"] == 8

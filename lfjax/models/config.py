@@ -77,6 +77,11 @@ class LongformerConfig:
   # and TPU only). Not written to config.json.
   remat: bool = False
   remat_policy: str = "nothing"
+  # lfjax: run each run of consecutive layers with the same window and
+  # dilation as one lax.scan instead of a Python loop (lfjax.models.stack):
+  # the same values and gradients, a compile time that does not grow with
+  # depth. Parameters stay per layer either way. Not written to config.json.
+  scan_layers: bool = False
   # lfjax: the source config.json's other fields (id2label, label2id,
   # problem_type, ...) as sorted JSON, written back by convert.to_pretrained
   # so a round trip loses nothing. A string keeps the config hashable (it is
@@ -103,6 +108,9 @@ class LongformerConfig:
     if self.remat_policy not in remat.POLICIES:
       raise ValueError(f"remat_policy: expected one of {list(remat.POLICIES)}"
                        f", got {self.remat_policy!r}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"scan_layers: expected True or False, got "
+                       f"{self.scan_layers!r}")
     for name in ("compute_dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"{name}: expected one of {list(DTYPES)}, got "

@@ -1,4 +1,5 @@
-"""RoBERTa-compatible Longformer encoder in Flax NNX.
+"""RoBERTa-compatible Longformer encoder in Flax NNX (the task heads:
+lfjax.models.heads).
 
 Module and attribute names mirror transformers' LongformerModel so that
 checkpoint conversion (lfjax.convert) is a name-by-name mapping. Any input
@@ -20,7 +21,7 @@ from lfjax.attention import common
 from lfjax.attention import probs
 from lfjax.attention import windowed_attention
 from lfjax.models import inputs
-from lfjax.models import remat
+from lfjax.models import stack
 from lfjax.models.config import DTYPES
 from lfjax.models.config import LongformerConfig
 
@@ -41,7 +42,7 @@ def _dtypes(cfg):
               param_dtype=DTYPES[cfg.param_dtype])
 
 
-def _normal_init(cfg):
+def normal_init(cfg):
   """N(0, initializer_range) drawn in float32 and rounded to the parameter
   dtype: a bfloat16-parameter model starts from the float32 model's values
   at the same seed (a bfloat16 draw would be another sample)."""
@@ -50,13 +51,13 @@ def _normal_init(cfg):
       key, shape, jnp.float32).astype(dtype)
 
 
-def _dense(cfg, n_in, n_out, rngs):
+def dense(cfg, n_in, n_out, rngs):
   # bfloat16 operands: XLA accumulates the products in float32 on GPU/TPU.
-  init = _normal_init(cfg)
+  init = normal_init(cfg)
   return nnx.Linear(n_in, n_out, kernel_init=init, rngs=rngs, **_dtypes(cfg))
 
 
-def _layer_norm(cfg, rngs):
+def layer_norm(cfg, rngs):
   # Flax computes the statistics in at least float32 whatever `dtype` is.
   return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
                        use_fast_variance=False, rngs=rngs, **_dtypes(cfg))
@@ -72,7 +73,7 @@ def position_ids_from_input_ids(input_ids_BxN, pad_token_id):
 class Embeddings(nnx.Module):
 
   def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    init = _normal_init(cfg)
+    init = normal_init(cfg)
     self.cfg = cfg
     param_dtype = DTYPES[cfg.param_dtype]
     self.word_embeddings = nnx.Embed(cfg.vocab_size, cfg.hidden_size,
@@ -86,7 +87,7 @@ class Embeddings(nnx.Module):
                                            cfg.hidden_size,
                                            embedding_init=init,
                                            param_dtype=param_dtype, rngs=rngs)
-    self.layer_norm = _layer_norm(cfg, rngs)
+    self.layer_norm = layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
 
   def __call__(self, input_ids_BxN, token_type_ids_BxN, position_ids_BxN):
@@ -113,7 +114,7 @@ class SelfAttention(nnx.Module):
     self.dilation = cfg.dilations()[layer_id]
     for name in ("query", "key", "value", "query_global", "key_global",
                  "value_global"):
-      setattr(self, name, _dense(cfg, e, e, rngs))
+      setattr(self, name, dense(cfg, e, e, rngs))
     # Dropout on the attention probabilities (transformers'
     # attention_probs_dropout_prob); held as an nnx.Dropout so it follows
     # train()/eval() and reseeding like the other dropouts.
@@ -198,11 +199,11 @@ class Layer(nnx.Module):
                rngs: nnx.Rngs):
     e, i = cfg.hidden_size, cfg.intermediate_size
     self.attention = SelfAttention(cfg, layer_id, rngs=rngs)
-    self.attention_output = _dense(cfg, e, e, rngs)
-    self.attention_layer_norm = _layer_norm(cfg, rngs)
-    self.intermediate = _dense(cfg, e, i, rngs)
-    self.output = _dense(cfg, i, e, rngs)
-    self.output_layer_norm = _layer_norm(cfg, rngs)
+    self.attention_output = dense(cfg, e, e, rngs)
+    self.attention_layer_norm = layer_norm(cfg, rngs)
+    self.intermediate = dense(cfg, e, i, rngs)
+    self.output = dense(cfg, i, e, rngs)
+    self.output_layer_norm = layer_norm(cfg, rngs)
     self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
     self.act = activation(cfg.hidden_act)
 
@@ -222,7 +223,7 @@ class Layer(nnx.Module):
             probs_)
 
 
-def _output(cls):
+def output_class(cls):
   """A dataclass output whose every field is a pytree leaf (jit returns it)."""
   cls = dataclasses.dataclass(cls)
   jax.tree_util.register_dataclass(
@@ -231,7 +232,7 @@ def _output(cls):
   return cls
 
 
-@_output
+@output_class
 class ModelOutput:
   """transformers' LongformerBaseModelOutputWithPooling.
 
@@ -247,20 +248,14 @@ class ModelOutput:
 
 
 # Fields every head passes through from the encoder, as transformers does.
-_ENCODER_EXTRAS = ("hidden_states", "attentions", "global_attentions")
+ENCODER_EXTRAS = ("hidden_states", "attentions", "global_attentions")
 
 
-def _extras(out):
-  return {name: getattr(out, name) for name in _ENCODER_EXTRAS}
+def encoder_extras(out):
+  return {name: getattr(out, name) for name in ENCODER_EXTRAS}
 
 
-def _f32(logits):
-  """Heads return float32 logits whatever the compute dtype: losses, argmax
-  and span scores read them."""
-  return logits.astype(jnp.float32)
-
-
-def _traced(*xs):
+def traced(*xs):
   return any(x is not None and not common.is_concrete(x) for x in xs)
 
 
@@ -272,15 +267,22 @@ MAX_GLOBAL_HINT = (
 
 
 class LongformerModel(nnx.Module):
-  """Embeddings, encoder and optional pooler (transformers' LongformerModel)."""
+  """Embeddings, encoder and optional pooler (transformers' LongformerModel).
+
+  `layers`: one Layer per layer, or with cfg.scan_layers one
+  lfjax.models.stack.LayerRun per run of layers with the same window and
+  dilation (parameters stacked [L, ...]; the same values at the same
+  seed)."""
 
   def __init__(self, cfg: LongformerConfig, *, add_pooling_layer=True,
                rngs: nnx.Rngs):
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
-    self.layers = nnx.List([Layer(cfg, i, rngs=rngs)
-                            for i in range(cfg.num_hidden_layers)])
-    self.pooler = (_dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    layers = [Layer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)]
+    if cfg.scan_layers:  # the same values, stacked per run
+      layers = [stack.LayerRun(layers[a:b]) for a, b in stack.layer_runs(cfg)]
+    self.layers = nnx.List(layers)
+    self.pooler = (dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
                    if add_pooling_layer else None)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
@@ -325,7 +327,7 @@ class LongformerModel(nnx.Module):
     cap = cfg.max_global if max_global is None else max_global
     key_mask, global_mask, bad_B = _masks(attention_mask, global_attention_mask,
                                           b, n, cap)
-    if global_mask is not None and _traced(global_mask, key_mask):
+    if global_mask is not None and traced(global_mask, key_mask):
       if cap is None:
         raise ValueError("max_global: the global attention mask is traced "
                          "(inside jit, grad or vmap), so the number of global "
@@ -350,21 +352,14 @@ class LongformerModel(nnx.Module):
     x_BxNxE = self.embeddings(input_ids, token_type_ids, position_ids)
     if bad_B is not None:
       x_BxNxE = jnp.where(bad_B[:, None, None], jnp.nan, x_BxNxE)
-    local, glob, hidden = [], [], [x_BxNxE]
-    for layer, key in zip(self.layers, self._layer_keys()):
-      if cfg.remat and not output_attentions:
-        # Recomputed in the backward, in layer order (lfjax.models.remat).
-        x_BxNxE, p = remat.remat_call(
-            lambda lyr, x, km, gm, k: lyr(x, km, gm, False, cap, k)[0],
-            layer, x_BxNxE, key_mask, global_mask, key,
-            policy=cfg.remat_policy), None
-      else:
-        x_BxNxE, p = layer(x_BxNxE, key_mask, global_mask, output_attentions,
-                           cap, key)
-      hidden.append(x_BxNxE)
-      if p is not None:
-        local.append(p[0])
-        glob.append(p[1])
+    x_embedded = x_BxNxE
+    x_BxNxE, hidden, probs_ = stack.run_layers(
+        self.layers, x_BxNxE, key_mask, global_mask, self._layer_keys(),
+        cfg=cfg, cap=cap, output_attentions=output_attentions,
+        output_hidden_states=output_hidden_states)
+    local = [p[0] for p in probs_]
+    glob = [p[1] for p in probs_]
+    hidden = [x_embedded] + hidden
     pooled = None
     if self.pooler is not None:
       pooled = jnp.tanh(self.pooler(x_BxNxE[:, 0]))
@@ -376,15 +371,15 @@ class LongformerModel(nnx.Module):
                            and glob[0] is not None else None))
 
   def _layer_keys(self):
-    """One dropout key per layer, drawn from the encoder's stream when
-    dropout is on (else Nones): explicit keys make each layer a pure
-    function of its inputs, with or without remat, and the same values
-    either way."""
+    """One dropout key per layer ([num_hidden_layers] key array), drawn
+    from the encoder's stream when dropout is on (else None): explicit keys
+    make each layer a pure function of its inputs, with or without remat or
+    scan, and the same values either way."""
     cfg, d = self.cfg, self.embeddings.dropout
     if d.deterministic or not (cfg.hidden_dropout_prob
                                or cfg.attention_probs_dropout_prob):
-      return [None] * cfg.num_hidden_layers
-    return list(jax.random.split(d.rngs(), cfg.num_hidden_layers))
+      return None
+    return jax.random.split(d.rngs(), cfg.num_hidden_layers)
 
   def _default_position_ids(self, input_ids_BxN):
     cfg = self.cfg
@@ -469,214 +464,3 @@ def _masks(attention_mask, global_attention_mask, b, n, cap):
   if marked is not None:
     global_mask = marked if global_mask is None else global_mask | marked
   return key_mask, global_mask, bad_B
-
-
-@_output
-class MaskedLMOutput:
-  logits: jax.Array
-  last_hidden_state: jax.Array
-  hidden_states: Optional[tuple] = None
-  attentions: Optional[tuple] = None
-  global_attentions: Optional[tuple] = None
-
-
-class LongformerForMaskedLM(nnx.Module):
-  """Encoder plus RoBERTa's LM head (transformers' LongformerForMaskedLM);
-  the decoder is the word embeddings unless config.tie_word_embeddings is
-  False."""
-
-  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
-    self.lm_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.lm_layer_norm = _layer_norm(cfg, rngs)
-    param_dtype = DTYPES[cfg.param_dtype]
-    self.lm_bias = nnx.Param(jnp.zeros((cfg.vocab_size,), param_dtype))
-    self.lm_decoder = None
-    if not cfg.tie_word_embeddings:
-      self.lm_decoder = nnx.data(nnx.Param(_normal_init(cfg)(
-          rngs.params(),
-                                 (cfg.vocab_size, cfg.hidden_size),
-                                 param_dtype)))
-    self.act = activation(cfg.lm_head_act)
-
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, positions=None,
-               output_attentions=False, output_hidden_states=False, *,
-               max_global=None):
-    """positions: optional [B, K] token indices in [0, N); logits are then
-    [B, K, V], for those tokens only (MLM training predicts ~15% of them).
-    Other arguments and errors as LongformerModel."""
-    out = self.longformer(input_ids, attention_mask, global_attention_mask,
-                          token_type_ids, position_ids, output_attentions,
-                          output_hidden_states, max_global=max_global)
-    h = out.last_hidden_state
-    y = h
-    if positions is not None:
-      positions = jnp.asarray(positions)
-      if positions.ndim != 2 or positions.shape[0] != h.shape[0]:
-        raise ValueError(f"positions: expected [batch={h.shape[0]}, K] "
-                         f"indices, got shape {positions.shape}")
-      inputs.check_index("positions", positions, h.shape[1], "the sequence")
-      n = h.shape[1]
-      y = jnp.take_along_axis(h, jnp.clip(positions, 0, n - 1)[:, :, None],
-                              axis=1)
-      y = jnp.where(inputs.in_range(positions, n)[:, :, None], y, jnp.nan)
-    y = self.lm_layer_norm(self.act(self.lm_dense(y)))
-    decoder_VxE = (self.longformer.embeddings.word_embeddings.embedding[...]
-                   if self.lm_decoder is None else self.lm_decoder[...])
-    # Operands in the compute dtype, logits (what losses read) float32.
-    logits = jnp.einsum("bne,ve->bnv", y, decoder_VxE.astype(y.dtype),
-                        preferred_element_type=jnp.float32)
-    logits = logits + self.lm_bias[...].astype(jnp.float32)
-    return MaskedLMOutput(logits=logits, last_hidden_state=h, **_extras(out))
-
-
-@_output
-class ClassifierOutput:
-  """logits: [B, num_labels] (sequence), [B, N, num_labels] (token) or
-  [B, num_choices] (multiple choice)."""
-  logits: jax.Array
-  hidden_states: Optional[tuple] = None
-  attentions: Optional[tuple] = None
-  global_attentions: Optional[tuple] = None
-
-
-@_output
-class QAOutput:
-  start_logits: jax.Array
-  end_logits: jax.Array
-  hidden_states: Optional[tuple] = None
-  attentions: Optional[tuple] = None
-  global_attentions: Optional[tuple] = None
-
-
-class LongformerForSequenceClassification(nnx.Module):
-  """Classifies from the first token, which is global unless told otherwise
-  (transformers' LongformerForSequenceClassification). With that default it
-  jits without max_global: the count is one by construction."""
-
-  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
-    self.classifier_dense = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.classifier_out = _dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False, *, max_global=None):
-    input_ids = jnp.asarray(input_ids)
-    cap = max_global
-    if global_attention_mask is None:
-      global_attention_mask = jnp.zeros(input_ids.shape, bool).at[:, 0].set(
-          True)
-      # One global token by construction, so the head jits without a cap;
-      # under jit a row with more (attention_mask 2) gets NaN outputs.
-      if (cap is None and self.cfg.max_global is None
-          and _traced(input_ids, attention_mask)):
-        cap = 1
-    out = self.longformer(input_ids, attention_mask, global_attention_mask,
-                          token_type_ids, position_ids, output_attentions,
-                          output_hidden_states, max_global=cap)
-    h = out.last_hidden_state
-    x = jnp.tanh(self.classifier_dense(self.dropout(h[:, 0])))
-    return ClassifierOutput(
-        logits=_f32(self.classifier_out(self.dropout(x))), **_extras(out))
-
-
-class LongformerForTokenClassification(nnx.Module):
-  """Per-token logits (transformers' LongformerForTokenClassification); no
-  global tokens unless given."""
-
-  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
-    self.classifier = _dense(cfg, cfg.hidden_size, cfg.num_labels, rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False, *, max_global=None):
-    out = self.longformer(input_ids, attention_mask, global_attention_mask,
-                          token_type_ids, position_ids, output_attentions,
-                          output_hidden_states, max_global=max_global)
-    logits = self.classifier(self.dropout(out.last_hidden_state))
-    return ClassifierOutput(logits=_f32(logits), **_extras(out))
-
-
-def choice_global_mask(input_ids_BxN, sep_token_id):
-  """transformers' multiple-choice default: global attention on every token
-  after the first `</s></s>` (the choice and what follows it); rows without
-  a separator get none."""
-  is_sep = input_ids_BxN == sep_token_id
-  has = is_sep.any(axis=1)
-  first_B = jnp.argmax(is_sep, axis=1)
-  after = jnp.arange(input_ids_BxN.shape[1])[None, :] > first_B[:, None] + 1
-  return after & has[:, None]
-
-
-class LongformerForMultipleChoice(nnx.Module):
-  """One score per choice from the pooled first token (transformers'
-  LongformerForMultipleChoice). Inputs are [B, C, N] (C choices); by default
-  the tokens after the first `</s></s>` of each choice are global, a count
-  known only from the data: under jit pass max_global."""
-
-  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.longformer = LongformerModel(cfg, add_pooling_layer=True, rngs=rngs)
-    self.classifier = _dense(cfg, cfg.hidden_size, 1, rngs)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout_prob, rngs=rngs)
-
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False, *, max_global=None):
-    input_ids = jnp.asarray(input_ids)
-    if input_ids.ndim != 3:
-      raise ValueError(f"input_ids: expected [batch, choices, seq], got shape "
-                       f"{input_ids.shape}")
-    b, c, n = input_ids.shape
-    flat = lambda x: None if x is None else jnp.asarray(x).reshape(b * c, n)
-    ids = flat(input_ids)
-    if global_attention_mask is None:
-      global_attention_mask = choice_global_mask(ids, self.cfg.sep_token_id)
-    out = self.longformer(ids, flat(attention_mask),
-                          flat(global_attention_mask), flat(token_type_ids),
-                          flat(position_ids), output_attentions,
-                          output_hidden_states, max_global=max_global)
-    logits = self.classifier(self.dropout(out.pooler_output))
-    return ClassifierOutput(logits=_f32(logits).reshape(b, c), **_extras(out))
-
-
-def question_global_mask(input_ids_BxN, sep_token_id):
-  """Global attention on every token before the first separator (the
-  question), as transformers' QA model sets it. Rows without a separator get
-  none."""
-  is_sep = input_ids_BxN == sep_token_id
-  first_BxN = jnp.where(is_sep.any(axis=1), jnp.argmax(is_sep, axis=1), 0)
-  return jnp.arange(input_ids_BxN.shape[1])[None, :] < first_BxN[:, None]
-
-
-class LongformerForQuestionAnswering(nnx.Module):
-  """Span start/end logits; the question tokens are global by default
-  (transformers' LongformerForQuestionAnswering). Their count is known only
-  from the data: under jit pass max_global."""
-
-  def __init__(self, cfg: LongformerConfig, *, rngs: nnx.Rngs):
-    self.cfg = cfg
-    self.longformer = LongformerModel(cfg, add_pooling_layer=False, rngs=rngs)
-    self.qa_outputs = _dense(cfg, cfg.hidden_size, 2, rngs)
-
-  def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
-               token_type_ids=None, position_ids=None, output_attentions=False,
-               output_hidden_states=False, *, max_global=None):
-    input_ids = jnp.asarray(input_ids)
-    if global_attention_mask is None:
-      global_attention_mask = question_global_mask(input_ids,
-                                                   self.cfg.sep_token_id)
-    out = self.longformer(input_ids, attention_mask, global_attention_mask,
-                          token_type_ids, position_ids, output_attentions,
-                          output_hidden_states, max_global=max_global)
-    logits = _f32(self.qa_outputs(out.last_hidden_state))
-    return QAOutput(start_logits=logits[..., 0], end_logits=logits[..., 1],
-                    **_extras(out))

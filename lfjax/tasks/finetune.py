@@ -36,6 +36,7 @@ from lfjax import convert
 from lfjax import loop
 from lfjax import parallel
 from lfjax import train_step
+from lfjax.models import stack
 from lfjax.tasks import common
 from lfjax.tasks import finetune_data
 from lfjax.tasks import finetune_model
@@ -187,7 +188,8 @@ def learning_rate(config, total):
 
 def optimizer(config, total):
   o = config.optim
-  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+  # Matrices only (not biases, LayerNorm), with scan_layers too.
+  decay = stack.decay_mask
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
   return optax.chain(*chain, optax.adamw(
       learning_rate(config, total), b1=o.b1, b2=o.b2, eps=o.eps,

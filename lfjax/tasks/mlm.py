@@ -41,6 +41,7 @@ from lfjax import loop
 from lfjax import parallel
 from lfjax import train_step
 from lfjax.data import text
+from lfjax.models import stack
 from lfjax.tasks import common
 from lfjax.tasks import mlm_defaults
 
@@ -142,7 +143,8 @@ def optimizer(config, params):
   if only not in ("all", "position_embeddings"):
     raise ValueError(f"train.train_only: expected 'all' or "
                      f"'position_embeddings', got {only!r}")
-  decay = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
+  # Matrices only (not biases, LayerNorm), with scan_layers too.
+  decay = stack.decay_mask
   adam = optax.adamw(learning_rate(config), b1=o.b1, b2=o.b2, eps=o.eps,
                      weight_decay=o.weight_decay, mask=decay)
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
