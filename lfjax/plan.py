@@ -203,13 +203,17 @@ class StepMemory:
   """Bytes per device of one compiled step (XLA's memory_analysis)."""
   parameters: int
   optimizer: int  # 0 for the evaluation step
-  batch: int  # the inputs: token ids, masks, labels, the key
+  batch: int  # the other inputs: token ids, masks, labels, the key
   temp: int  # activations, gradients, intermediates (XLA's temp peak)
   outputs: int  # outputs not aliased to a donated argument
   code: int  # generated code
   host: int  # host memory (remat_policy offload), not in the total
   resident: int  # held by the run meanwhile (the optimizer state, at eval)
   budget: int
+  # XLA's own argument bytes: less than parameters + optimizer + batch
+  # when the step leaves parameters unused (an evaluation without global
+  # tokens never reads the global projections), which stay on the device.
+  arguments: int = 0
 
   @property
   def total(self):
@@ -245,41 +249,47 @@ def _itemsize(dtype):
 
 
 def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
-  """Compiles jitted fn for args (ShapeDtypeStructs on target devices);
-  returns its StepMemory."""
+  """Compiles jitted fn for args (ShapeDtypeStructs on target devices:
+  parameters first, optimizer state second for a train step, then the
+  batch); returns its StepMemory."""
   try:
     lowered = fn.trace(*args).lower()
   except AttributeError:  # jax < 0.7: no .trace
     lowered = fn.lower(*args)
   m = lowered.compile().memory_analysis()
-  args_bytes = m.argument_size_in_bytes
+  skip = 2 if optimizer else 1
   return StepMemory(
       parameters=parameters, optimizer=optimizer,
-      batch=max(args_bytes - parameters - optimizer, 0),
-      temp=m.temp_size_in_bytes,
+      batch=tree_bytes(args[skip:]), temp=m.temp_size_in_bytes,
       outputs=max(m.output_size_in_bytes - m.alias_size_in_bytes, 0),
       code=m.generated_code_size_in_bytes,
       host=(m.host_temp_size_in_bytes + m.host_argument_size_in_bytes
             + m.host_output_size_in_bytes),
-      resident=resident, budget=budget)
+      resident=resident, budget=budget,
+      arguments=m.argument_size_in_bytes)
 
 
-def format_step(title, s, device_bytes):
-  """Lines of a step's table (GB = 1e9 bytes)."""
+def size(b):
+  """Bytes as GB (1e9), or MB below 0.1 GB."""
+  return f"{b / GB:8.2f} GB" if b >= 0.1 * GB else f"{b / 1e6:8.2f} MB"
+
+
+def format_step(title, s, device_bytes, temp="temp (activations, gradients)"):
+  """Lines of a step's table."""
   rows = [("parameters", s.parameters), ("optimizer state", s.optimizer),
-          ("batch and key", s.batch),
-          ("temp (activations, gradients)", s.temp),
+          ("batch and key", s.batch), (temp, s.temp),
           ("outputs not aliased", s.outputs), ("generated code", s.code)]
   if s.resident:
     rows.append(("optimizer state (resident)", s.resident))
   lines = [title]
-  lines += [f"  {name:<32}{b / GB:9.2f} GB" for name, b in rows]
-  lines.append(f"  {'total':<32}{s.total / GB:9.2f} GB  "
+  lines += [f"  {name:<32}{size(b)}" for name, b in rows if b or
+            name != "generated code"]
+  lines.append(f"  {'total':<32}{size(s.total)}  "
                f"({100 * s.total / device_bytes:.0f}% of the device's "
-               f"{device_bytes / GB:.1f} GB): "
+               f"{device_bytes / GB:.1f} GB; budget {s.budget / GB:.1f} GB): "
                + ("fits" if s.fits else "does not fit"))
   if s.host:
-    lines.append(f"  {'host memory (offloaded)':<32}{s.host / GB:9.2f} GB")
+    lines.append(f"  {'host memory (offloaded)':<32}{size(s.host)}")
   return lines
 
 
@@ -325,9 +335,23 @@ def plan(config, target_value, *, choices=4, search=True, out=print,
   status: 0 fits, 1 does not fit.
 
   choices: candidates per example for multiple_choice. search: also find
-  the largest micro-batch that fits.
+  the largest micro-batch that fits. out: where lines go. environ: the
+  environment XLA_PYTHON_CLIENT_MEM_FRACTION is read from (os.environ).
+  JAX's persistent compilation cache is off meanwhile (a deviceless
+  executable cannot be loaded back from it).
   Raises cli.UsageError (bad target, config or environment),
   extras.MissingPackage (no plugin), FileNotFoundError (no config.json)."""
+  import jax
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    return _plan(config, target_value, choices=choices, search=search,
+                 out=out, environ=environ)
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def _plan(config, target_value, *, choices, search, out, environ):
   from lfjax import parallel
   from lfjax import plan_steps
   target = parse_target(target_value)
@@ -370,8 +394,8 @@ def plan(config, target_value, *, choices=4, search=True, out=print,
   results = {micro: train_at(micro)}
   out("")
   for line in format_step(
-      f"train step: batch {steps.batch_size} as "
-      f"{steps.batch_size // micro} micro-batch(es) of {micro}",
+      f"train step: batch {steps.batch_size} = "
+      f"{steps.batch_size // micro} x micro-batch {micro}",
       results[micro], device):
     out(line)
   fn, args = steps.evaluate()
@@ -381,7 +405,8 @@ def plan(config, target_value, *, choices=4, search=True, out=print,
   out("")
   for line in format_step(
       f"evaluation step: batch {steps.eval_batch_size} (during training: "
-      "the optimizer state stays on the device)", ev, device):
+      "the optimizer state stays on the device)", ev, device,
+      temp="temp (activations)"):
     out(line)
   if search:
     groups = 1 if mesh is None else parallel.batch_groups(mesh)
@@ -394,7 +419,8 @@ def plan(config, target_value, *, choices=4, search=True, out=print,
         f"{steps.batch_size}" + (f", multiples of data x fsdp {groups}"
                                  if groups > 1 else "") + "): "
         + ", ".join(f"{m} {'fits' if r.fits else 'does not fit'} "
-                    f"({r.total / GB:.1f} GB)" for m, r in sorted(tried.items()))
+                    f"({size(r.total).strip()})"
+                    for m, r in sorted(tried.items()))
         + (f"; not compiled: {', '.join(map(str, sorted(set(sizes) - set(tried))))}"
            if set(sizes) - set(tried) else ""))
     out("largest micro-batch that fits: " + (
