@@ -125,8 +125,10 @@ def main():
       json.dump(d, f)
   head = [
       "# Compiled GPU memory of Longformer train steps (lfjax.plan)", "",
-      "Command: `JAX_PLATFORMS=cpu python experiments/plan_memory.py "
-      + " ".join(sys.argv[1:]) + "`", "",
+      "Command: `" + " ".join(
+          ["JAX_PLATFORMS=cpu python experiments/plan_memory.py"]
+          + [f"--{k} {v}" for k, v in vars(args).items()
+             if k != "out" and v != p.get_default(k)]) + "`", "",
       f"jax {jax.__version__}, jax-cuda12-plugin {plugin}, Python "
       f"{platform.python_version()}; deviceless XLA compilation for the "
       "GPU (no GPU used). GB = 1e9 bytes per device; total = arguments + "

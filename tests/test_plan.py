@@ -227,6 +227,30 @@ def test_config_only_model_reads_no_weights(tmp_path):
       == 2 * n
 
 
+@pytest.mark.parametrize("task,config", [
+    ("qa", "qa_longformer"), ("classification", "classify_longformer"),
+    ("multiple_choice", "multiple_choice_longformer")])
+def test_finetuning_steps_trace_with_the_tasks_shapes(task, config,
+                                                      tmp_path):
+  """Each fine-tuning task's train and evaluation steps take the batch
+  plan_steps.finetune_batch describes (traced and lowered: the shapes
+  agree with the task's loss and forward)."""
+  import importlib
+  c = importlib.import_module(config).get_config("tiny")
+  c.init_from = _checkpoint(tmp_path / "m")
+  plan.validate(c)
+  steps = plan_steps.finetune_steps(c, jax.devices(), choices=3)
+  assert task in steps.describe
+  fn, args = steps.train(c.train.micro_batch_size)
+  n = c.model.max_length
+  assert args[2]["input_ids"].shape == (
+      (c.train.batch_size, 3, n) if task == "multiple_choice"
+      else (c.train.batch_size, n))
+  fn.trace(*args).lower()
+  fn, args = steps.evaluate()
+  fn.trace(*args).lower()
+
+
 def test_steps_compile_on_the_cpu_backend(tmp_path):
   """The planner's steps are the trainer's: they compile (here for the
   CPU, where XLA's memory analysis exists too) with the batch's shapes."""
@@ -308,3 +332,20 @@ def test_absurd_micro_batch_does_not_fit(plugin, tmp_path):
   assert lines[-1] == "does not fit"
   assert any(line.startswith("  total") and "does not fit" in line
              for line in lines)
+
+
+def test_fsdp_mesh_is_planned_per_device(plugin, tmp_path):
+  """h100x2 with config.mesh.fsdp 2: parameters and AdamW's moments split
+  in two (every leaf of the tiny model has an even dimension), and the
+  step compiles for the two GPUs."""
+  c = _mlm_config(_checkpoint(tmp_path / "m"), batch_size=2,
+                  micro_batch_size=2)
+  c.mesh.fsdp = 2
+  devices = plan.topology_devices(plan.parse_target("h100x2"), plugin)
+  steps = plan_steps.mlm_steps(c, devices)
+  n = _param_count(32, 2, 64, 1000, 256 + 2)
+  assert dict(steps.mesh.shape) == {"data": 1, "fsdp": 2, "seq": 1}
+  assert plan.tree_bytes(steps.params) == 4 * n // 2
+  lines = []
+  assert plan.plan(c, "h100x2", search=False, out=lines.append) == 0
+  assert "mesh data 1 x fsdp 2 x seq 1 on 2 of 2 devices" in lines[1]
