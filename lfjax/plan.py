@@ -50,6 +50,7 @@ import importlib.metadata
 import importlib.resources
 import os
 import re
+import sys
 
 from lfjax import cli
 from lfjax import extras
@@ -381,10 +382,13 @@ def _plan(config, target_value, *, choices, search, out, environ):
                          if target.count > 1 else ""))
       + f"; budget {budget / GB:.1f} GB per device = {fraction:g} of "
       f"{device / GB:.1f} GB (XLA_PYTHON_CLIENT_MEM_FRACTION"
-      + ("" if (environ or os.environ).get("XLA_PYTHON_CLIENT_MEM_FRACTION")
-         else ", JAX's default") + ")")
+      + ("" if (os.environ if environ is None else environ).get(
+          "XLA_PYTHON_CLIENT_MEM_FRACTION") else ", JAX's default") + ")")
 
   def train_at(micro):
+    # A large model's step compiles in minutes: say what is going on.
+    print(f"compiling the train step at micro-batch {micro} ...",
+          file=sys.stderr, flush=True)
     fn, args = steps.train(micro)
     with parallel.use(mesh):
       return compile_memory(fn, args, parameters=params, optimizer=opt,
@@ -398,6 +402,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
       f"{steps.batch_size // micro} x micro-batch {micro}",
       results[micro], device):
     out(line)
+  print("compiling the evaluation step ...", file=sys.stderr, flush=True)
   fn, args = steps.evaluate()
   with parallel.use(mesh):
     ev = compile_memory(fn, args, parameters=params, optimizer=0,
@@ -414,6 +419,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
     best, tried = largest_fitting(
         sizes, lambda m: results[m] if m in results else train_at(m),
         start=micro)
+    skipped = ", ".join(str(m) for m in sizes if m not in tried)
     out("")
     out(f"micro-batch sizes (divisors of train.batch_size "
         f"{steps.batch_size}" + (f", multiples of data x fsdp {groups}"
@@ -421,8 +427,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
         + ", ".join(f"{m} {'fits' if r.fits else 'does not fit'} "
                     f"({size(r.total).strip()})"
                     for m, r in sorted(tried.items()))
-        + (f"; not compiled: {', '.join(map(str, sorted(set(sizes) - set(tried))))}"
-           if set(sizes) - set(tried) else ""))
+        + (f"; not compiled: {skipped}" if skipped else ""))
     out("largest micro-batch that fits: " + (
         f"{best} (--config.train.micro_batch_size={best})" if best else
         "none (try model.dtype bfloat16, model.remat True, a shorter "

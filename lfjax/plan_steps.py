@@ -149,6 +149,9 @@ def mlm_steps(config, devices):
   tx = mlm.optimizer(config, params)
   corpus = mlm_corpus(cfg)
   mesh = _mesh(config.mesh, devices)
+  # As mlm.train_and_evaluate checks them (cli.ConfigError).
+  parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
+  parallel.check_seq(mesh, "train.seq_len", t.seq_len)
   if mesh is None:
     one = jax.sharding.SingleDeviceSharding(devices[0])
     params = _placed(params, one)
