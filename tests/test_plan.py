@@ -287,7 +287,8 @@ def plugin():
   jax.config.update("jax_enable_compilation_cache", cache)
 
 
-def test_tiny_mlm_fits_an_h100(plugin, tmp_path, capsys):
+def test_tiny_mlm_fits_an_h100(plugin, tmp_path, capsys, monkeypatch):
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
   code, out, _ = _run([
       "--config", "configs/mlm_longformer_base.py:tiny",
       "--config.init_from", _checkpoint(tmp_path / "m"),
