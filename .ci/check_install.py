@@ -8,6 +8,7 @@ the first failed check.
 """
 
 import importlib.metadata
+import importlib.resources
 import importlib.util
 import os
 import pathlib
@@ -64,6 +65,11 @@ check(in_checkout or where == site,
       f"lfjax is imported from {where} (the wheel's copy: {site})")
 check((pathlib.Path(band_attention.__file__).parent / "README.md").is_file(),
       "lfjax/kernels/README.md ships in the wheel")
+from lfjax import plan  # noqa: E402
+
+check(all(importlib.resources.files("lfjax.gpu_targets").joinpath(
+    f + ".txtpb").is_file() for f, _ in plan.TARGETS.values()),
+      "lfjax/gpu_targets/*.txtpb (--plan_for's GPUs) ship in the wheel")
 rng = np.random.default_rng(0)
 q, k, v = (rng.standard_normal((1, 37, 2, 8)).astype(np.float32)
            for _ in range(3))

@@ -21,7 +21,13 @@ from lfjax.tasks import mlm_defaults
 
 def get_config(arg=None):
   c = mlm_defaults.base_config()
-  # Batch 64 x 4096 as 8 micro-batches of 8 (fits an 80 GB GPU in float32).
+  # Batch 64 x 4096 as 8 micro-batches of 8. Compiled for an A100 (XLA's
+  # figures, `--plan_for a100`; experiments/results/plan_memory.md, with
+  # model.global_bos): 32.9 GB per GPU in float32 without remat, so an
+  # 80 GB GPU, or a 40 GB one only with XLA_PYTHON_CLIENT_MEM_FRACTION=0.8
+  # or more (JAX's default 0.75 leaves 31.7 GB; micro-batch 4 needs
+  # 20.1 GB); 7.4 GB with --config.model.dtype=bfloat16
+  # --config.model.remat=True.
   c.train.micro_batch_size = 8
   if arg == "tiny":
     mlm_defaults.tiny(c)

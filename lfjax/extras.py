@@ -13,7 +13,7 @@ import importlib
 
 # module -> the extra of pyproject.toml that installs it
 EXTRAS = {"transformers": "hf", "tokenizers": "hf",
-          "tensorboardX": "tensorboard"}
+          "tensorboardX": "tensorboard", "jax_cuda12_plugin": "plan"}
 
 
 class MissingPackage(ImportError):

@@ -1,0 +1,287 @@
+"""The steps lfjax.plan compiles: a run's train and evaluation steps, built
+by the task's own code from init_from's config.json alone.
+
+The model is nnx.eval_shape of the task's head on the config the run would
+load (MLM: made long as lfjax.convert.make_long would; fine-tuning: the
+head lfjax.tasks.finetune.load_model puts on it), so no weights are read
+or allocated. Parameters and optimizer state are ShapeDtypeStructs on the
+target's devices (split over config.mesh as lfjax.parallel.init_state
+splits them); the batch has the shapes the task's data would give at the
+config's lengths (the longest: every sequence padded to the maximum).
+"""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from lfjax import convert
+from lfjax import parallel
+from lfjax.data import text
+from lfjax.tasks import common
+
+
+@dataclasses.dataclass
+class Steps:
+  """What lfjax.plan compiles, for one micro-batch size at a time.
+
+  train(micro) -> (jitted step, its argument ShapeDtypeStructs);
+  evaluate() -> (jitted step, arguments); params, opt_state: abstract
+  trees (per-device bytes: lfjax.plan.tree_bytes); describe: one line on
+  the model and run; mesh: None or the jax Mesh planned on."""
+  train: object
+  evaluate: object
+  params: object
+  opt_state: object
+  describe: str
+  mesh: object
+  batch_size: int
+  micro_batch_size: int
+  eval_batch_size: int
+
+
+def read_model_config(config, **overrides):
+  """The LongformerConfig of init_from's config.json (only that file is
+  read). Raises FileNotFoundError naming config.init_from."""
+  path = config.init_from
+  if not isinstance(path, str) or not path or not pathlib.Path(
+      path, "config.json").is_file():
+    raise FileNotFoundError(
+        f"config.init_from: expected a folder with config.json (only that "
+        f"file is read to plan), got {path!r}")
+  return convert.config_from_pretrained(path, **overrides)
+
+
+def _sds(shape, dtype, sharding):
+  return jax.ShapeDtypeStruct(tuple(shape), dtype, sharding=sharding)
+
+
+def _placed(tree, shardings):
+  """ShapeDtypeStructs of tree's leaves with the given sharding(s) (one
+  for all, or a matching tree)."""
+  if not isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree.map(lambda x, s: _sds(x.shape, x.dtype, s), tree,
+                        shardings)
+  return jax.tree.map(lambda x: _sds(x.shape, x.dtype, shardings), tree)
+
+
+def _concrete(tree):
+  """Concrete stand-ins for the small non-parameter state of an abstract
+  model (dropout RNG keys, counts): the train step closes over it as
+  constants, which must be values. Their values change no buffer size."""
+  def make(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      keys = jax.random.split(jax.random.key(0), max(int(np.prod(x.shape)),
+                                                     1))
+      return keys[0] if x.shape == () else keys.reshape(x.shape)
+    return np.zeros(x.shape, x.dtype)
+  return jax.tree.map(make, tree)
+
+
+def _abstract_model(head, cfg, seed):
+  """(train graphdef, eval graphdef, params, rest) of an abstract model."""
+  model = nnx.eval_shape(lambda: convert.HEADS[head](cfg,
+                                                     rngs=nnx.Rngs(seed)))
+  model.train()
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graphdef = nnx.split(model, nnx.Param, ...)[0]
+  return graphdef, eval_graphdef, params, _concrete(rest)
+
+
+def _key(sharding):
+  return _sds((), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding)
+
+
+def _describe(cfg, config, length, extra=""):
+  m = config.model
+  windows = sorted(set(cfg.windows()))
+  return (f"{config.task}: {cfg.num_hidden_layers} layers x "
+          f"{cfg.hidden_size} hidden, {cfg.num_attention_heads} heads, "
+          f"window {windows[0] if len(windows) == 1 else windows}, "
+          f"{length:,} tokens{extra}, vocab {cfg.vocab_size:,}; "
+          f"dtype {m.get('dtype', 'float32')}, params "
+          f"{m.get('param_dtype', 'float32')}, remat "
+          + (m.get("remat_policy", "nothing") if m.get("remat") else "off"))
+
+
+# MLM -----------------------------------------------------------------------
+
+
+def mlm_corpus(cfg):
+  """A TokenCorpus without data: the ids masked_loss needs, from the model
+  config (the mask id is the last token, as RoBERTa's <mask>; ids change
+  values, not shapes or memory)."""
+  mask = cfg.vocab_size - 1
+  specials = tuple(sorted({cfg.bos_token_id, cfg.eos_token_id,
+                           cfg.pad_token_id, mask}))
+  return text.TokenCorpus(splits={}, vocab_size=cfg.vocab_size,
+                          bos_id=cfg.bos_token_id, eos_id=cfg.eos_token_id,
+                          pad_id=cfg.pad_token_id, mask_id=mask,
+                          special_ids=specials)
+
+
+def mlm_steps(config, devices):
+  """Steps of an MLM run (lfjax.tasks.mlm) on `devices` (the target's)."""
+  from lfjax.tasks import mlm
+  m, t = config.model, config.train
+  cfg = read_model_config(
+      config, attention_impl=m.attention_impl,
+      max_global=1 if m.global_bos else None,
+      **common.encoder_overrides(m))
+  reserved = cfg.pad_token_id + 1
+  if cfg.max_position_embeddings - reserved < m.max_positions:
+    # As mlm.load_model -> convert.make_long would make it.
+    window = (m.attention_window if convert.full_attention(cfg)
+              else cfg.attention_window)
+    cfg = dataclasses.replace(
+        cfg, max_position_embeddings=m.max_positions + reserved,
+        attention_window=window)
+  if t.seq_len > m.max_positions:
+    raise ValueError(f"train.seq_len: expected at most model.max_positions="
+                     f"{m.max_positions}, got {t.seq_len}")
+  graphdef, eval_graphdef, params, rest = _abstract_model(
+      "masked_lm", cfg, config.seed)
+  tx = mlm.optimizer(config, params)
+  corpus = mlm_corpus(cfg)
+  mesh = _mesh(config.mesh, devices)
+  # As mlm.train_and_evaluate checks them (cli.ConfigError).
+  parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
+  parallel.check_seq(mesh, "train.seq_len", t.seq_len)
+  if mesh is None:
+    one = jax.sharding.SingleDeviceSharding(devices[0])
+    params = _placed(params, one)
+    opt_state = _placed(jax.eval_shape(tx.init, params), one)
+    shardings, batch_sh, rep = None, one, one
+  else:
+    params = _placed(params, parallel.state_shardings(params, mesh))
+    opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
+    opt_state = _placed(jax.eval_shape(tx.init, params), opt_sh)
+    shardings = (jax.tree.map(lambda x: x.sharding, params), opt_sh, mesh)
+    batch_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+
+  def batch(rows, sharding):
+    return {k: _sds((rows, t.seq_len), np.int32, sharding)
+            for k in ("input_ids", "attention_mask", "chars")}
+
+  def train(micro):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.train.micro_batch_size = micro
+    step = mlm.make_train_step(graphdef, rest, tx, c, corpus, shardings)
+    return step, (params, opt_state, batch(t.batch_size, batch_sh), _key(rep))
+
+  def evaluate():
+    # As mlm.evaluate_model's jitted sums (model in eval mode).
+    fn = jax.jit(lambda p, b, k: mlm.masked_loss(
+        nnx.merge(eval_graphdef, p, rest), config, corpus, b, k))
+    return fn, (params, batch(config.eval.batch_size, rep), _key(rep))
+
+  return Steps(train, evaluate, params, opt_state,
+               _describe(cfg, config, t.seq_len,
+                         ", 1 global token" if m.global_bos else ""),
+               mesh, t.batch_size, t.micro_batch_size, config.eval.batch_size)
+
+
+def _mesh(mesh_config, devices):
+  """The jax Mesh config.mesh asks for on the target's devices, or None
+  (one device) as lfjax.parallel.make_mesh. Raises cli.ConfigError."""
+  sizes = parallel.resolve(mesh_config, len(devices), "cuda")
+  count = int(np.prod(list(sizes.values())))
+  if count == 1:
+    return None
+  return jax.sharding.Mesh(
+      np.asarray(devices[:count]).reshape([sizes[a] for a in parallel.AXES]),
+      parallel.AXES,
+      axis_types=(jax.sharding.AxisType.Auto,) * len(parallel.AXES))
+
+
+# Fine-tuning ---------------------------------------------------------------
+
+
+def num_labels(config):
+  """Classification labels to plan with: data.labels, else config.json's
+  id2label, else 2 (the head's size barely matters)."""
+  if config.data.labels:
+    return len(config.data.labels)
+  d = json.loads(pathlib.Path(config.init_from, "config.json").read_text())
+  return len(d.get("id2label") or {}) or 2
+
+
+def finetune_batch(task, config, rows, labels, choices, sharding):
+  """ShapeDtypeStructs of a fine-tuning batch as the task's featurize
+  makes it, at model.max_length tokens per sequence."""
+  n = config.model.max_length
+  i32 = np.int32
+  seq = (rows, choices, n) if task == "multiple_choice" else (rows, n)
+  b = {"input_ids": _sds(seq, i32, sharding),
+       "attention_mask": _sds(seq, i32, sharding)}
+  if task == "qa":
+    b.update(start=_sds((rows,), i32, sharding),
+             end=_sds((rows,), i32, sharding))
+  elif task == "classification":
+    multi = config.data.label_kind == "multi"
+    b["labels"] = _sds((rows, labels) if multi else (rows,),
+                       np.float32 if multi else i32, sharding)
+  else:
+    b.update(global_mask=_sds(seq, i32, sharding),
+             answer=_sds((rows,), i32, sharding),
+             choice_mask=_sds((rows, choices), bool, sharding))
+  return b
+
+
+def finetune_steps(config, devices, choices=4):
+  """Steps of a fine-tuning run (classification, qa, multiple_choice) on
+  the first of `devices`: fine-tuning runs on one device.
+
+  choices: candidates per example (multiple choice: the data decides;
+  WikiHop has up to 79)."""
+  from lfjax import tasks
+  from lfjax.tasks import finetune
+  module = tasks.get(config.task)
+  spec = module.SPEC
+  m, t = config.model, config.train
+  labels = num_labels(config) if config.task == "classification" else None
+  cfg = read_model_config(config, attention_impl=m.attention_impl,
+                          **common.encoder_overrides(m))
+  have = cfg.max_position_embeddings - cfg.pad_token_id - 1
+  if m.max_length > have:
+    raise ValueError(f"config.model.max_length: expected at most the "
+                     f"{have} positions of {config.init_from}, got "
+                     f"{m.max_length} (make the model long first: python -m "
+                     "lfjax.convert --max_positions N)")
+  if labels is not None:
+    cfg = dataclasses.replace(cfg, num_labels=labels)
+  graphdef, eval_graphdef, params, rest = _abstract_model(
+      spec.head, cfg, config.seed)
+  one = jax.sharding.SingleDeviceSharding(devices[0])
+  tx = finetune.optimizer(config, 1000)  # the step count changes no shape
+  params = _placed(params, one)
+  opt_state = _placed(jax.eval_shape(tx.init, params), one)
+
+  def train(micro):
+    step = finetune.make_train_step(
+        graphdef, rest, tx, lambda mdl, b: spec.loss(mdl, b, config),
+        t.batch_size, micro)
+    return step, (params, opt_state,
+                  finetune_batch(config.task, config, t.batch_size, labels,
+                                 choices, one), _key(one))
+
+  def evaluate():
+    # As finetune.predict's jitted forward (model in eval mode).
+    fn = jax.jit(lambda p, b: spec.forward(nnx.merge(eval_graphdef, p, rest),
+                                           b, config))
+    return fn, (params, finetune_batch(config.task, config,
+                                       config.eval.batch_size, labels,
+                                       choices, one))
+
+  extra = {"qa": f", up to {m.get('max_question_tokens', 0) + 1} global "
+                 "tokens",
+           "classification": f", 1 global token, {labels} labels",
+           "multiple_choice": f", {choices} choices"}[config.task]
+  return Steps(train, evaluate, params, opt_state,
+               _describe(cfg, config, m.max_length, extra), None,
+               t.batch_size, t.micro_batch_size, config.eval.batch_size)
