@@ -18,8 +18,8 @@ run folder is written.
 
 Targets: a100 (A100 SXM 40 GB), a100_80 (A100 SXM 80 GB), h100 (H100 SXM
 80 GB HBM3), h200 (H200 141 GB); with xN (h100x8) N such GPUs on one host,
-and the config's mesh (config.mesh, MLM only: fine-tuning runs on one
-device) is planned per device.
+and the config's mesh (config.mesh, as the MLM and fine-tuning trainers
+lay it out) is planned per device.
 
 How the total is computed (bytes, per device): XLA's
 `compiled.memory_analysis()` of the step: arguments (parameters, optimizer

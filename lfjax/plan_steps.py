@@ -152,17 +152,9 @@ def mlm_steps(config, devices):
   # As mlm.train_and_evaluate checks them (cli.ConfigError).
   parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
   parallel.check_seq(mesh, "train.seq_len", t.seq_len)
-  if mesh is None:
-    one = jax.sharding.SingleDeviceSharding(devices[0])
-    params = _placed(params, one)
-    opt_state = _placed(jax.eval_shape(tx.init, params), one)
-    shardings, batch_sh, rep = None, one, one
-  else:
-    params = _placed(params, parallel.state_shardings(params, mesh))
-    opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
-    opt_state = _placed(jax.eval_shape(tx.init, params), opt_sh)
-    shardings = (jax.tree.map(lambda x: x.sharding, params), opt_sh, mesh)
-    batch_sh, rep = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  params, opt_state, shardings, one = _place_state(tx, params, mesh, devices)
+  batch_sh = one if mesh is None else parallel.batch_sharding(mesh)
+  rep = one if mesh is None else parallel.replicated(mesh)
 
   def batch(rows, sharding):
     return {k: _sds((rows, t.seq_len), np.int32, sharding)
@@ -184,6 +176,21 @@ def mlm_steps(config, devices):
                _describe(cfg, config, t.seq_len,
                          ", 1 global token" if m.global_bos else ""),
                mesh, t.batch_size, t.micro_batch_size, config.eval.batch_size)
+
+
+def _place_state(tx, params, mesh, devices):
+  """(params, opt_state, the train step's shardings, one device's
+  sharding) as ShapeDtypeStructs placed as lfjax.parallel.init_state
+  places them: on the first device, or split over the mesh's fsdp."""
+  one = jax.sharding.SingleDeviceSharding(devices[0])
+  if mesh is None:
+    params = _placed(params, one)
+    return params, _placed(jax.eval_shape(tx.init, params), one), None, one
+  params = _placed(params, parallel.state_shardings(params, mesh))
+  opt_sh = parallel.state_shardings(jax.eval_shape(tx.init, params), mesh)
+  opt_state = _placed(jax.eval_shape(tx.init, params), opt_sh)
+  return (params, opt_state,
+          (jax.tree.map(lambda x: x.sharding, params), opt_sh, mesh), one)
 
 
 def _mesh(mesh_config, devices):
@@ -211,31 +218,35 @@ def num_labels(config):
   return len(d.get("id2label") or {}) or 2
 
 
-def finetune_batch(task, config, rows, labels, choices, sharding):
-  """ShapeDtypeStructs of a fine-tuning batch as the task's featurize
-  makes it, at model.max_length tokens per sequence."""
-  n = config.model.max_length
+def finetune_batch(task, config, rows, labels, choices, mesh, one):
+  """ShapeDtypeStructs of a fine-tuning batch as the task's featurize and
+  finetune_data.gather make it, at model.max_length tokens per sequence
+  (padded to a multiple of the mesh's seq devices, as training pads), on
+  one device or split as training splits it (finetune_data.batch_shardings)."""
+  from lfjax.tasks import finetune_data
+  n = finetune_data.round_up(config.model.max_length,
+                             parallel.seq_shards(mesh))
   i32 = np.int32
   seq = (rows, choices, n) if task == "multiple_choice" else (rows, n)
-  b = {"input_ids": _sds(seq, i32, sharding),
-       "attention_mask": _sds(seq, i32, sharding)}
+  b = {"input_ids": (seq, i32), "attention_mask": (seq, i32)}
   if task == "qa":
-    b.update(start=_sds((rows,), i32, sharding),
-             end=_sds((rows,), i32, sharding))
+    b.update(start=((rows,), i32), end=((rows,), i32))
   elif task == "classification":
     multi = config.data.label_kind == "multi"
-    b["labels"] = _sds((rows, labels) if multi else (rows,),
-                       np.float32 if multi else i32, sharding)
+    b["labels"] = ((rows, labels) if multi else (rows,),
+                   np.float32 if multi else i32)
   else:
-    b.update(global_mask=_sds(seq, i32, sharding),
-             answer=_sds((rows,), i32, sharding),
-             choice_mask=_sds((rows, choices), bool, sharding))
-  return b
+    b.update(global_mask=(seq, i32), answer=((rows,), i32),
+             choice_mask=((rows, choices), bool))
+  shapes = {k: jax.ShapeDtypeStruct(*v) for k, v in b.items()}
+  sh = finetune_data.batch_shardings(mesh, shapes) or {k: one for k in b}
+  return {k: _sds(v.shape, v.dtype, sh[k]) for k, v in shapes.items()}
 
 
 def finetune_steps(config, devices, choices=4):
   """Steps of a fine-tuning run (classification, qa, multiple_choice) on
-  the first of `devices`: fine-tuning runs on one device.
+  `devices` (the target's), split over config.mesh as the trainer splits
+  it (lfjax.tasks.finetune.train_and_evaluate).
 
   choices: candidates per example (multiple choice: the data decides;
   WikiHop has up to 79)."""
@@ -257,31 +268,36 @@ def finetune_steps(config, devices, choices=4):
     cfg = dataclasses.replace(cfg, num_labels=labels)
   graphdef, eval_graphdef, params, rest = _abstract_model(
       spec.head, cfg, config.seed)
-  one = jax.sharding.SingleDeviceSharding(devices[0])
   tx = finetune.optimizer(config, 1000)  # the step count changes no shape
-  params = _placed(params, one)
-  opt_state = _placed(jax.eval_shape(tx.init, params), one)
+  mesh = _mesh(config.mesh, devices)
+  # As finetune.train_and_evaluate checks them (cli.ConfigError).
+  parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
+  parallel.check_batch(mesh, "eval.batch_size", config.eval.batch_size)
+  params, opt_state, shardings, one = _place_state(tx, params, mesh, devices)
+  rep = one if mesh is None else parallel.replicated(mesh)
+  batch = lambda rows: finetune_batch(config.task, config, rows, labels,
+                                      choices, mesh, one)
 
   def train(micro):
+    b = batch(t.batch_size)
     step = finetune.make_train_step(
         graphdef, rest, tx, lambda mdl, b: spec.loss(mdl, b, config),
-        t.batch_size, micro)
-    return step, (params, opt_state,
-                  finetune_batch(config.task, config, t.batch_size, labels,
-                                 choices, one), _key(one))
+        t.batch_size, micro, shardings=shardings,
+        batch_shardings=None if mesh is None else jax.tree.map(
+            lambda x: x.sharding, b))
+    return step, (params, opt_state, b, _key(rep))
 
   def evaluate():
     # As finetune.predict's jitted forward (model in eval mode).
     fn = jax.jit(lambda p, b: spec.forward(nnx.merge(eval_graphdef, p, rest),
-                                           b, config))
-    return fn, (params, finetune_batch(config.task, config,
-                                       config.eval.batch_size, labels,
-                                       choices, one))
+                                           b, config),
+                 out_shardings=None if mesh is None else rep)
+    return fn, (params, batch(config.eval.batch_size))
 
   extra = {"qa": f", up to {m.get('max_question_tokens', 0) + 1} global "
                  "tokens",
            "classification": f", 1 global token, {labels} labels",
            "multiple_choice": f", {choices} choices"}[config.task]
   return Steps(train, evaluate, params, opt_state,
-               _describe(cfg, config, m.max_length, extra), None,
+               _describe(cfg, config, m.max_length, extra), mesh,
                t.batch_size, t.micro_batch_size, config.eval.batch_size)

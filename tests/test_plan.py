@@ -350,3 +350,34 @@ def test_fsdp_mesh_is_planned_per_device(plugin, tmp_path):
   lines = []
   assert plan.plan(c, "h100x2", search=False, out=lines.append) == 0
   assert "mesh data 1 x fsdp 2 x seq 1 on 2 of 2 devices" in lines[1]
+
+
+@pytest.mark.parametrize("config,mesh", [
+    ("qa_longformer", dict(fsdp=2)),
+    ("multiple_choice_longformer", dict(data=1, fsdp=1, seq=2))])
+def test_finetuning_mesh_is_planned_per_device(plugin, tmp_path, config,
+                                               mesh):
+  """Fine-tuning trains on config.mesh, and is planned on it: fsdp splits
+  the parameters and AdamW's moments in two; seq splits the multiple-choice
+  tokens [b, C, L] along L (padded to the seq devices as in training)."""
+  import importlib
+  c = importlib.import_module(config).get_config("tiny")
+  c.init_from = _checkpoint(tmp_path / "m")
+  t = plan.parse_target("h100x2")
+  devices = plan.topology_devices(t, plugin)
+  alone = plan_steps.finetune_steps(c, devices[:1], choices=3)
+  c.mesh.update(mesh)
+  steps = plan_steps.finetune_steps(c, devices, choices=3)
+  assert dict(steps.mesh.shape) == dict(dict(data=1, fsdp=1, seq=1), **mesh)
+  split = mesh.get("fsdp", 1)
+  assert plan.tree_bytes(steps.params) == plan.tree_bytes(alone.params) // split
+  _, args = steps.train(c.train.micro_batch_size)
+  ids = args[2]["input_ids"]
+  # Examples over data x fsdp, tokens over seq (a multiple of its devices).
+  assert ids.sharding.spec[0] == ("data", "fsdp")
+  assert ids.sharding.spec[-1] == "seq"
+  assert ids.shape[-1] % steps.mesh.shape["seq"] == 0
+  lines = []
+  assert plan.plan(c, "h100x2", search=False, out=lines.append,
+                   choices=3) == 0
+  assert "on 2 of 2 devices" in lines[1]
