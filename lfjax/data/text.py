@@ -34,16 +34,22 @@ from lfjax.data import sampler
 SPLITS = ("train", "valid")
 
 
-def load_tokenizer(path):
-  """A fast Hugging Face tokenizer from a local directory.
+def load_tokenizer(path, *, needs=("mask", "pad"), purpose="MLM data"):
+  """A fast Hugging Face tokenizer from a local directory (character
+  offsets, for BPC and answer spans, need a fast one); MLM's and
+  fine-tuning's.
+
+  needs: the special tokens it must have ("mask", "pad"); purpose: what
+  reads it (for the messages).
 
   Raises:
     extras.MissingPackage: transformers is not installed.
     FileNotFoundError: no such directory, or no tokenizer files in it.
-    ValueError: a slow tokenizer, or one without mask and pad tokens.
+    ValueError: a slow tokenizer, or one without a needed token.
   """
   transformers = extras.require("transformers", "tokenizer: reading the "
-                                "checkpoint's tokenizer for MLM data")
+                                f"checkpoint's tokenizer for {purpose}")
+  path = str(path)
   if not os.path.isdir(path):
     raise FileNotFoundError(f"tokenizer: expected a local directory with the "
                             f"tokenizer files (vocab.json/merges.txt or "
@@ -56,11 +62,12 @@ def load_tokenizer(path):
                             f"({e}); copy them next to config.json") from None
   if not tok.is_fast:
     raise ValueError(f"tokenizer: {path!r} loads a slow tokenizer; character "
-                     "offsets (for BPC) need a fast one (tokenizer.json)")
-  for name in ("mask_token_id", "pad_token_id"):
-    if getattr(tok, name) is None:
-      raise ValueError(f"tokenizer: {path!r} has no {name[:-3]}; MLM needs "
-                       "mask and pad tokens")
+                     "offsets need a fast one (tokenizer.json)")
+  for name in needs:
+    if getattr(tok, f"{name}_token_id") is None:
+      raise ValueError(f"tokenizer: {path!r} has no {name} token; "
+                       f"{purpose} needs " + " and ".join(needs)
+                       + " tokens")
   return tok
 
 

@@ -11,32 +11,13 @@ import warnings
 from flax import nnx
 
 from lfjax import convert
-from lfjax import extras
+from lfjax.data import text
 
 
 def load_tokenizer(path):
-  """The fast Hugging Face tokenizer of a local folder (character offsets
-  need a fast one). Raises extras.MissingPackage without transformers,
-  FileNotFoundError for a folder without tokenizer files, ValueError for
-  a slow tokenizer."""
-  transformers = extras.require("transformers", "tokenizer: reading the "
-                                "checkpoint's tokenizer for fine-tuning")
-  if not pathlib.Path(path).is_dir():
-    raise FileNotFoundError(f"tokenizer: expected a local directory with the "
-                            f"tokenizer files (vocab.json/merges.txt or "
-                            f"tokenizer.json), got {str(path)!r}")
-  try:
-    tok = transformers.AutoTokenizer.from_pretrained(str(path),
-                                                     local_files_only=True)
-  except (OSError, ValueError) as e:
-    raise FileNotFoundError(f"tokenizer: no tokenizer files in {str(path)!r} "
-                            f"({e}); copy them next to config.json") from None
-  if not tok.is_fast:
-    raise ValueError(f"tokenizer: {str(path)!r} loads a slow tokenizer; "
-                     "character offsets need a fast one (tokenizer.json)")
-  if tok.pad_token_id is None:
-    raise ValueError(f"tokenizer: {str(path)!r} has no pad token")
-  return tok
+  """The fast Hugging Face tokenizer of a local folder, with a pad token
+  (lfjax.data.text.load_tokenizer: its errors)."""
+  return text.load_tokenizer(path, needs=("pad",), purpose="fine-tuning")
 
 
 _SUFFIX = {"sequence_classification": "ForSequenceClassification",
