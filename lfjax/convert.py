@@ -9,14 +9,13 @@ from the checkpoint or the load refuses.
 import dataclasses
 import json
 import os
-import re
 import shutil
 import warnings
 
 import numpy as np
 from flax import nnx
 
-from lfjax.models import stack
+from lfjax import hf_weights
 from lfjax.models.config import LongformerConfig
 from lfjax.models.heads import LongformerForMaskedLM
 from lfjax.models.heads import LongformerForMultipleChoice
@@ -47,213 +46,6 @@ _HEAD_TENSORS = ("lm_head.", "classifier.", "qa_outputs.", "cls.")
 # RoBERTa with other vocabularies).
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 MODEL_TYPES = ("longformer",) + ROBERTA_TYPES + ("bert",)
-_PREFIXES = ("longformer.", "roberta.", "bert.")
-# BERT's MLM head under the names of RoBERTa's.
-_BERT_HEAD = (("cls.predictions.transform.dense.", "lm_head.dense."),
-              ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
-              ("cls.predictions.decoder.", "lm_head.decoder."),
-              ("cls.predictions.bias", "lm_head.bias"))
-# Buffers some checkpoints carry; they hold no weights.
-_IGNORED = re.compile(r"(^|\.)position_ids$")
-# Weight layouts transformers writes that lfjax does not read.
-_OTHER_FORMATS = ("tf_model.h5", "flax_model.msgpack", "model.ckpt.index")
-
-
-def _read_safetensors(path):
-  # The flax reader handles bfloat16 (numpy has no such dtype).
-  from safetensors.flax import load_file
-  return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-
-
-def _read_bin(path):
-  try:
-    import torch
-  except ImportError:
-    raise ImportError(f"{path}: reading .bin checkpoints needs torch; install "
-                      "it or convert the checkpoint to safetensors") from None
-  sd = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: v.float().numpy() for k, v in sd.items()}
-
-
-def read_weights(path, arg="path"):
-  """name -> float32 numpy array from a checkpoint directory.
-
-  arg: how the caller's user named the directory (a flag or config field),
-  for the error messages.
-
-  Reads every layout transformers' save_pretrained writes for PyTorch:
-  model.safetensors, pytorch_model.bin, and their sharded forms (an
-  *.index.json naming the shard files), in any float dtype.
-  Raises FileNotFoundError (no weights, or a shard missing) and ValueError
-  (only TensorFlow/Flax weights, which transformers 5 no longer writes)."""
-  for name, reader in (("model.safetensors", _read_safetensors),
-                       ("pytorch_model.bin", _read_bin)):
-    single = os.path.join(path, name)
-    if os.path.exists(single):
-      return reader(single)
-    index = single + ".index.json"
-    if os.path.exists(index):
-      with open(index) as f:
-        shards = sorted(set(json.load(f)["weight_map"].values()))
-      missing = [s for s in shards if not os.path.exists(os.path.join(path, s))]
-      if missing:
-        raise FileNotFoundError(f"{arg}: {index} names shard files missing from "
-                                f"{path!r}: {missing}")
-      out = {}
-      for shard in shards:
-        out.update(reader(os.path.join(path, shard)))
-      return out
-  others = [f for f in _OTHER_FORMATS if os.path.exists(os.path.join(path, f))]
-  if others:
-    raise ValueError(f"{arg}: {path!r} holds only {others}; lfjax reads PyTorch "
-                     "weights (model.safetensors or pytorch_model.bin); "
-                     "convert with transformers' from_pretrained(..., "
-                     "from_tf=True) and save_pretrained")
-  raise FileNotFoundError(
-      f"{arg}: expected a Hugging Face checkpoint directory with config.json "
-      f"and model.safetensors or pytorch_model.bin (or their sharded "
-      f"*.index.json), found no weights file in {path!r}")
-
-
-def _strip_prefix(name):
-  """Drop the base-model prefix (longformer., roberta., bert.) if any."""
-  for prefix in _PREFIXES:
-    if name.startswith(prefix):
-      return name[len(prefix):]
-  return name
-
-
-def _target(model, name):
-  """Our (module, attribute, transpose) for a Hugging Face tensor name."""
-  parts = name.split(".")
-  base = getattr(model, "longformer", model)
-  leaf = {"weight": "kernel", "bias": "bias"}
-  head = {"classifier.dense": "classifier_dense",
-          "classifier.out_proj": "classifier_out",
-          "classifier": "classifier",
-          "qa_outputs": "qa_outputs"}.get(".".join(parts[:-1]))
-  if head and hasattr(model, head):
-    return getattr(model, head), leaf[parts[-1]], parts[-1] == "weight"
-  if parts[0] == "embeddings":
-    mod = getattr(base.embeddings, {"LayerNorm": "layer_norm"}.get(
-        parts[1], parts[1]))
-    if parts[1] == "LayerNorm":
-      return mod, {"weight": "scale", "bias": "bias"}[parts[2]], False
-    return mod, "embedding", False
-  if parts[0] == "encoder" and parts[1] == "layer":
-    layer = base.layers[int(parts[2])]
-    rest = ".".join(parts[3:-1])
-    mod = {
-        "attention.output.dense": layer.attention_output,
-        "attention.output.LayerNorm": layer.attention_layer_norm,
-        "intermediate.dense": layer.intermediate,
-        "output.dense": layer.output,
-        "output.LayerNorm": layer.output_layer_norm,
-    }.get(rest)
-    if rest.startswith("attention.self."):
-      mod = getattr(layer.attention, parts[-2])
-    if mod is None:
-      raise KeyError(name)
-    if rest.endswith("LayerNorm"):
-      return mod, {"weight": "scale", "bias": "bias"}[parts[-1]], False
-    return mod, leaf[parts[-1]], parts[-1] == "weight"
-  if parts[0] == "pooler" and base.pooler is not None:
-    return base.pooler, leaf[parts[-1]], parts[-1] == "weight"
-  if parts[0] == "lm_head" and isinstance(model, LongformerForMaskedLM):
-    if parts[1] == "dense":
-      return model.lm_dense, leaf[parts[-1]], parts[-1] == "weight"
-    if parts[1] == "layer_norm":
-      return model.lm_layer_norm, {"weight": "scale", "bias": "bias"}[
-          parts[-1]], False
-    if name in ("lm_head.bias", "lm_head.decoder.bias"):  # tied copies
-      return model, "lm_bias", False
-    if name == "lm_head.decoder.weight" and model.lm_decoder is not None:
-      return model, "lm_decoder", False
-  raise KeyError(name)
-
-
-def _twin(model, scan_layers):
-  """An abstract (nnx.eval_shape: shapes only, nothing allocated) copy of
-  model's class and config with scan_layers set: the per-layer layout
-  lfjax.convert maps name by name, for a model whose layers are stacked."""
-  cfg = dataclasses.replace(model.cfg, scan_layers=scan_layers)
-  if hasattr(model, "longformer"):
-    return nnx.eval_shape(lambda: type(model)(cfg, rngs=nnx.Rngs(0)))
-  pooled = model.pooler is not None
-  return nnx.eval_shape(lambda: LongformerModel(
-      cfg, add_pooling_layer=pooled, rngs=nnx.Rngs(0)))
-
-
-def load_weights(model, weights):
-  """Copy Hugging Face tensors into the model; every parameter must be set
-  exactly once and every tensor must have a home. A model with scan_layers
-  (stacked layers) is filled through its per-layer twin."""
-  if model.cfg.scan_layers:
-    return stack.copy_params(load_weights(_twin(model, False), weights),
-                             model)
-  expected = {id(v) for _, v in nnx.iter_graph(model)
-              if isinstance(v, nnx.Param)}
-  filled = set()
-  unused = []
-  for raw, value in weights.items():
-    name = _strip_prefix(raw)
-    if _IGNORED.search(name):
-      continue
-    try:
-      mod, attr, transpose = _target(model, name)
-    except (KeyError, IndexError, AttributeError):
-      unused.append(raw)
-      continue
-    param = getattr(mod, attr)
-    value = value.T if transpose else value
-    old = param.get_value()
-    if old.shape != value.shape:
-      raise ValueError(f"{raw}: expected shape {old.shape} "
-                       f"(after transposing Linear weights), got "
-                       f"{value.shape}")
-    param.set_value(np.asarray(value, old.dtype))
-    filled.add(id(param))
-  if unused:
-    raise ValueError(f"weights: tensors with no place in "
-                     f"{type(model).__name__}: {sorted(unused)[:10]}")
-  missing = expected - filled
-  if missing:
-    names = [".".join(map(str, p)) for p, v in nnx.iter_graph(model)
-             if isinstance(v, nnx.Param) and id(v) in missing]
-    raise ValueError(f"weights: the checkpoint lacks {len(missing)} "
-                     f"parameters, e.g. {names[:10]}")
-  return model
-
-
-def with_global_projections(weights):
-  """Global q/k/v initialised from the local ones (the paper's recipe), for
-  checkpoints that have none (RoBERTa)."""
-  out = dict(weights)
-  pat = re.compile(r"attention\.self\.(query|key|value)\.(weight|bias)$")
-  for name, value in weights.items():
-    m = pat.search(name)
-    if m:
-      out[name[:m.start(1)] + m.group(1) + "_global." + m.group(2)] = value
-  return out
-
-
-def bert_as_roberta(weights, pad_token_id):
-  """BERT tensors in RoBERTa's layout: head renamed, and the position table
-  shifted down pad_token_id + 1 rows. The model's position_ids_from="index"
-  (set by from_pretrained for BERT) then picks BERT's rows 0, 1, 2, ... for
-  every token, padding included, as BERT does."""
-  out = {}
-  for name, value in weights.items():
-    for old, new in _BERT_HEAD:
-      if name.startswith(old):
-        name = new + name[len(old):]
-    if name.endswith("embeddings.position_embeddings.weight"):
-      value = np.concatenate(
-          [np.zeros((pad_token_id + 1, value.shape[1]), value.dtype), value])
-    out[name] = value
-  return out
-
-
 def _read_config(path, arg="path"):
   file = os.path.join(path, "config.json")
   if not os.path.isfile(file):
@@ -331,7 +123,7 @@ def _head_of(d, weights):
 
 
 def _is_pooler(name):
-  return _strip_prefix(name).startswith("pooler.")
+  return hf_weights.strip_prefix(name).startswith("pooler.")
 
 
 def _is_head_tensor(name):
@@ -372,17 +164,17 @@ def from_pretrained(path, *, head=None, seed=0, arg="path", **overrides):
                             f"got {path!r}")
   d = _read_config(path, arg)
   cfg = _config_from_dict(d, **overrides)
-  weights = read_weights(path, arg)
+  weights = hf_weights.read_weights(path, arg)
   model_type = d["model_type"]
   if model_type == "bert":
-    weights = bert_as_roberta(weights, cfg.pad_token_id)
+    weights = hf_weights.bert_as_roberta(weights, cfg.pad_token_id)
   has_global = any(".query_global." in k for k in weights)
   if model_type != "longformer" and not has_global:
     if "attention_window" in d:
       warnings.warn(f"{path}: config.json has attention_window but the "
                     "weights have no global projections; they start as "
                     "copies of the local ones (the paper's recipe)")
-    weights = with_global_projections(weights)
+    weights = hf_weights.with_global_projections(weights)
   found, told = _head_of(d, weights)
   if head is None:
     if found is None:
@@ -411,7 +203,7 @@ def from_pretrained(path, *, head=None, seed=0, arg="path", **overrides):
       warnings.warn(f"head={head!r}: the checkpoint holds {held} ({told}); "
                     f"its tensors {drop[:6]} are not used")
     weights = {k: v for k, v in weights.items() if k not in drop}
-  model = load_weights(model, weights)
+  model = hf_weights.load_weights(model, weights)
   model.eval()
   return model
 
@@ -444,58 +236,12 @@ def _tie_config(cfg, weights, head):
   dec = weights.get("lm_head.decoder.weight")
   if head != "masked_lm" or dec is None:
     return cfg
-  emb = next(v for k, v in weights.items()
-             if _strip_prefix(k) == "embeddings.word_embeddings.weight")
+  emb = next(v for k, v in weights.items() if hf_weights.strip_prefix(k)
+             == "embeddings.word_embeddings.weight")
   if dec.shape == emb.shape and np.array_equal(dec, emb):
     weights.pop("lm_head.decoder.weight")
     return dataclasses.replace(cfg, tie_word_embeddings=True)
   return dataclasses.replace(cfg, tie_word_embeddings=False)
-
-
-def hf_names(model):
-  """Hugging Face tensor names of a model, in state-dict order."""
-  base = getattr(model, "longformer", model)
-  pre = "longformer." if base is not model else ""
-  names = [f"{pre}embeddings.{e}.weight" for e in (
-      "word_embeddings", "position_embeddings", "token_type_embeddings")]
-  names += [f"{pre}embeddings.LayerNorm.{p}" for p in ("weight", "bias")]
-  for i in range(base.cfg.num_hidden_layers):
-    for mod in ("attention.self.query", "attention.self.key",
-                "attention.self.value", "attention.self.query_global",
-                "attention.self.key_global", "attention.self.value_global",
-                "attention.output.dense", "attention.output.LayerNorm",
-                "intermediate.dense", "output.dense", "output.LayerNorm"):
-      names += [f"{pre}encoder.layer.{i}.{mod}.{p}" for p in ("weight", "bias")]
-  if base.pooler is not None:
-    names += [f"{pre}pooler.dense.{p}" for p in ("weight", "bias")]
-  if isinstance(model, LongformerForMaskedLM):
-    names += ["lm_head.dense.weight", "lm_head.dense.bias",
-              "lm_head.layer_norm.weight", "lm_head.layer_norm.bias",
-              "lm_head.bias", "lm_head.decoder.bias"]
-    if model.lm_decoder is not None:
-      names.append("lm_head.decoder.weight")
-  elif isinstance(model, LongformerForSequenceClassification):
-    names += [f"classifier.{m}.{p}" for m in ("dense", "out_proj")
-              for p in ("weight", "bias")]
-  elif isinstance(model, (LongformerForTokenClassification,
-                          LongformerForMultipleChoice)):
-    names += ["classifier.weight", "classifier.bias"]
-  elif isinstance(model, LongformerForQuestionAnswering):
-    names += ["qa_outputs.weight", "qa_outputs.bias"]
-  return names
-
-
-def export_weights(model):
-  """Hugging Face name -> numpy tensor (HF layout) for every parameter (a
-  model with scan_layers: its stacked layers unstacked)."""
-  if model.cfg.scan_layers:
-    model = stack.copy_params(model, _twin(model, False))
-  out = {}
-  for name in hf_names(model):
-    mod, attr, transpose = _target(model, _strip_prefix(name))
-    value = np.asarray(getattr(mod, attr).get_value(), np.float32)
-    out[name] = np.ascontiguousarray(value.T if transpose else value)
-  return out
 
 
 # Source config fields not carried over: they describe the source file
@@ -550,8 +296,8 @@ def to_pretrained(model, path):
                      f"{cfg.lm_head_act!r}; export it with head='base' "
                      f"weights or keep it in lfjax")
   os.makedirs(path, exist_ok=True)
-  save_file(export_weights(model), os.path.join(path, "model.safetensors"),
-            metadata={"format": "pt"})
+  save_file(hf_weights.export_weights(model),
+            os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_config(model), f, indent=2)
   return path
@@ -618,7 +364,7 @@ def make_long(model, max_positions=4096, attention_window=None, seed=0,
   else:
     new = LongformerModel(new_cfg, add_pooling_layer=model.pooler is not None,
                           rngs=rngs)
-  weights = export_weights(model)
+  weights = hf_weights.export_weights(model)
   pos_key = ("longformer." if is_task else "") + (
       "embeddings.position_embeddings.weight")
   old = weights[pos_key]
@@ -632,7 +378,7 @@ def make_long(model, max_positions=4096, attention_window=None, seed=0,
   weights[pos_key] = np.concatenate([old[:reserved], new_rows], axis=0)
   # export_weights holds the model's global q/k/v: a Longformer's trained
   # ones are kept (copying the local ones over them discarded them).
-  new = load_weights(new, weights)
+  new = hf_weights.load_weights(new, weights)
   new.eval()
   return new
 

@@ -23,6 +23,7 @@ from safetensors.numpy import save_file
 
 from lfjax import cli
 from lfjax import convert
+from lfjax import hf_weights
 from lfjax.data import chars
 from lfjax.data import text
 from lfjax.models import LongformerConfig
@@ -71,7 +72,7 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
     # global projections (not written) are unused.
     model = LongformerForMaskedLM(cfg, rngs=nnx.Rngs(seed))
     weights = {name.replace("longformer.", "roberta.", 1): w
-               for name, w in convert.export_weights(model).items()
+               for name, w in hf_weights.export_weights(model).items()
                if "_global." not in name}
     config = {k: v for k, v in convert.hf_config(model).items()
               if k in ROBERTA_FIELDS}

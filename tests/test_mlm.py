@@ -22,6 +22,7 @@ torch = optional.need("torch")
 transformers = optional.need("transformers")
 
 from lfjax import convert  # noqa: E402
+from lfjax import hf_weights  # noqa: E402
 from lfjax import evaluate  # noqa: E402
 from lfjax import export  # noqa: E402
 from lfjax import metrics  # noqa: E402
@@ -266,7 +267,7 @@ def test_position_only_training_freezes_the_rest(roberta, docs_dir, tmp_path):
   train.train_and_evaluate(c, tmp_path / "run")
   _, trained, _ = mlm.load_trained(tmp_path / "run")
   start = mlm.load_model(c)
-  a, b = convert.export_weights(start), convert.export_weights(trained)
+  a, b = hf_weights.export_weights(start), hf_weights.export_weights(trained)
   changed = sorted(k for k in a if not np.array_equal(a[k], b[k]))
   assert changed == ["longformer.embeddings.position_embeddings.weight"]
 
@@ -274,9 +275,9 @@ def test_position_only_training_freezes_the_rest(roberta, docs_dir, tmp_path):
 def test_random_positions_and_config_errors(roberta, docs_dir, tmp_path):
   c = config(roberta, docs_dir, tmp_path,
              **{"model.position_init": "random"})
-  rand = convert.export_weights(mlm.load_model(c))
+  rand = hf_weights.export_weights(mlm.load_model(c))
   c.model.position_init = "copy"
-  copy = convert.export_weights(mlm.load_model(c))
+  copy = hf_weights.export_weights(mlm.load_model(c))
   key = "longformer.embeddings.position_embeddings.weight"
   assert rand[key].shape == copy[key].shape == (128 + 2, 32)
   np.testing.assert_array_equal(rand[key][:2], copy[key][:2])  # reserved
@@ -404,7 +405,7 @@ def test_a_longformer_made_longer_keeps_its_windows_and_globals(
                          announce=True)
   assert "its own windows [8, 16]" in capsys.readouterr().out
   assert model.cfg.windows() == [8, 16]
-  weights = convert.export_weights(model)
+  weights = hf_weights.export_weights(model)
   for name, value in hf.state_dict().items():
     if "_global." in name:
       np.testing.assert_array_equal(weights[name], value.numpy(), name)

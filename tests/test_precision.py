@@ -19,10 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 from lfjax import convert  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
-from tests.test_hf_model_parity import TINY  # noqa: E402
-from tests.test_hf_model_parity import batch  # noqa: E402
-from tests.test_hf_model_parity import run_hf  # noqa: E402
-from tests.test_hf_model_parity import save  # noqa: E402
+from tests.hf_cases import TINY, batch, run_hf, save  # noqa: E402
 from tests.test_mlm import config as mlm_config  # noqa: E402
 from tests.test_mlm import docs_dir  # noqa: E402,F401 (fixture)
 from tests.test_mlm import roberta  # noqa: E402,F401 (fixture)

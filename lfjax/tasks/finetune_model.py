@@ -11,6 +11,7 @@ import warnings
 from flax import nnx
 
 from lfjax import convert
+from lfjax import hf_weights
 from lfjax.data import text
 
 
@@ -71,12 +72,12 @@ def load_model(path, head, *, seed=0, num_labels=None, extra_config=None,
     base = convert.from_pretrained(path, head="base", seed=seed,
                                    arg="config.init_from", **overrides)
   model = convert.HEADS[head](base.cfg, rngs=nnx.Rngs(seed))
-  weights = convert.export_weights(model)  # the new head, at its init
+  weights = hf_weights.export_weights(model)  # the new head, at its init
   has_pooler = model.longformer.pooler is not None
-  for name, value in convert.export_weights(base).items():
+  for name, value in hf_weights.export_weights(base).items():
     if has_pooler or not name.startswith("pooler."):
       weights["longformer." + name] = value
-  model = convert.load_weights(model, weights)
+  model = hf_weights.load_weights(model, weights)
   model.eval()
   return model
 
