@@ -23,11 +23,11 @@ def get_config(arg=None):
   c = mlm_defaults.base_config()
   # Batch 64 x 4096 as 8 micro-batches of 8. Compiled for an A100 (XLA's
   # figures, `--plan_for a100`; experiments/results/plan_memory.md, with
-  # model.global_bos): 32.9 GB per GPU in float32 without remat, so an
-  # 80 GB GPU, or a 40 GB one only with XLA_PYTHON_CLIENT_MEM_FRACTION=0.8
-  # or more (JAX's default 0.75 leaves 31.7 GB; micro-batch 4 needs
-  # 20.1 GB); 7.4 GB with --config.model.dtype=bfloat16
-  # --config.model.remat=True.
+  # model.global_bos): in float32 without remat 45.0 GB per GPU with
+  # scanned layers (the default) and 32.9 GB with
+  # --config.model.scan_layers=False, so an 80 GB GPU (a 40 GB one: the
+  # loop at micro-batch 4, 20.1 GB); 6.6 GB with
+  # --config.model.dtype=bfloat16 --config.model.remat=True (scanned).
   c.train.micro_batch_size = 8
   if arg == "tiny":
     mlm_defaults.tiny(c)

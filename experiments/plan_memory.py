@@ -76,7 +76,7 @@ def rows():
           mlm("bf16 + remat attention", 1), mlm("bf16 + remat offload", 1)]
 
 
-def config_for(task, precision, folder):
+def config_for(task, precision, folder, scan_layers=True):
   dtype, remat, policy = PRECISIONS[precision]
   if task == "mlm-base":
     import mlm_longformer_base
@@ -90,11 +90,13 @@ def config_for(task, precision, folder):
     c.train.micro_batch_size = 4
     c.init_from = os.path.join(folder, "large")
   c.model.dtype, c.model.remat, c.model.remat_policy = dtype, remat, policy
+  c.model.scan_layers = scan_layers
   return c
 
 
-def measure(task, precision, micro, target, devices, folder):
-  c = config_for(task, precision, folder)
+def measure(task, precision, micro, target, devices, folder,
+            scan_layers=True):
+  c = config_for(task, precision, folder, scan_layers)
   steps = (plan_steps.mlm_steps(c, devices) if task == "mlm-base"
            else plan_steps.finetune_steps(c, devices))
   fn, args = steps.train(micro)
@@ -110,6 +112,8 @@ def main():
   p.add_argument("--targets", default="a100,h100")
   p.add_argument("--rows", default="all",
                  help="all, or comma-separated row numbers (1-based)")
+  p.add_argument("--scan_layers", default="on", choices=("on", "off"),
+                 help="model.scan_layers (on: the trainers' default)")
   p.add_argument("--out", default=os.path.join(
       os.path.dirname(__file__), "results", "plan_memory.md"))
   args = p.parse_args()
@@ -148,7 +152,8 @@ def main():
     targets.append((target, device, plan.topology_devices(target, plugin)))
   for target, device, devices in targets:
     for task, precision, micro in todo:
-      m, secs = measure(task, precision, micro, target, devices, folder)
+      m, secs = measure(task, precision, micro, target, devices, folder,
+                        args.scan_layers == "on")
       fits = "/".join("yes" if m.total <= f * device else "no"
                       for f in (0.75, 0.95))
       host = f" (+{m.host / 1e9:.1f} host)" if m.host else ""

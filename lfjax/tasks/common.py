@@ -53,11 +53,14 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
   return c
 
 
-# model.scan_layers' default: on, as it helps every encoder run measured
-# (experiments/results/scan_compile.md, the MLM train step on a shared
-# 2-core CPU, two runs): compile time 0.42-0.78x the loop's at 12 layers
-# and 0.26-0.32x at 24 (about flat in depth), the step as fast as the
-# loop's at 12 layers, the same loss. A one-layer model runs the loop.
+# model.scan_layers' default: on. It cuts compile time (scan_compile.md:
+# 0.42-0.78x the loop's at 12 layers, 0.26-0.32x at 24, the step as fast
+# at 12, the same loss) and, with remat, GPU memory too (plan_memory.md:
+# longformer-base MLM bf16 + remat on an A100, 6.6 vs 7.4 GB, compiled in
+# 77 vs 459 s). Without remat it holds more (float32: 45.0 vs 32.9 GB):
+# XLA cannot rematerialize inside the scan's stacked residuals; such runs
+# on a tight GPU set it off (docs/gpus.md). A one-layer model runs the
+# loop.
 SCAN_LAYERS_DEFAULT = True
 
 
