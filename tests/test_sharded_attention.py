@@ -57,8 +57,10 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
     if "exception" in r:
       problems.append(f"{name}: raised\n{r['exception']}")
       continue
-    if not r["out_err"] <= sharded_cases.OUT_ATOL:
+    if not r["out_err"] <= spec.get("atol", sharded_cases.OUT_ATOL):
       problems.append(f"{name}: output off by {r['out_err']}")
+    if r["out_dtype"] != spec.get("dtype", "float32"):
+      problems.append(f"{name}: output {r['out_dtype']}")
     grads = [key[5:-4] for key in r if key.startswith("grad_")
              and key.endswith("_err")]
     expected = ["q", "k", "v"] + (["q_g", "k_g", "v_g"] if spec.get("gqkv")
@@ -68,7 +70,8 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
       problems.append(f"{name}: gradients {grads}, expected {expected}")
     for g in grads:
       if not (r[f"grad_{g}_finite"]
-              and r[f"grad_{g}_err"] <= sharded_cases.GRAD_ATOL):
+              and r[f"grad_{g}_err"] <= spec.get("grad_atol",
+                                                 sharded_cases.GRAD_ATOL)):
         problems.append(f"{name}: gradient of {g} off by "
                         f"{r[f'grad_{g}_err']} (beyond rtol)")
     want_spec = "P('data', 'seq')" if spec.get("data") else "P(None, 'seq')"

@@ -417,9 +417,14 @@ def _gather_globals(glob_BxN, k, v, qg, pos0, g, axis_name, axis_size):
 
   def gather(x_BxNx):
     # Each slot is written by exactly one shard: the sum is that row.
-    zeros = jnp.zeros((b, g) + x_BxNx.shape[2:], x_BxNx.dtype)
-    return jax.lax.psum(zeros.at[b_Bx1, slot_BxN].add(x_BxNx, mode="drop"),
-                        axis_name)
+    # Floats travel as float32 (exact: one value plus zeros): XLA:CPU's
+    # all-reduce promotion aborts the process on a bfloat16 all-reduce
+    # here (hlo_instruction.cc "Invalid binary instruction opcode copy").
+    wide = (x_BxNx.dtype if not jnp.issubdtype(x_BxNx.dtype, jnp.floating)
+            else jnp.promote_types(x_BxNx.dtype, jnp.float32))
+    zeros = jnp.zeros((b, g) + x_BxNx.shape[2:], wide)
+    return jax.lax.psum(zeros.at[b_Bx1, slot_BxN].add(
+        x_BxNx.astype(wide), mode="drop"), axis_name).astype(x_BxNx.dtype)
 
   valid_BxG = jnp.arange(g)[None] < jnp.sum(counts_BxP, axis=1)[:, None]
   idx_BxG = gather(jnp.broadcast_to(pos0 + jnp.arange(n, dtype=jnp.int32),
