@@ -192,3 +192,25 @@ def test_scan_layers_must_be_a_bool():
   with pytest.raises(ValueError, match=r"scan_layers: expected True or "
                      r"False, got 'yes'"):
     LongformerConfig(scan_layers="yes")
+
+
+@pytest.mark.parametrize("overrides", [dict(scan_layers=True),
+                                       dict(remat=True),
+                                       dict(scan_layers=True, remat=True)])
+def test_eager_call_with_concrete_globals_needs_no_max_global(overrides):
+  # Scan and remat trace the layers; with concrete masks the cap comes from
+  # them, as the plain loop's attention reads it (found by a fresh user:
+  # from_pretrained(..., remat=True, scan_layers=True) refused an eager
+  # call). The plain loop without max_global is the reference.
+  ids, mask, glob = inputs()
+  base = dataclasses.replace(CFG, max_global=None)
+  want = LongformerForMaskedLM(base, rngs=nnx.Rngs(3))
+  want.eval()
+  model = LongformerForMaskedLM(dataclasses.replace(base, **overrides),
+                                rngs=nnx.Rngs(3))
+  model.eval()
+  got = model(ids, attention_mask=mask, global_attention_mask=glob)
+  ref = want(ids, attention_mask=mask, global_attention_mask=glob)
+  valid = np.asarray(mask)
+  np.testing.assert_allclose(np.asarray(got.logits)[valid],
+                             np.asarray(ref.logits)[valid], atol=1e-5)

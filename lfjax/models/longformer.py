@@ -337,6 +337,12 @@ class LongformerModel(nnx.Module):
       # plausible wrong answer. Such rows get NaN instead.
       over = jnp.sum(global_mask & key_mask, axis=1) > cap
       bad_B = over if bad_B is None else bad_B | over
+    elif global_mask is not None and cap is None and (cfg.scan_layers
+                                                      or cfg.remat):
+      # Concrete masks, but scan and remat trace the layers: the cap the
+      # attention would read from the mask is read here, once (the most
+      # global tokens of any row: none is demoted).
+      cap = max(1, int(jnp.max(jnp.sum(global_mask & key_mask, axis=1))))
     if token_type_ids is None:
       token_type_ids = jnp.zeros((b, n), jnp.int32)
     token_type_ids = _check_shape("token_type_ids", token_type_ids, b, n)
