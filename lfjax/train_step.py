@@ -5,9 +5,10 @@ one optax update, parameters and optimizer state donated.
 Each task keeps only its loss: `loss_fn(model, micro_batch, key)` returns
 sums over the micro-batch, {"loss_sum": ..., "count": ..., other stats},
 where count is what the loss is a mean over (characters for the char-LM,
-masked tokens for MLM, examples for fine-tuning). The step's loss and gradients are the batch's
-loss_sum and gradient sum divided by its count, so accumulating over
-micro-batches of any size gives the same update.
+masked tokens for MLM, examples for fine-tuning). The step's loss and
+gradients are the batch's loss_sum and gradient sum divided by its count,
+so accumulating over micro-batches of any size gives the same update
+(with dropout, each micro-batch draws its own masks from its own key).
 """
 
 import functools

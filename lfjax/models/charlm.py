@@ -45,7 +45,9 @@ class CharLMConfig:
   rel_features: int = 512  # sinusoid width; Transformer-XL uses hidden_size
   dropout: float = 0.2
   layer_norm_eps: float = 1e-5
-  dtype: str = "float32"  # matmul compute dtype; attention is float32
+  # Matmul and attention operand dtype; softmax, accumulation, layer-norm
+  # statistics and the logits stay float32.
+  dtype: str = "float32"
   # Recompute each block in the backward pass (lfjax.models.remat), in
   # layer order: memory of one block's activations instead of all of them.
   remat: bool = False
