@@ -2,7 +2,8 @@
 
   python experiments/charlm_memory.py [--seqs 2048,4096,8192] \
       [--rel_impl features|table] [--window_scale phase|N] [--top 15] \
-      [--remat_policies nothing,attention]
+      [--remat_policies nothing,attention] [--batch 1] [--dtype float32] \
+      [--impl auto|chunked|pallas] [--target h100]
 
 Compiles (never runs) lfjax.train.make_train_step for the paper's small model
 (configs/charlm_text8_small.py: 12 x 512, 8 heads, head_dim 64, FFN 2048,
@@ -21,6 +22,15 @@ phase with that length (2048 -> 1, 4096 -> 2, 8192 -> 4, 16384 -> 8,
 (shape and the HLO op that defines them), from a dump in a temp folder.
 Compiling needs host memory of the order of the compiled peak at long
 lengths only for the dump; without --top it is small.
+
+--target a100|a100_80|h100|h200 compiles for that GPU without one (JAX's
+CUDA plugin, deviceless, as `--plan_for`: `pip install -e ".[plan]"` on
+Python 3.12): the same step as XLA would build it for the GPU, with the
+attention implementation the GPU runs (--impl pallas: the Triton kernels).
+The phase-5 figure of issue 25 (the relative term inside the kernel):
+
+  JAX_PLATFORMS=cpu python experiments/charlm_memory.py --target h100 \
+      --seqs 23040 --batch 16 --dtype bfloat16 --impl pallas
 """
 
 import argparse
@@ -58,6 +68,17 @@ def parse_args(argv=None):
                   "lfjax.train does (when make_train_step supports it)")
   ap.add_argument("--top", type=int, default=0,
                   help="print the N largest temporary buffers per length")
+  ap.add_argument("--batch", type=int, default=1,
+                  help="sequences per step (the schedule's phase-5 batch is "
+                  "16)")
+  ap.add_argument("--dtype", default="float32",
+                  choices=("float32", "bfloat16"), help="model.dtype")
+  ap.add_argument("--impl", default=None,
+                  choices=("auto", "chunked", "pallas"),
+                  help="model.attention_impl; default: the config's")
+  ap.add_argument("--target", default=None,
+                  help="compile for this GPU without one (a100, a100_80, "
+                  "h100, h200; needs the plan extra); default: this machine")
   return ap.parse_args(argv)
 
 
@@ -83,7 +104,17 @@ def window_scale_for(config, seq, arg):
   return dict(zip(s.seq_lens, s.window_scales)).get(seq, 1)
 
 
-def compile_step(config, cfg, seq, window_scale, donate):
+def target_device(name):
+  """The deviceless device of a GPU target (lfjax.plan's), or None."""
+  if name is None:
+    return None
+  from lfjax import plan
+  target = plan.parse_target(name)
+  return plan.topology_devices(target, plan.require_plugin())[0]
+
+
+def compile_step(config, cfg, seq, window_scale, donate, batch=1,
+                 device=None):
   import jax
   import numpy as np
   from flax import nnx
@@ -94,11 +125,35 @@ def compile_step(config, cfg, seq, window_scale, donate):
   tx = train.optimizer(config)
   opt_state = jax.eval_shape(tx.init, params)
   step = train.make_train_step(graphdef, tx, window_scale=window_scale,
-                               batch_size=1, donate=donate)
-  tok = jax.ShapeDtypeStruct((1, seq), np.int32)
+                               batch_size=batch, donate=donate)
+  tok = jax.ShapeDtypeStruct((batch, seq), np.int32)
   args = (params, opt_state, {"inputs": tok, "targets": tok},
           jax.random.key(0))
-  return step.lower(*args).compile()
+  if device is None:
+    return step.lower(*args).compile()
+  one = jax.sharding.SingleDeviceSharding(device)
+  place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
+  key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=one)
+  args = jax.tree.map(place, args[:3]) + (key,)
+  with gpu_kind(device.device_kind):
+    try:
+      lowered = step.trace(*args).lower()
+    except AttributeError:  # jax < 0.7: no .trace
+      lowered = step.lower(*args)
+  return lowered.compile()
+
+
+def gpu_kind(device_kind):
+  """Pallas' Triton lowering asks which GPU it compiles for; without one,
+  newer JAX reads it from an abstract device (older JAX assumes sm_90)."""
+  import contextlib
+  import jax
+  device_cls = getattr(jax.sharding, "AbstractDevice", None)
+  if device_cls is None:
+    return contextlib.nullcontext()
+  return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
+      (1,), ("x",), abstract_device=device_cls(
+          device_kind=device_kind, num_cores=None, platform="cuda")))
 
 
 _ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")
@@ -152,15 +207,20 @@ def main(argv=None):
   from configs import charlm_text8_small
   config = charlm_text8_small.get_config()
   config.model.remat = bool(args.remat)
+  config.model.dtype = args.dtype
+  if args.impl:
+    config.model.attention_impl = args.impl
   cfg = model_config(config, args.rel_impl)
+  device = target_device(args.target)
   policies = args.remat_policies.split(",") if cfg.remat else ["-"]
   rel = getattr(cfg, "rel_impl", "features")
-  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, "
-        f"{os.cpu_count()} CPUs; paper-small char-LM (12 x 512, 8 heads, "
-        f"windows {cfg.windows[0]}..{cfg.windows[-1]} x scale), batch 1, "
-        f"float32, remat {cfg.remat}, rel_impl {rel}, donate "
-        f"{bool(args.donate)}; compile only",
-        flush=True)
+  where = (f"compiled for {device.device_kind} without one" if device
+           else f"{jax.devices()[0].platform}, {os.cpu_count()} CPUs")
+  print(f"jax {jax.__version__}, {where}; paper-small char-LM (12 x 512, 8 "
+        f"heads, windows {cfg.windows[0]}..{cfg.windows[-1]} x scale), batch "
+        f"{args.batch}, {cfg.dtype}, attention {cfg.attention_impl}, remat "
+        f"{cfg.remat}, rel_impl {rel}, donate {bool(args.donate)}; compile "
+        "only", flush=True)
   rows = []
   for seq in seqs:
     ws = window_scale_for(config, seq, args.window_scale)
@@ -171,7 +231,8 @@ def main(argv=None):
       c = cfg if policy == "-" else dataclasses.replace(
           cfg, remat_policy=policy)
       t = time.perf_counter()
-      compiled = compile_step(config, c, seq, ws, args.donate)
+      compiled = compile_step(config, c, seq, ws, args.donate, args.batch,
+                              device)
       secs = time.perf_counter() - t
       mem = compiled.memory_analysis()
       arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,
