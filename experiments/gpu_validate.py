@@ -456,7 +456,7 @@ def _check_line(r):
 
 def _timing_line(r):
   return (f"| {r['shape']} | {r['pass_']} | {r['label']} | "
-          f"{_fmt(r['ms'], '.3f')} | {r['kpr']:.0f} | "
+          f"{_fmt(r['ms'], '.3f')} | {r['kpr']:.1f} | "
           f"{_fmt(r['tflops'], '.1f')} | {_fmt(r['band_tflops'], '.1f')} | "
           f"{_fmt(r['axlearn'], '.3f')} | {r['note']} |")
 
