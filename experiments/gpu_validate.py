@@ -507,7 +507,9 @@ def report(command, setup, check_rows, timing_rows, notes, smoke, seconds):
             f"{len(check_rows) - len(failed) - len(skipped)} passed, "
             f"{len(failed)} failed, {len(skipped)} skipped. Errors are of "
             "outputs and of gradients of sum(out * random cotangent); tol "
-            "is a fraction of max |reference| (script docstring).", ""]
+            "is a fraction of max |reference| (script docstring). The same "
+            "kernels in interpret mode and lowered for CUDA without a GPU: "
+            "tests/test_kernels.py.", ""]
   lines += CHECK_HEAD + [_check_line(r) for r in check_rows] + [""]
   lines += ["## Timings", "",
             "bfloat16; ms: median after a warm-up; TFLOP/s: each "
@@ -590,6 +592,9 @@ def validate(args, command, log=print):
   text = report(command, setup, check_rows, timing_rows, notes, args.smoke,
                 budget.elapsed())
   args.out.write_text(text)
+  for line in text.splitlines():
+    if line.startswith("- Target") or " passed, " in line:
+      log(line.split(". Errors")[0])
   log(f"\nwrote {args.out}")
   return sum(r["result"] == "FAIL" for r in check_rows)
 

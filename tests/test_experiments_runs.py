@@ -590,3 +590,19 @@ def test_gpu_validate_sees_compiled_kernels_in_a_cuda_lowering():
         lambda q, k, v, impl=impl: windowed_attention(q, k, v, window=16,
                                                       impl=impl), q, q, q)
     assert gv.gpu_kernel_calls(exported.mlir_module()) == calls
+
+
+def test_gpu_validate_report_says_whether_the_targets_are_met():
+  gv = _load("gpu_validate")
+  row = dict(shape="axlearn N32K w1K", label='impl="pallas"', ms=1.0,
+             tflops=1.0, kpr=1024.0, axlearn=0.286, note="")
+  rows = [dict(row, pass_="fwd", band_tflops=310.0),
+          dict(row, pass_="fwd+bwd", band_tflops=240.0)]
+  check = dict(case="padding", dtype="float32", what="out", err=1e-4,
+               ref=2.0, tol=2e-2, result="pass")
+  text = gv.report("cmd", [], [check], rows, [], False, 300.0)
+  assert ("- Target fwd at N 32K, w 1K: >= 300 band TFLOP/s; measured "
+          "310.0 (met).") in text
+  assert ("- Target fwd+bwd at N 32K, w 1K: >= 250 band TFLOP/s; measured "
+          "240.0 (not met).") in text
+  assert "1 passed, 0 failed, 0 skipped." in text
