@@ -1,5 +1,7 @@
-"""One-shot GPU validation of the Pallas band kernel: compiled correctness,
-then a timing table. Under 8 minutes on one H100 or H200.
+"""One-shot GPU validation of the Pallas band kernel: checks, then timings.
+
+Compiled correctness checks, then a timing table; under 8 minutes on one
+H100 or H200.
 
 On a machine with one NVIDIA GPU (CUDA 12, Python 3.12), from the
 repository root:
@@ -548,10 +550,14 @@ def parse_args(argv):
                  help="wall-clock budget; timings that would pass it are "
                  "skipped (default 420; --smoke 120)")
   a = p.parse_args(argv)
-  a.repeats = a.repeats or (1 if a.smoke else 10)
-  a.budget_s = a.budget_s or (120.0 if a.smoke else 420.0)
+  if a.repeats is None:
+    a.repeats = 1 if a.smoke else 10
+  if a.budget_s is None:
+    a.budget_s = 120.0 if a.smoke else 420.0
   if a.repeats < 1:
     p.error(f"--repeats: expected an integer >= 1, got {a.repeats}")
+  if a.budget_s <= 0:
+    p.error(f"--budget_s: expected seconds > 0, got {a.budget_s}")
   if a.smoke and not a.out:
     p.error("--out: --smoke needs its own results file (a smoke run never "
             f"writes {RESULTS.relative_to(REPO)})")
