@@ -482,3 +482,127 @@ def test_plot_names_the_same_run_twice_without_double_slash():
   assert plot.run_names(["/work/a/run", "/work/a/run"]) == [
       "/work/a/run", "/work/a/run (2)"]
   assert plot.run_names(["/x/a/run", "/y/a/run"]) == ["x/a/run", "y/a/run"]
+
+
+# The one-shot GPU validation script --------------------------------------------
+
+GPU_CHECK_CASES = {"globals+padding", "dilation+globals", "causal rel",
+                   "rel+padding", "dropout", "kernel out+lse"}
+GPU_TIMING_LABELS = {'impl="pallas"', 'impl="chunked"',
+                     "dot_product_attention xla, full causal",
+                     "dot_product_attention xla, full",
+                     "dot_product_attention xla, window",
+                     "dot_product_attention xla, window (no global)"}
+
+
+def _md_rows(text, heading):
+  """Cells of the table rows (header and rule left out) under `heading`."""
+  section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+  rows = [[c.strip() for c in l.strip().strip("|").split("|")]
+          for l in section.splitlines() if l.startswith("| ")]
+  return rows[1:]
+
+
+def test_gpu_validate_smoke_writes_its_tables_and_every_check_passes(
+    tmp_path):
+  """`gpu_validate.py --smoke --out FILE` on CPU (interpret mode): every
+  check passes (dropout is skipped, with impl="pallas"'s own error, until
+  the kernel takes dropout), every timing row has a time, and the real
+  results file is left alone."""
+  out = tmp_path / "kernel_gpu_smoke.md"
+  real = EXPERIMENTS / "results" / "kernel_gpu.md"
+  before = real.read_bytes()
+  proc = subprocess.run(
+      [sys.executable, str(EXPERIMENTS / "gpu_validate.py"), "--smoke",
+       "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=900)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert real.read_bytes() == before
+  text = out.read_text()
+  assert "Command: `cd " in text and "--smoke --out" in text
+  assert "Pallas interpret mode (CPU)" in text and "BlockSizes(" in text
+  checks = _md_rows(text, "## Checks")
+  assert {r[0] for r in checks} == GPU_CHECK_CASES
+  for case, dtype, what, err, ref, tol, result in checks:
+    if case == "dropout" and result.startswith("skipped"):
+      assert "impl='pallas'" in result
+      continue
+    assert result == "pass", (case, dtype, what, err, tol)
+    assert float(err) <= float(tol)
+  outputs = {(r[0], r[2]) for r in checks}
+  assert {("causal rel", "drel_table"), ("globals+padding", "dgq"),
+          ("kernel out+lse", "lse"), ("rel+padding", "dq")} <= outputs
+  timings = _md_rows(text, "## Timings")
+  assert len(timings) == 2 * 2 * 4  # shapes x passes x implementations
+  assert {(r[0], r[1]) for r in timings} == {
+      (s, p) for s in ("axlearn-like", "MLM-like")
+      for p in ("fwd", "fwd+bwd")}
+  assert {r[2] for r in timings} == GPU_TIMING_LABELS
+  for shape, pass_, label, ms, kpr, tflops, band, axlearn, note in timings:
+    assert float(ms) > 0 and not note, (shape, pass_, label, note)
+  # keys/row: the axlearn-like band (128 tokens, causal window 16: rows
+  # 0-15 see 1..16 keys, the other 112 rows 17) and full causal attention.
+  kpr = {(r[0], r[2]): r[4] for r in timings}
+  assert kpr[("axlearn-like", 'impl="pallas"')] == "15.9"  # 2040 / 128
+  assert kpr[("axlearn-like", "dot_product_attention xla, full causal")] == (
+      "64.5")  # 129 / 2
+
+
+def test_gpu_validate_counts_keys_per_row_from_the_definition():
+  gv = _load("gpu_validate")
+  # 5 tokens, window 1: rows see 2, 3, 3, 3, 2 keys; causal 1, 2, 2, 2, 2;
+  # with global token 0: row 0 sees all 5, rows 2-4 one key more.
+  assert gv.keys_per_row(5, 1, False, 0) == pytest.approx(13 / 5)
+  assert gv.keys_per_row(5, 1, True, 0) == pytest.approx(9 / 5)
+  assert gv.keys_per_row(5, 1, False, 1) == pytest.approx(19 / 5)
+  assert gv.keys_per_row(6, 6, True, 0) == pytest.approx(7 / 2)
+
+
+def test_gpu_validate_smoke_never_writes_the_real_results(capsys):
+  gv = _load("gpu_validate")
+  real = EXPERIMENTS / "results" / "kernel_gpu.md"
+  for argv in (["--smoke"], ["--smoke", "--out", str(real)]):
+    with pytest.raises(SystemExit) as e:
+      gv.parse_args(argv)
+    assert e.value.code == 2 and "--out" in capsys.readouterr().err
+
+
+def test_gpu_validate_skips_timings_past_the_budget(tmp_path):
+  gv = _load("gpu_validate")
+  args = gv.parse_args(["--smoke", "--out", str(tmp_path / "k.md")])
+  rows, notes = gv.time_shapes(args, gv.Budget(0.0), log=lambda line: None)
+  assert len(rows) == len(notes) == 16
+  assert all(r["ms"] is None and r["note"].startswith("skipped: budget")
+             for r in rows)
+
+
+def test_gpu_validate_sees_compiled_kernels_in_a_cuda_lowering():
+  """What the script counts to prove the kernels are compiled: one Triton
+  call for impl="pallas"'s forward with one dilation, none for chunked."""
+  from lfjax.attention import windowed_attention
+  from lfjax.kernels import lowering
+  gv = _load("gpu_validate")
+  import jax
+  import jax.numpy as jnp
+  q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.bfloat16)
+  for impl, calls in (("pallas", 1), ("chunked", 0)):
+    exported = lowering.export_for_cuda(
+        lambda q, k, v, impl=impl: windowed_attention(q, k, v, window=16,
+                                                      impl=impl), q, q, q)
+    assert gv.gpu_kernel_calls(exported.mlir_module()) == calls
+
+
+def test_gpu_validate_report_says_whether_the_targets_are_met():
+  gv = _load("gpu_validate")
+  row = dict(shape="axlearn N32K w1K", label='impl="pallas"', ms=1.0,
+             tflops=1.0, kpr=1024.0, axlearn=0.286, note="")
+  rows = [dict(row, pass_="fwd", band_tflops=310.0),
+          dict(row, pass_="fwd+bwd", band_tflops=240.0)]
+  check = dict(case="padding", dtype="float32", what="out", err=1e-4,
+               ref=2.0, tol=2e-2, result="pass")
+  text = gv.report("cmd", [], [check], rows, [], False, 300.0)
+  assert ("- Target fwd at N 32K, w 1K: >= 300 band TFLOP/s; measured "
+          "310.0 (met).") in text
+  assert ("- Target fwd+bwd at N 32K, w 1K: >= 250 band TFLOP/s; measured "
+          "240.0 (not met).") in text
+  assert "1 passed, 0 failed, 0 skipped." in text
