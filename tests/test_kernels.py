@@ -201,6 +201,35 @@ def test_kernel_dropout_and_global_keys_match_chunked_core(case):
     check_close(got, want, atol=5e-5, rtol=1e-4)
 
 
+def test_kernel_bfloat16_global_keys_and_dropout():
+  """bf16 q, k, v, gk, gv go into the kernel as they are (float32
+  accumulation): output and gradients near the chunked core's on the same
+  values in float32, gradients in bf16."""
+  from lfjax.attention import band
+  x, n, d, g = 2, 33, 16, 3
+  q, k, v, kvalid = _case(x, n, d, d, 11, jnp.bfloat16)
+  rng = np.random.default_rng(12)
+  gk, gv = (jnp.asarray(rng.standard_normal((x, g, d)), jnp.bfloat16)
+            for _ in "kv")
+  gvalid = jnp.asarray([[True, False, True], [True, True, True]])
+  drop = (0.2, 2, jnp.asarray([7, 9], jnp.uint32),
+          jnp.asarray([0, 1], jnp.int32), jnp.asarray([[0, 5, 60]] * 2))
+  kw = dict(window=5, causal=False, scale=0.25, dropout=drop,
+            gvalid_XxG=gvalid)
+  ours = lambda q, k, v, gk, gv: kernel.band_attention(
+      q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
+  ref = lambda q, k, v, gk, gv: band.band_attention(
+      q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
+  args = (q, k, v, gk, gv)
+  f32 = [a.astype(jnp.float32) for a in args]
+  check_close(jax.jit(ours)(*args)[0], ref(*f32)[0], atol=3e-2, rtol=3e-2)
+  co = jnp.asarray(rng.standard_normal((x, n, d)), jnp.float32)
+  cl = jnp.zeros((x, n), jnp.float32)
+  for got, want in zip(_grads(ours, args, co, cl), _grads(ref, f32, co, cl)):
+    assert got.dtype == jnp.bfloat16
+    check_close(got, want, atol=6e-2, rtol=6e-2)
+
+
 def _global_keys_reference(q, k, v, kvalid, rq, table, gk, gv, gvalid, *,
                            rel_min, window, causal, scale):
   """One softmax over the band keys (with the relative term) and the global

@@ -6,6 +6,13 @@ that meet its band, so the loop trip count depends on window and block
 sizes, never on the sequence length; the band mask is computed only on the
 blocks the band edge cuts (interior blocks skip it). Scores, softmax and
 accumulation are float32. Rows without any key give 0 and lse NEG_INF.
+Operands keep their dtype (bf16 stays bf16; dots accumulate in float32).
+
+Global keys and dropout (optional, see _Ext): the global keys are extra key
+blocks every query block visits in the band's online softmax; their
+gradients come from a fourth kernel, `_dglobal_kernel`. Dropout is the
+chunked path's counter hash (common.dropout_multiplier) at absolute
+positions, so every implementation drops the same entries.
 
 Relative positions (optional): score(a, t) = scale * (q[a].k[t] +
 rq[a].table[a - t - rel_min]). The products rq[a].table[r] are formed once,
