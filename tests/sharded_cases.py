@@ -49,8 +49,14 @@ CASES = {
     "p4_pallas_globals_rel": dict(p=4, n=32, dilation=[2, 1], window=3,
                                   pad=5, globals=[1, 17], gqkv=True, rel=True,
                                   impl="pallas"),
+    # The kernel's dropout at this shard's absolute positions (queries
+    # padded by the halo: residues shifted), global keys in the kernel.
+    "p4_pallas_dropout_globals": dict(p=4, n=32, dilation=[1, 2], window=4,
+                                      pad=5, globals=[6, 30], gqkv=True,
+                                      drop=0.2, impl="pallas"),
     "p8_pallas_causal_multihop": dict(p=8, n=32, dilation=[1, 2], window=6,
-                                      causal=True, rel=True, impl="pallas"),
+                                      causal=True, rel=True, drop=0.3,
+                                      impl="pallas"),
     # bf16 operands with global projections: the global rows' all-reduce
     # (XLA:CPU aborted on a bf16 one) and bf16 rounding in the bounds.
     "p2_bfloat16_globals": dict(p=2, n=24, dilation=[1, 2], window=3, pad=4,

@@ -215,9 +215,6 @@ def test_dropout_statistics_and_errors():
                                        r"float in \[0, 1\)"):
     windowed_attention(q, q, q, window=2, dropout_rate=1.0,
                        dropout_key=jax.random.key(0))
-  with pytest.raises(ValueError, match="impl='pallas' has no attention"):
-    windowed_attention(q, q, q, window=2, impl="pallas", dropout_rate=0.1,
-                       dropout_key=jax.random.key(0))
   same = windowed_attention(q, q, q, window=2, dropout_rate=0.0,
                             dropout_key=jax.random.key(0))
   check_close(same, windowed_attention(q, q, q, window=2))
@@ -505,7 +502,7 @@ def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch):
     check_close(g, w, atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["dense", "chunked"])
+@pytest.mark.parametrize("impl", ["dense", "chunked", "pallas"])
 def test_relative_term_bfloat16_and_dropout(impl):
   args, kwargs = random_case(26)  # causal, dilated
   rq, table = with_rel(args, kwargs, 26)

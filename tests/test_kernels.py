@@ -143,6 +143,93 @@ class TestBandKernel:
                             scale=1.0, block_sizes=kernel.BlockSizes(24, 16))
 
 
+# (x, n, d, dv, g, window, causal, dil, rate, blocks): global keys with a
+# padded slot and more slots than a key block (two global blocks), dropout
+# at dilation 2 and 3 (positions p * dil + residue), causal, window 0.
+DROP_CASES = [
+    (3, 29, 8, 8, 3, 4, False, 2, 0.3, (16, 16)),
+    (2, 37, 8, 12, 20, 6, False, 1, 0.0, (16, 16)),
+    (2, 45, 16, 16, 0, 7, True, 3, 0.5, (32, 16)),
+    (2, 20, 8, 8, 2, 0, False, 1, 0.2, (16, 16)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DROP_CASES)))
+def test_kernel_dropout_and_global_keys_match_chunked_core(case):
+  """The kernel with global keys and dropout against the chunked path's
+  blocked jnp core (lfjax.attention.band, an independent implementation of
+  the same contract): outputs, lse and the gradients of q, k, v, gk, gv with
+  cotangents on out and lse. Rows with no band key but a global key, fully
+  padded rows, padded global slots."""
+  from lfjax.attention import band
+  x, n, d, dv, g, window, causal, dil, rate, (bq, bk) = DROP_CASES[case]
+  q, k, v, kvalid = _case(x, n, d, dv, 200 + case)
+  rng = np.random.default_rng(300 + case)
+  args = (q, k, v)
+  kw = dict(window=window, causal=causal, scale=0.3)
+  if g:
+    gk = jnp.asarray(rng.standard_normal((x, g, d)), jnp.float32)
+    gv = jnp.asarray(rng.standard_normal((x, g, dv)), jnp.float32)
+    gvalid = rng.random((x, g)) > 0.3
+    gvalid[0, :] = True  # row 0's padded window: only global keys
+    if x > 2:
+      gvalid[1, :] = False  # no global key at all
+    args += (gk, gv)
+  if rate:
+    seeds = jnp.asarray(rng.integers(0, 2 ** 32, x, dtype=np.uint32))
+    residues = jnp.asarray(rng.integers(0, dil, x), jnp.int32)
+    gpos = jnp.asarray(rng.integers(0, n * dil, (x, g)), jnp.int32)
+    kw["dropout"] = (rate, dil, seeds, residues, gpos if g else None)
+  blocks = kernel.BlockSizes(block_q=bq, block_k=bk)
+  glob = lambda a: dict(gk_XxGxD=a[3], gv_XxGxDv=a[4],
+                        gvalid_XxG=jnp.asarray(gvalid)) if g else {}
+  ours = lambda *a: kernel.band_attention(*a[:3], kvalid, block_sizes=blocks,
+                                          **kw, **glob(a))
+  ref = lambda *a: band.band_attention(*a[:3], kvalid, **kw, **glob(a))
+  out, lse = jax.jit(ours)(*args)
+  want_out, want_lse = ref(*args)
+  check_close(out, want_out)
+  check_close(lse, want_lse, atol=1e-5, rtol=1e-6)
+  if rate:  # the multiplier does act: without it the output differs
+    plain = dict(kw, dropout=None)
+    assert np.abs(np.asarray(band.band_attention(
+        *args[:3], kvalid, **plain, **glob(args))[0]) - out).max() > 1e-2
+  co = jnp.asarray(rng.standard_normal(out.shape), jnp.float32)
+  cl = jnp.asarray(rng.standard_normal(lse.shape), jnp.float32)
+  for got, want in zip(_grads(ours, args, co, cl),
+                       _grads(ref, args, co, cl)):
+    check_close(got, want, atol=5e-5, rtol=1e-4)
+
+
+def test_kernel_bfloat16_global_keys_and_dropout():
+  """bf16 q, k, v, gk, gv go into the kernel as they are (float32
+  accumulation): output and gradients near the chunked core's on the same
+  values in float32, gradients in bf16."""
+  from lfjax.attention import band
+  x, n, d, g = 2, 33, 16, 3
+  q, k, v, kvalid = _case(x, n, d, d, 11, jnp.bfloat16)
+  rng = np.random.default_rng(12)
+  gk, gv = (jnp.asarray(rng.standard_normal((x, g, d)), jnp.bfloat16)
+            for _ in "kv")
+  gvalid = jnp.asarray([[True, False, True], [True, True, True]])
+  drop = (0.2, 2, jnp.asarray([7, 9], jnp.uint32),
+          jnp.asarray([0, 1], jnp.int32), jnp.asarray([[0, 5, 60]] * 2))
+  kw = dict(window=5, causal=False, scale=0.25, dropout=drop,
+            gvalid_XxG=gvalid)
+  ours = lambda q, k, v, gk, gv: kernel.band_attention(
+      q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
+  ref = lambda q, k, v, gk, gv: band.band_attention(
+      q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
+  args = (q, k, v, gk, gv)
+  f32 = [a.astype(jnp.float32) for a in args]
+  check_close(jax.jit(ours)(*args)[0], ref(*f32)[0], atol=3e-2, rtol=3e-2)
+  co = jnp.asarray(rng.standard_normal((x, n, d)), jnp.float32)
+  cl = jnp.zeros((x, n), jnp.float32)
+  for got, want in zip(_grads(ours, args, co, cl), _grads(ref, f32, co, cl)):
+    assert got.dtype == jnp.bfloat16
+    check_close(got, want, atol=6e-2, rtol=6e-2)
+
+
 def _global_keys_reference(q, k, v, kvalid, rq, table, gk, gv, gvalid, *,
                            rel_min, window, causal, scale):
   """One softmax over the band keys (with the relative term) and the global
@@ -229,10 +316,41 @@ def test_windowed_attention_pallas_matches_reference(seed):
     check_close(got, want, atol=5e-5, rtol=1e-4)
 
 
+# Globals with their own projections and padding (5), causal with dilation
+# per head (26), globals with padding and narrower values (41).
+@pytest.mark.parametrize("seed", [5, 26, 41])
+def test_windowed_attention_pallas_dropout_matches_chunked_and_reference(
+    seed):
+  """impl="pallas" with attention dropout drops exactly the entries
+  impl="chunked" and the brute-force reference (its own numpy hash) drop:
+  outputs and gradients (q, k, v, global projections) agree entry for
+  entry."""
+  args, kwargs = random_case(seed)
+  args = tuple(map(jnp.asarray, args))
+  kw = to_jnp(kwargs)
+  gqkv = kw.pop("global_qkv")
+  kw.update(dropout_rate=[0.1, 0.5][seed % 2], dropout_key=jax.random.key(seed))
+  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      args[2].shape), jnp.float32)
+
+  def run(fn):
+    loss = lambda q, k, v, g: jnp.sum(fn(q, k, v, g) * cot)
+    return fn(*args, gqkv), jax.grad(loss, argnums=(0, 1, 2, 3))(*args, gqkv)
+  impl = lambda name: jax.jit(lambda q, k, v, g: windowed_attention(
+      q, k, v, global_qkv=g, impl=name, **kw))
+  out, grads = run(impl("pallas"))
+  for want_out, want_grads in (run(impl("chunked")), run(
+      lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw))):
+    check_close(out, want_out)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+      check_close(got, want, atol=5e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_lowers_for_cuda(dtype):
   """Forward and backward of impl="pallas" lower to Triton kernels for CUDA
-  on this CPU-only machine (dilated heads, global tokens, causal)."""
+  on this CPU-only machine (dilated heads, global tokens inside the kernel,
+  attention dropout's integer hash, causal)."""
   b, n, h, d = 2, 300, 4, 64
   qkv = [jax.ShapeDtypeStruct((b, n, h, d), dtype)] * 3
   mask = jax.ShapeDtypeStruct((b, n), jnp.bool_)
@@ -240,7 +358,9 @@ def test_lowers_for_cuda(dtype):
   def fwd(q, k, v, key_mask, global_mask):
     return windowed_attention(q, k, v, window=32, dilation=[1, 1, 2, 3],
                               key_mask=key_mask, global_mask=global_mask,
-                              max_global=4, impl="pallas")
+                              max_global=4, impl="pallas",
+                              dropout_rate=0.1,
+                              dropout_key=jax.random.key(0))
 
   def bwd(q, k, v, key_mask, global_mask):
     return jax.grad(lambda q, k, v: jnp.sum(fwd(q, k, v, key_mask,
@@ -255,7 +375,8 @@ def test_lowers_for_cuda(dtype):
   # Three dilation classes, one band kernel each.
   assert lowering.count_kernels(exp, "lfjax_band_fwd") == 3
   exp = lowering.export_for_cuda(bwd, *qkv, mask, mask)
-  for name in ("lfjax_band_fwd", "lfjax_band_dq", "lfjax_band_dkv"):
+  for name in ("lfjax_band_fwd", "lfjax_band_dq", "lfjax_band_dkv",
+               "lfjax_band_dglobal"):
     assert lowering.count_kernels(exp, name) == 3, name
   exp = lowering.export_for_cuda(causal, *qkv)
   assert lowering.count_kernels(exp, "lfjax_band_fwd") == 1
@@ -277,9 +398,10 @@ def _kernel_signatures(exported):
 
 def test_rel_lowers_for_cuda():
   """Forward and backward of band_with_global_keys with a relative term
-  lower to the three Triton kernels for CUDA, with q and k at head_dim
+  lower to the four Triton kernels for CUDA, with q and k at head_dim
   width (64): the relative term adds one [X, N, R] float32 operand (the
-  per-row products, R = 2 * window + 1) and its gradient, nothing wider."""
+  per-row products, R = 2 * window + 1) and its gradient, nothing wider;
+  the global keys (padded to 16 slots) come first, in bf16 as q, k, v."""
   x, n, d, g, window = 8, 300, 64, 4, 40
   bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   avals = [bf16(x, n, d)] * 3 + [bf16(x, n, d), bf16(x, 2 * window + 1, d),
@@ -297,33 +419,43 @@ def test_rel_lowers_for_cuda():
     return jax.grad(loss, argnums=tuple(range(7)))(q, k, v, rq, table, gk, gv)
 
   exp = lowering.export_for_cuda(fwd_bwd, *avals, kvalid, gvalid)
-  assert lowering.count_kernels(exp) == 3
+  assert lowering.count_kernels(exp) == 4
   sigs = _kernel_signatures(exp)
-  assert sorted(sigs) == ["lfjax_band_dkv", "lfjax_band_dq", "lfjax_band_fwd"]
+  assert sorted(sigs) == ["lfjax_band_dglobal", "lfjax_band_dkv",
+                          "lfjax_band_dq", "lfjax_band_fwd"]
   npad, r = 320, 2 * window + 1
   qkv = f"tensor<{x}x{npad}x{d}xbf16>"
+  glob = [f"tensor<{x}x16x{d}xbf16>"] * 2 + [f"tensor<{x}x16xf32>"]
   for name, (args, results) in sigs.items():
-    assert args[:3] == [qkv] * 3, (name, args)
+    assert args[:3] == glob, (name, args)
+    if name == "lfjax_band_dglobal":  # q, dout, lse, delta, dlse
+      assert args[3:] == [qkv] * 2 + [f"tensor<{x}x{npad}xf32>"] * 3, args
+      assert results == [f"tensor<{x}x16x{d}xf32>"] * 2, results
+      continue
+    assert args[3:6] == [qkv] * 3, (name, args)
     assert args[-1] == f"tensor<{x}x{npad}x{r}xf32>", (name, args)
     # Every other operand and result: head_dim wide, or one per row.
-    for t in args[3:-1] + results:
+    for t in args[6:-1] + results:
       assert t.endswith(f"x{d}xbf16>") or t.endswith(f"x{d}xf32>") or (
           t == f"tensor<{x}x{npad}xf32>") or (
               name == "lfjax_band_dq" and t == f"tensor<{x}x{npad}x{r + 1}"
               "xf32>"), (name, t)
 
 
-def test_charlm_train_step_lowers_with_head_dim_operands():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_charlm_train_step_lowers_with_head_dim_operands(dtype):
   """Issue 13: the char-LM's train step (relative positions as a table,
   causal, dilated heads, remat) with attention_impl="pallas" lowers for
   CUDA, and every kernel's q, k and v operands are head_dim (16) wide: no
-  position features widen them."""
+  position features widen them. Issue 25: they are in the model's dtype
+  (bf16 stays bf16: no upcast before the kernel)."""
   from flax import nnx
   from lfjax.models.charlm import CharLM, CharLMConfig
   cfg = CharLMConfig(vocab_size=27, num_layers=2, num_heads=4, hidden_size=64,
                      head_dim=16, ffn_size=64, windows=(8, 16),
                      dilations=(1, 2), dilated_heads=2, rel_features=32,
-                     dropout=0.0, remat=True, attention_impl="pallas")
+                     dropout=0.0, remat=True, attention_impl="pallas",
+                     dtype=dtype)
   graphdef, params = nnx.split(CharLM(cfg, rngs=nnx.Rngs(0)))
 
   def step(params, x):
@@ -344,5 +476,6 @@ def test_charlm_train_step_lowers_with_head_dim_operands():
   for line in lines:
     args = re.findall(r"tensor<[^>]*>", re.search(
         r":\s*\(([^()]*)\)", line[line.rindex("}"):]).group(1))
-    assert all(re.fullmatch(r"tensor<\d+x\d+x16xf32>", a) for a in args[:3]), (
-        args[:3])
+    short = {"float32": "f32", "bfloat16": "bf16"}[dtype]
+    assert all(re.fullmatch(rf"tensor<\d+x\d+x16x{short}>", a)
+               for a in args[:3]), args[:3]

@@ -154,8 +154,6 @@ def test_one_shard_matches_reference(causal):
                            "('seq',), got 'sp'"),
     (dict(batch_axis="data"), "batch_axis: expected an axis of the mesh"),
     (dict(mesh="seq"), "mesh: expected a jax.sharding.Mesh, got str"),
-    (dict(impl="pallas", dropout_rate=0.1, dropout_key=jax.random.key(0)),
-     "dropout_rate: impl='pallas' has no attention dropout"),
     (dict(window=-1), "window: expected a Python int >= 0"),
     (dict(causal=True, global_mask=jnp.zeros((1, 8), bool)),
      "global_mask: global tokens see the future"),

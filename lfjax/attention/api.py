@@ -57,8 +57,8 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       "auto" (chunked; pallas once it is measured on GPUs).
     dropout_rate: attention-probability dropout (training), a Python float
       in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
-      (dropout_key, b, h, i, j), so dense and chunked drop the same entries
-      and the backward pass regenerates them. Not yet with impl="pallas".
+      (dropout_key, b, h, i, j), so dense, chunked and pallas drop the
+      same entries and the backward pass regenerates them.
     dropout_key: a jax.random key, required when dropout_rate > 0.
 
     rel_query, rel_table: a relative-position term (Transformer-XL's
@@ -168,10 +168,6 @@ def _check_args(q, k, v, *, window, dilation, causal, key_mask, global_mask,
     if dropout_key is None:
       raise ValueError("dropout_key: expected a jax.random key when "
                        f"dropout_rate={dropout_rate} > 0, got None")
-    if impl == "pallas":
-      raise ValueError("dropout_rate: impl='pallas' has no attention "
-                       "dropout yet; use impl='chunked' (or 'auto') for "
-                       "training with dropout_rate > 0")
     dropout_seeds_BxH = common.dropout_seeds(dropout_key, b, h)
   return _Checked(window, dilation_H, key_mask_BxN, global_mask_BxN,
                   global_qkv, rel, float(scale), max_global,

@@ -81,7 +81,7 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
       windowed_attention. Dropout keeps or drops the same entries as the
       unsharded call (the hash of absolute positions).
     impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas band
-      kernel; interpret mode on CPU; no dropout) or "auto" (chunked).
+      kernel; interpret mode on CPU) or "auto" (chunked).
       "dense" is the O(N^2) oracle and is not sharded.
 
   Returns:
@@ -98,8 +98,7 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
   Raises:
     ValueError: every malformed argument windowed_attention rejects, with
       the same messages; mesh without axis_name or batch_axis; seq (batch)
-      not a multiple of the axis size; impl not in IMPLS; dropout with
-      impl="pallas".
+      not a multiple of the axis size; impl not in IMPLS.
   """
   b, n, _, _ = api._check_qkv(q, k, v)
   if impl not in IMPLS:
@@ -263,9 +262,6 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
   [B, n, H, Dv] in q's dtype, padding rows 0.
   """
   b, n, h, _ = q.shape
-  if dropout_rate and impl == "pallas":
-    raise ValueError("dropout_rate: impl='pallas' has no attention dropout "
-                     "yet; use impl='chunked'")
   seq = n * axis_size
   pos0 = jax.lax.axis_index(axis_name) * n  # this shard's first position
   g = max_global
@@ -321,12 +317,25 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
       tab, rel_min = chunked.rel_window_tables(rel_table, heads, dil, we,
                                                causal, b)
       rq_X = chunked.to_classes(pick(rel_query), dil)
+    if dropout_rate:
+      # Band rows are (batch, head, residue); absolute positions are
+      # class position * dil + residue + this shard's first position.
+      residues = jnp.tile(jnp.arange(dil, dtype=jnp.int32), b * hs) + pos0
+      gpos = None
+      if g:
+        gpos = rep(jnp.broadcast_to(glob["idx_BxG"][:, :, None], (b, g, h)))
+      extra["dropout"] = (dropout_rate, dil, jnp.repeat(
+          seeds[:, np.array(heads)].reshape(-1), dil), residues, gpos)
     if impl == "pallas":
       # The kernel takes as many queries as keys: queries padded by the
-      # halo's class rows, their outputs dropped.
+      # halo's class rows, their outputs dropped. Kernel row p is class
+      # position p - we: its residue moves back by we * dil.
       pad = ((0, 0), (we, 0 if causal else we), (0, 0))
       if rq_X is not None:
         extra["rel"] = (jnp.pad(rq_X, pad), tab, rel_min)
+      if dropout_rate:
+        rate, dl, seeds_X, res_X, gpos = extra["dropout"]
+        extra["dropout"] = (rate, dl, seeds_X, res_X - we * dil, gpos)
       o, _ = pallas.band_with_global_keys(
           jnp.pad(q_X, pad), k_X, v_X, kvalid_X, window=we, causal=causal,
           scale=scale, **extra)
@@ -334,15 +343,6 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
     else:
       if rq_X is not None:
         extra["rel"] = (rq_X, tab, rel_min)
-      if dropout_rate:
-        # Band rows are (batch, head, residue); absolute positions are
-        # class position * dil + residue + this shard's first position.
-        residues = jnp.tile(jnp.arange(dil, dtype=jnp.int32), b * hs) + pos0
-        gpos = None
-        if g:
-          gpos = rep(jnp.broadcast_to(glob["idx_BxG"][:, :, None], (b, g, h)))
-        extra["dropout"] = (dropout_rate, dil, jnp.repeat(
-            seeds[:, np.array(heads)].reshape(-1), dil), residues, gpos)
       o, _ = band.band_attention(q_X, k_X, v_X, kvalid_X, window=we,
                                  causal=causal, scale=scale, k_offset=-we,
                                  **extra)

@@ -6,6 +6,13 @@ that meet its band, so the loop trip count depends on window and block
 sizes, never on the sequence length; the band mask is computed only on the
 blocks the band edge cuts (interior blocks skip it). Scores, softmax and
 accumulation are float32. Rows without any key give 0 and lse NEG_INF.
+Operands keep their dtype (bf16 stays bf16; dots accumulate in float32).
+
+Global keys and dropout (optional, see _Ext): the global keys are extra key
+blocks every query block visits in the band's online softmax; their
+gradients come from a fourth kernel, `_dglobal_kernel`. Dropout is the
+chunked path's counter hash (common.dropout_multiplier) at absolute
+positions, so every implementation drops the same entries.
 
 Relative positions (optional): score(a, t) = scale * (q[a].k[t] +
 rq[a].table[a - t - rel_min]). The products rq[a].table[r] are formed once,
@@ -30,6 +37,8 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+
+from lfjax.attention import common
 
 NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 # lse of a row with no key, as the backward sees it: every p = exp(s - lse)
@@ -148,9 +157,114 @@ def _dot(a, b, trans_a=False, trans_b=False):
       jnp.float32)
 
 
+# Dropout and global keys ------------------------------------------------------
+# Their operands come FIRST in a kernel's refs (the kernels split them off
+# with _ext_refs): seed, residue [X, 1] with dropout; gk [X, G, D], gv
+# [X, G, Dv], gbias [X, G] with global keys; gpos [X, G] with both.
+
+@dataclasses.dataclass(frozen=True)
+class _Ext:
+  """Static: dropout rate, the rows' dilation (positions), global keys G
+  (padded to a power of two >= 16; 0: none) and their block rows."""
+  rate: float = 0.0
+  dil: int = 1
+  g: int = 0
+  gblock: int = 16
+
+  @property
+  def names(self):
+    return ((("seed", "residue") if self.rate else ())
+            + (("gk", "gv", "gbias") if self.g else ())
+            + (("gpos",) if self.rate and self.g else ()))
+
+
+def _ext_refs(refs, ext):
+  n = len(ext.names)
+  return dict(zip(ext.names, refs[:n])), refs[n:]
+
+
+def _pos(e, ext, start, size):
+  """Absolute positions of this row's class rows start .. start + size."""
+  if not ext.rate:
+    return None
+  i = start + jax.lax.broadcasted_iota(jnp.int32, (size,), 0)
+  return i * ext.dil + e["residue"][...]
+
+
+def _mult(e, ext, i_pos, j_pos):
+  """The chunked path's dropout multiplier (common.dropout_multiplier) of
+  a [rows, cols] tile, or None without dropout."""
+  if not ext.rate:
+    return None
+  return common.dropout_multiplier(e["seed"][...][:, None], i_pos[:, None],
+                                   j_pos[None, :], ext.rate)
+
+
+def _times(p, z):
+  return p if z is None else p * z
+
+
+def _gtile(e, ext, gb):
+  """Global key block gb: (keys, values, bias, positions or None)."""
+  sl = pl.ds(gb * ext.gblock, ext.gblock)
+  return (e["gk"][sl, :], e["gv"][sl, :], e["gbias"][sl],
+          e["gpos"][sl] if ext.rate else None)
+
+
+def _fwd_globals(q, carry, e, ext, scale, i_pos):
+  """The global key blocks, in the band's online softmax (no band mask)."""
+  def body(gb, carry):
+    acc, m, l = carry
+    gk, gv, gbias, gpos = _gtile(e, ext, gb)
+    s = _dot(q, gk, trans_b=True) * scale + gbias[None, :]
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    pz = _times(p, _mult(e, ext, i_pos, gpos))
+    acc = acc * alpha[:, None] + _dot(pz.astype(gv.dtype), gv)
+    return acc, m_new, l * alpha + jnp.sum(p, axis=1)
+  return jax.lax.fori_loop(0, ext.g // ext.gblock, body, carry)
+
+
+def _dq_globals(q, do, lse, delta, dlse, dq, e, ext, scale, i_pos):
+  def body(gb, dq):
+    gk, gv, gbias, gpos = _gtile(e, ext, gb)
+    _, ds = _p_ds(q, gk, gv, do, gbias, lse, delta, dlse, scale, None,
+                  z=_mult(e, ext, i_pos, gpos))
+    return dq + _dot(ds.astype(gk.dtype), gk)
+  return jax.lax.fori_loop(0, ext.g // ext.gblock, body, dq)
+
+
+def _dglobal_kernel(*refs, scale, bq, nqb, ext):
+  """d gk, d gv of one global key block: a sum over every query row, so
+  the program loops over all query blocks (a kernel of its own: the dkv
+  kernel's programs own disjoint key blocks and would each need the sum)."""
+  e, (q_ref, do_ref, lse_ref, delta_ref, dlse_ref, dgk_ref, dgv_ref) = (
+      _ext_refs(refs, ext))
+  gk, gv, gbias = e["gk"][...], e["gv"][...], e["gbias"][...]
+  gpos = e["gpos"][...] if ext.rate else None
+
+  def body(qb, carry):
+    dgk, dgv = carry
+    rows = pl.ds(qb * bq, bq)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    z = _mult(e, ext, _pos(e, ext, qb * bq, bq), gpos)
+    p, ds = _p_ds(q, gk, gv, do, gbias, lse_ref[rows], delta_ref[rows],
+                  dlse_ref[rows], scale, None, z=z)
+    return (dgk + _dot(ds.astype(q.dtype), q, trans_a=True),
+            dgv + _dot(_times(p, z).astype(do.dtype), do, trans_a=True))
+
+  dgk, dgv = jax.lax.fori_loop(0, nqb, body, (
+      jnp.zeros(gk.shape, jnp.float32), jnp.zeros(gv.shape, jnp.float32)))
+  dgk_ref[...] = (dgk * scale).astype(dgk_ref.dtype)
+  dgv_ref[...] = dgv.astype(dgv_ref.dtype)
+
+
 # Forward --------------------------------------------------------------------
 
-def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
+                ext=_Ext()):
+  e, refs = _ext_refs(refs, ext)
   if rel_min is None:
     q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref = refs
   else:
@@ -158,6 +272,7 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
   r0 = pl.program_id(1) * bq
   q = q_ref[...]
   dv = v_ref.shape[-1]
+  i_pos = _pos(e, ext, r0, bq)
 
   def body(kb, carry, masked):
     acc, m, l = carry
@@ -173,7 +288,9 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
     alpha = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[:, None])
     v = v_ref[pl.ds(c0, bk), :]
-    acc = acc * alpha[:, None] + _dot(p.astype(v.dtype), v)
+    # Dropout acts on the normalised probabilities: l stays undropped.
+    pz = _times(p, _mult(e, ext, i_pos, _pos(e, ext, c0, bk)))
+    acc = acc * alpha[:, None] + _dot(pz.astype(v.dtype), v)
     return acc, m_new, l * alpha + jnp.sum(p, axis=1)
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
@@ -184,6 +301,8 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
   carry = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), carry)
   acc, m, l = jax.lax.fori_loop(b, end, functools.partial(body, masked=True),
                                 carry)
+  if ext.g:
+    acc, m, l = _fwd_globals(q, (acc, m, l), e, ext, scale, i_pos)
   # A row whose every key was masked kept m at (about) NEG_INF: it has no key.
   empty = m < 0.5 * NEG_INF
   o_ref[...] = jnp.where(empty[:, None], 0.0,
@@ -195,7 +314,10 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
 
 # Backward -------------------------------------------------------------------
 
-def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None):
+def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None,
+          z=None):
+  """p and d(score) of a tile; z: the dropout multiplier (out = (p z) v, so
+  dp gets a factor z; delta = rowsum(out * dout) already has it)."""
   s = _dot(q, k, trans_b=True)
   if rel is not None:
     s = s + rel
@@ -203,11 +325,13 @@ def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None):
   if mask is not None:
     s = jnp.where(mask, s, NEG_INF)
   p = jnp.exp(s - lse[:, None])
-  dp = _dot(do, v, trans_b=True)
+  dp = _times(_dot(do, v, trans_b=True), z)
   return p, p * (dp - delta[:, None] + dlse[:, None])
 
 
-def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
+               ext=_Ext()):
+  e, refs = _ext_refs(refs, ext)
   if rel_min is None:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dq_ref) = refs
@@ -217,6 +341,7 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
   lse, delta, dlse = lse_ref[...], delta_ref[...], dlse_ref[...]
+  i_pos = _pos(e, ext, r0, bq)
 
   def body(kb, dq, masked):
     c0 = kb * bk
@@ -228,7 +353,7 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
       rel = pr_ref[i, r]
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
-                  rel)
+                  rel, z=_mult(e, ext, i_pos, _pos(e, ext, c0, bk)))
     if rel_min is not None:
       # Each (row, table row) is one (row, key), so the scatter never
       # collides, except in the spare last column, where the entries off the
@@ -242,10 +367,14 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
   dq = jax.lax.fori_loop(first, a, functools.partial(body, masked=True), dq)
   dq = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), dq)
   dq = jax.lax.fori_loop(b, end, functools.partial(body, masked=True), dq)
+  if ext.g:
+    dq = _dq_globals(q, do, lse, delta, dlse, dq, e, ext, scale, i_pos)
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
+def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min,
+                ext=_Ext()):
+  e, refs = _ext_refs(refs, ext)
   if rel_min is None:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dk_ref, dv_ref) = refs
@@ -254,6 +383,7 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
      pr_ref, dk_ref, dv_ref) = refs
   c0 = pl.program_id(1) * bk
   k, v, kbias = k_ref[...], v_ref[...], kbias_ref[...]
+  j_pos = _pos(e, ext, c0, bk)
 
   def body(qb, carry, masked):
     dk, dv = carry
@@ -264,11 +394,12 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
     rel = None
     if rel_min is not None:
       rel = _rel_tile(pr_ref, r0, r0, bq, c0, bk, rel_min)
+    z = _mult(e, ext, _pos(e, ext, r0, bq), j_pos)
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
-                  mask, rel)
+                  mask, rel, z=z)
     return (dk + _dot(ds.astype(q.dtype), q, trans_a=True),
-            dv + _dot(p.astype(do.dtype), do, trans_a=True))
+            dv + _dot(_times(p, z).astype(do.dtype), do, trans_a=True))
 
   # The transposed band: rows i with -window <= c - i <= right, i.e.
   # -right <= i - c <= window.
@@ -299,15 +430,16 @@ def _whole(a):
                       lambda xi, i: (xi, 0) + (0,) * len(tail))
 
 
-def _forward(q, k, v, kbias, pr, *, window, right, scale, rel_min, blocks,
-             interpret):
+def _forward(q, k, v, kbias, pr, *extras, window, right, scale, rel_min,
+             blocks, interpret, ext=_Ext()):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   kernel = functools.partial(_fwd_kernel, scale=scale, window=window,
                              right=right, bq=bq, bk=bk, nkb=n // bk,
-                             rel_min=rel_min)
-  args = (q, k, v, kbias) + (() if pr is None else (pr,))
-  specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias)]
+                             rel_min=rel_min, ext=ext)
+  args = extras + (q, k, v, kbias) + (() if pr is None else (pr,))
+  specs = [_whole(a) for a in extras] + [_blocked(q, bq), _whole(k),
+                                         _whole(v), _whole(kbias)]
   if pr is not None:
     specs.append(_blocked(pr, bq))
   out, lse = pl.pallas_call(
@@ -320,20 +452,21 @@ def _forward(q, k, v, kbias, pr, *, window, right, scale, rel_min, blocks,
   return out, lse
 
 
-def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *, window, right,
-              scale, rel_min, blocks, interpret):
+def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *extras, window,
+              right, scale, rel_min, blocks, interpret, ext=_Ext()):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   params = None if interpret else _compiler_params(blocks)
-  args = (q, k, v, kbias, do, lse, delta, dlse)
+  args = extras + (q, k, v, kbias, do, lse, delta, dlse)
   kw = dict(scale=scale, window=window, right=right, bq=bq, bk=bk,
-            rel_min=rel_min)
-  dq_specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
+            rel_min=rel_min, ext=ext)
+  ext_specs = [_whole(a) for a in extras]
+  dq_specs = ext_specs + [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
               _blocked(do, bq), _blocked(lse, bq), _blocked(delta, bq),
               _blocked(dlse, bq)]
   dq_out_specs = _blocked(q, bq)
   dq_shape = jax.ShapeDtypeStruct(q.shape, jnp.float32)
-  dkv_specs = [_whole(q), _blocked(k, bk), _blocked(v, bk),
+  dkv_specs = ext_specs + [_whole(q), _blocked(k, bk), _blocked(v, bk),
                _blocked(kbias, bk), _whole(do), _whole(lse), _whole(delta),
                _whole(dlse)]
   if pr is not None:
@@ -359,7 +492,23 @@ def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *, window, right,
                  jax.ShapeDtypeStruct(v.shape, jnp.float32)],
       compiler_params=params, interpret=interpret,
       name="lfjax_band_dkv")(*args)
-  return dq, dk, dv, dpr
+  if not ext.g:
+    return dq, dk, dv, dpr, None, None
+  gk, gv = extras[ext.names.index("gk")], extras[ext.names.index("gv")]
+  dgk, dgv = pl.pallas_call(
+      functools.partial(_dglobal_kernel, scale=scale, bq=bq, nqb=n // bq,
+                        ext=ext),
+      grid=(x, ext.g // ext.gblock),
+      in_specs=[_whole(a) if name in ("seed", "residue")
+                else _blocked(a, ext.gblock)
+                for name, a in zip(ext.names, extras)]
+      + [_whole(q), _whole(do), _whole(lse), _whole(delta), _whole(dlse)],
+      out_specs=[_blocked(gk, ext.gblock), _blocked(gv, ext.gblock)],
+      out_shape=[jax.ShapeDtypeStruct(gk.shape, jnp.float32),
+                 jax.ShapeDtypeStruct(gv.shape, jnp.float32)],
+      compiler_params=params, interpret=interpret,
+      name="lfjax_band_dglobal")(*(extras + (q, do, lse, delta, dlse)))
+  return dq, dk, dv, dpr, dgk, dgv
 
 
 def _on_platform(fn, *args, **kwargs):
@@ -379,37 +528,44 @@ def _rel_products(rq, table):
                     preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
-def _band(q, k, v, kbias, rq, table, window, right, scale, rel_min, blocks):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 12))
+def _band(q, k, v, kbias, rq, table, window, right, scale, rel_min, blocks,
+          extras, ext):
+  """extras: the arrays named by ext.names (see _Ext)."""
   return _on_platform(_forward, q, k, v, kbias, _rel_products(rq, table),
-                      window=window, right=right, scale=scale,
-                      rel_min=rel_min, blocks=blocks)
+                      *extras, window=window, right=right, scale=scale,
+                      rel_min=rel_min, blocks=blocks, ext=ext)
 
 
 def _band_fwd(q, k, v, kbias, rq, table, window, right, scale, rel_min,
-              blocks):
+              blocks, extras, ext):
   out, lse = _band(q, k, v, kbias, rq, table, window, right, scale, rel_min,
-                   blocks)
+                   blocks, extras, ext)
   # Named for remat policies (lfjax.models.remat "attention"): kept, they
   # spare a rematerialised backward this forward.
   out, lse = checkpoint_name((out, lse), "attention")
-  return (out, lse), (q, k, v, kbias, rq, table, out, lse)
+  return (out, lse), (q, k, v, kbias, rq, table, out, lse, extras)
 
 
-def _band_bwd(window, right, scale, rel_min, blocks, res, cotangents):
-  q, k, v, kbias, rq, table, out, lse = res
+def _band_bwd(window, right, scale, rel_min, blocks, ext, res, cotangents):
+  q, k, v, kbias, rq, table, out, lse, extras = res
   dout, dlse = cotangents
   dout = dout.astype(jnp.float32)
   delta = jnp.sum(out * dout, axis=-1)
   lse = jnp.where(lse < 0.5 * NEG_INF, _EMPTY_ROW_LSE, lse)
-  dq, dk, dv, dpr = _on_platform(
+  dq, dk, dv, dpr, dgk, dgv = _on_platform(
       _backward, q, k, v, kbias, dout.astype(v.dtype), lse, delta,
-      dlse.astype(jnp.float32), _rel_products(rq, table), window=window,
-      right=right, scale=scale, rel_min=rel_min, blocks=blocks)
+      dlse.astype(jnp.float32), _rel_products(rq, table), *extras,
+      window=window, right=right, scale=scale, rel_min=rel_min,
+      blocks=blocks, ext=ext)
   grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
            jnp.zeros_like(kbias))
+  # Cotangents of extras: d gk, d gv; None (zero) for the rest.
+  dext = tuple({"gk": dgk, "gv": dgv}.get(name) for name in ext.names)
+  dext = tuple(d if d is None else d.astype(a.dtype)
+               for d, a in zip(dext, extras))
   if rq is None:
-    return grads + (None, None)
+    return grads + (None, None, dext)
   # The dq kernel wrote d(score) (times scale) of every (row a, table row r)
   # whose key a - r - rel_min is in the band; the rest was never written.
   dpr = dpr[:, :, :-1]
@@ -421,15 +577,45 @@ def _band_bwd(window, right, scale, rel_min, blocks, res, cotangents):
   dpr = jnp.where(written[None], dpr, 0.0)
   drq = jnp.einsum("xnr,xrd->xnd", dpr, table.astype(jnp.float32))
   dtable = jnp.einsum("xnr,xnd->xrd", dpr, rq.astype(jnp.float32))
-  return grads + (drq.astype(rq.dtype), dtable.astype(table.dtype))
+  return grads + (drq.astype(rq.dtype), dtable.astype(table.dtype), dext)
 
 
 _band.defvjp(_band_fwd, _band_bwd)
 
 
+def _extras(x, d, dp, dvp, bk, gk, gv, gvalid, dropout):
+  """(extras, _Ext) for _band: global keys padded to a power-of-two count
+  (empty slots masked by their bias) and dropout's per-row arrays."""
+  rate, dil, seed, residue, gpos = dropout if dropout and dropout[0] else (
+      0.0, 1, None, None, None)
+  g = 0 if gk is None else gk.shape[1]
+  if g and (gk.shape != (x, g, d) or getattr(gv, "shape", (0,))[:2] != (x, g)
+            or getattr(gvalid, "shape", None) != (x, g)):
+    raise ValueError(f"gk, gv, gvalid: expected shapes {(x, 'G', d)}, "
+                     f"{(x, 'G', 'Dv')} and {(x, 'G')}, got {gk.shape}, "
+                     f"{getattr(gv, 'shape', None)} and "
+                     f"{getattr(gvalid, 'shape', None)}")
+  gp = _pow2(g) if g else 0
+  named = {}
+  if rate:
+    named.update(seed=jnp.asarray(seed, jnp.uint32).reshape(x, 1),
+                 residue=jnp.asarray(residue, jnp.int32).reshape(x, 1))
+  if g:
+    rows = lambda a, width=None: jnp.pad(a, ((0, 0), (0, gp - g)) + (
+        () if width is None else ((0, width - a.shape[2]),)))
+    named.update(gk=rows(gk, dp), gv=rows(gv, dvp),
+                 gbias=jnp.where(rows(gvalid), 0.0, NEG_INF).astype(
+                     jnp.float32))
+    if rate:
+      named["gpos"] = rows(jnp.asarray(gpos, jnp.int32))
+  ext = _Ext(rate=float(rate), dil=int(dil), g=gp, gblock=min(gp, bk) or 16)
+  return tuple(named[name] for name in ext.names), ext
+
+
 def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
                    scale, block_sizes=None, rel_query_XxNxDr=None,
-                   rel_table_XxRxDr=None, rel_min=0):
+                   rel_table_XxRxDr=None, rel_min=0, gk_XxGxD=None,
+                   gv_XxGxDv=None, gvalid_XxG=None, dropout=None):
   """Band attention: (out float32 [X, N, Dv], lse float32 [X, N]).
 
   Differentiable in q, k, v (and rel_query, rel_table) with cotangents on
@@ -442,6 +628,15 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   a static int and the table must cover every distance a - t the band
   reaches, -min(right, N - 1) .. min(window, N - 1) (right = window, or 0
   when causal). rel_query's width Dr may differ from D; neither is widened.
+
+  Global keys (optional): gk [X, G, D], gv [X, G, Dv] (q's dtype), gvalid
+  bool [X, G]: every query also sees each valid global key, in the same
+  softmax as its band (extra key blocks every query block visits; no
+  relative term). dropout: None or (rate, dilation, seed_X uint32,
+  residue_X int32, gpos_XxG int32 or None) as lfjax.attention.band: the
+  normalised probabilities times common.dropout_multiplier(seed, i, j,
+  rate), query/key row p at position p * dilation + residue, global key g
+  at gpos[x, g]; lse stays that of the undropped scores.
   """
   x, n, d = q_XxNxD.shape
   if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
@@ -483,7 +678,9 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
                     NEG_INF).astype(jnp.float32)
   if rq is not None:
     rq = pad(rq, rq.shape[2])  # rows only: Dr is never padded
+  extras, ext = _extras(x, d, dp, dvp, blocks.block_k, gk_XxGxD,
+                        gv_XxGxDv, gvalid_XxG, dropout)
   out, lse = _band(pad(q_XxNxD, dp), pad(k_XxNxD, dp), pad(v_XxNxDv, dvp),
                    kbias, rq, table, window, right, float(scale),
-                   None if rq is None else rel_min, blocks)
+                   None if rq is None else rel_min, blocks, extras, ext)
   return out[:, :n, :dv], lse[:, :n]
