@@ -23,6 +23,7 @@ of backend is made in `_compiler_params` only).
 
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,55 @@ NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 _EMPTY_ROW_LSE = -NEG_INF
 
 
+# (block_q, block_k, num_warps, num_stages) per GPU family, head_dim bound
+# and operand width, from deviceless compiles of every kernel (forward, dq,
+# dkv) of each variant in lfjax/kernels/gpu_compile.py for A100 (sm80) and
+# H100 (sm90): the largest tiles at which no kernel spills a register and
+# shared memory fits, and among equal tiles the fewest warps / most stages
+# that stay spill-free. experiments/results/kernel_resources.md has the
+# figures and the alternatives tried. None: a GPU not known at trace time
+# (or another one): a choice spill-free on both A100 and H100.
+_BLOCKS = {
+    # family: {(head_dim <= 64 / <= 128, 2-byte / 4-byte operands): blocks}
+    "sm80": {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
+             (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
+    "sm90": {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
+             (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
+    None: {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
+           (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
+}
+# Wider heads (not compiled by gpu_compile's variants): small tiles.
+_WIDE = (32, 32, 8, 1)
+
+
+def traced_gpu_kind():
+  """The kind of GPU the kernels are being traced for ('' if none), read
+  the way Pallas' Triton lowering picks its compute capability (jax 0.12,
+  gpu_info.get_device_kind): the abstract device of the current abstract
+  mesh (a deviceless compile under jax.sharding.use_abstract_mesh, as
+  lfjax.kernels.gpu_compile and lowering.py do), else the default device
+  (a real GPU: e.g. "NVIDIA H100 80GB HBM3"). The abstract mesh is part of
+  jit's trace cache key, so a function traced for one target is not
+  reused for another."""
+  get = getattr(jax.sharding, "get_abstract_mesh", None)
+  abstract = getattr(get(), "abstract_device", None) if get else None
+  if abstract is not None and abstract.platform in ("cuda", "gpu"):
+    return abstract.device_kind
+  device = jax.config.jax_default_device
+  if not hasattr(device, "platform"):  # unset, or a platform name
+    device = jax.devices()[0]
+  return device.device_kind if device.platform == "gpu" else ""
+
+
+def gpu_family(device_kind):
+  """"sm90" (H100, H200, GH200, H800), "sm80" (A100, A800, A30) or None."""
+  if re.search(r"\b(G?H100|G?H200|H800)\b", device_kind):
+    return "sm90"
+  if re.search(r"\b(A100|A800|A30)\b", device_kind):
+    return "sm80"
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
   """Query/key block rows per program and Triton launch parameters."""
@@ -46,14 +96,17 @@ class BlockSizes:
   num_stages: int = 2
 
   @classmethod
-  def default(cls, head_dim, dtype):
-    """Smaller blocks for wide heads keep tiles in registers/shared memory."""
-    del dtype  # same tiling for f32 / bf16 / f16 so far; tuned on GPU later
-    if head_dim <= 64:
-      return cls(64, 64, 4, 2)
-    if head_dim <= 128:
-      return cls(64, 64, 4, 2)
-    return cls(32, 32, 8, 1)
+  def default(cls, head_dim, dtype, device_kind=None):
+    """The blocks of _BLOCKS for the GPU family (device_kind, default
+    traced_gpu_kind()), head_dim and the operands' width: float32 needs
+    smaller tiles than bf16 / f16 to stay in registers."""
+    if device_kind is None:
+      device_kind = traced_gpu_kind()
+    if head_dim > 128:
+      return cls(*_WIDE)
+    table = _BLOCKS[gpu_family(device_kind)]
+    width = 2 if jnp.dtype(dtype).itemsize <= 2 else 4
+    return cls(*table[(64 if head_dim <= 64 else 128, width)])
 
   def check(self):
     for name in ("block_q", "block_k"):

@@ -16,7 +16,7 @@ TRITON_TARGET = "__gpu$xla.gpu.triton"
 DEVICE_KIND = "NVIDIA H200"
 
 
-def _abstract_gpu():
+def _abstract_gpu(device_kind=DEVICE_KIND):
   device_cls = getattr(jax.sharding, "AbstractDevice", None)
   use = getattr(jax.sharding, "use_abstract_mesh", None)
   if device_cls is None or use is None:
@@ -24,15 +24,18 @@ def _abstract_gpu():
   try:
     mesh = jax.sharding.AbstractMesh(
         (1,), ("x",), abstract_device=device_cls(
-            device_kind=DEVICE_KIND, num_cores=None, platform="cuda"))
+            device_kind=device_kind, num_cores=None, platform="cuda"))
   except TypeError:  # a JAX whose AbstractMesh has no abstract_device
     return contextlib.nullcontext()
   return use(mesh)
 
 
-def export_for_cuda(fn, *avals):
-  """The jax.export.Exported of jit(fn) for CUDA; its text holds the kernels."""
-  with _abstract_gpu():
+def export_for_cuda(fn, *avals, device_kind=DEVICE_KIND):
+  """The jax.export.Exported of jit(fn) for CUDA; its text holds the kernels.
+
+  device_kind: the GPU it is lowered for (the kernels' compute capability,
+  and band_attention.BlockSizes.default's table)."""
+  with _abstract_gpu(device_kind):
     return export.export(
         jax.jit(fn), platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(
