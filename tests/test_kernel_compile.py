@@ -164,9 +164,11 @@ def test_lowered_kernels_take_the_targets_block_sizes(monkeypatch):
   from lfjax.kernels import lowering
   rows = {"sm80": (16, 16, 2, 1), "sm90": (32, 16, 8, 3),
           None: (16, 32, 4, 2)}
-  monkeypatch.setattr(band_attention, "_BLOCKS", {
-      f: {(64, 4): r, (64, 2): r, (128, 4): r, (128, 2): r}
-      for f, r in rows.items()})
+  keys = [(64, 4), (64, 2), (128, 4), (128, 2)]
+  monkeypatch.setattr(band_attention, "_BLOCKS",
+                      {k: rows[None] for k in keys})
+  monkeypatch.setattr(band_attention, "_FAMILY_BLOCKS", {
+      f: {k: rows[f] for k in keys} for f in ("sm80", "sm90")})
   n = 256
   aval = jax.ShapeDtypeStruct((1, n, 2, 64), jnp.float32)
 

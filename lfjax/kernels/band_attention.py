@@ -38,23 +38,22 @@ NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 _EMPTY_ROW_LSE = -NEG_INF
 
 
-# (block_q, block_k, num_warps, num_stages) per GPU family, head_dim bound
-# and operand width, from deviceless compiles of every kernel (forward, dq,
-# dkv) of each variant in lfjax/kernels/gpu_compile.py for A100 (sm80) and
-# H100 (sm90): the largest tiles at which no kernel spills a register and
-# shared memory fits, and among equal tiles the fewest warps / most stages
-# that stay spill-free. experiments/results/kernel_resources.md has the
-# figures and the alternatives tried. None: a GPU not known at trace time
-# (or another one): a choice spill-free on both A100 and H100.
-_BLOCKS = {
-    # family: {(head_dim <= 64 / <= 128, 2-byte / 4-byte operands): blocks}
-    "sm80": {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
-             (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
-    "sm90": {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
-             (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
-    None: {(64, 2): (64, 64, 4, 2), (64, 4): (32, 32, 4, 2),
-           (128, 2): (64, 64, 4, 2), (128, 4): (32, 32, 4, 2)},
-}
+# (block_q, block_k, num_warps, num_stages) per (head_dim <= 64 / <= 128,
+# operand bytes 2 / 4), from deviceless compiles of every kernel (forward,
+# dq, dkv) of every variant of lfjax/kernels/gpu_compile.py for A100 and
+# H100: the largest tiles at which no kernel of any variant spills a
+# register on either GPU (larger tiles feed the tensor cores better; 8
+# warps spread a tile's accumulators over more registers).
+# experiments/results/kernel_resources.md has the figures and the
+# alternatives tried (e.g. float32 64 x 64 spills ~22 KB per thread in dkv
+# on A100, 64 x 64 x 8 warps spills 4 B on H100 with the relative term;
+# bf16 128 x 64 spills in the relative-position dq / dkv kernels at
+# head_dim 64).
+_BLOCKS = {(64, 2): (128, 32, 8, 2), (128, 2): (128, 64, 8, 2),
+           (64, 4): (32, 32, 8, 1), (128, 4): (32, 32, 8, 1)}
+# Rows that differ for one GPU family (gpu_family), read at trace time.
+# None today: no family had a larger spill-free tile for every variant.
+_FAMILY_BLOCKS = {"sm80": {}, "sm90": {}}
 # Wider heads (not compiled by gpu_compile's variants): small tiles.
 _WIDE = (32, 32, 8, 1)
 
@@ -97,16 +96,18 @@ class BlockSizes:
 
   @classmethod
   def default(cls, head_dim, dtype, device_kind=None):
-    """The blocks of _BLOCKS for the GPU family (device_kind, default
-    traced_gpu_kind()), head_dim and the operands' width: float32 needs
-    smaller tiles than bf16 / f16 to stay in registers."""
-    if device_kind is None:
-      device_kind = traced_gpu_kind()
+    """The blocks for head_dim and the operands' width (float32 needs
+    smaller tiles than bf16 / f16 to stay in registers): _BLOCKS, or the
+    GPU family's row of _FAMILY_BLOCKS (device_kind, default
+    traced_gpu_kind())."""
     if head_dim > 128:
       return cls(*_WIDE)
-    table = _BLOCKS[gpu_family(device_kind)]
-    width = 2 if jnp.dtype(dtype).itemsize <= 2 else 4
-    return cls(*table[(64 if head_dim <= 64 else 128, width)])
+    if device_kind is None:
+      device_kind = traced_gpu_kind()
+    key = (64 if head_dim <= 64 else 128,
+           2 if jnp.dtype(dtype).itemsize <= 2 else 4)
+    family = _FAMILY_BLOCKS.get(gpu_family(device_kind), {})
+    return cls(*family.get(key, _BLOCKS[key]))
 
   def check(self):
     for name in ("block_q", "block_k"):
