@@ -131,7 +131,11 @@ def main():
     lines += ["", "## Forced block sizes (block_q, block_k, num_warps, "
               "num_stages)", "",
               "Per kernel: shared memory B / registers / spill stores + "
-              "loads B (the worst copy).", "",
+              "loads B (the worst copy). 64,64,4,2 was BlockSizes.default "
+              "for every head_dim <= 128 and dtype before the table (up to "
+              "commit 76745ba); the search behind the table: "
+              "[kernel_resources_search.md](kernel_resources_search.md).",
+              "",
               "| blocks | target | variant | fwd | dq | dkv |",
               "|---|---|---|---|---|---|"]
     for spec in args.compare:

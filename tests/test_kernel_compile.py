@@ -138,15 +138,15 @@ def test_shared_memory_limits_are_the_targets_opt_in():
 
 def test_traced_gpu_kind_reads_the_abstract_device():
   import jax
-  from lfjax.kernels import band_attention
-  assert band_attention.traced_gpu_kind() == ""  # the CPU running the tests
+  from lfjax.kernels import lowering
+  assert lowering.traced_gpu_kind() == ""  # the CPU running the tests
   kind = "NVIDIA A100-SXM4-40GB"
   mesh = jax.sharding.AbstractMesh(
       (1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
           device_kind=kind, num_cores=None, platform="cuda"))
   with jax.sharding.use_abstract_mesh(mesh):
-    assert band_attention.traced_gpu_kind() == kind
-  assert [band_attention.gpu_family(k) for k in (
+    assert lowering.traced_gpu_kind() == kind
+  assert [lowering.gpu_family(k) for k in (
       kind, "NVIDIA H100 80GB HBM3", "NVIDIA GH200 480GB", "NVIDIA H200",
       "NVIDIA A10", "Tesla T4", "")] == [
           "sm80", "sm90", "sm90", "sm90", None, None, None]

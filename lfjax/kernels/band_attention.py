@@ -23,7 +23,6 @@ of backend is made in `_compiler_params` only).
 
 import dataclasses
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +30,8 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
+
+from lfjax.kernels import lowering
 
 NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 # lse of a row with no key, as the backward sees it: every p = exp(s - lse)
@@ -51,39 +52,12 @@ _EMPTY_ROW_LSE = -NEG_INF
 # head_dim 64).
 _BLOCKS = {(64, 2): (128, 32, 8, 2), (128, 2): (128, 64, 8, 2),
            (64, 4): (32, 32, 8, 1), (128, 4): (32, 32, 8, 1)}
-# Rows that differ for one GPU family (gpu_family), read at trace time.
+# Rows that differ for one GPU family (lowering.gpu_family), read at
+# trace time.
 # None today: no family had a larger spill-free tile for every variant.
 _FAMILY_BLOCKS = {"sm80": {}, "sm90": {}}
 # Wider heads (not compiled by gpu_compile's variants): small tiles.
 _WIDE = (32, 32, 8, 1)
-
-
-def traced_gpu_kind():
-  """The kind of GPU the kernels are being traced for ('' if none), read
-  the way Pallas' Triton lowering picks its compute capability (jax 0.12,
-  gpu_info.get_device_kind): the abstract device of the current abstract
-  mesh (a deviceless compile under jax.sharding.use_abstract_mesh, as
-  lfjax.kernels.gpu_compile and lowering.py do), else the default device
-  (a real GPU: e.g. "NVIDIA H100 80GB HBM3"). The abstract mesh is part of
-  jit's trace cache key, so a function traced for one target is not
-  reused for another."""
-  get = getattr(jax.sharding, "get_abstract_mesh", None)
-  abstract = getattr(get(), "abstract_device", None) if get else None
-  if abstract is not None and abstract.platform in ("cuda", "gpu"):
-    return abstract.device_kind
-  device = jax.config.jax_default_device
-  if not hasattr(device, "platform"):  # unset, or a platform name
-    device = jax.devices()[0]
-  return device.device_kind if device.platform == "gpu" else ""
-
-
-def gpu_family(device_kind):
-  """"sm90" (H100, H200, GH200, H800), "sm80" (A100, A800, A30) or None."""
-  if re.search(r"\b(G?H100|G?H200|H800)\b", device_kind):
-    return "sm90"
-  if re.search(r"\b(A100|A800|A30)\b", device_kind):
-    return "sm80"
-  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,14 +73,14 @@ class BlockSizes:
     """The blocks for head_dim and the operands' width (float32 needs
     smaller tiles than bf16 / f16 to stay in registers): _BLOCKS, or the
     GPU family's row of _FAMILY_BLOCKS (device_kind, default
-    traced_gpu_kind())."""
+    lowering.traced_gpu_kind(): the GPU being compiled for)."""
     if head_dim > 128:
       return cls(*_WIDE)
     if device_kind is None:
-      device_kind = traced_gpu_kind()
+      device_kind = lowering.traced_gpu_kind()
     key = (64 if head_dim <= 64 else 128,
            2 if jnp.dtype(dtype).itemsize <= 2 else 4)
-    family = _FAMILY_BLOCKS.get(gpu_family(device_kind), {})
+    family = _FAMILY_BLOCKS.get(lowering.gpu_family(device_kind), {})
     return cls(*family.get(key, _BLOCKS[key]))
 
   def check(self):
