@@ -45,16 +45,16 @@ _EMPTY_ROW_LSE = -NEG_INF
 # H100: the largest tiles at which no kernel of any variant spills a
 # register on either GPU (larger tiles feed the tensor cores better; 8
 # warps spread a tile's accumulators over more registers).
-# experiments/results/kernel_resources.md has the figures and the
-# alternatives tried (e.g. float32 64 x 64 spills ~22 KB per thread in dkv
-# on A100, 64 x 64 x 8 warps spills 4 B on H100 with the relative term;
-# bf16 128 x 64 spills in the relative-position dq / dkv kernels at
-# head_dim 64).
+# experiments/results/kernel_resources.md has the figures,
+# kernel_resources_search.md the alternatives tried (e.g. float32 64 x 64
+# spills ~22 KB per thread in dkv on A100, and on H100 even with 8 warps
+# with the relative term; bf16 128 x 64 spills in the relative-position
+# dq / dkv kernels at head_dim 64).
 _BLOCKS = {(64, 2): (128, 32, 8, 2), (128, 2): (128, 64, 8, 2),
            (64, 4): (32, 32, 8, 1), (128, 4): (32, 32, 8, 1)}
-# Rows that differ for one GPU family (lowering.gpu_family), read at
-# trace time.
-# None today: no family had a larger spill-free tile for every variant.
+# Rows that differ for one GPU family (lowering.gpu_family, read at trace
+# time). None today: no family had a larger spill-free tile for every
+# variant.
 _FAMILY_BLOCKS = {"sm80": {}, "sm90": {}}
 # Wider heads (not compiled by gpu_compile's variants): small tiles.
 _WIDE = (32, 32, 8, 1)
