@@ -423,7 +423,10 @@ def test_rel_lowers_for_cuda():
   sigs = _kernel_signatures(exp)
   assert sorted(sigs) == ["lfjax_band_dglobal", "lfjax_band_dkv",
                           "lfjax_band_dq", "lfjax_band_fwd"]
-  npad, r = 320, 2 * window + 1
+  # Lengths pad to whole blocks of the H200 target's default block sizes.
+  blocks = kernel.BlockSizes.default(d, jnp.bfloat16, lowering.DEVICE_KIND)
+  step = max(blocks.block_q, blocks.block_k)
+  npad, r = -(-n // step) * step, 2 * window + 1
   qkv = f"tensor<{x}x{npad}x{d}xbf16>"
   glob = [f"tensor<{x}x16x{d}xbf16>"] * 2 + [f"tensor<{x}x16xf32>"]
   for name, (args, results) in sigs.items():

@@ -39,11 +39,33 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from lfjax.attention import common
+from lfjax.kernels import lowering
 
 NEG_INF = -0.7 * float(np.finfo(np.float32).max)
 # lse of a row with no key, as the backward sees it: every p = exp(s - lse)
 # of such a row is then exactly 0.
 _EMPTY_ROW_LSE = -NEG_INF
+
+
+# (block_q, block_k, num_warps, num_stages) per (head_dim <= 64 / <= 128,
+# operand bytes 2 / 4), from deviceless compiles of every kernel (forward,
+# dq, dkv) of every variant of lfjax/kernels/gpu_compile.py for A100 and
+# H100: the largest tiles at which no kernel of any variant spills a
+# register on either GPU (larger tiles feed the tensor cores better; 8
+# warps spread a tile's accumulators over more registers).
+# experiments/results/kernel_resources.md has the figures,
+# kernel_resources_search.md the alternatives tried (e.g. float32 64 x 64
+# spills ~22 KB per thread in dkv on A100, and on H100 even with 8 warps
+# with the relative term; bf16 128 x 64 spills in the relative-position
+# dq / dkv kernels at head_dim 64).
+_BLOCKS = {(64, 2): (128, 32, 8, 2), (128, 2): (128, 64, 8, 2),
+           (64, 4): (32, 32, 8, 1), (128, 4): (32, 32, 8, 1)}
+# Rows that differ for one GPU family (lowering.gpu_family, read at trace
+# time). None today: no family had a larger spill-free tile for every
+# variant.
+_FAMILY_BLOCKS = {"sm80": {}, "sm90": {}}
+# Wider heads (not compiled by gpu_compile's variants): small tiles.
+_WIDE = (32, 32, 8, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,14 +77,19 @@ class BlockSizes:
   num_stages: int = 2
 
   @classmethod
-  def default(cls, head_dim, dtype):
-    """Smaller blocks for wide heads keep tiles in registers/shared memory."""
-    del dtype  # same tiling for f32 / bf16 / f16 so far; tuned on GPU later
-    if head_dim <= 64:
-      return cls(64, 64, 4, 2)
-    if head_dim <= 128:
-      return cls(64, 64, 4, 2)
-    return cls(32, 32, 8, 1)
+  def default(cls, head_dim, dtype, device_kind=None):
+    """The blocks for head_dim and the operands' width (float32 needs
+    smaller tiles than bf16 / f16 to stay in registers): _BLOCKS, or the
+    GPU family's row of _FAMILY_BLOCKS (device_kind, default
+    lowering.traced_gpu_kind(): the GPU being compiled for)."""
+    if head_dim > 128:
+      return cls(*_WIDE)
+    if device_kind is None:
+      device_kind = lowering.traced_gpu_kind()
+    key = (64 if head_dim <= 64 else 128,
+           2 if jnp.dtype(dtype).itemsize <= 2 else 4)
+    family = _FAMILY_BLOCKS.get(lowering.gpu_family(device_kind), {})
+    return cls(*family.get(key, _BLOCKS[key]))
 
   def check(self):
     for name in ("block_q", "block_k"):

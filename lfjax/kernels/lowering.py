@@ -3,10 +3,12 @@
 Catches kernels that would not lower (bad block shapes, unsupported ops)
 in CI, which has no GPU. The Triton backend wants to know which GPU it
 compiles for; newer JAX takes it from an abstract device, older JAX does
-not ask.
+not ask. traced_gpu_kind / gpu_family: which GPU a trace is for (the
+band kernel's block sizes depend on it).
 """
 
 import contextlib
+import re
 
 import jax
 from jax import export
@@ -16,7 +18,7 @@ TRITON_TARGET = "__gpu$xla.gpu.triton"
 DEVICE_KIND = "NVIDIA H200"
 
 
-def _abstract_gpu():
+def _abstract_gpu(device_kind=DEVICE_KIND):
   device_cls = getattr(jax.sharding, "AbstractDevice", None)
   use = getattr(jax.sharding, "use_abstract_mesh", None)
   if device_cls is None or use is None:
@@ -24,15 +26,18 @@ def _abstract_gpu():
   try:
     mesh = jax.sharding.AbstractMesh(
         (1,), ("x",), abstract_device=device_cls(
-            device_kind=DEVICE_KIND, num_cores=None, platform="cuda"))
+            device_kind=device_kind, num_cores=None, platform="cuda"))
   except TypeError:  # a JAX whose AbstractMesh has no abstract_device
     return contextlib.nullcontext()
   return use(mesh)
 
 
-def export_for_cuda(fn, *avals):
-  """The jax.export.Exported of jit(fn) for CUDA; its text holds the kernels."""
-  with _abstract_gpu():
+def export_for_cuda(fn, *avals, device_kind=DEVICE_KIND):
+  """The jax.export.Exported of jit(fn) for CUDA; its text holds the kernels.
+
+  device_kind: the GPU it is lowered for (the kernels' compute capability,
+  and band_attention.BlockSizes.default's table)."""
+  with _abstract_gpu(device_kind):
     return export.export(
         jax.jit(fn), platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(
@@ -46,3 +51,31 @@ def count_kernels(exported, name=None):
   if name is not None:
     lines = [l for l in lines if name in l]
   return len(lines)
+
+
+def traced_gpu_kind():
+  """The kind of GPU the kernels are being traced for ('' if none), read
+  the way Pallas' Triton lowering picks its compute capability (jax 0.12,
+  gpu_info.get_device_kind): the abstract device of the current abstract
+  mesh (a deviceless compile under jax.sharding.use_abstract_mesh, as
+  lfjax.kernels.gpu_compile and export_for_cuda do), else the default device
+  (a real GPU: e.g. "NVIDIA H100 80GB HBM3"). The abstract mesh is part of
+  jit's trace cache key, so a function traced for one target is not
+  reused for another."""
+  get = getattr(jax.sharding, "get_abstract_mesh", None)
+  abstract = getattr(get(), "abstract_device", None) if get else None
+  if abstract is not None and abstract.platform in ("cuda", "gpu"):
+    return abstract.device_kind
+  device = jax.config.jax_default_device
+  if not hasattr(device, "platform"):  # unset, or a platform name
+    device = jax.devices()[0]
+  return device.device_kind if device.platform == "gpu" else ""
+
+
+def gpu_family(device_kind):
+  """"sm90" (H100, H200, GH200, H800), "sm80" (A100, A800, A30) or None."""
+  if re.search(r"\b(G?H100|G?H200|H800)\b", device_kind):
+    return "sm90"
+  if re.search(r"\b(A100|A800|A30)\b", device_kind):
+    return "sm80"
+  return None
