@@ -168,8 +168,36 @@ def main():
         rows.append(row)
         print(row, flush=True)
   if a.out:
+    command = ("JAX_PLATFORMS=cpu python experiments/xla_band_gpu.py "
+               f"--target {a.target} --out {a.out}")
     with open(a.out, "w") as f:
-      f.write(f"# {head}\n\n" + "\n".join(rows) + "\n")
+      f.write("# The chunked band's batched blocks vs its CPU tile loop, "
+              f"compiled for an {target.label}\n\nCommand: `{command}` "
+              "(deviceless: no GPU used; compile-level figures, no "
+              "timing).\n\n" + head + "\n\n" + "\n".join(rows) + "\n\n"
+              + NOTES)
+
+
+NOTES = """\
+- MB = 1e6 bytes, XLA's memory_analysis() of the compiled program: temp
+  (every intermediate, XLA's peak), arguments (q, k, v bf16 and the global
+  mask), outputs (the attention output; with the backward, dq, dk, dv).
+- kernels/layer is an estimate from the optimised HLO: the instructions
+  that run as kernels (fusions, cuBLAS/Triton gemm fusions, unfused ops) in
+  the entry computation and in each while body and condition times its trip
+  count. The loop: ~11 per forward step and ~21 per backward step, 384
+  steps each (96 rows of 32 query blocks, 8 rows per step, C = 128).
+- The price of the batched form is transient memory: the float32 score
+  tensor of the whole layer ([96, 32, 128, 640] = 1.0 GB) and a bf16 copy
+  of the probabilities exist at once, nothing of that size is kept for the
+  backward (it recomputes from the saved log-sum-exp). XLA fuses the key
+  spans' concatenation into the score matmul (a Triton gemm fusion reading
+  the five key blocks), the value spans are one 0.25 GB copy.
+- The global key's scores are a separate [.., C, 1] part, not
+  concatenated to the band's: concatenated, the same programs needed
+  2,268.6 MB (fwd) and 3,627.2 MB (fwd+bwd) temp.
+- Not measured here: speed on a GPU (no GPU was used).
+"""
 
 
 if __name__ == "__main__":
