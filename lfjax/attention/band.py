@@ -460,7 +460,8 @@ def _by_platform(path, loop, batched, *args):
   if path == "batched":
     return batched(*args)
   # Decided when lowering, so a CPU machine compiling for a GPU (deviceless,
-  # jax.export) gets the GPU's path; only the chosen branch is lowered.
+  # jax.export) gets the GPU's path; the branch index is then a constant and
+  # XLA compiles only the chosen branch (tests/test_band_batched.py).
   return jax.lax.platform_dependent(*args, cpu=loop, default=batched)
 
 
@@ -557,6 +558,6 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
                   k_offset=k_offset, block=bblock,
                   dropout=rate, dil=dil, rel_min=geo.rel_min,
                   rel_rows=geo.rel_rows)
-  return _band_attention((geo, bgeo, FORCE_PATH), float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
-                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG, drop,
-                         rq, tab)
+  return _band_attention((geo, bgeo, FORCE_PATH), float(scale), q_XxNxD,
+                         k_XxMxD, v_XxMxD, kvalid_XxM, gk_XxGxD, gv_XxGxDv,
+                         gvalid_XxG, drop, rq, tab)
