@@ -21,6 +21,12 @@ the scores per tile from the saved log-sum-exp (as FlashAttention does), so
 memory stays O(N * D) besides the inputs, and accumulates dK/dV of the
 overlapping key spans in place.
 
+That loop is the CPU's form. On GPU/TPU backends band_attention runs the
+same computation as batched blocks (lfjax.attention.band_batched: every
+query block at once, one softmax per block, a backward recomputed at once),
+picked when the program is lowered (jax.lax.platform_dependent), so a CPU
+compiling for a GPU gets the GPU's form; FORCE_PATH overrides the choice.
+
 Letters: X independent rows (batch x heads x ...), U rows of a tile, N
 queries, M keys, D head dim, C block, S band key span, G extra keys, R
 table rows, W + 1 columns of the padded relative products.
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from lfjax.attention import band_batched
 from lfjax.attention import common
 
 # Score elements per loop step (~4 MB of float32) and rows (of X, batched)
@@ -213,15 +220,28 @@ def _dropout(geo, drop, x0, p0):
   if not geo.dropout:
     return None
   seed_X, residue_X, gpos_XxG = drop
-  seed = jax.lax.dynamic_slice(seed_X, (x0,), (geo.rows,))[:, None, None]
-  r = jax.lax.dynamic_slice(residue_X, (x0,), (geo.rows,))[:, None]
-  i_pos = (p0 + jnp.arange(geo.c))[None, :] * geo.dil + r
-  j_pos = (p0 - geo.hl + jnp.arange(geo.span))[None, :] * geo.dil + r
+  seed = jax.lax.dynamic_slice(seed_X, (x0,), (geo.rows,))
+  r = jax.lax.dynamic_slice(residue_X, (x0,), (geo.rows,))
+  gpos = _slice(gpos_XxG, x0, 0, geo.g, geo.rows) if geo.g else None
+  return dropout_at(geo, seed, r, gpos, jnp.asarray(p0)[None])
+
+
+def dropout_at(geo, seed, r, gpos, p0):
+  """Dropout multiplier [..., C, S+G] of query blocks starting at class
+  position p0, in rows with seed and residue r (seed, r, p0 broadcast
+  together to the leading shape [...]; gpos [..., G] the extra keys'
+  absolute positions, None without extra keys). Shared by the tile loop
+  and the batched blocks (band_batched), so both drop the same entries."""
+  i_pos = (p0[..., None] + jnp.arange(geo.c)) * geo.dil + r[..., None]
+  j_pos = (p0[..., None] - geo.hl + jnp.arange(geo.span)) * geo.dil + (
+      r[..., None])
   if geo.g:
-    j_pos = jnp.concatenate([j_pos, _slice(gpos_XxG, x0, 0, geo.g, geo.rows)],
-                            axis=1)
-  return common.dropout_multiplier(seed, i_pos[:, :, None], j_pos[:, None, :],
-                                   geo.dropout)
+    lead = jnp.broadcast_shapes(j_pos.shape[:-1], gpos.shape[:-1])
+    j_pos = jnp.concatenate(
+        [jnp.broadcast_to(j_pos, lead + (geo.span,)),
+         jnp.broadcast_to(gpos, lead + (geo.g,))], axis=-1)
+  return common.dropout_multiplier(seed[..., None, None], i_pos[..., :, None],
+                                   j_pos[..., None, :], geo.dropout)
 
 
 def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
@@ -240,6 +260,12 @@ def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
   ran ~10x slower, measured)."""
   p_UxCxW1 = jnp.einsum("xqd,xrd->xqr", rq_UxCxDr, tab_UxWxDr,
                         preferred_element_type=jnp.float32)
+  return rel_skew(geo, p_UxCxW1)
+
+
+def rel_skew(geo, p_UxCxW1):
+  """The shift of _rel_scores: products [U, C, W + 1] -> band term
+  [U, C, S] (shared with band_batched)."""
   u, c, w1 = p_UxCxW1.shape
   lag = geo.rel_lag(geo.rel_rows)
   shifted = p_UxCxW1.reshape(u, c * w1)[:, :c * (w1 - 1)].reshape(u, c, w1 - 1)
@@ -250,16 +276,21 @@ def _rel_grads(geo, scale, ds_UxCxS, rqt_UxDrxC, tab_UxWxDr):
   """The transpose of _rel_scores: d rel_query [U, C, Dr] and the padded
   reversed table's gradient, transposed [U, Dr, W + 1], from the band
   scores' cotangent (rqt: the tile's relative queries, transposed)."""
-  u, c, _ = ds_UxCxS.shape
-  w1 = tab_UxWxDr.shape[1]
-  lag, span = geo.rel_lag(geo.rel_rows), geo.span
-  dy = jnp.pad(ds_UxCxS[:, :, :span], ((0, 0), (0, 0),
-                                       (lag, w1 - 1 - span - lag)))
-  dp_UxCxW1 = jnp.pad(dy.reshape(u, c * (w1 - 1)), ((0, 0), (0, c))).reshape(
-      u, c, w1)
+  dp_UxCxW1 = rel_unskew(geo, ds_UxCxS, tab_UxWxDr.shape[1])
   drq = jnp.einsum("xqr,xrd->xqd", dp_UxCxW1, tab_UxWxDr.astype(jnp.float32))
   dtabt = jnp.einsum("xdq,xqr->xdr", rqt_UxDrxC, dp_UxCxW1)
   return drq * scale, dtabt * scale
+
+
+def rel_unskew(geo, ds_UxCxS, w1):
+  """The transpose of rel_skew: the band scores' cotangent [U, C, S(+G)]
+  -> the products' [U, C, W + 1] (shared with band_batched)."""
+  u, c, _ = ds_UxCxS.shape
+  lag, span = geo.rel_lag(geo.rel_rows), geo.span
+  dy = jnp.pad(ds_UxCxS[:, :, :span], ((0, 0), (0, 0),
+                                       (lag, w1 - 1 - span - lag)))
+  return jnp.pad(dy.reshape(u, c * (w1 - 1)), ((0, 0), (0, c))).reshape(
+      u, c, w1)
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
@@ -415,16 +446,39 @@ def _backward(geo, scale, res, dout, dlse):
           tr(dgvt).astype(gv.dtype), None, None) + drel
 
 
+# Which implementation band_attention runs: None picks by the platform the
+# program is lowered for (the tile loop on CPU, band_batched's blocks on
+# GPU/TPU); "loop" or "batched" forces one everywhere (tests run the
+# batched path on CPU, experiments/xla_band_gpu.py the loop on a GPU).
+FORCE_PATH = None
+PATHS = (None, "loop", "batched")
+
+
+def _by_platform(path, loop, batched, *args):
+  if path == "loop":
+    return loop(*args)
+  if path == "batched":
+    return batched(*args)
+  # Decided when lowering, so a CPU machine compiling for a GPU (deviceless,
+  # jax.export) gets the GPU's path; the branch index is then a constant and
+  # XLA compiles only the chosen branch (tests/test_band_batched.py).
+  return jax.lax.platform_dependent(*args, cpu=loop, default=batched)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _band_attention(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+def _band_attention(geos, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                     tab):
-  return _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
+  geo, bgeo, path = geos
+  return _by_platform(
+      path, functools.partial(_forward, geo, scale),
+      functools.partial(band_batched.forward, bgeo, scale),
+      q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
 
 
-def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop,
+def _band_attention_fwd(geos, scale, q, k, v, kvalid, gk, gv, gvalid, drop,
                         rq, tab):
-  out, lse = _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
-                      tab)
+  out, lse = _band_attention(geos, scale, q, k, v, kvalid, gk, gv, gvalid,
+                             drop, rq, tab)
   # Named for remat policies (lfjax.models.remat "attention"): kept, they
   # spare a rematerialised backward this forward.
   out, lse = checkpoint_name((out, lse), "attention")
@@ -432,9 +486,12 @@ def _band_attention_fwd(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop,
                       lse)
 
 
-def _band_attention_bwd(geo, scale, res, cotangents):
+def _band_attention_bwd(geos, scale, res, cotangents):
   dout, dlse = cotangents
-  return _backward(geo, scale, res, dout, dlse)
+  geo, bgeo, path = geos
+  return _by_platform(
+      path, functools.partial(_backward, geo, scale),
+      functools.partial(band_batched.backward, bgeo, scale), res, dout, dlse)
 
 
 _band_attention.defvjp(_band_attention_fwd, _band_attention_bwd)
@@ -463,6 +520,10 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
     get no relative term. Costs a [C, R] x Dr product per tile (head_dim
     wide) and a shift, not wider q and k.
 
+  block: the query block C of both paths (default: choose_block for the
+    CPU's loop, band_batched.choose_block for the batched blocks that
+    GPU/TPU backends run; see the module docstring).
+
   Returns the float32 output [X, N, D] (rows with no key give 0) and the
   log-sum-exp [X, N] of the scaled scores (NEG_INF for rows with no key).
   Differentiable in q, k, v, gk, gv (and rq, table), with cotangents on
@@ -488,6 +549,15 @@ def band_attention(q_XxNxD, k_XxMxD, v_XxMxD, kvalid_XxM, *, window, causal,
     if rel_min > lo or rel_min + tab.shape[1] - 1 < hi:
       raise ValueError(f"rel: the table covers distances {rel_min}.."
                        f"{rel_min + tab.shape[1] - 1}, the band {lo}..{hi}")
-  return _band_attention(geo, float(scale), q_XxNxD, k_XxMxD, v_XxMxD,
-                         kvalid_XxM, gk_XxGxD, gv_XxGxDv, gvalid_XxG, drop,
-                         rq, tab)
+  if FORCE_PATH not in PATHS:
+    raise ValueError(f"band.FORCE_PATH: expected one of {PATHS}, got "
+                     f"{FORCE_PATH!r}")
+  bblock = block or band_batched.choose_block(n, geo.w, g, causal,
+                                              q_XxNxD.shape[2])
+  bgeo = geometry(x, n, k_XxMxD.shape[1], g, window=window, causal=causal,
+                  k_offset=k_offset, block=bblock,
+                  dropout=rate, dil=dil, rel_min=geo.rel_min,
+                  rel_rows=geo.rel_rows)
+  return _band_attention((geo, bgeo, FORCE_PATH), float(scale), q_XxNxD,
+                         k_XxMxD, v_XxMxD, kvalid_XxM, gk_XxGxD, gv_XxGxDv,
+                         gvalid_XxG, drop, rq, tab)
