@@ -168,6 +168,41 @@ def test_relative_term_matches_reference(seed, small, monkeypatch):
   jax.clear_caches()
 
 
+@pytest.mark.parametrize("seed", [5, 14, 26, 41])
+def test_row_groups_match_reference(seed, monkeypatch):
+  """Rows of X in sequential groups (a budget of a few rows' scores): the
+  output and gradients of q, k, v, the global projections, rel_query and
+  rel_table, with dropout, equal the reference's."""
+  force(monkeypatch, "batched", small_blocks=True)
+  monkeypatch.setattr(band_batched, "SCORES_PER_GROUP", 1000)
+  args, kwargs = random_case(seed)
+  args = tuple(map(jnp.asarray, args))
+  rq, table = with_rel(args, kwargs, seed)
+  kw = to_jnp(kwargs)
+  gqkv = kw.pop("global_qkv")
+  drop = dict(dropout_rate=0.2, dropout_key=jax.random.key(seed))
+  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      args[2].shape), jnp.float32)
+  ref = lambda q, k, v, g, r, t: reference_attention(
+      q, k, v, global_qkv=g, rel_query=r, rel_table=t, **drop, **kw)
+  ours = jax.jit(lambda q, k, v, g, r, t: windowed_attention(
+      q, k, v, global_qkv=g, rel_query=r, rel_table=t, impl="chunked",
+      **drop, **kw))
+  # The budget splits the rows: several groups, a divisor of X each.
+  b, n, h, _ = args[0].shape
+  geo = band.geometry(b * h, n, n, 0, window=kwargs["window"],
+                      causal=kwargs["causal"], block=8)
+  assert band_batched.num_groups(geo) > 1
+  check_close(ours(*args, gqkv, rq, table), ref(*args, gqkv, rq, table))
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a) * cot)
+  argnums = (0, 1, 2, 3, 4, 5)
+  want = jax.tree.leaves(jax.grad(loss(ref), argnums)(*args, gqkv, rq, table))
+  got = jax.tree.leaves(jax.grad(loss(ours), argnums)(*args, gqkv, rq, table))
+  for g, w in zip(got, want):
+    check_close(g, w, atol=5e-5, rtol=1e-4)
+  jax.clear_caches()
+
+
 @pytest.mark.parametrize("seed", [5, 26])
 def test_bfloat16(seed, batched_small):
   """bf16 operands (float32 softmax inside): output and relative term."""

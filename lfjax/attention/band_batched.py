@@ -27,6 +27,9 @@ span, G extra keys, T aligned key length (geo.total), W + 1 columns of the
 padded relative products.
 """
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -36,6 +39,11 @@ from lfjax.attention import common
 # Block sizes tried: multiples of the 64-row tiles of A100/H100 tensor-core
 # matmuls (and of TPU's 128 lanes for 128, 256).
 BLOCKS = (64, 128, 256)
+# Float32 score elements computed at once (1 GiB): rows of X past that go
+# in sequential groups (_in_groups). An MLM layer (8 x 12 rows, 4,096
+# tokens, window 256) is one group; the char-LM's phase 5 (window 8,192 at
+# 23,040 tokens, ~72 GB of scores per dilation group) would not fit at once.
+SCORES_PER_GROUP = 1 << 28
 
 
 def choose_block(n, window, num_global=0, causal=False, head_dim=64):
@@ -161,9 +169,47 @@ def _times(p, z):
   return p if z is None else p * z
 
 
-def forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
+def num_groups(geo):
+  """Sequential groups the X rows are split into: the fewest (a divisor of
+  X) whose scores (band, extra keys and relative products per row) stay
+  within SCORES_PER_GROUP."""
+  per_row = geo.nb * geo.c * (geo.span + geo.g + (
+      geo.rel_width(geo.rel_rows) + 1 if geo.rel_min is not None else 0))
+  for g in range(1, geo.x + 1):
+    if geo.x % g == 0 and geo.x // g * per_row <= SCORES_PER_GROUP:
+      return g
+  return geo.x
+
+
+def _in_groups(geo, fn, *args):
+  """fn(geo, *args) with every argument's leading axis X split into
+  num_groups(geo) groups run one after another (lax.map), results joined;
+  fn's results are X-leading arrays (or None)."""
+  g = num_groups(geo)
+  if g == 1:
+    return fn(geo, *args)
+  sub = dataclasses.replace(geo, x=geo.x // g)
+  split = lambda a: a.reshape((g, geo.x // g) + a.shape[1:])
+  out = jax.lax.map(lambda a: fn(sub, *a), jax.tree.map(split, args))
+  return jax.tree.map(lambda a: a.reshape((geo.x,) + a.shape[2:]), out)
+
+
+def forward(geo, scale, *args):
   """band._forward's result (out [X, N, Dv] float32, lse [X, N]) from
-  batched blocks; arguments as band._band_attention's."""
+  batched blocks, in groups of rows (num_groups); arguments as
+  band._band_attention's (q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+  tab)."""
+  return _in_groups(geo, functools.partial(_forward, scale=scale), *args)
+
+
+def backward(geo, scale, res, dout, dlse):
+  """band._backward's gradients from batched blocks (the scores recomputed
+  from the saved lse), in groups of rows as the forward."""
+  return _in_groups(geo, functools.partial(_backward, scale=scale), res,
+                    dout, dlse)
+
+
+def _forward(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, *, scale):
   prepared = band._prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                            tab)
   _, ss, masks, _, v_b = _scores(geo, scale, prepared)
@@ -188,13 +234,16 @@ def forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
   return out, lse.reshape(geo.x, npad)[:, :geo.n]
 
 
-def backward(geo, scale, res, dout, dlse):
-  """band._backward's gradients from batched blocks: the scores recomputed
-  from the saved lse, every block at once."""
+def _backward(geo, res, dout, dlse, *, scale):
   q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out, lse = res
   prepared = band._prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                            tab)
   f32 = lambda a: a.astype(jnp.float32)
+  # Matmul operands in the inputs' dtype (bf16 on the tensor cores),
+  # float32 accumulation, as the forward and the Pallas kernel.
+  mm = lambda eq, a, b, dtype=None: jnp.einsum(
+      eq, a.astype(dtype or b.dtype), b.astype(dtype or b.dtype),
+      preferred_element_type=jnp.float32)
   q_b, ss, masks, k_b, v_b = _scores(geo, scale, prepared)
   # Padded query rows have zero dout, so whatever finite lse they get, their
   # gradient terms vanish.
@@ -207,24 +256,24 @@ def backward(geo, scale, res, dout, dlse):
   zs = _dropout(geo, drop)
   # With dropout, out = (p * z) v: dv sees p * z, dp gets a factor z, and
   # delta = rowsum(dout * out) stays rowsum(p * dp).
-  dv_b = jnp.einsum("xbqk,xbqd->xbkd", _times(ps[0], zs[0]), do)
-  dp = jnp.einsum("xbqd,xbkd->xbqk", do, f32(v_b))
+  dv_b = mm("xbqk,xbqd->xbkd", _times(ps[0], zs[0]), do, v.dtype)
+  dp = mm("xbqd,xbkd->xbqk", do, v_b)
   dsb = ps[0] * (_times(dp, zs[0]) - shift)
-  dq = jnp.einsum("xbqk,xbkd->xbqd", dsb, f32(k_b))
+  dq = mm("xbqk,xbkd->xbqd", dsb, k_b)
   if geo.g:
     gk_p, gv_p = prepared[4], prepared[5]
-    dpg = jnp.einsum("xbqd,xgd->xbqg", do, f32(gv_p))
+    dpg = mm("xbqd,xgd->xbqg", do, gv_p)
     dsg = ps[1] * (_times(dpg, zs[1]) - shift)
-    dq = dq + jnp.einsum("xbqg,xgd->xbqd", dsg, f32(gk_p))
+    dq = dq + mm("xbqg,xgd->xbqd", dsg, gk_p)
   npad = geo.nb * geo.c
   dq = (dq * scale).reshape(geo.x, npad, q.shape[2])[:, :geo.n]
-  dk_b = jnp.einsum("xbqk,xbqd->xbkd", dsb, f32(q_b)) * scale
+  dk_b = mm("xbqk,xbqd->xbkd", dsb, q_b) * scale
   dk = band._unalign(unspans(geo, dk_b), geo.key_shift, geo.m)
   dv = band._unalign(unspans(geo, dv_b), geo.key_shift, geo.m)
   grads = [dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None]
   if geo.g:
-    dgk = jnp.einsum("xbqg,xbqd->xgd", dsg, f32(q_b)) * scale
-    dgv = jnp.einsum("xbqg,xbqd->xgd", _times(ps[1], zs[1]), do)
+    dgk = mm("xbqg,xbqd->xgd", dsg, q_b) * scale
+    dgv = mm("xbqg,xbqd->xgd", _times(ps[1], zs[1]), do, gv.dtype)
     grads += [dgk.astype(gk.dtype), dgv.astype(gv.dtype)]
   else:
     grads += [None, None]
@@ -237,8 +286,8 @@ def backward(geo, scale, res, dout, dlse):
   dp_XxNxW1 = band.rel_unskew(geo, dsb.reshape(geo.x * geo.nb, geo.c,
                                                geo.span), w1).reshape(
                                                    geo.x, npad, w1)
-  drq = jnp.einsum("xqr,xrd->xqd", dp_XxNxW1, f32(tabp)) * scale
-  dtabp = jnp.einsum("xqr,xqd->xrd", dp_XxNxW1, f32(rqp)) * scale
+  drq = mm("xqr,xrd->xqd", dp_XxNxW1, tabp) * scale
+  dtabp = mm("xqr,xqd->xrd", dp_XxNxW1, rqp) * scale
   # Back from the padded reversed layout of band._prepare.
   dtab = dtabp[:, :tab.shape[1]][:, ::-1]
   return tuple(grads) + (drq[:, :geo.n].astype(rq.dtype),
