@@ -278,8 +278,10 @@ def _kernel_signatures(exported):
 def test_rel_lowers_for_cuda():
   """Forward and backward of band_with_global_keys with a relative term
   lower to the three Triton kernels for CUDA, with q and k at head_dim
-  width (64): the relative term adds one [X, N, R] float32 operand (the
-  per-row products, R = 2 * window + 1) and its gradient, nothing wider."""
+  width (64), and no operand or result holds a value per (row, distance):
+  besides head_dim-wide and per-row arrays there are only the zero-padded
+  table (and its float32 gradient) and each kernel's per-program skew slots
+  [X, programs, block_q, W], O(N * block) whatever the window."""
   x, n, d, g, window = 8, 300, 64, 4, 40
   bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   avals = [bf16(x, n, d)] * 3 + [bf16(x, n, d), bf16(x, 2 * window + 1, d),
@@ -300,17 +302,24 @@ def test_rel_lowers_for_cuda():
   assert lowering.count_kernels(exp) == 3
   sigs = _kernel_signatures(exp)
   assert sorted(sigs) == ["lfjax_band_dkv", "lfjax_band_dq", "lfjax_band_fwd"]
+  blocks = kernel.BlockSizes.default(d, jnp.bfloat16)
+  bq, bk = blocks.block_q, blocks.block_k
   npad, r = 320, 2 * window + 1
+  w = 1 << (bq + bk - 2).bit_length()  # pow2 >= bq + bk - 1
   qkv = f"tensor<{x}x{npad}x{d}xbf16>"
+  table = {f"tensor<{x}x{r + 2 * w}x{d}x{t}>" for t in ("bf16", "f32")}
+  slots = {f"tensor<{x}x{npad // b}x{bq}x{w}xf32>" for b in (bq, bk)}
   for name, (args, results) in sigs.items():
     assert args[:3] == [qkv] * 3, (name, args)
-    assert args[-1] == f"tensor<{x}x{npad}x{r}xf32>", (name, args)
-    # Every other operand and result: head_dim wide, or one per row.
-    for t in args[3:-1] + results:
+    assert table & set(args), (name, args)
+    for t in args[3:] + results:
+      dims = [int(s) for s in re.findall(r"(\d+)x", t)]
+      # Nothing with rows per token and a column per distance.
+      assert not (len(dims) == 3 and dims[1] == npad and dims[2] in (r, r + 1)
+                  ), (name, t)
       assert t.endswith(f"x{d}xbf16>") or t.endswith(f"x{d}xf32>") or (
-          t == f"tensor<{x}x{npad}xf32>") or (
-              name == "lfjax_band_dq" and t == f"tensor<{x}x{npad}x{r + 1}"
-              "xf32>"), (name, t)
+          t == f"tensor<{x}x{npad}xf32>") or t in table | slots, (name, t)
+    assert sum(t in slots for t in results) == 1, (name, results)
 
 
 def test_charlm_train_step_lowers_with_head_dim_operands():

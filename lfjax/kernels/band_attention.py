@@ -124,22 +124,59 @@ def _band_mask(r0, rows, c0, cols, lo_off, hi_off):
   return (d >= -lo_off) & (d <= hi_off)
 
 
-def _rel_cols(r0, rows, c0, cols, rel_min, nrel):
-  """Column of the products rq[a].table[r] for the tile of query rows
-  [r0, r0 + rows) and keys [c0, c0 + cols): r = a - t - rel_min, clipped to
-  the table (clipped entries are outside the band or padding), and where it
-  is really on the table."""
-  i = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
-  j = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
-  r = (r0 - c0 - rel_min) + (i - j)
-  return i, jnp.clip(r, 0, nrel - 1), (r >= 0) & (r < nrel)
+# Relative term, per block visit (see the module docstring). The table
+# arrives padded with _REL_PAD(bq, bk) zero rows in front (and as many
+# behind) so that every visited tile's slice is in range; its entries off the
+# real table are outside the band or padding, masked anyway.
+
+def _rel_width(bq, bk):
+  """Table rows one [bq, bk] tile spans (its distances), a power of two."""
+  return _pow2(bq + bk - 1)
 
 
-def _rel_tile(pr_ref, r0, row0, rows, c0, cols, rel_min):
-  """[rows, cols] tile of relative scores, gathered along its diagonals from
-  the per-row products pr_ref[row, r] (rows of pr_ref from row0)."""
-  i, r, _ = _rel_cols(r0, rows, c0, cols, rel_min, pr_ref.shape[-1])
-  return pr_ref[row0 + i, r]
+def _rel_slice(table_ref, r0, c0, bq, bk, rel_min):
+  """The table rows of the tile of query rows [r0, r0 + bq) and keys
+  [c0, c0 + bk): row w of the slice is distance r0 - c0 - (bk - 1) + w, so
+  entry (i, j) of the tile needs row i - j + bk - 1. Returns (start row in
+  the padded table, the [W, Dr] slice)."""
+  width = _rel_width(bq, bk)
+  start = r0 - c0 - rel_min - (bk - 1) + width
+  return start, table_ref[pl.ds(start, width), :]
+
+
+def _rel_skew_index(bq, bk):
+  i = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+  j = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+  return i, i - j + (bk - 1)
+
+
+def _rel_tile(slot_ref, prod_BQxW, bk, barrier):
+  """[bq, bk] relative scores from the per-row products prod[i, w] (row i's
+  query against slice row w), tile entry (i, j) = prod[i, i - j + bk - 1]:
+  a skew along the diagonals, which Triton tensors cannot do in registers,
+  so through this program's own scratch slot (global memory that stays in
+  L1/L2). The barriers make the slot's writes visible to the whole program
+  (CTA) and keep the previous visit's reads ahead of the overwrite."""
+  barrier()
+  slot_ref[...] = prod_BQxW
+  barrier()
+  i, w = _rel_skew_index(prod_BQxW.shape[0], bk)
+  return slot_ref[i, w]
+
+
+def _rel_untile(slot_ref, ds_BQxBK, barrier):
+  """The inverse skew: [bq, W] with ds[i, j] at (i, i - j + bk - 1) and 0
+  elsewhere. Each (row, w) is one key, so the scatter never collides; the
+  slot's other entries (stale products) are masked on the way back."""
+  bq, bk = ds_BQxBK.shape
+  i, w = _rel_skew_index(bq, bk)
+  barrier()
+  slot_ref[i, w] = ds_BQxBK
+  barrier()
+  shape = slot_ref.shape
+  row = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
+  col = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+  return jnp.where((col >= row) & (col < row + bk), slot_ref[...], 0.0)
 
 
 def _dot(a, b, trans_a=False, trans_b=False):
@@ -150,11 +187,13 @@ def _dot(a, b, trans_a=False, trans_b=False):
 
 # Forward --------------------------------------------------------------------
 
-def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
   if rel_min is None:
     q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref = refs
   else:
-    q_ref, k_ref, v_ref, kbias_ref, pr_ref, o_ref, lse_ref = refs
+    (q_ref, k_ref, v_ref, kbias_ref, rq_ref, table_ref, o_ref, lse_ref,
+     slot_ref) = refs
+    rq = rq_ref[...]
   r0 = pl.program_id(1) * bq
   q = q_ref[...]
   dv = v_ref.shape[-1]
@@ -165,7 +204,8 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
     k = k_ref[pl.ds(c0, bk), :]
     s = _dot(q, k, trans_b=True)
     if rel_min is not None:
-      s = s + _rel_tile(pr_ref, r0, 0, bq, c0, bk, rel_min)
+      _, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
+      s = s + _rel_tile(slot_ref, _dot(rq, table, trans_b=True), bk, barrier)
     s = s * scale + kbias_ref[pl.ds(c0, bk)][None, :]
     if masked:
       s = jnp.where(_band_mask(r0, bq, c0, bk, window, right), s, NEG_INF)
@@ -207,51 +247,63 @@ def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None):
   return p, p * (dp - delta[:, None] + dlse[:, None])
 
 
-def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min):
+def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
   if rel_min is None:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dq_ref) = refs
   else:
+    # dtable_ref is the zeroed input aliased to dtable_out_ref.
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
-     pr_ref, dq_ref, dpr_ref) = refs
+     rq_ref, table_ref, _, dq_ref, drq_ref, dtable_ref, slot_ref) = refs
+    rq = rq_ref[...]
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
   lse, delta, dlse = lse_ref[...], delta_ref[...], dlse_ref[...]
 
-  def body(kb, dq, masked):
+  def body(kb, carry, masked):
+    dq, drq = carry
     c0 = kb * bk
     k = k_ref[pl.ds(c0, bk), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
     if rel_min is not None:
-      i, r, on_table = _rel_cols(r0, bq, c0, bk, rel_min, pr_ref.shape[-1])
-      rel = pr_ref[i, r]
+      start, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
+      rel = _rel_tile(slot_ref, _dot(rq, table, trans_b=True), bk, barrier)
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
                   rel)
     if rel_min is not None:
-      # Each (row, table row) is one (row, key), so the scatter never
-      # collides, except in the spare last column, where the entries off the
-      # table go (their keys are padding or outside the band). Entries never
-      # written (no such key) are zeroed by the caller.
-      dpr_ref[i, jnp.where(on_table, r, dpr_ref.shape[-1] - 1)] = ds * scale
-    return dq + _dot(ds.astype(k.dtype), k)
+      # d(score) per (row, slice row); masked and padding entries are 0.
+      dprod = _rel_untile(slot_ref, ds * scale, barrier).astype(rq.dtype)
+      drq = drq + _dot(dprod, table)
+      # Table rows are shared by every tile on the same block diagonal, in
+      # other programs: accumulated atomically (order not deterministic).
+      pltriton.atomic_add(dtable_ref, (pl.ds(start, table.shape[0]),
+                                       slice(None)),
+                          _dot(dprod, rq, trans_a=True))
+    return dq + _dot(ds.astype(k.dtype), k), drq
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
-  dq = jnp.zeros(q.shape, jnp.float32)
-  dq = jax.lax.fori_loop(first, a, functools.partial(body, masked=True), dq)
-  dq = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), dq)
-  dq = jax.lax.fori_loop(b, end, functools.partial(body, masked=True), dq)
+  carry = (jnp.zeros(q.shape, jnp.float32),
+           jnp.zeros((bq, rq_ref.shape[-1]) if rel_min is not None else (),
+                     jnp.float32))
+  carry = jax.lax.fori_loop(first, a, functools.partial(body, masked=True),
+                            carry)
+  carry = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), carry)
+  dq, drq = jax.lax.fori_loop(b, end, functools.partial(body, masked=True),
+                              carry)
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+  if rel_min is not None:
+    drq_ref[...] = drq
 
 
-def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
+def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier):
   if rel_min is None:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dk_ref, dv_ref) = refs
   else:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
-     pr_ref, dk_ref, dv_ref) = refs
+     rq_ref, table_ref, dk_ref, dv_ref, slot_ref) = refs
   c0 = pl.program_id(1) * bk
   k, v, kbias = k_ref[...], v_ref[...], kbias_ref[...]
 
@@ -263,7 +315,9 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min):
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
     if rel_min is not None:
-      rel = _rel_tile(pr_ref, r0, r0, bq, c0, bk, rel_min)
+      _, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
+      rel = _rel_tile(slot_ref, _dot(rq_ref[pl.ds(r0, bq), :], table,
+                                     trans_b=True), bk, barrier)
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
                   mask, rel)
@@ -299,35 +353,57 @@ def _whole(a):
                       lambda xi, i: (xi, 0) + (0,) * len(tail))
 
 
-def _forward(q, k, v, kbias, pr, *, window, right, scale, rel_min, blocks,
-             interpret):
+def _barrier(interpret):
+  """CTA barrier around the relative term's scratch slot; interpret mode
+  runs a program's ops in order (and has no lowering for the barrier)."""
+  return (lambda: None) if interpret else pltriton.debug_barrier
+
+
+def _rel_slots(x, programs, blocks):
+  """Per-program scratch for the relative term's skew (_rel_tile): one
+  [block_q, W] float32 slot per program, a kernel output never read
+  outside; O(N * (block_q + block_k)), whatever the window."""
+  width = _rel_width(blocks.block_q, blocks.block_k)
+  shape = jax.ShapeDtypeStruct((x, programs, blocks.block_q, width),
+                               jnp.float32)
+  return shape, pl.BlockSpec((None, None, blocks.block_q, width),
+                             lambda xi, i: (xi, i, 0, 0))
+
+
+def _forward(q, k, v, kbias, rq, table, *, window, right, scale, rel_min,
+             blocks, interpret):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   kernel = functools.partial(_fwd_kernel, scale=scale, window=window,
                              right=right, bq=bq, bk=bk, nkb=n // bk,
-                             rel_min=rel_min)
-  args = (q, k, v, kbias) + (() if pr is None else (pr,))
+                             rel_min=rel_min, barrier=_barrier(interpret))
+  args = (q, k, v, kbias)
   specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias)]
-  if pr is not None:
-    specs.append(_blocked(pr, bq))
+  out_specs = [_blocked(v, bq), _blocked(kbias, bq)]
+  out_shape = [jax.ShapeDtypeStruct(v.shape, jnp.float32),
+               jax.ShapeDtypeStruct((x, n), jnp.float32)]
+  if rq is not None:
+    args += (rq, table)
+    specs += [_blocked(rq, bq), _whole(table)]
+    slot_shape, slot_spec = _rel_slots(x, n // bq, blocks)
+    out_specs.append(slot_spec)
+    out_shape.append(slot_shape)
   out, lse = pl.pallas_call(
       kernel, grid=(x, n // bq), in_specs=specs,
-      out_specs=[_blocked(v, bq), _blocked(kbias, bq)],
-      out_shape=[jax.ShapeDtypeStruct(v.shape, jnp.float32),
-                 jax.ShapeDtypeStruct((x, n), jnp.float32)],
+      out_specs=out_specs, out_shape=out_shape,
       compiler_params=None if interpret else _compiler_params(blocks),
-      interpret=interpret, name="lfjax_band_fwd")(*args)
+      interpret=interpret, name="lfjax_band_fwd")(*args)[:2]
   return out, lse
 
 
-def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *, window, right,
-              scale, rel_min, blocks, interpret):
+def _backward(q, k, v, kbias, do, lse, delta, dlse, rq, table, *, window,
+              right, scale, rel_min, blocks, interpret):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   params = None if interpret else _compiler_params(blocks)
   args = (q, k, v, kbias, do, lse, delta, dlse)
   kw = dict(scale=scale, window=window, right=right, bq=bq, bk=bk,
-            rel_min=rel_min)
+            rel_min=rel_min, barrier=_barrier(interpret))
   dq_specs = [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
               _blocked(do, bq), _blocked(lse, bq), _blocked(delta, bq),
               _blocked(dlse, bq)]
@@ -336,30 +412,38 @@ def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *, window, right,
   dkv_specs = [_whole(q), _blocked(k, bk), _blocked(v, bk),
                _blocked(kbias, bk), _whole(do), _whole(lse), _whole(delta),
                _whole(dlse)]
-  if pr is not None:
-    args += (pr,)
-    dq_specs.append(_blocked(pr, bq))
-    # d pr, with a spare last column for the scatter (see _dq_kernel).
-    dpr_shape = jax.ShapeDtypeStruct(pr.shape[:2] + (pr.shape[2] + 1,),
-                                     jnp.float32)
-    dq_out_specs = [dq_out_specs, _blocked(dpr_shape, bq)]
-    dq_shape = [dq_shape, dpr_shape]
-    dkv_specs.append(_whole(pr))
+  dq_args, dkv_args, aliases = args, args, {}
+  dkv_out_specs = [_blocked(k, bk), _blocked(v, bk)]
+  dkv_shape = [jax.ShapeDtypeStruct(k.shape, jnp.float32),
+               jax.ShapeDtypeStruct(v.shape, jnp.float32)]
+  if rq is not None:
+    # d table is accumulated atomically by every program: a zeroed input
+    # aliased to the output.
+    dtable = jnp.zeros(table.shape, jnp.float32)
+    aliases = {len(args) + 2: 2}
+    dq_args = args + (rq, table, dtable)
+    dkv_args = args + (rq, table)
+    dq_specs += [_blocked(rq, bq), _whole(table), _whole(dtable)]
+    dkv_specs += [_whole(rq), _whole(table)]
+    slot_shape, slot_spec = _rel_slots(x, n // bq, blocks)
+    dq_out_specs = [dq_out_specs, _blocked(rq, bq), _whole(dtable), slot_spec]
+    dq_shape = [dq_shape, jax.ShapeDtypeStruct(rq.shape, jnp.float32),
+                jax.ShapeDtypeStruct(table.shape, jnp.float32), slot_shape]
+    slot_shape, slot_spec = _rel_slots(x, n // bk, blocks)
+    dkv_out_specs.append(slot_spec)
+    dkv_shape.append(slot_shape)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, nkb=n // bk, **kw), grid=(x, n // bq),
       in_specs=dq_specs, out_specs=dq_out_specs, out_shape=dq_shape,
-      compiler_params=params, interpret=interpret,
-      name="lfjax_band_dq")(*args)
-  dq, dpr = (dq, None) if pr is None else dq
+      input_output_aliases=aliases, compiler_params=params,
+      interpret=interpret, name="lfjax_band_dq")(*dq_args)
+  dq, drq, dtable = (dq, None, None) if rq is None else dq[:3]
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, nqb=n // bq, **kw), grid=(x, n // bk),
-      in_specs=dkv_specs,
-      out_specs=[_blocked(k, bk), _blocked(v, bk)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                 jax.ShapeDtypeStruct(v.shape, jnp.float32)],
+      in_specs=dkv_specs, out_specs=dkv_out_specs, out_shape=dkv_shape,
       compiler_params=params, interpret=interpret,
-      name="lfjax_band_dkv")(*args)
-  return dq, dk, dv, dpr
+      name="lfjax_band_dkv")(*dkv_args)[:2]
+  return dq, dk, dv, drq, dtable
 
 
 def _on_platform(fn, *args, **kwargs):
@@ -369,21 +453,11 @@ def _on_platform(fn, *args, **kwargs):
       default=functools.partial(fn, interpret=False, **kwargs))
 
 
-def _rel_products(rq, table):
-  """pr[x, a, r] = rq[x, a] . table[x, r]: every relative score a row can
-  need, one [N, Dr] x [Dr, R] matmul per row X (not saved for the
-  backward: recomputed there)."""
-  if rq is None:
-    return None
-  return jnp.einsum("xnd,xrd->xnr", rq, table,
-                    preferred_element_type=jnp.float32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
 def _band(q, k, v, kbias, rq, table, window, right, scale, rel_min, blocks):
-  return _on_platform(_forward, q, k, v, kbias, _rel_products(rq, table),
-                      window=window, right=right, scale=scale,
-                      rel_min=rel_min, blocks=blocks)
+  return _on_platform(_forward, q, k, v, kbias, rq, table, window=window,
+                      right=right, scale=scale, rel_min=rel_min,
+                      blocks=blocks)
 
 
 def _band_fwd(q, k, v, kbias, rq, table, window, right, scale, rel_min,
@@ -402,25 +476,14 @@ def _band_bwd(window, right, scale, rel_min, blocks, res, cotangents):
   dout = dout.astype(jnp.float32)
   delta = jnp.sum(out * dout, axis=-1)
   lse = jnp.where(lse < 0.5 * NEG_INF, _EMPTY_ROW_LSE, lse)
-  dq, dk, dv, dpr = _on_platform(
+  dq, dk, dv, drq, dtable = _on_platform(
       _backward, q, k, v, kbias, dout.astype(v.dtype), lse, delta,
-      dlse.astype(jnp.float32), _rel_products(rq, table), window=window,
+      dlse.astype(jnp.float32), rq, table, window=window,
       right=right, scale=scale, rel_min=rel_min, blocks=blocks)
   grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
            jnp.zeros_like(kbias))
   if rq is None:
     return grads + (None, None)
-  # The dq kernel wrote d(score) (times scale) of every (row a, table row r)
-  # whose key a - r - rel_min is in the band; the rest was never written.
-  dpr = dpr[:, :, :-1]
-  n, nrel = dpr.shape[1:]
-  a = np.arange(n)[:, None]
-  dist = np.arange(nrel)[None, :] + rel_min
-  written = (a - dist >= 0) & (a - dist < n) & (dist >= -right) & (
-      dist <= window)
-  dpr = jnp.where(written[None], dpr, 0.0)
-  drq = jnp.einsum("xnr,xrd->xnd", dpr, table.astype(jnp.float32))
-  dtable = jnp.einsum("xnr,xnd->xrd", dpr, rq.astype(jnp.float32))
   return grads + (drq.astype(rq.dtype), dtable.astype(table.dtype))
 
 
@@ -482,7 +545,12 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   kbias = jnp.where(jnp.pad(kvalid_XxN, ((0, 0), (0, npad - n))), 0.0,
                     NEG_INF).astype(jnp.float32)
   if rq is not None:
-    rq = pad(rq, rq.shape[2])  # rows only: Dr is never padded
+    # Dr to a power of two >= 16 (zeros: same products); the table gets
+    # W zero rows on each side (see _rel_slice) and rq's dtype for the dots.
+    drp, width = _pow2(rq.shape[2]), _rel_width(blocks.block_q, blocks.block_k)
+    rq = pad(rq, drp)
+    table = jnp.pad(table.astype(rq.dtype), ((0, 0), (width, width),
+                                             (0, drp - table.shape[2])))
   out, lse = _band(pad(q_XxNxD, dp), pad(k_XxNxD, dp), pad(v_XxNxDv, dvp),
                    kbias, rq, table, window, right, float(scale),
                    None if rq is None else rel_min, blocks)
