@@ -134,49 +134,79 @@ def _rel_width(bq, bk):
   return _pow2(bq + bk - 1)
 
 
-def _rel_slice(table_ref, r0, c0, bq, bk, rel_min):
-  """The table rows of the tile of query rows [r0, r0 + bq) and keys
-  [c0, c0 + bk): row w of the slice is distance r0 - c0 - (bk - 1) + w, so
-  entry (i, j) of the tile needs row i - j + bk - 1. Returns (start row in
-  the padded table, the [W, Dr] slice)."""
-  width = _rel_width(bq, bk)
-  start = r0 - c0 - rel_min - (bk - 1) + width
-  return start, table_ref[pl.ds(start, width), :]
+def _rel_start(r0, c0, bk, rel_min, width):
+  """Padded-table row of distance r0 - c0 - (bk - 1), the smallest of the
+  tile of query rows [r0, r0 + bq) and keys [c0, c0 + bk): slot column w of
+  the tile's products is distance r0 - c0 - (bk - 1) + w, so tile entry
+  (i, j) is column i - j + bk - 1."""
+  return r0 - c0 - rel_min - (bk - 1) + width
 
 
-def _rel_skew_index(bq, bk):
+def _rel_skew_index(bq, bk, turn):
+  """(slot row, slot column) of tile entry (i, j). Rows are rotated by the
+  visit index `turn` so that the addresses change every visit: loop-invariant
+  [bq, bk] pointer tensors would be hoisted out of the loop and held in
+  registers (64 per thread at 64 x 64), which made the kernels spill."""
   i = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
   j = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
-  return i, i - j + (bk - 1)
+  return (i + turn) & (bq - 1), i - j + (bk - 1)
 
 
-def _rel_tile(slot_ref, prod_BQxW, bk, barrier):
-  """[bq, bk] relative scores from the per-row products prod[i, w] (row i's
-  query against slice row w), tile entry (i, j) = prod[i, i - j + bk - 1]:
-  a skew along the diagonals, which Triton tensors cannot do in registers,
-  so through this program's own scratch slot (global memory that stays in
+def _rel_rows(bq, width, turn):
+  """Slot rows of the tile rows, as _rel_skew_index, for [bq, width]."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (bq, width), 0)
+  return (i + turn) & (bq - 1)
+
+
+def _rel_halves(slot_ref):
+  """The slot's columns in two halves: half as many live float32 values
+  per product/gradient tile (the A100 dq kernel spilled with whole ones)."""
+  half = slot_ref.shape[1] // 2
+  return [(h * half, half) for h in range(2)]
+
+
+def _rel_tile(slot_ref, rq_BQxDr, table_ref, start, bk, turn, barrier):
+  """[bq, bk] relative scores of one block visit: the products of the
+  block's rel_query rows with the W table rows the tile spans, on the tensor
+  cores, then tile entry (i, j) = product[i, i - j + bk - 1]. That skew along
+  the diagonals cannot be done on Triton tensors in registers, so it goes
+  through this program's own scratch slot (global memory that stays in
   L1/L2). The barriers make the slot's writes visible to the whole program
   (CTA) and keep the previous visit's reads ahead of the overwrite."""
+  bq = rq_BQxDr.shape[0]
   barrier()
-  slot_ref[...] = prod_BQxW
+  for col, width in _rel_halves(slot_ref):
+    table = table_ref[pl.ds(start + col, width), :]
+    w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
+    slot_ref[_rel_rows(bq, width, turn), w] = _dot(rq_BQxDr, table,
+                                                   trans_b=True)
   barrier()
-  i, w = _rel_skew_index(prod_BQxW.shape[0], bk)
-  return slot_ref[i, w]
+  return slot_ref[_rel_skew_index(bq, bk, turn)]
 
 
-def _rel_untile(slot_ref, ds_BQxBK, barrier):
-  """The inverse skew: [bq, W] with ds[i, j] at (i, i - j + bk - 1) and 0
-  elsewhere. Each (row, w) is one key, so the scatter never collides; the
-  slot's other entries (stale products) are masked on the way back."""
+def _rel_grads(slot_ref, ds_BQxBK, rq_BQxDr, table_ref, start, drq_ref,
+               dtable_ref, turn, barrier):
+  """The inverse skew of d(score) and its two matmuls: drq_ref (this
+  program's block) += dprod @ table rows, dtable_ref rows += dprod^T @ rq,
+  atomically (the rows are shared by every tile on the same block diagonal,
+  in other programs; summation order not deterministic). Each (row, w) is
+  one key, so the scatter never collides; the slot's other entries (stale
+  products) are masked on the way back. Masked and padding entries of ds
+  are 0."""
   bq, bk = ds_BQxBK.shape
-  i, w = _rel_skew_index(bq, bk)
   barrier()
-  slot_ref[i, w] = ds_BQxBK
+  slot_ref[_rel_skew_index(bq, bk, turn)] = ds_BQxBK
   barrier()
-  shape = slot_ref.shape
-  row = jax.lax.broadcasted_iota(jnp.int32, shape, 0)
-  col = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-  return jnp.where((col >= row) & (col < row + bk), slot_ref[...], 0.0)
+  for col, width in _rel_halves(slot_ref):
+    row = jax.lax.broadcasted_iota(jnp.int32, (bq, width), 0)
+    w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
+    dprod = jnp.where((w >= row) & (w < row + bk),
+                      slot_ref[_rel_rows(bq, width, turn), w], 0.0).astype(
+                          rq_BQxDr.dtype)
+    rows = pl.ds(start + col, width)
+    drq_ref[...] += _dot(dprod, table_ref[rows, :])
+    pltriton.atomic_add(dtable_ref, (rows, slice(None)),
+                        _dot(dprod, rq_BQxDr, trans_a=True))
 
 
 def _dot(a, b, trans_a=False, trans_b=False):
@@ -193,7 +223,6 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
   else:
     (q_ref, k_ref, v_ref, kbias_ref, rq_ref, table_ref, o_ref, lse_ref,
      slot_ref) = refs
-    rq = rq_ref[...]
   r0 = pl.program_id(1) * bq
   q = q_ref[...]
   dv = v_ref.shape[-1]
@@ -204,8 +233,9 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
     k = k_ref[pl.ds(c0, bk), :]
     s = _dot(q, k, trans_b=True)
     if rel_min is not None:
-      _, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
-      s = s + _rel_tile(slot_ref, _dot(rq, table, trans_b=True), bk, barrier)
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      s = s + _rel_tile(slot_ref, rq_ref[...], table_ref, start, bk, kb,
+                        barrier)
     s = s * scale + kbias_ref[pl.ds(c0, bk)][None, :]
     if masked:
       s = jnp.where(_band_mask(r0, bq, c0, bk, window, right), s, NEG_INF)
@@ -255,46 +285,34 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
     # dtable_ref is the zeroed input aliased to dtable_out_ref.
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      rq_ref, table_ref, _, dq_ref, drq_ref, dtable_ref, slot_ref) = refs
-    rq = rq_ref[...]
+    drq_ref[...] = jnp.zeros(drq_ref.shape, jnp.float32)
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
   lse, delta, dlse = lse_ref[...], delta_ref[...], dlse_ref[...]
 
-  def body(kb, carry, masked):
-    dq, drq = carry
+  def body(kb, dq, masked):
     c0 = kb * bk
     k = k_ref[pl.ds(c0, bk), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
     if rel_min is not None:
-      start, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
-      rel = _rel_tile(slot_ref, _dot(rq, table, trans_b=True), bk, barrier)
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      rel = _rel_tile(slot_ref, rq_ref[...], table_ref, start, bk, kb,
+                      barrier)
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
                   rel)
     if rel_min is not None:
-      # d(score) per (row, slice row); masked and padding entries are 0.
-      dprod = _rel_untile(slot_ref, ds * scale, barrier).astype(rq.dtype)
-      drq = drq + _dot(dprod, table)
-      # Table rows are shared by every tile on the same block diagonal, in
-      # other programs: accumulated atomically (order not deterministic).
-      pltriton.atomic_add(dtable_ref, (pl.ds(start, table.shape[0]),
-                                       slice(None)),
-                          _dot(dprod, rq, trans_a=True))
-    return dq + _dot(ds.astype(k.dtype), k), drq
+      _rel_grads(slot_ref, ds * scale, rq_ref[...], table_ref, start, drq_ref,
+                 dtable_ref, kb, barrier)
+    return dq + _dot(ds.astype(k.dtype), k)
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
-  carry = (jnp.zeros(q.shape, jnp.float32),
-           jnp.zeros((bq, rq_ref.shape[-1]) if rel_min is not None else (),
-                     jnp.float32))
-  carry = jax.lax.fori_loop(first, a, functools.partial(body, masked=True),
-                            carry)
-  carry = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), carry)
-  dq, drq = jax.lax.fori_loop(b, end, functools.partial(body, masked=True),
-                              carry)
+  dq = jnp.zeros(q.shape, jnp.float32)
+  dq = jax.lax.fori_loop(first, a, functools.partial(body, masked=True), dq)
+  dq = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), dq)
+  dq = jax.lax.fori_loop(b, end, functools.partial(body, masked=True), dq)
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
-  if rel_min is not None:
-    drq_ref[...] = drq
 
 
 def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier):
@@ -315,9 +333,9 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier):
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
     if rel_min is not None:
-      _, table = _rel_slice(table_ref, r0, c0, bq, bk, rel_min)
-      rel = _rel_tile(slot_ref, _dot(rq_ref[pl.ds(r0, bq), :], table,
-                                     trans_b=True), bk, barrier)
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      rel = _rel_tile(slot_ref, rq_ref[pl.ds(r0, bq), :], table_ref, start,
+                      bk, qb, barrier)
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
                   mask, rel)
@@ -546,7 +564,7 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
                     NEG_INF).astype(jnp.float32)
   if rq is not None:
     # Dr to a power of two >= 16 (zeros: same products); the table gets
-    # W zero rows on each side (see _rel_slice) and rq's dtype for the dots.
+    # W zero rows on each side (see _rel_start) and rq's dtype for the dots.
     drp, width = _pow2(rq.shape[2]), _rel_width(blocks.block_q, blocks.block_k)
     rq = pad(rq, drp)
     table = jnp.pad(table.astype(rq.dtype), ((0, 0), (width, width),
