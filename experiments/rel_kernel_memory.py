@@ -165,11 +165,16 @@ def main():
   for target in ("a100", "h100"):
     for dtype in ("bfloat16", "float32"):
       for rel in (0, 1):
-        t = ptxas_table(_run(["--worker", "ptx", "--target", target,
-                              "--dtype", dtype, "--rel", str(rel)], a.after,
-                             env))
-        cells = [" / ".join(map(str, t[k])) if k in t else "?"
-                 for k in KERNELS]
+        try:
+          t = ptxas_table(_run(["--worker", "ptx", "--target", target,
+                                "--dtype", dtype, "--rel", str(rel)],
+                               a.after, env))
+          cells = [" / ".join(map(str, t[k])) if k in t else "(not reached)"
+                   for k in KERNELS]
+        except RuntimeError as e:  # e.g. over the shared-memory limit
+          err = re.findall(r"[A-Z_]+: [^\n]*", str(e))
+          cells = ["does not compile: " + (err[-1] if err else "?")[:120]]
+          cells += [""] * (len(KERNELS) - 1)
         print(f"| {target} | {dtype} | {'yes' if rel else 'no'} | " +
               " | ".join(cells) + " |", flush=True)
 

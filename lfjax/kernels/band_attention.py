@@ -8,13 +8,16 @@ blocks the band edge cuts (interior blocks skip it). Scores, softmax and
 accumulation are float32. Rows without any key give 0 and lse NEG_INF.
 
 Relative positions (optional): score(a, t) = scale * (q[a].k[t] +
-rq[a].table[a - t - rel_min]). The products rq[a].table[r] are formed once,
-outside the kernels, as one [N, Dr] x [Dr, R] matmul per row X (R = the
-band's distances, so head_dim-width work, no wider q/k); each block visit
-gathers its [block_q, block_k] tile of them along the diagonals (a load with
-computed offsets) and the dq kernel scatters d(score) back the same way;
-d rel_query and d rel_table are matmuls of that against the table and
-rel_query. See `_rel_cols`.
+rq[a].table[a - t - rel_min]), inside the kernels (no wider q/k, nothing
+per (row, distance) in memory). Each block visit multiplies its rq rows
+[block_q, Dr] by the W = pow2 >= block_q + block_k - 1 table rows its tile
+spans ([Dr, W], tensor cores, float32) and skews the product into the
+[block_q, block_k] tile along the diagonals through the program's own
+[block_q, W] scratch slot (a store, a CTA barrier, a load with computed
+offsets: Triton tensors cannot be gathered in registers). The dq kernel
+scatters d(score) back the same way and accumulates d rel_query in its own
+output block and d rel_table atomically (float32; the summation order
+across programs is not deterministic). See `_rel_tile`, `_rel_grads`.
 
 Pure-jnp reference: `band_reference` below. On CPU the same kernels run in
 Pallas interpret mode; lowered for CUDA they are Triton kernels (the choice
