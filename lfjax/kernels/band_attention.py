@@ -161,11 +161,15 @@ def _rel_rows(bq, width, turn):
   return (i + turn) & (bq - 1)
 
 
-def _rel_halves(slot_ref):
-  """The slot's columns in two halves: half as many live float32 values
-  per product/gradient tile (the A100 dq kernel spilled with whole ones)."""
-  half = slot_ref.shape[1] // 2
-  return [(h * half, half) for h in range(2)]
+# Slot columns per product / gradient matmul: [block_q, 32] float32 pieces
+# keep the live values small (with whole [64, 128] products the A100 bf16 dq
+# kernel spilled 34 KB per thread, with halves 1.3 KB, with 32: 0.2 KB).
+_REL_PIECE = 32
+
+
+def _rel_pieces(slot_ref):
+  piece = min(_REL_PIECE, slot_ref.shape[1])
+  return [(c, piece) for c in range(0, slot_ref.shape[1], piece)]
 
 
 def _rel_tile(slot_ref, rq_BQxDr, table_ref, start, bk, turn, barrier):
@@ -178,7 +182,7 @@ def _rel_tile(slot_ref, rq_BQxDr, table_ref, start, bk, turn, barrier):
   (CTA) and keep the previous visit's reads ahead of the overwrite."""
   bq = rq_BQxDr.shape[0]
   barrier()
-  for col, width in _rel_halves(slot_ref):
+  for col, width in _rel_pieces(slot_ref):
     table = table_ref[pl.ds(start + col, width), :]
     w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
     slot_ref[_rel_rows(bq, width, turn), w] = _dot(rq_BQxDr, table,
@@ -187,20 +191,24 @@ def _rel_tile(slot_ref, rq_BQxDr, table_ref, start, bk, turn, barrier):
   return slot_ref[_rel_skew_index(bq, bk, turn)]
 
 
-def _rel_grads(slot_ref, ds_BQxBK, rq_BQxDr, table_ref, start, drq_ref,
-               dtable_ref, turn, barrier):
-  """The inverse skew of d(score) and its two matmuls: drq_ref (this
-  program's block) += dprod @ table rows, dtable_ref rows += dprod^T @ rq,
-  atomically (the rows are shared by every tile on the same block diagonal,
-  in other programs; summation order not deterministic). Each (row, w) is
-  one key, so the scatter never collides; the slot's other entries (stale
-  products) are masked on the way back. Masked and padding entries of ds
-  are 0."""
-  bq, bk = ds_BQxBK.shape
+def _rel_scatter(slot_ref, ds_BQxBK, turn, barrier):
+  """d(score) into the slot at the tile's skewed positions (_rel_tile). Each
+  (row, column) is one key, so the scatter never collides."""
   barrier()
-  slot_ref[_rel_skew_index(bq, bk, turn)] = ds_BQxBK
+  slot_ref[_rel_skew_index(*ds_BQxBK.shape, turn)] = ds_BQxBK
   barrier()
-  for col, width in _rel_halves(slot_ref):
+
+
+def _rel_grads(slot_ref, bk, rq_BQxDr, table_ref, start, drq_ref,
+               dtable_ref, turn):
+  """After _rel_scatter: d(products) read back from the slot (its other
+  entries, stale products, masked; masked and padding entries of ds are 0)
+  and their two matmuls: drq_ref (this program's block) += dprod @ table
+  rows, dtable_ref rows += dprod^T @ rq atomically (the rows are shared by
+  every tile on the same block diagonal, in other programs; the summation
+  order is not deterministic)."""
+  bq = rq_BQxDr.shape[0]
+  for col, width in _rel_pieces(slot_ref):
     row = jax.lax.broadcasted_iota(jnp.int32, (bq, width), 0)
     w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
     dprod = jnp.where((w >= row) & (w < row + bk),
@@ -305,10 +313,14 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
                   rel)
-    if rel_min is not None:
-      _rel_grads(slot_ref, ds * scale, rq_ref[...], table_ref, start, drq_ref,
-                 dtable_ref, kb, barrier)
-    return dq + _dot(ds.astype(k.dtype), k)
+    if rel_min is None:
+      return dq + _dot(ds.astype(k.dtype), k)
+    # The scatter first, so that ds and k are dead during the matmuls.
+    _rel_scatter(slot_ref, ds * scale, kb, barrier)
+    dq = dq + _dot(ds.astype(k.dtype), k)
+    _rel_grads(slot_ref, bk, rq_ref[...], table_ref, start, drq_ref,
+               dtable_ref, kb)
+    return dq
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
   dq = jnp.zeros(q.shape, jnp.float32)
