@@ -80,7 +80,7 @@ def worker_memory():
         m.alias_size_in_bytes, m.temp_size_in_bytes)
 
 
-def worker_ptx(target, dtype, rel):
+def worker_ptx(target, dtype, rel, blocks):
   import jax
   import jax.numpy as jnp
   from lfjax.kernels import band_attention as kernel
@@ -95,8 +95,9 @@ def worker_ptx(target, dtype, rel):
   def loss(q, k, v, kvalid, *r):
     rel_kw = dict(rel_query_XxNxDr=r[0], rel_table_XxRxDr=r[1],
                   rel_min=0) if r else {}
-    o, _ = kernel.band_attention(q, k, v, kvalid, window=window, causal=True,
-                                 scale=0.125, **rel_kw)
+    o, _ = kernel.band_attention(
+        q, k, v, kvalid, window=window, causal=True, scale=0.125,
+        block_sizes=kernel.BlockSizes(*blocks) if blocks else None, **rel_kw)
     return jnp.sum(o)
 
   argnums = (0, 1, 2) + ((4, 5) if rel else ())
@@ -134,11 +135,17 @@ def main():
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--rel", type=int, default=1)
   p.add_argument("--skip_memory", action="store_true")
+  p.add_argument("--blocks", default="",
+                 help="block_q,block_k,num_warps,num_stages (worker)")
+  p.add_argument("--extra", default="a100:float32:32,32,4,2",
+                 help="more ptxas rows with explicit BlockSizes, "
+                 "target:dtype:bq,bk,warps,stages;... (relative term on)")
   a = p.parse_args()
   if a.worker == "memory":
     return worker_memory()
   if a.worker == "ptx":
-    return worker_ptx(a.target, a.dtype, a.rel)
+    blocks = tuple(map(int, a.blocks.split(","))) if a.blocks else None
+    return worker_ptx(a.target, a.dtype, a.rel, blocks)
 
   gb = lambda x: f"{int(x) / 1e9:.2f}"
   if not a.skip_memory:
@@ -156,27 +163,29 @@ def main():
             " |")
     print()
   print("## ptxas per thread, 12 rows x 4,096 tokens, head_dim 64, causal "
-        "window 256, default BlockSizes (registers / spill stores B / spill "
-        "loads B)\n")
-  print("| target | dtype | rel | " + " | ".join(KERNELS) + " |")
-  print("|---|---|---|---|---|---|")
+        "window 256 (registers / spill stores B / spill loads B)\n")
+  print("| target | dtype | rel | BlockSizes | " + " | ".join(KERNELS) + " |")
+  print("|---|---|---|---|---|---|---|")
   env = dict(TF_CPP_VMODULE="subprocess_compilation=2,ptx_compiler_impl=2",
              TF_CPP_MIN_LOG_LEVEL="0")
-  for target in ("a100", "h100"):
-    for dtype in ("bfloat16", "float32"):
-      for rel in (0, 1):
-        try:
-          t = ptxas_table(_run(["--worker", "ptx", "--target", target,
-                                "--dtype", dtype, "--rel", str(rel)],
-                               a.after, env))
-          cells = [" / ".join(map(str, t[k])) if k in t else "(not reached)"
-                   for k in KERNELS]
-        except RuntimeError as e:  # e.g. over the shared-memory limit
-          err = re.findall(r"[A-Z_]+: [^\n]*", str(e))
-          cells = ["does not compile: " + (err[-1] if err else "?")[:120]]
-          cells += [""] * (len(KERNELS) - 1)
-        print(f"| {target} | {dtype} | {'yes' if rel else 'no'} | " +
-              " | ".join(cells) + " |", flush=True)
+  rows = [(t, d, rel, "") for t in ("a100", "h100")
+          for d in ("bfloat16", "float32") for rel in (0, 1)]
+  rows += [tuple(e.split(":")[:2]) + (1, e.split(":")[2])
+           for e in a.extra.split(";") if e]
+  for target, dtype, rel, blocks in rows:
+    try:
+      t = ptxas_table(_run(["--worker", "ptx", "--target", target,
+                            "--dtype", dtype, "--rel", str(rel),
+                            "--blocks", blocks], a.after, env))
+      cells = [" / ".join(map(str, t[k])) if k in t else "(not reached)"
+               for k in KERNELS]
+    except RuntimeError as e:  # e.g. over the shared-memory limit
+      err = re.findall(r"[A-Z_]+: [^\n]*", str(e))
+      cells = ["does not compile: " + (err[-1] if err else "?")[:120]]
+      cells += [""] * (len(KERNELS) - 1)
+    print(f"| {target} | {dtype} | {'yes' if rel else 'no'} | "
+          f"{blocks or 'default'} | " +
+          " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -538,6 +538,9 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   a static int and the table must cover every distance a - t the band
   reaches, -min(right, N - 1) .. min(window, N - 1) (right = window, or 0
   when causal). rel_query's width Dr may differ from D; neither is widened.
+  Computed inside the kernels per block visit (module docstring); on a GPU
+  the rel_table gradient is summed with float32 atomic adds, so its last
+  bits may differ between runs.
   """
   x, n, d = q_XxNxD.shape
   if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
