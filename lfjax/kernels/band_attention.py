@@ -303,13 +303,13 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
 
   def body(kb, dq, masked):
     c0 = kb * bk
-    k = k_ref[pl.ds(c0, bk), :]
-    mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
-    if rel_min is not None:
+    if rel_min is not None:  # first: k is not live during it
       start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
       rel = _rel_tile(slot_ref, rq_ref[...], table_ref, start, bk, kb,
                       barrier)
+    k = k_ref[pl.ds(c0, bk), :]
+    mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
                   rel)
@@ -343,14 +343,14 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier):
   def body(qb, carry, masked):
     dk, dv = carry
     r0 = qb * bq
-    q = q_ref[pl.ds(r0, bq), :]
-    do = do_ref[pl.ds(r0, bq), :]
-    mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     rel = None
-    if rel_min is not None:
+    if rel_min is not None:  # first: q and do are not live during it
       start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
       rel = _rel_tile(slot_ref, rq_ref[pl.ds(r0, bq), :], table_ref, start,
                       bk, qb, barrier)
+    q = q_ref[pl.ds(r0, bq), :]
+    do = do_ref[pl.ds(r0, bq), :]
+    mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
                   mask, rel)
