@@ -128,9 +128,10 @@ def _band_mask(r0, rows, c0, cols, lo_off, hi_off):
 
 
 # Relative term, per block visit (see the module docstring). The table
-# arrives padded with _REL_PAD(bq, bk) zero rows in front (and as many
-# behind) so that every visited tile's slice is in range; its entries off the
-# real table are outside the band or padding, masked anyway.
+# arrives padded with W = _rel_width(bq, bk) zero rows in front and behind
+# so that every visited tile's slice is in range; its entries off the real
+# table are outside the band or padding, masked anyway. Slot rows are
+# rotated with & (bq - 1): block_q is a power of two (BlockSizes.check).
 
 def _rel_width(bq, bk):
   """Table rows one [bq, bk] tile spans (its distances), a power of two."""
@@ -162,8 +163,9 @@ def _rel_rows(bq, width, turn):
 
 
 # Slot columns per product / gradient matmul: [block_q, 32] float32 pieces
-# keep the live values small (with whole [64, 128] products the A100 bf16 dq
-# kernel spilled 34 KB per thread, with halves 1.3 KB, with 32: 0.2 KB).
+# keep the live values small (A100 bf16 dq kernel, spill stores per thread:
+# 1.3 KB with [64, 64] halves, 0.24 KB with 32; whole [64, 128] products and
+# no row rotation: 34 KB). experiments/results/rel_kernel_memory.md.
 _REL_PIECE = 32
 
 
@@ -293,9 +295,11 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier):
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dq_ref) = refs
   else:
-    # dtable_ref is the zeroed input aliased to dtable_out_ref.
+    # `_` is the zeroed d table input, aliased to dtable_ref.
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      rq_ref, table_ref, _, dq_ref, drq_ref, dtable_ref, slot_ref) = refs
+    # Accumulated in place by _rel_grads (fewer registers than a carry);
+    # the first visit's barriers order this store before those updates.
     drq_ref[...] = jnp.zeros(drq_ref.shape, jnp.float32)
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
