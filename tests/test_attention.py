@@ -474,7 +474,7 @@ REL_SEEDS = [5, 6, 9, 14, 21, 26, 33, 41]
 
 
 @pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
-                                         ("chunked", True)])
+                                         ("chunked", True), ("pallas", False)])
 @pytest.mark.parametrize("seed", REL_SEEDS)
 def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch):
   """Outputs and gradients of q, k, v, the global projections, rel_query

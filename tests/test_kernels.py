@@ -399,9 +399,11 @@ def _kernel_signatures(exported):
 def test_rel_lowers_for_cuda():
   """Forward and backward of band_with_global_keys with a relative term
   lower to the four Triton kernels for CUDA, with q and k at head_dim
-  width (64): the relative term adds one [X, N, R] float32 operand (the
-  per-row products, R = 2 * window + 1) and its gradient, nothing wider;
-  the global keys (padded to 16 slots) come first, in bf16 as q, k, v."""
+  width (64), and no operand or result holds a value per (row, distance):
+  besides head_dim-wide and per-row arrays there are only the zero-padded
+  table (and its float32 gradient) and each kernel's per-program skew slots
+  [X, programs, block_q, W], O(N * block) whatever the window; the global
+  keys (padded to 16 slots) come first, in bf16 as q, k, v."""
   x, n, d, g, window = 8, 300, 64, 4, 40
   bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
   avals = [bf16(x, n, d)] * 3 + [bf16(x, n, d), bf16(x, 2 * window + 1, d),
@@ -425,10 +427,14 @@ def test_rel_lowers_for_cuda():
                           "lfjax_band_dq", "lfjax_band_fwd"]
   # Lengths pad to whole blocks of the H200 target's default block sizes.
   blocks = kernel.BlockSizes.default(d, jnp.bfloat16, lowering.DEVICE_KIND)
-  step = max(blocks.block_q, blocks.block_k)
+  bq, bk = blocks.block_q, blocks.block_k
+  step = max(bq, bk)
   npad, r = -(-n // step) * step, 2 * window + 1
+  w = 1 << (bq + bk - 2).bit_length()  # pow2 >= bq + bk - 1
   qkv = f"tensor<{x}x{npad}x{d}xbf16>"
   glob = [f"tensor<{x}x16x{d}xbf16>"] * 2 + [f"tensor<{x}x16xf32>"]
+  table = {f"tensor<{x}x{r + 2 * w}x{d}x{t}>" for t in ("bf16", "f32")}
+  slots = {f"tensor<{x}x{npad // b}x{bq}x{w}xf32>" for b in (bq, bk)}
   for name, (args, results) in sigs.items():
     assert args[:3] == glob, (name, args)
     if name == "lfjax_band_dglobal":  # q, dout, lse, delta, dlse
@@ -436,13 +442,15 @@ def test_rel_lowers_for_cuda():
       assert results == [f"tensor<{x}x16x{d}xf32>"] * 2, results
       continue
     assert args[3:6] == [qkv] * 3, (name, args)
-    assert args[-1] == f"tensor<{x}x{npad}x{r}xf32>", (name, args)
-    # Every other operand and result: head_dim wide, or one per row.
-    for t in args[6:-1] + results:
+    assert table & set(args), (name, args)
+    for t in args[6:] + results:
+      dims = [int(s) for s in re.findall(r"(\d+)x", t)]
+      # Nothing with rows per token and a column per distance.
+      assert not (len(dims) == 3 and dims[1] == npad and dims[2] in (r, r + 1)
+                  ), (name, t)
       assert t.endswith(f"x{d}xbf16>") or t.endswith(f"x{d}xf32>") or (
-          t == f"tensor<{x}x{npad}xf32>") or (
-              name == "lfjax_band_dq" and t == f"tensor<{x}x{npad}x{r + 1}"
-              "xf32>"), (name, t)
+          t == f"tensor<{x}x{npad}xf32>") or t in table | slots, (name, t)
+    assert sum(t in slots for t in results) == 1, (name, results)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -15,13 +15,16 @@ chunked path's counter hash (common.dropout_multiplier) at absolute
 positions, so every implementation drops the same entries.
 
 Relative positions (optional): score(a, t) = scale * (q[a].k[t] +
-rq[a].table[a - t - rel_min]). The products rq[a].table[r] are formed once,
-outside the kernels, as one [N, Dr] x [Dr, R] matmul per row X (R = the
-band's distances, so head_dim-width work, no wider q/k); each block visit
-gathers its [block_q, block_k] tile of them along the diagonals (a load with
-computed offsets) and the dq kernel scatters d(score) back the same way;
-d rel_query and d rel_table are matmuls of that against the table and
-rel_query. See `_rel_cols`.
+rq[a].table[a - t - rel_min]), inside the kernels (no wider q/k, nothing
+per (row, distance) in memory). Each block visit multiplies its rq rows
+[block_q, Dr] by the W = pow2 >= block_q + block_k - 1 table rows its tile
+spans ([Dr, W], tensor cores, float32) and skews the product into the
+[block_q, block_k] tile along the diagonals through the program's own
+[block_q, W] scratch slot (a store, a CTA barrier, a load with computed
+offsets: Triton tensors cannot be gathered in registers). The dq kernel
+scatters d(score) back the same way and accumulates d rel_query in its own
+output block and d rel_table atomically (float32; the summation order
+across programs is not deterministic). See `_rel_tile`, `_rel_grads`.
 
 Pure-jnp reference: `band_reference` below. On CPU the same kernels run in
 Pallas interpret mode; lowered for CUDA they are Triton kernels (the choice
@@ -160,22 +163,99 @@ def _band_mask(r0, rows, c0, cols, lo_off, hi_off):
   return (d >= -lo_off) & (d <= hi_off)
 
 
-def _rel_cols(r0, rows, c0, cols, rel_min, nrel):
-  """Column of the products rq[a].table[r] for the tile of query rows
-  [r0, r0 + rows) and keys [c0, c0 + cols): r = a - t - rel_min, clipped to
-  the table (clipped entries are outside the band or padding), and where it
-  is really on the table."""
-  i = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 0)
-  j = jax.lax.broadcasted_iota(jnp.int32, (rows, cols), 1)
-  r = (r0 - c0 - rel_min) + (i - j)
-  return i, jnp.clip(r, 0, nrel - 1), (r >= 0) & (r < nrel)
+# Relative term, per block visit (see the module docstring). The table
+# arrives padded with W = _rel_width(bq, bk) zero rows in front and behind
+# so that every visited tile's slice is in range; its entries off the real
+# table are outside the band or padding, masked anyway. Slot rows are
+# rotated with & (bq - 1): block_q is a power of two (BlockSizes.check).
+
+def _rel_width(bq, bk):
+  """Table rows one [bq, bk] tile spans (its distances), a power of two."""
+  return _pow2(bq + bk - 1)
 
 
-def _rel_tile(pr_ref, r0, row0, rows, c0, cols, rel_min):
-  """[rows, cols] tile of relative scores, gathered along its diagonals from
-  the per-row products pr_ref[row, r] (rows of pr_ref from row0)."""
-  i, r, _ = _rel_cols(r0, rows, c0, cols, rel_min, pr_ref.shape[-1])
-  return pr_ref[row0 + i, r]
+def _rel_start(r0, c0, bk, rel_min, width):
+  """Padded-table row of distance r0 - c0 - (bk - 1), the smallest of the
+  tile of query rows [r0, r0 + bq) and keys [c0, c0 + bk): slot column w of
+  the tile's products is distance r0 - c0 - (bk - 1) + w, so tile entry
+  (i, j) is column i - j + bk - 1."""
+  return r0 - c0 - rel_min - (bk - 1) + width
+
+
+def _rel_skew_index(bq, bk, turn):
+  """(slot row, slot column) of tile entry (i, j). Rows are rotated by the
+  visit index `turn` so that the addresses change every visit: loop-invariant
+  [bq, bk] pointer tensors would be hoisted out of the loop and held in
+  registers (64 per thread at 64 x 64), which made the kernels spill."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+  j = jax.lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+  return (i + turn) & (bq - 1), i - j + (bk - 1)
+
+
+def _rel_rows(bq, width, turn):
+  """Slot rows of the tile rows, as _rel_skew_index, for [bq, width]."""
+  i = jax.lax.broadcasted_iota(jnp.int32, (bq, width), 0)
+  return (i + turn) & (bq - 1)
+
+
+# Slot columns per product / gradient matmul: [block_q, 32] float32 pieces
+# keep the live values small (A100 bf16 dq kernel, spill stores per thread:
+# 1.3 KB with [64, 64] halves, 0.24 KB with 32; whole [64, 128] products and
+# no row rotation: 34 KB). experiments/results/rel_kernel_memory.md.
+_REL_PIECE = 32
+
+
+def _rel_pieces(slot_ref):
+  piece = min(_REL_PIECE, slot_ref.shape[1])
+  return [(c, piece) for c in range(0, slot_ref.shape[1], piece)]
+
+
+def _rel_tile(slot_ref, rq_BQxDr, table_ref, start, bk, turn, barrier):
+  """[bq, bk] relative scores of one block visit: the products of the
+  block's rel_query rows with the W table rows the tile spans, on the tensor
+  cores, then tile entry (i, j) = product[i, i - j + bk - 1]. That skew along
+  the diagonals cannot be done on Triton tensors in registers, so it goes
+  through this program's own scratch slot (global memory that stays in
+  L1/L2). The barriers make the slot's writes visible to the whole program
+  (CTA) and keep the previous visit's reads ahead of the overwrite."""
+  bq = rq_BQxDr.shape[0]
+  barrier()
+  for col, width in _rel_pieces(slot_ref):
+    table = table_ref[pl.ds(start + col, width), :]
+    w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
+    slot_ref[_rel_rows(bq, width, turn), w] = _dot(rq_BQxDr, table,
+                                                   trans_b=True)
+  barrier()
+  return slot_ref[_rel_skew_index(bq, bk, turn)]
+
+
+def _rel_scatter(slot_ref, ds_BQxBK, turn, barrier):
+  """d(score) into the slot at the tile's skewed positions (_rel_tile). Each
+  (row, column) is one key, so the scatter never collides."""
+  barrier()
+  slot_ref[_rel_skew_index(*ds_BQxBK.shape, turn)] = ds_BQxBK
+  barrier()
+
+
+def _rel_grads(slot_ref, bk, rq_BQxDr, table_ref, start, drq_ref,
+               dtable_ref, turn):
+  """After _rel_scatter: d(products) read back from the slot (its other
+  entries, stale products, masked; masked and padding entries of ds are 0)
+  and their two matmuls: drq_ref (this program's block) += dprod @ table
+  rows, dtable_ref rows += dprod^T @ rq atomically (the rows are shared by
+  every tile on the same block diagonal, in other programs; the summation
+  order is not deterministic)."""
+  bq = rq_BQxDr.shape[0]
+  for col, width in _rel_pieces(slot_ref):
+    row = jax.lax.broadcasted_iota(jnp.int32, (bq, width), 0)
+    w = col + jax.lax.broadcasted_iota(jnp.int32, (bq, width), 1)
+    dprod = jnp.where((w >= row) & (w < row + bk),
+                      slot_ref[_rel_rows(bq, width, turn), w], 0.0).astype(
+                          rq_BQxDr.dtype)
+    rows = pl.ds(start + col, width)
+    drq_ref[...] += _dot(dprod, table_ref[rows, :])
+    pltriton.atomic_add(dtable_ref, (rows, slice(None)),
+                        _dot(dprod, rq_BQxDr, trans_a=True))
 
 
 def _dot(a, b, trans_a=False, trans_b=False):
@@ -289,13 +369,14 @@ def _dglobal_kernel(*refs, scale, bq, nqb, ext):
 
 # Forward --------------------------------------------------------------------
 
-def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
+def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier,
                 ext=_Ext()):
   e, refs = _ext_refs(refs, ext)
   if rel_min is None:
     q_ref, k_ref, v_ref, kbias_ref, o_ref, lse_ref = refs
   else:
-    q_ref, k_ref, v_ref, kbias_ref, pr_ref, o_ref, lse_ref = refs
+    (q_ref, k_ref, v_ref, kbias_ref, rq_ref, table_ref, o_ref, lse_ref,
+     slot_ref) = refs
   r0 = pl.program_id(1) * bq
   q = q_ref[...]
   dv = v_ref.shape[-1]
@@ -307,7 +388,9 @@ def _fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
     k = k_ref[pl.ds(c0, bk), :]
     s = _dot(q, k, trans_b=True)
     if rel_min is not None:
-      s = s + _rel_tile(pr_ref, r0, 0, bq, c0, bk, rel_min)
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      s = s + _rel_tile(slot_ref, rq_ref[...], table_ref, start, bk, kb,
+                        barrier)
     s = s * scale + kbias_ref[pl.ds(c0, bk)][None, :]
     if masked:
       s = jnp.where(_band_mask(r0, bq, c0, bk, window, right), s, NEG_INF)
@@ -356,15 +439,19 @@ def _p_ds(q, k, v, do, kbias, lse, delta, dlse, scale, mask, rel=None,
   return p, p * (dp - delta[:, None] + dlse[:, None])
 
 
-def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
+def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier,
                ext=_Ext()):
   e, refs = _ext_refs(refs, ext)
   if rel_min is None:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
      dq_ref) = refs
   else:
+    # `_` is the zeroed d table input, aliased to dtable_ref.
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
-     pr_ref, dq_ref, dpr_ref) = refs
+     rq_ref, table_ref, _, dq_ref, drq_ref, dtable_ref, slot_ref) = refs
+    # Accumulated in place by _rel_grads (fewer registers than a carry);
+    # the first visit's barriers order this store before those updates.
+    drq_ref[...] = jnp.zeros(drq_ref.shape, jnp.float32)
   r0 = pl.program_id(1) * bq
   q, do = q_ref[...], do_ref[...]
   lse, delta, dlse = lse_ref[...], delta_ref[...], dlse_ref[...]
@@ -372,22 +459,24 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
 
   def body(kb, dq, masked):
     c0 = kb * bk
+    rel = None
+    if rel_min is not None:  # first: k is not live during it
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      rel = _rel_tile(slot_ref, rq_ref[...], table_ref, start, bk, kb,
+                      barrier)
     k = k_ref[pl.ds(c0, bk), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
-    rel = None
-    if rel_min is not None:
-      i, r, on_table = _rel_cols(r0, bq, c0, bk, rel_min, pr_ref.shape[-1])
-      rel = pr_ref[i, r]
     _, ds = _p_ds(q, k, v_ref[pl.ds(c0, bk), :], do,
                   kbias_ref[pl.ds(c0, bk)], lse, delta, dlse, scale, mask,
                   rel, z=_mult(e, ext, i_pos, _pos(e, ext, c0, bk)))
-    if rel_min is not None:
-      # Each (row, table row) is one (row, key), so the scatter never
-      # collides, except in the spare last column, where the entries off the
-      # table go (their keys are padding or outside the band). Entries never
-      # written (no such key) are zeroed by the caller.
-      dpr_ref[i, jnp.where(on_table, r, dpr_ref.shape[-1] - 1)] = ds * scale
-    return dq + _dot(ds.astype(k.dtype), k)
+    if rel_min is None:
+      return dq + _dot(ds.astype(k.dtype), k)
+    # The scatter first, so that ds and k are dead during the matmuls.
+    _rel_scatter(slot_ref, ds * scale, kb, barrier)
+    dq = dq + _dot(ds.astype(k.dtype), k)
+    _rel_grads(slot_ref, bk, rq_ref[...], table_ref, start, drq_ref,
+               dtable_ref, kb)
+    return dq
 
   first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
   dq = jnp.zeros(q.shape, jnp.float32)
@@ -399,7 +488,7 @@ def _dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min,
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min,
+def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier,
                 ext=_Ext()):
   e, refs = _ext_refs(refs, ext)
   if rel_min is None:
@@ -407,7 +496,7 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min,
      dk_ref, dv_ref) = refs
   else:
     (q_ref, k_ref, v_ref, kbias_ref, do_ref, lse_ref, delta_ref, dlse_ref,
-     pr_ref, dk_ref, dv_ref) = refs
+     rq_ref, table_ref, dk_ref, dv_ref, slot_ref) = refs
   c0 = pl.program_id(1) * bk
   k, v, kbias = k_ref[...], v_ref[...], kbias_ref[...]
   j_pos = _pos(e, ext, c0, bk)
@@ -415,12 +504,14 @@ def _dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min,
   def body(qb, carry, masked):
     dk, dv = carry
     r0 = qb * bq
+    rel = None
+    if rel_min is not None:  # first: q and do are not live during it
+      start = _rel_start(r0, c0, bk, rel_min, slot_ref.shape[1])
+      rel = _rel_tile(slot_ref, rq_ref[pl.ds(r0, bq), :], table_ref, start,
+                      bk, qb, barrier)
     q = q_ref[pl.ds(r0, bq), :]
     do = do_ref[pl.ds(r0, bq), :]
     mask = _band_mask(r0, bq, c0, bk, window, right) if masked else None
-    rel = None
-    if rel_min is not None:
-      rel = _rel_tile(pr_ref, r0, r0, bq, c0, bk, rel_min)
     z = _mult(e, ext, _pos(e, ext, r0, bq), j_pos)
     p, ds = _p_ds(q, k, v, do, kbias, lse_ref[pl.ds(r0, bq)],
                   delta_ref[pl.ds(r0, bq)], dlse_ref[pl.ds(r0, bq)], scale,
@@ -457,36 +548,59 @@ def _whole(a):
                       lambda xi, i: (xi, 0) + (0,) * len(tail))
 
 
-def _forward(q, k, v, kbias, pr, *extras, window, right, scale, rel_min,
-             blocks, interpret, ext=_Ext()):
+def _barrier(interpret):
+  """CTA barrier around the relative term's scratch slot; interpret mode
+  runs a program's ops in order (and has no lowering for the barrier)."""
+  return (lambda: None) if interpret else pltriton.debug_barrier
+
+
+def _rel_slots(x, programs, blocks):
+  """Per-program scratch for the relative term's skew (_rel_tile): one
+  [block_q, W] float32 slot per program, a kernel output never read
+  outside; O(N * (block_q + block_k)), whatever the window."""
+  width = _rel_width(blocks.block_q, blocks.block_k)
+  shape = jax.ShapeDtypeStruct((x, programs, blocks.block_q, width),
+                               jnp.float32)
+  return shape, pl.BlockSpec((None, None, blocks.block_q, width),
+                             lambda xi, i: (xi, i, 0, 0))
+
+
+def _forward(q, k, v, kbias, rq, table, *extras, window, right, scale,
+             rel_min, blocks, interpret, ext=_Ext()):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   kernel = functools.partial(_fwd_kernel, scale=scale, window=window,
                              right=right, bq=bq, bk=bk, nkb=n // bk,
-                             rel_min=rel_min, ext=ext)
-  args = extras + (q, k, v, kbias) + (() if pr is None else (pr,))
+                             rel_min=rel_min, barrier=_barrier(interpret),
+                             ext=ext)
+  args = extras + (q, k, v, kbias)
   specs = [_whole(a) for a in extras] + [_blocked(q, bq), _whole(k),
                                          _whole(v), _whole(kbias)]
-  if pr is not None:
-    specs.append(_blocked(pr, bq))
+  out_specs = [_blocked(v, bq), _blocked(kbias, bq)]
+  out_shape = [jax.ShapeDtypeStruct(v.shape, jnp.float32),
+               jax.ShapeDtypeStruct((x, n), jnp.float32)]
+  if rq is not None:
+    args += (rq, table)
+    specs += [_blocked(rq, bq), _whole(table)]
+    slot_shape, slot_spec = _rel_slots(x, n // bq, blocks)
+    out_specs.append(slot_spec)
+    out_shape.append(slot_shape)
   out, lse = pl.pallas_call(
       kernel, grid=(x, n // bq), in_specs=specs,
-      out_specs=[_blocked(v, bq), _blocked(kbias, bq)],
-      out_shape=[jax.ShapeDtypeStruct(v.shape, jnp.float32),
-                 jax.ShapeDtypeStruct((x, n), jnp.float32)],
+      out_specs=out_specs, out_shape=out_shape,
       compiler_params=None if interpret else _compiler_params(blocks),
-      interpret=interpret, name="lfjax_band_fwd")(*args)
+      interpret=interpret, name="lfjax_band_fwd")(*args)[:2]
   return out, lse
 
 
-def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *extras, window,
-              right, scale, rel_min, blocks, interpret, ext=_Ext()):
+def _backward(q, k, v, kbias, do, lse, delta, dlse, rq, table, *extras,
+              window, right, scale, rel_min, blocks, interpret, ext=_Ext()):
   x, n, _ = q.shape
   bq, bk = blocks.block_q, blocks.block_k
   params = None if interpret else _compiler_params(blocks)
   args = extras + (q, k, v, kbias, do, lse, delta, dlse)
   kw = dict(scale=scale, window=window, right=right, bq=bq, bk=bk,
-            rel_min=rel_min, ext=ext)
+            rel_min=rel_min, barrier=_barrier(interpret), ext=ext)
   ext_specs = [_whole(a) for a in extras]
   dq_specs = ext_specs + [_blocked(q, bq), _whole(k), _whole(v), _whole(kbias),
               _blocked(do, bq), _blocked(lse, bq), _blocked(delta, bq),
@@ -496,31 +610,39 @@ def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *extras, window,
   dkv_specs = ext_specs + [_whole(q), _blocked(k, bk), _blocked(v, bk),
                _blocked(kbias, bk), _whole(do), _whole(lse), _whole(delta),
                _whole(dlse)]
-  if pr is not None:
-    args += (pr,)
-    dq_specs.append(_blocked(pr, bq))
-    # d pr, with a spare last column for the scatter (see _dq_kernel).
-    dpr_shape = jax.ShapeDtypeStruct(pr.shape[:2] + (pr.shape[2] + 1,),
-                                     jnp.float32)
-    dq_out_specs = [dq_out_specs, _blocked(dpr_shape, bq)]
-    dq_shape = [dq_shape, dpr_shape]
-    dkv_specs.append(_whole(pr))
+  dq_args, dkv_args, aliases = args, args, {}
+  dkv_out_specs = [_blocked(k, bk), _blocked(v, bk)]
+  dkv_shape = [jax.ShapeDtypeStruct(k.shape, jnp.float32),
+               jax.ShapeDtypeStruct(v.shape, jnp.float32)]
+  if rq is not None:
+    # d table is accumulated atomically by every program: a zeroed input
+    # aliased to the output.
+    dtable = jnp.zeros(table.shape, jnp.float32)
+    aliases = {len(args) + 2: 2}
+    dq_args = args + (rq, table, dtable)
+    dkv_args = args + (rq, table)
+    dq_specs += [_blocked(rq, bq), _whole(table), _whole(dtable)]
+    dkv_specs += [_whole(rq), _whole(table)]
+    slot_shape, slot_spec = _rel_slots(x, n // bq, blocks)
+    dq_out_specs = [dq_out_specs, _blocked(rq, bq), _whole(dtable), slot_spec]
+    dq_shape = [dq_shape, jax.ShapeDtypeStruct(rq.shape, jnp.float32),
+                jax.ShapeDtypeStruct(table.shape, jnp.float32), slot_shape]
+    slot_shape, slot_spec = _rel_slots(x, n // bk, blocks)
+    dkv_out_specs.append(slot_spec)
+    dkv_shape.append(slot_shape)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, nkb=n // bk, **kw), grid=(x, n // bq),
       in_specs=dq_specs, out_specs=dq_out_specs, out_shape=dq_shape,
-      compiler_params=params, interpret=interpret,
-      name="lfjax_band_dq")(*args)
-  dq, dpr = (dq, None) if pr is None else dq
+      input_output_aliases=aliases, compiler_params=params,
+      interpret=interpret, name="lfjax_band_dq")(*dq_args)
+  dq, drq, dtable = (dq, None, None) if rq is None else dq[:3]
   dk, dv = pl.pallas_call(
       functools.partial(_dkv_kernel, nqb=n // bq, **kw), grid=(x, n // bk),
-      in_specs=dkv_specs,
-      out_specs=[_blocked(k, bk), _blocked(v, bk)],
-      out_shape=[jax.ShapeDtypeStruct(k.shape, jnp.float32),
-                 jax.ShapeDtypeStruct(v.shape, jnp.float32)],
+      in_specs=dkv_specs, out_specs=dkv_out_specs, out_shape=dkv_shape,
       compiler_params=params, interpret=interpret,
-      name="lfjax_band_dkv")(*args)
+      name="lfjax_band_dkv")(*dkv_args)[:2]
   if not ext.g:
-    return dq, dk, dv, dpr, None, None
+    return dq, dk, dv, drq, dtable, None, None
   gk, gv = extras[ext.names.index("gk")], extras[ext.names.index("gv")]
   dgk, dgv = pl.pallas_call(
       functools.partial(_dglobal_kernel, scale=scale, bq=bq, nqb=n // bq,
@@ -535,7 +657,7 @@ def _backward(q, k, v, kbias, do, lse, delta, dlse, pr, *extras, window,
                  jax.ShapeDtypeStruct(gv.shape, jnp.float32)],
       compiler_params=params, interpret=interpret,
       name="lfjax_band_dglobal")(*(extras + (q, do, lse, delta, dlse)))
-  return dq, dk, dv, dpr, dgk, dgv
+  return dq, dk, dv, drq, dtable, dgk, dgv
 
 
 def _on_platform(fn, *args, **kwargs):
@@ -545,22 +667,12 @@ def _on_platform(fn, *args, **kwargs):
       default=functools.partial(fn, interpret=False, **kwargs))
 
 
-def _rel_products(rq, table):
-  """pr[x, a, r] = rq[x, a] . table[x, r]: every relative score a row can
-  need, one [N, Dr] x [Dr, R] matmul per row X (not saved for the
-  backward: recomputed there)."""
-  if rq is None:
-    return None
-  return jnp.einsum("xnd,xrd->xnr", rq, table,
-                    preferred_element_type=jnp.float32)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10, 12))
 def _band(q, k, v, kbias, rq, table, window, right, scale, rel_min, blocks,
           extras, ext):
   """extras: the arrays named by ext.names (see _Ext)."""
-  return _on_platform(_forward, q, k, v, kbias, _rel_products(rq, table),
-                      *extras, window=window, right=right, scale=scale,
+  return _on_platform(_forward, q, k, v, kbias, rq, table, *extras,
+                      window=window, right=right, scale=scale,
                       rel_min=rel_min, blocks=blocks, ext=ext)
 
 
@@ -580,11 +692,10 @@ def _band_bwd(window, right, scale, rel_min, blocks, ext, res, cotangents):
   dout = dout.astype(jnp.float32)
   delta = jnp.sum(out * dout, axis=-1)
   lse = jnp.where(lse < 0.5 * NEG_INF, _EMPTY_ROW_LSE, lse)
-  dq, dk, dv, dpr, dgk, dgv = _on_platform(
+  dq, dk, dv, drq, dtable, dgk, dgv = _on_platform(
       _backward, q, k, v, kbias, dout.astype(v.dtype), lse, delta,
-      dlse.astype(jnp.float32), _rel_products(rq, table), *extras,
-      window=window, right=right, scale=scale, rel_min=rel_min,
-      blocks=blocks, ext=ext)
+      dlse.astype(jnp.float32), rq, table, *extras, window=window,
+      right=right, scale=scale, rel_min=rel_min, blocks=blocks, ext=ext)
   grads = (dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
            jnp.zeros_like(kbias))
   # Cotangents of extras: d gk, d gv; None (zero) for the rest.
@@ -593,17 +704,6 @@ def _band_bwd(window, right, scale, rel_min, blocks, ext, res, cotangents):
                for d, a in zip(dext, extras))
   if rq is None:
     return grads + (None, None, dext)
-  # The dq kernel wrote d(score) (times scale) of every (row a, table row r)
-  # whose key a - r - rel_min is in the band; the rest was never written.
-  dpr = dpr[:, :, :-1]
-  n, nrel = dpr.shape[1:]
-  a = np.arange(n)[:, None]
-  dist = np.arange(nrel)[None, :] + rel_min
-  written = (a - dist >= 0) & (a - dist < n) & (dist >= -right) & (
-      dist <= window)
-  dpr = jnp.where(written[None], dpr, 0.0)
-  drq = jnp.einsum("xnr,xrd->xnd", dpr, table.astype(jnp.float32))
-  dtable = jnp.einsum("xnr,xnd->xrd", dpr, rq.astype(jnp.float32))
   return grads + (drq.astype(rq.dtype), dtable.astype(table.dtype), dext)
 
 
@@ -655,6 +755,9 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   a static int and the table must cover every distance a - t the band
   reaches, -min(right, N - 1) .. min(window, N - 1) (right = window, or 0
   when causal). rel_query's width Dr may differ from D; neither is widened.
+  Computed inside the kernels per block visit (module docstring); on a GPU
+  the rel_table gradient is summed with float32 atomic adds, so its last
+  bits may differ between runs.
 
   Global keys (optional): gk [X, G, D], gv [X, G, Dv] (q's dtype), gvalid
   bool [X, G]: every query also sees each valid global key, in the same
@@ -704,7 +807,12 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   kbias = jnp.where(jnp.pad(kvalid_XxN, ((0, 0), (0, npad - n))), 0.0,
                     NEG_INF).astype(jnp.float32)
   if rq is not None:
-    rq = pad(rq, rq.shape[2])  # rows only: Dr is never padded
+    # Dr to a power of two >= 16 (zeros: same products); the table gets
+    # W zero rows on each side (see _rel_start) and rq's dtype for the dots.
+    drp, width = _pow2(rq.shape[2]), _rel_width(blocks.block_q, blocks.block_k)
+    rq = pad(rq, drp)
+    table = jnp.pad(table.astype(rq.dtype), ((0, 0), (width, width),
+                                             (0, drp - table.shape[2])))
   extras, ext = _extras(x, d, dp, dvp, blocks.block_k, gk_XxGxD,
                         gv_XxGxDv, gvalid_XxG, dropout)
   out, lse = _band(pad(q_XxNxD, dp), pad(k_XxNxD, dp), pad(v_XxNxDv, dvp),
