@@ -57,9 +57,9 @@ def compact(rows, blocks):
     out[key][kind] = fig if prev is None else tuple(map(max, prev, fig))
   lines = []
   for (target, variant), kinds in out.items():
-    cells = [f"{kinds[k][0]:,} / {kinds[k][1]} / "
-             + (f"**{kinds[k][2]:,}**" if kinds[k][2] else "0")
-             for k in ("fwd", "dq", "dkv")]
+    cells = [(f"{kinds[k][0]:,} / {kinds[k][1]} / "
+              + (f"**{kinds[k][2]:,}**" if kinds[k][2] else "0"))
+             if k in kinds else "-" for k in ("fwd", "dq", "dkv", "dglobal")]
     lines.append(f"| {blocks} | {target} | {variant} | " + " | ".join(cells)
                  + " |")
   return lines
@@ -136,8 +136,8 @@ def main():
               "commit 76745ba); the search behind the table: "
               "[kernel_resources_search.md](kernel_resources_search.md).",
               "",
-              "| blocks | target | variant | fwd | dq | dkv |",
-              "|---|---|---|---|---|---|"]
+              "| blocks | target | variant | fwd | dq | dkv | dglobal |",
+              "|---|---|---|---|---|---|---|"]
     for spec in args.compare:
       blocks = tuple(int(x) for x in spec.split(","))
       for t in targets:
@@ -147,7 +147,7 @@ def main():
         print_rows(got)
         lines += compact(got, spec)
         lines += [f"| {spec} | {t} | {n} | does not compile: "
-                  f"{why.split(', context')[0]} | | |"
+                  f"{why.split(', context')[0]} | | | |"
                   for n, why in failed.items()]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:

@@ -32,7 +32,8 @@ import subprocess
 import sys
 import tempfile
 
-KERNELS = ("lfjax_band_fwd", "lfjax_band_dq", "lfjax_band_dkv")
+KERNELS = ("lfjax_band_fwd", "lfjax_band_dq", "lfjax_band_dkv",
+           "lfjax_band_dglobal")
 TOKENS, HEADS, WINDOW = 4096, 12, 256
 
 
@@ -45,10 +46,13 @@ class ParseError(RuntimeError):
 class Variant:
   """One windowed_attention(impl="pallas") call, forward + backward.
 
-  kind: "causal" (the char-LM's band), "dilated_globals" (per-head
-  dilation 1, 1, 2, 3 repeated, 16 global tokens, padding; not causal:
-  globals are not causal), "rel" (causal with the relative-position term,
-  Dr = head_dim), "dropout" (causal, attention dropout 0.1)."""
+  kind: "causal" (the plain causal band), "globals_dropout" (an MLM /
+  fine-tuning layer in training: per-head dilation 1, 1, 2, 3 repeated,
+  16 global tokens, padding, attention dropout 0.1; not causal: globals
+  are not causal), "rel_dropout" (a char-LM layer in training: causal,
+  dilation 2 on a quarter of the heads, the relative-position term with
+  Dr = head_dim, attention dropout 0.1). The training variants combine
+  the paths because their registers add up in one kernel body."""
   kind: str
   head_dim: int
   dtype: str  # "bfloat16" | "float32"
@@ -63,14 +67,14 @@ def _short(dtype):
 
 
 # The plain causal band at both widths and both dtypes (the block-size
-# table's axes), and each extra path (dilation + globals, the relative term,
-# dropout) at head_dim 64 in both dtypes: they change the kernel body, not
-# how it scales with head_dim, and the full product (2 x 2 x 4 per target)
-# would double CI's compile time for no new code path.
+# table's axes), and the two training layers (every extra path: dilation,
+# globals, the relative term, dropout) at head_dim 64 in both dtypes: they
+# change the kernel body, not how it scales with head_dim, and the full
+# product would double CI's compile time for no new code path.
 VARIANTS = tuple(
     [Variant("causal", d, t) for d in (64, 128)
      for t in ("bfloat16", "float32")]
-    + [Variant(k, 64, t) for k in ("dilated_globals", "rel", "dropout")
+    + [Variant(k, 64, t) for k in ("globals_dropout", "rel_dropout")
        for t in ("bfloat16", "float32")])
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -89,28 +93,28 @@ def build(variant, sharding):
   extra = []
   if variant.kind == "causal":
     kw["causal"] = True
-  elif variant.kind == "dilated_globals":
-    kw.update(dilation=[1, 1, 2, 3] * (h // 4), max_global=16)
-    extra = [aval((b, n), jnp.bool_), aval((b, n), jnp.bool_)]
-  elif variant.kind == "rel":
-    kw["causal"] = True
-    extra = [aval((b, n, h, d)), aval((2 * WINDOW + 1, h, d))]
-  elif variant.kind == "dropout":
-    kw.update(causal=True, dropout_rate=0.1)
-    extra = [aval((), jnp.uint32)]
+  elif variant.kind == "globals_dropout":
+    kw.update(dilation=[1, 1, 2, 3] * (h // 4), max_global=16,
+              dropout_rate=0.1)
+    extra = [aval((b, n), jnp.bool_), aval((b, n), jnp.bool_),
+             aval((), jnp.uint32)]
+  elif variant.kind == "rel_dropout":
+    kw.update(causal=True, dilation=[1, 1, 1, 2] * (h // 4),
+              dropout_rate=0.1)
+    extra = [aval((b, n, h, d)), aval((2 * WINDOW + 1, h, d)),
+             aval((), jnp.uint32)]
   else:
     raise ValueError(f"variant.kind: unknown {variant.kind!r}")
 
   def attend(q, k, v, *more):
-    if variant.kind == "dilated_globals":
+    if variant.kind == "globals_dropout":
       return windowed_attention(q, k, v, key_mask=more[0],
-                                global_mask=more[1], **kw)
-    if variant.kind == "rel":
+                                global_mask=more[1],
+                                dropout_key=jax.random.key(more[2]), **kw)
+    if variant.kind == "rel_dropout":
       return windowed_attention(q, k, v, rel_query=more[0],
-                                rel_table=more[1], **kw)
-    if variant.kind == "dropout":
-      return windowed_attention(q, k, v, dropout_key=jax.random.key(more[0]),
-                                **kw)
+                                rel_table=more[1],
+                                dropout_key=jax.random.key(more[2]), **kw)
     return windowed_attention(q, k, v, **kw)
 
   def loss(*args):
@@ -346,8 +350,11 @@ def _collect(target_name, names, log, dump):
     ptx = parse_ptxas(m.group(1))
     dumped = parse_dump(dump, name)
     kernels = sorted(k for k in dumped if k.startswith("lfjax_band"))
-    # Every kernel of each kind must be there (fwd, dq, dkv: grad).
+    # Every kernel of each kind must be there (fwd, dq, dkv: grad; the
+    # global keys' gradient kernel with global tokens).
     for base in KERNELS:
+      if base == "lfjax_band_dglobal" and "globals" not in name:
+        continue
       if not any(re.fullmatch(rf"{base}(__\d+)?", k) for k in kernels):
         raise ParseError(f"{name} for {target_name}: no {base} kernel in "
                          f"XLA's dump (found {kernels})")
