@@ -42,6 +42,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from lfjax.attention import band_batched
+from lfjax.attention import band_layout
 from lfjax.attention import common
 
 # Score elements per loop step (~4 MB of float32) and rows (of X, batched)
@@ -120,7 +121,7 @@ def choose_block(n, window, num_global=0, causal=False, rel=False):
   within noise.
   """
   halo = (1 if causal else 2) * window
-  single = _round_up(max(n, 1), _MIN_BLOCK)
+  single = band_layout.round_up(max(n, 1), _MIN_BLOCK)
   products = lambda c: 0.5 * (c + halo + 1) if rel else 0.0
   best = (single * (single + num_global + products(single))
           * (1.0 + 60.0 / single), single)
@@ -131,10 +132,6 @@ def choose_block(n, window, num_global=0, causal=False, rel=False):
     cost = -(-n // c) * c * (span + products(c)) * (1.0 + 60.0 / c)
     best = min(best, (cost, c))
   return best[1]
-
-
-def _round_up(x, m):
-  return -(-x // m) * m
 
 
 def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
@@ -162,25 +159,6 @@ def geometry(x, n, m, g, *, window, causal, k_offset=0, block=None,
                   rows=rows, rel_rows=rel_rows)
 
 
-def _align(x_XxMx, left, total, fill):
-  """Place x[:, 0] at index `left` of a length-`total` axis 1; slots outside x
-  hold `fill`, parts of x falling outside are cut."""
-  m = x_XxMx.shape[1]
-  lo, hi = max(0, -left), min(m, total - left)
-  if hi <= lo:
-    shape = (x_XxMx.shape[0], total) + x_XxMx.shape[2:]
-    return jnp.full(shape, fill, x_XxMx.dtype)
-  x = x_XxMx[:, lo:hi]
-  pad = [(0, 0)] * x.ndim
-  pad[1] = (left + lo, total - (left + hi))
-  return jnp.pad(x, pad, constant_values=fill)
-
-
-def _unalign(xp_XxTx, left, m):
-  """Inverse of _align for gradients: entries cut by _align get zero."""
-  return _align(xp_XxTx, -left, m, 0)
-
-
 def _tiles(geo, step, unroll):
   """Loop step -> its `unroll` tiles as (first row of X, first query of the
   block), in block-major order, so the tiles of one step sit in different
@@ -197,23 +175,6 @@ def _slice(a, x0, p0, size, rows=1):
   return jax.lax.dynamic_slice(a, start, (rows, size) + a.shape[2:])
 
 
-def _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
-  """Pad queries to whole blocks, align keys with their halos, and lay the
-  table out for the relative products (_rel_scores)."""
-  if not geo.g:
-    gk = jnp.zeros((geo.x, 0, q.shape[2]), q.dtype)
-    gv = jnp.zeros((geo.x, 0, v.shape[2]), v.dtype)
-    gvalid = jnp.zeros((geo.x, 0), bool)
-  if rq is not None:
-    rq = _align(rq, 0, geo.nb * geo.c, 0)
-    tab = _align(tab[:, ::-1], 0, geo.rel_width(geo.rel_rows) + 1, 0)
-  return (_align(q, 0, geo.nb * geo.c, 0),
-          _align(k, geo.key_shift, geo.total, 0),
-          _align(v, geo.key_shift, geo.total, 0),
-          _align(kvalid, geo.key_shift, geo.total, False), gk, gv, gvalid,
-          drop, rq, tab)
-
-
 def _dropout(geo, drop, x0, p0):
   """The tile's dropout multiplier [U, C, S+G] (common.dropout_multiplier at
   the absolute positions of its queries and keys), or None."""
@@ -223,25 +184,7 @@ def _dropout(geo, drop, x0, p0):
   seed = jax.lax.dynamic_slice(seed_X, (x0,), (geo.rows,))
   r = jax.lax.dynamic_slice(residue_X, (x0,), (geo.rows,))
   gpos = _slice(gpos_XxG, x0, 0, geo.g, geo.rows) if geo.g else None
-  return dropout_at(geo, seed, r, gpos, jnp.asarray(p0)[None])
-
-
-def dropout_at(geo, seed, r, gpos, p0):
-  """Dropout multiplier [..., C, S+G] of query blocks starting at class
-  position p0, in rows with seed and residue r (seed, r, p0 broadcast
-  together to the leading shape [...]; gpos [..., G] the extra keys'
-  absolute positions, None without extra keys). Shared by the tile loop
-  and the batched blocks (band_batched), so both drop the same entries."""
-  i_pos = (p0[..., None] + jnp.arange(geo.c)) * geo.dil + r[..., None]
-  j_pos = (p0[..., None] - geo.hl + jnp.arange(geo.span)) * geo.dil + (
-      r[..., None])
-  if geo.g:
-    lead = jnp.broadcast_shapes(j_pos.shape[:-1], gpos.shape[:-1])
-    j_pos = jnp.concatenate(
-        [jnp.broadcast_to(j_pos, lead + (geo.span,)),
-         jnp.broadcast_to(gpos, lead + (geo.g,))], axis=-1)
-  return common.dropout_multiplier(seed[..., None, None], i_pos[..., :, None],
-                                   j_pos[..., None, :], geo.dropout)
+  return band_layout.dropout_at(geo, seed, r, gpos, jnp.asarray(p0)[None])
 
 
 def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
@@ -249,7 +192,7 @@ def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
   the window's distances cover (head_dim wide), then shifted per row so
   entry (a, t) reads distance a - t + hl.
 
-  tab is the table row-reversed and zero-padded to W + 1 rows (_prepare):
+  tab is the table row-reversed and zero-padded to W + 1 rows (band_layout.prepare):
   product column u of row a is distance rel_min + R - 1 - u, and the
   distance of (a, t) sits at column t + L - a, a right shift by a. Reading
   the [C, W + 1] products flat with row stride W (Transformer-XL's skew)
@@ -260,37 +203,17 @@ def _rel_scores(geo, rq_UxCxDr, tab_UxWxDr):
   ran ~10x slower, measured)."""
   p_UxCxW1 = jnp.einsum("xqd,xrd->xqr", rq_UxCxDr, tab_UxWxDr,
                         preferred_element_type=jnp.float32)
-  return rel_skew(geo, p_UxCxW1)
-
-
-def rel_skew(geo, p_UxCxW1):
-  """The shift of _rel_scores: products [U, C, W + 1] -> band term
-  [U, C, S] (shared with band_batched)."""
-  u, c, w1 = p_UxCxW1.shape
-  lag = geo.rel_lag(geo.rel_rows)
-  shifted = p_UxCxW1.reshape(u, c * w1)[:, :c * (w1 - 1)].reshape(u, c, w1 - 1)
-  return shifted[:, :, lag:lag + geo.span]
+  return band_layout.rel_skew(geo, p_UxCxW1)
 
 
 def _rel_grads(geo, scale, ds_UxCxS, rqt_UxDrxC, tab_UxWxDr):
   """The transpose of _rel_scores: d rel_query [U, C, Dr] and the padded
   reversed table's gradient, transposed [U, Dr, W + 1], from the band
   scores' cotangent (rqt: the tile's relative queries, transposed)."""
-  dp_UxCxW1 = rel_unskew(geo, ds_UxCxS, tab_UxWxDr.shape[1])
+  dp_UxCxW1 = band_layout.rel_unskew(geo, ds_UxCxS, tab_UxWxDr.shape[1])
   drq = jnp.einsum("xqr,xrd->xqd", dp_UxCxW1, tab_UxWxDr.astype(jnp.float32))
   dtabt = jnp.einsum("xdq,xqr->xdr", rqt_UxDrxC, dp_UxCxW1)
   return drq * scale, dtabt * scale
-
-
-def rel_unskew(geo, ds_UxCxS, w1):
-  """The transpose of rel_skew: the band scores' cotangent [U, C, S(+G)]
-  -> the products' [U, C, W + 1] (shared with band_batched)."""
-  u, c, _ = ds_UxCxS.shape
-  lag, span = geo.rel_lag(geo.rel_rows), geo.span
-  dy = jnp.pad(ds_UxCxS[:, :, :span], ((0, 0), (0, 0),
-                                       (lag, w1 - 1 - span - lag)))
-  return jnp.pad(dy.reshape(u, c * (w1 - 1)), ((0, 0), (0, c))).reshape(
-      u, c, w1)
 
 
 def _tile(geo, scale, band_CxS, prepared, x0, p0):
@@ -320,7 +243,7 @@ def _tile(geo, scale, band_CxS, prepared, x0, p0):
 
 
 def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
+  prepared = band_layout.prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
   band = jnp.asarray(geo.band_mask())
   dv = v.shape[2]
   npad = geo.nb * geo.c
@@ -356,19 +279,19 @@ def _forward(geo, scale, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab):
 
 def _backward(geo, scale, res, dout, dlse):
   q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out, lse = res
-  prepared = _prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
+  prepared = band_layout.prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab)
   with_rel = geo.rel_min is not None
   band = jnp.asarray(geo.band_mask())
   dqk, dv = q.shape[2], v.shape[2]
   npad = geo.nb * geo.c
   u, c, span = geo.rows, geo.c, geo.span
   f32 = lambda a: a.astype(jnp.float32)
-  dop = _align(f32(dout), 0, npad, 0)
+  dop = band_layout.align(f32(dout), 0, npad, 0)
   # Padded query rows have zero dout, so whatever finite lse they get, their
   # gradient terms vanish.
-  lsep = _align(lse, 0, npad, 0)
-  deltap = _align(jnp.sum(out * f32(dout), axis=-1), 0, npad, 0)
-  dlsep = _align(f32(dlse), 0, npad, 0)
+  lsep = band_layout.align(lse, 0, npad, 0)
+  deltap = band_layout.align(jnp.sum(out * f32(dout), axis=-1), 0, npad, 0)
+  dlsep = band_layout.align(f32(dlse), 0, npad, 0)
   # Key-side gradients (dK, dV, d table) contract a tile's query rows. XLA's
   # CPU backend sends a dot whose left operand contracts its rows to a
   # generic kernel ~1.5x slower than its matmul library; transposed, they
@@ -433,11 +356,11 @@ def _backward(geo, scale, res, dout, dlse):
   dq, dkt, dvt, dgkt, dgvt, drq, dtabt = jax.lax.fori_loop(
       0, geo.x // u * geo.nb, body, init)
   dq = dq[:, :geo.n].astype(q.dtype)
-  dk = _unalign(tr(dkt), geo.key_shift, geo.m).astype(k.dtype)
-  dv = _unalign(tr(dvt), geo.key_shift, geo.m).astype(v.dtype)
+  dk = band_layout.unalign(tr(dkt), geo.key_shift, geo.m).astype(k.dtype)
+  dv = band_layout.unalign(tr(dvt), geo.key_shift, geo.m).astype(v.dtype)
   drel = (None, None)
   if with_rel:
-    # Back from the padded reversed layout of _prepare.
+    # Back from the padded reversed layout of band_layout.prepare.
     dtab = tr(dtabt)[:, :tab.shape[1]][:, ::-1]
     drel = (drq[:, :geo.n].astype(rq.dtype), dtab.astype(tab.dtype))
   if not geo.g:

@@ -5,7 +5,7 @@ band.band_attention runs this on GPU/TPU backends (chosen when lowering,
 jax.lax.platform_dependent) and its tile loop on CPU. The semantics are
 band's, to the entry: key offsets (sequence parallelism's halos), extra
 (global) keys, dropout at absolute positions (the same counter hash, via
-band.dropout_at), the relative-position term (band.rel_skew), causal, key
+band_layout.dropout_at), the relative-position term (band_layout.rel_skew), causal, key
 validity, empty rows (0 output, NEG_INF lse), cotangents on both outputs.
 
 Why not the loop on a GPU: its tiles are sized for a 2-core CPU's cache,
@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lfjax.attention import band
+from lfjax.attention import band_layout
 from lfjax.attention import common
 
 # Block sizes tried: multiples of the 64-row tiles of A100/H100 tensor-core
@@ -59,7 +59,7 @@ def choose_block(n, window, num_global=0, causal=False, head_dim=64):
   scores 1.25x the band's 2w + 1); window 64: C = 64 (1.5x). The relative
   term's products are per query row whatever C is, so they do not count.
   """
-  single = band._round_up(max(n, 1), 8)
+  single = band_layout.round_up(max(n, 1), 8)
   if single <= BLOCKS[0]:
     return single
   halo = (1 if causal else 2) * window
@@ -134,7 +134,7 @@ def _scores(geo, scale, prepared):
     # product per row, then band's shift per block.
     p_XxNxW1 = jnp.einsum("xqd,xrd->xqr", rqp, tabp,
                           preferred_element_type=jnp.float32)
-    rel = band.rel_skew(geo, p_XxNxW1.reshape(x * nb, c, tabp.shape[1]))
+    rel = band_layout.rel_skew(geo, p_XxNxW1.reshape(x * nb, c, tabp.shape[1]))
     s = s + rel.reshape(x, nb, c, geo.span)
   ss, masks = [s], [mask]
   if geo.g:
@@ -147,21 +147,21 @@ def _scores(geo, scale, prepared):
 
 
 def _dropout(geo, drop):
-  """Dropout multipliers (band.dropout_at) as parts like _scores', or
+  """Dropout multipliers (band_layout.dropout_at) as parts like _scores', or
   Nones."""
   if not geo.dropout:
     return [None] * (1 + bool(geo.g))
   seed_X, residue_X, gpos_XxG = drop
   p0 = jnp.arange(geo.nb, dtype=jnp.int32) * geo.c
   gpos = gpos_XxG[:, None, :] if geo.g else None
-  z = band.dropout_at(geo, seed_X[:, None], residue_X[:, None], gpos,
+  z = band_layout.dropout_at(geo, seed_X[:, None], residue_X[:, None], gpos,
                       p0[None, :])
   return [z[..., :geo.span], z[..., geo.span:]] if geo.g else [z]
 
 
 def _rows(geo, a_XxN):
   """Per query row [X, N] -> [X, B, C, 1] (padded rows get 0)."""
-  a = band._align(a_XxN, 0, geo.nb * geo.c, 0)
+  a = band_layout.align(a_XxN, 0, geo.nb * geo.c, 0)
   return a.reshape(geo.x, geo.nb, geo.c, 1)
 
 
@@ -210,7 +210,7 @@ def backward(geo, scale, res, dout, dlse):
 
 
 def _forward(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, *, scale):
-  prepared = band._prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+  prepared = band_layout.prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                            tab)
   _, ss, masks, _, v_b = _scores(geo, scale, prepared)
   mx = ss[0].max(axis=-1, keepdims=True)
@@ -236,7 +236,7 @@ def _forward(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, *, scale):
 
 def _backward(geo, res, dout, dlse, *, scale):
   q, k, v, kvalid, gk, gv, gvalid, drop, rq, tab, out, lse = res
-  prepared = band._prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
+  prepared = band_layout.prepare(geo, q, k, v, kvalid, gk, gv, gvalid, drop, rq,
                            tab)
   f32 = lambda a: a.astype(jnp.float32)
   # Matmul operands in the inputs' dtype (bf16 on the tensor cores),
@@ -249,7 +249,7 @@ def _backward(geo, res, dout, dlse, *, scale):
   # gradient terms vanish.
   lse_b = _rows(geo, lse)
   ps = [jnp.where(m, jnp.exp(s - lse_b), 0.0) for s, m in zip(ss, masks)]
-  do = band._align(f32(dout), 0, geo.nb * geo.c, 0).reshape(
+  do = band_layout.align(f32(dout), 0, geo.nb * geo.c, 0).reshape(
       geo.x, geo.nb, geo.c, dout.shape[2])
   # rowsum(dout * out) - d lse, per row.
   shift = _rows(geo, jnp.sum(out * f32(dout), axis=-1) - f32(dlse))
@@ -268,8 +268,8 @@ def _backward(geo, res, dout, dlse, *, scale):
   npad = geo.nb * geo.c
   dq = (dq * scale).reshape(geo.x, npad, q.shape[2])[:, :geo.n]
   dk_b = mm("xbqk,xbqd->xbkd", dsb, q_b) * scale
-  dk = band._unalign(unspans(geo, dk_b), geo.key_shift, geo.m)
-  dv = band._unalign(unspans(geo, dv_b), geo.key_shift, geo.m)
+  dk = band_layout.unalign(unspans(geo, dk_b), geo.key_shift, geo.m)
+  dv = band_layout.unalign(unspans(geo, dv_b), geo.key_shift, geo.m)
   grads = [dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None]
   if geo.g:
     dgk = mm("xbqg,xbqd->xgd", dsg, q_b) * scale
@@ -283,12 +283,12 @@ def _backward(geo, res, dout, dlse, *, scale):
   # Outside the band ds is zero, so the transposed shift needs no mask.
   rqp, tabp = prepared[8], prepared[9]
   w1 = tabp.shape[1]
-  dp_XxNxW1 = band.rel_unskew(geo, dsb.reshape(geo.x * geo.nb, geo.c,
+  dp_XxNxW1 = band_layout.rel_unskew(geo, dsb.reshape(geo.x * geo.nb, geo.c,
                                                geo.span), w1).reshape(
                                                    geo.x, npad, w1)
   drq = mm("xqr,xrd->xqd", dp_XxNxW1, tabp) * scale
   dtabp = mm("xqr,xqd->xrd", dp_XxNxW1, rqp) * scale
-  # Back from the padded reversed layout of band._prepare.
+  # Back from the padded reversed layout of band_layout.prepare.
   dtab = dtabp[:, :tab.shape[1]][:, ::-1]
   return tuple(grads) + (drq[:, :geo.n].astype(rq.dtype),
                          dtab.astype(tab.dtype))
