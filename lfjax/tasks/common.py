@@ -58,9 +58,9 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
 # at 12, the same loss). With remat its GPU memory is about the loop's
 # (plan_memory.md: longformer-base MLM bf16 + remat on an A100, 9.5 vs
 # 9.3 GB with the attention's batched blocks). Without remat it holds more
-# (float32: 47.2 vs 32.3 GB): XLA cannot rematerialize inside the scan's
-# stacked residuals; such runs on a tight GPU set it off (docs/gpus.md).
-# A one-layer model runs the loop.
+# on an A100 (float32: 47.2 vs 32.3 GB): XLA cannot rematerialize inside
+# the scan's stacked residuals; such runs on a tight GPU set it off
+# (docs/gpus.md). A one-layer model runs the loop.
 SCAN_LAYERS_DEFAULT = True
 
 
