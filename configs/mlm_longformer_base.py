@@ -22,11 +22,12 @@ from lfjax.tasks import mlm_defaults
 def get_config(arg=None):
   c = mlm_defaults.base_config()
   # Batch 64 x 4096 as 8 micro-batches of 8. Compiled for an A100 (XLA's
-  # figures, `--plan_for a100`; experiments/results/plan_memory.md, with
-  # model.global_bos): in float32 without remat 45.0 GB per GPU with
-  # scanned layers (the default) and 32.9 GB with
-  # --config.model.scan_layers=False, so an 80 GB GPU (a 40 GB one: the
-  # loop at micro-batch 4, 20.1 GB); 6.6 GB with
+  # figures, `--plan_for a100`, with the attention's batched blocks that
+  # GPU backends compile; experiments/results/plan_memory.md, with
+  # model.global_bos): in float32 without remat 47.2 GB per GPU with
+  # scanned layers (the default; 48.1 GB on an H100 80 GB: it fits) and
+  # 32.3 GB with --config.model.scan_layers=False, so an 80 GB GPU (a 40 GB
+  # one: micro-batch 4, 25.0 GB); 9.5 GB with
   # --config.model.dtype=bfloat16 --config.model.remat=True (scanned).
   c.train.micro_batch_size = 8
   if arg == "tiny":

@@ -55,12 +55,12 @@ def shared_fields(c, task, *, log_every, checkpoint_every, eval_every,
 
 # model.scan_layers' default: on. It cuts compile time (scan_compile.md:
 # 0.42-0.78x the loop's at 12 layers, 0.26-0.32x at 24, the step as fast
-# at 12, the same loss) and, with remat, GPU memory too (plan_memory.md:
-# longformer-base MLM bf16 + remat on an A100, 6.6 vs 7.4 GB, compiled in
-# 77 vs 459 s). Without remat it holds more (float32: 45.0 vs 32.9 GB):
-# XLA cannot rematerialize inside the scan's stacked residuals; such runs
-# on a tight GPU set it off (docs/gpus.md). A one-layer model runs the
-# loop.
+# at 12, the same loss). With remat its GPU memory is about the loop's
+# (plan_memory.md: longformer-base MLM bf16 + remat on an A100, 9.5 vs
+# 9.3 GB with the attention's batched blocks). Without remat it holds more
+# on an A100 (float32: 47.2 vs 32.3 GB): XLA cannot rematerialize inside
+# the scan's stacked residuals; such runs on a tight GPU set it off
+# (docs/gpus.md). A one-layer model runs the loop.
 SCAN_LAYERS_DEFAULT = True
 
 
