@@ -2,7 +2,7 @@
 
   JAX_PLATFORMS=cpu python experiments/plan_memory.py \
       [--targets a100,h100] [--rows all] \
-      [--out experiments/results/plan_memory.md]
+      [--out NEW_FILE.md]
 
 needs `pip install "lfjax[plan]"`. Each row is what `python -m lfjax.train
 --config ... --plan_for GPU` compiles (lfjax.plan): the task's own train
@@ -26,8 +26,9 @@ intermediate: XLA's peak), total = arguments + temp + outputs not aliased
 to the donated parameters and optimizer state. "fits" compares the total
 with 75% of the device's memory (JAX's default allocator share,
 XLA_PYTHON_CLIENT_MEM_FRACTION) and with 95% (that variable at 0.95);
-the CUDA context and libraries use the rest. Rows are appended to --out
-as they finish, target by target (a compile takes minutes on a busy CPU).
+the CUDA context and libraries use the rest. Rows are printed (and
+appended to --out, a new file) as they finish, target by target (a
+compile takes minutes on a busy CPU).
 """
 
 import argparse
@@ -114,9 +115,14 @@ def main():
                  help="all, or comma-separated row numbers (1-based)")
   p.add_argument("--scan_layers", default="on", choices=("on", "off"),
                  help="model.scan_layers (on: the trainers' default)")
-  p.add_argument("--out", default=os.path.join(
-      os.path.dirname(__file__), "results", "plan_memory.md"))
+  p.add_argument("--out", default=None,
+                 help="also write the table to this new file (an existing "
+                 "one is refused: results/plan_memory.md collects several "
+                 "runs' tables by hand)")
   args = p.parse_args()
+  if args.out and os.path.exists(args.out):
+    p.error(f"--out: {args.out} exists; give a new file (the table is "
+            "printed either way)")
   jax.config.update("jax_platforms", "cpu")
   plugin = plan.require_plugin()
   todo = rows()
@@ -143,8 +149,9 @@ def main():
       "| temp | total | % of device | fits 75% / 95% | compile s |",
       "|---|---|---|---|---|---|---|---|---|---|---|"]
   print("\n".join(head), flush=True)
-  with open(args.out, "w") as f:
-    f.write("\n".join(head) + "\n")
+  if args.out:
+    with open(args.out, "w") as f:
+      f.write("\n".join(head) + "\n")
   targets = []
   for name in args.targets.split(","):
     target = plan.parse_target(name)
@@ -162,8 +169,9 @@ def main():
               f"{m.temp / 1e9:.2f}{host} | {m.total / 1e9:.2f} | "
               f"{100 * m.total / device:.0f}% | {fits} | {secs:.0f} |")
       print(line, flush=True)
-      with open(args.out, "a") as f:
-        f.write(line + "\n")
+      if args.out:
+        with open(args.out, "a") as f:
+          f.write(line + "\n")
 
 
 if __name__ == "__main__":
