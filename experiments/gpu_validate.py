@@ -494,6 +494,8 @@ def setup_lines(smoke):
         seen.add((s.d, dt))
         lines.append(f"- head_dim {s.d}, {jnp.dtype(dt).name}: "
                      f"{band_attention.BlockSizes.default(s.d, dt)}")
+  lines.append(f"- with the relative term: "
+               f"{band_attention.BlockSizes.relative()}")
   return lines + [""]
 
 

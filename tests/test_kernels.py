@@ -425,8 +425,8 @@ def test_rel_lowers_for_cuda():
   sigs = _kernel_signatures(exp)
   assert sorted(sigs) == ["lfjax_band_dglobal", "lfjax_band_dkv",
                           "lfjax_band_dq", "lfjax_band_fwd"]
-  # Lengths pad to whole blocks of the H200 target's default block sizes.
-  blocks = kernel.BlockSizes.default(d, jnp.bfloat16, lowering.DEVICE_KIND)
+  # Lengths pad to whole blocks of the relative term's block sizes.
+  blocks = kernel.BlockSizes.relative()
   bq, bk = blocks.block_q, blocks.block_k
   step = max(bq, bk)
   npad, r = -(-n // step) * step, 2 * window + 1

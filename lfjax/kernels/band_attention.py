@@ -72,6 +72,12 @@ _BLOCKS = {(64, 2): (128, 32, 8, 2), (128, 2): (128, 64, 8, 2),
 _FAMILY_BLOCKS = {"sm80": {}, "sm90": {}}
 # Wider heads (not compiled by gpu_compile's variants): small tiles.
 _WIDE = (32, 32, 8, 1)
+# With the relative term (its product, slot and skew per visit): the
+# char-LM's training layer (relative term + dropout + dilation, bf16) spills
+# in dq on an A100 at 128 x 32 (~1 KB), 64 x 32 (4 B) and 64 x 32 x 4 warps
+# (~0.3 KB); 64 x 16 sits at 255 registers without spilling, 32 x 32 at
+# 220-226. One stage: see band_attention.
+_REL_BLOCKS = (32, 32, 8, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +102,12 @@ class BlockSizes:
            2 if jnp.dtype(dtype).itemsize <= 2 else 4)
     family = _FAMILY_BLOCKS.get(lowering.gpu_family(device_kind), {})
     return cls(*family.get(key, _BLOCKS[key]))
+
+  @classmethod
+  def relative(cls):
+    """The blocks band_attention takes with the relative-position term
+    (when no block_sizes is given): _REL_BLOCKS, one stage."""
+    return cls(*_REL_BLOCKS)
 
   def check(self):
     for name in ("block_q", "block_k"):
@@ -259,9 +271,13 @@ def _backward(q, k, v, kbias, do, lse, delta, dlse, rq, table, *extras,
   if not ext.g:
     return dq, dk, dv, drq, dtable, None, None
   gk, gv = extras[ext.names.index("gk")], extras[ext.names.index("gv")]
+  # Query rows per step of the global keys' gradient: 128-row bf16 steps
+  # spill there on an A100 (its [rows, G] tiles and the dropout hash);
+  # n is a multiple of max(block_q, block_k), so of gq too.
+  gq = min(bq, 64)
   dgk, dgv = pl.pallas_call(
-      functools.partial(band_kernels.dglobal_kernel, scale=scale, bq=bq,
-                        nqb=n // bq,
+      functools.partial(band_kernels.dglobal_kernel, scale=scale, bq=gq,
+                        nqb=n // gq,
                         ext=ext),
       grid=(x, ext.g // ext.gblock),
       in_specs=[_whole(a) if name in ("seed", "residue")
@@ -417,13 +433,13 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   dv = v_XxNxDv.shape[2]
   blocks = block_sizes or BlockSizes.default(max(d, dv), q_XxNxD.dtype)
   if rq is not None and block_sizes is None:
-    # The relative term's skew stores to its scratch slot and loads back
-    # after a CTA barrier in every visit; Triton's software pipelining
-    # (num_stages > 1) prefetches next-visit loads ahead of the loop body and
-    # has no view of that dependency through global memory. One stage keeps
-    # the store -> barrier -> load order as written (an explicit block_sizes
-    # is taken as given).
-    blocks = dataclasses.replace(blocks, num_stages=1)
+    # _REL_BLOCKS, with one stage: the relative term's skew stores to its
+    # scratch slot and loads back after a CTA barrier in every visit;
+    # Triton's software pipelining (num_stages > 1) prefetches next-visit
+    # loads ahead of the loop body and has no view of that dependency
+    # through global memory, so one stage keeps the store -> barrier -> load
+    # order as written (an explicit block_sizes is taken as given).
+    blocks = BlockSizes.relative()
   blocks.check()
   step = max(blocks.block_q, blocks.block_k)
   npad = -(-n // step) * step
