@@ -67,3 +67,17 @@ def need(module):
                 "parity oracles, are installed on Python 3.11 only)",
                 allow_module_level=True)
 
+
+def need_plan_plugin():
+  """The jax-cuda12-plugin version (lfjax.plan.require_plugin), for the
+  deviceless GPU compilations: skipped without the `plan` extra, except
+  under LFJAX_TEST_PLAN (CI's plan step), where a missing plugin fails."""
+  import os
+  from lfjax import extras
+  from lfjax import plan
+  try:
+    return plan.require_plugin()
+  except extras.MissingPackage as e:
+    if os.environ.get("LFJAX_TEST_PLAN", "") not in ("", "0"):
+      pytest.fail(f"LFJAX_TEST_PLAN is set but {e}", pytrace=False)
+    pytest.skip(f"needs the plan extra: {e}")

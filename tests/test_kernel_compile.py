@@ -6,30 +6,19 @@ Python 3.12 plan step, with LFJAX_TEST_PLAN=1 so that a missing plugin
 fails there instead of skipping), every variant of
 lfjax.kernels.gpu_compile (windowed_attention(impl="pallas") forward +
 backward at 4,096 tokens: head_dim 64 and 128, bf16 and float32, causal;
-dilation per head with global tokens; relative positions; dropout) is
+the training layers: dilation, global tokens and dropout; the relative
+term with dropout) is
 compiled by XLA's deviceless compiler (Triton, LLVM, ptxas). Everywhere:
 the parsers of ptxas' report and XLA's dump, on text written by hand.
 """
 
-import os
-
 import pytest
 
-from lfjax import extras
-from lfjax import plan
 from lfjax.kernels import gpu_compile
+from tests import optional
 
 TARGETS = ("a100", "h100")
 ALL = list(gpu_compile.BY_NAME)
-
-
-def _need_plugin():
-  try:
-    return plan.require_plugin()
-  except extras.MissingPackage as e:
-    if os.environ.get("LFJAX_TEST_PLAN", "") not in ("", "0"):
-      pytest.fail(f"LFJAX_TEST_PLAN is set but {e}", pytrace=False)
-    pytest.skip(f"needs the plan extra: {e}")
 
 
 def _check(rows, target, names):
@@ -57,7 +46,7 @@ def test_kernels_compile_without_spills(target):
   """Every variant (the plain band, and the training layers with dilation,
   global keys, the relative term and dropout) compiles for the target with
   shared memory within its limit and no register spilled."""
-  _need_plugin()
+  optional.need_plan_plugin()
   rows, refused, failed = gpu_compile.compile_variants(target, ALL)
   assert not refused, refused
   assert not failed, failed

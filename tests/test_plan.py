@@ -20,6 +20,7 @@ from lfjax import extras
 from lfjax import plan
 from lfjax import plan_steps
 from lfjax import train
+from tests import optional
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import mlm_longformer_base  # noqa: E402
@@ -267,18 +268,11 @@ def test_steps_compile_on_the_cpu_backend(tmp_path):
 # With the plugin: deviceless compilation for a GPU --------------------------
 
 
-def _need_plugin():
-  try:
-    return plan.require_plugin()
-  except extras.MissingPackage as e:
-    if os.environ.get("LFJAX_TEST_PLAN", "") not in ("", "0"):
-      pytest.fail(f"LFJAX_TEST_PLAN is set but {e}", pytrace=False)
-    pytest.skip(f"needs the plan extra: {e}")
 
 
 @pytest.fixture
 def plugin():
-  version = _need_plugin()
+  version = optional.need_plan_plugin()
   jax.config.update("jax_platforms", "cpu")
   # conftest's persistent cache cannot load a deviceless executable back
   cache = jax.config.jax_enable_compilation_cache
