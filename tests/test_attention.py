@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lfjax.attention import band
+from lfjax.attention import band_batched
 from lfjax.attention import windowed_attention
 from tests.reference import reference_attention
 
@@ -473,14 +474,26 @@ def with_rel(args, kwargs, seed, dr=None):
 REL_SEEDS = [5, 6, 9, 14, 21, 26, 33, 41]
 
 
-@pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
-                                         ("chunked", True), ("pallas", False)])
+@pytest.mark.parametrize("impl,blocks", [
+    ("dense", False), ("chunked", False), ("chunked", True), ("pallas", False),
+    ("batched", False), ("batched", True)])
 @pytest.mark.parametrize("seed", REL_SEEDS)
-def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch):
+def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch,
+                                        request):
   """Outputs and gradients of q, k, v, the global projections, rel_query
-  and rel_table against the brute-force reference's own relative term."""
+  and rel_table against the brute-force reference's own relative term
+  ("batched": the chunked core's GPU/TPU form, band_batched, forced on
+  CPU)."""
   if blocks:
     force_small_blocks(monkeypatch)
+  if impl == "batched":
+    # windowed_attention's jit caches traces by shape, not by the switch.
+    monkeypatch.setattr(band, "FORCE_PATH", "batched")
+    if blocks:
+      monkeypatch.setattr(band_batched, "choose_block", lambda *a, **k: 8)
+    jax.clear_caches()
+    request.addfinalizer(jax.clear_caches)  # no batched trace outlives it
+    impl = "chunked"
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   rq, table = with_rel(args, kwargs, seed)
