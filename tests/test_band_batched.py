@@ -374,3 +374,26 @@ def test_sharded_matches_reference(tmp_path):
             name, key, err)
       if key.endswith("_finite"):
         assert err, (name, key)
+
+
+def test_setting_the_switch_retraces(monkeypatch):
+  """band.FORCE_PATH is part of windowed_attention's cache keys (its own
+  jit and the sharded path's): setting it between two eager calls of the
+  same shapes runs the other path, with no cache clearing (a fresh user's
+  'loop vs batched' comparison was silently loop vs loop)."""
+  jax.clear_caches()
+  traced = []
+  real = band_batched.forward
+  monkeypatch.setattr(band_batched, "forward",
+                      lambda *a, **k: traced.append(1) or real(*a, **k))
+  args, kwargs = random_case(3)
+  call = lambda: windowed_attention(*map(jnp.asarray, args), impl="chunked",
+                                    **to_jnp(kwargs))
+  monkeypatch.setattr(band, "FORCE_PATH", "loop")
+  loop = call()
+  assert not traced
+  monkeypatch.setattr(band, "FORCE_PATH", "batched")
+  batched = call()
+  assert traced
+  check_close(batched, loop)
+  jax.clear_caches()

@@ -53,6 +53,23 @@ def test_kernels_compile_without_spills(target):
   _check(rows, target, ALL)
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--target", "h1000"], "--target: expected one of a100, a100_80, h100, "
+                            "h200, got 'h1000'"),
+    (["--variant", "nope"], "--variant: expected names among causal_d64_bf16"),
+    (["--blocks", "32,32"], "--blocks: expected 4 integers, got '32,32'"),
+    (["--blocks", "32,32,3,1"], "--blocks: block_sizes.num_warps: expected a "
+                                "power of two")])
+def test_command_line_errors_are_one_line(argv, message, capsys):
+  """Bad flags end in one usage line naming the flag (before any compile or
+  child process; a bad warp count would kill XLA's compiler)."""
+  with pytest.raises(SystemExit) as e:
+    gpu_compile.main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "error: " + message in err, err
+
+
 # Parsers (no plugin needed) -------------------------------------------------
 
 PTXAS = """\

@@ -135,12 +135,21 @@ class TestBandKernel:
     with pytest.raises(ValueError, match="expected both or neither"):
       kernel.band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq, **kw)
 
-  def test_block_sizes_are_checked(self):
+  @pytest.mark.parametrize("blocks,message", [
+      (kernel.BlockSizes(24, 16), r"block_sizes.block_q: expected a power "
+                                  r"of two >= 16 .*got 24"),
+      (kernel.BlockSizes(16.0, 16), r"block_sizes.block_q: .*got 16.0"),
+      (kernel.BlockSizes(16, 8), r"block_sizes.block_k: .*got 8"),
+      (kernel.BlockSizes(16, 16, 3, 1), r"block_sizes.num_warps: expected a "
+                                        r"power of two >= 1 .*got 3"),
+      (kernel.BlockSizes(16, 16, 4, 0), r"block_sizes.num_stages: expected "
+                                        r"an int >= 1 .*got 0"),
+      ((16, 16, 4, 1), r"block_sizes: expected a BlockSizes.* got tuple")])
+  def test_block_sizes_are_checked(self, blocks, message):
     q, k, v, kvalid = _case(1, 8, 8, 8, 0)
-    with pytest.raises(ValueError, match=r"block_sizes.block_q: expected a "
-                                         r"power of two >= 16"):
+    with pytest.raises(ValueError, match=message):
       kernel.band_attention(q, k, v, kvalid, window=2, causal=False,
-                            scale=1.0, block_sizes=kernel.BlockSizes(24, 16))
+                            scale=1.0, block_sizes=blocks)
 
 
 # (x, n, d, dv, g, window, causal, dil, rate, blocks): global keys with a

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfjax.attention import band
 from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
@@ -118,7 +119,8 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
   elif global_mask_BxN is None:
     global_mask_BxN = jnp.zeros((b, n), bool)
   return _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
-                   a.dropout_seeds_BxH, a.rel, **static)
+                   a.dropout_seeds_BxH, a.rel, band_path=band.FORCE_PATH,
+                   **static)
 
 
 class _Checked(NamedTuple):
@@ -257,12 +259,15 @@ def _pad_rel_table(table, n, window, max_dilation, causal):
 
 # Jitted so eager calls (notebooks, tests) compile once per shape instead of
 # dispatching op by op; inside a caller's jit it is simply inlined.
+# band_path: band.FORCE_PATH when called, unused here but part of the
+# cache key, so that setting the switch retraces (band reads it at trace).
 @functools.partial(jax.jit, static_argnames=("window", "dilation_H", "causal",
                                               "max_global", "scale", "impl",
-                                              "dropout_rate"))
+                                              "dropout_rate", "band_path"))
 def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
               dropout_seeds_BxH, rel, *, window, dilation_H, causal,
-              max_global, scale, impl, dropout_rate):
+              max_global, scale, impl, dropout_rate, band_path):
+  del band_path
   if max_global:
     eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
                                              max_global)

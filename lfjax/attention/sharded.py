@@ -157,8 +157,9 @@ def _axis_size(mesh, arg, name):
 
 
 def _sharded(arrays, *, mesh, axis_name, batch_names, **static):
+  # band.FORCE_PATH is read when the body is traced: a key of the cache.
   fn = _sharded_jit(mesh, axis_name, batch_names, tuple(sorted(arrays)),
-                    **static)
+                    band_path=band.FORCE_PATH, **static)
   if not isinstance(mesh, jax.sharding.Mesh) or (
       jax.sharding.AxisType.Explicit in tuple(mesh.axis_types)):
     return fn(arrays)
@@ -203,6 +204,7 @@ def _sharded_jit(mesh, axis_name, batch_names, names, **static):
   against that mesh (IndivisibleError naming the old mesh; jax 0.12 does
   not). On Explicit meshes the inputs keep their own types (jit refuses
   others) and the body reshards them."""
+  static.pop("band_path")  # a cache key only
   body = functools.partial(_sharded_body, mesh=mesh, axis_name=axis_name,
                            batch_names=batch_names, **static)
   if not isinstance(mesh, jax.sharding.Mesh):

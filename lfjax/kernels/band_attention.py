@@ -110,11 +110,20 @@ class BlockSizes:
     return cls(*_REL_BLOCKS)
 
   def check(self):
-    for name in ("block_q", "block_k"):
+    """Raises ValueError naming the first field Triton cannot take."""
+    for name, least, what in (("block_q", 16, "Triton tiles"),
+                              ("block_k", 16, "Triton tiles"),
+                              ("num_warps", 1, "threads per program / 32")):
       val = getattr(self, name)
-      if val < 16 or val & (val - 1):
-        raise ValueError(f"block_sizes.{name}: expected a power of two >= 16 "
-                         f"(Triton tiles), got {val}")
+      if (not isinstance(val, (int, np.integer)) or isinstance(val, bool)
+          or val < least or val & (val - 1)):
+        raise ValueError(f"block_sizes.{name}: expected a power of two >= "
+                         f"{least} ({what}), got {val!r}")
+    val = self.num_stages
+    if (not isinstance(val, (int, np.integer)) or isinstance(val, bool)
+        or val < 1):
+      raise ValueError(f"block_sizes.num_stages: expected an int >= 1 "
+                       f"(software pipelining stages), got {val!r}")
 
 
 def _compiler_params(blocks):
@@ -431,6 +440,10 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
           f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
           f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
   dv = v_XxNxDv.shape[2]
+  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+    raise ValueError(f"block_sizes: expected a BlockSizes(block_q, block_k, "
+                     f"num_warps, num_stages) or None, got "
+                     f"{type(block_sizes).__name__} {block_sizes!r}")
   blocks = block_sizes or BlockSizes.default(max(d, dv), q_XxNxD.dtype)
   if rq is not None and block_sizes is None:
     # _REL_BLOCKS, with one stage: the relative term's skew stores to its

@@ -160,7 +160,7 @@ def _child(target_name, names, blocks=None):
       with jax.sharding.use_abstract_mesh(mesh):
         lowered = fn.trace(*avals).lower()
     except (ValueError, NotImplementedError) as e:
-      # A path impl="pallas" refuses today (dropout): listed, not compiled.
+      # A path impl="pallas" refuses (none does today): listed, not compiled.
       msg = str(e).splitlines()[0]
       print(f"{_MARK} UNSUPPORTED {name} {msg}", file=sys.stderr, flush=True)
       continue
@@ -384,9 +384,26 @@ def main(argv=None):
   p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   names = [n for n in a.variant.split(",") if n] or list(BY_NAME)
-  blocks = tuple(int(x) for x in a.blocks.split(",") if x) or None
+  unknown = [n for n in names if n not in BY_NAME]
+  if unknown:
+    p.error(f"--variant: expected names among {', '.join(BY_NAME)}; got "
+            f"{', '.join(unknown)}")
+  from lfjax import plan
+  if a.target not in plan.TARGETS:
+    p.error(f"--target: expected one of {', '.join(plan.TARGETS)}, got "
+            f"{a.target!r}")
+  try:
+    blocks = tuple(int(x) for x in a.blocks.split(",") if x) or None
+  except ValueError:
+    blocks = ()
   if blocks is not None and len(blocks) != 4:
     p.error(f"--blocks: expected 4 integers, got {a.blocks!r}")
+  if blocks is not None:
+    from lfjax.kernels import band_attention
+    try:
+      band_attention.BlockSizes(*blocks).check()
+    except ValueError as e:
+      p.error(f"--blocks: {e}")
   if a.child:
     _child(a.target, names, blocks)
     return 0
