@@ -23,8 +23,6 @@ def band_with_global_keys(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window,
     rq, table, rel_min = rel
     rel_kw = dict(rel_query_XxNxDr=rq, rel_table_XxRxDr=table,
                   rel_min=rel_min)
-  if gk_XxGxD is not None and gk_XxGxD.shape[1] == 0:
-    gk_XxGxD = gv_XxGxDv = gvalid_XxG = None
   return kernel.band_attention(
       q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, window=window, causal=causal,
       scale=scale, gk_XxGxD=gk_XxGxD, gv_XxGxDv=gv_XxGxDv,

@@ -444,8 +444,9 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
     raise ValueError(f"block_sizes: expected a BlockSizes(block_q, block_k, "
                      f"num_warps, num_stages) or None, got "
                      f"{type(block_sizes).__name__} {block_sizes!r}")
-  blocks = block_sizes or BlockSizes.default(max(d, dv), q_XxNxD.dtype)
-  if rq is not None and block_sizes is None:
+  if block_sizes is not None:
+    blocks = block_sizes
+  elif rq is not None:
     # _REL_BLOCKS, with one stage: the relative term's skew stores to its
     # scratch slot and loads back after a CTA barrier in every visit;
     # Triton's software pipelining (num_stages > 1) prefetches next-visit
@@ -453,6 +454,8 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
     # through global memory, so one stage keeps the store -> barrier -> load
     # order as written (an explicit block_sizes is taken as given).
     blocks = BlockSizes.relative()
+  else:
+    blocks = BlockSizes.default(max(d, dv), q_XxNxD.dtype)
   blocks.check()
   step = max(blocks.block_q, blocks.block_k)
   npad = -(-n // step) * step

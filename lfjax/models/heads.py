@@ -57,9 +57,7 @@ class LongformerForMaskedLM(nnx.Module):
     self.lm_decoder = None
     if not cfg.tie_word_embeddings:
       self.lm_decoder = nnx.data(nnx.Param(normal_init(cfg)(
-          rngs.params(),
-                                 (cfg.vocab_size, cfg.hidden_size),
-                                 param_dtype)))
+          rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype)))
     self.act = activation(cfg.lm_head_act)
 
   def __call__(self, input_ids, attention_mask=None, global_attention_mask=None,
