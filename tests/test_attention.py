@@ -73,15 +73,35 @@ def to_jnp(kwargs):
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
+def small_blocks(monkeypatch, request):
   """Force tiny query blocks and unrolled loop steps so short sequences
   exercise the multi-block, multi-tile paths of the chunked core."""
-  force_small_blocks(monkeypatch)
+  force_small_blocks(monkeypatch, request)
 
 
-def force_small_blocks(monkeypatch):
+def force_small_blocks(monkeypatch, request):
+  """Query blocks of 8 rows (the tile loop's and the batched blocks') and
+  unrolled loop steps. windowed_attention's jit caches traces by shape, not
+  by these patches (a case traced before at the same shapes would keep
+  its blocks): caches are cleared now and after the test."""
   monkeypatch.setattr(band, "choose_block", lambda *a, **k: 8)
   monkeypatch.setattr(band, "_MIN_TILES_TO_UNROLL", 0)
+  monkeypatch.setattr(band_batched, "choose_block", lambda *a, **k: 8)
+  jax.clear_caches()
+  request.addfinalizer(jax.clear_caches)
+
+
+def implementation(impl, blocks, monkeypatch, request):
+  """windowed_attention's impl for a parametrised case: blocks forces
+  small blocks; "batched" is the chunked core's GPU/TPU form
+  (band_batched) forced on CPU through band.FORCE_PATH (a key of
+  windowed_attention's caches)."""
+  if blocks:
+    force_small_blocks(monkeypatch, request)
+  if impl != "batched":
+    return impl
+  monkeypatch.setattr(band, "FORCE_PATH", "batched")
+  return "chunked"
 
 
 def check_close(got, want, atol=2e-5, rtol=2e-5):
@@ -141,13 +161,14 @@ def grads(fn, args, global_qkv, cot):
   return jax.grad(loss, argnums=(0, 1, 2, 3))(*args, global_qkv)
 
 
-@pytest.mark.parametrize("impl,blocks", [("dense", False), ("chunked", False),
-                                         ("chunked", True)])
+@pytest.mark.parametrize("impl,blocks", [
+    ("dense", False), ("chunked", False), ("chunked", True),
+    ("batched", False), ("batched", True)])
 @pytest.mark.parametrize("seed", [3, 5, 8, 11, 14, 21, 26, 33])
-def test_gradients_match_reference(seed, impl, blocks, monkeypatch,
+def test_gradients_match_reference(seed, impl, blocks, monkeypatch, request,
                                    fast_compiles):
-  if blocks:
-    force_small_blocks(monkeypatch)
+  """("batched": the chunked core's GPU/TPU form, forced on CPU.)"""
+  impl = implementation(impl, blocks, monkeypatch, request)
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   kw = to_jnp(kwargs)
@@ -168,12 +189,13 @@ def test_gradients_match_reference(seed, impl, blocks, monkeypatch,
 # 41), dilation without padding holes (14), causal with dilation (26).
 @pytest.mark.parametrize("seed,impl,blocks", [
     (5, "dense", False), (5, "chunked", False), (14, "chunked", False),
-    (26, "dense", False), (26, "chunked", True), (41, "chunked", True)])
-def test_dropout_matches_reference(seed, impl, blocks, monkeypatch):
+    (26, "dense", False), (26, "chunked", True), (41, "chunked", True),
+    (5, "batched", False), (14, "batched", False), (26, "batched", True),
+    (41, "batched", True)])
+def test_dropout_matches_reference(seed, impl, blocks, monkeypatch, request):
   """Attention dropout: the same entries dropped as the spec's hash, in the
   output and in the gradients (the chunked backward regenerates them)."""
-  if blocks:
-    force_small_blocks(monkeypatch)
+  impl = implementation(impl, blocks, monkeypatch, request)
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   kw = to_jnp(kwargs)
@@ -484,16 +506,7 @@ def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch,
   and rel_table against the brute-force reference's own relative term
   ("batched": the chunked core's GPU/TPU form, band_batched, forced on
   CPU)."""
-  if blocks:
-    force_small_blocks(monkeypatch)
-  if impl == "batched":
-    # windowed_attention's jit caches traces by shape, not by the switch.
-    monkeypatch.setattr(band, "FORCE_PATH", "batched")
-    if blocks:
-      monkeypatch.setattr(band_batched, "choose_block", lambda *a, **k: 8)
-    jax.clear_caches()
-    request.addfinalizer(jax.clear_caches)  # no batched trace outlives it
-    impl = "chunked"
+  impl = implementation(impl, blocks, monkeypatch, request)
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   rq, table = with_rel(args, kwargs, seed)

@@ -1,7 +1,8 @@
 """The batched-block band path (lfjax.attention.band_batched), which GPU/TPU
 backends run, forced on CPU: against the brute-force reference (through
 windowed_attention's chunked path: dilation, globals, padding, causal,
-dropout, relative positions, gradients, jit, bf16), against the CPU's tile
+jit, bf16, row groups; its gradients, dropout and relative-term cases are
+tests/test_attention.py's impl "batched"), against the CPU's tile
 loop at the core (key offsets as sequence parallelism uses them, extra
 keys, empty rows, both cotangents), through the sharded path, and the
 platform choice in the lowered programs."""
@@ -25,7 +26,6 @@ from lfjax.kernels import lowering
 from tests import sharded_cases
 from tests.reference import reference_attention
 from tests.test_attention import check_close
-from tests.test_attention import grads
 from tests.test_attention import random_case
 from tests.test_attention import to_jnp
 from tests.test_attention import with_rel
@@ -44,35 +44,25 @@ def force(monkeypatch, path, small_blocks=False):
 
 
 @pytest.fixture
-def batched(monkeypatch):
-  force(monkeypatch, "batched")
-  yield
-  jax.clear_caches()
-
-
-@pytest.fixture
 def batched_small(monkeypatch):
   force(monkeypatch, "batched", small_blocks=True)
   yield
   jax.clear_caches()
 
 
-@pytest.mark.parametrize("seed", range(0, 40, 3))
-def test_forward_matches_reference(seed, batched, fast_compiles):
+@pytest.mark.parametrize("seed,small", [(s, False) for s in range(0, 40, 3)]
+                         + [(s, True) for s in range(40, 60, 2)])
+def test_forward_matches_reference(seed, small, monkeypatch, fast_compiles):
+  """Default blocks, and blocks of 8 rows (several blocks and neighbour
+  spans on short sequences). Gradients, dropout and the relative term:
+  tests/test_attention.py's "batched" cases."""
+  force(monkeypatch, "batched", small_blocks=small)
   args, kwargs = random_case(seed)
   want = reference_attention(*args, **kwargs)
   got = windowed_attention(*map(jnp.asarray, args), impl="chunked",
                            **to_jnp(kwargs))
   check_close(got, want)
-
-
-@pytest.mark.parametrize("seed", range(40, 60, 2))
-def test_small_blocks_match_reference(seed, batched_small, fast_compiles):
-  args, kwargs = random_case(seed)
-  want = reference_attention(*args, **kwargs)
-  got = windowed_attention(*map(jnp.asarray, args), impl="chunked",
-                           **to_jnp(kwargs))
-  check_close(got, want)
+  jax.clear_caches()
 
 
 @pytest.mark.parametrize("seed", [61, 64, 67, 70])
@@ -88,55 +78,6 @@ def test_jit_with_traced_masks(seed, batched_small, fast_compiles):
   j = to_jnp(kwargs)
   check_close(f(*map(jnp.asarray, args), j["key_mask"], j["global_mask"],
                 j["global_qkv"]), want)
-
-
-@pytest.mark.parametrize("small", [False, True])
-@pytest.mark.parametrize("seed", [3, 5, 8, 11, 14, 21, 26, 33])
-def test_gradients_match_reference(seed, small, monkeypatch, fast_compiles):
-  force(monkeypatch, "batched", small_blocks=small)
-  args, kwargs = random_case(seed)
-  args = tuple(map(jnp.asarray, args))
-  kw = to_jnp(kwargs)
-  gqkv = kw.pop("global_qkv")
-  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
-      args[2].shape), jnp.float32)
-  ref = lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw)
-  ours = lambda q, k, v, g: windowed_attention(q, k, v, global_qkv=g,
-                                               impl="chunked", **kw)
-  want = jax.tree.leaves(grads(ref, args, gqkv, cot))
-  got = jax.tree.leaves(grads(ours, args, gqkv, cot))
-  assert len(got) == len(want)
-  for g, w in zip(got, want):
-    check_close(g, w, atol=5e-5, rtol=1e-4)
-  jax.clear_caches()
-
-
-# Globals with their own projections and padding (5, 41), dilation (14),
-# causal with dilation (26).
-@pytest.mark.parametrize("seed,small", [(5, False), (14, False), (26, True),
-                                        (41, True)])
-def test_dropout_matches_reference(seed, small, monkeypatch):
-  """The same entries dropped as the spec's hash, at absolute positions,
-  in the output and the gradients."""
-  force(monkeypatch, "batched", small_blocks=small)
-  args, kwargs = random_case(seed)
-  args = tuple(map(jnp.asarray, args))
-  kw = to_jnp(kwargs)
-  gqkv = kw.pop("global_qkv")
-  rate, key = [0.1, 0.5][seed % 2], jax.random.key(seed)
-  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
-      args[2].shape), jnp.float32)
-  ref = lambda q, k, v, g: reference_attention(
-      q, k, v, global_qkv=g, dropout_rate=rate, dropout_key=key, **kw)
-  ours = jax.jit(lambda q, k, v, g: windowed_attention(
-      q, k, v, global_qkv=g, impl="chunked", dropout_rate=rate,
-      dropout_key=key, **kw))
-  check_close(ours(*args, gqkv), ref(*args, gqkv))
-  want = jax.tree.leaves(grads(ref, args, gqkv, cot))
-  got = jax.tree.leaves(grads(ours, args, gqkv, cot))
-  for g, w in zip(got, want):
-    check_close(g, w, atol=5e-5, rtol=1e-4)
-  jax.clear_caches()
 
 
 @pytest.mark.parametrize("seed", [5, 14, 26, 41])

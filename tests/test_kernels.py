@@ -18,7 +18,7 @@ from lfjax.kernels import lowering
 from lfjax.attention import windowed_attention
 from lfjax.attention.pallas import band_with_global_keys
 from tests.reference import reference_attention
-from tests.test_attention import check_close, random_case, to_jnp
+from tests.test_attention import check_close, grads, random_case, to_jnp
 
 # (x, n, d, dv, window, causal, blocks, rel): windows smaller and larger than
 # a block, lengths that are not block multiples, values of another width;
@@ -305,23 +305,20 @@ def test_band_with_global_keys_rel():
 # padding, narrower values and many global tokens.
 @pytest.mark.parametrize("seed", [14, 37, 41, 43, 124, 147])
 def test_windowed_attention_pallas_matches_reference(seed):
-  """Dilation classes, global keys (merged by lse) and global rows."""
+  """Dilation classes, global keys (in the kernel's softmax) and global
+  rows."""
   args, kwargs = random_case(seed)
   args = tuple(map(jnp.asarray, args))
   kw = to_jnp(kwargs)
   gqkv = kw.pop("global_qkv")
   cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
       args[2].shape), jnp.float32)
-
-  def grads(fn):
-    loss = lambda q, k, v, g: jnp.sum(fn(q, k, v, g) * cot)
-    return jax.grad(loss, argnums=(0, 1, 2, 3))(*args, gqkv)
   ours = lambda q, k, v, g: windowed_attention(q, k, v, global_qkv=g,
                                                impl="pallas", **kw)
   ref = lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw)
   check_close(ours(*args, gqkv), ref(*args, gqkv))
-  for got, want in zip(jax.tree.leaves(grads(ours)),
-                       jax.tree.leaves(grads(ref))):
+  for got, want in zip(jax.tree.leaves(grads(ours, args, gqkv, cot)),
+                       jax.tree.leaves(grads(ref, args, gqkv, cot))):
     check_close(got, want, atol=5e-5, rtol=1e-4)
 
 
@@ -342,16 +339,15 @@ def test_windowed_attention_pallas_dropout_matches_chunked_and_reference(
   cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
       args[2].shape), jnp.float32)
 
-  def run(fn):
-    loss = lambda q, k, v, g: jnp.sum(fn(q, k, v, g) * cot)
-    return fn(*args, gqkv), jax.grad(loss, argnums=(0, 1, 2, 3))(*args, gqkv)
+  run = lambda fn: (fn(*args, gqkv), grads(fn, args, gqkv, cot))
   impl = lambda name: jax.jit(lambda q, k, v, g: windowed_attention(
       q, k, v, global_qkv=g, impl=name, **kw))
-  out, grads = run(impl("pallas"))
+  out, got_grads = run(impl("pallas"))
   for want_out, want_grads in (run(impl("chunked")), run(
       lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw))):
     check_close(out, want_out)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads)):
+    for got, want in zip(jax.tree.leaves(got_grads),
+                         jax.tree.leaves(want_grads)):
       check_close(got, want, atol=5e-5, rtol=1e-4)
 
 
