@@ -65,8 +65,8 @@ def field(path, line, obj, name, kind, nonempty=True):
     raise ValueError(f"{where}: missing (the line has {sorted(obj)})")
   v = obj[name]
   if not isinstance(v, kind) or isinstance(v, bool):
-    raise ValueError(f"{where}: expected {kind_name(kind)}, got "
-                     f"{type(v).__name__} {short(v)}")
+    got = "null" if v is None else f"{type(v).__name__} {short(v)}"
+    raise ValueError(f"{where}: expected {kind_name(kind)}, got {got}")
   if nonempty and isinstance(v, str) and not v.strip():
     raise ValueError(f"{where}: empty (expected non-empty text)")
   return v
