@@ -328,3 +328,20 @@ def test_finetune_data_read_records_keeps_jsonl_errors(tmp_path):
   with pytest.raises(ValueError, match=f"^{path}:3: expected a JSON object "
                      "per line, got list"):
     finetune_data.read_records(path)
+
+
+def test_damaged_files_are_named(tmp_path):
+  raw = gzip.compress(b"".join(b'{"text": "doc %d"}\n' % i
+                               for i in range(5000)))
+  cut = tmp_path / "cut.jsonl.gz"
+  cut.write_bytes(raw[:len(raw) // 2])
+  with pytest.raises(ValueError, match=f"^data.sources: {cut}: cannot be "
+                     "read \\(EOFError"):
+    list(sources.iter_documents(str(cut)))
+  fake = tmp_path / "fake.parquet"
+  fake.write_text("not parquet")
+  with pytest.raises(ValueError, match=f"^data.sources: {fake}: not a "
+                     "parquet file"):
+    list(sources.iter_documents(str(fake)))
+  with pytest.raises(ValueError, match=f"^data file: {fake}: not a parquet"):
+    sources.read_records(fake)

@@ -179,7 +179,7 @@ def _jsonl_objects(path, what):
   that is not a JSON object."""
   opener = gzip.open if path.name.lower().endswith(".gz") else open
   with opener(path, "rb") as f:
-    for n, raw in enumerate(f, 1):
+    for n, raw in enumerate(_reads(f, path, what), 1):
       if not raw.strip():
         continue
       try:
@@ -197,6 +197,24 @@ def _jsonl_objects(path, what):
         raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
                          f"{type(obj).__name__}")
       yield n, obj
+
+
+def _reads(items, path, what):
+  """The items of an iterator over a file's contents; an error of the
+  reader (a damaged gzip or parquet file) becomes a ValueError naming the
+  file. Only the reader's own next() is guarded, not the caller's code."""
+  items = iter(items)
+  while True:
+    try:
+      item = next(items)
+    except StopIteration:
+      return
+    except (PermissionError, FileNotFoundError):
+      raise
+    except Exception as e:  # gzip.BadGzipFile, EOFError, pyarrow's errors
+      raise ValueError(f"{what}: {path}: cannot be read ({type(e).__name__}"
+                       f": {e})") from None
+    yield item
 
 
 def _pyarrow_parquet(what):
@@ -223,8 +241,9 @@ def _parquet_texts(path, name, text_field):
   _check_column(path, pf.schema_arrow.names, text_field, "data.sources",
                 "parquet file")
   row = 0
-  for batch in pf.iter_batches(batch_size=_ROWS_PER_BATCH,
-                               columns=[text_field]):
+  for batch in _reads(pf.iter_batches(batch_size=_ROWS_PER_BATCH,
+                                      columns=[text_field]),
+                     path, "data.sources"):
     for v in batch.column(0).to_pylist():
       yield f"{name}#{row}", _text(path, f"row {row}", {text_field: v},
                                    text_field)
@@ -341,8 +360,8 @@ def read_records(path, what="data file"):
   elif kind == "parquet":
     pf = _parquet_file(path, what)
     out = list(enumerate(itertools.chain.from_iterable(
-        b.to_pylist() for b in pf.iter_batches(batch_size=_ROWS_PER_BATCH)),
-        1))
+        b.to_pylist() for b in _reads(
+            pf.iter_batches(batch_size=_ROWS_PER_BATCH), path, what)), 1))
   else:
     out = _jsonl_records(path, what)
   if not out:
