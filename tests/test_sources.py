@@ -345,3 +345,24 @@ def test_damaged_files_are_named(tmp_path):
     list(sources.iter_documents(str(fake)))
   with pytest.raises(ValueError, match=f"^data file: {fake}: not a parquet"):
     sources.read_records(fake)
+
+
+def test_missing_pyarrow_names_the_extra(tmp_path, monkeypatch):
+  from lfjax import extras
+  pq.write_table(pa.table({"text": ["x"]}), tmp_path / "p.parquet")
+  real = extras.importlib.import_module
+
+  def without_arrow(name, *args):
+    if name.split(".")[0] in ("pyarrow", "datasets"):
+      raise ImportError(f"No module named {name!r}")
+    return real(name, *args)
+  monkeypatch.setattr(extras.importlib, "import_module", without_arrow)
+  with pytest.raises(extras.MissingPackage, match=r'data.sources: reading '
+                     r'parquet files needs the pyarrow.parquet package.*'
+                     r'pip install "lfjax\[hf\]"'):
+    list(sources.iter_documents(str(tmp_path / "p.parquet")))
+  save_dataset(tmp_path / "ds", {"text": ["x"]})
+  with pytest.raises(extras.MissingPackage, match=r'data file: reading a '
+                     r'datasets folder needs the datasets package.*'
+                     r'pip install "lfjax\[hf\]"'):
+    sources.read_records(tmp_path / "ds")
