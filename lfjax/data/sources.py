@@ -36,7 +36,11 @@ import sys
 from lfjax import extras
 from lfjax.data import chars as chars_lib
 
-_ROWS_PER_BATCH = 1024  # parquet / Arrow rows decoded to Python at a time
+# Parquet / Arrow rows decoded to Python at a time. pyarrow decodes a
+# parquet file one row group at a time, so the largest row group (not the
+# file) bounds that reader's memory; a datasets folder's Arrow files are
+# memory-mapped (page cache, not the process's own memory).
+_ROWS_PER_BATCH = 1024
 
 
 def _as_list(sources):
