@@ -20,7 +20,7 @@ from packaging.requirements import Requirement
 
 PYPROJECT = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
 # Modules whose distribution arrives as another one's dependency.
-PROVIDED_BY = {"tokenizers": "transformers"}
+PROVIDED_BY = {"tokenizers": "transformers", "pyarrow": "datasets"}
 
 
 def _declared():

@@ -142,6 +142,33 @@ def test_trains_resumes_exports_and_evaluates(longformer, tmp_path,
       in text_out.splitlines()[-1], text_out
 
 
+def test_trains_on_parquet_and_evaluates_a_datasets_folder(longformer,
+                                                           tmp_path):
+  pa = optional.need("pyarrow")
+  datasets = optional.need("datasets")
+  import pyarrow.parquet as pq
+  rows, dev = toy(32, 0), toy(8, 1)
+  pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
+  datasets.Dataset.from_list(dev).save_to_disk(str(tmp_path / "dev"))
+  jsonl = classification.read(write_jsonl(tmp_path / "t.jsonl", rows), None,
+                              "train")
+  table = classification.read(tmp_path / "train.parquet", None, "train")
+  assert (table.texts, table.labels, table.lines) == (
+      jsonl.texts, jsonl.labels, jsonl.lines)
+  c = config(longformer, tmp_path, **{
+      "data.train": str(tmp_path / "train.parquet"),
+      "data.valid": str(tmp_path / "dev"), "train.epochs": 0.5,
+      "eval_every": 0})
+  last = train.train_and_evaluate(c, tmp_path / "run")
+  assert "eval_accuracy" in last
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "run"),
+                                 "--data", str(tmp_path / "dev")]) == 0
+  preds = json.loads(next((tmp_path / "run").glob("predictions_dev_*.json"))
+                     .read_text())
+  assert [(p["line"], p["gold"]) for p in preds] == [
+      (i, r["label"]) for i, r in enumerate(dev, 1)]
+
+
 def test_multi_label_exports_its_problem_type(longformer, tmp_path):
   c = config(longformer, tmp_path, multi=True, **{"train.epochs": 0.5,
                                                      "eval_every": 0})

@@ -263,7 +263,7 @@ def test_invalid_utf8_names_file_line_and_byte(tmp_path):
                      "byte\\)"):
     qa.read(bad, None, "eval")
   with pytest.raises(ValueError, match=rf"^{bad}:{line}: not UTF-8"):
-    finetune_data.read_jsonl(bad)
+    finetune_data.read_records(bad)
 
 
 def test_report_counts_cut_questions_lost_and_long_answers(longformer,

@@ -8,7 +8,10 @@ first token (paper Section 6.3).
   python -m lfjax.evaluate --workdir RUN --data test.jsonl
   python -m lfjax.export --workdir RUN --to OUT   # transformers loads it
 
-Data: JSON lines `{"text": "...", "label": "pos"}`; a label that is a list
+Data: JSON lines `{"text": "...", "label": "pos"}` (.jsonl, or any other
+name), .jsonl.gz, a .parquet file or a `datasets` folder saved with
+save_to_disk (DIR/SPLIT of a DatasetDict) with columns "text" and "label"
+(lfjax.data.sources.read_records); a label that is a list
 (`"label": ["a", "b"]`, possibly empty) makes the task multi-label. Label
 names (strings or integers, kept as strings) are the training file's,
 sorted, unless config.data.labels lists them; they are saved in the run's
@@ -94,11 +97,12 @@ def _names(path, line, value):
 
 
 def read(path, config, split):
-  """A JSON-lines file's examples. For split "eval" every label must be
-  one of config.data.labels. Raises ValueError naming the file, line and
-  field of the first bad example."""
+  """A data file's examples (module doc: JSON lines, .jsonl.gz, parquet or
+  a datasets folder). For split "eval" every label must be one of
+  config.data.labels. Raises ValueError naming the file, line (the row of
+  a table) and field of the first bad example."""
   data = Data(str(path), [], [], [], [])
-  for line, obj in finetune_data.read_jsonl(path):
+  for line, obj in finetune_data.read_records(path):
     text = finetune_data.field(path, line, obj, "text", str)
     value = finetune_data.field(path, line, obj, "label", (str, int, list))
     data.lines.append(line)

@@ -1,12 +1,12 @@
-"""Fine-tuning data: reading the tasks' files (UTF-8 text, JSON lines with
-line numbers), field checks whose errors name the file, line and field;
+"""Fine-tuning data: reading the tasks' files (UTF-8 text; records with
+line/row numbers from JSON lines, .jsonl.gz, parquet or `datasets`
+folders), field checks whose errors name the file, line and field;
 featurize's arrays (per-token and per-example arrays, multiple choice's
 per-candidate rows) and the batches made of them: the example sampler and
 the length-bucketed one (both exactly resumable), and how a batch is laid
 out on the mesh.
 """
 
-import io
 import json
 import pathlib
 
@@ -15,50 +15,34 @@ import numpy as np
 from lfjax import loop
 from lfjax import parallel
 from lfjax.data import sampler
+from lfjax.data import sources
 
 
 
 def read_text(path, what="data file"):
-  """The UTF-8 text of a file. Raises FileNotFoundError, and ValueError
-  naming the file, the line and the byte offset of invalid UTF-8."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"{what}: no file {str(path)!r}")
-  raw = path.read_bytes()
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    line = raw.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{path}:{line}: not UTF-8 text (byte "
-                     f"{raw[e.start:e.start + 1]!r} at byte offset {e.start}: "
-                     f"{e.reason}); save the file as UTF-8") from None
+  """The UTF-8 text of a file (lfjax.data.sources.read_text: a .gz is
+  decompressed). Raises FileNotFoundError, and ValueError naming the file,
+  the line and the byte offset of invalid UTF-8."""
+  return sources.read_text(path, what)
 
 
-def read_jsonl(path, what="data file"):
-  """[(line number, object)] of a JSON-lines file (blank lines skipped).
-  Raises FileNotFoundError, and ValueError naming the file and line of
-  invalid UTF-8, of a line that is not a JSON object, or a file without
-  any."""
-  out = []
+def read_records(path, what="data file"):
+  """[(line, object)] of a fine-tuning file: JSON lines (.jsonl or any
+  other name; blank lines skipped), .jsonl.gz, .parquet or a `datasets`
+  folder saved with save_to_disk (lfjax.data.sources.read_records: line is
+  the 1-based row of a table). Raises FileNotFoundError, and ValueError
+  naming the file and line of invalid UTF-8, of a line that is not a JSON
+  object, or a file without any."""
+  return sources.read_records(path, what)
+
+
+def is_records(path):
+  """Whether `path` is read as records (one example per line / row): a
+  .jsonl / .jsonl.gz / .parquet file or a folder (a datasets folder); QA
+  and multiple choice read any other file as their JSON document."""
   path = pathlib.Path(path)
-  text = read_text(path, what)
-  # Universal newlines, as open() reads text.
-  for n, line in enumerate(io.StringIO(text, newline=None), 1):
-    if not line.strip():
-      continue
-    try:
-      obj = json.loads(line)
-    except ValueError as e:
-      raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                       f"({e})") from None
-    if not isinstance(obj, dict):
-      raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                       f"{type(obj).__name__}")
-    out.append((n, obj))
-  if not out:
-    raise ValueError(f"{path}: no examples (expected one JSON object per "
-                     "line)")
-  return out
+  name = path.name.lower()
+  return path.is_dir() or name.endswith((".jsonl", ".jsonl.gz", ".parquet"))
 
 
 def unique_id(seen, qid, path, line, loc):
@@ -81,8 +65,8 @@ def field(path, line, obj, name, kind, nonempty=True):
     raise ValueError(f"{where}: missing (the line has {sorted(obj)})")
   v = obj[name]
   if not isinstance(v, kind) or isinstance(v, bool):
-    raise ValueError(f"{where}: expected {kind_name(kind)}, got "
-                     f"{type(v).__name__} {short(v)}")
+    got = "null" if v is None else f"{type(v).__name__} {short(v)}"
+    raise ValueError(f"{where}: expected {kind_name(kind)}, got {got}")
   if nonempty and isinstance(v, str) and not v.strip():
     raise ValueError(f"{where}: empty (expected non-empty text)")
   return v

@@ -9,7 +9,11 @@ Longformer with global attention on the question and candidate tokens
   python -m lfjax.export --workdir RUN --to OUT   # transformers loads it
 
 Data: WikiHop's JSON, a list of {"id", "query", "candidates": [...],
-"supports": [...], "answer"}; the answer must be one of the candidates.
+"supports": [...], "answer"}; or the same objects one per record in a
+.jsonl, .jsonl.gz or .parquet file or a `datasets` folder saved with
+save_to_disk (lfjax.data.sources.read_records; the Hugging Face qangaroo
+wikihop dataset has these columns). The answer must be one of the
+candidates.
 
 Each candidate is scored as transformers' LongformerForMultipleChoice does
 (the pooled first token, one logit per candidate), on the sequence
@@ -85,12 +89,17 @@ class Example:
 
 
 def read(path, config, split):
-  """The examples of a WikiHop-format JSON file. Raises ValueError naming
-  the file, the line (of the example's id), its index and the field of the
-  first bad one: a missing or empty field, an answer not among the
-  candidates."""
+  """The examples of a WikiHop-format JSON file, or of a file of records
+  (.jsonl, .jsonl.gz, .parquet, a datasets folder; module doc). Raises
+  ValueError naming the file, the line (of the example's id; a record's
+  line or row), its index and the field of the first bad one: a missing or
+  empty field, an answer not among the candidates."""
   del config, split
   path = pathlib.Path(path)
+  seen = {}
+  if finetune_data.is_records(path):
+    return [_example(path, str(line), obj, seen, line, f"record {line}")
+            for line, obj in finetune_data.read_records(path)]
   raw = finetune_data.read_text(path)
   try:
     root = json.loads(raw)
@@ -99,7 +108,7 @@ def read(path, config, split):
   if not isinstance(root, list) or not root:
     raise ValueError(f"{path}:1: expected a JSON list of examples "
                      '({"id", "query", "candidates", "supports", "answer"})')
-  out, pos, seen = [], 0, {}
+  out, pos = [], 0
   for k, obj in enumerate(root):
     line = 1
     if isinstance(obj, dict) and "id" in obj:
@@ -108,24 +117,29 @@ def read(path, config, split):
         i = raw.find(json.dumps(obj["id"]), pos)
       if i >= 0:
         pos, line = i + 1, raw.count("\n", 0, i) + 1
-    loc = f"{line}: [{k}]"
-    if not isinstance(obj, dict):
-      raise ValueError(f"{path}:{loc}: expected an object, got "
-                       f"{type(obj).__name__}")
-    get = lambda name, kind: finetune_data.field(path, loc, obj, name, kind)
-    qid = str(get("id", (str, int)))
-    finetune_data.unique_id(seen, qid, path, line, f"[{k}]")
-    query = get("query", str)
-    candidates = _texts(path, loc, get("candidates", list), "candidates", 2)
-    supports = _texts(path, loc, get("supports", list), "supports", 1)
-    answer = get("answer", str)
-    if answer not in candidates:
-      raise ValueError(f"{path}:{loc}: field 'answer': "
-                       f"{finetune_data.short(answer)} is not one of the "
-                       f"{len(candidates)} candidates")
-    out.append(Example(qid, query, candidates, supports,
-                       candidates.index(answer), f"{path}:{loc}"))
+    out.append(_example(path, f"{line}: [{k}]", obj, seen, line, f"[{k}]"))
   return out
+
+
+def _example(path, loc, obj, seen, line, index):
+  """The Example of one object; loc: "line: [k]" (or a record's line),
+  index: "[k]" (or "record N") for the duplicate-id message."""
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}:{loc}: expected an object, got "
+                     f"{type(obj).__name__}")
+  get = lambda name, kind: finetune_data.field(path, loc, obj, name, kind)
+  qid = str(get("id", (str, int)))
+  finetune_data.unique_id(seen, qid, path, line, index)
+  query = get("query", str)
+  candidates = _texts(path, loc, get("candidates", list), "candidates", 2)
+  supports = _texts(path, loc, get("supports", list), "supports", 1)
+  answer = get("answer", str)
+  if answer not in candidates:
+    raise ValueError(f"{path}:{loc}: field 'answer': "
+                     f"{finetune_data.short(answer)} is not one of the "
+                     f"{len(candidates)} candidates")
+  return Example(qid, query, candidates, supports, candidates.index(answer),
+                 f"{path}:{loc}")
 
 
 def _texts(path, loc, items, name, least):

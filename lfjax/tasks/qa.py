@@ -10,10 +10,16 @@ Longformer with global attention on the question tokens (paper Section
 
 Data: SQuAD-format JSON ({"data": [{"paragraphs": [{"context": ...,
 "qas": [{"id", "question", "answers": [{"text", "answer_start"}],
-"is_impossible"}]}]}]}); several answers per question, and questions
-without an answer (SQuAD 2.0), are allowed. answer_start is a character
-offset into the context (a Python string index, so multi-byte characters
-count once); every answer must be found there.
+"is_impossible"}]}]}]}); or one question per record, in a .jsonl,
+.jsonl.gz or .parquet file or a `datasets` folder saved with save_to_disk
+(lfjax.data.sources.read_records), with fields / columns "id", "question",
+"context", "answers" and optionally "is_impossible": answers is SQuAD's
+list [{"text", "answer_start"}] or the Hugging Face squad dataset's
+{"text": [...], "answer_start": [...]} (there, empty lists are an
+unanswerable question, as in squad_v2). Several answers per question, and
+questions without an answer (SQuAD 2.0), are allowed. answer_start is a
+character offset into the context (a Python string index, so multi-byte
+characters count once); every answer must be found there.
 
 Sequences are `<s> question </s></s> context </s>` from the checkpoint's
 fast tokenizer, whose offset mapping maps tokens back to characters. A
@@ -122,12 +128,16 @@ def _line_finder(raw):
 
 
 def read(path, config, split):
-  """The questions of a SQuAD-format JSON file. Raises ValueError naming
-  the file, the line (of the question's id), the JSON path and the field
-  of the first bad entry: a missing or empty field, or an answer that is
-  not in its context at answer_start."""
+  """The questions of a SQuAD-format JSON file, or of a file of records
+  (.jsonl, .jsonl.gz, .parquet, a datasets folder; module doc). Raises
+  ValueError naming the file, the line (of the question's id; a record's
+  line or row), the JSON path and the field of the first bad entry: a
+  missing or empty field, or an answer that is not in its context at
+  answer_start."""
   del config, split
   path = pathlib.Path(path)
+  if finetune_data.is_records(path):
+    return _read_records(path)
   raw = finetune_data.read_text(path)
   try:
     root = json.loads(raw)
@@ -157,23 +167,67 @@ def read(path, config, split):
         impossible = qa.get("is_impossible", False) is True
         answers = [] if impossible else _get(path, line, qloc, qa,
                                              "answers", list, empty=False)
-        spans = []
-        for k, ans in enumerate(answers):
-          aloc = f"{qloc}.answers[{k}]"
-          text = _get(path, line, aloc, ans, "text", str)
-          start = _get(path, line, aloc, ans, "answer_start", int)
-          if context[start:start + len(text)] != text:
-            raise ValueError(
-                f"{path}:{line}: {aloc}: field 'answer_start': the answer "
-                f"{finetune_data.short(text)} is not in the context at "
-                f"character {start} (the context has "
-                f"{finetune_data.short(context[start:start + len(text)])} "
-                "there)")
-          spans.append((text, start))
+        spans = _spans(path, line, qloc + ".", context, answers)
         out.append(Example(qid, question, context, spans,
                            f"{path}:{line}: {qloc}"))
   if not out:
     raise ValueError(f"{path}: no questions")
+  return out
+
+
+def _spans(path, line, loc, context, answers):
+  """[(text, start)] of a question's answers, each checked to be in the
+  context at its answer_start. loc: the JSON path of the question's
+  object, ending in "." (or "" for a record)."""
+  spans = []
+  for k, ans in enumerate(answers):
+    aloc = f"{loc}answers[{k}]"
+    text = _get(path, line, aloc, ans, "text", str)
+    start = _get(path, line, aloc, ans, "answer_start", int)
+    if context[start:start + len(text)] != text:
+      raise ValueError(
+          f"{path}:{line}: {aloc}: field 'answer_start': the answer "
+          f"{finetune_data.short(text)} is not in the context at "
+          f"character {start} (the context has "
+          f"{finetune_data.short(context[start:start + len(text)])} "
+          "there)")
+    spans.append((text, start))
+  return spans
+
+
+def _record_answers(path, line, qa):
+  """A record's answers as SQuAD's list of {"text", "answer_start"}: the
+  Hugging Face squad layout {"text": [...], "answer_start": [...]} is
+  turned into it; there (as in squad_v2) empty lists mean unanswerable.
+  Raises ValueError naming the file, line and field."""
+  if qa.get("is_impossible", False) is True:
+    return []
+  v = finetune_data.field(path, line, qa, "answers", (list, dict))
+  if isinstance(v, list):
+    if not v:
+      raise ValueError(f"{path}:{line}: field 'answers': empty (a question "
+                       'without answers needs "is_impossible": true)')
+    return v
+  texts = finetune_data.field(path, f"{line}: answers", v, "text", list,
+                              nonempty=False)
+  starts = finetune_data.field(path, f"{line}: answers", v, "answer_start",
+                               list, nonempty=False)
+  if len(texts) != len(starts):
+    raise ValueError(f"{path}:{line}: field 'answers': {len(texts)} texts "
+                     f"but {len(starts)} answer_starts")
+  return [{"text": t, "answer_start": a} for t, a in zip(texts, starts)]
+
+
+def _read_records(path):
+  """The questions of a file of records, one per line / row (module doc)."""
+  out, seen = [], {}
+  for line, qa in finetune_data.read_records(path):
+    qid = str(finetune_data.field(path, line, qa, "id", (str, int)))
+    finetune_data.unique_id(seen, qid, path, line, f"record {line}")
+    question = finetune_data.field(path, line, qa, "question", str)
+    context = finetune_data.field(path, line, qa, "context", str)
+    spans = _spans(path, line, "", context, _record_answers(path, line, qa))
+    out.append(Example(qid, question, context, spans, f"{path}:{line}"))
   return out
 
 
