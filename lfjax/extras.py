@@ -12,7 +12,7 @@ that lfjax defines as the user's).
 import importlib
 
 # module -> the extra of pyproject.toml that installs it
-EXTRAS = {"transformers": "hf", "tokenizers": "hf",
+EXTRAS = {"transformers": "hf", "tokenizers": "hf", "grain": "hf",
           "tensorboardX": "tensorboard", "jax_cuda12_plugin": "plan"}
 
 
