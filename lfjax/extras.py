@@ -3,10 +3,11 @@ names the pyproject.toml extra installing them.
 
 The core install (`pip install lfjax`) trains and evaluates the char-LM;
 reading a Hugging Face tokenizer (MLM, fine-tuning, `python -m
-lfjax.make_tiny`) needs transformers, `lfjax[hf]`; TensorBoard event files
-need tensorboardX, `lfjax[tensorboard]`. A command-line user sees the
-MissingPackage message as one `error:` line (lfjax.cli counts exceptions
-that lfjax defines as the user's).
+lfjax.make_tiny`) needs transformers and MLM's loader grain, both
+`lfjax[hf]`; TensorBoard event files need tensorboardX,
+`lfjax[tensorboard]`. A command-line user sees the MissingPackage message
+as one `error:` line (lfjax.cli counts exceptions that lfjax defines as
+the user's).
 """
 
 import importlib

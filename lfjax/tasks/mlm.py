@@ -7,8 +7,8 @@
 A RoBERTa/BERT/Longformer checkpoint folder (with its tokenizer files) is
 loaded, made long with lfjax.convert.make_long when it has fewer positions
 than config.model.max_positions, and trained on local documents with
-dynamic masking. The loop, checkpoints and resume are lfjax.loop's, as for
-the char-LM.
+dynamic masking (batches and masks: lfjax.data.loader, on the host). The
+loop, checkpoints and resume are lfjax.loop's, as for the char-LM.
 
 BPC here is the paper's Table 5 quantity made explicit: the masked tokens'
 loss in bits divided by the characters those tokens cover (lfjax.data.text
@@ -321,12 +321,16 @@ def train_and_evaluate(config, workdir):
                f"({r['eval_masked_tokens']:,} masked tokens, "
                f"{r['eval_chars']:,} chars)")
 
-  with parallel.use(mesh), checkpoints.undo_failed_start(
-      workdir, keep=(common.CORPUS_HISTORY,)):
-    if not done:  # a finished run trains on no data
-      common.record_corpus(workdir, corpus_name(config), corpus.sha256, start)
-    return loop.run(workdir, config, params, opt_state, [phase],
-                    learning_rate(config), evaluate_fn)
+  try:
+    with parallel.use(mesh), checkpoints.undo_failed_start(
+        workdir, keep=(common.CORPUS_HISTORY,)):
+      if not done:  # a finished run trains on no data
+        common.record_corpus(workdir, corpus_name(config), corpus.sha256,
+                             start)
+      return loop.run(workdir, config, params, opt_state, [phase],
+                      learning_rate(config), evaluate_fn)
+  finally:
+    sampler.close()  # its prefetch thread
 
 
 def next_steps(workdir):
