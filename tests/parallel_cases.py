@@ -300,8 +300,8 @@ def process_main(work, workdir, mesh, task="charlm"):
 
 CASES = {"charlm": case_charlm, "mlm": case_mlm, "hlo": case_hlo,
          "multihost": case_multihost,
-         "mlm_multihost": lambda work: case_multihost(work, task="mlm"), "qa": case_qa,
-         "multiple_choice": case_multiple_choice}
+         "mlm_multihost": lambda work: case_multihost(work, task="mlm"),
+         "qa": case_qa, "multiple_choice": case_multiple_choice}
 
 
 def main(out, work, names):
