@@ -21,7 +21,7 @@ from flax import nnx
 
 from lfjax import convert
 from lfjax import parallel
-from lfjax.data import text
+from lfjax.data import loader
 from lfjax.tasks import common
 
 
@@ -112,19 +112,6 @@ def _describe(cfg, config, length, extra=""):
 # MLM -----------------------------------------------------------------------
 
 
-def mlm_corpus(cfg):
-  """A TokenCorpus without data: the ids masked_loss needs, from the model
-  config (the mask id is the last token, as RoBERTa's <mask>; ids change
-  values, not shapes or memory)."""
-  mask = cfg.vocab_size - 1
-  specials = tuple(sorted({cfg.bos_token_id, cfg.eos_token_id,
-                           cfg.pad_token_id, mask}))
-  return text.TokenCorpus(splits={}, vocab_size=cfg.vocab_size,
-                          bos_id=cfg.bos_token_id, eos_id=cfg.eos_token_id,
-                          pad_id=cfg.pad_token_id, mask_id=mask,
-                          special_ids=specials)
-
-
 def mlm_steps(config, devices):
   """Steps of an MLM run (lfjax.tasks.mlm) on `devices` (the target's)."""
   from lfjax.tasks import mlm
@@ -147,30 +134,40 @@ def mlm_steps(config, devices):
   graphdef, eval_graphdef, params, rest = _abstract_model(
       "masked_lm", cfg, config.seed)
   tx = mlm.optimizer(config, params)
-  corpus = mlm_corpus(cfg)
   mesh = _mesh(config.mesh, devices)
   # As mlm.train_and_evaluate checks them (cli.ConfigError).
   parallel.check_batch(mesh, "train.micro_batch_size", t.micro_batch_size)
   parallel.check_seq(mesh, "train.seq_len", t.seq_len)
   params, opt_state, shardings, one = _place_state(tx, params, mesh, devices)
-  batch_sh = one if mesh is None else parallel.batch_sharding(mesh)
   rep = one if mesh is None else parallel.replicated(mesh)
+  k = loader.max_masked(t.seq_len, config.mask.prob)
 
-  def batch(rows, sharding):
-    return {k: _sds((rows, t.seq_len), np.int32, sharding)
-            for k in ("input_ids", "attention_mask", "chars")}
+  def batch(rows, shardings):
+    """A batch of lfjax.data.loader (masked on the host), laid out as
+    mlm.train_and_evaluate puts it (shardings: a dict, or one for all)."""
+    shapes = {"input_ids": ((rows, t.seq_len), np.int32),
+              "attention_mask": ((rows, t.seq_len), np.int32),
+              "chars": ((rows, t.seq_len), np.int32),
+              "inputs": ((rows, t.seq_len), np.int32),
+              "positions": ((rows, k), np.int32),
+              "valid": ((rows, k), bool)}
+    return {name: _sds(shape, dtype, shardings[name] if isinstance(
+        shardings, dict) else shardings)
+            for name, (shape, dtype) in shapes.items()}
 
   def train(micro):
     c = ml_collections.ConfigDict(config.to_dict())
     c.train.micro_batch_size = micro
-    step = mlm.make_train_step(graphdef, rest, tx, c, corpus, shardings)
-    return step, (params, opt_state, batch(t.batch_size, batch_sh), _key(rep))
+    step = mlm.make_train_step(graphdef, rest, tx, c, shardings)
+    return step, (params, opt_state,
+                  batch(t.batch_size, mlm.batch_shardings(mesh) or one),
+                  _key(rep))
 
   def evaluate():
     # As mlm.evaluate_model's jitted sums (model in eval mode).
-    fn = jax.jit(lambda p, b, k: mlm.masked_loss(
-        nnx.merge(eval_graphdef, p, rest), config, corpus, b, k))
-    return fn, (params, batch(config.eval.batch_size, rep), _key(rep))
+    fn = jax.jit(lambda p, b: mlm.masked_loss(
+        nnx.merge(eval_graphdef, p, rest), config, b))
+    return fn, (params, batch(config.eval.batch_size, rep))
 
   return Steps(train, evaluate, params, opt_state,
                _describe(cfg, config, t.seq_len,

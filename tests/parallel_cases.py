@@ -2,7 +2,8 @@
 with 8 virtual CPU devices (they must be requested before JAX starts).
 
   python -m tests.parallel_cases OUT.json WORKDIR [case ...]
-  python -m tests.parallel_cases --process WORKDIR RUNDIR MESH  (multihost)
+  python -m tests.parallel_cases --process WORKDIR RUNDIR MESH [TASK]
+      (multihost; TASK charlm or mlm)
 
 Each case writes what the test asserts on into OUT.json: per-step losses
 and gradient norms of the same tiny run on several meshes, a killed run
@@ -102,34 +103,42 @@ def case_charlm(work):
               resume_meshes=[(4, 1, 1), (1, 1, 1)])
 
 
-def case_mlm(work):
-  from lfjax import make_tiny
-  from lfjax.tasks import mlm
+def mlm_config(work, mesh):
+  """The tiny MLM run of case_mlm on `mesh` (data, fsdp, seq); the tiny
+  RoBERTa at work/roberta (tiny_roberta)."""
   from tests.test_train import load_config
-  tiny = work / "roberta"
-  # Two layers of one window: scan_layers runs them as one lax.scan over
-  # stacked parameters (fsdp-sharded on the 1x2x2 resume).
-  make_tiny.make_tiny(tiny, documents=80, vocab_size=400, positions=64,
-                      hidden_size=32, layers=2)
+  c = load_config("mlm_longformer_base", "tiny")
+  c.init_from = str(work / "roberta")
+  c.data.max_documents = 30
+  c.data.valid_fraction = 0.2
+  c.data.cache_dir = str(work / "mlm_cache")
+  c.model.max_positions = c.train.seq_len = 64
+  c.model.attention_window = 16
+  c.model.global_bos = True  # global tokens across the sequence shards
+  c.model.scan_layers = True
+  c.train.batch_size, c.train.micro_batch_size = 4, 2
+  c.steps = c.optim.decay_steps = STEPS
+  c.log_every, c.checkpoint_every, c.eval_every = 1, 5, 0
+  c.eval.max_batches, c.eval.batch_size = 1, 2
+  c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
+  return c
 
-  def make_config(mesh):
-    c = load_config("mlm_longformer_base", "tiny")
-    c.init_from = str(tiny)
-    c.data.max_documents = 30
-    c.data.valid_fraction = 0.2
-    c.data.cache_dir = str(work / "mlm_cache")
-    c.model.max_positions = c.train.seq_len = 64
-    c.model.attention_window = 16
-    c.model.global_bos = True  # global tokens across the sequence shards
-    c.model.scan_layers = True
-    c.train.batch_size, c.train.micro_batch_size = 4, 2
-    c.steps = c.optim.decay_steps = STEPS
-    c.log_every, c.checkpoint_every, c.eval_every = 1, 5, 0
-    c.eval.max_batches, c.eval.batch_size = 1, 2
-    c.mesh.data, c.mesh.fsdp, c.mesh.seq = mesh
-    return c
-  return runs(mlm.train_and_evaluate, make_config, work / "mlm",
-              meshes=[(1, 1, 1), (2, 1, 4)],
+
+def tiny_roberta(work):
+  """work/roberta, made once: two layers of one window (scan_layers runs
+  them as one lax.scan over stacked parameters, fsdp-sharded on the 1x2x2
+  resume)."""
+  from lfjax import make_tiny
+  if not (work / "roberta" / "config.json").exists():
+    make_tiny.make_tiny(work / "roberta", documents=80, vocab_size=400,
+                        positions=64, hidden_size=32, layers=2)
+
+
+def case_mlm(work):
+  from lfjax.tasks import mlm
+  tiny_roberta(work)
+  return runs(mlm.train_and_evaluate, lambda mesh: mlm_config(work, mesh),
+              work / "mlm", meshes=[(1, 1, 1), (2, 1, 4)],
               # (1, 1, 1): the converted checkpoint's numpy weights must be
               # restored onto one device, not the saved mesh's layout.
               resume_meshes=[(1, 2, 2), (1, 1, 1)])
@@ -218,31 +227,38 @@ def case_hlo(work):
           "heads": c.model.num_heads, "head_dim": c.model.head_dim}
 
 
-def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4))):
+def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4)), task="charlm"):
   """The char-LM on 2 processes x 2 CPU devices over loopback (gloo),
   launched as a user would: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
   JAX_PROCESS_ID per process (lfjax.parallel.initialize_distributed), one
   shared workdir. Mesh fsdp 2 x seq 2 puts the fsdp axis across the
   processes (each builds only its 2 of the 4 batch rows and holds half of
   each parameter); seq 4 puts the sequence across them (both build all 4
-  rows, halos cross processes)."""
+  rows, halos cross processes). task "mlm": the MLM run of case_mlm
+  (host-side masks per global row; its token cache built here first)."""
   import os
   import socket
   import subprocess
-  from lfjax.data import chars
-  chars.load("pystdlib", work / "data")
+  if task == "mlm":
+    from lfjax.tasks import mlm
+    tiny_roberta(work)
+    mlm.load_corpus(mlm_config(work, (1, 1, 1)))
+  else:
+    from lfjax.data import chars
+    chars.load("pystdlib", work / "data")
   out = {}
   for mesh in meshes:
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
     name = "x".join(map(str, mesh))
-    workdir = work / "multihost" / name
+    workdir = work / ("multihost" if task == "charlm" else
+                      f"{task}_multihost") / name
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                      if "device_count" not in f)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.parallel_cases", "--process",
-         str(work), str(workdir), name],
+         str(work), str(workdir), name, task],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", XLA_FLAGS=flags,
                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -264,23 +280,28 @@ def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4))):
   return out
 
 
-def process_main(work, workdir, mesh):
+def process_main(work, workdir, mesh, task="charlm"):
   """One process of case_multihost."""
   assert parallel.initialize_distributed()
-  from lfjax.tasks import charlm
   mesh = tuple(int(x) for x in mesh.split("x"))
   m = parallel.make_mesh(dict(zip(parallel.AXES, mesh)))
   rows = parallel.local_rows(m, 4)
   print("ROWS " + json.dumps([jax.process_index(), jax.device_count(),
                               jax.local_device_count(), rows.start,
                               rows.stop]), flush=True)
-  charlm.train_and_evaluate(charlm_config(str(pathlib.Path(work) / "data"),
-                                          mesh), workdir)
+  if task == "mlm":
+    from lfjax.tasks import mlm
+    mlm.train_and_evaluate(mlm_config(pathlib.Path(work), mesh), workdir)
+  else:
+    from lfjax.tasks import charlm
+    charlm.train_and_evaluate(
+        charlm_config(str(pathlib.Path(work) / "data"), mesh), workdir)
 
 
 CASES = {"charlm": case_charlm, "mlm": case_mlm, "hlo": case_hlo,
-         "multihost": case_multihost, "qa": case_qa,
-         "multiple_choice": case_multiple_choice}
+         "multihost": case_multihost,
+         "mlm_multihost": lambda work: case_multihost(work, task="mlm"),
+         "qa": case_qa, "multiple_choice": case_multiple_choice}
 
 
 def main(out, work, names):

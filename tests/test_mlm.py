@@ -11,8 +11,6 @@ import json
 import math
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,6 +26,7 @@ from lfjax import export  # noqa: E402
 from lfjax import metrics  # noqa: E402
 from lfjax import train  # noqa: E402
 from lfjax.data import chars  # noqa: E402
+from lfjax.data import loader  # noqa: E402
 from lfjax.data import text  # noqa: E402
 from lfjax.tasks import mlm  # noqa: E402
 
@@ -111,13 +110,18 @@ def test_bpc_is_masked_bits_over_their_characters(roberta, docs_dir,
   model = mlm.load_model(c)
   model.eval()
   got = mlm.evaluate_model(model, c, corpus, batch_size=2, max_batches=1)
-  # The same masks, then the sum done by hand over the selected tokens.
-  batch = text.packed(corpus, "valid", 128, np.arange(2))
-  ids = jnp.asarray(batch["input_ids"])
-  key = jax.random.fold_in(jax.random.key(c.eval.mask_seed), 0)
-  inputs, sel, _, _ = text.mask_tokens(
-      key, ids, text.maskable(corpus, ids, jnp.asarray(batch["attention_mask"])),
-      mask_id=corpus.mask_id, replace_ids=text.replacement_ids(corpus))
+  # The loader's masks of rows 0 and 1 (tested in tests/test_loader.py),
+  # then the sum done by hand over the selected tokens.
+  batch = loader.packed(corpus, "valid", 128, np.arange(2))
+  ids = batch["input_ids"]
+  m = loader.mask_batch(ids, batch["attention_mask"], np.arange(2),
+                        seed=c.eval.mask_seed, stream=loader.EVAL_STREAM,
+                        special_ids=corpus.special_ids, mask_id=corpus.mask_id,
+                        replace_ids=loader.replacement_ids(corpus))
+  inputs = m["inputs"]
+  sel = np.zeros(ids.shape, bool)
+  for row in range(2):
+    sel[row, m["positions"][row][m["valid"][row]]] = True
   logits = np.asarray(model(inputs, attention_mask=batch["attention_mask"])
                       .logits, np.float64)
   bits = chars_ = 0.0
@@ -133,62 +137,25 @@ def test_bpc_is_masked_bits_over_their_characters(roberta, docs_dir,
                              bits / got["eval_masked_tokens"], rtol=1e-5)
 
 
-def test_masking_statistics():
-  corpus = text.TokenCorpus({}, 1000, 0, 2, 1, 4, (0, 1, 2, 4))
-  rng = np.random.default_rng(0)
-  ids = rng.integers(5, 1000, (64, 512)).astype(np.int32)
-  ids[:, 0], ids[:, 100] = 0, 2
-  ids[:, -50:] = 1
-  ids[:32, 300:] = 1  # rows of two lengths
-  am = (ids != 1).astype(np.int32)
-  ok = text.maskable(corpus, jnp.asarray(ids), jnp.asarray(am))
-  inputs, sel, pos, valid = jax.jit(lambda k: text.mask_tokens(
-      k, jnp.asarray(ids), ok, mask_id=4,
-      replace_ids=text.replacement_ids(corpus)))(jax.random.key(1))
-  inputs, sel, ok, pos, valid = map(np.asarray, (inputs, sel, ok, pos, valid))
-  assert pos.shape == (64, text.max_masked(512, 0.15)) == (64, 78)
-  assert not sel[:, [0, 100]].any() and not sel[:, -50:].any()
-  assert not (sel & ~ok).any()
-  # fairseq's count: floor(0.15 n + u) of each row's n maskable tokens.
-  n_row = ok.sum(1)
-  assert ((sel.sum(1) == np.floor(0.15 * n_row))
-          | (sel.sum(1) == np.floor(0.15 * n_row) + 1)).all()
-  assert abs(sel.sum() / ok.sum() - 0.15) < 0.005
-  for row in range(64):  # positions list exactly the selected tokens
-    assert sorted(pos[row][valid[row]]) == list(np.flatnonzero(sel[row]))
-  # Chosen uniformly: early and late maskable tokens equally often.
-  early, late = sel[32:, 1:100].mean(), sel[32:, 300:450].mean()
-  assert abs(early - late) < 0.03
-  m = sel.sum()
-  masked = (inputs == 4) & sel
-  kept = (inputs == ids) & sel
-  randomized = sel & ~masked & ~kept
-  same = 1 / 996  # a random replacement may draw the token itself
-  for part, p in ((masked, 0.8), (randomized, 0.1 * (1 - same)),
-                  (kept, 0.1 + 0.1 * same)):
-    assert abs(part.sum() / m - p) < 4 * math.sqrt(p * (1 - p) / m)
-  assert not np.isin(inputs[randomized], [0, 1, 2, 4]).any()
-  assert (inputs[~sel] == ids[~sel]).all()
-
-
 def test_packing_and_sampler(roberta, docs_dir, tmp_path):
   c = config(roberta, docs_dir, tmp_path)
   corpus = mlm.load_corpus(c)
   tokens, owned = corpus.splits["train"]
-  n = text.num_sequences(corpus, "train", 64)
-  seqs = text.packed(corpus, "train", 64, np.arange(n))
+  n = loader.num_sequences(corpus, "train", 64)
+  seqs = loader.packed(corpus, "train", 64, np.arange(n))
   ids, am = seqs["input_ids"], seqs["attention_mask"].astype(bool)
   assert (ids[:, 0] == corpus.bos_id).all()
   body = np.concatenate([row[m][1:-1] for row, m in zip(ids, am)])
   np.testing.assert_array_equal(body, tokens)  # every token once, in order
   assert seqs["chars"].sum() == owned.sum()
   assert (~am[-1]).any() and am[:-1].all()  # only the last one is padded
-  s = text.PackedSampler(corpus, "train", seq_len=64, batch_size=3, seed=5)
+  s = loader.train_sampler(corpus, seq_len=64, batch_size=3, seed=5)
   batches = [next(s) for _ in range(n)]  # three epochs
-  s2 = text.PackedSampler(corpus, "train", seq_len=64, batch_size=3, seed=5)
+  s2 = loader.train_sampler(corpus, seq_len=64, batch_size=3, seed=5)
   s2.restore({"index": 4})
-  np.testing.assert_array_equal(next(s2)["input_ids"],
-                                batches[4]["input_ids"])
+  got = next(s2)
+  for key in batches[4]:
+    np.testing.assert_array_equal(got[key], batches[4][key])
   first_epoch = np.concatenate([b["input_ids"] for b in batches])[:n]
   assert sorted(map(bytes, first_epoch)) == sorted(map(bytes, ids))
   # A second load hits the cache and gives the same arrays.

@@ -158,15 +158,22 @@ def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
   at step 7 on data 2 x seq 4 resumes from its step-5 checkpoint on fsdp 2
   x seq 2 and one device with the same losses; trained on 8 devices, it
   evaluates where JAX sees one to the final evaluation the one-device run
-  logged."""
+  logged. On 2 processes x 2 devices (fsdp 2 x seq 2: each process builds
+  and masks only its 2 of the 4 rows; seq 4: both build all 4) it equals
+  one device too: a row's masks do not depend on who builds it."""
   optional.need("transformers")
-  res = run_cases(tmp_path, ["mlm"])
+  res = run_cases(tmp_path, ["mlm", "mlm_multihost"])
   assert res["devices"] == 8
-  problems = raised(res, ["mlm"])
+  problems = raised(res, ["mlm", "mlm_multihost"])
   if not problems:
     check_same_run("mlm", res["mlm"], problems)
     assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
                                "resumed_on_1x1x1"}
+    multi = res["mlm_multihost"]
+    check_same_run("mlm_multihost", {"1x1x1": res["mlm"]["1x1x1"],
+                                     "1x2x2": multi["1x2x2"],
+                                     "1x1x4": multi["1x1x4"]}, problems)
+    assert sorted(multi["1x2x2_rows"]) == [[0, 4, 2, 0, 2], [1, 4, 2, 2, 4]]
     env = dict(eight_device_env(), JAX_NUM_CPU_DEVICES="1", XLA_FLAGS="")
     proc = subprocess.run(
         [sys.executable, "-m", "lfjax.evaluate", "--workdir",

@@ -9,6 +9,7 @@ A100 of a tiny model.
 """
 
 import json
+import math
 import os
 import sys
 
@@ -261,7 +262,10 @@ def test_steps_compile_on_the_cpu_backend(tmp_path):
   m = plan.compile_memory(fn, args, parameters=plan.tree_bytes(steps.params),
                           optimizer=plan.tree_bytes(steps.opt_state),
                           resident=0, budget=10**12)
-  assert m.batch == 3 * 4 * c.train.batch_size * 64 + 8  # int32 x3, key
+  # Four int32 [B, 64] token arrays, int32 positions and bool valid
+  # [B, K] (K = ceil(0.15 * 64) + 1 = 11 masked tokens at most), the key.
+  b = c.train.batch_size
+  assert m.batch == 4 * 4 * b * 64 + (4 + 1) * b * 11 + 8
   assert m.temp > 0 and m.fits
 
 
@@ -313,7 +317,11 @@ def test_bf16_parameters_are_half_on_the_gpu(plugin, tmp_path):
     fn, args = steps.evaluate()
     m = plan.compile_memory(fn, args, parameters=0, optimizer=0,
                             resident=0, budget=0)
-    batch = 3 * 4 * c.eval.batch_size * c.train.seq_len + 8
+    # Four int32 [B, N] token arrays, int32 positions and bool valid [B, K]
+    # (K = ceil(0.15 N) + 1 masked tokens at most); no key (no dropout).
+    n_tok = c.train.seq_len
+    k = math.ceil(c.mask.prob * n_tok) + 1
+    batch = (4 * 4 * n_tok + (4 + 1) * k) * c.eval.batch_size
     assert m.batch == batch
     got[dtype] = m.arguments - batch
   assert got == {"float32": 4 * n, "bfloat16": 2 * n}

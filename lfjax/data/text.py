@@ -1,5 +1,6 @@
-"""Documents for MLM: local text, the checkpoint's own tokenizer, packing
-into fixed-length sequences, and dynamic masking.
+"""Documents for MLM: local text, the checkpoint's own tokenizer, and the
+token streams of the train/valid splits (packing, masking and batching:
+lfjax.data.loader).
 
 Nothing is downloaded: documents are local files (or `pystdlib`, this
 Python's standard library sources), the tokenizer is read from a local
@@ -23,13 +24,10 @@ import os
 import pathlib
 import zlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lfjax import extras
 from lfjax.data import chars as chars_lib
-from lfjax.data import sampler
 
 SPLITS = ("train", "valid")
 
@@ -255,97 +253,3 @@ def load_corpus(sources, tokenizer_dir, *, valid_fraction=0.01, glob="*.txt",
             for s in SPLITS}
   return TokenCorpus(splits, len(tok), bos, eos, tok.pad_token_id,
                      tok.mask_token_id, special_ids(tok), sha256)
-
-
-def num_sequences(corpus, split, seq_len):
-  return -(-len(corpus.splits[split][0]) // (seq_len - 2))
-
-
-def packed(corpus, split, seq_len, indices):
-  """Sequences `indices` of the split packed to seq_len: <s>, the next
-  seq_len - 2 tokens of the stream (documents run on, separated by </s>),
-  </s>; the last one padded. Returns input_ids, attention_mask, chars."""
-  if seq_len < 3:
-    raise ValueError(f"seq_len: expected at least 3, got {seq_len}")
-  tokens, owned = corpus.splits[split]
-  body = seq_len - 2
-  ids = np.full((len(indices), seq_len), corpus.pad_id, np.int32)
-  cnt = np.zeros((len(indices), seq_len), np.int32)
-  for row, k in enumerate(indices):
-    piece = tokens[k * body:(k + 1) * body]
-    ids[row, 0] = corpus.bos_id
-    ids[row, 1:1 + len(piece)] = piece
-    ids[row, 1 + len(piece)] = corpus.eos_id
-    cnt[row, 1:1 + len(piece)] = owned[k * body:(k + 1) * body]
-  return {"input_ids": ids, "attention_mask": (ids != corpus.pad_id)
-          .astype(np.int32), "chars": cnt}
-
-
-class PackedSampler(sampler.EpochSampler):
-  """Batches of packed sequences, shuffled per epoch.
-
-  Batch i depends only on (seed, i): the state {"index": i} replays exactly
-  what an uninterrupted run sees. rows: a slice of the batch to build (one
-  process's rows on a multi-host mesh, lfjax.parallel.local_rows).
-  """
-
-  def __init__(self, corpus, split, *, seq_len, batch_size, seed,
-               rows=slice(None)):
-    self.corpus, self.split, self.seq_len = corpus, split, seq_len
-    super().__init__(num_sequences(corpus, split, seq_len), batch_size, seed,
-                     rows)
-
-  def _batch(self):
-    return packed(self.corpus, self.split, self.seq_len, self.picks())
-
-
-def max_masked(seq_len, prob):
-  """Static cap on the masked tokens of one sequence (see mask_tokens)."""
-  return min(seq_len, int(np.ceil(prob * seq_len)) + 1)
-
-
-def mask_tokens(key, ids_BxN, maskable_BxN, *, mask_id, replace_ids,
-                prob=0.15, mask_frac=0.8, random_frac=0.1):
-  """RoBERTa's dynamic masking (fairseq's count per sequence), under jit.
-
-  Each sequence predicts floor(prob * n + u) of its n maskable tokens, u
-  uniform in [0, 1) (so prob * n on average), chosen uniformly; a chosen
-  token becomes the mask token (mask_frac), a random token from
-  replace_ids (random_frac), or stays (the rest).
-  Returns (inputs [B, N], selected [B, N] bool, positions [B, K] int32,
-  valid [B, K] bool): the chosen positions padded to the static
-  K = max_masked(N, prob), so the LM head runs on K tokens, not N.
-  """
-  k_sel, k_cnt, k_how, k_tok = jax.random.split(key, 4)
-  b, n = ids_BxN.shape
-  k = max_masked(n, prob)
-  count_B = jnp.floor(prob * maskable_BxN.sum(1)
-                      + jax.random.uniform(k_cnt, (b,))).astype(jnp.int32)
-  # Maskable tokens in random order first, the others after them.
-  score = jnp.where(maskable_BxN, jax.random.uniform(k_sel, (b, n)), 2.0)
-  order_BxN = jnp.argsort(score, axis=1).astype(jnp.int32)
-  valid_BxK = jnp.arange(k)[None, :] < count_B[:, None]
-  positions_BxK = jnp.where(valid_BxK, order_BxN[:, :k], 0)
-  rows = jnp.arange(b)[:, None]
-  selected = jnp.zeros((b, n), bool).at[rows, positions_BxK].max(valid_BxK)
-  how = jax.random.uniform(k_how, (b, n))
-  replace_ids = jnp.asarray(replace_ids, jnp.int32)
-  random_ids = replace_ids[jax.random.randint(k_tok, (b, n), 0,
-                                              replace_ids.shape[0])]
-  inputs = jnp.where(selected & (how < mask_frac), mask_id, ids_BxN)
-  inputs = jnp.where(selected & (how >= mask_frac)
-                     & (how < mask_frac + random_frac), random_ids, inputs)
-  return inputs, selected, positions_BxK, valid_BxK
-
-
-def maskable(corpus, ids_BxN, attention_mask_BxN):
-  """Real, non-special tokens."""
-  special = jnp.isin(ids_BxN, jnp.asarray(corpus.special_ids, jnp.int32))
-  return (attention_mask_BxN > 0) & ~special
-
-
-def replacement_ids(corpus):
-  """Token ids a random replacement draws from: all but the specials."""
-  keep = np.ones(corpus.vocab_size, bool)
-  keep[list(corpus.special_ids)] = False
-  return np.flatnonzero(keep).astype(np.int32)

@@ -7,8 +7,8 @@
 A RoBERTa/BERT/Longformer checkpoint folder (with its tokenizer files) is
 loaded, made long with lfjax.convert.make_long when it has fewer positions
 than config.model.max_positions, and trained on local documents with
-dynamic masking. The loop, checkpoints and resume are lfjax.loop's, as for
-the char-LM.
+dynamic masking (batches and masks: lfjax.data.loader, on the host). The
+loop, checkpoints and resume are lfjax.loop's, as for the char-LM.
 
 BPC here is the paper's Table 5 quantity made explicit: the masked tokens'
 loss in bits divided by the characters those tokens cover (lfjax.data.text
@@ -29,7 +29,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import nnx
 import tqdm
@@ -40,6 +39,7 @@ from lfjax import convert
 from lfjax import loop
 from lfjax import parallel
 from lfjax import train_step
+from lfjax.data import loader
 from lfjax.data import text
 from lfjax.models import stack
 from lfjax.tasks import common
@@ -162,44 +162,68 @@ def _global_mask(config, ids_BxN):
   return jnp.zeros(ids_BxN.shape, bool).at[:, 0].set(True)
 
 
-def masked_loss(model, config, corpus, batch, key):
+def masked_loss(model, config, batch):
   """Sum of the masked tokens' losses (nats), their count and characters.
+
+  batch: lfjax.data.loader's, masked on the host: "inputs" (masked),
+  "input_ids" (the targets), "attention_mask", "chars": int32 [B, N];
+  "positions": int32 [B, K], "valid": bool [B, K] (K =
+  loader.max_masked(N, config.mask.prob)). Returns float32 scalars
+  {"loss_sum", "count", "chars"}.
 
   The LM head runs only at the masked positions (a static number per
   sequence), not at all N: at RoBERTa's 50K vocabulary that is most of
   the head's cost."""
   ids = jnp.asarray(batch["input_ids"])
-  am = jnp.asarray(batch["attention_mask"])
-  inputs, _, pos_BxK, valid_BxK = text.mask_tokens(
-      key, ids, text.maskable(corpus, ids, am), mask_id=corpus.mask_id,
-      replace_ids=text.replacement_ids(corpus), prob=config.mask.prob,
-      mask_frac=config.mask.mask_frac, random_frac=config.mask.random_frac)
-  logits_BxKxV = model(inputs, attention_mask=am,
+  pos_BxK = jnp.asarray(batch["positions"])
+  logits_BxKxV = model(jnp.asarray(batch["inputs"]),
+                       attention_mask=jnp.asarray(batch["attention_mask"]),
                        global_attention_mask=_global_mask(config, ids),
                        positions=pos_BxK).logits
   targets_BxK = jnp.take_along_axis(ids, pos_BxK, axis=1)
   ce = optax.softmax_cross_entropy_with_integer_labels(
       logits_BxKxV.astype(jnp.float32), targets_BxK)
-  w = valid_BxK.astype(jnp.float32)
+  w = jnp.asarray(batch["valid"]).astype(jnp.float32)
   owned = jnp.take_along_axis(jnp.asarray(batch["chars"], jnp.float32),
                               pos_BxK, axis=1)
   return {"loss_sum": jnp.sum(ce * w), "count": jnp.sum(w),
           "chars": jnp.sum(w * owned)}
 
 
-def make_train_step(graphdef, rest, tx, config, corpus, shardings=None):
-  """One optimizer step over batch_size sequences, accumulated over
-  micro-batches (lfjax.train_step); the loss is the mean over all the
-  batch's masked tokens. shardings: as lfjax.train_step.make_train_step."""
+def batch_shardings(mesh):
+  """How a batch of lfjax.data.loader lies on `mesh` (None: one device):
+  [B, N] token arrays over data x fsdp and seq, [B, K] positions and
+  valid over data x fsdp only (K need not divide by seq)."""
+  if mesh is None:
+    return None
+  tokens = parallel.batch_sharding(mesh)
+  masked = parallel.batch_sharding(mesh, 2, seq_axis=None)
+  return {"input_ids": tokens, "attention_mask": tokens, "chars": tokens,
+          "inputs": tokens, "positions": masked, "valid": masked}
+
+
+def make_train_step(graphdef, rest, tx, config, shardings=None):
+  """One optimizer step over batch_size sequences (masked on the host,
+  masked_loss), accumulated over micro-batches (lfjax.train_step); the
+  loss is the mean over all the batch's masked tokens; the step's key
+  seeds dropout only. shardings: as lfjax.train_step.make_train_step."""
   def loss_fn(model, mb, key):
-    k_drop, k_mask = jax.random.split(key)
-    nnx.reseed(model, default=k_drop)
-    return masked_loss(model, config, corpus, mb, k_mask)
+    nnx.reseed(model, default=key)
+    return masked_loss(model, config, mb)
 
   t = config.train
   return train_step.make_train_step(
       graphdef, rest, tx, loss_fn, batch_size=t.batch_size,
-      micro_batch_size=t.micro_batch_size, shardings=shardings)
+      micro_batch_size=t.micro_batch_size, shardings=shardings,
+      batch_shardings=None if shardings is None else batch_shardings(
+          shardings[2]))
+
+
+def masking(config):
+  """config.mask as the loader's Masking."""
+  m = config.mask
+  return loader.Masking(prob=m.prob, mask_frac=m.mask_frac,
+                        random_frac=m.random_frac)
 
 
 def summarize(m):
@@ -212,8 +236,10 @@ def summarize(m):
 
 def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
                    batch_size=None, max_batches=None, progress=False):
-  """MLM loss / BPC over the split's packed sequences with fixed masks
-  (eval.mask_seed), so runs and steps are compared on the same tokens.
+  """MLM loss / BPC over the split's packed sequences, in order, with fixed
+  masks (eval.mask_seed: sequence j's masks are the same at every step, in
+  every run and at any batch_size), so runs and steps are compared on the
+  same tokens (lfjax.data.loader.eval_dataset).
   Raises FloatingPointError when the loss is NaN/Inf."""
   seq_len = config.train.seq_len if seq_len is None else seq_len
   batch_size = config.eval.batch_size if batch_size is None else batch_size
@@ -222,24 +248,21 @@ def evaluate_model(model, config, corpus, *, split="valid", seq_len=None,
   graphdef, state = nnx.split(model)
 
   @jax.jit
-  def sums(state, batch, key):
-    return masked_loss(nnx.merge(graphdef, state), config, corpus, batch, key)
+  def sums(state, batch):
+    return masked_loss(nnx.merge(graphdef, state), config, batch)
 
-  n_seq = text.num_sequences(corpus, split, seq_len)
-  n_batches = -(-n_seq // batch_size)
-  if max_batches:
-    n_batches = min(n_batches, max_batches)
-  root = jax.random.key(config.eval.mask_seed)
+  batches = loader.eval_dataset(
+      corpus, split, seq_len=seq_len, batch_size=batch_size,
+      mask_seed=config.eval.mask_seed, masking=masking(config),
+      max_batches=max_batches)
   total = {"loss_sum": 0.0, "count": 0.0, "chars": 0.0}
   # progress: a bar on stderr, only on a terminal (the CLI asks for it).
-  for i in tqdm.trange(n_batches, unit="batch", leave=False,
-                       desc=f"{split} (first batch compiles)",
-                       disable=None if progress else True):
-    idx = np.arange(i * batch_size, (i + 1) * batch_size) % n_seq
-    batch = text.packed(corpus, split, seq_len, idx)
-    real = (np.arange(i * batch_size, (i + 1) * batch_size) < n_seq)
-    batch["attention_mask"] = batch["attention_mask"] * real[:, None]
-    s = sums(state, batch, jax.random.fold_in(root, i))
+  for batch in tqdm.tqdm(
+      batches.to_iter_dataset(loader.read_options(1, 2)),
+      total=len(batches), unit="batch", leave=False,
+      desc=f"{split} (first batch compiles)",
+      disable=None if progress else True):
+    s = sums(state, batch)
     total = {k: total[k] + float(s[k]) for k in total}
   n = max(total["count"], 1.0)
   common.check_finite_metric(f"{split} MLM loss", total["loss_sum"])
@@ -275,15 +298,18 @@ def train_and_evaluate(config, workdir):
   tx = optimizer(config, params)
   params, opt_state, shardings = parallel.init_state(tx, params, mesh)
   t = config.train
-  jitted = make_train_step(graphdef, rest, tx, config, corpus, shardings)
+  jitted = make_train_step(graphdef, rest, tx, config, shardings)
+  # Dropout's key per step; data order and masks come from the loader.
   root = jax.random.fold_in(jax.random.key(config.seed), 2)
-  sampler = text.PackedSampler(
-      corpus, "train", seq_len=t.seq_len, batch_size=t.batch_size,
-      seed=config.seed, rows=parallel.local_rows(mesh, t.batch_size))
+  sampler = loader.train_sampler(
+      corpus, seq_len=t.seq_len, batch_size=t.batch_size, seed=config.seed,
+      masking=masking(config), rows=parallel.local_rows(mesh, t.batch_size))
+  put = batch_shardings(mesh)
   phase = loop.Phase(
       0, config.steps, sampler,
       lambda params, opt_state, batch, step: jitted(
-          params, opt_state, parallel.put_batch(batch, mesh, t.batch_size),
+          params, opt_state,
+          parallel.put_batch(batch, mesh, t.batch_size, put),
           jax.random.fold_in(root, step)),
       summarize,
       info=dict(seq_len=t.seq_len, window=model.cfg.window_summary()),
@@ -295,12 +321,16 @@ def train_and_evaluate(config, workdir):
                f"({r['eval_masked_tokens']:,} masked tokens, "
                f"{r['eval_chars']:,} chars)")
 
-  with parallel.use(mesh), checkpoints.undo_failed_start(
-      workdir, keep=(common.CORPUS_HISTORY,)):
-    if not done:  # a finished run trains on no data
-      common.record_corpus(workdir, corpus_name(config), corpus.sha256, start)
-    return loop.run(workdir, config, params, opt_state, [phase],
-                    learning_rate(config), evaluate_fn)
+  try:
+    with parallel.use(mesh), checkpoints.undo_failed_start(
+        workdir, keep=(common.CORPUS_HISTORY,)):
+      if not done:  # a finished run trains on no data
+        common.record_corpus(workdir, corpus_name(config), corpus.sha256,
+                             start)
+      return loop.run(workdir, config, params, opt_state, [phase],
+                      learning_rate(config), evaluate_fn)
+  finally:
+    sampler.close()  # its prefetch thread
 
 
 def next_steps(workdir):
