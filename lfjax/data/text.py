@@ -55,8 +55,9 @@ def load_tokenizer(path, *, needs=("mask", "pad"), purpose="MLM data"):
     tok = transformers.AutoTokenizer.from_pretrained(path,
                                                      local_files_only=True)
   except (OSError, ValueError) as e:
+    why = " ".join(str(e).split())  # one line: transformers' are several
     raise FileNotFoundError(f"tokenizer: no tokenizer files in {path!r} "
-                            f"({e}); copy them next to config.json") from None
+                            f"({why}); copy them next to config.json") from None
   if not tok.is_fast:
     raise ValueError(f"tokenizer: {path!r} loads a slow tokenizer; character "
                      "offsets need a fast one (tokenizer.json)")
