@@ -185,6 +185,25 @@ def test_a_failed_build_resumes_from_its_last_shard(tok_dir, docs, tmp_path,
   assert skipped and not set(skipped) & set(seen)
 
 
+def test_a_partial_build_of_other_options_starts_over(tok_dir, docs,
+                                                     tmp_path, monkeypatch,
+                                                     capsys):
+  straight = build(tok_dir, docs, tmp_path / "straight", shard_tokens=500)
+
+  def fail(split, k):
+    if split == "train" and k == 20:
+      raise Stop()
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail)
+  out = tmp_path / "s"
+  with pytest.raises(Stop):
+    build(tok_dir, docs, out)  # shards of 97
+  monkeypatch.setattr(store, "_AFTER_SHARD", None)
+  build(tok_dir, docs, out, shard_tokens=500)
+  assert "a partial build of other inputs" in capsys.readouterr().out
+  assert shard_bytes(out) == shard_bytes(straight)  # no shard of 97 left
+  assert manifest(out) == manifest(straight)
+
+
 def test_a_sigkilled_build_resumes(tok_dir, docs, tmp_path):
   straight = build(tok_dir, docs, tmp_path / "straight")
   out = tmp_path / "killed"
@@ -342,7 +361,8 @@ def test_refusals(tok_dir, docs, tmp_path):
   with pytest.raises(ValueError, match="valid_fraction: 0.001 leaves the "
                      "valid split of 3 documents empty"):
     build(tok_dir, few, tmp_path / "e", valid_fraction=0.001)
-  with pytest.raises(ValueError, match="shard_tokens: out of range"):
+  with pytest.raises(ValueError, match="shard_tokens: expected an integer "
+                     ">= 1, got 0"):
     build(tok_dir, docs, tmp_path / "z", shard_tokens=0)
 
 

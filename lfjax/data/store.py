@@ -271,6 +271,12 @@ class _Lock:
       self.path.unlink(missing_ok=True)
 
 
+def _cores():
+  if hasattr(os, "sched_getaffinity"):  # the cores this process may use
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def _now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
@@ -356,14 +362,15 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
   if not sources:
     raise ValueError("sources: expected files, folders or 'pystdlib', got "
                      "none")
-  for name, v, ok in (("valid_fraction", valid_fraction, 0 < valid_fraction
-                       < 1), ("max_documents", max_documents,
-                              max_documents >= 0),
-                      ("shard_tokens", shard_tokens, shard_tokens >= 1),
-                      ("workers", workers, workers >= 0),
-                      ("stale_s", stale_s, stale_s > 0)):
+  for name, v, ok, want in (
+      ("valid_fraction", valid_fraction, 0 < valid_fraction < 1,
+       "a number in (0, 1)"),
+      ("max_documents", max_documents, max_documents >= 0, "an integer >= 0"),
+      ("shard_tokens", shard_tokens, shard_tokens >= 1, "an integer >= 1"),
+      ("workers", workers, workers >= 0, "an integer >= 0"),
+      ("stale_s", stale_s, stale_s > 0, "a number > 0")):
     if not ok:
-      raise ValueError(f"{name}: out of range, got {v}")
+      raise ValueError(f"{name}: expected {want}, got {v!r}")
   tok = text.load_tokenizer(tokenizer_dir)
   info = _tokenizer_info(tokenizer_dir, tok)
   options = {"glob": glob, "text_field": text_field,
@@ -381,8 +388,7 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
       try:
         if not (out / MANIFEST).exists():
           _build(sources, tokenizer_dir, out, tok, info, options,
-                 fingerprint, key, workers or len(os.sched_getaffinity(0)),
-                 lock)
+                 fingerprint, key, workers or _cores(), lock)
       finally:
         lock.release()
       break
@@ -409,6 +415,9 @@ def _build(sources, tokenizer_dir, out, tok, info, options, fingerprint,
   if progress is not None and progress.get("key") != key:
     print(f"{out}: a partial build of other inputs; starting over",
           flush=True)
+    for s in text.SPLITS:  # its shards, which the new build may not reach
+      for f in out.glob(f"{s}-*.npy"):
+        f.unlink()
     progress = None
   if progress is None:
     progress = {"key": key, "splits": {s: {"shards": [], "next": [0, 0]}
@@ -598,7 +607,7 @@ class ShardedArray:
   memory-mapped; StoreError names a missing or damaged one."""
 
   def __init__(self, folder, shards, what):
-    self.folder, self.what = pathlib.Path(folder), what
+    self.folder, self.what = pathlib.Path(os.path.abspath(folder)), what
     self.files = [s[what] for s in shards]
     self.hashes = [s["sha256"][what] for s in shards]
     self.sizes = np.asarray([s["n"] for s in shards], np.int64)

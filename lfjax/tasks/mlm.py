@@ -53,8 +53,8 @@ KIND = "an MLM"
 # Fields a resumed run may change: they steer only the steps still to come
 # (a longer `steps`: lfjax.checkpoints checks it against the checkpoint),
 # or where files are read and logged; never the data, tokenizer or model.
-RESUMABLE = ("data.cache_dir", "data.workers", "model.attention_impl", "model.dtype",
-             "model.remat", "model.remat_policy",
+RESUMABLE = ("data.cache_dir", "data.workers", "model.attention_impl",
+             "model.dtype", "model.remat", "model.remat_policy",
              "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
              "log_every", "checkpoint_every", "keep_checkpoints",
              "eval_every", "mesh.*", "tensorboard")
