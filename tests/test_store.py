@@ -29,6 +29,7 @@ transformers = optional.need("transformers")
 
 from lfjax.data import store  # noqa: E402
 from lfjax.data import text  # noqa: E402
+from lfjax.data import tokenizing  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VF = 0.25  # valid_fraction: both splits have documents and several shards
@@ -172,9 +173,10 @@ def test_a_failed_build_resumes_from_its_last_shard(tok_dir, docs, tmp_path,
   assert first_doc > 0
   monkeypatch.setattr(store, "_AFTER_SHARD", None)
   seen = []
-  real = text.tokenize_documents
-  monkeypatch.setattr(text, "tokenize_documents",
-                      lambda texts, *a: seen.extend(texts) or real(texts, *a))
+  real = tokenizing.encode
+  monkeypatch.setattr(tokenizing, "encode",
+                      lambda b, texts, sep: seen.extend(texts) or real(
+                          b, texts, sep))
   build(tok_dir, docs, out)
   assert shard_bytes(out) == shard_bytes(straight)
   assert manifest(out) == manifest(straight)

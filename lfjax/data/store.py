@@ -57,6 +57,7 @@ import numpy as np
 from lfjax import files
 from lfjax.data import chars as chars_lib
 from lfjax.data import text
+from lfjax.data import tokenizing
 
 FORMAT, VERSION = "lfjax-token-store", 1
 MANIFEST, PROGRESS, LOCK = "manifest.json", "progress.json", ".build.lock"
@@ -163,28 +164,16 @@ def _content_sha256(tokenizer_hash, options, splits):
 
 # Tokenizing (in workers) -----------------------------------------------------
 
-_WORKER = {}
-
-
-def _init_worker(tokenizer_dir, separator_id):
-  os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
-  _WORKER["tok"] = text.load_tokenizer(tokenizer_dir)
-  _WORKER["sep"] = separator_id
-
-
-def _tokenize_chunk(texts):
-  """(tokens int32 [T], chars int32 [T], lengths int64 [D]) of a chunk."""
-  return text.tokenize_documents(texts, _WORKER["tok"], _WORKER["sep"])
-
 
 class _Pool:
   """Chunks tokenized in order: in this process (workers=1, or a corpus of
   one chunk: no pool to start) or in a spawned pool with at most
   2 * workers chunks in flight, so memory stays constant."""
 
-  def __init__(self, workers, tokenizer_dir, tok, separator_id):
-    self.workers, self.args = workers, (tokenizer_dir, separator_id)
-    self.tok, self.pool = tok, None
+  def __init__(self, workers, tok, separator_id):
+    self.workers, self.backend = workers, tok.backend_tokenizer
+    self.args = (self.backend.to_str(), separator_id)
+    self.pool = None
 
   def map(self, chunks):
     """Yields (chunk, (tokens, chars, lengths)) in order; chunks: an
@@ -193,14 +182,15 @@ class _Pool:
     head = list(itertools.islice(chunks, 1 if self.workers == 1 else 2))
     if len(head) < 2:
       for chunk in itertools.chain(head, chunks):
-        yield chunk, text.tokenize_documents(chunk[1], self.tok, self.args[1])
+        yield chunk, tokenizing.encode(self.backend, chunk[1], self.args[1])
       return
     self.pool = concurrent.futures.ProcessPoolExecutor(
         self.workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker, initargs=self.args)
+        initializer=tokenizing.init_worker, initargs=self.args)
     pending = collections.deque()
     for chunk in itertools.chain(head, chunks):
-      pending.append((chunk, self.pool.submit(_tokenize_chunk, chunk[1])))
+      pending.append((chunk, self.pool.submit(tokenizing.tokenize_chunk,
+                                              chunk[1])))
       if len(pending) >= 2 * self.workers:
         done, fut = pending.popleft()
         yield done, fut.result()
@@ -387,7 +377,7 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
                           and lock.take_over(stale_s)):
       try:
         if not (out / MANIFEST).exists():
-          _build(sources, tokenizer_dir, out, tok, info, options,
+          _build(sources, out, tok, info, options,
                  fingerprint, key, workers or _cores(), lock)
       finally:
         lock.release()
@@ -404,8 +394,8 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
   return out
 
 
-def _build(sources, tokenizer_dir, out, tok, info, options, fingerprint,
-           key, workers, lock):
+def _build(sources, out, tok, info, options, fingerprint, key, workers,
+           lock):
   shard_tokens = options["shard_tokens"]
   dtype = np.uint16 if info["vocab_size"] <= 1 << 16 else np.int32
   try:
@@ -493,13 +483,16 @@ def _build(sources, tokenizer_dir, out, tok, info, options, fingerprint,
     if texts:
       yield meta, texts
 
-  pool = _Pool(workers, tokenizer_dir, tok, info["eos_id"])
+  pool = _Pool(workers, tok, info["eos_id"])
   try:
     for (meta, _), (toks, chs, lengths) in pool.map(chunks()):
       ends = np.cumsum(lengths)
       for (i, s, skip), end, n in zip(meta, ends, lengths):
         begin = end - n + skip
-        pending[s].append([i, skip, toks[begin:end], chs[begin:end]])
+        # Copies: a view would keep the whole chunk alive until the split's
+        # shard fills (a small valid split: every chunk, all along).
+        pending[s].append([i, skip, toks[begin:end].copy(),
+                           chs[begin:end].copy()])
         waiting[s] += end - begin
         last_doc[s] = i
         while waiting[s] >= shard_tokens:

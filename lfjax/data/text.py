@@ -27,6 +27,7 @@ import numpy as np
 from lfjax import extras
 from lfjax.data import chars as chars_lib
 from lfjax.data import sampler
+from lfjax.data import tokenizing
 
 SPLITS = ("train", "valid")
 
@@ -136,36 +137,16 @@ def split_of(name, valid_fraction):
 
 def tokenize(texts, tokenizer, separator_id, batch=256):
   """(tokens, chars) int32 streams [T]: each document's tokens followed by
-  `separator_id`; chars[i] the characters token i owns (module doc)."""
-  tokens, owned, _ = tokenize_documents(texts, tokenizer, separator_id, batch)
-  return tokens, owned
-
-
-def tokenize_documents(texts, tokenizer, separator_id, batch=256):
-  """tokenize's (tokens int32 [T], chars int32 [T]) and lengths int64 [D]:
-  the tokens of each of the D documents, its separator included (they sum
-  to T). A document's tokens do not depend on the others in its batch
-  (no padding), so any batching gives the same streams."""
-  tokens, owned, lengths = [], [], []
+  `separator_id`; chars[i] the characters token i owns (module doc;
+  lfjax.data.tokenizing.account)."""
+  parts = [(np.zeros(0, np.int32), np.zeros(0, np.int32))]
   for i in range(0, len(texts), batch):
     chunk = texts[i:i + batch]
     enc = tokenizer(chunk, add_special_tokens=False,
                     return_offsets_mapping=True, return_attention_mask=False)
-    for text, ids, offsets in zip(chunk, enc["input_ids"],
-                                  enc["offset_mapping"]):
-      ends = np.maximum.accumulate(
-          np.asarray([e for _, e in offsets] or [0], np.int64))
-      counts = np.diff(np.concatenate([[0], ends]))[:len(ids)]
-      if len(ids):
-        counts[-1] += len(text) - ends[-1]
-      tokens += [np.asarray(ids, np.int32), np.asarray([separator_id],
-                                                       np.int32)]
-      owned += [counts.astype(np.int32), np.zeros(1, np.int32)]
-      lengths.append(len(ids) + 1)
-  if not lengths:
-    return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int64)
-  return (np.concatenate(tokens), np.concatenate(owned),
-          np.asarray(lengths, np.int64))
+    parts.append(tokenizing.account(chunk, enc["input_ids"],
+                                    enc["offset_mapping"], separator_id)[:2])
+  return tuple(np.concatenate(p) for p in zip(*parts))
 
 
 @dataclasses.dataclass(frozen=True)
