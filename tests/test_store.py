@@ -399,3 +399,47 @@ def test_cli_builds_and_verifies(tok_dir, docs, tmp_path):
   r = cli("verify", out)
   assert r.returncode == 1 and "Traceback" not in r.stderr
   assert r.stderr.splitlines()[0].startswith(f"error: {shard}: damaged")
+
+
+def test_an_mlm_run_reads_a_built_store_or_builds_one(tok_dir, docs,
+                                                      tmp_path):
+  from lfjax.tasks import mlm
+  from lfjax.tasks import mlm_defaults
+  c = mlm_defaults.base_config()
+  c.init_from = str(tmp_path / "model")  # not read: data.tokenizer is given
+  c.data.tokenizer = str(tok_dir)
+  c.data.valid_fraction = VF
+  c.data.workers = 1
+  c.data.sources = (str(docs),)
+  c.data.cache_dir = str(tmp_path / "cache")
+  from_sources = mlm.load_corpus(c)
+  [built] = (tmp_path / "cache").iterdir()
+  assert mlm.corpus_name(c) == str(docs)
+  out = build(tok_dir, docs, tmp_path / "store", shard_tokens=1 << 24)
+  c.data.sources, c.data.store = (), str(out)
+  mlm_defaults.validate(c)
+  from_store = mlm.load_corpus(c)
+  assert mlm.corpus_name(c) == str(out)
+  # The same options (shard_tokens 1 << 24, the run's default): one store.
+  assert from_store.sha256 == from_sources.sha256 == manifest(built)["sha256"]
+  want = expected(tok_dir, docs)
+  for s in text.SPLITS:
+    np.testing.assert_array_equal(np.asarray(from_store.splits[s][0]),
+                                  want[s][0])
+  assert from_store.mask_id == transformers.AutoTokenizer.from_pretrained(
+      str(tok_dir)).mask_token_id
+  c.data.sources = (str(docs),)
+  with pytest.raises(ValueError, match="data.store: expected '' when "
+                     "data.sources"):
+    mlm_defaults.validate(c)
+  with pytest.raises(ValueError, match="not both"):
+    mlm.load_corpus(c)
+  c.data.sources = ()
+  other = tmp_path / "other_tok"
+  shutil.copytree(tok_dir, other)
+  vocab = json.loads((other / "vocab.json").read_text())
+  vocab["zzz"] = len(vocab)
+  (other / "vocab.json").write_text(json.dumps(vocab))
+  c.data.tokenizer = str(other)
+  with pytest.raises(ValueError, match="built with another tokenizer"):
+    mlm.load_corpus(c)
