@@ -61,7 +61,7 @@ def main(argv=None):
   from lfjax.data import store  # after the flags: it imports jax
   if args.command == "verify":
     t0 = time.time()
-    r = store.verify(args.store)
+    store.verify(args.store)
     print(f"{args.store}: ok, {_summary(store.read_manifest(args.store))} "
           f"(checked in {time.time() - t0:.1f} s)")
     return

@@ -37,30 +37,26 @@ than stale_s; shards are a function of the inputs alone, so two builders
 that overlap write the same bytes.
 """
 
-import collections
-import concurrent.futures
 import datetime
 import hashlib
 import io
-import itertools
 import json
-import multiprocessing
 import os
 import pathlib
-import socket
 import sys
 import time
-import uuid
 
 import numpy as np
 
 from lfjax import files
+from lfjax.data import build_lock
 from lfjax.data import chars as chars_lib
 from lfjax.data import text
 from lfjax.data import tokenizing
 
 FORMAT, VERSION = "lfjax-token-store", 1
-MANIFEST, PROGRESS, LOCK = "manifest.json", "progress.json", ".build.lock"
+MANIFEST, PROGRESS = "manifest.json", "progress.json"
+LOCK = build_lock.NAME
 # The tokenizer's files that decide its tokens (the weights' files do not).
 TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens",
                    "added_tokens")
@@ -91,8 +87,9 @@ def _fingerprint(sources, glob):
   out = []
   for src in sources:
     if src == "pystdlib":
+      listing = chars_lib._listing_sha256()  # pylint: disable=protected-access
       out.append({"source": src, "file": sys.version,
-                  "listing_sha256": chars_lib._listing_sha256()})  # pylint: disable=protected-access
+                  "listing_sha256": listing})
       continue
     path = pathlib.Path(src).expanduser()
     if path.is_dir():
@@ -162,103 +159,7 @@ def _content_sha256(tokenizer_hash, options, splits):
   return _framed(parts)
 
 
-# Tokenizing (in workers) -----------------------------------------------------
-
-
-class _Pool:
-  """Chunks tokenized in order: in this process (workers=1, or a corpus of
-  one chunk: no pool to start) or in a spawned pool with at most
-  2 * workers chunks in flight, so memory stays constant."""
-
-  def __init__(self, workers, tok, separator_id):
-    self.workers, self.backend = workers, tok.backend_tokenizer
-    self.args = (self.backend.to_str(), separator_id)
-    self.pool = None
-
-  def map(self, chunks):
-    """Yields (chunk, (tokens, chars, lengths)) in order; chunks: an
-    iterable of (meta, texts)."""
-    chunks = iter(chunks)
-    head = list(itertools.islice(chunks, 1 if self.workers == 1 else 2))
-    if len(head) < 2:
-      for chunk in itertools.chain(head, chunks):
-        yield chunk, tokenizing.encode(self.backend, chunk[1], self.args[1])
-      return
-    self.pool = concurrent.futures.ProcessPoolExecutor(
-        self.workers, mp_context=multiprocessing.get_context("spawn"),
-        initializer=tokenizing.init_worker, initargs=self.args)
-    pending = collections.deque()
-    for chunk in itertools.chain(head, chunks):
-      pending.append((chunk, self.pool.submit(tokenizing.tokenize_chunk,
-                                              chunk[1])))
-      if len(pending) >= 2 * self.workers:
-        done, fut = pending.popleft()
-        yield done, fut.result()
-    while pending:
-      done, fut = pending.popleft()
-      yield done, fut.result()
-
-  def close(self):
-    if self.pool is not None:
-      self.pool.shutdown(cancel_futures=True)
-
-
 # Building --------------------------------------------------------------------
-
-
-class _Lock:
-  """out/.build.lock, created O_EXCL; its mtime is the builder's heartbeat."""
-
-  def __init__(self, out):
-    self.path = pathlib.Path(out) / LOCK
-    self.token = uuid.uuid4().hex
-    self.info = {"host": socket.gethostname(), "pid": os.getpid(),
-                 "started": _now(), "token": self.token}
-    self.last = 0.0
-
-  def acquire(self):
-    try:
-      fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-      return False
-    with os.fdopen(fd, "w") as f:
-      json.dump(self.info, f)
-    return True
-
-  def take_over(self, stale_s):
-    """Moves a stale lock aside (rename: one process wins), then competes
-    for a new one; False: another process got it."""
-    aside = self.path.with_name(f"{LOCK}.{self.token}.stale")
-    try:
-      os.rename(self.path, aside)
-    except FileNotFoundError:
-      return False
-    if not _is_stale(aside, stale_s):
-      # Another process took it over between our look and the rename:
-      # give its fresh lock back (link: only if none was made since).
-      try:
-        os.link(aside, self.path)
-      except FileExistsError:
-        pass
-      aside.unlink(missing_ok=True)
-      return False
-    aside.unlink(missing_ok=True)
-    return self.acquire()
-
-  def beat(self, every_s=0.0):
-    """Refreshes the heartbeat (at most once in every_s seconds)."""
-    now = time.time()
-    if now - self.last < every_s:
-      return
-    self.last = now
-    try:
-      os.utime(self.path)
-    except FileNotFoundError:  # taken over while this builder stalled
-      pass
-
-  def release(self):
-    if _read_lock(self.path).get("token") == self.token:
-      self.path.unlink(missing_ok=True)
 
 
 def _cores():
@@ -270,35 +171,6 @@ def _cores():
 def _now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
-
-
-def _read_lock(path):
-  try:
-    return json.loads(pathlib.Path(path).read_text())
-  except (FileNotFoundError, ValueError):  # gone, or being written
-    return {}
-
-
-def _is_stale(path, stale_s):
-  """A lock whose heartbeat is older than stale_s, or whose builder was a
-  process of this host that no longer runs."""
-  try:
-    age = time.time() - os.stat(path).st_mtime
-  except FileNotFoundError:
-    return False
-  if age > stale_s:
-    return True
-  info = _read_lock(path)
-  if info.get("host") != socket.gethostname() or not isinstance(
-      info.get("pid"), int) or info["pid"] == os.getpid():
-    return False
-  try:
-    os.kill(info["pid"], 0)
-  except ProcessLookupError:
-    return True
-  except PermissionError:  # another user's: it runs
-    pass
-  return False
 
 
 def _save_npy(path, arr):
@@ -370,10 +242,10 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
   key = _key(sources, fingerprint, info["sha256"], options)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  lock, told, wait = _Lock(out), False, _POLL_S[0]
+  lock, told, wait = build_lock.BuildLock(out), False, _POLL_S[0]
   while not (out / MANIFEST).exists():
     _check_folder(out)
-    if lock.acquire() or (_is_stale(lock.path, stale_s)
+    if lock.acquire() or (build_lock.is_stale(lock.path, stale_s)
                           and lock.take_over(stale_s)):
       try:
         if not (out / MANIFEST).exists():
@@ -383,7 +255,7 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
         lock.release()
       break
     if not told:
-      other = _read_lock(lock.path)
+      other = build_lock.read_lock(lock.path)
       print(f"waiting for {out}: being built by {other.get('host')} pid "
             f"{other.get('pid')} since {other.get('started')} (a lock whose "
             f"heartbeat is {stale_s} s old is taken over)", flush=True)
@@ -483,7 +355,7 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
     if texts:
       yield meta, texts
 
-  pool = _Pool(workers, tok, info["eos_id"])
+  pool = tokenizing.Pool(workers, tok.backend_tokenizer, info["eos_id"])
   try:
     for (meta, _), (toks, chs, lengths) in pool.map(chunks()):
       ends = np.cumsum(lengths)

@@ -9,6 +9,10 @@ token also any trailing text; a document's counts sum to its length; the
 separator after each document owns none.
 """
 
+import collections
+import concurrent.futures
+import itertools
+import multiprocessing
 import os
 
 import numpy as np
@@ -69,3 +73,42 @@ def init_worker(tokenizer_json, separator_id):
 def tokenize_chunk(texts):
   """encode() in a worker that init_worker set up."""
   return encode(_WORKER["backend"], texts, _WORKER["sep"])
+
+
+class Pool:
+  """Chunks tokenized in order: in this process (workers=1, or a corpus of
+  one chunk: no pool to start) or in a spawned pool with at most
+  2 * workers chunks in flight, so memory stays constant."""
+
+  def __init__(self, workers, backend, separator_id):
+    """backend: a tokenizers.Tokenizer (a fast tokenizer's
+    backend_tokenizer), sent to the workers as its JSON."""
+    self.workers, self.backend = workers, backend
+    self.args = (self.backend.to_str(), separator_id)
+    self.pool = None
+
+  def map(self, chunks):
+    """Yields (chunk, (tokens, chars, lengths)) in order; chunks: an
+    iterable of (meta, texts)."""
+    chunks = iter(chunks)
+    head = list(itertools.islice(chunks, 1 if self.workers == 1 else 2))
+    if len(head) < 2:
+      for chunk in itertools.chain(head, chunks):
+        yield chunk, encode(self.backend, chunk[1], self.args[1])
+      return
+    self.pool = concurrent.futures.ProcessPoolExecutor(
+        self.workers, mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker, initargs=self.args)
+    pending = collections.deque()
+    for chunk in itertools.chain(head, chunks):
+      pending.append((chunk, self.pool.submit(tokenize_chunk, chunk[1])))
+      if len(pending) >= 2 * self.workers:
+        done, fut = pending.popleft()
+        yield done, fut.result()
+    while pending:
+      done, fut = pending.popleft()
+      yield done, fut.result()
+
+  def close(self):
+    if self.pool is not None:
+      self.pool.shutdown(cancel_futures=True)

@@ -18,9 +18,9 @@ loss / ln 2, i.e. bits per token; that is `bits_per_token` in the metrics.
 The run folder's corpus_history.jsonl records the data it trains on (its
 data.store or data.sources, and the token store's sha256: the tokenizer
 files, the build options and every shard, lfjax.data.store); a resume on
-other data says so (as the char-LM's, lfjax.tasks.common.record_corpus). `evaluate` writes that sha256 as
-`dataset_sha256` and notes (stderr) when the evaluated checkpoint was
-trained on other data.
+other data says so (as the char-LM's, lfjax.tasks.common.record_corpus).
+`evaluate` writes that sha256 as `dataset_sha256` and notes (stderr) when
+the evaluated checkpoint was trained on other data.
 """
 
 import math
