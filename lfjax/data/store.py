@@ -213,6 +213,9 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
   0 = all, else the first N non-empty documents in order; shard_tokens:
   tokens per shard; workers: tokenizing processes (0: the machine's cores,
   1: this process); stale_s: a lock whose heartbeat is older is taken over.
+  More than one worker spawns processes (JAX may be imported here, so no
+  fork), which import the main module again: a script calling this needs
+  the `if __name__ == "__main__":` guard, as any spawning program.
 
   Raises:
     FileNotFoundError: a missing source or tokenizer.
@@ -400,10 +403,13 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
 
 
 def for_sources(sources, tokenizer_dir, cache_dir, **options):
-  """The store of `sources` under cache_dir (pathlib.Path cache_dir / key,
-  the key a hash of the format, the sources' stat fingerprint, the
-  tokenizer files' sha256 and the options): built if missing (build's
-  options), else reused without reading a document."""
+  """The store of `sources` under cache_dir: pathlib.Path cache_dir / key,
+  the key 16 hex digits of a hash of the format, the sources' stat
+  fingerprint (names, sizes, mtimes), the tokenizer files' sha256 and the
+  options (build's keyword arguments: glob, text_field, valid_fraction,
+  max_documents, shard_tokens decide the content; workers, stale_s do
+  not). Built if missing, else reused without reading a document or
+  loading the tokenizer. Raises as build."""
   sources = [sources] if isinstance(sources, str) else [str(s) for s in
                                                          sources]
   opts = {"glob": options.get("glob", "*.txt"),
