@@ -34,6 +34,7 @@ import commands  # noqa: E402  (experiments/, beside this file)
 from lfjax import checkpoints  # noqa: E402
 from lfjax import convert  # noqa: E402
 from lfjax import train  # noqa: E402
+from lfjax.data import sources  # noqa: E402
 from lfjax.data import text  # noqa: E402
 from lfjax.models import LongformerConfig  # noqa: E402
 from lfjax.tasks import mlm  # noqa: E402
@@ -162,7 +163,7 @@ def main():
 
   tok_dir = w / "tokenizer"
   if not (tok_dir / "tokenizer_config.json").exists():
-    docs = [t for n, t in text.read_documents("pystdlib")
+    docs = [t for n, t in sources.iter_documents("pystdlib")
             if text.split_of(n, 0.05) == "train"]
     text.train_tokenizer(docs, tok_dir, vocab_size=args.vocab)
   init = w / "short_init"

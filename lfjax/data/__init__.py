@@ -1,1 +1,1 @@
-"""Data: character corpora and samplers."""
+"""Data: character corpora, MLM documents and their token store, samplers."""

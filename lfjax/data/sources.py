@@ -28,7 +28,6 @@ import gzip
 import io
 import itertools
 import json
-import os
 import pathlib
 import platform
 import sys

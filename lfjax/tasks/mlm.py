@@ -16,14 +16,15 @@ says how characters are divided among tokens). allenai's script logs the
 loss / ln 2, i.e. bits per token; that is `bits_per_token` in the metrics.
 
 The run folder's corpus_history.jsonl records the data it trains on (its
-data.sources and lfjax.data.text.data_sha256: the documents, the split and
-the tokenizer files); a resume on other data says so (as the char-LM's,
-lfjax.tasks.common.record_corpus). `evaluate` writes that sha256 as
-`dataset_sha256` and notes (stderr) when the evaluated checkpoint was
-trained on other data.
+data.store or data.sources, and the token store's sha256: the tokenizer
+files, the build options and every shard, lfjax.data.store); a resume on
+other data says so (as the char-LM's, lfjax.tasks.common.record_corpus).
+`evaluate` writes that sha256 as `dataset_sha256` and notes (stderr) when
+the evaluated checkpoint was trained on other data.
 """
 
 import math
+import os
 import pathlib
 
 import jax
@@ -39,8 +40,9 @@ from lfjax import convert
 from lfjax import loop
 from lfjax import parallel
 from lfjax import train_step
+from lfjax.data import chars as chars_lib
 from lfjax.data import loader
-from lfjax.data import text
+from lfjax.data import store
 from lfjax.models import stack
 from lfjax.tasks import common
 from lfjax.tasks import mlm_defaults
@@ -50,8 +52,8 @@ KIND = "an MLM"
 # Fields a resumed run may change: they steer only the steps still to come
 # (a longer `steps`: lfjax.checkpoints checks it against the checkpoint),
 # or where files are read and logged; never the data, tokenizer or model.
-RESUMABLE = ("data.cache_dir", "model.attention_impl", "model.dtype",
-             "model.remat", "model.remat_policy",
+RESUMABLE = ("data.cache_dir", "data.workers", "model.attention_impl",
+             "model.dtype", "model.remat", "model.remat_policy",
              "train.micro_batch_size", "mask.*", "optim.*", "steps", "eval.*",
              "log_every", "checkpoint_every", "keep_checkpoints",
              "eval_every", "mesh.*", "tensorboard")
@@ -63,17 +65,49 @@ def tokenizer_dir(config):
 
 
 def load_corpus(config):
+  """The run's text.TokenCorpus: the token store data.store, or the one of
+  data.sources under data.cache_dir (built on first use, by data.workers
+  processes; reused, without reading a document, while the sources' files
+  keep their sizes and times). Shards are checked on first read.
+
+  Raises:
+    ValueError: neither or both of data.store and data.sources; a store
+      made with another tokenizer than the run's; store.StoreError (a
+      ValueError) for a damaged or unfinished store.
+    FileNotFoundError: a missing source or tokenizer.
+  """
   d = config.data
+  tok_dir = tokenizer_dir(config)
+  given = d.get("store", "")  # runs from before data.store have none
+  if given:
+    if d.sources:
+      raise ValueError("data.store: give data.store (a built token store) "
+                       "or data.sources (documents), not both")
+    m = store.read_manifest(given)
+    if os.path.isdir(tok_dir) and (m["tokenizer"]["sha256"]
+                                   != store.tokenizer_sha256(tok_dir)):
+      raise ValueError(f"data.store: {given} was built with another "
+                       f"tokenizer than {tok_dir}'s (data.tokenizer, "
+                       "else init_from); rebuild it with that one")
+    return store.open(given)
   if not d.sources:
     raise ValueError("data.sources: expected local text files or folders "
-                     "(one document per file) or 'pystdlib', got none")
-  return text.load_corpus(
-      tuple(d.sources), tokenizer_dir(config), valid_fraction=d.valid_fraction,
-      glob=d.glob, max_documents=d.max_documents, cache_dir=d.cache_dir or None)
+                     "(one document per file) or 'pystdlib', or data.store "
+                     "(a built token store), got none")
+  path = store.for_sources(
+      tuple(d.sources), tok_dir,
+      d.cache_dir or chars_lib.default_data_dir() / "mlm", glob=d.glob,
+      text_field=d.get("text_field", "text"),
+      valid_fraction=d.valid_fraction, max_documents=d.max_documents,
+      workers=d.get("workers", 0))
+  return store.open(path)
 
 
 def corpus_name(config):
-  """The data's name in records: its data.sources, comma-separated."""
+  """The data's name in records: data.store, else its data.sources,
+  comma-separated."""
+  if config.data.get("store", ""):
+    return str(config.data.store)
   return ",".join(str(s) for s in config.data.sources)
 
 
@@ -405,11 +439,12 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
     ) else have
   if sources:
     config.data.sources = tuple(sources)
+    config.data.store = ""  # documents given: not the run's store
   for field, value in (("valid_fraction", valid_fraction),
                        ("max_documents", max_documents), ("glob", glob)):
     if value is not None:
       config.data[field] = value
-  if not config.data.sources:
+  if not config.data.sources and not config.data.get("store"):
     raise ValueError("--sources: expected documents to evaluate on (the "
                      "run's data.sources are used with --workdir)")
   have = config.model.max_positions

@@ -24,14 +24,21 @@ def base_config():
   c.init_from = ""
 
   c.data = ml_collections.ConfigDict()
+  # A token store built by `python -m lfjax.data build` (its manifest names
+  # the documents, tokenizer and options); "" = build or reuse one from
+  # data.sources under data.cache_dir. Give one of the two.
+  c.data.store = ""
   # Text files, folders of documents (one per file) or "pystdlib".
   c.data.sources = ()
   c.data.glob = "*.txt"  # which files of a folder are documents
+  c.data.text_field = "text"  # the text of record files (jsonl, parquet)
   c.data.max_documents = 0  # 0 = all; else the first N (in name order)
   # Documents whose name hashes below this fraction form the held-out split.
   c.data.valid_fraction = 0.01
   c.data.tokenizer = ""  # tokenizer folder; "" = init_from
-  c.data.cache_dir = ""  # tokenized splits; "" = $LFJAX_DATA/mlm
+  # Token stores built from data.sources; "" = $LFJAX_DATA/mlm.
+  c.data.cache_dir = ""
+  c.data.workers = 0  # processes tokenizing a new store; 0 = all cores
 
   c.model = ml_collections.ConfigDict()
   # Positions after the conversion; a shorter checkpoint goes through
@@ -119,12 +126,18 @@ def validate(config):
         "checkpoint folder (config.json, weights and tokenizer files), got "
         f"{c.init_from!r}; pass --config.init_from=DIR (`python -m "
         "lfjax.make_tiny --to DIR` builds a tiny one for the :tiny config)")
+  ck.string(c, "data.store")
   ck.strings(c, "data.sources")
+  if c.data.store and c.data.sources:
+    ck._fail("data.store", "'' when data.sources are given (give one of "
+             "the two)", c.data.store)
   ck.string(c, "data.glob", nonempty=True)
+  ck.string(c, "data.text_field", nonempty=True)
   ck.integer(c, "data.max_documents", 0)
   ck.real(c, "data.valid_fraction", 0, 1, lo_open=True, hi_open=True)
   ck.string(c, "data.tokenizer")
   ck.string(c, "data.cache_dir")
+  ck.integer(c, "data.workers", 0)
   positions = ck.integer(c, "model.max_positions", 2)
   if ck.integer(c, "model.attention_window", 2) % 2:
     ck._fail("model.attention_window", "an even integer (the FULL window)",

@@ -1,0 +1,445 @@
+"""The token store (lfjax.data.store): contents against the documents read
+and tokenized directly, resume after a failure and after SIGKILL,
+concurrent builders, locks, damaged shards, the pool, reuse, the CLI.
+
+Expected streams come from the files read with pathlib and split with
+text.split_of, tokenized by text.tokenize (the accounting
+test_mlm.test_character_accounting_by_hand checks by hand); hashes from
+hashlib over the files on disk.
+"""
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests import optional
+
+transformers = optional.need("transformers")
+
+from lfjax.data import store  # noqa: E402
+from lfjax.data import text  # noqa: E402
+from lfjax.data import tokenizing  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+VF = 0.25  # valid_fraction: both splits have documents and several shards
+WORDS = ["def", "class", "return", "import", "self", "value", "(", ")",
+         ":", "\n", "    ", "for", "in", "if", "else", "é", "data", "λx"]
+
+
+def write_docs(folder, n, seed=0):
+  folder.mkdir(parents=True, exist_ok=True)
+  rng = np.random.default_rng(seed)
+  for i in range(n):
+    (folder / f"doc{i:02d}.txt").write_text(
+        " ".join(rng.choice(WORDS, int(rng.integers(20, 150)))),
+        encoding="utf-8")
+  return folder
+
+
+@pytest.fixture(scope="module")
+def tok_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tok")
+  rng = np.random.default_rng(1)
+  texts = [" ".join(rng.choice(WORDS, 200)) for _ in range(50)]
+  text.train_tokenizer(texts, path, vocab_size=300)
+  return path
+
+
+@pytest.fixture(scope="module")
+def docs(tmp_path_factory):
+  return write_docs(tmp_path_factory.mktemp("d") / "docs", 30)
+
+
+@pytest.fixture(autouse=True)
+def fresh_checks(monkeypatch):
+  monkeypatch.setattr(store, "_CHECKED", set())  # as in a new process
+
+
+def expected(tok_dir, folder, max_documents=0):
+  """{split: (tokens, chars)} of the folder's files, read directly."""
+  tok = transformers.AutoTokenizer.from_pretrained(str(tok_dir))
+  files = sorted(folder.glob("*.txt"))[:max_documents or None]
+  named = [(f"{folder.name}/{f.name}", f.read_text(encoding="utf-8"))
+           for f in files]
+  return {s: text.tokenize([t for n, t in named if text.split_of(n, VF) == s],
+                           tok, tok.sep_token_id) for s in text.SPLITS}
+
+
+def build(tok_dir, docs, out, **kw):
+  kw = dict(dict(valid_fraction=VF, shard_tokens=97, workers=1), **kw)
+  return store.build([str(docs)], str(tok_dir), out, **kw)
+
+
+def shard_bytes(out):
+  return {p.name: p.read_bytes() for p in sorted(pathlib.Path(out).iterdir())
+          if p.suffix == ".npy"}
+
+
+def manifest(out):
+  m = json.loads((pathlib.Path(out) / store.MANIFEST).read_text())
+  m.pop("created")
+  return m
+
+
+def test_store_holds_the_tokenized_documents_across_shards(tok_dir, docs,
+                                                           tmp_path):
+  out = build(tok_dir, docs, tmp_path / "s")
+  want = expected(tok_dir, docs)
+  corpus = store.open(out)
+  m = manifest(out)
+  names = [f"{docs.name}/{f.name}" for f in sorted(docs.glob("*.txt"))]
+  for s in text.SPLITS:
+    tokens, chars = corpus.splits[s]
+    np.testing.assert_array_equal(np.asarray(tokens), want[s][0])
+    np.testing.assert_array_equal(np.asarray(chars), want[s][1])
+    # Slices across shard boundaries, single items.
+    np.testing.assert_array_equal(tokens[90:300], want[s][0][90:300])
+    assert tokens[-1] == want[s][0][-1] == corpus.eos_id
+    assert tokens[100] == want[s][0][100]
+    assert tokens[50:40].shape == (0,) and tokens[5:9].dtype == np.int32
+    shards = m["splits"][s]["shards"]
+    assert len(shards) == math.ceil(len(want[s][0]) / 97) > 2
+    assert [x["n"] for x in shards[:-1]] == [97] * (len(shards) - 1)
+    assert np.load(out / shards[0]["tokens"]).dtype == np.uint16
+    assert m["splits"][s]["documents"] == sum(
+        text.split_of(n, VF) == s for n in names)
+    assert m["splits"][s]["chars"] == int(want[s][1].sum())
+    for x in shards:
+      for what in ("tokens", "chars"):
+        assert (hashlib.sha256((out / x[what]).read_bytes()).hexdigest()
+                == x["sha256"][what])
+  assert m["tokenizer"]["sha256"] == store.tokenizer_sha256(tok_dir)
+  assert corpus.sha256 == m["sha256"]
+  assert not (out / store.LOCK).exists() and not (out / store.PROGRESS
+                                                  ).exists()
+  assert store.verify(out)["splits"]["train"]["tokens"] == len(
+      want["train"][0])
+  # max_documents: the first N documents in order.
+  few = build(tok_dir, docs, tmp_path / "few", max_documents=7)
+  want = expected(tok_dir, docs, max_documents=7)
+  for s in text.SPLITS:
+    np.testing.assert_array_equal(np.asarray(store.open(few).splits[s][0]),
+                                  want[s][0])
+
+
+@pytest.mark.parametrize("vocab,dtype", [(1 << 16, np.uint16),
+                                         ((1 << 16) + 1, np.int32)])
+def test_token_dtype_follows_the_vocabulary(tok_dir, docs, tmp_path,
+                                            monkeypatch, vocab, dtype):
+  info = store._tokenizer_info
+  monkeypatch.setattr(store, "_tokenizer_info",
+                      lambda d, t: dict(info(d, t), vocab_size=vocab))
+  out = build(tok_dir, docs, tmp_path / "s", shard_tokens=1000)
+  m = manifest(out)
+  assert m["splits"]["train"]["dtype"] == np.dtype(dtype).name
+  assert np.load(out / m["splits"]["train"]["shards"][0]["tokens"]
+                 ).dtype == dtype
+  got = store.open(out).splits["train"][0]
+  np.testing.assert_array_equal(np.asarray(got),
+                                expected(tok_dir, docs)["train"][0])
+
+
+class Stop(Exception):
+  pass
+
+
+def test_a_failed_build_resumes_from_its_last_shard(tok_dir, docs, tmp_path,
+                                                    monkeypatch):
+  straight = build(tok_dir, docs, tmp_path / "straight")
+
+  def fail(split, k):
+    if split == "train" and k == 20:
+      raise Stop()
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail)
+  out = tmp_path / "killed"
+  with pytest.raises(Stop):
+    build(tok_dir, docs, out)
+  assert not (out / store.MANIFEST).exists()
+  assert not (out / store.LOCK).exists()  # released on the error
+  progress = json.loads((out / store.PROGRESS).read_text())
+  assert len(progress["splits"]["train"]["shards"]) == 21
+  first_doc = progress["splits"]["train"]["next"][0]
+  assert first_doc > 0
+  monkeypatch.setattr(store, "_AFTER_SHARD", None)
+  seen = []
+  real = tokenizing.encode
+  monkeypatch.setattr(tokenizing, "encode",
+                      lambda b, texts, sep: seen.extend(texts) or real(
+                          b, texts, sep))
+  build(tok_dir, docs, out)
+  assert shard_bytes(out) == shard_bytes(straight)
+  assert manifest(out) == manifest(straight)
+  # The documents before the resume point were read but not tokenized.
+  files = sorted(docs.glob("*.txt"))
+  skipped = [f.read_text(encoding="utf-8") for i, f in enumerate(files)
+             if i < min(x["next"][0] for x in progress["splits"].values())]
+  assert skipped and not set(skipped) & set(seen)
+
+
+def test_a_partial_build_of_other_options_starts_over(tok_dir, docs,
+                                                     tmp_path, monkeypatch,
+                                                     capsys):
+  straight = build(tok_dir, docs, tmp_path / "straight", shard_tokens=500)
+
+  def fail(split, k):
+    if split == "train" and k == 20:
+      raise Stop()
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail)
+  out = tmp_path / "s"
+  with pytest.raises(Stop):
+    build(tok_dir, docs, out)  # shards of 97
+  monkeypatch.setattr(store, "_AFTER_SHARD", None)
+  build(tok_dir, docs, out, shard_tokens=500)
+  assert "a partial build of other inputs" in capsys.readouterr().out
+  assert shard_bytes(out) == shard_bytes(straight)  # no shard of 97 left
+  assert manifest(out) == manifest(straight)
+
+
+def test_a_sigkilled_build_resumes(tok_dir, docs, tmp_path):
+  straight = build(tok_dir, docs, tmp_path / "straight")
+  out = tmp_path / "killed"
+  code = (
+      "import os, signal, sys\n"
+      "from lfjax.data import store\n"
+      "store._AFTER_SHARD = lambda s, k: (os.kill(os.getpid(), "
+      "signal.SIGKILL) if (s, k) == ('train', 12) else None)\n"
+      f"store.build([{str(docs)!r}], {str(tok_dir)!r}, {str(out)!r}, "
+      f"valid_fraction={VF}, shard_tokens=97, workers=1)\n")
+  r = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                     capture_output=True, text=True, timeout=300)
+  assert r.returncode == -signal.SIGKILL, r.stderr
+  assert (out / store.LOCK).exists() and not (out / store.MANIFEST).exists()
+  assert len(json.loads((out / store.PROGRESS).read_text())["splits"][
+      "train"]["shards"]) == 13
+  # The lock's process is gone (this host): taken over at once.
+  t0 = time.time()
+  build(tok_dir, docs, out)
+  assert time.time() - t0 < 60
+  assert shard_bytes(out) == shard_bytes(straight)
+  assert manifest(out) == manifest(straight)
+
+
+def test_two_concurrent_builders_leave_one_consistent_store(tok_dir, docs,
+                                                            tmp_path):
+  straight = build(tok_dir, docs, tmp_path / "straight")
+  out = tmp_path / "shared"
+  ctx = multiprocessing.get_context("spawn")
+  procs = [ctx.Process(target=store.build,
+                       args=([str(docs)], str(tok_dir), str(out)),
+                       kwargs=dict(valid_fraction=VF, shard_tokens=97,
+                                   workers=1)) for _ in range(2)]
+  for p in procs:
+    p.start()
+  for p in procs:
+    p.join(300)
+  assert [p.exitcode for p in procs] == [0, 0]
+  store.verify(out)
+  assert shard_bytes(out) == shard_bytes(straight)
+  assert manifest(out) == manifest(straight)
+  assert not [p.name for p in out.iterdir() if p.name.startswith(
+      (store.LOCK, store.PROGRESS)) or p.name.endswith(".tmp")]
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_waited_for(
+    tok_dir, docs, tmp_path, capsys):
+  out = tmp_path / "s"
+  out.mkdir()
+  lock = out / store.LOCK
+  lock.write_text(json.dumps({"host": "elsewhere", "pid": 1,
+                              "started": "then"}))
+  old = time.time() - 1000
+  os.utime(lock, (old, old))
+  build(tok_dir, docs, out, stale_s=600)
+  assert (out / store.MANIFEST).exists() and not lock.exists()
+  assert "waiting" not in capsys.readouterr().out
+  # A fresh lock of another host: wait (saying so once) until it is stale.
+  out2 = tmp_path / "s2"
+  out2.mkdir()
+  (out2 / store.LOCK).write_text(json.dumps(
+      {"host": "elsewhere", "pid": 1, "started": "now"}))
+  t0 = time.time()
+  build(tok_dir, docs, out2, stale_s=1.5)
+  assert time.time() - t0 >= 1.5
+  said = capsys.readouterr().out
+  assert said.count("waiting for") == 1 and "elsewhere pid 1" in said
+  assert shard_bytes(out2) == shard_bytes(out)
+
+
+def test_a_damaged_or_missing_shard_is_named(tok_dir, docs, tmp_path):
+  out = build(tok_dir, docs, tmp_path / "s")
+  m = manifest(out)
+  bad = out / m["splits"]["train"]["shards"][3]["tokens"]
+  raw = bytearray(bad.read_bytes())
+  raw[-1] ^= 1  # a token's low bit
+  bad.write_bytes(bytes(raw))
+  corpus = store.open(out)  # lazy: nothing read yet
+  tokens = corpus.splits["train"][0]
+  np.testing.assert_array_equal(tokens[:97 * 3],
+                                expected(tok_dir, docs)["train"][0][:97 * 3])
+  with pytest.raises(store.StoreError, match=f"{bad}: damaged shard"):
+    tokens[97 * 3:97 * 3 + 5]
+  with pytest.raises(store.StoreError, match=f"{bad}: damaged shard"):
+    store.verify(out)
+  with pytest.raises(store.StoreError, match=f"{bad}: damaged shard"):
+    store.open(out, verify=True)
+  gone = out / m["splits"]["valid"]["shards"][1]["chars"]
+  gone.unlink()
+  with pytest.raises(store.StoreError, match=f"{gone}: missing shard"):
+    store.open(out).splits["valid"][1][97:98]
+  bad.write_bytes(bytes(raw[:-1] + bytes([raw[-1] ^ 1])))  # repaired
+  with pytest.raises(store.StoreError, match=f"{gone}: missing shard"):
+    store.verify(out)
+  with pytest.raises(store.StoreError, match="no manifest.json"):
+    store.open(tmp_path)
+
+
+def test_a_pool_of_two_builds_the_same_store(tok_dir, docs, tmp_path,
+                                             monkeypatch):
+  one = build(tok_dir, docs, tmp_path / "one")
+  monkeypatch.setattr(store, "_CHUNK_CHARS", 2000)  # several chunks
+  pools = []
+  close = tokenizing.Pool.close
+  monkeypatch.setattr(tokenizing.Pool, "close",
+                      lambda self: pools.append(self.pool) or close(self))
+  two = build(tok_dir, docs, tmp_path / "two", workers=2)
+  assert pools and pools[0] is not None  # the spawned pool ran
+  assert shard_bytes(two) == shard_bytes(one)
+  assert manifest(two) == manifest(one)
+
+
+def test_for_sources_reuses_and_rebuilds_on_a_changed_file(
+    tok_dir, docs, tmp_path, monkeypatch):
+  folder = tmp_path / "docs"
+  shutil.copytree(docs, folder)
+  cache = tmp_path / "cache"
+  opts = dict(valid_fraction=VF, shard_tokens=97, workers=1)
+  first = store.for_sources([str(folder)], str(tok_dir), cache, **opts)
+
+  def no_reading(*a):
+    raise AssertionError("a document was read")
+  monkeypatch.setattr(store, "_documents", no_reading)
+  assert store.for_sources([str(folder)], str(tok_dir), cache,
+                           **opts) == first
+  monkeypatch.undo()
+  f = folder / "doc03.txt"
+  f.write_text(f.read_text(encoding="utf-8") + " else", encoding="utf-8")
+  grown = store.for_sources([str(folder)], str(tok_dir), cache, **opts)
+  assert grown != first and (first / store.MANIFEST).exists()
+  want = expected(tok_dir, folder)
+  corpus = store.open(grown)
+  for s in text.SPLITS:
+    np.testing.assert_array_equal(np.asarray(corpus.splits[s][0]),
+                                  want[s][0])
+  st = f.stat()  # the same size, another time
+  os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  touched = store.for_sources([str(folder)], str(tok_dir), cache, **opts)
+  assert touched not in (first, grown)
+
+
+def test_refusals(tok_dir, docs, tmp_path):
+  before = shard_bytes(docs), sorted(p.name for p in docs.iterdir())
+  with pytest.raises(store.StoreError, match="is a folder of other files"):
+    build(tok_dir, docs, docs)
+  assert (shard_bytes(docs), sorted(p.name for p in docs.iterdir())) == before
+  out = build(tok_dir, docs, tmp_path / "s")
+  with pytest.raises(store.StoreError, match="already holds a store built "
+                     "from other"):
+    build(tok_dir, docs, out, shard_tokens=50)
+  few = tmp_path / "few"
+  write_docs(few, 3)
+  names = [f"few/{f.name}" for f in sorted(few.iterdir())]
+  assert all(text.split_of(n, 0.001) == "train" for n in names)
+  with pytest.raises(ValueError, match="valid_fraction: 0.001 leaves the "
+                     "valid split of 3 documents empty"):
+    build(tok_dir, few, tmp_path / "e", valid_fraction=0.001)
+  with pytest.raises(ValueError, match="shard_tokens: expected an integer "
+                     ">= 1, got 0"):
+    build(tok_dir, docs, tmp_path / "z", shard_tokens=0)
+
+
+def cli(*args):
+  return subprocess.run([sys.executable, "-m", "lfjax.data", *map(str, args)],
+                        cwd=ROOT, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_builds_and_verifies(tok_dir, docs, tmp_path):
+  out = tmp_path / "s"
+  r = cli("build", "--sources", docs, "--tokenizer", tok_dir, "--out", out,
+          "--valid_fraction", VF, "--shard_tokens", 97, "--workers", 1)
+  assert r.returncode == 0, r.stderr
+  want = expected(tok_dir, docs)
+  n = len(want["train"][0]) + len(want["valid"][0])
+  assert "30 documents" in r.stdout and f"{n:,} tokens" in r.stdout
+  assert "tokens/s" in r.stdout
+  np.testing.assert_array_equal(np.asarray(store.open(out).splits["valid"][0]),
+                                want["valid"][0])
+  r = cli("verify", out)
+  assert r.returncode == 0 and f"{out}: ok" in r.stdout, r.stderr
+  r = cli("build", "--sources", docs, "--tokenizer", tmp_path / "none",
+          "--out", tmp_path / "t")
+  assert r.returncode == 2
+  assert r.stderr.splitlines()[0] == (
+      f"error: --tokenizer: expected a local tokenizer folder, got "
+      f"'{tmp_path / 'none'}': no such directory")
+  assert "Traceback" not in r.stderr
+  shard = out / manifest(out)["splits"]["train"]["shards"][0]["chars"]
+  shard.write_bytes(shard.read_bytes()[:-4])
+  r = cli("verify", out)
+  assert r.returncode == 1 and "Traceback" not in r.stderr
+  assert r.stderr.splitlines()[0].startswith(f"error: {shard}: damaged")
+
+
+def test_an_mlm_run_reads_a_built_store_or_builds_one(tok_dir, docs,
+                                                      tmp_path):
+  from lfjax.tasks import mlm
+  from lfjax.tasks import mlm_defaults
+  c = mlm_defaults.base_config()
+  c.init_from = str(tmp_path / "model")  # not read: data.tokenizer is given
+  c.data.tokenizer = str(tok_dir)
+  c.data.valid_fraction = VF
+  c.data.workers = 1
+  c.data.sources = (str(docs),)
+  c.data.cache_dir = str(tmp_path / "cache")
+  from_sources = mlm.load_corpus(c)
+  [built] = (tmp_path / "cache").iterdir()
+  assert mlm.corpus_name(c) == str(docs)
+  out = build(tok_dir, docs, tmp_path / "store", shard_tokens=1 << 24)
+  c.data.sources, c.data.store = (), str(out)
+  mlm_defaults.validate(c)
+  from_store = mlm.load_corpus(c)
+  assert mlm.corpus_name(c) == str(out)
+  # The same options (shard_tokens 1 << 24, the run's default): one store.
+  assert from_store.sha256 == from_sources.sha256 == manifest(built)["sha256"]
+  want = expected(tok_dir, docs)
+  for s in text.SPLITS:
+    np.testing.assert_array_equal(np.asarray(from_store.splits[s][0]),
+                                  want[s][0])
+  assert from_store.mask_id == transformers.AutoTokenizer.from_pretrained(
+      str(tok_dir)).mask_token_id
+  c.data.sources = (str(docs),)
+  with pytest.raises(ValueError, match="data.store: expected '' when "
+                     "data.sources"):
+    mlm_defaults.validate(c)
+  with pytest.raises(ValueError, match="not both"):
+    mlm.load_corpus(c)
+  c.data.sources = ()
+  other = tmp_path / "other_tok"
+  shutil.copytree(tok_dir, other)
+  vocab = json.loads((other / "vocab.json").read_text())
+  vocab["zzz"] = len(vocab)
+  (other / "vocab.json").write_text(json.dumps(vocab))
+  c.data.tokenizer = str(other)
+  with pytest.raises(ValueError, match="built with another tokenizer"):
+    mlm.load_corpus(c)
