@@ -304,6 +304,46 @@ def test_a_damaged_or_missing_shard_is_named(tok_dir, docs, tmp_path):
     store.open(tmp_path)
 
 
+def test_a_reader_checks_exactly_the_blocks_it_reads(tok_dir, docs,
+                                                    tmp_path, monkeypatch):
+  """Blocks of 64 bytes: a read checks the header's block and the blocks
+  holding its values (offsets from the .npy header read with numpy's own
+  format reader), nothing else; a damaged block elsewhere is only named
+  when read; a truncated file is named on first use."""
+  monkeypatch.setattr(store, "BLOCK", 64)
+  out = build(tok_dir, docs, tmp_path / "s", shard_tokens=500)
+  m = manifest(out)
+  assert m["block_bytes"] == 64
+  shard = m["splits"]["train"]["shards"][0]
+  path = out / shard["tokens"]
+  with open(path, "rb") as f:
+    np.lib.format.read_array_header_1_0(f) if np.lib.format.read_magic(
+        f) == (1, 0) else np.lib.format.read_array_header_2_0(f)
+    offset = f.tell()
+  item = np.load(path, mmap_mode="r").dtype.itemsize
+  size = path.stat().st_size
+  raw = bytearray(path.read_bytes())
+  last = size - 1  # damage the last value's block
+  raw[last] ^= 1
+  path.write_bytes(bytes(raw))
+  tokens = store.open(out).splits["train"][0]
+  want = expected(tok_dir, docs)["train"][0]
+  np.testing.assert_array_equal(tokens[100:180], want[100:180])
+  lo, hi = offset + 100 * item, offset + 180 * item
+  read = set(range(lo // 64, -(-hi // 64))) | {0}
+  checked = set(np.flatnonzero(tokens.shard(0).checked))
+  assert checked == read
+  assert (last // 64) not in checked
+  with pytest.raises(store.StoreError,
+                     match=f"{path}: damaged shard .*bytes {last // 64 * 64:,}"):
+    tokens[490:500]
+  other = out / m["splits"]["train"]["shards"][1]["chars"]
+  other.write_bytes(other.read_bytes()[:-4])  # truncated
+  with pytest.raises(store.StoreError,
+                     match=f"{other}: damaged shard .* bytes, manifest"):
+    store.open(out).splits["train"][1][500:501]
+
+
 def test_a_pool_of_two_builds_the_same_store(tok_dir, docs, tmp_path,
                                              monkeypatch):
   one = build(tok_dir, docs, tmp_path / "one")
@@ -326,9 +366,9 @@ def test_for_sources_reuses_and_rebuilds_on_a_changed_file(
   opts = dict(valid_fraction=VF, shard_tokens=97, workers=1)
   first = store.for_sources([str(folder)], str(tok_dir), cache, **opts)
 
-  def no_reading(*a):
+  def no_reading(*a, **k):
     raise AssertionError("a document was read")
-  monkeypatch.setattr(store, "_documents", no_reading)
+  monkeypatch.setattr(store.sources_lib, "iter_documents", no_reading)
   assert store.for_sources([str(folder)], str(tok_dir), cache,
                            **opts) == first
   monkeypatch.undo()
