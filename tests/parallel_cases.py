@@ -103,15 +103,17 @@ def case_charlm(work):
               resume_meshes=[(4, 1, 1), (1, 1, 1)])
 
 
-def mlm_config(work, mesh):
+def mlm_config(work, mesh, cache="mlm_cache"):
   """The tiny MLM run of case_mlm on `mesh` (data, fsdp, seq); the tiny
-  RoBERTa at work/roberta (tiny_roberta)."""
+  RoBERTa at work/roberta (tiny_roberta); its token store (shards of 4,096
+  tokens: about 20) under work/cache."""
   from tests.test_train import load_config
   c = load_config("mlm_longformer_base", "tiny")
   c.init_from = str(work / "roberta")
   c.data.max_documents = 30
   c.data.valid_fraction = 0.2
-  c.data.cache_dir = str(work / "mlm_cache")
+  c.data.cache_dir = str(work / cache)
+  c.data.shard_tokens = 4096
   c.model.max_positions = c.train.seq_len = 64
   c.model.attention_window = 16
   c.model.global_bos = True  # global tokens across the sequence shards
@@ -235,30 +237,38 @@ def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4)), task="charlm"):
   processes (each builds only its 2 of the 4 batch rows and holds half of
   each parameter); seq 4 puts the sequence across them (both build all 4
   rows, halos cross processes). task "mlm": the MLM run of case_mlm
-  (host-side masks per global row; its token cache built here first)."""
+  (host-side masks per global row) on a token store of several shards
+  that the two processes of the first mesh build at once (one builds, the
+  other waits: lfjax.data.store's lock) in a cache of their own; then
+  case_mlm's run killed at step 7 (when case_mlm ran first) resumes on
+  these two processes (fsdp 2 x seq 2) as "resumed_on_1x2x2"."""
   import os
   import socket
   import subprocess
   if task == "mlm":
-    from lfjax.tasks import mlm
     tiny_roberta(work)
-    mlm.load_corpus(mlm_config(work, (1, 1, 1)))
   else:
     from lfjax.data import chars
     chars.load("pystdlib", work / "data")
   out = {}
-  for mesh in meshes:
+  runs = [("x".join(map(str, mesh)), mesh) for mesh in meshes]
+  killed = work / "mlm" / "killed"
+  if task == "mlm" and killed.exists():
+    runs.append(("resumed_on_1x2x2", (1, 2, 2)))
+  for name, mesh in runs:
     with socket.socket() as s:
       s.bind(("127.0.0.1", 0))
       port = s.getsockname()[1]
-    name = "x".join(map(str, mesh))
     workdir = work / ("multihost" if task == "charlm" else
                       f"{task}_multihost") / name
+    if name.startswith("resumed_on_"):
+      shutil.copytree(killed, workdir)
+    mesh = "x".join(map(str, mesh))
     flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                      if "device_count" not in f)
     procs = [subprocess.Popen(
         [sys.executable, "-m", "tests.parallel_cases", "--process",
-         str(work), str(workdir), name, task],
+         str(work), str(workdir), mesh, task],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", XLA_FLAGS=flags,
                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
@@ -277,6 +287,12 @@ def case_multihost(work, meshes=((1, 2, 2), (1, 1, 4)), task="charlm"):
     out[name + "_step_lines"] = [sum(l.startswith("step ")
                                      for l in log.splitlines())
                                  for log in logs]
+  if task == "mlm":  # the store both processes built, checked in full
+    from lfjax.data import store
+    [path] = [p for p in (work / "mlm_multihost_cache").iterdir()]
+    out["store"] = dict(store.verify(path),
+                        left=sorted(f.name for f in path.iterdir()
+                                    if not f.name.endswith(".npy")))
   return out
 
 
@@ -291,7 +307,8 @@ def process_main(work, workdir, mesh, task="charlm"):
                               rows.stop]), flush=True)
   if task == "mlm":
     from lfjax.tasks import mlm
-    mlm.train_and_evaluate(mlm_config(pathlib.Path(work), mesh), workdir)
+    mlm.train_and_evaluate(mlm_config(pathlib.Path(work), mesh,
+                                      cache="mlm_multihost_cache"), workdir)
   else:
     from lfjax.tasks import charlm
     charlm.train_and_evaluate(

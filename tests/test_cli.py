@@ -18,6 +18,7 @@ from lfjax import export
 from lfjax import make_tiny
 from lfjax import sample
 from lfjax import train
+from lfjax.data import text
 from lfjax.tasks import charlm_defaults
 from lfjax.tasks import classification
 from lfjax.tasks import mlm
@@ -264,7 +265,7 @@ def test_make_tiny_builds_the_quick_start_checkpoint(capsys, tmp_path):
   assert "has 64 positions: making it long" in capsys.readouterr().out
   assert model.cfg.windows() == [c.model.attention_window] * 2  # made long
   assert model.cfg.max_position_embeddings - model.cfg.pad_token_id - 1 == 256
-  assert mlm.text.load_tokenizer(str(out)).model_max_length == 64
+  assert text.load_tokenizer(str(out)).model_max_length == 64
   code, _, err = run(capsys, make_tiny.main, "--to", str(out))
   short_error(code, err, 1, "already holds a checkpoint")
 
@@ -376,7 +377,7 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(
   # MLM and fine-tuning read tokenizers through the same check.
   from lfjax import extras
   from lfjax.tasks import finetune_model
-  for load in (mlm.text.load_tokenizer, finetune_model.load_tokenizer):
+  for load in (text.load_tokenizer, finetune_model.load_tokenizer):
     with pytest.raises(extras.MissingPackage, match=r'tokenizer: .* needs the '
                        r'transformers package.*pip install "lfjax\[hf\]"'):
       load(str(tmp_path))

@@ -37,6 +37,10 @@ REMOVED = {
         "the kernels are lfjax.kernels",
     r"\blfjax[./](charlm|mlm)_defaults\b":
         "the defaults are in lfjax/tasks/",
+    r"\btext\.(load_corpus|data_sha256|read_documents|mask_tokens|maskable"
+    r"|PackedSampler)\b|\bread_jsonl\b": "MLM's data is the token store "
+                                         "(lfjax.data.store, sources, "
+                                         "loader)",
     r"(?<![\w-])--(seq-len|max-positions|attention-window|init-from"
     r"|max-batches|step)(?![\w-])": "flags are spelled with underscores "
                                     "(--seq_len, --checkpoint)",

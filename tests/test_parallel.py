@@ -160,7 +160,10 @@ def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
   evaluates where JAX sees one to the final evaluation the one-device run
   logged. On 2 processes x 2 devices (fsdp 2 x seq 2: each process builds
   and masks only its 2 of the 4 rows; seq 4: both build all 4) it equals
-  one device too: a row's masks do not depend on who builds it."""
+  one device too: a row's masks do not depend on who builds it. Those two
+  processes build their token store (about 20 shards) at once: one
+  consistent store; the run killed at step 7 resumes on them with the
+  uninterrupted run's losses."""
   optional.need("transformers")
   res = run_cases(tmp_path, ["mlm", "mlm_multihost"])
   assert res["devices"] == 8
@@ -170,10 +173,16 @@ def test_mlm_mesh_runs_equal_one_device_and_resume_onto_other_meshes(
     assert set(res["mlm"]) == {"1x1x1", "2x1x4", "resumed_on_1x2x2",
                                "resumed_on_1x1x1"}
     multi = res["mlm_multihost"]
-    check_same_run("mlm_multihost", {"1x1x1": res["mlm"]["1x1x1"],
-                                     "1x2x2": multi["1x2x2"],
-                                     "1x1x4": multi["1x1x4"]}, problems)
+    check_same_run("mlm_multihost", {
+        "1x1x1": res["mlm"]["1x1x1"], "1x2x2": multi["1x2x2"],
+        "1x1x4": multi["1x1x4"],
+        "resumed_on_1x2x2": multi["resumed_on_1x2x2"]}, problems)
     assert sorted(multi["1x2x2_rows"]) == [[0, 4, 2, 0, 2], [1, 4, 2, 2, 4]]
+    # The two processes built one store (verified in full), of several
+    # shards, with nothing of the build left over.
+    built = multi["store"]
+    assert built["splits"]["train"]["shards"] > 3, built
+    assert built["left"] == ["manifest.json"], built
     env = dict(eight_device_env(), JAX_NUM_CPU_DEVICES="1", XLA_FLAGS="")
     proc = subprocess.run(
         [sys.executable, "-m", "lfjax.evaluate", "--workdir",

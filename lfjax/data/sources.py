@@ -11,7 +11,7 @@ Kinds of a source string (iter_documents, fingerprint):
     each read by its extension as a file given directly;
   a file: `.jsonl` / `.jsonl.gz` (a JSON object per line, field
     `text_field`), `.parquet` (column `text_field`), anything else one UTF-8
-    text document (undecodable bytes replaced, as text.read_documents does).
+    text document (undecodable bytes replaced).
 
 Document names decide the train/valid split (text.split_of: a CRC of the
 name), so they do not depend on where a folder is: a file in a folder is

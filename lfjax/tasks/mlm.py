@@ -99,7 +99,8 @@ def load_corpus(config):
       d.cache_dir or chars_lib.default_data_dir() / "mlm", glob=d.glob,
       text_field=d.get("text_field", "text"),
       valid_fraction=d.valid_fraction, max_documents=d.max_documents,
-      workers=d.get("workers", 0))
+      workers=d.get("workers", 0),
+      shard_tokens=d.get("shard_tokens", 1 << 24))
   return store.open(path)
 
 

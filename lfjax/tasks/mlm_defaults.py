@@ -39,6 +39,9 @@ def base_config():
   # Token stores built from data.sources; "" = $LFJAX_DATA/mlm.
   c.data.cache_dir = ""
   c.data.workers = 0  # processes tokenizing a new store; 0 = all cores
+  # Tokens per shard of a store built from data.sources (2^24: 32 MB of
+  # uint16 tokens + 64 MB of character counts per shard).
+  c.data.shard_tokens = 1 << 24
 
   c.model = ml_collections.ConfigDict()
   # Positions after the conversion; a shorter checkpoint goes through
@@ -138,6 +141,7 @@ def validate(config):
   ck.string(c, "data.tokenizer")
   ck.string(c, "data.cache_dir")
   ck.integer(c, "data.workers", 0)
+  ck.integer(c, "data.shard_tokens", 1)
   positions = ck.integer(c, "model.max_positions", 2)
   if ck.integer(c, "model.attention_window", 2) % 2:
     ck._fail("model.attention_window", "an even integer (the FULL window)",
