@@ -133,6 +133,33 @@ def test_store_holds_the_tokenized_documents_across_shards(tok_dir, docs,
                                   want[s][0])
 
 
+def test_a_tokenizer_json_that_truncates_or_pads_is_ignored(
+    tok_dir, docs, tmp_path, monkeypatch):
+  """sentence-transformers save tokenizer.json with truncation (128 or 512
+  tokens) and some with padding; the store must hold every token of every
+  document, as the same tokenizer without those settings gives."""
+  tokenizers = optional.need("tokenizers")
+  cut = tmp_path / "tok"
+  shutil.copytree(tok_dir, cut)
+  backend = tokenizers.Tokenizer.from_file(str(cut / "tokenizer.json"))
+  backend.enable_truncation(max_length=8)
+  backend.enable_padding(pad_id=1, pad_token="<pad>")
+  backend.save(str(cut / "tokenizer.json"))
+  want = expected(tok_dir, docs)  # the folder without those settings
+  monkeypatch.setattr(store, "_CHUNK_CHARS", 2000)  # the pool starts
+  for workers in (1, 2):
+    out = build(cut, docs, tmp_path / f"s{workers}", workers=workers)
+    corpus = store.open(out)
+    # Documents of 20 to 150 words: far more than 8 tokens each.
+    assert len(want["train"][0]) > 9 * manifest(out)["splits"]["train"][
+        "documents"]
+    for s in text.SPLITS:
+      np.testing.assert_array_equal(np.asarray(corpus.splits[s][0]),
+                                    want[s][0])
+      np.testing.assert_array_equal(np.asarray(corpus.splits[s][1]),
+                                    want[s][1])
+
+
 @pytest.mark.parametrize("vocab,dtype", [(1 << 16, np.uint16),
                                          ((1 << 16) + 1, np.int32)])
 def test_token_dtype_follows_the_vocabulary(tok_dir, docs, tmp_path,

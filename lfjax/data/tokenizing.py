@@ -59,6 +59,21 @@ def encode(backend, texts, separator_id):
   return tuple(np.concatenate(p) for p in zip(*parts))
 
 
+def untruncated(backend):
+  """A copy of a tokenizers.Tokenizer that neither truncates nor pads.
+
+  A tokenizer.json may carry a truncation or padding setting
+  (sentence-transformers' save truncation at 128 or 512 tokens): encode
+  applies it, where transformers' __call__ turns it off unless asked. A
+  store built with it would silently hold each document's first tokens
+  only."""
+  import tokenizers  # pylint: disable=import-outside-toplevel
+  plain = tokenizers.Tokenizer.from_str(backend.to_str())
+  plain.no_truncation()
+  plain.no_padding()
+  return plain
+
+
 _WORKER = {}
 
 
@@ -82,8 +97,9 @@ class Pool:
 
   def __init__(self, workers, backend, separator_id):
     """backend: a tokenizers.Tokenizer (a fast tokenizer's
-    backend_tokenizer), sent to the workers as its JSON."""
-    self.workers, self.backend = workers, backend
+    backend_tokenizer), used without its truncation and padding
+    (untruncated), sent to the workers as its JSON."""
+    self.workers, self.backend = workers, untruncated(backend)
     self.args = (self.backend.to_str(), separator_id)
     self.pool = None
 
