@@ -27,6 +27,7 @@ from tests import optional
 
 transformers = optional.need("transformers")
 
+from lfjax.data import shards  # noqa: E402
 from lfjax.data import store  # noqa: E402
 from lfjax.data import text  # noqa: E402
 from lfjax.data import tokenizing  # noqa: E402
@@ -63,7 +64,7 @@ def docs(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def fresh_checks(monkeypatch):
-  monkeypatch.setattr(store, "_CHECKED", set())  # as in a new process
+  monkeypatch.setattr(shards, "_CHECKED", set())  # as in a new process
 
 
 def expected(tok_dir, folder, max_documents=0):
@@ -181,14 +182,17 @@ class Stop(Exception):
   pass
 
 
+def fail_at_train_shard_20(split, k):
+  """store._AFTER_SHARD for a build that dies after train shard 20."""
+  if split == "train" and k == 20:
+    raise Stop()
+
+
 def test_a_failed_build_resumes_from_its_last_shard(tok_dir, docs, tmp_path,
                                                     monkeypatch):
   straight = build(tok_dir, docs, tmp_path / "straight")
 
-  def fail(split, k):
-    if split == "train" and k == 20:
-      raise Stop()
-  monkeypatch.setattr(store, "_AFTER_SHARD", fail)
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail_at_train_shard_20)
   out = tmp_path / "killed"
   with pytest.raises(Stop):
     build(tok_dir, docs, out)
@@ -219,10 +223,7 @@ def test_a_partial_build_of_other_options_starts_over(tok_dir, docs,
                                                      capsys):
   straight = build(tok_dir, docs, tmp_path / "straight", shard_tokens=500)
 
-  def fail(split, k):
-    if split == "train" and k == 20:
-      raise Stop()
-  monkeypatch.setattr(store, "_AFTER_SHARD", fail)
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail_at_train_shard_20)
   out = tmp_path / "s"
   with pytest.raises(Stop):
     build(tok_dir, docs, out)  # shards of 97
@@ -337,7 +338,7 @@ def test_a_reader_checks_exactly_the_blocks_it_reads(tok_dir, docs,
   holding its values (offsets from the .npy header read with numpy's own
   format reader), nothing else; a damaged block elsewhere is only named
   when read; a truncated file is named on first use."""
-  monkeypatch.setattr(store, "BLOCK", 64)
+  monkeypatch.setattr(shards, "BLOCK", 64)
   out = build(tok_dir, docs, tmp_path / "s", shard_tokens=500)
   m = manifest(out)
   assert m["block_bytes"] == 64

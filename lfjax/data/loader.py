@@ -18,7 +18,7 @@ lfjax.loop's protocol; its state {"index": i} is grain's {"next_index": i},
 so a restored run sees exactly the batches an uninterrupted one would.
 
 The corpus's split arrays are anything with len() and [start:stop] slicing
-(numpy arrays, memory maps, lfjax.data.store.ShardedArray); slices are read
+(numpy arrays, memory maps, lfjax.data.shards.ShardedArray); slices are read
 from grain's prefetch threads.
 """
 

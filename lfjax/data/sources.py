@@ -131,18 +131,25 @@ def iter_documents(sources, *, glob="*.txt", text_field="text"):
     raise ValueError(f"data.sources: no non-empty documents in {sources}")
 
 
-def _documents(src, glob, text_field):
-  if src == "pystdlib":
-    for rel, f in chars_lib._stdlib_sources():
-      yield "pystdlib/" + rel, f.read_bytes().decode("utf-8",
-                                                     errors="replace")
-    return
+def _source(src):
+  """(path, kind) of a source other than pystdlib. Raises for a missing
+  one and a DatasetDict folder (naming its splits)."""
   path = pathlib.Path(src).expanduser()
   kind = _kind(path)
   if kind is None:
     raise _missing(src)
   if kind == "dataset_dict":
     _refuse_dataset_dict(path, "data.sources")
+  return path, kind
+
+
+def _documents(src, glob, text_field):
+  if src == "pystdlib":
+    for rel, f in chars_lib._stdlib_sources():
+      yield "pystdlib/" + rel, f.read_bytes().decode("utf-8",
+                                                     errors="replace")
+    return
+  path, kind = _source(src)
   if kind == "dataset":
     yield from _dataset_texts(path, _dataset_name(path), text_field)
   elif kind == "folder":
@@ -191,15 +198,21 @@ def _jsonl_objects(path, what):
         raise ValueError(f"{path}:{n}: not UTF-8 text (byte "
                          f"{raw[e.start:e.start + 1]!r} at column "
                          f"{e.start + 1}); save the file as UTF-8") from None
-      try:
-        obj = json.loads(line)
-      except ValueError as e:
-        raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                         f"({e})") from None
-      if not isinstance(obj, dict):
-        raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                         f"{type(obj).__name__}")
-      yield n, obj
+      yield n, _json_object(path, n, line)
+
+
+def _json_object(path, n, line):
+  """The JSON object on line n of path. Raises ValueError naming both for
+  a line that is not JSON or not an object."""
+  try:
+    obj = json.loads(line)
+  except ValueError as e:
+    raise ValueError(f"{path}:{n}: expected a JSON object per line "
+                     f"({e})") from None
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
+                     f"{type(obj).__name__}")
+  return obj
 
 
 def _reads(items, path, what):
@@ -311,12 +324,7 @@ def fingerprint(sources, *, glob="*.txt"):
                   "size": len(files), "mtime_ns": 0})
       out += [_stat(src, "pystdlib/" + rel, f) for rel, f in files]
       continue
-    path = pathlib.Path(src).expanduser()
-    kind = _kind(path)
-    if kind is None:
-      raise _missing(src)
-    if kind == "dataset_dict":
-      _refuse_dataset_dict(path, "data.sources")
+    path, kind = _source(src)
     if kind == "dataset":
       name = _dataset_name(path)
       files = sorted(f for f in path.rglob("*") if f.is_file())
@@ -411,13 +419,5 @@ def _jsonl_records(path, what):
   for n, line in enumerate(io.StringIO(text, newline=None), 1):
     if not line.strip():
       continue
-    try:
-      obj = json.loads(line)
-    except ValueError as e:
-      raise ValueError(f"{path}:{n}: expected a JSON object per line "
-                       f"({e})") from None
-    if not isinstance(obj, dict):
-      raise ValueError(f"{path}:{n}: expected a JSON object per line, got "
-                       f"{type(obj).__name__}")
-    out.append((n, obj))
+    out.append((n, _json_object(path, n, line)))
   return out

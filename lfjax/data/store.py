@@ -12,8 +12,11 @@ A store is a folder:
 - `manifest.json`, written last (its presence means complete): the format,
   the tokenizer (sha256 of its files, ids), the build options, the sources'
   stat fingerprint and a sha256 of the documents read from each, per split
-  the documents, tokens, characters and every shard's count and sha256,
-  and `sha256`, the store's content hash: what runs record as their data.
+  the documents, tokens, characters and every shard's count, sha256, size
+  and per-block digests (lfjax.data.shards: what a reader checks before it
+  uses a block), `block_bytes`, and `sha256`, the store's content hash
+  (tokenizer, options, every shard's sha256): what runs record as their
+  data.
 - while building: `progress.json` (the finished shards and, per split,
   where the next shard starts: a document index and a token offset in it)
   and `.build.lock` ({host, pid, started}, its mtime the heartbeat).
@@ -39,7 +42,6 @@ that overlap write the same bytes.
 
 import datetime
 import hashlib
-import io
 import json
 import os
 import pathlib
@@ -49,6 +51,8 @@ import numpy as np
 
 from lfjax import files
 from lfjax.data import build_lock
+from lfjax.data import shards
+from lfjax.data.shards import StoreError
 from lfjax.data import sources as sources_lib
 from lfjax.data import text
 from lfjax.data import tokenizing
@@ -62,18 +66,6 @@ TOKENIZER_FILES = ("tokenizer", "vocab", "merges", "special_tokens",
 _CHUNK_CHARS = 4 << 20  # text per tokenizing task
 _POLL_S = (0.2, 2.0)  # a waiting builder's first and longest poll interval
 _AFTER_SHARD = None  # tests: called (split, k) after shard k is recorded
-# A reader checks each block of a shard file before its first use, so the
-# data work of a run's start does not grow with the store (a whole-file
-# sha256 per shard would hash every shard a shuffled first batch touches).
-BLOCK, BLOCK_HEX = 1 << 20, 32
-
-
-class StoreError(ValueError):
-  """A store that is damaged, incomplete or not a store; names the file."""
-
-
-# Inputs --------------------------------------------------------------------
-
 
 def _framed(parts):
   """SHA-256 (hex) over byte strings, each preceded by its length (8 bytes,
@@ -138,26 +130,6 @@ def _cores():
 def _now():
   return datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds")
-
-
-def _save_npy(path, arr):
-  """Writes arr as .npy atomically; returns the file's sha256, its block
-  digests (hex, BLOCK_HEX per block of BLOCK bytes) and its size."""
-  buf = io.BytesIO()
-  np.save(buf, arr, allow_pickle=False)
-  data = buf.getbuffer()
-  files.write_atomic(path, data)
-  return (hashlib.sha256(data).hexdigest(), _block_digests(data),
-          len(data))
-
-
-def _block_digests(data, block=None):
-  """The BLAKE2b (16 bytes) of each block of data (block bytes; the
-  manifest's block_bytes, BLOCK when building), hex, joined: what a reader
-  checks before it uses a block (ShardedArray)."""
-  block = block or BLOCK
-  return "".join(hashlib.blake2b(data[i:i + block], digest_size=16)
-                 .hexdigest() for i in range(0, len(data), block))
 
 
 def _check_folder(out):
@@ -292,8 +264,8 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
     tokens, owned = np.concatenate(toks).astype(dtype), np.concatenate(chs)
     shard = {"tokens": f"{name}.tokens.npy", "chars": f"{name}.chars.npy",
              "n": int(n), "chars_sum": int(owned.sum(dtype=np.int64))}
-    saved = {"tokens": _save_npy(out / shard["tokens"], tokens),
-             "chars": _save_npy(out / shard["chars"], owned)}
+    saved = {"tokens": shards.save(out / shard["tokens"], tokens),
+             "chars": shards.save(out / shard["chars"], owned)}
     for i, field in enumerate(("sha256", "blocks", "bytes")):
       shard[field] = {what: saved[what][i] for what in saved}
     splits[s]["shards"].append(shard)
@@ -366,7 +338,7 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
     if waiting[s]:
       cut(s, waiting[s])
   manifest = {
-      "format": FORMAT, "version": VERSION, "key": key, "block_bytes": BLOCK,
+      "format": FORMAT, "version": VERSION, "key": key, "block_bytes": shards.BLOCK,
       "tokenizer": info, "options": options,
       "sources": {"fingerprint": fingerprint, "documents": per_source},
       "splits": {s: {"documents": counts[s],
@@ -429,141 +401,6 @@ def read_manifest(path):
   return m
 
 
-_CHECKED = set()  # (file, sha256) whose bytes this process has checked
-
-
-def _check_file(path, sha256, blocks=None, block=None):
-  """StoreError naming the file unless its bytes hash to sha256 (and, when
-  given, to the block digests); once per process and file."""
-  key = (os.path.realpath(path), sha256)
-  if key in _CHECKED:
-    return
-  try:
-    data = np.memmap(path, np.uint8, "r")
-  except FileNotFoundError:
-    raise StoreError(f"{path}: missing shard of the token store") from None
-  except ValueError:  # an empty file cannot be mapped
-    data = b""
-  got = hashlib.sha256(data).hexdigest()
-  if got != sha256 or (blocks is not None
-                           and _block_digests(data, block) != blocks):
-    raise StoreError(f"{path}: damaged shard of the token store (sha256 "
-                     f"{got[:12]}, manifest {sha256[:12]}); rebuild the "
-                     "store")
-  _CHECKED.add(key)
-
-
-class _Shard:
-  """One shard file memory-mapped: its values, and its blocks checked
-  against the manifest's digests on first use (each block once per
-  process; threads may check one twice, harmlessly)."""
-
-  def __init__(self, path, n, size, blocks, block):
-    try:
-      st = os.stat(path)
-    except FileNotFoundError:
-      raise StoreError(f"{path}: missing shard of the token store") from None
-    if st.st_size != size:
-      raise StoreError(f"{path}: damaged shard of the token store ({st.st_size}"
-                       f" bytes, manifest {size}); rebuild the store")
-    self.path, self.blocks, self.block = path, blocks, block
-    self.raw = np.memmap(path, np.uint8, "r")
-    self.checked = np.zeros(-(-size // block), bool)
-    self._check(0, min(size, block))  # the header's block, before parsing it
-    with io.open(path, "rb") as f:
-      fmt = np.lib.format
-      read = {(1, 0): fmt.read_array_header_1_0,
-              (2, 0): fmt.read_array_header_2_0}.get(fmt.read_magic(f))
-      if read is None:
-        raise StoreError(f"{path}: not an .npy file of version 1 or 2")
-      shape, fortran, dtype = read(f)
-      self.offset = f.tell()
-    if shape != (n,) or fortran or dtype not in (np.uint16, np.int32):
-      raise StoreError(f"{path}: {dtype} {shape}, manifest ({n},)")
-    self.values = self.raw[self.offset:self.offset + n * dtype.itemsize].view(
-        dtype)
-
-  def _check(self, lo, hi):
-    """Checks the blocks holding bytes [lo, hi) of the file."""
-    block = self.block
-    for b in range(lo // block, -(-hi // block)):
-      if self.checked[b]:
-        continue
-      got = hashlib.blake2b(self.raw[b * block:(b + 1) * block],
-                            digest_size=16).hexdigest()
-      if got != self.blocks[b * BLOCK_HEX:(b + 1) * BLOCK_HEX]:
-        raise StoreError(f"{self.path}: damaged shard of the token store "
-                         f"(bytes {b * block:,}-{(b + 1) * block - 1:,} do not "
-                         "match the manifest); rebuild the store")
-      self.checked[b] = True
-
-  def __getitem__(self, index):
-    start, stop, _ = index.indices(len(self.values))
-    if stop > start:
-      size = self.values.itemsize
-      self._check(self.offset + start * size, self.offset + stop * size)
-    return self.values[index]
-
-
-class ShardedArray:
-  """A split's tokens or chars across its shards, read-only, as one 1-D
-  array of length len(a): a[i:j] (step 1) -> int32 np.ndarray [j - i],
-  a[i] -> int, np.asarray(a) -> the whole of it. Shards are memory-mapped
-  when first read; every block (block bytes) of a shard file is checked
-  against the manifest's digest before its first use in this process, so
-  a run reads no byte unchecked and hashes only what it reads. StoreError
-  names a missing or damaged shard."""
-
-  def __init__(self, folder, shards, what, block):
-    self.folder, self.what = pathlib.Path(os.path.abspath(folder)), what
-    self.block = block
-    self.files = [s[what] for s in shards]
-    self.blocks = [s["blocks"][what] for s in shards]
-    self.bytes = [s["bytes"][what] for s in shards]
-    self.sizes = np.asarray([s["n"] for s in shards], np.int64)
-    self.starts = np.concatenate([[0], np.cumsum(self.sizes)])
-    self._maps = {}
-
-  def __len__(self):
-    return int(self.starts[-1])
-
-  def __getstate__(self):  # picklable: maps are opened (and checked) again
-    return dict(self.__dict__, _maps={})
-
-  def shard(self, k):
-    """Shard k (its values uint16 or int32 [sizes[k]], sliced with checks)."""
-    if k not in self._maps:
-      self._maps[k] = _Shard(self.folder / self.files[k], int(self.sizes[k]),
-                             self.bytes[k], self.blocks[k], self.block)
-    return self._maps[k]
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      start, stop, step = index.indices(len(self))
-      if step != 1:
-        raise IndexError(f"ShardedArray: slices of step 1 only, got {step}")
-      stop = max(stop, start)
-      first = int(np.searchsorted(self.starts, start, "right")) - 1
-      parts, k = [], max(first, 0)
-      while start < stop:
-        lo = start - self.starts[k]
-        hi = min(stop, self.starts[k + 1]) - self.starts[k]
-        parts.append(self.shard(k)[int(lo):int(hi)])
-        start = int(self.starts[k + 1])
-        k += 1
-      return (np.concatenate(parts).astype(np.int32) if parts
-              else np.zeros(0, np.int32))
-    i = int(index) + (len(self) if int(index) < 0 else 0)
-    if not 0 <= i < len(self):
-      raise IndexError(f"index {index} out of range for {len(self)}")
-    return int(self[i:i + 1][0])
-
-  def __array__(self, dtype=None, copy=None):
-    del copy
-    a = self[:]
-    return a if dtype is None else a.astype(dtype)
-
-
 def verify(path):
   """Checks every shard of the store at path against the manifest (sha256,
   shape, dtype, characters) and the manifest's content hash; returns
@@ -581,7 +418,7 @@ def verify(path):
       for what, dtype in (("tokens", m["splits"][s]["dtype"]),
                           ("chars", "int32")):
         f = folder / shard[what]
-        _check_file(f, shard["sha256"][what], shard["blocks"][what],
+        shards.check_file(f, shard["sha256"][what], shard["blocks"][what],
                     m["block_bytes"])
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
         if arr.shape != (shard["n"],) or arr.dtype != np.dtype(dtype):
@@ -615,7 +452,7 @@ def open(path, *, verify=False):  # pylint: disable=redefined-builtin
   if verify:
     _verify(path)
   t = m["tokenizer"]
-  splits = {s: tuple(ShardedArray(path, m["splits"][s]["shards"], what,
+  splits = {s: tuple(shards.ShardedArray(path, m["splits"][s]["shards"], what,
                                   m["block_bytes"])
                      for what in ("tokens", "chars"))
             for s in text.SPLITS}

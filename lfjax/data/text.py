@@ -112,7 +112,7 @@ def tokenize(texts, tokenizer, separator_id, batch=256):
 class TokenCorpus:
   """Token and owned-character streams per split, with the ids MLM needs."""
   # split -> (tokens [T], chars [T]): int32 arrays, or anything whose
-  # slices are (lfjax.data.store.ShardedArray).
+  # slices are (lfjax.data.shards.ShardedArray).
   splits: dict
   vocab_size: int  # len(tokenizer)
   bos_id: int
