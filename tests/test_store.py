@@ -90,6 +90,7 @@ def shard_bytes(out):
 def manifest(out):
   m = json.loads((pathlib.Path(out) / store.MANIFEST).read_text())
   m.pop("created")
+  m.pop("built_by")  # who finished it, when and how: not the store
   return m
 
 
@@ -315,7 +316,8 @@ def test_a_damaged_or_missing_shard_is_named(tok_dir, docs, tmp_path):
   tokens = corpus.splits["train"][0]
   np.testing.assert_array_equal(tokens[:97 * 3],
                                 expected(tok_dir, docs)["train"][0][:97 * 3])
-  with pytest.raises(store.StoreError, match=f"{bad}: damaged shard"):
+  with pytest.raises(store.StoreError, match=f"{bad}: damaged shard .*; "
+                     f"delete the store {out} and build it again"):
     tokens[97 * 3:97 * 3 + 5]
   with pytest.raises(store.StoreError, match=f"{bad}: damaged shard"):
     store.verify(out)
@@ -324,7 +326,7 @@ def test_a_damaged_or_missing_shard_is_named(tok_dir, docs, tmp_path):
   gone = out / m["splits"]["valid"]["shards"][1]["chars"]
   gone.unlink()
   with pytest.raises(store.StoreError, match=f"{gone}: missing shard"):
-    store.open(out).splits["valid"][1][97:98]
+    store.open(out)  # at once: every shard's size is checked on opening
   bad.write_bytes(bytes(raw[:-1] + bytes([raw[-1] ^ 1])))  # repaired
   with pytest.raises(store.StoreError, match=f"{gone}: missing shard"):
     store.verify(out)
@@ -372,6 +374,37 @@ def test_a_reader_checks_exactly_the_blocks_it_reads(tok_dir, docs,
     store.open(out).splits["train"][1][500:501]
 
 
+def test_the_same_inputs_spelled_otherwise_are_the_same_store(
+    tok_dir, docs, tmp_path, monkeypatch, capsys):
+  """A source given by a relative or an absolute path, and a glob that no
+  folder uses, change neither the store's key nor its sha256; a killed
+  build resumes under the other spelling, and leaves no temporary file."""
+  monkeypatch.chdir(docs.parent)
+  straight = build(tok_dir, docs, tmp_path / "straight")
+  monkeypatch.setattr(store, "_AFTER_SHARD", fail_at_train_shard_20)
+  out = tmp_path / "killed"
+  with pytest.raises(Stop):
+    store.build([docs.name], str(tok_dir), out, valid_fraction=VF,
+                shard_tokens=97, workers=1)
+  monkeypatch.setattr(store, "_AFTER_SHARD", None)
+  (out / "progress.json.999.tmp").write_text("{")  # a writer killed mid-way
+  capsys.readouterr()
+  build(tok_dir, docs.resolve(), out)
+  said = capsys.readouterr().out
+  assert "resuming after 21 train and" in said, said
+  assert "starting over" not in said
+  assert manifest(out)["sha256"] == manifest(straight)["sha256"]
+  assert not list(out.glob("*.tmp"))
+  # Files given directly: glob plays no part.
+  given = [str(f) for f in sorted(docs.glob("*.txt"))]
+  a = store.build(given, str(tok_dir), tmp_path / "a", glob="*.txt",
+                  valid_fraction=VF, workers=1)
+  b = store.build(given, str(tok_dir), tmp_path / "b", glob="*.py",
+                  valid_fraction=VF, workers=1)
+  assert manifest(a)["key"] == manifest(b)["key"]
+  assert manifest(a)["sha256"] == manifest(b)["sha256"]
+
+
 def test_a_pool_of_two_builds_the_same_store(tok_dir, docs, tmp_path,
                                              monkeypatch):
   one = build(tok_dir, docs, tmp_path / "one")
@@ -417,13 +450,27 @@ def test_for_sources_reuses_and_rebuilds_on_a_changed_file(
 
 def test_refusals(tok_dir, docs, tmp_path):
   before = shard_bytes(docs), sorted(p.name for p in docs.iterdir())
-  with pytest.raises(store.StoreError, match="is a folder of other files"):
-    build(tok_dir, docs, docs)
+  # An out inside a source folder would read its own files as documents.
+  for out in (docs, docs / "store"):
+    with pytest.raises(ValueError, match=f"out: {out} is inside the source "
+                       f"folder {docs}"):
+      build(tok_dir, docs, out)
   assert (shard_bytes(docs), sorted(p.name for p in docs.iterdir())) == before
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("a user's file")
+  with pytest.raises(store.StoreError, match="is a folder of other files"):
+    build(tok_dir, docs, mine)
+  assert [p.name for p in mine.iterdir()] == ["notes.txt"]
   out = build(tok_dir, docs, tmp_path / "s")
   with pytest.raises(store.StoreError, match="already holds a store built "
-                     "from other"):
+                     r"from shard_tokens=97 \(here 50\); give another "
+                     "folder, or delete it"):
     build(tok_dir, docs, out, shard_tokens=50)
+  with pytest.raises(store.StoreError, match="no such folder"):
+    store.open(tmp_path / "nope")
+  with pytest.raises(store.StoreError, match="a file, not a folder"):
+    store.open(mine / "notes.txt")
   few = tmp_path / "few"
   write_docs(few, 3)
   names = [f"few/{f.name}" for f in sorted(few.iterdir())]

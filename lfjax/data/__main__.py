@@ -11,7 +11,9 @@ shard's sha256 against the manifest. Errors are one line (`error: ...`,
 exit status 2 for flags, 1 for data).
 """
 
+import os
 import pathlib
+import socket
 import sys
 import time
 
@@ -84,6 +86,15 @@ def main(argv=None):
   m = store.read_manifest(out)
   if existed:
     print(f"{out}: already built: {_summary(m)}")
+    return
+  by = m.get("built_by", {})
+  if (by.get("host"), by.get("pid")) != (socket.gethostname(), os.getpid()):
+    print(f"{out}: built by {by.get('host')} pid {by.get('pid')} while this "
+          f"one waited: {_summary(m)}")
+    return
+  if by.get("resumed_after_shards"):
+    print(f"{out}: {_summary(m)}; resumed after "
+          f"{by['resumed_after_shards']} shards, finished in {dt:.1f} s")
     return
   tokens = sum(m["splits"][s]["tokens"] for s in m["splits"])
   mb = sum(d["bytes"] for d in m["sources"]["documents"]) / 1e6

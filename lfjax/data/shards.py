@@ -59,16 +59,35 @@ def check_file(path, sha256, blocks=None, block=None):
   try:
     data = np.memmap(path, np.uint8, "r")
   except FileNotFoundError:
-    raise StoreError(f"{path}: missing shard of the token store") from None
+    raise StoreError(f"{path}: missing shard of the token store; "
+                     f"{_delete_hint(path)}") from None
   except ValueError:  # an empty file cannot be mapped
     data = b""
   got = hashlib.sha256(data).hexdigest()
   if got != sha256 or (blocks is not None
                        and block_digests(data, block) != blocks):
     raise StoreError(f"{path}: damaged shard of the token store (sha256 "
-                     f"{got[:12]}, manifest {sha256[:12]}); rebuild the "
-                     "store")
+                     f"{got[:12]}, manifest {sha256[:12]}); "
+                     f"{_delete_hint(path)}")
   _CHECKED.add(key)
+
+
+def _delete_hint(path):
+  return (f"delete the store {pathlib.Path(path).parent} and build it "
+          "again")
+
+
+def check_size(path, size):
+  """StoreError naming the file when it is missing or not `size` bytes."""
+  try:
+    st = os.stat(path)
+  except FileNotFoundError:
+    raise StoreError(f"{path}: missing shard of the token store; "
+                     f"{_delete_hint(path)}") from None
+  if st.st_size != size:
+    raise StoreError(f"{path}: damaged shard of the token store "
+                     f"({st.st_size} bytes, manifest {size}); "
+                     f"{_delete_hint(path)}")
 
 
 class _Shard:
@@ -77,13 +96,7 @@ class _Shard:
   process; threads may check one twice, harmlessly)."""
 
   def __init__(self, path, n, size, blocks, block):
-    try:
-      st = os.stat(path)
-    except FileNotFoundError:
-      raise StoreError(f"{path}: missing shard of the token store") from None
-    if st.st_size != size:
-      raise StoreError(f"{path}: damaged shard of the token store ({st.st_size}"
-                       f" bytes, manifest {size}); rebuild the store")
+    check_size(path, size)
     self.path, self.blocks, self.block = path, blocks, block
     self.raw = np.memmap(path, np.uint8, "r")
     self.checked = np.zeros(-(-size // block), bool)
@@ -110,9 +123,10 @@ class _Shard:
       got = hashlib.blake2b(self.raw[b * block:(b + 1) * block],
                             digest_size=16).hexdigest()
       if got != self.blocks[b * BLOCK_HEX:(b + 1) * BLOCK_HEX]:
+        end = min((b + 1) * block, len(self.raw)) - 1
         raise StoreError(f"{self.path}: damaged shard of the token store "
-                         f"(bytes {b * block:,}-{(b + 1) * block - 1:,} do not "
-                         "match the manifest); rebuild the store")
+                         f"(bytes {b * block:,}-{end:,} do not match the "
+                         f"manifest); {_delete_hint(self.path)}")
       self.checked[b] = True
 
   def __getitem__(self, index):

@@ -45,6 +45,7 @@ import hashlib
 import json
 import os
 import pathlib
+import socket
 import time
 
 import numpy as np
@@ -99,17 +100,32 @@ def _tokenizer_info(tokenizer_dir, tok):
           "special_ids": list(text.special_ids(tok))}
 
 
-def _key(sources, fingerprint, tokenizer_hash, options):
-  """What a store is built from, as one hash (stats only, no contents)."""
+def _files(fingerprint):
+  """The fingerprint without how each source was spelled (a relative or an
+  absolute path to the same files is the same input)."""
+  return [{k: v for k, v in f.items() if k != "source"} for f in fingerprint]
+
+
+def _key_options(options):
+  """The options that decide a store's content: not glob (the files it
+  matched are in the fingerprint)."""
+  return {k: v for k, v in options.items() if k != "glob"}
+
+
+def _key(fingerprint, tokenizer_hash, options):
+  """What a store is built from, as one hash (stats only, no contents): the
+  files (names, sizes, mtimes), the tokenizer's files, the options."""
   return _framed([f"{FORMAT}-{VERSION}".encode(), json.dumps(
-      {"sources": list(sources),
-       "fingerprint": fingerprint, "tokenizer": tokenizer_hash,
-       "options": options}, sort_keys=True).encode()])
+      {"files": _files(fingerprint), "tokenizer": tokenizer_hash,
+       "options": _key_options(options)}, sort_keys=True).encode()])
 
 
-def _content_sha256(tokenizer_hash, options, splits):
-  parts = [f"{FORMAT}-{VERSION}".encode(), tokenizer_hash.encode(),
-           json.dumps(options, sort_keys=True).encode()]
+def _content_sha256(tokenizer_hash, splits):
+  """The store's content hash: the tokenizer's files and every shard's
+  sha256, split by split; not the paths, glob or field name that found
+  the documents (the same documents and tokenizer cut into shards of the
+  same size hash alike)."""
+  parts = [f"{FORMAT}-{VERSION}".encode(), tokenizer_hash.encode()]
   for s in text.SPLITS:
     parts.append(s.encode())
     for shard in splits[s]["shards"]:
@@ -143,11 +159,36 @@ def _check_folder(out):
                      "give an empty or new folder")
 
 
-def _check_manifest(out, key):
+def _check_manifest(out, key, fingerprint, tokenizer_hash, options):
+  """Refuses a finished store at out built from other inputs, naming
+  what differs."""
   m = read_manifest(out)
-  if m.get("key") != key:
-    raise StoreError(f"out: {out} already holds a store built from other "
-                     "sources, tokenizer or options; give another folder")
+  if m.get("key") == key:
+    return
+  why = []
+  if _files(m["sources"]["fingerprint"]) != _files(fingerprint):
+    why.append("other files (names, sizes or modification times)")
+  if m["tokenizer"]["sha256"] != tokenizer_hash:
+    why.append("another tokenizer")
+  why += [f"{k}={m['options'].get(k)!r} (here {v!r})"
+          for k, v in _key_options(options).items()
+          if m["options"].get(k) != v]
+  raise StoreError(f"out: {out} already holds a store built from "
+                   f"{', '.join(why) or 'other inputs'}; give another "
+                   "folder, or delete it to build it again")
+
+
+def _check_out(out, sources):
+  """Refuses an out folder inside a source folder: the build would read its
+  own files as documents."""
+  inside = pathlib.Path(out).resolve()
+  for src in sources:
+    path = pathlib.Path(src).expanduser()
+    if src != "pystdlib" and path.is_dir() and (
+        inside == path.resolve() or path.resolve() in inside.parents):
+      raise ValueError(f"out: {out} is inside the source folder {src}; the "
+                       "build would read its own files as documents; give "
+                       "a folder outside it")
 
 
 def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
@@ -191,8 +232,9 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
   options = {"glob": glob, "text_field": text_field,
              "valid_fraction": valid_fraction,
              "max_documents": max_documents, "shard_tokens": shard_tokens}
+  _check_out(out, sources)
   fingerprint = sources_lib.fingerprint(sources, glob=glob)
-  key = _key(sources, fingerprint, info["sha256"], options)
+  key = _key(fingerprint, info["sha256"], options)
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   lock, told, wait = build_lock.BuildLock(out), False, _POLL_S[0]
@@ -215,7 +257,7 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
       told = True
     time.sleep(wait)
     wait = min(wait * 2, _POLL_S[1])
-  _check_manifest(out, key)
+  _check_manifest(out, key, fingerprint, info["sha256"], options)
   return out
 
 
@@ -238,6 +280,12 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
     progress = {"key": key, "splits": {s: {"shards": [], "next": [0, 0]}
                                        for s in text.SPLITS}}
   splits = progress["splits"]
+  done = {s: len(splits[s]["shards"]) for s in text.SPLITS}
+  started = time.time()
+  print(f"building the token store {out} from {len(fingerprint)} files "
+        f"({workers} tokenizing process{'es' if workers > 1 else ''})"
+        + (f", resuming after {done['train']} train and {done['valid']} "
+           "valid shards" if any(done.values()) else ""), flush=True)
   pending = {s: [] for s in text.SPLITS}  # [doc, offset, tokens, chars]
   waiting = {s: 0 for s in text.SPLITS}  # tokens in pending[s]
   last_doc = {s: -1 for s in text.SPLITS}
@@ -338,7 +386,8 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
     if waiting[s]:
       cut(s, waiting[s])
   manifest = {
-      "format": FORMAT, "version": VERSION, "key": key, "block_bytes": shards.BLOCK,
+      "format": FORMAT, "version": VERSION, "key": key,
+      "block_bytes": shards.BLOCK,
       "tokenizer": info, "options": options,
       "sources": {"fingerprint": fingerprint, "documents": per_source},
       "splits": {s: {"documents": counts[s],
@@ -348,10 +397,16 @@ def _build(sources, out, tok, info, options, fingerprint, key, workers,
                      "dtype": np.dtype(dtype).name,
                      "shards": splits[s]["shards"]} for s in text.SPLITS},
       "created": _now(),
-      "sha256": _content_sha256(info["sha256"], options,
+      # Who finished it, in how long, from how many shards already built.
+      "built_by": {"host": socket.gethostname(), "pid": os.getpid(),
+                   "seconds": round(time.time() - started, 3),
+                   "resumed_after_shards": sum(done.values())},
+      "sha256": _content_sha256(info["sha256"],
                                 {s: splits[s] for s in text.SPLITS})}
   files.write_atomic(out / MANIFEST, json.dumps(manifest, indent=1))
   (out / PROGRESS).unlink(missing_ok=True)
+  for f in out.glob("*.tmp"):  # left by writers killed mid-write
+    f.unlink(missing_ok=True)
 
 
 def for_sources(sources, tokenizer_dir, cache_dir, **options):
@@ -371,7 +426,7 @@ def for_sources(sources, tokenizer_dir, cache_dir, **options):
           "shard_tokens": options.get("shard_tokens", 1 << 24)}
   if not os.path.isdir(tokenizer_dir):
     text.load_tokenizer(tokenizer_dir)  # its message
-  key = _key(sources, sources_lib.fingerprint(sources, glob=opts["glob"]),
+  key = _key(sources_lib.fingerprint(sources, glob=opts["glob"]),
              tokenizer_sha256(tokenizer_dir), opts)
   path = pathlib.Path(cache_dir) / key[:16]
   if (path / MANIFEST).exists() and read_manifest(path).get("key") == key:
@@ -385,6 +440,10 @@ def for_sources(sources, tokenizer_dir, cache_dir, **options):
 def read_manifest(path):
   """The manifest (dict) of the store at path; StoreError when it has none
   (not a store, or its build has not finished) or another format."""
+  if not pathlib.Path(path).is_dir():
+    raise StoreError(f"{path}: not a token store (no such folder)" if not
+                     pathlib.Path(path).exists() else
+                     f"{path}: not a token store (a file, not a folder)")
   f = pathlib.Path(path) / MANIFEST
   try:
     m = json.loads(f.read_text())
@@ -397,7 +456,7 @@ def read_manifest(path):
   if m.get("format") != FORMAT or m.get("version") != VERSION:
     raise StoreError(f"{f}: format {m.get('format')!r} version "
                      f"{m.get('version')!r}, expected {FORMAT!r} "
-                     f"version {VERSION} (rebuild it)")
+                     f"version {VERSION}; delete {path} and build it again")
   return m
 
 
@@ -419,7 +478,7 @@ def verify(path):
                           ("chars", "int32")):
         f = folder / shard[what]
         shards.check_file(f, shard["sha256"][what], shard["blocks"][what],
-                    m["block_bytes"])
+                          m["block_bytes"])
         arr = np.load(f, mmap_mode="r", allow_pickle=False)
         if arr.shape != (shard["n"],) or arr.dtype != np.dtype(dtype):
           raise StoreError(f"{f}: {arr.dtype} {arr.shape}, manifest "
@@ -427,7 +486,7 @@ def verify(path):
         if what == "chars" and int(arr.sum(dtype=np.int64)) != shard[
             "chars_sum"]:
           raise StoreError(f"{f}: characters do not sum to the manifest's")
-  want = _content_sha256(m["tokenizer"]["sha256"], m["options"], m["splits"])
+  want = _content_sha256(m["tokenizer"]["sha256"], m["splits"])
   if want != m["sha256"]:
     raise StoreError(f"{folder / MANIFEST}: sha256 {m['sha256'][:12]} does "
                      f"not match its shards ({want[:12]})")
@@ -451,9 +510,14 @@ def open(path, *, verify=False):  # pylint: disable=redefined-builtin
   m = read_manifest(path)
   if verify:
     _verify(path)
+  for s in text.SPLITS:  # cheap: a missing or cut shard fails now, not later
+    for shard in m["splits"][s]["shards"]:
+      for what in ("tokens", "chars"):
+        shards.check_size(pathlib.Path(path) / shard[what],
+                          shard["bytes"][what])
   t = m["tokenizer"]
-  splits = {s: tuple(shards.ShardedArray(path, m["splits"][s]["shards"], what,
-                                  m["block_bytes"])
+  splits = {s: tuple(shards.ShardedArray(path, m["splits"][s]["shards"],
+                                         what, m["block_bytes"])
                      for what in ("tokens", "chars"))
             for s in text.SPLITS}
   return text.TokenCorpus(splits, t["vocab_size"], t["bos_id"], t["eos_id"],
