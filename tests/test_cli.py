@@ -381,3 +381,23 @@ def test_a_missing_optional_package_is_one_line_naming_the_extra(
     with pytest.raises(extras.MissingPackage, match=r'tokenizer: .* needs the '
                        r'transformers package.*pip install "lfjax\[hf\]"'):
       load(str(tmp_path))
+
+
+def test_mlm_store_with_sources_says_how_to_clear_them(capsys, tmp_path):
+  # :tiny sets data.sources=('pystdlib',): adding data.store names them and
+  # the flag that clears them, and that flag (as a shell passes it after
+  # --config.data.sources='()') does clear them.
+  base = ["--config", MLM_TINY, "--config.init_from", str(tmp_path / "m"),
+          "--config.data.store", str(tmp_path / "store"), "--workdir",
+          str(tmp_path / "run")]
+  code, _, err = run(capsys, train.main, *base)
+  short_error(code, err, 2, "config.data.store: expected '' when "
+              "data.sources are given (data.sources=('pystdlib',), e.g. "
+              "from the :tiny config)",
+              "pass --config.data.sources='()'")
+  code, _, err = run(capsys, train.main, *base, "--config.data.sources=()")
+  short_error(code, err, 1, f"{tmp_path / 'store'}: not a token store")
+  # Several sources: a Python tuple of strings, as docs/data.md shows.
+  code, _, err = run(capsys, train.main, *base,
+                     "--config.data.sources=('a.jsonl','b.parquet')")
+  short_error(code, err, 2, "(data.sources=('a.jsonl', 'b.parquet'),")

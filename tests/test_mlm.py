@@ -318,6 +318,20 @@ def test_run_records_its_data_and_a_resume_on_other_data_says_so(
   result = json.loads((workdir / "eval_valid_2_128.json").read_text())
   assert result["dataset_sha256"] == sha
   assert "the run trained on" not in capsys.readouterr().err
+  # The run on a prebuilt store of other documents: a result of its own,
+  # naming the store, and a note that the run trained on other data.
+  from lfjax.data import store
+  other = store.build([str(docs_dir / "doc00.txt"), str(docs_dir)],
+                      str(roberta), tmp_path / "store", valid_fraction=0.2,
+                      workers=1)
+  other_sha = json.loads((other / "manifest.json").read_text())["sha256"]
+  evaluate.main(["--workdir", str(workdir), "--store", str(other)])
+  [on_store] = [json.loads(p.read_text())
+                for p in workdir.glob("eval_valid_2_128_*.json")]
+  assert on_store["data"] == {"store": str(other)}
+  assert on_store["dataset_sha256"] == other_sha != sha
+  assert (f"note: the run trained on {name} sha256 {sha[:12]}; this is "
+          f"{other} sha256 {other_sha[:12]}") in capsys.readouterr().err
 
   # As if the run had trained its first 2 steps on other documents.
   fake = "ab" * 32
@@ -336,6 +350,40 @@ def test_run_records_its_data_and_a_resume_on_other_data_says_so(
   assert metrics.read(record) == [
       {"step": 0, "corpus": name, "sha256": fake},
       {"step": 2, "corpus": name, "sha256": sha}]
+
+
+def test_evaluate_on_a_built_store(roberta, docs_dir, tmp_path, capsys,
+                                   monkeypatch):
+  """`evaluate --model DIR --store STORE` scores the store's valid split:
+  the same loss as evaluating the documents it was built from (--sources,
+  the path evaluation had before --store), recording the store's sha256
+  as its manifest has it."""
+  from lfjax import cli
+  from lfjax.data import store
+  built = store.build([str(docs_dir)], str(roberta), tmp_path / "store",
+                      valid_fraction=0.2, shard_tokens=64, workers=1)
+  sha = json.loads((built / "manifest.json").read_text())["sha256"]
+  on_store = mlm.evaluate_cli(init_from=str(roberta), store_path=str(built))
+  monkeypatch.setenv("LFJAX_DATA", str(tmp_path / "data"))  # its cache
+  on_docs = mlm.evaluate_cli(init_from=str(roberta), sources=[str(docs_dir)],
+                             valid_fraction=0.2, glob="*.txt")
+  assert on_store["dataset_sha256"] == sha != on_docs["dataset_sha256"]
+  assert on_store["data"] == {"store": str(built)}
+  for k in ("eval_masked_tokens", "eval_chars", "eval_loss", "eval_bpc"):
+    assert on_store[k] == on_docs[k], k
+  assert on_store["eval_masked_tokens"] > 0
+  capsys.readouterr()
+  assert cli.run(evaluate.main, ["--model", str(roberta), "--store",
+                                 str(built)]) == 0
+  assert f"bpc {on_store['eval_bpc']:.4f}" in capsys.readouterr().out
+  for argv, want in [
+      (["--sources", str(docs_dir)], "--store: give --store (a built token "
+       "store) or --sources (documents), not both"),
+      (["--glob", "*.md"], "--glob: has no effect on the token store")]:
+    code = cli.run(evaluate.main, ["--model", str(roberta), "--store",
+                                   str(built), *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[0].startswith("error: " + want), err
 
 
 def test_make_tiny_writes_a_roberta_that_transformers_loads(tmp_path):

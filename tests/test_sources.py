@@ -131,8 +131,9 @@ def test_datasets_folder_and_datasetdict_split(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("line,error", [
     ('{"txt": "x"}', r":2: field 'text': missing \(the record has \['txt'\]"),
-    ('{"text": 5}', r":2: field 'text': expected a string, got int"),
-    ('{"text": null}', r":2: field 'text': expected a string, got null"),
+    ('{"text": 5}', r":2: field 'text': expected a string .*, got int"),
+    ('{"text": [1]}', r":2: field 'text': expected a string \(or null: an "
+     r"empty document\), got list"),
     ('["text"]', r":2: expected a JSON object per line, got list"),
     ('{"text": "x",', r":2: expected a JSON object per line \("),
 ])
@@ -143,6 +144,79 @@ def test_bad_jsonl_lines_name_file_line_and_field(tmp_path, line, error):
     path.write_bytes(gzip.compress(data) if gz else data)
     with pytest.raises(ValueError, match="^" + str(path) + error):
       list(sources.iter_documents(str(path)))
+
+
+def test_null_texts_are_empty_documents_and_other_values_errors(tmp_path):
+  """A null text (JSON null, a parquet or datasets null) is skipped as an
+  empty document is; an int is an error naming file, line/row and field."""
+  texts = ["one", None, "three", None]
+  write_jsonl(tmp_path / "n.jsonl", [{"text": t} for t in texts])
+  pq.write_table(pa.table({"text": texts}), tmp_path / "n.parquet")
+  save_dataset(tmp_path / "nds", {"text": texts})
+  got = list(sources.iter_documents([str(tmp_path / "n.jsonl"),
+                                     str(tmp_path / "n.parquet"),
+                                     str(tmp_path / "nds")]))
+  assert got == [("n.jsonl:1", "one"), ("n.jsonl:3", "three"),
+                 ("n.parquet#0", "one"), ("n.parquet#2", "three"),
+                 ("nds#0", "one"), ("nds#2", "three")]
+  write_jsonl(tmp_path / "all_null.jsonl", [{"text": None}])
+  with pytest.raises(ValueError, match="no non-empty documents"):
+    list(sources.iter_documents(str(tmp_path / "all_null.jsonl")))
+  write_jsonl(tmp_path / "i.jsonl", [{"text": "a"}, {"text": 7}])
+  pq.write_table(pa.table({"text": [1, 7]}), tmp_path / "i.parquet")
+  save_dataset(tmp_path / "ids", {"text": [1, 7]})
+  for path, where in [("i.jsonl", ":2"), ("i.parquet", ":row 0"),
+                      ("ids", ":row 0")]:
+    with pytest.raises(ValueError, match=f"^{tmp_path / path}{where}: field "
+                       "'text': expected a string .*, got int"):
+      list(sources.iter_documents(str(tmp_path / path)))
+
+
+def test_messages_name_the_flags(tmp_path):
+  write_jsonl(tmp_path / "a.jsonl", [{"body": "x"}])
+  with pytest.raises(ValueError, match="data.text_field / --text_field"):
+    list(sources.iter_documents(str(tmp_path / "a.jsonl")))
+  pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
+  with pytest.raises(ValueError, match="data.text_field / --text_field"):
+    list(sources.iter_documents(str(tmp_path / "p.parquet")))
+  (tmp_path / "f").mkdir()
+  (tmp_path / "f" / "a.md").write_text("x")
+  with pytest.raises(FileNotFoundError, match=r"no file matching '\*.txt' "
+                     r"\(data.glob / --glob\) under"):
+    list(sources.iter_documents(str(tmp_path / "f")))
+
+
+def test_class_label_columns_read_as_their_names(tmp_path):
+  from lfjax.tasks import classification
+  import ml_collections
+  feats = datasets.Features({
+      "text": datasets.Value("string"),
+      "label": datasets.ClassLabel(names=["neg", "pos"]),
+      "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b", "c"]))})
+  datasets.Dataset.from_dict(
+      {"text": ["bad", "good", "meh"], "label": [0, 1, 0],
+       "tags": [[2], [0, 1], []]}, features=feats).save_to_disk(
+           str(tmp_path / "cls"))
+  assert sources.read_records(tmp_path / "cls") == [
+      (1, {"text": "bad", "label": "neg", "tags": ["c"]}),
+      (2, {"text": "good", "label": "pos", "tags": ["a", "b"]}),
+      (3, {"text": "meh", "label": "neg", "tags": []})]
+  # Classification's label set (what a run records as data.labels).
+  data = classification.read(tmp_path / "cls", None, "train")
+  assert data.labels == [("neg",), ("pos",), ("neg",)]
+  c = ml_collections.ConfigDict({"data": {"labels": (),
+                                          "label_kind": "auto"}})
+  assert classification.resolve(c, data).data.labels == ("neg", "pos")
+  # datasets' -1 (no label) is a null: classification names the row.
+  datasets.Dataset.from_dict({"text": ["x", "y"], "label": [1, -1]},
+                             features=datasets.Features({
+                                 "text": datasets.Value("string"),
+                                 "label": datasets.ClassLabel(
+                                     names=["neg", "pos"])})).save_to_disk(
+                                         str(tmp_path / "unlabelled"))
+  with pytest.raises(ValueError, match=r"unlabelled:2: field 'label': "
+                     r"expected .*, got null"):
+    classification.read(tmp_path / "unlabelled", None, "train")
 
 
 def test_invalid_utf8_in_jsonl_names_the_line(tmp_path):

@@ -39,7 +39,11 @@ def main(argv=None):
   sub = p.add_subparsers(dest="command", required=True)
   b = sub.add_parser("build", help="tokenize documents into a store")
   b.add_argument("--sources", nargs="+", required=True,
-                 help="text files, folders of documents, or 'pystdlib'")
+                 help="one or more, space-separated: text files, folders "
+                 "(their files matching --glob), .jsonl / .jsonl.gz files "
+                 "(field --text_field), .parquet files (column "
+                 "--text_field), datasets folders saved with save_to_disk "
+                 "(DIR, or DIR/SPLIT of a DatasetDict), or 'pystdlib'")
   b.add_argument("--tokenizer", required=True,
                  help="a local fast tokenizer folder")
   b.add_argument("--out", required=True, help="the store's folder")

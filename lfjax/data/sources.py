@@ -90,8 +90,8 @@ def _kind(path):
 def _folder_files(path, glob):
   files = sorted(f for f in path.rglob(glob) if f.is_file())
   if not files:
-    raise FileNotFoundError(f"data.sources: no file matching {glob!r} under "
-                            f"{path}")
+    raise FileNotFoundError(f"data.sources: no file matching {glob!r} "
+                            f"(data.glob / --glob) under {path}")
   return [(f"{path.name}/{f.relative_to(path).as_posix()}", f) for f in files]
 
 
@@ -108,13 +108,16 @@ def iter_documents(sources, *, glob="*.txt", text_field="text"):
   `sources` (a str or a sequence of str; module doc), lazily, in a fixed
   order (sources in the order given, a folder's files sorted by path, a
   file's records in file order), holding one line / record batch at a time.
-  Empty and whitespace-only texts are skipped.
+  Empty and whitespace-only texts are skipped, and so is a record whose
+  text is null (JSON null, a null in a parquet or datasets column): an
+  empty document.
 
   Raises (when the iteration reaches the source):
     FileNotFoundError: a source that does not exist, a folder without a
       file matching glob.
     ValueError: a jsonl line that is not a JSON object, or whose text_field
-      is missing or not a string (naming file:line and the field); a parquet
+      is missing or neither a string nor null (naming file:line or the row
+      and the field); a parquet
       file / datasets folder without the column (naming it and its
       columns); a DatasetDict folder (naming its splits); no non-empty
       document in all the sources.
@@ -171,14 +174,17 @@ def _file_texts(path, name, text_field):
 
 
 def _text(path, where, obj, field):
+  """The text of a record; "" (an empty document, skipped) for a null."""
   if field not in obj:
     raise ValueError(f"{path}:{where}: field {field!r}: missing (the record "
-                     f"has {sorted(obj)}); set data.text_field to the field "
-                     "that holds the text")
+                     f"has {sorted(obj)}); set data.text_field / "
+                     "--text_field to the field that holds the text")
   v = obj[field]
+  if v is None:
+    return ""
   if not isinstance(v, str):
-    raise ValueError(f"{path}:{where}: field {field!r}: expected a string, "
-                     f"got {'null' if v is None else type(v).__name__}")
+    raise ValueError(f"{path}:{where}: field {field!r}: expected a string "
+                     f"(or null: an empty document), got {type(v).__name__}")
   return v
 
 
@@ -248,8 +254,8 @@ def _parquet_file(path, what):
 def _check_column(path, columns, field, what, kind):
   if field not in columns:
     raise ValueError(f"{what}: {path}: no column {field!r} (the {kind} has "
-                     f"columns {list(columns)}); set data.text_field to the "
-                     "column that holds the text")
+                     f"columns {list(columns)}); set data.text_field / "
+                     "--text_field to the column that holds the text")
 
 
 def _parquet_texts(path, name, text_field):
@@ -345,7 +351,9 @@ def read_records(path, what="data file"):
   skipped, universal newlines, as before). line: the 1-based line (JSON
   lines) or 1-based row (tables). Tables' nested columns come back as
   Python lists and dicts (a list of structs as a list of dicts, a struct of
-  lists as a dict of lists), as json would give them.
+  lists as a dict of lists), as json would give them. A datasets folder's
+  ClassLabel columns (or lists of ClassLabel) come back as the label names
+  (ClassLabel.int2str), -1 (datasets' "no label") as None.
 
   Raises FileNotFoundError (no such file or folder), ValueError naming the
   file and line of invalid UTF-8, of a line that is not a JSON object, a
@@ -366,8 +374,9 @@ def read_records(path, what="data file"):
                      "dataset_info.json in it); give a .jsonl, .jsonl.gz or "
                      ".parquet file or such a folder")
   if kind == "dataset":
-    batches = _load_dataset(path, what).iter(batch_size=_ROWS_PER_BATCH)
-    out = list(enumerate(_rows(batches), 1))
+    ds = _load_dataset(path, what)
+    out = list(enumerate(_rows(ds.iter(batch_size=_ROWS_PER_BATCH),
+                               _class_labels(ds.features)), 1))
   elif kind == "parquet":
     pf = _parquet_file(path, what)
     out = list(enumerate(itertools.chain.from_iterable(
@@ -381,12 +390,40 @@ def read_records(path, what="data file"):
   return out
 
 
-def _rows(batches):
-  """Rows (dicts) of Dataset.iter's column batches ({column: [values]})."""
+def _class_labels(features):
+  """{column: ClassLabel} of a Dataset's columns that are a ClassLabel or
+  a list of them (Sequence / List of ClassLabel: multi-label)."""
+  import datasets  # loaded already: the caller has a Dataset
+  out = {}
+  for name, f in features.items():
+    inner = getattr(f, "feature", None)  # List / Sequence / LargeList
+    if isinstance(f, datasets.ClassLabel):
+      out[name] = f
+    elif isinstance(inner, datasets.ClassLabel):
+      out[name] = inner
+  return out
+
+
+def _label_name(label, v):
+  """A ClassLabel column's int as its name; datasets' -1 (no label) and
+  null stay null, which the task reports naming the row and field."""
+  if isinstance(v, list):
+    return [_label_name(label, x) for x in v]
+  return None if v is None or v < 0 else label.int2str(v)
+
+
+def _rows(batches, class_labels):
+  """Rows (dicts) of Dataset.iter's column batches ({column: [values]}),
+  ClassLabel columns' ints as their names (what the dataset means by them:
+  a classification run records data.labels as "neg", "pos", not "0",
+  "1")."""
   for batch in batches:
     names = list(batch)
     for values in zip(*(batch[n] for n in names)):
-      yield dict(zip(names, values))
+      row = dict(zip(names, values))
+      for name, label in class_labels.items():
+        row[name] = _label_name(label, row[name])
+      yield row
 
 
 def read_text(path, what="data file"):

@@ -13,7 +13,8 @@ name), .jsonl.gz, a .parquet file or a `datasets` folder saved with
 save_to_disk (DIR/SPLIT of a DatasetDict) with columns "text" and "label"
 (lfjax.data.sources.read_records); a label that is a list
 (`"label": ["a", "b"]`, possibly empty) makes the task multi-label. Label
-names (strings or integers, kept as strings) are the training file's,
+names (strings or integers, kept as strings; a datasets ClassLabel
+column's names, not its integers) are the training file's,
 sorted, unless config.data.labels lists them; they are saved in the run's
 config and, on export, as id2label / label2id in config.json.
 

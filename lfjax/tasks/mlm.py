@@ -404,25 +404,43 @@ def export(workdir, path, step=None):
 RUN_CONFIG = "lfjax_mlm_run.json"
 
 
+def _data_record(d):
+  """What names the evaluated data in a result: the store, else the
+  sources and the options that pick their held-out split."""
+  if d.get("store", ""):  # its split was fixed when it was built
+    return {"store": str(d.store)}
+  return {"sources": list(d.sources), "valid_fraction": d.valid_fraction,
+          "max_documents": d.max_documents, "glob": d.glob}
+
+
 def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
                  seq_len=None, max_batches=None, batch_size=None,
                  valid_fraction=None, max_documents=None, glob=None,
-                 progress=False):
+                 progress=False, store_path=None):
   """BPC of a run's checkpoint (workdir) or of a Hugging Face checkpoint
   folder as it is (init_from: RoBERTa at its own length, or a Longformer),
-  on the run's held-out split or on `sources`. Returns the record (with
-  `written_to`, the JSON file it was saved as, for a workdir).
+  on the run's held-out split, on `sources`, or on the valid split of
+  `store_path` (a token store built by `python -m lfjax.data build` with this
+  model's tokenizer). Returns the record (with `written_to`, the JSON file
+  it was saved as, for a workdir).
 
   Every default comes from one config, so both ways agree on the same
   model: the run's (workdir, or the run an `export` folder came from, saved
   there as lfjax_mlm_run.json), else lfjax.tasks.mlm_defaults.base_config().
 
   Raises:
-    ValueError: neither or both of workdir and init_from, no sources.
+    ValueError: neither or both of workdir and init_from, no sources nor
+      store; a store built with another tokenizer (store.StoreError for a
+      damaged or unfinished one).
+    cli.UsageError: both sources and store_path; valid_fraction, max_documents
+      or glob with a store (its split was fixed when it was built).
   """
   import json
   if (workdir is None) == (init_from is None):
     raise ValueError("expected exactly one of --workdir and --model")
+  if sources and store_path:
+    raise cli.UsageError("--store: give --store (a built token store) or "
+                         "--sources (documents), not both")
   if workdir is not None:
     config, model, step = load_trained(workdir, step, flag="--checkpoint")
   else:
@@ -441,13 +459,22 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   if sources:
     config.data.sources = tuple(sources)
     config.data.store = ""  # documents given: not the run's store
+  if store_path:
+    config.data.store = str(store_path)
+    config.data.sources = ()  # a store given: not the run's documents
   for field, value in (("valid_fraction", valid_fraction),
                        ("max_documents", max_documents), ("glob", glob)):
     if value is not None:
+      if config.data.get("store", ""):
+        raise cli.UsageError(
+            f"--{field}: has no effect on the token store "
+            f"{config.data.store} (its split was fixed when it was built); "
+            "give --sources to evaluate on documents")
       config.data[field] = value
   if not config.data.sources and not config.data.get("store"):
-    raise ValueError("--sources: expected documents to evaluate on (the "
-                     "run's data.sources are used with --workdir)")
+    raise ValueError("--sources: expected documents to evaluate on, or "
+                     "--store STORE (a built token store); the run's data "
+                     "are used with --workdir")
   have = config.model.max_positions
   if seq_len is not None and seq_len > have:
     raise cli.UsageError(f"--seq_len: expected at most the model's "
@@ -459,9 +486,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
   r = evaluate_model(model, config, corpus, seq_len=seq_len,
                      batch_size=batch_size, max_batches=max_batches,
                      progress=progress)
-  data = {k: config.data[k] for k in ("sources", "valid_fraction",
-                                      "max_documents", "glob")}
-  data["sources"] = list(data["sources"])
+  data = _data_record(config.data)
   settings = dict(
       max_batches=(config.eval.max_batches if max_batches is None
                    else max_batches),
@@ -473,8 +498,7 @@ def evaluate_cli(workdir=None, init_from=None, sources=(), step=None,
     saved = checkpoints.read_config(workdir, "mlm")
     defaults = dict(max_batches=saved.eval.max_batches,
                     batch_size=saved.eval.batch_size,
-                    data=dict({k: saved.data[k] for k in data},
-                              sources=list(saved.data.sources)),
+                    data=_data_record(saved.data),
                     dataset_sha256=common.trained_sha256(
                         workdir, step, corpus.sha256))
     out = common.result_path(
@@ -498,7 +522,11 @@ def evaluate_parser():
   v.add_argument("--model", dest="init_from", default=None,
                  help="or a Hugging Face checkpoint folder, as it is")
   v.add_argument("--sources", nargs="*", default=(),
-                 help="documents (default: the run's data.sources)")
+                 help="documents (default: the run's data; the kinds of "
+                 "`python -m lfjax.data build --sources`)")
+  v.add_argument("--store", default=None,
+                 help="or a token store built by `python -m lfjax.data "
+                 "build` with the model's tokenizer: its valid split")
   v.add_argument("--checkpoint", type=int, default=None,
                  help="a saved step of --workdir (default: the newest)")
   v.add_argument("--seq_len", type=int, default=None,
@@ -519,7 +547,8 @@ def evaluate_parser():
 
 
 def evaluate_main(argv):
-  """`python -m lfjax.evaluate --workdir RUN | --model DIR ...` for MLM:
+  """`python -m lfjax.evaluate --workdir RUN | --model DIR [--sources
+  DOCS ... | --store STORE] ...` for MLM:
   prints the held-out loss, BPC and bits per token; argv excludes the
   program name. Raises cli.UsageError for bad flags."""
   from lfjax import cli
@@ -538,7 +567,7 @@ def evaluate_main(argv):
   r = evaluate_cli(args.workdir, args.init_from, args.sources,
                    args.checkpoint, args.seq_len, args.max_batches,
                    args.batch_size, args.valid_fraction, args.max_documents,
-                   args.glob, progress=True)
+                   args.glob, progress=True, store_path=args.store)
   where = r["checkpoint"] + ("" if r["step"] is None
                              else f" (step {r['step']})")
   print(f"{where}, seq {r['seq_len']}: loss "

@@ -28,7 +28,10 @@ def base_config():
   # the documents, tokenizer and options); "" = build or reuse one from
   # data.sources under data.cache_dir. Give one of the two.
   c.data.store = ""
-  # Text files, folders of documents (one per file) or "pystdlib".
+  # Text files, folders of documents (one per file), .jsonl / .jsonl.gz /
+  # .parquet files, datasets folders (save_to_disk) or "pystdlib"
+  # (lfjax.data.sources). On the command line:
+  # --config.data.sources="('a.jsonl','b.parquet')".
   c.data.sources = ()
   c.data.glob = "*.txt"  # which files of a folder are documents
   c.data.text_field = "text"  # the text of record files (jsonl, parquet)
@@ -132,8 +135,13 @@ def validate(config):
   ck.string(c, "data.store")
   ck.strings(c, "data.sources")
   if c.data.store and c.data.sources:
-    ck._fail("data.store", "'' when data.sources are given (give one of "
-             "the two)", c.data.store)
+    # The :tiny config sets data.sources: a user adding data.store to it
+    # must clear them, and needs the command-line spelling to do so.
+    raise ValueError(
+        f"config.data.store: expected '' when data.sources are given "
+        f"(data.sources={tuple(c.data.sources)!r}, e.g. from the :tiny "
+        f"config), got {c.data.store!r}; to train on the store pass "
+        "--config.data.sources='()'")
   ck.string(c, "data.glob", nonempty=True)
   ck.string(c, "data.text_field", nonempty=True)
   ck.integer(c, "data.max_documents", 0)
