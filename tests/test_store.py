@@ -405,6 +405,32 @@ def test_the_same_inputs_spelled_otherwise_are_the_same_store(
   assert manifest(a)["sha256"] == manifest(b)["sha256"]
 
 
+def test_the_tokenizer_hash_ignores_what_does_not_decide_tokens(
+    tok_dir, docs, tmp_path):
+  """An export's copy of the tokenizer (lfjax.convert.copy_tokenizer:
+  tokenizer_config.json rewritten with another model_max_length and
+  indentation) is the same tokenizer for a store; other merges are not.
+  A store whose shard was cut is refused by a new build at once."""
+  from lfjax import convert
+  copy = tmp_path / "export"
+  copy.mkdir()
+  convert.copy_tokenizer(str(tok_dir), str(copy), max_length=4099)
+  cfg = json.loads((copy / "tokenizer_config.json").read_text())
+  assert cfg["model_max_length"] == 4099  # the copy did change the file
+  assert ((copy / "tokenizer_config.json").read_bytes()
+          != (tok_dir / "tokenizer_config.json").read_bytes())
+  assert store.tokenizer_sha256(copy) == store.tokenizer_sha256(tok_dir)
+  merges = (copy / "merges.txt").read_text().splitlines()
+  (copy / "merges.txt").write_text("\n".join(merges[:-1]) + "\n")
+  assert store.tokenizer_sha256(copy) != store.tokenizer_sha256(tok_dir)
+  out = build(tok_dir, docs, tmp_path / "s")
+  cut = out / manifest(out)["splits"]["train"]["shards"][2]["chars"]
+  cut.write_bytes(cut.read_bytes()[:-4])
+  with pytest.raises(store.StoreError, match=f"{cut}: damaged shard .*"
+                     f"delete the store {out}"):
+    build(tok_dir, docs, out)
+
+
 def test_a_pool_of_two_builds_the_same_store(tok_dir, docs, tmp_path,
                                              monkeypatch):
   one = build(tok_dir, docs, tmp_path / "one")

@@ -89,7 +89,8 @@ def main(argv=None):
   dt = time.time() - t0
   m = store.read_manifest(out)
   if existed:
-    print(f"{out}: already built: {_summary(m)}")
+    print(f"{out}: already built: {_summary(m)} (`python -m lfjax.data "
+          f"verify {out}` checks every shard)")
     return
   by = m.get("built_by", {})
   if (by.get("host"), by.get("pid")) != (socket.gethostname(), os.getpid()):

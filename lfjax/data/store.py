@@ -77,14 +77,40 @@ def _framed(parts):
   return digest.hexdigest()
 
 
+# Keys of a tokenizer's JSON files that do not decide its tokens here: an
+# export rewrites model_max_length (lfjax.convert.copy_tokenizer), and the
+# store tokenizes without truncation or padding (tokenizing.untruncated).
+_NOT_TOKENS = {"tokenizer_config.json": ("model_max_length", "padding_side",
+                                         "truncation_side",
+                                         "model_input_names",
+                                         "clean_up_tokenization_spaces"),
+               "tokenizer.json": ("truncation", "padding")}
+
+
 def tokenizer_sha256(tokenizer_dir):
-  """_framed of (name, bytes) of tokenizer_dir's files whose names start
+  """_framed of (name, content) of tokenizer_dir's files whose names start
   with tokenizer / vocab / merges / special_tokens / added_tokens, sorted
-  by name: what decides its tokens."""
+  by name: what decides its tokens. A JSON file's content is its parsed
+  value without the keys of _NOT_TOKENS, written canonically (sorted keys,
+  no spaces), so an export that rewrites the config with another
+  model_max_length or indentation is the same tokenizer; other files'
+  content is their bytes."""
   parts = []
   for name in sorted(os.listdir(tokenizer_dir)):
     if name.startswith(TOKENIZER_FILES):
-      parts += [name.encode(), pathlib.Path(tokenizer_dir, name).read_bytes()]
+      raw = pathlib.Path(tokenizer_dir, name).read_bytes()
+      if name.endswith(".json"):
+        try:
+          value = json.loads(raw)
+        except ValueError:
+          value = None  # not JSON after all: its bytes
+        if isinstance(value, dict):
+          for key in _NOT_TOKENS.get(name, ()):
+            value.pop(key, None)
+        if value is not None:
+          raw = json.dumps(value, sort_keys=True,
+                           separators=(",", ":")).encode()
+      parts += [name.encode(), raw]
   return _framed(parts)
 
 
@@ -258,6 +284,7 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
     time.sleep(wait)
     wait = min(wait * 2, _POLL_S[1])
   _check_manifest(out, key, fingerprint, info["sha256"], options)
+  _check_sizes(out, read_manifest(out))  # a cut or lost shard, at once
   return out
 
 
@@ -498,6 +525,17 @@ def verify(path):
 _verify = verify
 
 
+def _check_sizes(path, m):
+  """Every shard of manifest m is at path with its size: cheap (a stat per
+  file), so a missing or cut shard fails at once, not at its first read.
+  Raises StoreError naming it."""
+  for s in text.SPLITS:
+    for shard in m["splits"][s]["shards"]:
+      for what in ("tokens", "chars"):
+        shards.check_size(pathlib.Path(path) / shard[what],
+                          shard["bytes"][what])
+
+
 def open(path, *, verify=False):  # pylint: disable=redefined-builtin
   """The store at path as a text.TokenCorpus: splits = {split: (tokens,
   chars)} as ShardedArrays, ids from the manifest, sha256 the store's.
@@ -510,11 +548,7 @@ def open(path, *, verify=False):  # pylint: disable=redefined-builtin
   m = read_manifest(path)
   if verify:
     _verify(path)
-  for s in text.SPLITS:  # cheap: a missing or cut shard fails now, not later
-    for shard in m["splits"][s]["shards"]:
-      for what in ("tokens", "chars"):
-        shards.check_size(pathlib.Path(path) / shard[what],
-                          shard["bytes"][what])
+  _check_sizes(path, m)
   t = m["tokenizer"]
   splits = {s: tuple(shards.ShardedArray(path, m["splits"][s]["shards"],
                                          what, m["block_bytes"])
