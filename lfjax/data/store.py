@@ -10,7 +10,7 @@ A store is a folder:
   int32. `{split}-{k:05d}.chars.npy`: int32, the characters each token owns
   (lfjax.data.text's accounting, for BPC; separators own none).
 - `manifest.json`, written last (its presence means complete): the format,
-  the tokenizer (sha256 of its files, ids), the build options, the sources'
+  the tokenizer (tokenizer_sha256, ids), the build options, the sources'
   stat fingerprint and a sha256 of the documents read from each, per split
   the documents, tokens, characters and every shard's count, sha256, size
   and per-block digests (lfjax.data.shards: what a reader checks before it
