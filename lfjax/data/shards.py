@@ -34,17 +34,21 @@ def save(path, arr):
   np.save(buf, arr, allow_pickle=False)
   data = buf.getbuffer()
   files.write_atomic(path, data)
-  return (hashlib.sha256(data).hexdigest(), block_digests(data),
-          len(data))
+  return (*digests(data), len(data))
 
 
-def block_digests(data, block=None):
-  """The BLAKE2b (16 bytes) of each block of data (block bytes; the
-  manifest's block_bytes, BLOCK when building), hex, joined: what a reader
+def digests(data, block=None):
+  """(sha256 of data, the BLAKE2b (16 bytes) of each of its blocks, hex,
+  joined), in one pass over data. block: bytes per block (the manifest's
+  block_bytes; BLOCK when building). The block digests are what a reader
   checks before it uses a block (ShardedArray)."""
   block = block or BLOCK
-  return "".join(hashlib.blake2b(data[i:i + block], digest_size=16)
-                 .hexdigest() for i in range(0, len(data), block))
+  whole, parts = hashlib.sha256(), []
+  for i in range(0, len(data), block):
+    piece = data[i:i + block]
+    whole.update(piece)
+    parts.append(hashlib.blake2b(piece, digest_size=16).hexdigest())
+  return whole.hexdigest(), "".join(parts)
 
 
 _CHECKED = set()  # (file, sha256) whose bytes this process has checked
@@ -63,9 +67,8 @@ def check_file(path, sha256, blocks=None, block=None):
                      f"{_delete_hint(path)}") from None
   except ValueError:  # an empty file cannot be mapped
     data = b""
-  got = hashlib.sha256(data).hexdigest()
-  if got != sha256 or (blocks is not None
-                       and block_digests(data, block) != blocks):
+  got, got_blocks = digests(data, block)
+  if got != sha256 or (blocks is not None and got_blocks != blocks):
     raise StoreError(f"{path}: damaged shard of the token store (sha256 "
                      f"{got[:12]}, manifest {sha256[:12]}); "
                      f"{_delete_hint(path)}")
