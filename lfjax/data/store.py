@@ -187,10 +187,10 @@ def _check_folder(out):
 
 def _check_manifest(out, key, fingerprint, tokenizer_hash, options):
   """Refuses a finished store at out built from other inputs, naming
-  what differs."""
+  what differs; returns its manifest."""
   m = read_manifest(out)
   if m.get("key") == key:
-    return
+    return m
   why = []
   if _files(m["sources"]["fingerprint"]) != _files(fingerprint):
     why.append("other files (names, sizes or modification times)")
@@ -283,8 +283,8 @@ def build(sources, tokenizer_dir, out, *, glob="*.txt", text_field="text",
       told = True
     time.sleep(wait)
     wait = min(wait * 2, _POLL_S[1])
-  _check_manifest(out, key, fingerprint, info["sha256"], options)
-  _check_sizes(out, read_manifest(out))  # a cut or lost shard, at once
+  m = _check_manifest(out, key, fingerprint, info["sha256"], options)
+  _check_sizes(out, m)  # a cut or lost shard, at once
   return out
 
 
