@@ -139,7 +139,8 @@ def test_decode_step_equals_full_decoder(tmp_path):
   ids, mask, _ = encoder_batch([13, 8], 13, [[], []])
   dec_ids = np.random.default_rng(3).integers(3, VOCAB, size=(2, 6))
   full = model(ids, mask, None, dec_ids).logits
-  enc = model.encode(ids, mask)
+  # Under jit, as generation runs it: the default first-token global.
+  enc = jax.jit(lambda i, m: model.encode(i, m))(ids, mask)
   cache = model.init_cache(enc, mask, 10)
   assert cache["self_k"][0].shape == (2, 10, 4, 4)
   step = jax.jit(model.decode_step)
@@ -247,6 +248,17 @@ def test_refusals_name_the_field(tmp_path):
     led_convert.from_pretrained(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(d))
   model = led_convert.from_pretrained(str(tmp_path))
+  # Sharded and .bin layouts (lfjax.hf_weights) load the same tensors.
+  hf = transformers.LEDForConditionalGeneration.from_pretrained(str(tmp_path))
+  want = np.asarray(model.led.decoder.layers[1].fc2.kernel[...])
+  hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  (tmp_path / "bin").mkdir()  # transformers 5 writes no .bin: torch does
+  (tmp_path / "bin" / "config.json").write_text(json.dumps(d))
+  torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  for other in (tmp_path / "sharded", tmp_path / "bin"):
+    assert not (other / "model.safetensors").exists()
+    got = led_convert.from_pretrained(str(other)).led.decoder.layers[1].fc2
+    np.testing.assert_array_equal(got.kernel[...], want)
   with pytest.raises(ValueError, match="input_ids"):
     model.encode(np.zeros((2, 65), np.int32))
   with pytest.raises(ValueError, match="decoder_input_ids"):
