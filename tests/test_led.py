@@ -134,10 +134,10 @@ def test_led_model_folder_and_jit(tmp_path):
 
 
 def test_decode_step_equals_full_decoder(tmp_path):
-  hf_led(tmp_path, attention_window=4)
+  hf_led(tmp_path, attention_window=[4, 6])
   model = led_convert.from_pretrained(str(tmp_path))
-  ids, mask, _ = encoder_batch([13, 8], 13, [[], []])
-  dec_ids = np.random.default_rng(3).integers(3, VOCAB, size=(2, 6))
+  ids, mask, _ = encoder_batch([19, 13], 19, [[], []])
+  dec_ids = np.random.default_rng(3).integers(3, VOCAB, size=(2, 7))
   full = model(ids, mask, None, dec_ids).logits
   # Under jit, as generation runs it: the default first-token global.
   enc = jax.jit(lambda i, m: model.encode(i, m))(ids, mask)
@@ -145,10 +145,10 @@ def test_decode_step_equals_full_decoder(tmp_path):
   assert cache["self_k"][0].shape == (2, 10, 4, 4)
   step = jax.jit(model.decode_step)
   pieces = []
-  for a, b in ((0, 1), (1, 4), (4, 5), (5, 6)):  # T = 1 and T > 1
+  for a, b in ((0, 1), (1, 4), (4, 5), (5, 6), (6, 7)):  # T = 1, T > 1
     logits, cache = step(jnp.asarray(dec_ids[:, a:b]), cache)
     pieces.append(logits)
-  assert int(cache["length"]) == 6
+  assert int(cache["length"]) == 7
   np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
   # reorder_cache takes rows: row 1 twice gives row 1's next logits twice.
   re = model.reorder_cache(cache, jnp.array([1, 1]))
@@ -158,13 +158,16 @@ def test_decode_step_equals_full_decoder(tmp_path):
 
 
 def test_default_global_is_first_token_and_all_local_warns(tmp_path):
-  hf_led(tmp_path, attention_window=4)
+  hf_led(tmp_path, attention_window=[4, 6])
   model = led_convert.from_pretrained(str(tmp_path))
-  ids, mask, glob = encoder_batch([11, 11], 11, [[0], [0]])
-  dec = np.full((2, 1), 2)
+  ids, mask, glob = encoder_batch([19, 19], 19, [[0], [0]])
+  dec = np.random.default_rng(1).integers(3, VOCAB, size=(2, 7))
   first = model(ids, mask, glob, dec).logits
   default = model(ids, mask, None, dec).logits
   np.testing.assert_array_equal(default, first)
+  # attention_mask 2 (the Longformer convention) marks the global tokens.
+  marked = model(ids, np.where(glob == 1, 2, mask), None, dec).logits
+  np.testing.assert_array_equal(marked, first)
   led_lib._WARNED_ALL_LOCAL.clear()  # noqa: SLF001
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -183,12 +186,13 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
   back = transformers.LEDForConditionalGeneration.from_pretrained(str(dst))
   assert back.generation_config.num_beams == 3
   assert back.generation_config.max_length == 9
-  ids, mask, glob = encoder_batch([12, 9], 12, [[0, 4], [0]])
-  dec_ids = np.random.default_rng(4).integers(3, VOCAB, size=(2, 4))
+  ids, mask, glob = encoder_batch([19, 9], 19, [[0, 4], [0]])
+  dec_ids = np.random.default_rng(4).integers(3, VOCAB, size=(2, 7))
   want = run_hf(hf, ids, mask, glob, dec_ids).logits
   close(run_hf(back, ids, mask, glob, dec_ids).logits, want)
   again = led_convert.from_pretrained(str(dst))
   assert again.generation_config["num_beams"] == 3
+  hash(nnx.graphdef(again))  # nnx.jit needs hashable static attributes
   close(again(ids, mask, glob, dec_ids).logits, want)
 
 
@@ -208,11 +212,11 @@ def test_bart_to_led_gives_bart_logits(tmp_path):
   d = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**d, "num_beams": 2}))
   model = led_convert.make_led(str(tmp_path), max_positions=50,
-                               attention_window=16)
+                               attention_window=40)
   assert model.cfg.max_encoder_position_embeddings == 50
   assert model.cfg.max_decoder_position_embeddings == 20
-  ids, mask, _ = encoder_batch([8, 5], 8, [[], []])  # 8 <= window / 2
-  dec_ids = np.random.default_rng(6).integers(3, VOCAB, size=(2, 5))
+  ids, mask, _ = encoder_batch([19, 5], 19, [[], []])  # 19 <= window / 2
+  dec_ids = np.random.default_rng(6).integers(3, VOCAB, size=(2, 7))
   with torch.no_grad():
     want = bart(input_ids=torch.tensor(ids),
                 attention_mask=torch.tensor(mask),
