@@ -227,6 +227,14 @@ def test_bart_to_led_gives_bart_logits(tmp_path):
   bart_rows = bart.model.encoder.embed_positions.weight.detach().numpy()[2:]
   np.testing.assert_array_equal(table[20:40], bart_rows)
   assert model.generation_config["num_beams"] == 2
+  # The command: an LED folder that loads back with the same weights.
+  led_convert.main(["--from", str(tmp_path), "--to", str(tmp_path / "led"),
+                    "--max_positions", "50", "--attention_window", "40"])
+  again = led_convert.from_pretrained(str(tmp_path / "led"))
+  np.testing.assert_array_equal(
+      again.led.encoder.embed_positions.embedding[...], table)
+  assert again.generation_config["num_beams"] == 2
+  assert again.cfg.windows() == [40, 40]
 
 
 def test_refusals_name_the_field(tmp_path):
@@ -252,6 +260,8 @@ def test_refusals_name_the_field(tmp_path):
     led_convert.from_pretrained(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(d))
   model = led_convert.from_pretrained(str(tmp_path))
+  assert isinstance(led_convert.from_pretrained(str(tmp_path), head="base"),
+                    LEDModel)
   # Sharded and .bin layouts (lfjax.hf_weights) load the same tensors.
   hf = transformers.LEDForConditionalGeneration.from_pretrained(str(tmp_path))
   want = np.asarray(model.led.decoder.layers[1].fc2.kernel[...])
