@@ -42,6 +42,7 @@ graph, batch, bucket, and the settings in `_Plan`).
 """
 
 import dataclasses
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +140,12 @@ def _as_ids(value, name):
   return ids
 
 
+def _model_config(model):
+  """The model's configuration object (`config` as transformers names it,
+  or lfjax's `cfg`), or None."""
+  return getattr(model, "config", None) or getattr(model, "cfg", None)
+
+
 def resolve(model, kwargs):
   """transformers' precedence (`_prepare_generation_config`): an argument,
   else the model's `generation_config`, else transformers' default; then
@@ -214,8 +221,7 @@ def resolve(model, kwargs):
     s["max_length"] = s["max_new_tokens"] + prompt_len
   elif has_default_max_length:
     s["max_length"] = s["max_length"] + prompt_len
-    cap = getattr(getattr(model, "config", None), "max_position_embeddings",
-                  None)
+    cap = getattr(_model_config(model), "max_position_embeddings", None)
     if isinstance(cap, int):
       s["max_length"] = min(s["max_length"], cap)
   if s["min_new_tokens"] is not None:
@@ -432,7 +438,9 @@ def _program(graphdef, state, ids_BxS, mask_BxS, glob_BxS, plan):
   if k > 1:  # transformers repeats each input row num_beams times
     enc_BxSxE = jnp.repeat(enc_BxSxE, k, axis=0)
     mask_BxS = jnp.repeat(mask_BxS, k, axis=0)
-  cache = model.init_cache(enc_BxSxE, mask_BxS, plan.max_length)
+  # Positions 0 .. max_length-2 are fed to the decoder (the last token
+  # never is), so the self-attention buffer holds max_length - 1.
+  cache = model.init_cache(enc_BxSxE, mask_BxS, plan.max_length - 1)
   if k == 1:
     return _greedy(plan, model, cache, batch)
   return _beam(plan, model, cache, batch)
@@ -483,10 +491,14 @@ def generate(model, input_ids, attention_mask=None,
     attention_mask: int/bool [B, S], 1 = token, 0 = padding; None = all 1.
     global_attention_mask: int/bool [B, S] or None (the model's default).
     bucket: True pads the encoder inputs at the end to `bucket_length(S)`
-      (capped at model.config.max_encoder_position_embeddings when the model
-      has it); False compiles for the exact length S.
-    encode_kwargs: extra keyword arguments for model.encode (e.g.
-      {"max_global": 64} for LED); part of the compiled signature.
+      (capped at the model config's max_encoder_position_embeddings when
+      it has one; `config` or `cfg`); False compiles for the exact length
+      S.
+    encode_kwargs: extra keyword arguments for model.encode; part of the
+      compiled signature. When model.encode takes `max_global` (LED) and
+      neither this nor the model's config sets it, a global_attention_mask
+      gets max_global = the most global tokens of any row (non-padding),
+      rounded up to a power of two.
     **kwargs: transformers' GenerationConfig names, with transformers'
       meanings and defaults (unset: model.generation_config, then
       transformers' defaults): max_length (default 20 new tokens),
@@ -529,10 +541,20 @@ def generate(model, input_ids, attention_mask=None,
   mask_BxS = masks.get("attention_mask", np.ones_like(ids_BxS, np.int32))
   glob_BxS = masks.get("global_attention_mask")
 
+  encode_kwargs = dict(encode_kwargs or {})
+  if (glob_BxS is not None and "max_global" not in encode_kwargs
+      and "max_global" in inspect.signature(model.encode).parameters
+      and getattr(_model_config(model), "max_global", None) is None):
+    # The global mask is traced inside the program, so the model needs a
+    # static cap on global tokens per row: the most any row has, rounded
+    # up to a power of two so nearby counts share a program.
+    most = int(np.max(np.sum((glob_BxS != 0) & (mask_BxS != 0), axis=1)))
+    encode_kwargs["max_global"] = 1 << max(most - 1, 0).bit_length()
+
   padded = length
   if bucket:
-    cap = getattr(getattr(model, "config", None),
-                  "max_encoder_position_embeddings", None)
+    cap = getattr(_model_config(model), "max_encoder_position_embeddings",
+                  None)
     padded = bucket_length(length, cap if isinstance(cap, int) else None)
   extra = padded - length
   if extra:
@@ -558,7 +580,7 @@ def generate(model, input_ids, attention_mask=None,
                            else int(s["forced_bos_token_id"])),
       forced_eos_token_ids=s["forced_eos_token_id"],
       num_return_sequences=int(s["num_return_sequences"]), fill=int(fill),
-      encode_kwargs=tuple(sorted((encode_kwargs or {}).items())))
+      encode_kwargs=tuple(sorted(encode_kwargs.items())))
   graphdef, state = nnx.split(model)
   seqs_NxL, lengths = _compiled(
       _Graph(graphdef), state, jnp.asarray(ids_BxS, jnp.int32),

@@ -12,6 +12,10 @@ import pytest
 
 from lfjax import generate as gen
 from tests import generate_reference as ref
+from tests import optional
+
+# Many small programs: XLA's optimisations cost more than they save.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 EOS, PAD, START = 2, 1, 0
 
@@ -211,3 +215,68 @@ def test_unknown_argument_and_model_config_refusal():
   model.generation_config = {"decoder_start_token_id": 0}
   with pytest.raises(ValueError, match="attention_mask"):
     gen.generate(model, np.ones((1, 4), np.int32), np.ones((1, 3)))
+
+
+# LED: token-identical to transformers' LEDForConditionalGeneration.generate.
+
+LED_SMALL = dict(vocab_size=61, d_model=16, encoder_layers=2,
+                 decoder_layers=2, encoder_attention_heads=2,
+                 decoder_attention_heads=4, encoder_ffn_dim=24,
+                 decoder_ffn_dim=20, max_encoder_position_embeddings=64,
+                 max_decoder_position_embeddings=24, dropout=0.0,
+                 attention_window=[4, 6], init_std=0.3)
+ISSUE_BEAM = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
+                  min_length=5, max_length=16)
+
+
+@pytest.fixture(scope="module")
+def led_pair(tmp_path_factory):
+  """transformers' tiny random LED (init_std 0.3 and a random
+  final_logits_bias, so the search meets EOS at different steps), lfjax's
+  from its save_pretrained folder, and a batch: right padding (19, 11, 15
+  tokens; 19 pads to bucket 20 here, to a window multiple in both models),
+  global attention on <s> and on a middle token of row 1."""
+  torch = optional.need("torch")
+  transformers = optional.need("transformers")
+  from lfjax import led_convert  # noqa: PLC0415 (torch-only test)
+  torch.manual_seed(0)
+  hf = transformers.LEDForConditionalGeneration(
+      transformers.LEDConfig(**LED_SMALL)).eval()
+  with torch.no_grad():
+    hf.final_logits_bias.normal_(0, 0.5)
+  path = tmp_path_factory.mktemp("led")
+  hf.save_pretrained(path)
+  ours = led_convert.from_pretrained(str(path))
+  rng = np.random.default_rng(0)
+  lengths, n = [19, 11, 15], 19
+  ids = rng.integers(3, 61, (3, n))
+  mask = (np.arange(n)[None] < np.array(lengths)[:, None]).astype(np.int64)
+  ids = np.where(mask == 1, ids, 1)
+  glob = np.zeros_like(mask)
+  glob[:, 0] = 1
+  glob[1, 5] = 1
+
+  def hf_generate(**kw):
+    with torch.no_grad():
+      return hf.generate(torch.tensor(ids),
+                         attention_mask=torch.tensor(mask),
+                         global_attention_mask=torch.tensor(glob),
+                         **kw).numpy()
+
+  return ours, (ids, mask, glob), hf_generate
+
+
+@pytest.mark.parametrize("kw", [
+    {},  # greedy; max_length: transformers' default 20 new tokens
+    dict(ISSUE_BEAM, early_stopping=True),
+    dict(ISSUE_BEAM, early_stopping=False),
+], ids=["greedy_default_length", "beam_early_true", "beam_early_false"])
+def test_led_generate_equals_transformers(led_pair, kw):
+  ours, (ids, mask, glob), hf_generate = led_pair
+  # the token ids come from the checkpoint (generation_config.json)
+  assert ours.generation_config["decoder_start_token_id"] == 2
+  want = hf_generate(**kw)
+  got = ours.generate(ids, mask, glob, **kw)
+  np.testing.assert_array_equal(got, want)
+  # rows of different lengths: EOS before max_length and padding after it
+  assert (got[:, -1] == 1).any() and want.shape[1] > 2
