@@ -7,6 +7,8 @@ of this file, compare with transformers' LEDForConditionalGeneration.generate
 on tiny random weights (Python 3.11, where torch is installed).
 """
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -266,7 +268,7 @@ def led_pair(tmp_path_factory):
                          global_attention_mask=torch.tensor(glob),
                          **kw).numpy()
 
-  return ours, (ids, mask, glob), hf_generate
+  return ours, (ids, mask, glob), hf_generate, hf
 
 
 @pytest.mark.parametrize("kw", [
@@ -275,7 +277,7 @@ def led_pair(tmp_path_factory):
     dict(ISSUE_BEAM, early_stopping=False),
 ], ids=["greedy_default_length", "beam_early_true", "beam_early_false"])
 def test_led_generate_equals_transformers(led_pair, kw):
-  ours, (ids, mask, glob), hf_generate = led_pair
+  ours, (ids, mask, glob), hf_generate, _ = led_pair
   # the token ids come from the checkpoint (generation_config.json)
   assert ours.generation_config["decoder_start_token_id"] == 2
   want = hf_generate(**kw)
@@ -286,3 +288,23 @@ def test_led_generate_equals_transformers(led_pair, kw):
   assert gen.compiled_programs() == programs
   # rows of different lengths: EOS before max_length and padding after it
   assert (got[:, -1] == 1).any() and want.shape[1] > 2
+
+
+def test_led_search_settings_from_the_checkpoint(led_pair, tmp_path):
+  """A checkpoint whose generation_config.json sets the search: both
+  libraries read it (lfjax through led_convert.from_pretrained)."""
+  from lfjax import led_convert  # noqa: PLC0415 (torch-only test)
+  _, (ids, mask, glob), hf_generate, hf = led_pair
+  saved = hf.generation_config
+  hf.generation_config = copy.deepcopy(saved)
+  hf.generation_config.update(num_beams=3, length_penalty=0.5,
+                              no_repeat_ngram_size=2, max_length=13,
+                              early_stopping="never")
+  try:
+    hf.save_pretrained(tmp_path)
+    want = hf_generate()
+  finally:
+    hf.generation_config = saved
+  ours = led_convert.from_pretrained(str(tmp_path))
+  assert ours.generation_config["num_beams"] == 3
+  np.testing.assert_array_equal(ours.generate(ids, mask, glob), want)
