@@ -7,10 +7,12 @@ config trains, resumes exactly, evaluates and exports a folder transformers
 loads with the same logits.
 """
 
+import collections
 import json
 
 import numpy as np
 import pytest
+from flax import nnx
 
 from tests import finetune_fixtures as fixtures
 from tests import optional
@@ -259,3 +261,76 @@ def test_score_decodes_and_predictions_are_json_lines(tmp_path, tok):
   finetune.write_predictions(out, predictions, True)
   lines = out.read_text().splitlines()
   assert [json.loads(l) for l in lines] == predictions
+
+
+# The greedy fallback (until lfjax.generate) ------------------------------
+
+Special = collections.namedtuple(
+    "Special", "decoder_start_token_id eos_token_id pad_token_id")
+
+
+class ToySeq2Seq(nnx.Module):
+  """encode / init_cache / decode_step of a toy encoder-decoder: the logits
+  at decoder position p are (emb[token p] + sum of the encoder's
+  embeddings) @ out + pos[p]."""
+
+  def __init__(self, vocab=7, dim=4, positions=16, seed=0):
+    rng = np.random.default_rng(seed)
+    self.cfg = Special(decoder_start_token_id=2, eos_token_id=2,
+                       pad_token_id=1)
+    self.emb = nnx.Param(rng.normal(size=(vocab, dim)).astype(np.float32))
+    self.out = nnx.Param(rng.normal(size=(dim, vocab)).astype(np.float32))
+    self.pos = nnx.Param(rng.normal(size=(positions, vocab)).astype(
+        np.float32))
+
+  def encode(self, ids, mask, glob, max_global=None):
+    del glob, max_global
+    return self.emb[...][ids] * mask[..., None]
+
+  def init_cache(self, enc, mask, max_length):
+    del mask, max_length
+    return {"ctx": enc.sum(1), "length": np.int32(0)}
+
+  def decode_step(self, ids, cache):
+    import jax.numpy as jnp
+    p = cache["length"] + jnp.arange(ids.shape[1])
+    logits = ((self.emb[...][ids] + cache["ctx"][:, None]) @ self.out[...]
+              + self.pos[...][p])
+    return logits, dict(cache, length=cache["length"] + ids.shape[1])
+
+
+def numpy_greedy(toy, ids, mask, max_length, min_length):
+  """Row by row: argmax of the last position's logits until EOS or
+  max_length (EOS blocked below min_length), then padded to the longest."""
+  emb, out, pos = (np.asarray(toy.emb[...]), np.asarray(toy.out[...]),
+                   np.asarray(toy.pos[...]))
+  rows = []
+  for i in range(len(ids)):
+    ctx = (emb[ids[i]] * mask[i][:, None]).sum(0)
+    seq = [2]
+    while len(seq) < max_length:
+      scores = (emb[seq[-1]] + ctx) @ out + pos[len(seq) - 1]
+      if len(seq) < min_length:
+        scores[2] = -np.inf
+      seq.append(int(np.argmax(scores)))
+      if seq[-1] == 2:
+        break
+    rows.append(seq)
+  width = max(map(len, rows))
+  return np.array([r + [1] * (width - len(r)) for r in rows])
+
+
+@pytest.mark.parametrize("seed,max_length,min_length",
+                         [(0, 12, 0), (0, 12, 5), (1, 12, 0), (3, 6, 0)])
+def test_greedy_fallback_matches_a_step_by_step_loop(seed, max_length,
+                                                     min_length):
+  model = ToySeq2Seq(seed=seed)
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, 7, size=(3, 5))
+  mask = np.ones_like(ids)
+  mask[1, 3:] = 0
+  glob = np.zeros(ids.shape, bool)
+  got = sm.greedy_generate(model, ids, mask, glob, max_length=max_length,
+                           min_length=min_length)
+  want = numpy_greedy(model, ids, mask, max_length, min_length)
+  np.testing.assert_array_equal(got, want)
