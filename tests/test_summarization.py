@@ -334,3 +334,125 @@ def test_greedy_fallback_matches_a_step_by_step_loop(seed, max_length,
                            min_length=min_length)
   want = numpy_greedy(model, ids, mask, max_length, min_length)
   np.testing.assert_array_equal(got, want)
+
+
+# End to end (needs lfjax's LED, torch for transformers' side) -------------
+
+
+@pytest.fixture(scope="module")
+def tiny_led(tmp_path_factory):
+  from lfjax import make_tiny
+  return make_tiny.make_tiny_led(tmp_path_factory.mktemp("led") / "led",
+                                 documents=30, vocab_size=300, positions=128)
+
+
+def toy_pairs(n, seed):
+  """Documents of random words whose summary is their first three words
+  and their last: the summary needs both ends of the document."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(n):
+    words = [str(w) for w in rng.choice(WORDS, int(rng.integers(6, 20)))]
+    rows.append({"document": " ".join(words),
+                 "summary": " ".join(words[:3] + words[-1:])})
+  return rows
+
+
+def strip_timing(records):
+  return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+          for r in records]
+
+
+class Interrupt(Exception):
+  pass
+
+
+def test_trains_resumes_evaluates_and_exports(tiny_led, tmp_path,
+                                              monkeypatch, capsys):
+  torch = optional.need("torch")
+  from lfjax import cli
+  from lfjax import evaluate
+  from lfjax import export
+  from lfjax import metrics
+  from lfjax import train
+  c = fixtures.tiny_config("summarization_led", **{
+      "init_from": str(tiny_led),
+      "data.train": str(write_jsonl(tmp_path / "train.jsonl",
+                                    toy_pairs(32, 0))),
+      "data.valid": str(write_jsonl(tmp_path / "dev.jsonl", toy_pairs(4, 1))),
+      "train.epochs": 4,  # 16 steps of 8
+      "log_every": 4, "checkpoint_every": 10, "eval_every": 8,
+      "eval.batch_size": 4})
+  last = train.train_and_evaluate(c, tmp_path / "straight")
+  recs = metrics.read(tmp_path / "straight" / "metrics.jsonl")
+  losses = [r["train_loss"] for r in recs if "train_loss" in r]
+  assert len(losses) == 4 and losses[-1] < losses[0] - 0.1, losses
+  for k in summ.ROUGE_TYPES + ("gen_len",):
+    assert f"eval_{k}" in last
+  preds = [json.loads(l) for l in (tmp_path / "straight" /
+                                   "predictions_dev_16.jsonl").read_text(
+                                   ).splitlines()]
+  assert [p["line"] for p in preds] == [1, 2, 3, 4]
+  assert [p["reference"] for p in preds] == [
+      r["summary"] for r in toy_pairs(4, 1)]
+  assert summ.rouge([p["summary"] for p in preds],
+                    [p["reference"] for p in preds])["rouge1"] == \
+      pytest.approx(last["eval_rouge1"])
+
+  write = metrics.JsonlWriter.write
+
+  def dying_write(self, step, values):
+    write(self, step, values)
+    if step == 12:
+      raise Interrupt()
+  monkeypatch.setattr(metrics.JsonlWriter, "write", dying_write)
+  with pytest.raises(Interrupt):
+    train.train_and_evaluate(c, tmp_path / "killed")
+  monkeypatch.setattr(metrics.JsonlWriter, "write", write)
+  train.train_and_evaluate(c, tmp_path / "killed")
+  assert (strip_timing(metrics.read(tmp_path / "killed" / "metrics.jsonl"))
+          == strip_timing(recs))
+  assert ((tmp_path / "killed" / "predictions_dev_16.jsonl").read_text()
+          == (tmp_path / "straight" / "predictions_dev_16.jsonl").read_text())
+
+  out = tmp_path / "hf"
+  assert cli.run(export.main, ["--workdir", str(tmp_path / "straight"),
+                               "--to", str(out)]) == 0
+  _, ours, step = summ.load_trained(tmp_path / "straight")
+  assert step == 16
+  hf = transformers.LEDForConditionalGeneration.from_pretrained(out).eval()
+  tok = transformers.AutoTokenizer.from_pretrained(out)
+  enc = tok(["the model reads long documents and papers " * 3, "short"],
+            padding=True, return_tensors="np")
+  dec = tok(["the model", "short results show"], padding=True,
+            return_tensors="np")["input_ids"]
+  dec_in = summ.shift_tokens_right(dec, tok.pad_token_id, 2)
+  glob = np.zeros_like(enc["input_ids"])
+  glob[:, 0] = 1
+  with torch.no_grad():
+    want = hf(input_ids=torch.tensor(enc["input_ids"]),
+              attention_mask=torch.tensor(enc["attention_mask"]),
+              global_attention_mask=torch.tensor(glob),
+              decoder_input_ids=torch.tensor(dec_in)).logits.numpy()
+  got = summ.forward(ours, {"input_ids": enc["input_ids"],
+                            "attention_mask": enc["attention_mask"],
+                            "decoder_input_ids": dec_in}, c)["logits"]
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-4)
+
+  # A run and its export evaluate alike, through the one entry.
+  capsys.readouterr()
+  dev = c.data.valid
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "straight"),
+                                 "--data", dev]) == 0
+  run = json.loads((tmp_path / "straight" / "eval_dev_16.json").read_text())
+  assert run["rouge1"] == pytest.approx(last["eval_rouge1"])
+  assert (tmp_path / "straight" / "predictions_dev_16.jsonl").read_text() \
+      .splitlines() == [json.dumps(p, ensure_ascii=False) for p in preds]
+  assert cli.run(evaluate.main, ["--model", str(out), "--data", dev]) == 0
+  line = capsys.readouterr().out.splitlines()[-1]
+  assert f"rouge1 {run['rouge1']:.2f} rouge2 {run['rouge2']:.2f}" in line, \
+      line
+  # Greedy through the decoding override: a result file of its own.
+  assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "straight"),
+                                 "--data", dev, "--num_beams", "1"]) == 0
+  assert (tmp_path / "straight" / "eval_dev_16_nb1.json").exists()

@@ -67,23 +67,24 @@ def check_length(config, model=None):
 
 def load(path, config, seed):
   """The LED of a local folder (transformers' LEDForConditionalGeneration
-  or LEDModel layout; an export), with the run's precision and remat
-  settings, in inference mode."""
-  from lfjax.models import led
+  or LEDModel layout; an export), with the run's precision, remat and
+  scan settings, in inference mode (lfjax.led_convert.from_pretrained:
+  its errors)."""
+  from lfjax import led_convert
+  del seed  # every weight comes from the folder (an LEDModel's LM head is
+  # its tied table, final_logits_bias zero)
   _config_json(path)
   m = config.model
-  model = led.from_pretrained(
-      str(path), seed=seed, attention_impl=m.attention_impl,
-      **common.encoder_overrides(m))
-  model.eval()
-  return model
+  return led_convert.from_pretrained(
+      str(path), head="conditional_generation", arg="config.init_from",
+      attention_impl=m.attention_impl, **common.encoder_overrides(m))
 
 
 def save(model, tokenizer_dir, path):
   """Writes the LED (config.json, weights, generation_config.json) for
   transformers' LEDForConditionalGeneration, and the tokenizer files."""
-  from lfjax.models import led
-  led.to_pretrained(model, path)
+  from lfjax import led_convert
+  led_convert.to_pretrained(model, path)
   convert.copy_tokenizer(tokenizer_dir, path,
                          model.cfg.max_encoder_position_embeddings)
 
@@ -138,7 +139,9 @@ def _generate(model, input_ids, **kwargs):
                            kwargs["global_attention_mask"],
                            max_length=kwargs["max_length"],
                            min_length=kwargs["min_length"])
-  return generate.generate(model, input_ids, **kwargs)
+  # One global token per sequence: the compiled cap.
+  return generate.generate(model, input_ids, encode_kwargs={"max_global": 1},
+                           **kwargs)
 
 
 def _ids(model):
