@@ -18,6 +18,7 @@ from tests import finetune_fixtures as fixtures
 from tests import optional
 
 transformers = optional.need("transformers")
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 from lfjax.tasks import finetune  # noqa: E402
 from lfjax.tasks import summarization as summ  # noqa: E402

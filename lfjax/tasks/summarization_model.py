@@ -160,18 +160,35 @@ def greedy_generate(model, input_ids, attention_mask, global_attention_mask,
   token per step, a static-shape cache); one compiled program per (batch,
   input length, max_length, min_length)."""
   graphdef, state = nnx.split(model)
-  tokens, steps = _greedy(graphdef, state, jnp.asarray(input_ids),
+  tokens, steps = _greedy(_Graph(graphdef), state, jnp.asarray(input_ids),
                           jnp.asarray(attention_mask),
                           jnp.asarray(global_attention_mask), max_length,
                           min_length, _ids(model))
   return np.asarray(tokens)[:, :int(steps) + 1]
 
 
+class _Graph:
+  """A GraphDef as a static jit argument: LED's holds an unhashable
+  generation_config dict, so graphs hash by type and compare equal."""
+
+  def __init__(self, graphdef):
+    self.graphdef = graphdef
+
+  def __hash__(self):
+    try:
+      return hash(self.graphdef)
+    except TypeError:
+      return hash(type(self.graphdef))
+
+  def __eq__(self, other):
+    return isinstance(other, _Graph) and self.graphdef == other.graphdef
+
+
 @functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
-def _greedy(graphdef, state, ids_BxS, mask_BxS, glob_BxS, max_length,
+def _greedy(graph, state, ids_BxS, mask_BxS, glob_BxS, max_length,
             min_length, special):
   start, eos, pad = special
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(graph.graphdef, state)
   enc = model.encode(ids_BxS, mask_BxS, glob_BxS, max_global=1)
   cache = model.init_cache(enc, mask_BxS, max_length)
   b = ids_BxS.shape[0]
