@@ -3,16 +3,11 @@ Hugging Face folder, its lengths checked against config.json, written back
 for transformers, and generation over batches of featurized documents.
 """
 
-import functools
 import json
 import pathlib
-import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tqdm
-from flax import nnx
 
 from lfjax import convert
 from lfjax import parallel
@@ -100,11 +95,12 @@ def generate_kwargs(config):
 
 
 def predict(model, arrays, batch_size, config, progress=False, mesh=None):
-  """{"sequences": [n] int32 rows}: the generated ids of each example of
+  """{"sequences": [n] int rows}: the generated ids of each example of
   featurize's arrays (decoder start first, padded with pad_token_id as
   transformers' generate pads), in batches of
   batch_size (the last padded with copies of example 0, cut off).
   Global attention on the first token, as in training."""
+  from lfjax import generate
   model.eval()
   n = finetune_data.count(arrays)
   kwargs = generate_kwargs(config)
@@ -116,101 +112,14 @@ def predict(model, arrays, batch_size, config, progress=False, mesh=None):
       idx = np.arange(i, i + batch_size)
       idx = np.where(idx < n, idx, 0)
       b = finetune_data.gather(arrays, idx)
-      ids = jnp.asarray(b["input_ids"])
+      ids = b["input_ids"]
       glob = np.zeros(ids.shape, bool)
       glob[:, 0] = True
-      out = np.asarray(_generate(
-          model, ids, attention_mask=jnp.asarray(b["attention_mask"]),
-          global_attention_mask=jnp.asarray(glob), **kwargs))
+      # One global token per sequence: a static cap of 1.
+      out = np.asarray(generate.generate(
+          model, ids, attention_mask=b["attention_mask"],
+          global_attention_mask=glob, encode_kwargs={"max_global": 1},
+          **kwargs))
       rows.extend(out[:min(batch_size, n - i)])
   return {"sequences": rows}
 
-
-def _generate(model, input_ids, **kwargs):
-  """lfjax.generate.generate where it exists; until then greedy_generate
-  (a fallback: beam settings are ignored, with a warning)."""
-  try:
-    from lfjax import generate
-  except ImportError:
-    if kwargs["num_beams"] != 1 or kwargs["no_repeat_ngram_size"]:
-      warnings.warn("lfjax.generate is not installed: decoding greedily "
-                    "(eval.num_beams and eval.no_repeat_ngram_size ignored)")
-    return greedy_generate(model, input_ids, kwargs["attention_mask"],
-                           kwargs["global_attention_mask"],
-                           max_length=kwargs["max_length"],
-                           min_length=kwargs["min_length"])
-  # One global token per sequence: the compiled cap.
-  return generate.generate(model, input_ids, encode_kwargs={"max_global": 1},
-                           **kwargs)
-
-
-def _ids(model):
-  cfg = model.cfg
-  return (int(cfg.decoder_start_token_id), int(cfg.eos_token_id),
-          int(cfg.pad_token_id))
-
-
-def greedy_generate(model, input_ids, attention_mask, global_attention_mask,
-                    *, max_length, min_length=0):
-  """Greedy decoding as transformers' generate(num_beams=1) for an
-  encoder-decoder: [B, L] int32 numpy, decoder_start_token_id first, each
-  row padded with pad_token_id after its EOS, L the steps until every row
-  ended (at most max_length). EOS is blocked while the sequence is shorter
-  than min_length. The model's encode / init_cache / decode_step (one
-  token per step, a static-shape cache); one compiled program per (batch,
-  input length, max_length, min_length)."""
-  graphdef, state = nnx.split(model)
-  tokens, steps = _greedy(_Graph(graphdef), state, jnp.asarray(input_ids),
-                          jnp.asarray(attention_mask),
-                          jnp.asarray(global_attention_mask), max_length,
-                          min_length, _ids(model))
-  return np.asarray(tokens)[:, :int(steps) + 1]
-
-
-class _Graph:
-  """A GraphDef as a static jit argument: LED's holds an unhashable
-  generation_config dict, so graphs hash by type and compare equal."""
-
-  def __init__(self, graphdef):
-    self.graphdef = graphdef
-
-  def __hash__(self):
-    try:
-      return hash(self.graphdef)
-    except TypeError:
-      return hash(type(self.graphdef))
-
-  def __eq__(self, other):
-    return isinstance(other, _Graph) and self.graphdef == other.graphdef
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7))
-def _greedy(graph, state, ids_BxS, mask_BxS, glob_BxS, max_length,
-            min_length, special):
-  start, eos, pad = special
-  model = nnx.merge(graph.graphdef, state)
-  enc = model.encode(ids_BxS, mask_BxS, glob_BxS, max_global=1)
-  cache = model.init_cache(enc, mask_BxS, max_length)
-  b = ids_BxS.shape[0]
-  tokens_BxL = jnp.full((b, max_length), pad, jnp.int32).at[:, 0].set(start)
-
-  def cond(c):
-    t, _, done_B, _ = c
-    return (t < max_length - 1) & ~jnp.all(done_B)
-
-  def body(c):
-    t, tokens_BxL, done_B, cache = c
-    cur_Bx1 = jax.lax.dynamic_slice_in_dim(tokens_BxL, t, 1, axis=1)
-    logits_Bx1xV, cache = model.decode_step(cur_Bx1, cache)
-    scores_BxV = logits_Bx1xV[:, -1].astype(jnp.float32)
-    # transformers' MinLengthLogitsProcessor: the sequence is t + 1 long.
-    block = (t + 1 < min_length) & (jnp.arange(scores_BxV.shape[-1]) == eos)
-    scores_BxV = jnp.where(block, -jnp.inf, scores_BxV)
-    nxt_B = jnp.where(done_B, pad, jnp.argmax(scores_BxV, -1))
-    tokens_BxL = jax.lax.dynamic_update_slice_in_dim(
-        tokens_BxL, nxt_B[:, None].astype(jnp.int32), t + 1, axis=1)
-    return t + 1, tokens_BxL, done_B | (nxt_B == eos), cache
-
-  t, tokens_BxL, _, _ = jax.lax.while_loop(
-      cond, body, (jnp.int32(0), tokens_BxL, jnp.zeros((b,), bool), cache))
-  return tokens_BxL, t
