@@ -213,6 +213,28 @@ def test_label_smoothed_loss_matches_numpy_and_transformers(eps):
   assert got == pytest.approx(float(want), rel=1e-5)
 
 
+def test_train_step_averages_over_the_batch_tokens():
+  """With a "count" in the loss stats (summarization: target tokens), the
+  step's loss is the batch's loss sum over its token count, whatever the
+  micro-batches hold: here (3 + 7) / (1 + 4), not the mean of 3 and 7/4."""
+  import jax.numpy as jnp
+  import optax
+  model = nnx.Linear(1, 1, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_fn(m, mb):
+    w = m.kernel[...][0, 0]
+    return jnp.sum(mb["s"]) + 0 * w, {"count": jnp.sum(mb["c"])}
+  step = finetune.make_train_step(graphdef, rest, optax.sgd(0.0), loss_fn,
+                                  2, 1)
+  batch = {"s": np.array([3.0, 7.0], np.float32),
+           "c": np.array([1.0, 4.0], np.float32)}
+  _, _, stats = step(params, optax.sgd(0.0).init(params), batch,
+                     jax.random.key(0))
+  assert float(stats["loss"]) == pytest.approx(10 / 5)
+  assert float(stats["count"]) == 5
+
+
 # ROUGE, predictions -------------------------------------------------------
 
 
@@ -387,3 +409,21 @@ def test_trains_resumes_evaluates_and_exports(tiny_led, tmp_path,
   assert cli.run(evaluate.main, ["--workdir", str(tmp_path / "straight"),
                                  "--data", dev, "--num_beams", "1"]) == 0
   assert (tmp_path / "straight" / "eval_dev_16_nb1.json").exists()
+
+
+def test_evaluates_a_transformers_led_folder(tiny_led, tmp_path, capsys):
+  """A folder without a run's config (lfjax_run.json): the task from its
+  architectures, lengths from its positions (generation capped at its 64
+  decoder positions, not the default 256)."""
+  from lfjax import cli
+  from lfjax import evaluate
+  dev = write_jsonl(tmp_path / "dev.jsonl", toy_pairs(2, 1))
+  out = tmp_path / "p.jsonl"
+  assert cli.run(evaluate.main, ["--model", str(tiny_led), "--data",
+                                 str(dev), "--num_beams", "1",
+                                 "--predictions", str(out)]) == 0
+  assert "rouge1" in capsys.readouterr().out.splitlines()[-2]
+  preds = [json.loads(l) for l in out.read_text().splitlines()]
+  assert [p["line"] for p in preds] == [1, 2]
+  assert [p["reference"] for p in preds] == [r["summary"]
+                                             for r in toy_pairs(2, 1)]

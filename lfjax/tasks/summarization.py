@@ -310,11 +310,13 @@ def summary(metrics):
 
 
 def from_hf(config, d):
-  """Completes config from an LED config.json d (an export without the
-  run's config): the lengths its positions take."""
+  """Completes config from an LED config.json d (a transformers folder
+  without a run's config): documents up to its encoder positions, summaries
+  and generation up to its decoder positions."""
+  dec = d["max_decoder_position_embeddings"]
   config.model.max_length = d["max_encoder_position_embeddings"]
-  config.model.max_target_length = min(config.model.max_target_length,
-                                       d["max_decoder_position_embeddings"])
+  config.model.max_target_length = min(config.model.max_target_length, dec)
+  config.eval.max_length = min(config.eval.max_length, dec)
   return config
 
 
