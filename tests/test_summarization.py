@@ -2,9 +2,11 @@
 the tokenizer called directly, the label-smoothed loss against a numpy
 computation and transformers' LabelSmoother, shift_tokens_right against
 transformers', ROUGE against rouge-score called directly and by hand, the
-predictions file; end to end (tests/test_summarization_e2e.py): the tiny
-config trains, resumes exactly, evaluates and exports a folder transformers
-loads with the same logits.
+predictions file, the train step's token-count mean; end to end, from
+lfjax.make_tiny's tiny LED: the tiny config trains, resumes exactly,
+evaluates (ROUGE, predictions JSON lines) and exports a folder
+transformers' LEDForConditionalGeneration loads with the same logits.
+Tests that need transformers or torch (the Python 3.11 leg) skip without.
 """
 
 import json
@@ -17,12 +19,11 @@ from flax import nnx
 from tests import finetune_fixtures as fixtures
 from tests import optional
 
-transformers = optional.need("transformers")
-pytestmark = pytest.mark.usefixtures("fast_compiles")
+from lfjax.tasks import finetune
+from lfjax.tasks import summarization as summ
+from lfjax.tasks import summarization_model as sm
 
-from lfjax.tasks import finetune  # noqa: E402
-from lfjax.tasks import summarization as summ  # noqa: E402
-from lfjax.tasks import summarization_model as sm  # noqa: E402
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 WORDS = ["the", "model", "reads", "long", "documents", "and", "writes",
          "short", "summaries", "of", "papers", "results", "show"]
@@ -30,12 +31,13 @@ WORDS = ["the", "model", "reads", "long", "documents", "and", "writes",
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
+  optional.need("transformers")
   from lfjax.data import text
   from lfjax.data import chars
   path = tmp_path_factory.mktemp("tok")
   docs = [t.decode("utf-8", "replace") for _, t in chars.pystdlib_files()[:30]]
   text.train_tokenizer(docs + [" ".join(WORDS)] * 20, path, vocab_size=400)
-  return transformers.AutoTokenizer.from_pretrained(path)
+  return optional.need("transformers").AutoTokenizer.from_pretrained(path)
 
 
 def led_config_json(path, enc=64, dec=32, start=2):
@@ -291,6 +293,7 @@ def test_score_decodes_and_predictions_are_json_lines(tmp_path, tok):
 
 @pytest.fixture(scope="module")
 def tiny_led(tmp_path_factory):
+  optional.need("transformers")
   from lfjax import make_tiny
   return make_tiny.make_tiny_led(tmp_path_factory.mktemp("led") / "led",
                                  documents=30, vocab_size=300, positions=128)
@@ -370,6 +373,7 @@ def test_trains_resumes_evaluates_and_exports(tiny_led, tmp_path,
                                "--to", str(out)]) == 0
   _, ours, step = summ.load_trained(tmp_path / "straight")
   assert step == 16
+  transformers = optional.need("transformers")
   hf = transformers.LEDForConditionalGeneration.from_pretrained(out).eval()
   tok = transformers.AutoTokenizer.from_pretrained(out)
   enc = tok(["the model reads long documents and papers " * 3, "short"],
