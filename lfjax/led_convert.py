@@ -370,3 +370,51 @@ def make_led(bart_dir, max_positions=16384, attention_window=1024,
   model.generation_config = generation_config_from(bart_dir, d)
   model.eval()
   return model
+
+
+def main(argv=None):
+  """`python -m lfjax.led_convert --from BART_DIR --to DIR ...`: make_led
+  and to_pretrained, with the tokenizer files; argv excludes the program
+  name. Raises cli.UsageError for bad flags or --to == --from."""
+  from lfjax import cli
+  from lfjax import convert
+  p = cli.ArgumentParser(
+      prog="python -m lfjax.led_convert",
+      description="Make an LED from a BART checkpoint (the authors' recipe: "
+      "encoder positions copied to the new length, global projections "
+      "copied from the local ones) and write it for transformers, with the "
+      "tokenizer files.")
+  p.add_argument("--from", dest="src", required=True,
+                 help="local BART checkpoint directory")
+  p.add_argument("--to", dest="dst", required=True, help="output directory")
+  p.add_argument("--max_positions", type=int, default=16384,
+                 help="encoder positions of the LED")
+  p.add_argument("--attention_window", type=int, default=1024,
+                 help="FULL encoder window (even), as transformers counts "
+                 "it; the paper's LED used 1024")
+  args = p.parse_args(argv)
+  if not os.path.isdir(args.src):
+    raise cli.UsageError(f"--from: expected a local checkpoint directory, "
+                         f"got {args.src!r}: no such directory")
+  if os.path.abspath(args.src) == os.path.abspath(args.dst):
+    raise cli.UsageError("--to: expected a directory other than --from (the "
+                         "source checkpoint is never overwritten)")
+  if args.max_positions < 1:
+    raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
+                         f"{args.max_positions}")
+  if args.attention_window < 2 or args.attention_window % 2:
+    raise cli.UsageError(f"--attention_window: expected a positive even int "
+                         f"(the full window), got {args.attention_window}")
+  model = make_led(args.src, args.max_positions, args.attention_window,
+                   arg="--from")
+  to_pretrained(model, args.dst)
+  copied = convert.copy_tokenizer(args.src, args.dst, args.max_positions)
+  print(f"wrote LEDForConditionalGeneration with {args.max_positions} "
+        f"encoder positions, window {args.attention_window} to {args.dst}; "
+        f"tokenizer files: {', '.join(copied) or 'none found'}")
+
+
+if __name__ == "__main__":
+  import sys
+  from lfjax import cli
+  sys.exit(cli.run(main))

@@ -4,6 +4,7 @@ logits; exports load in transformers. Runs where torch is installed (the
 Python 3.11 leg of CI).
 """
 
+import dataclasses
 import json
 import warnings
 
@@ -17,6 +18,7 @@ transformers = optional.need("transformers")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from lfjax import led_convert  # noqa: E402
 from lfjax.models import led as led_lib  # noqa: E402
@@ -25,6 +27,9 @@ from lfjax.models.led import LEDModel  # noqa: E402
 from lfjax.models.led_config import LEDConfig  # noqa: E402
 
 from tests.hf_cases import save  # noqa: E402
+
+# Tiny programs: XLA's optimisations cost more than they save here.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 VOCAB = 61
 SMALL = dict(vocab_size=VOCAB, d_model=16, encoder_layers=2,
@@ -124,42 +129,45 @@ def test_led_model_folder_and_jit(tmp_path):
   # The same weights under the LM head: the tied table, bias zero.
   lm = led_convert.from_pretrained(str(tmp_path),
                                    head="conditional_generation")
-  logits = lm(ids, mask, glob, dec_ids).logits
-  close(logits, want.last_hidden_state.numpy()
+  close(lm.logits(got), want.last_hidden_state.numpy()
         @ hf.shared.weight.detach().numpy().T)
 
 
 def test_decode_step_equals_full_decoder(tmp_path):
-  hf_led(tmp_path, attention_window=4)
+  hf_led(tmp_path, attention_window=[4, 6])
   model = led_convert.from_pretrained(str(tmp_path))
-  ids, mask, _ = encoder_batch([13, 8], 13, [[], []])
-  dec_ids = np.random.default_rng(3).integers(3, VOCAB, size=(2, 6))
+  ids, mask, _ = encoder_batch([19, 13], 19, [[], []])
+  dec_ids = np.random.default_rng(3).integers(3, VOCAB, size=(2, 7))
   full = model(ids, mask, None, dec_ids).logits
-  enc = model.encode(ids, mask)
+  # Under jit, as generation runs it: the default first-token global.
+  enc = jax.jit(lambda i, m: model.encode(i, m))(ids, mask)
   cache = model.init_cache(enc, mask, 10)
   assert cache["self_k"][0].shape == (2, 10, 4, 4)
   step = jax.jit(model.decode_step)
   pieces = []
-  for a, b in ((0, 1), (1, 4), (4, 5), (5, 6)):  # T = 1 and T > 1
+  for a, b in ((0, 1), (1, 4), (4, 5), (5, 6), (6, 7)):  # T = 1, T > 1
     logits, cache = step(jnp.asarray(dec_ids[:, a:b]), cache)
     pieces.append(logits)
-  assert int(cache["length"]) == 6
+  assert int(cache["length"]) == 7
   np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
   # reorder_cache takes rows: row 1 twice gives row 1's next logits twice.
   re = model.reorder_cache(cache, jnp.array([1, 1]))
-  nxt, _ = model.decode_step(jnp.asarray(dec_ids[[1, 1], :1]), re)
-  ref, _ = model.decode_step(jnp.asarray(dec_ids[:, :1]), cache)
+  nxt, _ = step(jnp.asarray(dec_ids[[1, 1], :1]), re)
+  ref, _ = step(jnp.asarray(dec_ids[:, :1]), cache)
   np.testing.assert_allclose(nxt[0], ref[1], atol=1e-6)
 
 
 def test_default_global_is_first_token_and_all_local_warns(tmp_path):
-  hf_led(tmp_path, attention_window=4)
+  hf_led(tmp_path, attention_window=[4, 6])
   model = led_convert.from_pretrained(str(tmp_path))
-  ids, mask, glob = encoder_batch([11, 11], 11, [[0], [0]])
-  dec = np.full((2, 1), 2)
+  ids, mask, glob = encoder_batch([19, 19], 19, [[0], [0]])
+  dec = np.random.default_rng(1).integers(3, VOCAB, size=(2, 7))
   first = model(ids, mask, glob, dec).logits
   default = model(ids, mask, None, dec).logits
   np.testing.assert_array_equal(default, first)
+  # attention_mask 2 (the Longformer convention) marks the global tokens.
+  marked = model(ids, np.where(glob == 1, 2, mask), None, dec).logits
+  np.testing.assert_array_equal(marked, first)
   led_lib._WARNED_ALL_LOCAL.clear()  # noqa: SLF001
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -178,12 +186,13 @@ def test_export_round_trip_loads_in_transformers(tmp_path):
   back = transformers.LEDForConditionalGeneration.from_pretrained(str(dst))
   assert back.generation_config.num_beams == 3
   assert back.generation_config.max_length == 9
-  ids, mask, glob = encoder_batch([12, 9], 12, [[0, 4], [0]])
-  dec_ids = np.random.default_rng(4).integers(3, VOCAB, size=(2, 4))
+  ids, mask, glob = encoder_batch([19, 9], 19, [[0, 4], [0]])
+  dec_ids = np.random.default_rng(4).integers(3, VOCAB, size=(2, 7))
   want = run_hf(hf, ids, mask, glob, dec_ids).logits
   close(run_hf(back, ids, mask, glob, dec_ids).logits, want)
   again = led_convert.from_pretrained(str(dst))
   assert again.generation_config["num_beams"] == 3
+  hash(nnx.graphdef(again))  # nnx.jit needs hashable static attributes
   close(again(ids, mask, glob, dec_ids).logits, want)
 
 
@@ -203,11 +212,11 @@ def test_bart_to_led_gives_bart_logits(tmp_path):
   d = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**d, "num_beams": 2}))
   model = led_convert.make_led(str(tmp_path), max_positions=50,
-                               attention_window=16)
+                               attention_window=40)
   assert model.cfg.max_encoder_position_embeddings == 50
   assert model.cfg.max_decoder_position_embeddings == 20
-  ids, mask, _ = encoder_batch([8, 5], 8, [[], []])  # 8 <= window / 2
-  dec_ids = np.random.default_rng(6).integers(3, VOCAB, size=(2, 5))
+  ids, mask, _ = encoder_batch([19, 5], 19, [[], []])  # 19 <= window / 2
+  dec_ids = np.random.default_rng(6).integers(3, VOCAB, size=(2, 7))
   with torch.no_grad():
     want = bart(input_ids=torch.tensor(ids),
                 attention_mask=torch.tensor(mask),
@@ -218,6 +227,14 @@ def test_bart_to_led_gives_bart_logits(tmp_path):
   bart_rows = bart.model.encoder.embed_positions.weight.detach().numpy()[2:]
   np.testing.assert_array_equal(table[20:40], bart_rows)
   assert model.generation_config["num_beams"] == 2
+  # The command: an LED folder that loads back with the same weights.
+  led_convert.main(["--from", str(tmp_path), "--to", str(tmp_path / "led"),
+                    "--max_positions", "50", "--attention_window", "40"])
+  again = led_convert.from_pretrained(str(tmp_path / "led"))
+  np.testing.assert_array_equal(
+      again.led.encoder.embed_positions.embedding[...], table)
+  assert again.generation_config["num_beams"] == 2
+  assert again.cfg.windows() == [40, 40]
 
 
 def test_refusals_name_the_field(tmp_path):
@@ -243,7 +260,48 @@ def test_refusals_name_the_field(tmp_path):
     led_convert.from_pretrained(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps(d))
   model = led_convert.from_pretrained(str(tmp_path))
+  assert isinstance(led_convert.from_pretrained(str(tmp_path), head="base"),
+                    LEDModel)
+  # Sharded and .bin layouts (lfjax.hf_weights) load the same tensors.
+  hf = transformers.LEDForConditionalGeneration.from_pretrained(str(tmp_path))
+  want = np.asarray(model.led.decoder.layers[1].fc2.kernel[...])
+  hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+  (tmp_path / "bin").mkdir()  # transformers 5 writes no .bin: torch does
+  (tmp_path / "bin" / "config.json").write_text(json.dumps(d))
+  torch.save(hf.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+  for other in (tmp_path / "sharded", tmp_path / "bin"):
+    assert not (other / "model.safetensors").exists()
+    got = led_convert.from_pretrained(str(other)).led.decoder.layers[1].fc2
+    np.testing.assert_array_equal(got.kernel[...], want)
   with pytest.raises(ValueError, match="input_ids"):
     model.encode(np.zeros((2, 65), np.int32))
   with pytest.raises(ValueError, match="decoder_input_ids"):
     model(np.zeros((2, 5), np.int32), decoder_input_ids=np.full((2, 3), 99))
+
+
+def test_remat_keeps_values_and_gradients():
+  """remat recomputes the same values and gradients (dropout on: the same
+  keys) in the encoder (lfjax.models.stack) and the decoder."""
+  cfg = LEDConfig(**{**SMALL, "encoder_layers": 1, "decoder_layers": 1,
+                     "dropout": 0.1, "attention_dropout": 0.1,
+                     "activation_dropout": 0.1, "attention_window": 4,
+                     "attention_impl": "chunked"})
+  ids = np.random.default_rng(7).integers(3, VOCAB, size=(2, 9))
+  dec = ids[:, :4]
+
+  def grads(c):
+    model = LEDForConditionalGeneration(c, rngs=nnx.Rngs(0))
+    model.train()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p):  # reseeded with one key, as the trainers do
+      m = nnx.merge(graphdef, p, jax.tree.map(lambda v: v, rest))
+      nnx.reseed(m, default=jax.random.key(7))
+      return jnp.sum(m(ids, None, None, dec).logits ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (l0, g0), (l1, g1) = grads(cfg), grads(dataclasses.replace(cfg, remat=True))
+  np.testing.assert_allclose(l1, l0, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               g1, g0)
+

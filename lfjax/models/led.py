@@ -19,6 +19,7 @@ d_model, H heads, D head dim, V vocab, L layers.
 """
 
 import dataclasses
+import json
 import warnings
 from typing import Optional
 
@@ -325,8 +326,12 @@ class LEDModel(nnx.Module):
           f"input_ids: expected at most {cfg.max_encoder_position_embeddings}"
           f" tokens (max_encoder_position_embeddings), got {s}")
     cap = cfg.max_global if max_global is None else max_global
-    if global_attention_mask is None:
-      # The LED docs' advice: global attention on the first token (<s>).
+    marked = (attention_mask is not None and common.is_concrete(
+        attention_mask) and bool(np.any(np.asarray(attention_mask) == 2)))
+    if global_attention_mask is None and not marked:
+      # The LED docs' advice: global attention on the first token (<s>),
+      # unless attention_mask's 2s mark the global tokens (concrete masks:
+      # under jit the default applies).
       global_attention_mask = jnp.zeros((b, s), bool).at[:, 0].set(True)
       cap = max(cap or 0, 1)
     key_mask, global_mask, bad_B = longformer._masks(  # noqa: SLF001
@@ -365,7 +370,8 @@ class LEDModel(nnx.Module):
     attention_mask: [B, S] 0 padding / 1 token (2: global, the Longformer
       convention); default no padding. Also the cross-attention's key mask.
     global_attention_mask: [B, S] 0/1. None: global attention on the first
-      token (LED's advice); an all-zero mask is all-local (warns once).
+      token (LED's advice; with a concrete attention_mask holding 2s, those
+      tokens instead); an all-zero mask is all-local (warns once).
     decoder_input_ids: [B, T]; default shift_tokens_right(input_ids).
     decoder_attention_mask: [B, T] 0/1 key mask on top of the causal one.
     max_global: static cap on global tokens per sequence (needed under jit
@@ -428,7 +434,9 @@ class LEDForConditionalGeneration(nnx.Module):
   decoder output @ shared^T + final_logits_bias [1, V] (float32).
 
   generation_config: dict of transformers' generation defaults read from
-  the checkpoint (lfjax.led_convert.from_pretrained fills it; {} here)."""
+  the checkpoint (lfjax.led_convert.from_pretrained fills it; {} here).
+  Held as JSON text (nnx needs hashable static attributes): reading it
+  gives a fresh dict, so assign a new dict to change it."""
 
   def __init__(self, cfg: LEDConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
@@ -438,6 +446,17 @@ class LEDForConditionalGeneration(nnx.Module):
     self.final_logits_bias = Buffer(
         jnp.zeros((1, cfg.vocab_size), DTYPES[cfg.param_dtype]))
     self.generation_config = {}
+
+  @property
+  def generation_config(self):
+    return json.loads(self._generation_config)
+
+  @generation_config.setter
+  def generation_config(self, value):
+    if not isinstance(value, dict):
+      raise ValueError(f"generation_config: expected a dict, got "
+                       f"{type(value).__name__}")
+    self._generation_config = json.dumps(value, sort_keys=True)
 
   def logits(self, h_BxTxE):
     """float32 [B, T, V] logits of decoder outputs."""
