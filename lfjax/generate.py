@@ -14,7 +14,9 @@ LEDForConditionalGeneration has them):
       (a pytree; every leaf with a batch axis has it first; cross-attention
       keys/values computed here, once)
   decode_step(decoder_input_ids_BxT, cache) -> (logits_BxTxV float32, cache)
-  reorder_cache(cache, index_B) -> cache    (rows taken as x[index_B])
+  reorder_cache(cache, index_B) -> cache    (rows taken as x[index_B];
+      index_B never leaves an input's beams: leaves equal across them,
+      like cross-attention keys/values, may be returned as they are)
 
 and an optional `generation_config` dict (transformers' GenerationConfig
 field names: the model's defaults, as a checkpoint's
@@ -38,7 +40,8 @@ Python float `length ** length_penalty` rounded to float32).
 Encoder inputs are padded at the end, with attention_mask 0, to a length
 bucket (`bucket_length`), so one compiled program serves every input length
 in a bucket; compiled programs are cached per static signature (the model's
-graph, batch, bucket, and the settings in `_Plan`).
+graph, batch, bucket, and the settings in `Plan`). docs/generation.md
+says more.
 """
 
 import dataclasses
@@ -111,8 +114,9 @@ def bucket_length(length, max_positions=None):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-  """The static settings of one compiled program (hashable)."""
+class Plan:
+  """The static settings of one compiled program (hashable): the resolved
+  generation fields and model.encode's extra keyword arguments."""
   num_beams: int
   max_length: int
   min_length: int
@@ -471,6 +475,41 @@ _compiled = jax.jit(
     static_argnums=(0, 5))
 
 
+def make_plan(settings, encode_kwargs=None):
+  """The static Plan of resolved settings (`resolve(model, kwargs)`)."""
+  eos, pad = settings["eos_token_id"], settings["pad_token_id"]
+  # transformers' `pad_token_id or eos_token_id[0] if eos_token_id is not
+  # None else -1` (a pad id of 0 is falsy there).
+  fill = (pad if pad else eos[0]) if eos else -1
+  forced_bos = settings["forced_bos_token_id"]
+  return Plan(
+      num_beams=int(settings["num_beams"]),
+      max_length=int(settings["max_length"]),
+      min_length=int(settings["min_length"]),
+      length_penalty=settings["length_penalty"],
+      early_stopping=settings["early_stopping"],
+      no_repeat_ngram_size=int(settings["no_repeat_ngram_size"]),
+      decoder_start_token_id=int(settings["decoder_start_token_id"]),
+      eos_token_ids=eos, pad_token_id=None if pad is None else int(pad),
+      forced_bos_token_id=None if forced_bos is None else int(forced_bos),
+      forced_eos_token_ids=settings["forced_eos_token_id"],
+      num_return_sequences=int(settings["num_return_sequences"]),
+      fill=int(fill),
+      encode_kwargs=tuple(sorted((encode_kwargs or {}).items())))
+
+
+def lower(graphdef, state, input_ids_BxS, attention_mask_BxS,
+          global_attention_mask_BxS, plan):
+  """The lowered generation program (jax.stages.Lowered) for these inputs,
+  which may be jax.ShapeDtypeStructs (with shardings on a deviceless
+  target): for compile-level checks such as `.compile().memory_analysis()`
+  (experiments/generate_memory.py). The inputs are as generate passes them:
+  padded to the bucket, int32 masks."""
+  return _compiled.trace(_Graph(graphdef), state, input_ids_BxS,
+                         attention_mask_BxS, global_attention_mask_BxS,
+                         plan).lower()
+
+
 def compiled_programs():
   """How many programs `generate` has compiled in this process."""
   return _compiled._cache_size()
@@ -564,23 +603,7 @@ def generate(model, input_ids, attention_mask=None,
     if glob_BxS is not None:
       glob_BxS = np.pad(glob_BxS, ((0, 0), (0, extra)))
 
-  eos = s["eos_token_id"]
-  pad = s["pad_token_id"]
-  # transformers' `pad_token_id or eos_token_id[0] if eos_token_id is not
-  # None else -1` (a pad id of 0 is falsy there).
-  fill = (pad if pad else eos[0]) if eos else -1
-  plan = _Plan(
-      num_beams=int(s["num_beams"]), max_length=int(s["max_length"]),
-      min_length=int(s["min_length"]),
-      length_penalty=s["length_penalty"], early_stopping=s["early_stopping"],
-      no_repeat_ngram_size=int(s["no_repeat_ngram_size"]),
-      decoder_start_token_id=int(s["decoder_start_token_id"]),
-      eos_token_ids=eos, pad_token_id=None if pad is None else int(pad),
-      forced_bos_token_id=(None if s["forced_bos_token_id"] is None
-                           else int(s["forced_bos_token_id"])),
-      forced_eos_token_ids=s["forced_eos_token_id"],
-      num_return_sequences=int(s["num_return_sequences"]), fill=int(fill),
-      encode_kwargs=tuple(sorted(encode_kwargs.items())))
+  plan = make_plan(s, encode_kwargs)
   graphdef, state = nnx.split(model)
   seqs_NxL, lengths = _compiled(
       _Graph(graphdef), state, jnp.asarray(ids_BxS, jnp.int32),

@@ -7,6 +7,8 @@ of this file, compare with transformers' LEDForConditionalGeneration.generate
 on tiny random weights (Python 3.11, where torch is installed).
 """
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -140,14 +142,17 @@ def test_bucket_padding_and_compile_cache():
   rng = np.random.default_rng(3)
   kw = dict(decoder_start_token_id=START, eos_token_id=EOS, pad_token_id=PAD,
             num_beams=2, max_length=8)
-  traces = ref.TRACES[0]
-  outs = {}
+  traces, programs = ref.TRACES[0], gen.compiled_programs()
   for length in (17, 19):
     ids = rng.integers(3, 48, (2, length))
-    outs[length] = gen.generate(model, ids, **kw)
     np.testing.assert_array_equal(
-        outs[length], gen.generate(model, ids, bucket=False, **kw))
-  # 17 and 19 share one trace; each bucket=False length traced once more
+        gen.generate(model, ids, **kw),
+        gen.generate(model, ids, bucket=False, **kw))
+  # 17 and 19 share one program; each bucket=False length compiles one
+  assert ref.TRACES[0] - traces == 3
+  assert gen.compiled_programs() - programs == 3
+  # another model of the same structure: new weights, the same program
+  gen.generate(ref.ToySeq2Seq(seed=4), ids, **kw)
   assert ref.TRACES[0] - traces == 3
 
 
@@ -233,9 +238,9 @@ ISSUE_BEAM = dict(num_beams=4, length_penalty=2.0, no_repeat_ngram_size=3,
 def led_pair(tmp_path_factory):
   """transformers' tiny random LED (init_std 0.3 and a random
   final_logits_bias, so the search meets EOS at different steps), lfjax's
-  from its save_pretrained folder, and a batch: right padding (19, 11, 15
-  tokens; 19 pads to bucket 20 here, to a window multiple in both models),
-  global attention on <s> and on a middle token of row 1."""
+  from its save_pretrained folder, and a batch: right padding (33, 20, 27
+  tokens; generate pads 33 to its bucket, 40, transformers to a window
+  multiple, 36), global attention on <s> and on a middle token of row 1."""
   torch = optional.need("torch")
   transformers = optional.need("transformers")
   from lfjax import led_convert  # noqa: PLC0415 (torch-only test)
@@ -248,7 +253,7 @@ def led_pair(tmp_path_factory):
   hf.save_pretrained(path)
   ours = led_convert.from_pretrained(str(path))
   rng = np.random.default_rng(0)
-  lengths, n = [19, 11, 15], 19
+  lengths, n = [33, 20, 27], 33
   ids = rng.integers(3, 61, (3, n))
   mask = (np.arange(n)[None] < np.array(lengths)[:, None]).astype(np.int64)
   ids = np.where(mask == 1, ids, 1)
@@ -263,7 +268,7 @@ def led_pair(tmp_path_factory):
                          global_attention_mask=torch.tensor(glob),
                          **kw).numpy()
 
-  return ours, (ids, mask, glob), hf_generate
+  return ours, (ids, mask, glob), hf_generate, hf
 
 
 @pytest.mark.parametrize("kw", [
@@ -272,11 +277,34 @@ def led_pair(tmp_path_factory):
     dict(ISSUE_BEAM, early_stopping=False),
 ], ids=["greedy_default_length", "beam_early_true", "beam_early_false"])
 def test_led_generate_equals_transformers(led_pair, kw):
-  ours, (ids, mask, glob), hf_generate = led_pair
+  ours, (ids, mask, glob), hf_generate, _ = led_pair
   # the token ids come from the checkpoint (generation_config.json)
   assert ours.generation_config["decoder_start_token_id"] == 2
   want = hf_generate(**kw)
   got = ours.generate(ids, mask, glob, **kw)
   np.testing.assert_array_equal(got, want)
+  programs = gen.compiled_programs()
+  ours.generate(ids, mask, glob, **kw)  # LED's graph (a dict config) hits
+  assert gen.compiled_programs() == programs
   # rows of different lengths: EOS before max_length and padding after it
   assert (got[:, -1] == 1).any() and want.shape[1] > 2
+
+
+def test_led_search_settings_from_the_checkpoint(led_pair, tmp_path):
+  """A checkpoint whose generation_config.json sets the search: both
+  libraries read it (lfjax through led_convert.from_pretrained)."""
+  from lfjax import led_convert  # noqa: PLC0415 (torch-only test)
+  _, (ids, mask, glob), hf_generate, hf = led_pair
+  saved = hf.generation_config
+  hf.generation_config = copy.deepcopy(saved)
+  hf.generation_config.update(num_beams=3, length_penalty=0.5,
+                              no_repeat_ngram_size=2, max_length=13,
+                              early_stopping="never")
+  try:
+    hf.save_pretrained(tmp_path)
+    want = hf_generate()
+  finally:
+    hf.generation_config = saved
+  ours = led_convert.from_pretrained(str(tmp_path))
+  assert ours.generation_config["num_beams"] == 3
+  np.testing.assert_array_equal(ours.generate(ids, mask, glob), want)
