@@ -16,7 +16,8 @@ lfjax.export` wrote:
 
   python -m lfjax.evaluate (--workdir DIR | --model DIR) --data FILE
       [--checkpoint STEP] [--batch_size N] [--predictions FILE]
-      [--max_answer_tokens N (QA)]
+      [--max_answer_tokens N (QA)] [--num_beams N --max_length N
+      (summarization: ROUGE of generated summaries)]
 
 Each task's flags: `python -m lfjax.evaluate --workdir RUN --help` (or
 --model DIR --help); `--help` alone lists the fine-tuning flags.
@@ -44,6 +45,7 @@ def _flag_value(argv, name):
 _HEAD_TASKS = (("ForSequenceClassification", "classification"),
                ("ForQuestionAnswering", "qa"),
                ("ForMultipleChoice", "multiple_choice"),
+               ("ForConditionalGeneration", "summarization"),
                ("ForMaskedLM", "mlm"))
 
 
@@ -81,7 +83,8 @@ def task_of(argv):
     raise ValueError(f"--model: {model} holds no model lfjax.evaluate "
                      "knows (expected a folder from python -m lfjax.export, "
                      "or a transformers checkpoint with a classification, "
-                     "QA or multiple-choice head)")
+                     "QA or multiple-choice head, or an LED for "
+                     "summarization)")
   return "charlm"
 
 
@@ -94,8 +97,9 @@ def overview():
   # From the "options:" heading (its name varies by Python version) on.
   flags = text[text.rindex("\n", 0, text.index("\n  -h, --help")):]
   return (__doc__.strip() + "\n\nFine-tuned runs and exports "
-          "(classification, qa, multiple_choice; --max_answer_tokens: qa "
-          "only):" + flags + "\nChar-LM runs: python -m lfjax.evaluate "
+          "(classification, qa, multiple_choice, summarization; "
+          "--max_answer_tokens: qa only; --num_beams, --max_length: "
+          "summarization only):" + flags + "\nChar-LM runs: python -m lfjax.evaluate "
           "--workdir CHARLM_RUN --help. MLM runs: python -m lfjax.evaluate "
           "--workdir MLM_RUN --help.")
 

@@ -3,7 +3,9 @@
   python -m lfjax.export --workdir RUN --to OUT [--checkpoint STEP]
 
 OUT gets config.json and model.safetensors for transformers' Longformer
-class of the run's head (label names as id2label / label2id), the
+class of the run's head (label names as id2label / label2id; a
+summarization run: LEDForConditionalGeneration, with
+generation_config.json), the
 tokenizer files, and the run's config (so `python -m lfjax.evaluate
 --model OUT` reads data as the run did).
 Char-LM runs have no transformers counterpart.

@@ -3,8 +3,9 @@ names the pyproject.toml extra installing them.
 
 The core install (`pip install lfjax`) trains and evaluates the char-LM;
 reading a Hugging Face tokenizer (MLM, fine-tuning, `python -m
-lfjax.make_tiny`) needs transformers, MLM's loader grain, and reading
-parquet files or `datasets` folders pyarrow / datasets, all `lfjax[hf]`;
+lfjax.make_tiny`) needs transformers, MLM's loader grain, reading
+parquet files or `datasets` folders pyarrow / datasets, and
+summarization's ROUGE rouge-score, all `lfjax[hf]`;
 TensorBoard event files need tensorboardX, `lfjax[tensorboard]`. A
 command-line user sees the MissingPackage message as one `error:` line
 (lfjax.cli counts exceptions that lfjax defines as the user's).
@@ -14,7 +15,7 @@ import importlib
 
 # module -> the extra of pyproject.toml that installs it
 EXTRAS = {"transformers": "hf", "tokenizers": "hf", "grain": "hf",
-          "datasets": "hf", "pyarrow": "hf",
+          "datasets": "hf", "pyarrow": "hf", "rouge_score": "hf",
           "tensorboardX": "tensorboard", "jax_cuda12_plugin": "plan"}
 
 

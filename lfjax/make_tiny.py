@@ -1,6 +1,8 @@
-"""A tiny random RoBERTa checkpoint to start MLM or fine-tuning from.
+"""A tiny random RoBERTa checkpoint to start MLM or fine-tuning from, or a
+tiny random LED to start summarization from.
 
   python -m lfjax.make_tiny --to DIR [--positions 64]
+  python -m lfjax.make_tiny --led --to DIR [--positions 128]
 
 DIR gets a Hugging Face RoBERTa folder (config.json with model_type
 "roberta", model.safetensors in RobertaForMaskedLM's layout, and a
@@ -8,8 +10,11 @@ byte-level BPE tokenizer trained on the embedded corpus) that transformers'
 RobertaForMaskedLM loads: the :tiny configs (configs/mlm_longformer_base.py,
 classify_longformer.py, qa_longformer.py, multiple_choice_longformer.py)
 start from it, so their quick starts go through the paper's RoBERTa-to-
-Longformer conversion as a real checkpoint would. Needs transformers
-(`pip install "lfjax[hf]"`).
+Longformer conversion as a real checkpoint would. With --led, DIR gets an
+LEDForConditionalGeneration folder (config.json with model_type "led",
+model.safetensors, generation_config.json; lfjax.led_convert.to_pretrained)
+with the same kind of tokenizer: configs/summarization_led.py:tiny starts
+from it. Needs transformers (`pip install "lfjax[hf]"`).
 """
 
 import json
@@ -86,6 +91,50 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
   return path
 
 
+def make_tiny_led(path, *, documents=200, vocab_size=1000, positions=128,
+                  decoder_positions=64, d_model=32, layers=2, window=16,
+                  seed=0):
+  """Writes a tiny random LED (LEDForConditionalGeneration) with a
+  byte-level BPE trained on the first `documents` files of the embedded
+  corpus; returns its path.
+
+  positions / decoder_positions: the encoder's / decoder's position rows
+  (LED has no offset); window: the encoder's FULL attention window, as
+  transformers counts it; d_model / 16 heads, `layers` encoder and decoder
+  layers, weights drawn as lfjax's LED draws them (N(0, init_std)).
+
+  Raises:
+    FileExistsError: path holds a config.json already.
+    extras.MissingPackage: transformers or tokenizers is not installed.
+  """
+  from lfjax import led_convert
+  from lfjax.models import led
+  from lfjax.models import led_config
+  path = pathlib.Path(path)
+  if (path / "config.json").exists():
+    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
+                          "a new folder")
+  docs = [t.decode("utf-8", "replace")
+          for _, t in chars.pystdlib_files()[:documents]]
+  with tempfile.TemporaryDirectory() as tmp:
+    tok = text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
+    heads = max(1, d_model // 16)
+    cfg = led_config.LEDConfig(
+        vocab_size=len(tok), max_encoder_position_embeddings=positions,
+        max_decoder_position_embeddings=decoder_positions,
+        encoder_layers=layers, decoder_layers=layers,
+        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
+        encoder_attention_heads=heads, decoder_attention_heads=heads,
+        d_model=d_model, attention_window=window,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.eos_token_id)  # LED's: </s>
+    model = led.LEDForConditionalGeneration(cfg, rngs=nnx.Rngs(seed))
+    led_convert.to_pretrained(model, path)
+    convert.copy_tokenizer(tmp, path, positions)
+  return path
+
+
 def main(argv=None):
   """`python -m lfjax.make_tiny --to DIR`; argv excludes the program name.
   Raises cli.UsageError for bad flags, FileExistsError for a --to that holds
@@ -93,11 +142,24 @@ def main(argv=None):
   p = cli.ArgumentParser(prog="python -m lfjax.make_tiny",
                          description=__doc__.strip().splitlines()[0])
   p.add_argument("--to", required=True, help="output folder (new)")
-  p.add_argument("--positions", type=int, default=64,
-                 help="its positions (the MLM :tiny config makes it 256 "
-                 "long)")
+  p.add_argument("--positions", type=int, default=None,
+                 help="its positions (default 64, the MLM :tiny config makes "
+                 "it 256 long; --led: the encoder's, default 128)")
+  p.add_argument("--led", action="store_true",
+                 help="a tiny random LED (summarization) instead of a "
+                 "RoBERTa")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   cli.at_least("--positions", args.positions, 2)
+  if args.led:
+    positions = args.positions or 128
+    out = make_tiny_led(args.to, positions=positions)
+    print(f"wrote a tiny random LED ({positions} encoder positions) and "
+          f"its tokenizer to {out}; start the summarization :tiny config "
+          "from it:\n  python -m lfjax.train --config "
+          f"configs/summarization_led.py:tiny --config.init_from {out} "
+          "--config.data.train FILE --workdir DIR")
+    return
+  args.positions = args.positions or 64
   out = make_tiny(args.to, positions=args.positions)
   print(f"wrote a tiny random RoBERTa ({args.positions} positions) and its "
         f"tokenizer to {out}; start a :tiny config from it, e.g.\n  python "

@@ -27,7 +27,8 @@ models and data; none of those import a task at import time).
 import importlib
 
 # config.task -> module lfjax.tasks.<name>.
-TASKS = ("charlm", "mlm", "classification", "qa", "multiple_choice")
+TASKS = ("charlm", "mlm", "classification", "qa", "multiple_choice",
+         "summarization")
 
 
 def of(config):

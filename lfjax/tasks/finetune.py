@@ -203,13 +203,15 @@ def make_train_step(graphdef, rest, tx, loss_fn, batch_size, micro, *,
 
   loss_fn(model, micro_batch) -> (sum of the examples' losses, {stat: sum})
   with the model in training mode (dropout on, reseeded per micro-batch).
+  The step's loss is the mean over examples, unless the stats hold a
+  "count" (e.g. summarization's target tokens): then over that.
   shardings, batch_shardings: on a mesh, lfjax.parallel.init_state's
   shardings and finetune_data.batch_shardings(mesh, batch) (see
   lfjax.train_step.make_train_step); None on one device."""
   def sums(model, mb, key):
     nnx.reseed(model, default=key)
     loss_sum, stats = loss_fn(model, mb)
-    return dict(stats, loss_sum=loss_sum, count=jnp.float32(micro))
+    return {"count": jnp.float32(micro), **stats, "loss_sum": loss_sum}
 
   return train_step.make_train_step(graphdef, rest, tx, sums,
                                     batch_size=batch_size,
@@ -276,6 +278,20 @@ class Spec:
   eval_overrides: ((config field, type, help), ...) that `python -m
     lfjax.evaluate` may override as --<last part of the field> (they must
     change only decoding, never the features).
+
+  A task whose model is not a Longformer head (summarization's LED) sets:
+  load(path, config, seed) -> the model of a checkpoint folder, in
+    inference mode (None: finetune_model.load_model with `head`).
+  check_length(config, model=None): raises ValueError naming the length
+    field the model (default: config.init_from's config.json) cannot take
+    (None: finetune_model.check_length).
+  save(model, tokenizer folder, path): writes the transformers folder of
+    an export (None: convert.to_pretrained and the tokenizer files).
+  predict(model, arrays, batch_size, config, progress, mesh) -> outputs
+    for score() (None: finetune.predict of forward), e.g. generated ids.
+  jsonl: predictions are JSON lines, one per example, and every evaluation
+    during training writes them beside metrics.jsonl
+    (predictions_<valid file>_<step>.jsonl).
   """
   name: str
   head: str
@@ -291,6 +307,11 @@ class Spec:
   summary: Callable
   report: Callable
   eval_overrides: tuple = ()
+  load: Callable = None
+  check_length: Callable = None
+  save: Callable = None
+  predict: Callable = None
+  jsonl: bool = False
 
 
 def copy_config(config, data):
@@ -320,8 +341,16 @@ def length_from_hf(config, d):
   return config
 
 
+def check_length(spec, config, model=None):
+  (spec.check_length or finetune_model.check_length)(config, model)
+
+
 def build_model(spec, config):
   """The model a run of config trains (before its checkpoints)."""
+  if spec.load is not None:
+    model = spec.load(config.init_from, config, config.seed)
+    check_length(spec, config, model)
+    return model
   model = finetune_model.load_model(
       config.init_from, spec.head, seed=config.seed,
       num_labels=spec.num_labels(config),
@@ -338,8 +367,12 @@ def evaluate_data(spec, model, config, data, tok, batch_size=None,
   spec.featurize(..., train=False) when already made (with mesh: their
   tokens padded for it, see predict)."""
   arrays, info = features or spec.featurize(data, tok, config, False)
-  out = predict(model, arrays, batch_size or config.eval.batch_size,
-                lambda m, b: spec.forward(m, b, config), progress, mesh)
+  size = batch_size or config.eval.batch_size
+  if spec.predict is not None:
+    out = spec.predict(model, arrays, size, config, progress, mesh)
+  else:
+    out = predict(model, arrays, size,
+                  lambda m, b: spec.forward(m, b, config), progress, mesh)
   metrics, predictions = spec.score(data, info, out, config)
   for k, v in metrics.items():
     common.check_finite_metric(k, v)
@@ -349,7 +382,7 @@ def evaluate_data(spec, model, config, data, tok, batch_size=None,
 def train_and_evaluate(spec, config, workdir):
   """Fine-tunes (or resumes) in workdir; returns the last logged record."""
   spec.validate(config)  # every field, before anything is written
-  finetune_model.check_length(config)
+  check_length(spec, config)
   t = config.train
   mesh = parallel.make_mesh(config.mesh)
   loop.say(f"training on {parallel.describe(mesh)}", flush=True)
@@ -423,14 +456,30 @@ def train_and_evaluate(spec, config, workdir):
     if valid is None:
       return {}, "no data.valid to evaluate"
     m = nnx.merge(eval_graphdef, params, rest)
-    metrics, _ = evaluate_data(spec, m, config, valid, tok,
-                               features=valid_features, mesh=mesh)
+    metrics, predictions = evaluate_data(spec, m, config, valid, tok,
+                                         features=valid_features, mesh=mesh)
+    if spec.jsonl and jax.process_index() == 0:
+      # The sampler's index is the steps done (one phase, from step 0).
+      write_predictions(workdir / (
+          f"predictions_{pathlib.Path(config.data.valid).stem}_"
+          f"{sampler.index}.jsonl"), predictions, True)
     return ({f"eval_{k}": v for k, v in metrics.items()},
             f"{config.data.valid}: {spec.summary(metrics)}")
 
   with parallel.use(mesh):
     return loop.run(workdir, config, params, opt_state, [phase],
                     learning_rate(config, total), evaluate_fn)
+
+
+def write_predictions(path, predictions, jsonl):
+  """Writes predictions (a list) as JSON, or as JSON lines (one per
+  example) when jsonl."""
+  path = pathlib.Path(path)
+  if jsonl:
+    path.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n"
+                            for p in predictions))
+  else:
+    path.write_text(json.dumps(predictions, indent=1))
 
 
 def print_report(spec, path, data, arrays, info, tok, config, train):
@@ -474,9 +523,12 @@ def export(spec, workdir, path, step=None):
   if pathlib.Path(path).resolve() == pathlib.Path(config.init_from).resolve():
     raise ValueError("to: expected a folder other than init_from (the "
                      "source checkpoint is never overwritten)")
-  convert.to_pretrained(model, path)
-  convert.copy_tokenizer(tokenizer_dir(config), path,
-                         finetune_model.positions(model))
+  if spec.save is not None:
+    spec.save(model, tokenizer_dir(config), path)
+  else:
+    convert.to_pretrained(model, path)
+    convert.copy_tokenizer(tokenizer_dir(config), path,
+                           finetune_model.positions(model))
   (pathlib.Path(path) / RUN_CONFIG).write_text(config.to_json(indent=1))
   return step
 
@@ -514,7 +566,8 @@ def eval_parser(spec):
   p.add_argument("--batch_size", type=int, default=None,
                  help="default: the run's eval.batch_size")
   p.add_argument("--predictions", default=None,
-                 help="write the predictions here (JSON)")
+                 help="write the predictions here (JSON; "
+                 "summarization: JSON lines)")
   for name, kind, text in spec.eval_overrides:
     p.add_argument("--" + name.rsplit(".", 1)[-1], type=kind, default=None,
                    help=f"{text} (default: the run's {name})")
@@ -525,8 +578,8 @@ def evaluate_main(spec, argv, base_config, from_hf):
   """`python -m lfjax.evaluate (--workdir RUN | --model DIR) --data FILE`
   for a fine-tuning task; prints the metrics, writes them (a run:
   DIR/eval_<file>_<step>.json, with the overridden decoding settings in
-  the name) and the predictions (a run: DIR/predictions_<file>_<step>.json;
-  else with --predictions)."""
+  the name) and the predictions (a run: DIR/predictions_<file>_<step>.json,
+  .jsonl for a Spec.jsonl task; else with --predictions)."""
   args = eval_parser(spec).parse_args(argv)
   if (args.workdir is None) == (args.model is None):
     raise cli.UsageError("expected exactly one of --workdir and --model")
@@ -542,8 +595,9 @@ def evaluate_main(spec, argv, base_config, from_hf):
   else:
     config, step = exported_config(spec, args.model, base_config,
                                    from_hf), None
-    model = finetune_model.load_model(args.model, spec.head,
-                       num_labels=spec.num_labels(config))
+    model = (spec.load(args.model, config, 0) if spec.load is not None
+             else finetune_model.load_model(
+                 args.model, spec.head, num_labels=spec.num_labels(config)))
   overrides = {}
   for name, _, _ in spec.eval_overrides:
     value = getattr(args, name.rsplit(".", 1)[-1])
@@ -578,10 +632,11 @@ def evaluate_main(spec, argv, base_config, from_hf):
     result.write_text(json.dumps(dict(metrics, checkpoint=step, **settings),
                                  indent=1))
     print(f"metrics written to {result}")
-    out = out or str(pathlib.Path(args.workdir)
-                     / result.name.replace("eval_", "predictions_", 1))
+    out = out or str(pathlib.Path(args.workdir) / (
+        result.stem.replace("eval_", "predictions_", 1)
+        + (".jsonl" if spec.jsonl else ".json")))
   if out:
-    pathlib.Path(out).write_text(json.dumps(predictions, indent=1))
+    write_predictions(out, predictions, spec.jsonl)
     print(f"predictions written to {out}")
 
 
