@@ -10,13 +10,15 @@ LEDForConditionalGeneration has them):
 
   encode(input_ids_BxS, attention_mask_BxS, global_attention_mask_BxS)
       -> enc_BxSxE                          (global_attention_mask may be None)
-  init_cache(enc_BxSxE, encoder_mask_BxS, max_length) -> cache
-      (a pytree; every leaf with a batch axis has it first; cross-attention
-      keys/values computed here, once)
-  decode_step(decoder_input_ids_BxT, cache) -> (logits_BxTxV float32, cache)
-  reorder_cache(cache, index_B) -> cache    (rows taken as x[index_B];
-      index_B never leaves an input's beams: leaves equal across them,
-      like cross-attention keys/values, may be returned as they are)
+  init_cache(enc_BxSxE, encoder_mask_BxS, max_length, num_beams) -> cache
+      (a pytree for N = B * num_beams decoder rows, input b's beams at rows
+      b*num_beams .. b*num_beams + num_beams - 1; cross-attention
+      keys/values computed here, once, and best kept once per input:
+      enc_BxSxE is not repeated per beam)
+  decode_step(decoder_input_ids_NxT, cache) -> (logits_NxTxV float32, cache)
+  reorder_cache(cache, index_N) -> cache    (row i continues row
+      index_N[i]; index_N never leaves an input's beams, so per-input
+      entries stay as they are)
 
 and an optional `generation_config` dict (transformers' GenerationConfig
 field names: the model's defaults, as a checkpoint's
@@ -29,9 +31,9 @@ What transformers does, step by step (transformers/generation/utils.py
 `_beam_search_has_unfinished_sequences`), is done here on static shapes: the
 decoded sequences live in [rows, max_length] buffers, the loop is a
 `lax.while_loop` that stops when transformers' loop would, the encoder runs
-once per input row (its output repeated per beam, as transformers'
-`_expand_inputs_for_generation` repeats the inputs) and `init_cache` computes
-the cross-attention keys/values once. The logits processors are those of
+once per input row and `init_cache` computes the cross-attention keys/values
+once per input (transformers' `_expand_inputs_for_generation` repeats the
+inputs per beam; the tokens are the same). The logits processors are those of
 `_get_logits_processor`, in its order: NoRepeatNGram, MinLength,
 MinNewTokens, ForcedBOS, ForcedEOS (generation/logits_process.py). Beam
 scores divide by the length penalty as torch does (float32 division by the
@@ -438,14 +440,13 @@ def _program(graphdef, state, ids_BxS, mask_BxS, glob_BxS, plan):
   batch = ids_BxS.shape[0]
   enc_BxSxE = model.encode(ids_BxS, mask_BxS, glob_BxS,
                            **dict(plan.encode_kwargs))
-  k = plan.num_beams
-  if k > 1:  # transformers repeats each input row num_beams times
-    enc_BxSxE = jnp.repeat(enc_BxSxE, k, axis=0)
-    mask_BxS = jnp.repeat(mask_BxS, k, axis=0)
-  # Positions 0 .. max_length-2 are fed to the decoder (the last token
-  # never is), so the self-attention buffer holds max_length - 1.
-  cache = model.init_cache(enc_BxSxE, mask_BxS, plan.max_length - 1)
-  if k == 1:
+  # transformers repeats each input row num_beams times; here the cache
+  # holds batch * num_beams decoder rows and the encoder side once per
+  # input. Positions 0 .. max_length-2 are fed to the decoder (the last
+  # token never is), so the self-attention buffer holds max_length - 1.
+  cache = model.init_cache(enc_BxSxE, mask_BxS, plan.max_length - 1,
+                           plan.num_beams)
+  if plan.num_beams == 1:
     return _greedy(plan, model, cache, batch)
   return _beam(plan, model, cache, batch)
 
