@@ -2,8 +2,7 @@
 for led-base-16384's shape, planned without a GPU.
 
   JAX_PLATFORMS=cpu python experiments/generate_memory.py \
-      [--target h100] [--rows 1:4:float32,4:4:float32,4:4:bfloat16] \
-      [--keep_cross]
+      [--target h100] [--rows 1:4:float32,4:4:float32,4:4:bfloat16]
 
 needs `pip install "lfjax[plan]"` (deviceless compilation for the GPU's
 XLA target, as lfjax.plan). The model is led-base-16384's shape (6 + 6
@@ -15,8 +14,6 @@ while_loop) for batch x 16,384 tokens with the arXiv summarization settings
 no_repeat_ngram_size 3, early_stopping True), and prints XLA's
 memory_analysis in GB (1e9): arguments (the weights and inputs) and temp
 (XLA's peak of every intermediate: activations, caches, loop buffers).
---keep_cross is a what-if: LED's reorder_cache patched to leave the
-cross-attention keys/values (equal across an input's beams) unreordered.
 """
 
 import argparse
@@ -67,31 +64,15 @@ def row(target, batch, beams, dtype):
   return m.argument_size_in_bytes, m.temp_size_in_bytes
 
 
-def keep_cross():
-  """Patches LED's reorder_cache to reorder only the self-attention cache."""
-  reorder = LEDForConditionalGeneration.reorder_cache
-  same = ("cross_k", "cross_v", "encoder_mask")
-
-  def partial_reorder(cache, index_B):
-    rest = {k: v for k, v in cache.items() if k not in same}
-    return dict(reorder(rest, index_B), **{k: cache[k] for k in same})
-
-  LEDForConditionalGeneration.reorder_cache = staticmethod(partial_reorder)
-
-
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--target", default="h100", help="lfjax.plan's names")
   p.add_argument("--rows", default="1:4:float32,4:4:float32,4:4:bfloat16",
                  help="batch:num_beams:compute_dtype, comma-separated")
-  p.add_argument("--keep_cross", action="store_true",
-                 help="what-if: cross-attention K/V left out of the reorder")
   args = p.parse_args()
-  if args.keep_cross:
-    keep_cross()
   target = plan.parse_target(args.target)
   print(f"{args.target}, {LENGTH} tokens, jax {jax.__version__}"
-        f"{', cross K/V not reordered' if args.keep_cross else ''}\n"
+        "\n"
         "| batch | beams | compute | arguments GB | temp GB |")
   for r in args.rows.split(","):
     batch, beams, dtype = r.split(":")

@@ -90,10 +90,10 @@ def task_of(argv):
 
 def overview():
   """--help without a run or model: what each task's evaluation takes."""
-  from lfjax.tasks import finetune
+  from lfjax.tasks import finetune_commands
   from lfjax.tasks import qa
   # QA's flags are every fine-tuning task's plus --max_answer_tokens.
-  text = finetune.eval_parser(qa.SPEC).format_help()
+  text = finetune_commands.eval_parser(qa.SPEC).format_help()
   # From the "options:" heading (its name varies by Python version) on.
   flags = text[text.rindex("\n", 0, text.index("\n  -h, --help")):]
   return (__doc__.strip() + "\n\nFine-tuned runs and exports "

@@ -63,9 +63,16 @@ TARGETS = {
     "h200": ("h200", "H200 141 GB"),
 }
 # Tasks whose train step the planner builds (their model comes from
-# init_from's config.json). The char-LM has no init_from and trains in
-# phases of several lengths: not planned.
+# init_from's config.json), and why the others are not planned.
 TASKS = ("mlm", "classification", "qa", "multiple_choice")
+NOT_PLANNED = {
+    "charlm": "the char-LM has no init_from and trains in phases of several "
+              "lengths",
+    "summarization": "the planner does not build LED's train step or its "
+                     "beam-search evaluation yet; "
+                     "experiments/generate_memory.py gives generation's "
+                     "compiled memory at 16K tokens",
+}
 DEFAULT_FRACTION = 0.75  # JAX's XLA_PYTHON_CLIENT_MEM_FRACTION default
 # GpuTargetConfigProto fields newer than jax-cuda12-plugin 0.10.2 (which
 # refuses the text with them); dropped for older plugins. None changes
@@ -316,8 +323,8 @@ def validate(config):
   if task not in TASKS:
     raise cli.UsageError(
         f"--plan_for: plans the tasks {', '.join(TASKS)} (their model is "
-        f"init_from's config.json), got config.task {task!r}; the char-LM "
-        "is not planned yet (its run trains in phases of several lengths)")
+        f"init_from's config.json); config.task {task!r} is not planned: "
+        f"{NOT_PLANNED.get(task, 'no planner for it')}")
   c = ml_collections.ConfigDict(config.to_dict())
   if task != "mlm" and not c.data.train:
     c.data.train = "(not read)"

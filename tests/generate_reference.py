@@ -55,34 +55,39 @@ class ToySeq2Seq(nnx.Module):
                            * self.glob_w[...])
     return jnp.tanh(x_BxSxE @ self.enc_w[...])
 
-  def init_cache(self, enc_BxSxE, encoder_mask_BxS, max_length):
+  def init_cache(self, enc_BxSxE, encoder_mask_BxS, max_length, num_beams):
+    # The encoder side once per input, the decoder buffers per beam row.
     b, _, e = enc_BxSxE.shape
-    return dict(k=jnp.zeros((b, max_length, e)),
-                v=jnp.zeros((b, max_length, e)),
+    n = b * num_beams
+    return dict(k=jnp.zeros((n, max_length, e)),
+                v=jnp.zeros((n, max_length, e)),
                 ck=enc_BxSxE @ self.ck[...], cv=enc_BxSxE @ self.cv[...],
                 mask=encoder_mask_BxS.astype(bool), length=jnp.int32(0))
 
-  def decode_step(self, ids_BxT, cache):
-    t = ids_BxT.shape[1]
+  def decode_step(self, ids_NxT, cache):
+    t = ids_NxT.shape[1]
     n = cache["length"]
     pos_T = n + jnp.arange(t)
-    h_BxTxE = self.embed[...][ids_BxT] + self.pos[...][pos_T]
-    k = jax.lax.dynamic_update_slice_in_dim(cache["k"], h_BxTxE @ self.wk[...],
+    h_NxTxE = self.embed[...][ids_NxT] + self.pos[...][pos_T]
+    k = jax.lax.dynamic_update_slice_in_dim(cache["k"], h_NxTxE @ self.wk[...],
                                             n, axis=1)
-    v = jax.lax.dynamic_update_slice_in_dim(cache["v"], h_BxTxE @ self.wv[...],
+    v = jax.lax.dynamic_update_slice_in_dim(cache["v"], h_NxTxE @ self.wv[...],
                                             n, axis=1)
     allowed_TxL = jnp.arange(k.shape[1])[None, :] <= pos_T[:, None]
-    h_BxTxE = h_BxTxE + _attend(h_BxTxE @ self.wq[...], k, v,
+    h_NxTxE = h_NxTxE + _attend(h_NxTxE @ self.wq[...], k, v,
                                 allowed_TxL[None])
-    h_BxTxE = h_BxTxE + 3 * _attend(h_BxTxE @ self.cq[...], cache["ck"],
-                                cache["cv"], cache["mask"][:, None, :])
-    logits = (self.scale * jnp.tanh(h_BxTxE) @ self.out[...] + self.bias[...]
+    # Each input's beams (contiguous rows) read its one encoder row.
+    beams = ids_NxT.shape[0] // cache["ck"].shape[0]
+    ck, cv, mask = (jnp.repeat(cache[name], beams, axis=0)
+                    for name in ("ck", "cv", "mask"))
+    h_NxTxE = h_NxTxE + 3 * _attend(h_NxTxE @ self.cq[...], ck, cv,
+                                    mask[:, None, :])
+    logits = (self.scale * jnp.tanh(h_NxTxE) @ self.out[...] + self.bias[...]
               + pos_T[:, None] * self.ramp[...])
     return logits.astype(jnp.float32), dict(cache, k=k, v=v, length=n + t)
 
-  def reorder_cache(self, cache, index_B):
-    return {name: (x if name == "length" else x[index_B])
-            for name, x in cache.items()}
+  def reorder_cache(self, cache, index_N):
+    return dict(cache, k=cache["k"][index_N], v=cache["v"][index_N])
 
 
 def _attend(q_BxTxE, k_BxLxE, v_BxLxE, allowed_BxTxL):

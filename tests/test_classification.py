@@ -297,13 +297,13 @@ def test_invalid_utf8_is_one_error_line(tmp_path):
 
 
 def test_evaluate_help_and_a_folder_without_a_head(longformer, capsys):
-  from lfjax.tasks import finetune
+  from lfjax.tasks import finetune_commands
   assert cli.run(evaluate.main, ["--help"]) == 0
   out = capsys.readouterr().out
   for flag in ("--data", "--model", "--checkpoint", "--max_answer_tokens",
                "--workdir CHARLM_RUN --help", "--workdir MLM_RUN --help"):
     assert flag in out
-  text = finetune.eval_parser(classification.SPEC).format_help()
+  text = finetune_commands.eval_parser(classification.SPEC).format_help()
   assert "(default: the newest)" in text and "(default: None)" not in text
   # A masked LM has no head to evaluate on a data file.
   assert cli.run(evaluate.main, ["--model", str(longformer), "--data",

@@ -150,11 +150,38 @@ def test_decode_step_equals_full_decoder(tmp_path):
     pieces.append(logits)
   assert int(cache["length"]) == 7
   np.testing.assert_allclose(np.concatenate(pieces, 1), full, atol=1e-5)
-  # reorder_cache takes rows: row 1 twice gives row 1's next logits twice.
-  re = model.reorder_cache(cache, jnp.array([1, 1]))
-  nxt, _ = step(jnp.asarray(dec_ids[[1, 1], :1]), re)
-  ref, _ = step(jnp.asarray(dec_ids[:, :1]), cache)
-  np.testing.assert_allclose(nxt[0], ref[1], atol=1e-6)
+
+
+def test_decode_step_beams_share_the_encoder_side(tmp_path):
+  """Two beams per input: the cache keeps cross-attention K/V per input,
+  decode_step and reorder_cache equal the full decoder on the inputs
+  repeated per beam (transformers' layout) and the reordered prefixes."""
+  hf_led(tmp_path, attention_window=[4, 6])
+  model = led_convert.from_pretrained(str(tmp_path))
+  ids, mask, _ = encoder_batch([19, 13], 19, [[], []])
+  dec_ids = np.random.default_rng(4).integers(3, VOCAB, size=(4, 6))
+  enc = jax.jit(lambda i, m: model.encode(i, m))(ids, mask)
+  cache = model.init_cache(enc, mask, 10, num_beams=2)
+  assert cache["self_k"][0].shape == (4, 10, 4, 4)
+  assert cache["cross_k"][0].shape == (2, 19, 4, 4)
+  step = jax.jit(model.decode_step)
+  logits, cache = step(jnp.asarray(dec_ids[:, :3]), cache)
+  rep = np.repeat(ids, 2, 0), np.repeat(mask, 2, 0)
+  full = model(*rep, None, dec_ids[:, :3]).logits
+  np.testing.assert_allclose(logits, full, atol=1e-5)
+  # Beam rows continue other beams of their own input.
+  order = np.array([1, 1, 3, 2])
+  cache = model.reorder_cache(cache, order)
+  assert cache["cross_k"][0].shape == (2, 19, 4, 4)
+  logits, _ = step(jnp.asarray(dec_ids[:, 3:4]), cache)
+  prefix = np.concatenate([dec_ids[order, :3], dec_ids[:, 3:4]], 1)
+  full = model(*rep, None, prefix).logits[:, 3:]
+  np.testing.assert_allclose(logits, full, atol=1e-5)
+  # A row taken from another input's beams is refused (eager index).
+  with pytest.raises(ValueError, match="index_N"):
+    model.reorder_cache(cache, np.array([2, 1, 3, 2]))
+  with pytest.raises(ValueError, match="decoder_input_ids_NxT"):
+    step(jnp.asarray(dec_ids[:2, 3:4]), cache)
 
 
 def test_default_global_is_first_token_and_all_local_warns(tmp_path):

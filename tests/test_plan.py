@@ -138,13 +138,19 @@ def test_no_config_json(tmp_path):
     plan_steps.mlm_steps(c, jax.devices())
 
 
-def test_charlm_is_not_planned(capsys):
-  code, _, err = _run(["--config", "configs/charlm_default.py:tiny",
-                       "--plan_for", "h100"], capsys)
+@pytest.mark.parametrize("config,why", [
+    ("configs/charlm_default.py:tiny", "'charlm' is not planned: the "
+     "char-LM has no init_from"),
+    ("configs/summarization_led.py:tiny", "'summarization' is not planned: "
+     "the planner does not build LED's train step"),
+])
+def test_unplanned_tasks_say_why(capsys, config, why):
+  code, _, err = _run(["--config", config, "--plan_for", "h100"], capsys)
   assert code == 2
   assert err.startswith("error: --plan_for: plans the tasks mlm, "
-                        "classification, qa, multiple_choice") and \
-      "char-LM is not planned" in err
+                        "classification, qa, multiple_choice (their model is "
+                        "init_from's config.json); config.task " + why), err
+  assert err.splitlines()[1].startswith("(--verbose")  # one message line
 
 
 def test_validate_without_data_and_with_offload(tmp_path):

@@ -120,17 +120,24 @@ class EncoderLayer(nnx.Module):
     return self.final_layer_norm(x_BxSxE + h), probs
 
 
-def _attend(q_BxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, key):
+def _attend(q_NxTxHxD, k_BxSxHxD, v_BxSxHxD, mask_BxTxS, dropout, key):
   """softmax(q k^T / sqrt(D) masked) v with float32 scores and softmax (a
-  masked score is NEG, finite). Returns [B, T, H*D] in q's dtype."""
-  b, t, h, d = q_BxTxHxD.shape
-  s_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxD * (d ** -0.5),
-                         k_BxSxHxD, preferred_element_type=jnp.float32)
-  s_BxHxTxS = jnp.where(mask_BxTxS[:, None], s_BxHxTxS, NEG)
-  p_BxHxTxS = dropout(jax.nn.softmax(s_BxHxTxS, axis=-1), rngs=key)
-  out = jnp.einsum("bhts,bshd->bthd", p_BxHxTxS.astype(v_BxSxHxD.dtype),
+  masked score is NEG, finite). Returns [N, T, H*D] in q's dtype.
+
+  N = B * G query rows: rows g*G .. g*G+G-1 (beams, contiguous as
+  transformers orders them) share key/value row g and mask row g, so beam
+  search keeps cross-attention keys/values once per input (G = 1: one
+  key/value row per query row)."""
+  n, t, h, d = q_NxTxHxD.shape
+  b = k_BxSxHxD.shape[0]
+  q_BxGxTxHxD = q_NxTxHxD.reshape(b, n // b, t, h, d)
+  s_BxGxHxTxS = jnp.einsum("bgthd,bshd->bghts", q_BxGxTxHxD * (d ** -0.5),
+                           k_BxSxHxD, preferred_element_type=jnp.float32)
+  s_BxGxHxTxS = jnp.where(mask_BxTxS[:, None, None], s_BxGxHxTxS, NEG)
+  p_BxGxHxTxS = dropout(jax.nn.softmax(s_BxGxHxTxS, axis=-1), rngs=key)
+  out = jnp.einsum("bghts,bshd->bgthd", p_BxGxHxTxS.astype(v_BxSxHxD.dtype),
                    v_BxSxHxD, preferred_element_type=jnp.float32)
-  return out.astype(q_BxTxHxD.dtype).reshape(b, t, h * d)
+  return out.astype(q_NxTxHxD.dtype).reshape(n, t, h * d)
 
 
 class DecoderAttention(nnx.Module):
@@ -178,7 +185,8 @@ class DecoderLayer(nnx.Module):
                cross_mask_BxTxS, dropout_key=None):
     """self_kv: the self-attention's (k, v) [B, M, H, D] (this call's own
     projections, or the cache's buffers holding them); cross_kv: (k, v)
-    [B, S, H, D] of the encoder output."""
+    [B', S, H, D] of the encoder output and cross_mask_BxTxS [B', T, S],
+    B' = B or B / beams (one row per input, shared by its beams: _attend)."""
     keys = ([None] * 6 if dropout_key is None
             else list(jax.random.split(dropout_key, 6)))
     a = self.self_attn(x_BxTxE, *self_kv, self_mask_BxTxM, keys[0])
@@ -481,25 +489,35 @@ class LEDForConditionalGeneration(nnx.Module):
     return self.led.encode(input_ids, attention_mask, global_attention_mask,
                            max_global=max_global)
 
-  def init_cache(self, enc_BxSxE, encoder_mask_BxS, max_length):
-    """The decoding cache for decode_step, a dict pytree (batch axis first
-    on every leaf that has one):
-      "self_k", "self_v": per decoder layer [B, max_length, H, D] zeros
-        (compute dtype), filled by decode_step;
+  def init_cache(self, enc_BxSxE, encoder_mask_BxS, max_length,
+                 num_beams=1):
+    """The decoding cache for decode_step, a dict pytree. Decoding runs
+    N = B * num_beams rows, input b's beams at rows b*num_beams ..
+    b*num_beams + num_beams - 1 (transformers' order); what is equal across
+    an input's beams is kept once per input:
+      "self_k", "self_v": per decoder layer [N, max_length, H, D] zeros
+        (compute dtype), filled by decode_step (per row);
       "cross_k", "cross_v": per decoder layer [B, S, H, D], the
-        cross-attention keys/values of enc_BxSxE, computed here once;
-      "encoder_mask": bool [B, S] (encoder_mask_BxS != 0; None: all True);
+        cross-attention keys/values of enc_BxSxE, computed here once
+        (per input);
+      "encoder_mask": bool [B, S] (encoder_mask_BxS != 0; None: all True;
+        per input);
       "length": int32 scalar, the number of positions decoded so far.
     max_length: static int, the most decoder positions (<=
-    max_decoder_position_embeddings)."""
+    max_decoder_position_embeddings). num_beams: static int >= 1, rows per
+    input (beam search); enc_BxSxE is NOT repeated per beam. Raises
+    ValueError naming max_length / num_beams."""
     cfg = self.cfg
     if not 0 < max_length <= cfg.max_decoder_position_embeddings:
       raise ValueError(f"max_length: expected 1 to "
                        f"{cfg.max_decoder_position_embeddings} "
                        f"(max_decoder_position_embeddings), got {max_length}")
+    if not isinstance(num_beams, (int, np.integer)) or num_beams < 1:
+      raise ValueError(f"num_beams: a positive int, got {num_beams!r}")
     b, s = enc_BxSxE.shape[:2]
     h, d = cfg.decoder_attention_heads, cfg.decoder_head_dim
-    zeros = jnp.zeros((b, max_length, h, d), DTYPES[cfg.compute_dtype])
+    zeros = jnp.zeros((b * num_beams, max_length, h, d),
+                      DTYPES[cfg.compute_dtype])
     cross = [layer.encoder_attn.kv(enc_BxSxE)
              for layer in self.led.decoder.layers]
     return {
@@ -511,49 +529,78 @@ class LEDForConditionalGeneration(nnx.Module):
         "length": jnp.zeros((), jnp.int32),
     }
 
-  def decode_step(self, decoder_input_ids_BxT, cache):
-    """Logits float32 [B, T, V] of the next T tokens, at decoder positions
+  def decode_step(self, decoder_input_ids_NxT, cache):
+    """Logits float32 [N, T, V] of the next T tokens, at decoder positions
     cache["length"] .. length + T - 1, and the cache with their keys and
-    values written and length + T. Equal to the full decoder on the same
-    prefix (tests/test_led.py). Static shapes: each query attends the whole
-    buffer, positions after its own masked. Positions past the buffer are
-    not checked under jit (dynamic_update_slice would clip them)."""
+    values written and length + T. N = the cache's rows (B * num_beams of
+    init_cache); each row's cross-attention reads its input's keys/values.
+    Equal to the full decoder on the same prefix and the input repeated
+    per beam (tests/test_led.py). Static shapes: each query attends the
+    whole buffer, positions after its own masked. Positions past the
+    buffer are not checked under jit (dynamic_update_slice would clip
+    them)."""
     dec = self.led.decoder
-    ids = jnp.asarray(decoder_input_ids_BxT)
-    b, t = ids.shape
+    ids = jnp.asarray(decoder_input_ids_NxT)
+    n, t = ids.shape
     length = cache["length"]
-    m = cache["self_k"][0].shape[1]
+    rows, m = cache["self_k"][0].shape[:2]
+    if n != rows:
+      raise ValueError(f"decoder_input_ids_NxT: {n} rows, the cache has "
+                       f"{rows} (batch * num_beams)")
     if common.is_concrete(length) and int(length) + t > m:
-      raise ValueError(f"decoder_input_ids_BxT: {t} tokens after "
+      raise ValueError(f"decoder_input_ids_NxT: {t} tokens after "
                        f"{int(length)} overflow the cache's {m} positions")
     pos_T = length + jnp.arange(t)
-    x_BxTxE = dec.embed(_table(self.led.shared), ids, pos_T)
+    x_NxTxE = dec.embed(_table(self.led.shared), ids, pos_T)
     self_mask = jnp.broadcast_to(
-        (jnp.arange(m)[None, :] <= pos_T[:, None])[None], (b, t, m))
-    enc_mask = cache["encoder_mask"]
-    cross_mask = jnp.broadcast_to(enc_mask[:, None, :],
-                                  (b, t, enc_mask.shape[1]))
+        (jnp.arange(m)[None, :] <= pos_T[:, None])[None], (n, t, m))
+    enc_mask_BxS = cache["encoder_mask"]
+    cross_mask = jnp.broadcast_to(enc_mask_BxS[:, None, :],
+                                  (enc_mask_BxS.shape[0], t,
+                                   enc_mask_BxS.shape[1]))
     new_k, new_v = [], []
     for i, layer in enumerate(dec.layers):
-      k_BxTxHxD, v_BxTxHxD = layer.self_attn.kv(x_BxTxE)
+      k_NxTxHxD, v_NxTxHxD = layer.self_attn.kv(x_NxTxE)
       at = (0, length, 0, 0)
       k = jax.lax.dynamic_update_slice(
-          cache["self_k"][i], k_BxTxHxD.astype(cache["self_k"][i].dtype), at)
+          cache["self_k"][i], k_NxTxHxD.astype(cache["self_k"][i].dtype), at)
       v = jax.lax.dynamic_update_slice(
-          cache["self_v"][i], v_BxTxHxD.astype(cache["self_v"][i].dtype), at)
-      x_BxTxE = layer(x_BxTxE, (k, v), self_mask,
+          cache["self_v"][i], v_NxTxHxD.astype(cache["self_v"][i].dtype), at)
+      x_NxTxE = layer(x_NxTxE, (k, v), self_mask,
                       (cache["cross_k"][i], cache["cross_v"][i]), cross_mask)
       new_k.append(k)
       new_v.append(v)
     cache = dict(cache, self_k=new_k, self_v=new_v,
                  length=(length + t).astype(jnp.int32))
-    return self.logits(x_BxTxE), cache
+    return self.logits(x_NxTxE), cache
 
   @staticmethod
-  def reorder_cache(cache, index_B):
-    """The cache with rows taken by index_B ([B'] int: x[index_B] on every
-    leaf with a batch axis; length unchanged), for beam search."""
-    return jax.tree.map(lambda x: x if x.ndim == 0 else x[index_B], cache)
+  def reorder_cache(cache, index_N):
+    """The cache with its rows taken by index_N ([N] int), for beam search:
+    the self-attention buffers become self_k[index_N] (row i continues
+    row index_N[i]); the per-input entries (cross_k, cross_v,
+    encoder_mask) and length are returned as they are, not copied.
+
+    Assumes what beam search guarantees: every row stays within its
+    input's beams, index_N[i] // num_beams == i // num_beams (num_beams =
+    N / the per-input rows). A concrete index_N that breaks it raises
+    ValueError; under jit it is not checked and rows that leave their input
+    would keep their own input's cross-attention. With num_beams = 1 only
+    the identity is allowed: to take rows across inputs, build the cache
+    from the encoder output taken by the same index."""
+    n = cache["self_k"][0].shape[0]
+    beams = n // cache["encoder_mask"].shape[0]
+    if common.is_concrete(index_N):
+      idx = np.asarray(index_N)
+      if idx.shape != (n,) or np.any(idx // beams != np.arange(n) // beams):
+        raise ValueError(
+            f"index_N: {n} row indices each within its input's {beams} "
+            f"beams (index_N[i] // {beams} == i // {beams}), got "
+            f"{idx.tolist()}")
+    index_N = jnp.asarray(index_N)
+    take = lambda xs: [x[index_N] for x in xs]  # noqa: E731
+    return dict(cache, self_k=take(cache["self_k"]),
+                self_v=take(cache["self_v"]))
 
   def generate(self, input_ids, attention_mask=None,
                global_attention_mask=None, **kwargs):

@@ -16,7 +16,8 @@ A task module has:
     `python -m lfjax.export` writes a folder transformers loads.
 
 The fine-tuning tasks (classification, ...) describe themselves with a
-finetune.Spec and share the rest (lfjax.tasks.finetune).
+finetune.Spec and share the rest (lfjax.tasks.finetune: training;
+lfjax.tasks.finetune_commands: evaluation command and export).
 
 A new task is one module here, one config file under configs/ and its
 name in TASKS. Modules are imported on first use, so nothing here imports a

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_commands
 from lfjax.tasks import finetune_data
 
 KIND = "a classifier"
@@ -309,4 +310,4 @@ SPEC = finetune.Spec(
 
 
 (train_and_evaluate, next_steps, load_trained, export,
- evaluate_main) = finetune.entry_points(SPEC, base_config, from_hf)
+ evaluate_main) = finetune_commands.entry_points(SPEC, base_config, from_hf)

@@ -42,6 +42,7 @@ import optax
 
 from lfjax import checks as ck
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_commands
 from lfjax.tasks import finetune_data
 
 KIND = "a multiple-choice model"
@@ -272,4 +273,4 @@ SPEC = finetune.Spec(
 
 
 (train_and_evaluate, next_steps, load_trained, export,
- evaluate_main) = finetune.entry_points(SPEC, base_config, from_hf)
+ evaluate_main) = finetune_commands.entry_points(SPEC, base_config, from_hf)

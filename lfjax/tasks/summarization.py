@@ -46,6 +46,7 @@ import optax
 
 from lfjax import checks as ck
 from lfjax.tasks import finetune
+from lfjax.tasks import finetune_commands
 from lfjax.tasks import finetune_data
 from lfjax.tasks import summarization_model as sm
 
@@ -334,4 +335,4 @@ SPEC = finetune.Spec(
 
 
 (train_and_evaluate, next_steps, load_trained, export,
- evaluate_main) = finetune.entry_points(SPEC, base_config, from_hf)
+ evaluate_main) = finetune_commands.entry_points(SPEC, base_config, from_hf)
