@@ -15,7 +15,7 @@ parquet / a `datasets` folder; --config.data.document_field=article
 --config.data.summary_field=abstract for arXiv's scientific_papers).
 init_from is a local LED folder (transformers' LEDForConditionalGeneration:
 allenai/led-base-16384 saved locally, or an LED made from a BART with
-lfjax.models.led.make_led); nothing is downloaded. Defaults: the paper's
+lfjax.led_convert.make_led); nothing is downloaded. Defaults: the paper's
 recipe (encoder window 1,024 as in the checkpoint, global attention on
 the first <s>, 16K inputs, teacher forcing, beam search) and the
 authors' scripts/summarization.py (LR 3e-5, 5 epochs, batch 16, 256

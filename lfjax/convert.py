@@ -429,6 +429,10 @@ def main(argv=None):
   if os.path.abspath(args.src) == os.path.abspath(args.dst):
     raise cli.UsageError("--to: expected a directory other than --from (the "
                          "source checkpoint is never overwritten)")
+  if os.path.exists(os.path.join(args.dst, "config.json")):
+    raise cli.UsageError(f"--to: {args.dst!r} already holds a checkpoint "
+                         "(config.json); choose a new folder (nothing is "
+                         "overwritten)")
   if args.max_positions < 1:
     raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
                          f"{args.max_positions}")

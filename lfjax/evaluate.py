@@ -27,6 +27,8 @@ import json
 import pathlib
 import sys
 
+from absl import flags
+
 from lfjax import cli
 from lfjax import tasks
 
@@ -104,6 +106,12 @@ def overview():
           "--workdir MLM_RUN --help.")
 
 
+# The evaluation flags of the data-file tasks that the char-LM's parser
+# does not know.
+_DATA_FLAGS = ("data", "predictions", "num_beams", "max_length",
+               "max_answer_tokens")
+
+
 def main(argv=None):
   """`python -m lfjax.evaluate --workdir DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags, and the loading and
@@ -128,7 +136,19 @@ def main(argv=None):
     raise ValueError(f"workdir: {_flag_value(argv, 'workdir')}/config.json "
                      f"names task {task!r}; expected one of "
                      f"{list(tasks.TASKS)}") from e
-  module.evaluate_main(argv)
+  workdir = _flag_value(argv, "workdir")
+  try:
+    module.evaluate_main(argv)
+  except (cli.UsageError, flags.Error) as e:
+    # A --workdir without config.json reads as a char-LM run, whose parser
+    # then refuses the other tasks' flags (--data): name the real problem.
+    if (workdir is not None and not (pathlib.Path(workdir)
+                                     / "config.json").is_file()
+        and any(f"flag '{name}'" in str(e) for name in _DATA_FLAGS)):
+      raise FileNotFoundError(
+          f"workdir: {workdir}/config.json does not exist (expected a run "
+          "folder of python -m lfjax.train)") from None
+    raise
 
 
 if __name__ == "__main__":

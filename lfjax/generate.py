@@ -20,6 +20,11 @@ LEDForConditionalGeneration has them):
       index_N[i]; index_N never leaves an input's beams, so per-input
       entries stay as they are)
 
+and optionally check_inputs(input_ids_BxS, attention_mask_BxS,
+global_attention_mask_BxS), called once with the concrete inputs before the
+compiled program (value checks and warnings a traced program cannot make:
+LED's all-local warning),
+
 and an optional `generation_config` dict (transformers' GenerationConfig
 field names: the model's defaults, as a checkpoint's
 generation_config.json gives them).
@@ -390,6 +395,9 @@ def generate(model, input_ids, attention_mask=None,
   mask_BxS = masks.get("attention_mask", np.ones_like(ids_BxS, np.int32))
   glob_BxS = masks.get("global_attention_mask")
 
+  check = getattr(model, "check_inputs", None)
+  if check is not None:
+    check(ids_BxS, masks.get("attention_mask"), glob_BxS)
   encode_kwargs = dict(encode_kwargs or {})
   if (glob_BxS is not None and "max_global" not in encode_kwargs
       and "max_global" in inspect.signature(model.encode).parameters

@@ -223,7 +223,8 @@ def from_pretrained(path, head=None, arg="path", **overrides):
   and ValueError (not an LED, an architecture lfjax lacks, tensors that do
   not fit: each message names the field or tensor)."""
   cfg = config_from_pretrained(path, arg, **overrides)
-  d = json.loads(open(os.path.join(path, "config.json")).read())
+  with open(os.path.join(path, "config.json")) as f:
+    d = json.load(f)
   if head is None:
     archs = d.get("architectures") or ["LEDForConditionalGeneration"]
     if archs[0] not in _ARCHITECTURES:
@@ -399,6 +400,10 @@ def main(argv=None):
   if os.path.abspath(args.src) == os.path.abspath(args.dst):
     raise cli.UsageError("--to: expected a directory other than --from (the "
                          "source checkpoint is never overwritten)")
+  if os.path.exists(os.path.join(args.dst, "config.json")):
+    raise cli.UsageError(f"--to: {args.dst!r} already holds a checkpoint "
+                         "(config.json); choose a new folder (nothing is "
+                         "overwritten)")
   if args.max_positions < 1:
     raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
                          f"{args.max_positions}")

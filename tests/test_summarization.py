@@ -10,6 +10,8 @@ Tests that need transformers or torch (the Python 3.11 leg) skip without.
 """
 
 import json
+import shutil
+import warnings
 
 import jax
 import numpy as np
@@ -431,3 +433,95 @@ def test_evaluates_a_transformers_led_folder(tiny_led, tmp_path, capsys):
   assert [p["line"] for p in preds] == [1, 2]
   assert [p["reference"] for p in preds] == [r["summary"]
                                              for r in toy_pairs(2, 1)]
+
+
+# A tokenizer that is not the model's ------------------------------------------
+
+
+def copy_model_only(src, dst):
+  """The checkpoint's config and weights without its tokenizer files (what
+  save_pretrained or a convert of a tokenizer-less BART writes)."""
+  dst.mkdir()
+  for name in ("config.json", "model.safetensors", "generation_config.json"):
+    shutil.copy(src / name, dst / name)
+  return dst
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tiny_led, tmp_path,
+                                                     capsys):
+  # transformers 5 loads an EMPTY tokenizer from such a folder (every text
+  # -> <s></s>): the run trained and scored on nothing.
+  from lfjax import cli
+  from lfjax import train
+  bare = copy_model_only(tiny_led, tmp_path / "bare")
+  write_jsonl(tmp_path / "train.jsonl", toy_pairs(8, 0))
+  rc = cli.run(train.main, [
+      "--config", "configs/summarization_led.py:tiny",
+      f"--config.init_from={bare}",
+      f"--config.data.train={tmp_path / 'train.jsonl'}",
+      "--workdir", str(tmp_path / "run")])
+  err = capsys.readouterr().err
+  assert rc != 0 and "no tokenizer files" in err and str(bare) in err
+  assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_tokenizer_of_another_model_is_refused(tiny_led, tmp_path):
+  from lfjax.data import text
+  from lfjax.tasks import finetune_model
+  # Expected from the files themselves: the tiny LED's config.json and
+  # its tokenizer's vocabulary.
+  cfg = json.loads((tiny_led / "config.json").read_text())
+  tok = finetune_model.load_tokenizer(tiny_led, tiny_led)
+  assert len(tok) <= cfg["vocab_size"]
+  small = copy_model_only(tiny_led, tmp_path / "small")
+  d = dict(cfg, vocab_size=len(tok) - 1)
+  (small / "config.json").write_text(json.dumps(d))
+  with pytest.raises(ValueError, match=rf"data.tokenizer: .* {len(tok)} "
+                     rf"tokens, more than the model's vocab_size="
+                     rf"{len(tok) - 1}"):
+    finetune_model.load_tokenizer(tiny_led, small)
+  other_pad = copy_model_only(tiny_led, tmp_path / "pad")
+  (other_pad / "config.json").write_text(json.dumps(
+      dict(cfg, pad_token_id=cfg["pad_token_id"] + 3)))
+  with pytest.raises(ValueError, match="pad_token_id"):
+    text.check_fits(tok, other_pad, tokenizer_dir=tiny_led)
+
+
+def test_generate_warns_once_for_an_all_local_mask(tiny_led):
+  from lfjax import led_convert
+  from lfjax.models import led
+  model = led_convert.from_pretrained(str(tiny_led))
+  ids = np.array([[0, 5, 6, 7, 2]])
+  led._WARNED_ALL_LOCAL.clear()  # noqa: SLF001 (once per process)
+  with pytest.warns(UserWarning, match="no token has global attention"):
+    model.generate(ids, global_attention_mask=np.zeros_like(ids),
+                   max_length=4)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    model.generate(ids, global_attention_mask=np.zeros_like(ids),
+                   max_length=4)
+  with pytest.raises(ValueError, match="input_ids: expected int"):
+    model(ids.astype(np.float32))
+
+
+def test_convert_commands_never_write_over_a_checkpoint(tiny_led, tmp_path,
+                                                        capsys):
+  from lfjax import cli
+  from lfjax import convert
+  from lfjax import led_convert
+  taken = copy_model_only(tiny_led, tmp_path / "taken")
+  before = (taken / "model.safetensors").read_bytes()
+  for main in (convert.main, led_convert.main):
+    rc = cli.run(main, ["--from", str(tiny_led), "--to", str(taken)])
+    assert rc != 0 and "already holds a checkpoint" in capsys.readouterr().err
+  assert (taken / "model.safetensors").read_bytes() == before
+
+
+def test_evaluate_names_a_missing_run_folder(tmp_path, capsys):
+  from lfjax import cli
+  from lfjax import evaluate
+  rc = cli.run(evaluate.main, ["--workdir", str(tmp_path / "none"),
+                               "--data", "x.jsonl"])
+  err = capsys.readouterr().err
+  assert rc != 0 and "workdir" in err and "config.json does not exist" in err
+  assert "Unknown command line flag" not in err

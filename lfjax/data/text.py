@@ -17,7 +17,9 @@ of a document sum to its length; separators own none.
 """
 
 import dataclasses
+import json
 import os
+import pathlib
 import zlib
 
 import numpy as np
@@ -48,6 +50,14 @@ def load_tokenizer(path, *, needs=("mask", "pad"), purpose="MLM data"):
     raise FileNotFoundError(f"tokenizer: expected a local directory with the "
                             f"tokenizer files (vocab.json/merges.txt or "
                             f"tokenizer.json), got {path!r}")
+  if not has_tokenizer_files(path):
+    # transformers 5 builds an EMPTY tokenizer from a folder without them
+    # (5 special tokens, every text encoded as <s></s>): a run would train
+    # and score on nothing without a word.
+    raise FileNotFoundError(
+        f"tokenizer: no tokenizer files in {path!r} (expected tokenizer.json, "
+        f"vocab.json + merges.txt, vocab.txt or a sentencepiece .model); "
+        f"copy them next to config.json")
   try:
     tok = transformers.AutoTokenizer.from_pretrained(path,
                                                      local_files_only=True)
@@ -64,6 +74,49 @@ def load_tokenizer(path, *, needs=("mask", "pad"), purpose="MLM data"):
                        f"{purpose} needs " + " and ".join(needs)
                        + " tokens")
   return tok
+
+
+# What a Hugging Face tokenizer is read from: a fast tokenizer's
+# tokenizer.json, or the vocabulary a slow one converts (BPE, WordPiece,
+# sentencepiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
+
+
+def has_tokenizer_files(path):
+  """Whether the folder holds a tokenizer's vocabulary (TOKENIZER_FILES or
+  a sentencepiece *.model)."""
+  path = pathlib.Path(path)
+  return (any((path / name).is_file() for name in TOKENIZER_FILES)
+          or any(path.glob("*.model")))
+
+
+def check_fits(tok, model_dir, *, tokenizer_dir, arg="data.tokenizer"):
+  """Refuses a tokenizer that does not belong to the checkpoint in
+  model_dir (its config.json): more tokens than the model's vocab_size
+  (their ids would index past the embedding table: NaN losses), or a pad,
+  <s> or </s> id other than the model's where both define it (padding
+  would be read as text, summaries would never end). No config.json: no
+  check.
+
+  Raises ValueError naming `arg`."""
+  cfg_path = pathlib.Path(model_dir) / "config.json"
+  if not cfg_path.is_file():
+    return
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  vocab = cfg.get("vocab_size")
+  if isinstance(vocab, int) and len(tok) > vocab:
+    raise ValueError(
+        f"{arg}: the tokenizer of {str(tokenizer_dir)!r} has {len(tok)} "
+        f"tokens, more than the model's vocab_size={vocab} ({cfg_path}); use "
+        f"the checkpoint's own tokenizer files")
+  for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+    mine, theirs = getattr(tok, name, None), cfg.get(name)
+    if mine is not None and isinstance(theirs, int) and mine != theirs:
+      raise ValueError(
+          f"{arg}: the tokenizer of {str(tokenizer_dir)!r} has {name}={mine}, "
+          f"the model's config.json ({cfg_path}) {theirs}: not this model's "
+          f"tokenizer; use the checkpoint's own tokenizer files")
 
 
 def train_tokenizer(texts, path, vocab_size=1000):

@@ -324,9 +324,9 @@ class LEDModel(nnx.Module):
     [B, S] bool, global mask [B, S] bool, rows to poison or None, cap)."""
     cfg = self.cfg
     ids = jnp.asarray(input_ids)
-    if ids.ndim != 2:
-      raise ValueError(f"input_ids: expected [batch, seq], got shape "
-                       f"{ids.shape}")
+    if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+      raise ValueError(f"input_ids: expected int token ids [batch, seq], got "
+                       f"{ids.dtype} of shape {ids.shape}")
     b, s = ids.shape
     inputs.check_index("input_ids", ids, cfg.vocab_size, "shared")
     if s > cfg.max_encoder_position_embeddings:
@@ -488,6 +488,17 @@ class LEDForConditionalGeneration(nnx.Module):
     as in LEDModel.__call__ (global default: the first token)."""
     return self.led.encode(input_ids, attention_mask, global_attention_mask,
                            max_global=max_global)
+
+  def check_inputs(self, input_ids, attention_mask=None,
+                   global_attention_mask=None):
+    """lfjax.generate's optional hook, called with the concrete inputs
+    before its compiled program: the value checks encode makes outside jit
+    (ids within the vocabulary, mask values, at most
+    max_encoder_position_embeddings tokens) and the all-local warning,
+    which the traced program cannot give. Raises ValueError naming the
+    argument."""
+    self.led.encoder_inputs(input_ids, attention_mask, global_attention_mask,
+                            None)
 
   def init_cache(self, enc_BxSxE, encoder_mask_BxS, max_length,
                  num_beams=1):

@@ -390,7 +390,7 @@ def train_and_evaluate(spec, config, workdir):
   # on one device: featurize's arrays as they are).
   seq = parallel.seq_shards(mesh)
   workdir = pathlib.Path(workdir)
-  tok = finetune_model.load_tokenizer(tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(tokenizer_dir(config), config.init_from)
   train_data = spec.read(config.data.train, config, "train")
   config = spec.resolve(config, train_data)
   arrays, info = spec.featurize(train_data, tok, config, True)

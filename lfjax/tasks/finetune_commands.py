@@ -128,7 +128,8 @@ def evaluate_main(spec, argv, base_config, from_hf):
       section, leaf = name.split(".")
       overrides[name] = (config[section][leaf], value)
       config[section][leaf] = value
-  tok = finetune_model.load_tokenizer(finetune.tokenizer_dir(config))
+  tok = finetune_model.load_tokenizer(finetune.tokenizer_dir(config),
+                                     args.model or config.init_from)
   data = spec.read(args.data, config, "eval")
   features = spec.featurize(data, tok, config, False)
   finetune.print_report(spec, args.data, data, *features, tok, config,

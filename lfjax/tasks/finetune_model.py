@@ -15,10 +15,14 @@ from lfjax import hf_weights
 from lfjax.data import text
 
 
-def load_tokenizer(path):
-  """The fast Hugging Face tokenizer of a local folder, with a pad token
-  (lfjax.data.text.load_tokenizer: its errors)."""
-  return text.load_tokenizer(path, needs=("pad",), purpose="fine-tuning")
+def load_tokenizer(path, model_dir=None):
+  """The fast Hugging Face tokenizer of a local folder, with a pad token,
+  checked against the checkpoint it will feed (model_dir's config.json:
+  lfjax.data.text.load_tokenizer and check_fits, their errors)."""
+  tok = text.load_tokenizer(path, needs=("pad",), purpose="fine-tuning")
+  if model_dir is not None:  # None: featurizing only, no model involved
+    text.check_fits(tok, model_dir, tokenizer_dir=path)
+  return tok
 
 
 _SUFFIX = {"sequence_classification": "ForSequenceClassification",

@@ -326,6 +326,15 @@ def train_and_evaluate(config, workdir):
   if model.cfg.vocab_size < corpus.vocab_size:
     raise ValueError(f"data.tokenizer: {corpus.vocab_size} tokens, more than "
                      f"the model's vocab_size={model.cfg.vocab_size}")
+  # The batches pad with the tokenizer's pad id; the model counts positions
+  # past its own (RoBERTa's position ids): they must agree.
+  # (The sequences' frame is the tokenizer's cls/sep or bos/eos, which a
+  # BERT's config does not name: not compared.)
+  if corpus.pad_id != model.cfg.pad_token_id:
+    raise ValueError(
+        f"data.tokenizer: the tokenizer's pad_token_id is {corpus.pad_id}, "
+        f"the model's {model.cfg.pad_token_id}: not this model's tokenizer; "
+        f"use the checkpoint's own")
   model.train()
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   model.eval()  # eval's graph: dropout off

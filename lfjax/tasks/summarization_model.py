@@ -25,7 +25,7 @@ def _config_json(path):
     raise ValueError(
         f"config.init_from: {path} holds a {d.get('model_type')!r} model; "
         "summarization fine-tunes an LED (model_type 'led': e.g. "
-        "allenai/led-base-16384 saved locally, or lfjax.models.led.make_led "
+        "allenai/led-base-16384 saved locally, or lfjax.led_convert.make_led "
         "of a BART; `python -m lfjax.make_tiny --led --to DIR` builds a "
         "tiny one for the :tiny config)")
   return d
