@@ -95,14 +95,14 @@ def test_extend_positions_copies_the_learned_rows(tmp_path):
   src = make_tiny.make_tiny_led(tmp_path / "src", documents=20,
                                 vocab_size=300, positions=24,
                                 decoder_positions=16, d_model=32, window=8)
-  dst = figure3_led.extend_positions(src, tmp_path / "dst", 60)
+  dst = figure3_led.extend_positions(src, tmp_path / "dst", 60, 20)
   old = load_file(str(src / "model.safetensors"))
   new = load_file(str(dst / "model.safetensors"))
   name = "led.encoder.embed_positions.weight"
   assert new[name].shape == (60, old[name].shape[1])
-  np.testing.assert_array_equal(new[name][:24], old[name])
-  np.testing.assert_array_equal(new[name][24:48], old[name])
-  np.testing.assert_array_equal(new[name][48:], old[name][:12])
+  for start in (0, 20, 40):  # rows 0..19 three times
+    np.testing.assert_array_equal(new[name][start:start + 20],
+                                  old[name][:20])
   assert set(new) == set(old)
   for k in old:
     if k != name:
@@ -112,4 +112,6 @@ def test_extend_positions_copies_the_learned_rows(tmp_path):
   assert cfg["max_decoder_position_embeddings"] == 16
   assert (dst / "tokenizer.json").exists()
   # A folder already written is kept as it is.
-  assert figure3_led.extend_positions(src, dst, 60) == dst
+  assert figure3_led.extend_positions(src, dst, 60, 20) == dst
+  with pytest.raises(figure3_led.commands.Error, match="fewer than the 30"):
+    figure3_led.extend_positions(src, tmp_path / "dst2", 60, 30)
