@@ -2,6 +2,8 @@
 tables of contents, built at run time from this Python's standard library.
 
   python experiments/figure3_data.py --out /tmp/lfjax_fig3/data
+  python experiments/figure3_data.py --out /tmp/lfjax_fig3/dense \
+      --dense 2 --chars 1200
 
 A document is whole standard-library source files of one split (the
 char-LM's split of the same files: lfjax.data.chars.split_of) concatenated
@@ -12,6 +14,13 @@ whole document, so a model that reads only its first K tokens can at best
 recover the names defined there: ROUGE can grow with the input length, as
 in the paper's Figure 3 (arXiv summarization, 1K -> 4K -> 16K tokens),
 where a model that ignored the document's later parts would not gain.
+
+--dense N builds short, dense documents instead, for pretraining the
+copying before the long task (our stand-in for LED's pretrained BART):
+definition snippets (each top-level def/class line and the N lines after
+it) of the split, in a seeded random order, until the next would pass
+--chars; the summary is again the document's top-level names in order
+(a snippet's following lines may hold another definition: it counts).
 
 Writes train.jsonl, valid.jsonl and test.jsonl ({"document", "summary"}
 per line) and meta.json (counts, characters, names per document, the
@@ -66,13 +75,56 @@ def documents(files, *, doc_chars, count, seed):
   return out
 
 
-def build(out, *, doc_chars, counts, seed=0):
+def snippets(text, lines):
+  """The definition snippets of Python source text: each top-level
+  def/class line with the `lines` lines after it (fewer at the end), each
+  ending in a newline, in order."""
+  rows = text.splitlines(keepends=True)
+  out = []
+  for i, row in enumerate(rows):
+    if DEFINITION.match(row):
+      snippet = "".join(rows[i:i + 1 + lines])
+      out.append(snippet if snippet.endswith("\n") else snippet + "\n")
+  return out
+
+
+def dense_documents(files, *, doc_chars, count, seed, lines):
+  """[(document, names)]: `count` documents of definition snippets (see
+  snippets) of the files, in a seeded order (reused when they run out),
+  each holding whole snippets while they fit in doc_chars (at least one)."""
+  pool = [s for _, text in files for s in snippets(text, lines)]
+  if not pool:
+    raise ValueError("no top-level definitions in the split's files")
+  rng = random.Random(seed)
+  order, pos, out = list(range(len(pool))), len(pool), []
+  while len(out) < count:
+    parts, size = [], 0
+    while True:
+      if pos == len(order):
+        rng.shuffle(order)
+        pos = 0
+      piece = pool[order[pos]]
+      if parts and size + len(piece) > doc_chars:
+        break  # this snippet opens the next document
+      parts.append(piece)
+      size += len(piece)
+      pos += 1
+    doc = "".join(parts)
+    out.append((doc, toc(doc)))
+  return out
+
+
+def build(out, *, doc_chars, counts, seed=0, dense=None):
   """Writes the three jsonl files and meta.json under `out`; returns the
-  meta dict. counts: {split: documents}. Raises ValueError when `out`
+  meta dict. counts: {split: documents}; dense: None for documents of
+  whole files, or N for dense documents of definition snippets with N
+  lines after each definition (module doc). Raises ValueError when `out`
   holds a data set built with other settings."""
   out = pathlib.Path(out)
   settings = {"chars": doc_chars, "counts": counts, "seed": seed,
               "source": "pystdlib top-level def/class names"}
+  if dense is not None:
+    settings["dense"] = dense
   meta_path = out / "meta.json"
   if meta_path.exists():
     meta = json.loads(meta_path.read_text())
@@ -89,8 +141,12 @@ def build(out, *, doc_chars, counts, seed=0):
   meta = {"settings": settings, "splits": {}}
   for split, n in counts.items():
     # The splits hold different files, so one seed serves all three.
-    docs = documents(by_split[split], doc_chars=doc_chars, count=n,
-                     seed=seed)
+    if dense is None:
+      docs = documents(by_split[split], doc_chars=doc_chars, count=n,
+                       seed=seed)
+    else:
+      docs = dense_documents(by_split[split], doc_chars=doc_chars, count=n,
+                             seed=seed, lines=dense)
     tmp = out / f"{split}.jsonl.tmp"
     with open(tmp, "w") as f:
       for doc, names in docs:
@@ -115,11 +171,16 @@ def main(argv=None):
   p.add_argument("--valid", type=int, default=32, help="validation documents")
   p.add_argument("--test", type=int, default=64, help="test documents")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--dense", type=int, default=None, metavar="N",
+                 help="dense documents of definition snippets: each "
+                 "top-level def/class line and the N lines after it")
   a = p.parse_args(argv)
   for name in ("chars", "train", "valid", "test"):
     if getattr(a, name) < 1:
       p.error(f"--{name}: expected an integer >= 1, got {getattr(a, name)}")
-  meta = build(a.out, doc_chars=a.chars, seed=a.seed,
+  if a.dense is not None and a.dense < 0:
+    p.error(f"--dense: expected an integer >= 0, got {a.dense}")
+  meta = build(a.out, doc_chars=a.chars, seed=a.seed, dense=a.dense,
                counts={"train": a.train, "valid": a.valid, "test": a.test})
   print(json.dumps(meta["splits"], indent=1))
 

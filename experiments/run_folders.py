@@ -74,11 +74,20 @@ def _diff(old, new):
           if fo[k] != fn[k]}
 
 
-def total_steps(config):
-  """Steps a run config trains: the sum of a staged schedule, or steps."""
+def total_steps(config, steps=None):
+  """Steps a run config trains: the sum of a staged schedule, or steps; a
+  fine-tuning config (train.epochs: its steps depend on its data) has
+  none of them and needs the caller's count, `steps`.
+
+  Raises Error for a config without either and no `steps`."""
   if "schedule" in config:
     return sum(config["schedule"]["steps"])
-  return config["steps"]
+  if "steps" in config:
+    return config["steps"]
+  if steps is None:
+    raise Error("a fine-tuning run's steps follow from train.epochs and "
+                "its data: pass steps= (the script's count)")
+  return steps
 
 
 def saved_versions(workdir):
@@ -95,13 +104,15 @@ def saved_versions(workdir):
   return out
 
 
-def check_reuse(requested, workdir, hint):
+def check_reuse(requested, workdir, hint, steps=None):
   """Whether the run folder needs training for the requested config:
   "train" (empty, or a shorter run of the same config that lfjax.train
   resumes with the longer schedule) or "done" (it holds exactly the
   requested run).
 
   hint: the script's flags that choose the run (named in the error).
+  steps: the run's total steps when its config has no schedule or steps
+  (a fine-tuning run, see total_steps).
 
   Raises Error when the folder holds a run that is longer than requested
   (its newest checkpoint, or its schedule) or was trained, at any point of
@@ -113,7 +124,7 @@ def check_reuse(requested, workdir, hint):
   versions = saved_versions(workdir)
   if not step or not versions:
     return "train"  # nothing trained: lfjax.train starts it fresh
-  want = total_steps(requested)
+  want = total_steps(requested, steps)
   for version in versions:
     changed = {k: v for k, v in _diff(version, requested).items()
                if k != "schedule.steps"}
@@ -123,7 +134,8 @@ def check_reuse(requested, workdir, hint):
       raise Error(f"{workdir} holds a run trained with another config than "
                   f"requested ({fields}). Use another {hint}, or remove "
                   "that run folder to retrain it.")
-  have = total_steps(versions[-1])
+  # A fine-tuning run's fields are those requested (checked above).
+  have = total_steps(versions[-1], want)
   if step > want or have > want:
     raise Error(f"{workdir} holds a run of {have} steps (newest checkpoint "
                 f"{step}), longer than the {want} requested; reporting it "
@@ -238,16 +250,18 @@ def timing(workdir, timing_file=TIMING):
   return summarize(read_segments(workdir, newest, timing_file), newest)
 
 def train(config, workdir, overrides=(), hint="--root",
-          timing_file=TIMING):
+          timing_file=TIMING, steps=None):
   """Trains, resumes or reads the run of `python -m lfjax.train --config
   <config> <overrides>` in workdir (see check_reuse); returns its metrics
-  records and its timing (summarize()).
+  records and its timing (summarize()). steps: the run's total steps when
+  its config has none (fine-tuning: train.epochs over its data).
 
   Raises Error: a run folder holding another run (check_reuse), or a
   failed training (run)."""
   workdir = pathlib.Path(workdir)
   requested = requested_config(config, overrides)
-  if check_reuse(requested, workdir, hint) == "train":
+  want = total_steps(requested, steps)
+  if check_reuse(requested, workdir, hint, want) == "train":
     args = ["lfjax.train", "--config", config, "--workdir", str(workdir),
             *overrides]
     before = newest_step(workdir)
@@ -258,9 +272,9 @@ def train(config, workdir, overrides=(), hint="--root",
         add_segment(workdir, before, after, usage, shlex.join(args),
                     timing_file)
     run(args, workdir.parent / f"{workdir.name}.log", on_exit=record)
-    if newest_step(workdir) < total_steps(requested):
+    if newest_step(workdir) < want:
       raise Error(f"{workdir}: `{shown(args)}` ended at step "
-                  f"{newest_step(workdir)} of {total_steps(requested)}")
+                  f"{newest_step(workdir)} of {want}")
   return metrics(workdir), timing(workdir, timing_file)
 
 

@@ -214,6 +214,26 @@ def test_killed_longer_schedule_is_refused_at_the_requested_step(tmp_path):
     run_folders.check_reuse(want, run, "--root")
 
 
+def test_fine_tuning_runs_take_their_steps_from_the_caller(tmp_path):
+  # A fine-tuning config has train.epochs, no schedule or steps.
+  config = {"task": "summarization", "seed": 0, "train": {"epochs": 1.0}}
+  with pytest.raises(commands.Error, match="pass steps="):
+    run_folders.total_steps(config)
+  assert run_folders.total_steps(config, 150) == 150
+  assert run_folders.check_reuse(config, tmp_path / "none", "--root",
+                                 150) == "train"
+  run = _run_folder(tmp_path / "L256_s0", config, steps=(150,))
+  assert run_folders.check_reuse(config, run, "--root", 150) == "done"
+  with pytest.raises(commands.Error, match="newest checkpoint 150.*the 100 "
+                     "requested"):
+    run_folders.check_reuse(config, run, "--root", 100)
+  killed = _run_folder(tmp_path / "L256_s1", config, steps=(60,))
+  assert run_folders.check_reuse(config, killed, "--root", 150) == "train"
+  other = {"task": "summarization", "seed": 1, "train": {"epochs": 1.0}}
+  with pytest.raises(commands.Error, match="seed: 0 in the run, 1"):
+    run_folders.check_reuse(other, run, "--root", 150)
+
+
 def test_table4_steps_mismatch_is_one_error_line(tmp_path, capsys):
   table4 = _load("table4_windows")
   _run_folder(tmp_path / "quick" / "decreasing_s0",
