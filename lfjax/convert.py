@@ -401,6 +401,33 @@ def copy_tokenizer(src, dst, max_length=None):
   return copied
 
 
+def check_cli_args(args):
+  """The checks both make-long commands (this module's and
+  lfjax.led_convert's) make of --from, --to, --max_positions and
+  --attention_window (None: the model's own windows). Raises
+  cli.UsageError naming the flag; nothing is ever written over a
+  checkpoint."""
+  from lfjax import cli
+  if not os.path.isdir(args.src):
+    raise cli.UsageError(f"--from: expected a local checkpoint directory "
+                         f"(config.json, weights, tokenizer files), got "
+                         f"{args.src!r}: no such directory")
+  if os.path.abspath(args.src) == os.path.abspath(args.dst):
+    raise cli.UsageError("--to: expected a directory other than --from (the "
+                         "source checkpoint is never overwritten)")
+  if os.path.exists(os.path.join(args.dst, "config.json")):
+    raise cli.UsageError(f"--to: {args.dst!r} already holds a checkpoint "
+                         "(config.json); choose a new folder (nothing is "
+                         "overwritten)")
+  if args.max_positions < 1:
+    raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
+                         f"{args.max_positions}")
+  if args.attention_window is not None and (
+      args.attention_window < 2 or args.attention_window % 2):
+    raise cli.UsageError(f"--attention_window: expected a positive even int "
+                         f"(the full window), got {args.attention_window}")
+
+
 def main(argv=None):
   """`python -m lfjax.convert --from DIR --to DIR ...`; argv excludes the
   program name. Raises cli.UsageError for bad flags or --to == --from."""
@@ -422,24 +449,7 @@ def main(argv=None):
                  "(default: a Longformer's own per-layer windows; 512 for "
                  "RoBERTa and BERT)")
   args = p.parse_args(argv)
-  if not os.path.isdir(args.src):
-    raise cli.UsageError(f"--from: expected a local checkpoint directory "
-                         f"(config.json, weights, tokenizer files), got "
-                         f"{args.src!r}: no such directory")
-  if os.path.abspath(args.src) == os.path.abspath(args.dst):
-    raise cli.UsageError("--to: expected a directory other than --from (the "
-                         "source checkpoint is never overwritten)")
-  if os.path.exists(os.path.join(args.dst, "config.json")):
-    raise cli.UsageError(f"--to: {args.dst!r} already holds a checkpoint "
-                         "(config.json); choose a new folder (nothing is "
-                         "overwritten)")
-  if args.max_positions < 1:
-    raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
-                         f"{args.max_positions}")
-  if args.attention_window is not None and (
-      args.attention_window < 2 or args.attention_window % 2):
-    raise cli.UsageError(f"--attention_window: expected a positive even int "
-                         f"(the full window), got {args.attention_window}")
+  check_cli_args(args)
   model = from_pretrained(args.src, arg="--from")
   long_model = make_long(model, args.max_positions, args.attention_window)
   to_pretrained(long_model, args.dst)

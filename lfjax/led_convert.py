@@ -394,22 +394,7 @@ def main(argv=None):
                  help="FULL encoder window (even), as transformers counts "
                  "it; the paper's LED used 1024")
   args = p.parse_args(argv)
-  if not os.path.isdir(args.src):
-    raise cli.UsageError(f"--from: expected a local checkpoint directory, "
-                         f"got {args.src!r}: no such directory")
-  if os.path.abspath(args.src) == os.path.abspath(args.dst):
-    raise cli.UsageError("--to: expected a directory other than --from (the "
-                         "source checkpoint is never overwritten)")
-  if os.path.exists(os.path.join(args.dst, "config.json")):
-    raise cli.UsageError(f"--to: {args.dst!r} already holds a checkpoint "
-                         "(config.json); choose a new folder (nothing is "
-                         "overwritten)")
-  if args.max_positions < 1:
-    raise cli.UsageError(f"--max_positions: expected an int >= 1, got "
-                         f"{args.max_positions}")
-  if args.attention_window < 2 or args.attention_window % 2:
-    raise cli.UsageError(f"--attention_window: expected a positive even int "
-                         f"(the full window), got {args.attention_window}")
+  convert.check_cli_args(args)
   model = make_led(args.src, args.max_positions, args.attention_window,
                    arg="--from")
   to_pretrained(model, args.dst)

@@ -151,24 +151,47 @@ class LongformerConfig:
 
   @classmethod
   def from_dict(cls, d, **overrides):
-    """Known fields from a transformers config dict (others ignored)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in d.items() if k in names}
+    """Known fields from a transformers config dict (the others kept in
+    source_config)."""
+    extra = {}
     if "id2label" in d and "num_labels" not in d:
-      kwargs["num_labels"] = len(d["id2label"])
-    if "source_config" not in kwargs:
-      kwargs["source_config"] = json.dumps(
-          {k: v for k, v in d.items() if k not in names}, sort_keys=True)
-    unknown = set(overrides) - names
-    if unknown:
-      raise ValueError(f"overrides: unknown LongformerConfig fields "
-                       f"{sorted(unknown)}")
-    kwargs.update(overrides)
-    return cls(**kwargs)
+      extra["num_labels"] = len(d["id2label"])
+    return config_from_dict(cls, d, overrides, extra=extra)
 
   @classmethod
   def from_json(cls, path, **overrides):
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    with open(path) as f:
-      return cls.from_dict(json.load(f), **overrides)
+    return cls.from_dict(read_config_json(path), **overrides)
+
+
+def config_from_dict(cls, d, overrides, *, aliases=None, extra=None):
+  """cls (a config dataclass with a source_config field) from a
+  transformers config dict: the fields cls has, then `extra` (derived
+  fields), transformers' `aliases` ({alias: field}) where the field itself
+  is absent, and `overrides` last; every other key of d kept as sorted JSON
+  in source_config (written back on export). Raises ValueError for an
+  override cls lacks."""
+  aliases = aliases or {}
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {k: v for k, v in d.items() if k in names}
+  kwargs.update(extra or {})
+  for alias, name in aliases.items():
+    if alias in d and name not in d:
+      kwargs[name] = d[alias]
+  if "source_config" not in kwargs:
+    kwargs["source_config"] = json.dumps(
+        {k: v for k, v in d.items() if k not in names and k not in aliases},
+        sort_keys=True)
+  unknown = set(overrides) - names
+  if unknown:
+    raise ValueError(f"overrides: unknown {cls.__name__} fields "
+                     f"{sorted(unknown)}")
+  kwargs.update(overrides)
+  return cls(**kwargs)
+
+
+def read_config_json(path):
+  """The dict of a config.json, given the file or its folder."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "config.json")
+  with open(path) as f:
+    return json.load(f)

@@ -7,13 +7,14 @@ LongformerConfig it is built from.
 
 import dataclasses
 import json
-import os
 from typing import Optional, Sequence, Union
 
 from lfjax.models import remat
 from lfjax.models.config import ACTIVATIONS
 from lfjax.models.config import DTYPES
 from lfjax.models.config import LongformerConfig
+from lfjax.models.config import config_from_dict
+from lfjax.models.config import read_config_json
 
 # transformers' LayerNorm default (nn.LayerNorm(d)); LED's config has no
 # field for it.
@@ -147,29 +148,12 @@ class LEDConfig:
     """Known fields from a transformers config dict; the others are kept in
     source_config. transformers' aliases (hidden_size, num_hidden_layers,
     ...) are read when the canonical field is absent."""
-    names = {f.name for f in dataclasses.fields(cls)}
     aliases = {"hidden_size": "d_model", "num_hidden_layers": "encoder_layers",
                "num_attention_heads": "encoder_attention_heads",
                "attention_probs_dropout_prob": "attention_dropout",
                "initializer_range": "init_std"}
-    kwargs = {k: v for k, v in d.items() if k in names}
-    for alias, name in aliases.items():
-      if alias in d and name not in d:
-        kwargs[name] = d[alias]
-    if "source_config" not in kwargs:
-      kwargs["source_config"] = json.dumps(
-          {k: v for k, v in d.items() if k not in names and k not in aliases},
-          sort_keys=True)
-    unknown = set(overrides) - names
-    if unknown:
-      raise ValueError(f"overrides: unknown LEDConfig fields "
-                       f"{sorted(unknown)}")
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    return config_from_dict(cls, d, overrides, aliases=aliases)
 
   @classmethod
   def from_json(cls, path, **overrides):
-    if os.path.isdir(path):
-      path = os.path.join(path, "config.json")
-    with open(path) as f:
-      return cls.from_dict(json.load(f), **overrides)
+    return cls.from_dict(read_config_json(path), **overrides)
