@@ -133,35 +133,16 @@ def overrides(settings):
 
 def tiny_led(path):
   """The stage-0 starting point, made once: lfjax.make_tiny.make_tiny_led
-  with MODEL's sizes and init_std (which make_tiny_led does not take; see
-  MODEL), seed 0."""
+  with MODEL's sizes and init_std, seed 0."""
   if (path / "config.json").exists():
     return path
-  import tempfile
-  from flax import nnx
-  from lfjax import convert, led_convert
-  from lfjax.data import chars, text
-  from lfjax.models import led, led_config
-  docs = [t.decode("utf-8", "replace")
-          for _, t in chars.pystdlib_files()[:MODEL["documents"]]]
-  d = MODEL["d_model"]
-  with tempfile.TemporaryDirectory() as tmp:
-    tok = text.train_tokenizer(docs, tmp, vocab_size=MODEL["vocab_size"])
-    cfg = led_config.LEDConfig(
-        vocab_size=len(tok), max_encoder_position_embeddings=MODEL[
-            "positions"],
-        max_decoder_position_embeddings=MODEL["decoder_positions"],
-        encoder_layers=MODEL["layers"], decoder_layers=MODEL["layers"],
-        encoder_ffn_dim=4 * d, decoder_ffn_dim=4 * d,
-        encoder_attention_heads=d // 16, decoder_attention_heads=d // 16,
-        d_model=d, attention_window=MODEL["window"],
-        init_std=MODEL["init_std"], pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        decoder_start_token_id=tok.eos_token_id)  # LED's: </s>
-    model = led.LEDForConditionalGeneration(cfg, rngs=nnx.Rngs(0))
-    led_convert.to_pretrained(model, str(path))
-    convert.copy_tokenizer(tmp, str(path), MODEL["positions"])
-  return path
+  from lfjax import make_tiny
+  return make_tiny.make_tiny_led(
+      path, documents=MODEL["documents"], vocab_size=MODEL["vocab_size"],
+      positions=MODEL["positions"],
+      decoder_positions=MODEL["decoder_positions"], d_model=MODEL["d_model"],
+      layers=MODEL["layers"], window=MODEL["window"],
+      init_std=MODEL["init_std"], seed=0)
 
 
 def export(workdir, to):
@@ -344,7 +325,6 @@ def main(argv=None):
   out.parent.mkdir(parents=True, exist_ok=True)
   png = out.with_suffix(".png")
   ns = len(a.seeds)
-  run_config = json.loads((workdir / "config.json").read_text())
   n_steps = run_folders.newest_step(workdir)
   test_meta = meta["splits"]["test"]
   lines = ["# Figure 3 in miniature: ROUGE by input length (tiny LED, CPU)",

@@ -44,6 +44,23 @@ ROBERTA_FIELDS = (
     "bos_token_id", "eos_token_id", "tie_word_embeddings")
 
 
+def _new_checkpoint(path):
+  """path as a Path; FileExistsError when it holds a checkpoint already."""
+  path = pathlib.Path(path)
+  if (path / "config.json").exists():
+    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
+                          "a new folder")
+  return path
+
+
+def _tokenizer(tmp, documents, vocab_size):
+  """A byte-level BPE trained on the embedded corpus' first `documents`
+  files, saved in tmp."""
+  docs = [t.decode("utf-8", "replace")
+          for _, t in chars.pystdlib_files()[:documents]]
+  return text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
+
+
 def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
               hidden_size=64, layers=2, seed=0):
   """Writes a tiny random RoBERTa checkpoint with a byte-level BPE trained
@@ -57,14 +74,9 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
     extras.MissingPackage: transformers or tokenizers is not installed
       (text.train_tokenizer checks, before anything is written).
   """
-  path = pathlib.Path(path)
-  if (path / "config.json").exists():
-    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
-                          "a new folder")
-  docs = [t.decode("utf-8", "replace")
-          for _, t in chars.pystdlib_files()[:documents]]
+  path = _new_checkpoint(path)
   with tempfile.TemporaryDirectory() as tmp:
-    tok = text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
+    tok = _tokenizer(tmp, documents, vocab_size)
     cfg = LongformerConfig(
         vocab_size=len(tok), hidden_size=hidden_size,
         num_hidden_layers=layers, num_attention_heads=max(1, hidden_size // 32),
@@ -93,7 +105,7 @@ def make_tiny(path, *, documents=200, vocab_size=1000, positions=64,
 
 def make_tiny_led(path, *, documents=200, vocab_size=1000, positions=128,
                   decoder_positions=64, d_model=32, layers=2, window=16,
-                  seed=0):
+                  init_std=0.02, seed=0):
   """Writes a tiny random LED (LEDForConditionalGeneration) with a
   byte-level BPE trained on the first `documents` files of the embedded
   corpus; returns its path.
@@ -101,7 +113,8 @@ def make_tiny_led(path, *, documents=200, vocab_size=1000, positions=128,
   positions / decoder_positions: the encoder's / decoder's position rows
   (LED has no offset); window: the encoder's FULL attention window, as
   transformers counts it; d_model / 16 heads, `layers` encoder and decoder
-  layers, weights drawn as lfjax's LED draws them (N(0, init_std)).
+  layers, weights drawn as lfjax's LED draws them (N(0, init_std); LED's
+  0.02 by default).
 
   Raises:
     FileExistsError: path holds a config.json already.
@@ -110,14 +123,9 @@ def make_tiny_led(path, *, documents=200, vocab_size=1000, positions=128,
   from lfjax import led_convert
   from lfjax.models import led
   from lfjax.models import led_config
-  path = pathlib.Path(path)
-  if (path / "config.json").exists():
-    raise FileExistsError(f"--to: {path} already holds a checkpoint; choose "
-                          "a new folder")
-  docs = [t.decode("utf-8", "replace")
-          for _, t in chars.pystdlib_files()[:documents]]
+  path = _new_checkpoint(path)
   with tempfile.TemporaryDirectory() as tmp:
-    tok = text.train_tokenizer(docs, tmp, vocab_size=vocab_size)
+    tok = _tokenizer(tmp, documents, vocab_size)
     heads = max(1, d_model // 16)
     cfg = led_config.LEDConfig(
         vocab_size=len(tok), max_encoder_position_embeddings=positions,
@@ -125,7 +133,7 @@ def make_tiny_led(path, *, documents=200, vocab_size=1000, positions=128,
         encoder_layers=layers, decoder_layers=layers,
         encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model,
         encoder_attention_heads=heads, decoder_attention_heads=heads,
-        d_model=d_model, attention_window=window,
+        d_model=d_model, attention_window=window, init_std=init_std,
         pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         decoder_start_token_id=tok.eos_token_id)  # LED's: </s>
