@@ -14,7 +14,12 @@ from lfjax.attention import common
 from lfjax.attention import dense
 from lfjax.attention import pallas
 
-IMPLS = ("auto", "dense", "chunked", "pallas")
+# Band kernels: implementations that run the chunked path's layout
+# (dilation classes, global rows) around a kernel with the contract of
+# pallas.band_with_global_keys. A new kernel is one entry here; the
+# sequence-parallel path (sharded.py) takes the same entries.
+BAND_KERNELS = {"pallas": pallas.band_with_global_keys}
+IMPLS = ("auto", "dense", "chunked") + tuple(BAND_KERNELS)
 
 
 def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
@@ -284,10 +289,9 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
     args["rel"] = rel
   if impl == "dense":
     out = dense.dense_attention(q, k, v, **args)
-  elif impl == "pallas":
+  elif impl in BAND_KERNELS:
     out = chunked.chunked_attention(
-        q, k, v, max_global=max_global,
-        band_fn=pallas.band_with_global_keys, **args)
+        q, k, v, max_global=max_global, band_fn=BAND_KERNELS[impl], **args)
   else:
     out = chunked.chunked_attention(q, k, v, max_global=max_global, **args)
   # Padding rows are exactly zero whatever the implementation computed there.

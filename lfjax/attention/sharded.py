@@ -38,9 +38,8 @@ from lfjax.attention import api
 from lfjax.attention import band
 from lfjax.attention import chunked
 from lfjax.attention import common
-from lfjax.attention import pallas
 
-IMPLS = ("auto", "chunked", "pallas")
+IMPLS = ("auto", "chunked") + tuple(api.BAND_KERNELS)
 
 
 def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
@@ -328,8 +327,8 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
         gpos = rep(jnp.broadcast_to(glob["idx_BxG"][:, :, None], (b, g, h)))
       extra["dropout"] = (dropout_rate, dil, jnp.repeat(
           seeds[:, np.array(heads)].reshape(-1), dil), residues, gpos)
-    if impl == "pallas":
-      # The kernel takes as many queries as keys: queries padded by the
+    if impl in api.BAND_KERNELS:
+      # A kernel takes as many queries as keys: queries padded by the
       # halo's class rows, their outputs dropped. Kernel row p is class
       # position p - we: its residue moves back by we * dil.
       pad = ((0, 0), (we, 0 if causal else we), (0, 0))
@@ -338,7 +337,7 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
       if dropout_rate:
         rate, dl, seeds_X, res_X, gpos = extra["dropout"]
         extra["dropout"] = (rate, dl, seeds_X, res_X - we * dil, gpos)
-      o, _ = pallas.band_with_global_keys(
+      o, _ = api.BAND_KERNELS[impl](
           jnp.pad(q_X, pad), k_X, v_X, kvalid_X, window=we, causal=causal,
           scale=scale, **extra)
       o = o[:, we:we + q_X.shape[1]]
