@@ -29,6 +29,7 @@ import optax
 from flax import nnx
 import tqdm
 
+from lfjax import attention
 from lfjax import checkpoints
 from lfjax import checks as ck
 from lfjax import loop
@@ -142,7 +143,7 @@ def validate_base(c, task):
   ck.string(c, "data.tokenizer")
   ck.integer(c, "data.length_buckets", 1)
   ck.integer(c, "model.max_length", 8)
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.one_of(c, "model.attention_impl", attention.IMPLS)
   common.validate_encoder_fields(c)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)

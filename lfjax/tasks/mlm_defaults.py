@@ -11,6 +11,7 @@ checkpoints) come from lfjax.tasks.common.shared_fields.
 
 import ml_collections
 
+from lfjax import attention
 from lfjax.tasks import common
 
 
@@ -156,7 +157,7 @@ def validate(config):
              c.model.attention_window)
   ck.one_of(c, "model.position_init", ("copy", "random"))
   ck.boolean(c, "model.global_bos")
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  ck.one_of(c, "model.attention_impl", attention.IMPLS)
   common.validate_encoder_fields(c)
   ck.integer(c, "train.seq_len", 3, positions)
   ck.integer(c, "train.batch_size", 1)
