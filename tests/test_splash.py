@@ -188,3 +188,22 @@ def test_refuses_what_splash_cannot_do(arg, extra):
   with pytest.raises(ValueError, match=rf"^{arg}: impl='splash'.*"
                      r"use impl='mosaic'"):
     windowed_attention(q, q, q, window=2, impl="splash", **extra)
+
+
+def test_static_mask_blocks():
+  """The static mask, read block by block as splash reads it (including
+  the shortcuts for blocks clear of the band's edges), equals its
+  element-wise definition: every global column, band key t of query a
+  when -left <= t - a <= right."""
+  gp, np_, left, right = 128, 384, 100, 37
+  mask = splash._BandWithGlobals(np_, gp, left, right)
+  r = np.arange(np_)[:, None]
+  t = np.arange(gp + np_)[None, :] - gp
+  want = (t < 0) | ((t >= r - left) & (t <= r + right))
+  for a in range(0, np_, 64):
+    for c in range(0, gp + np_, 32):
+      np.testing.assert_array_equal(
+          mask[slice(a, a + 64), slice(c, c + 32)],
+          want[a:a + 64, c:c + 32])
+  assert mask == splash._BandWithGlobals(np_, gp, left, right)
+  assert hash(mask) == hash(splash._BandWithGlobals(np_, gp, left, right))
