@@ -18,6 +18,7 @@ import pytest
 from lfjax.attention import splash
 from lfjax.attention import windowed_attention
 from lfjax.kernels import band_attention
+from lfjax.kernels import lowering
 
 
 def arrays(rng, *shape, count=3, dtype=jnp.float32):
@@ -207,3 +208,13 @@ def test_static_mask_blocks():
           want[a:a + 64, c:c + 32])
   assert mask == splash._BandWithGlobals(np_, gp, left, right)
   assert hash(mask) == hash(splash._BandWithGlobals(np_, gp, left, right))
+
+
+def test_refuses_a_gpu_target():
+  """Traced for a GPU (a deviceless CUDA export), splash says so instead
+  of failing in the Mosaic lowering."""
+  q = jnp.ones((1, 8, 1, 4))
+  with pytest.raises(ValueError, match=r"^impl: 'splash' is a TPU kernel.*"
+                     r"NVIDIA H200.*impl='pallas'"):
+    lowering.export_for_cuda(
+        lambda q: windowed_attention(q, q, q, window=2, impl="splash"), q)

@@ -45,7 +45,9 @@ with 512 x 512); 128 is the smallest block splash takes (its key blocks
 are whole 128-lane vregs).
 
 Not served (ValueError at trace time naming the argument, pointing to
-impl="mosaic"): attention dropout and the relative-position term.
+impl="mosaic"): attention dropout and the relative-position term. Nor
+GPUs: a trace for a GPU (lowering.traced_gpu_kind) raises ValueError
+pointing to impl="pallas".
 """
 
 import functools
@@ -56,6 +58,7 @@ import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as splash_lib
 
 from lfjax.kernels import band_attention as kernel
+from lfjax.kernels import lowering
 
 # Query and key rows per block, every splash kernel (see the module doc).
 BLOCK = 128
@@ -131,6 +134,12 @@ def _kernel(np_, gp, left, right, interpret):
 
 
 def _refuse(dropout, rel):
+  gpu = lowering.traced_gpu_kind()
+  if gpu:
+    raise ValueError(
+        f"impl: 'splash' is a TPU kernel (Mosaic; interpret mode on CPU) and "
+        f"this program is traced for a GPU ({gpu}); use impl='pallas' or "
+        f"impl='chunked'")
   if dropout is not None:
     raise ValueError(
         "dropout_rate: impl='splash' does not support attention dropout "
