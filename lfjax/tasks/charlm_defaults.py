@@ -149,7 +149,9 @@ def validate(config):
   ck.real(c, "model.layer_norm_eps", 0, lo_open=True)
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
   ck.remat(c)
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  # Every impl windowed_attention takes (a new band kernel is one entry).
+  from lfjax.attention import IMPLS
+  ck.one_of(c, "model.attention_impl", IMPLS)
   ck.one_of(c, "model.rel_impl", ("table", "features"))
   n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
   # schedule.steps sets the phase count; say so, or a user who changed
