@@ -12,13 +12,15 @@ from lfjax.attention import band
 from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
+from lfjax.attention import mosaic
 from lfjax.attention import pallas
 
 # Band kernels: implementations that run the chunked path's layout
 # (dilation classes, global rows) around a kernel with the contract of
 # pallas.band_with_global_keys. A new kernel is one entry here; the
 # sequence-parallel path (sharded.py) takes the same entries.
-BAND_KERNELS = {"pallas": pallas.band_with_global_keys}
+BAND_KERNELS = {"pallas": pallas.band_with_global_keys,
+                "mosaic": mosaic.band_with_global_keys}
 IMPLS = ("auto", "dense", "chunked") + tuple(BAND_KERNELS)
 
 
