@@ -51,8 +51,14 @@ from lfjax.kernels import band_attention as triton_band
 from lfjax.kernels import tpu_band_kernels as kernels
 
 NEG_INF = kernels.NEG_INF
-band_reference = triton_band.band_reference
 _EMPTY_ROW_LSE = -NEG_INF
+
+
+def band_reference(*args, **kwargs):
+  """The O(N^2) jnp reference both kernels share:
+  lfjax.kernels.band_attention.band_reference (called, not aliased: that
+  module may still be importing when this one loads)."""
+  return triton_band.band_reference(*args, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,14 @@ class BlockSizes:
   be equal."""
   block_q: int = 128
   block_k: int = 128
+
+  @classmethod
+  def default(cls, n):
+    """128 x 128, or for a sequence shorter than 128 the power of two >= n
+    (at least 16: bf16 packs 16 rows per vreg), so short sequences are
+    not padded to 128 rows (and interpret-mode tests compile faster)."""
+    b = min(128, max(16, 1 << (int(n) - 1).bit_length()))
+    return cls(b, b)
 
   def check(self, rel):
     """Raises ValueError naming the first field Mosaic cannot take."""
@@ -295,7 +309,7 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   uint32, residue_X int32, gpos_XxG int32 or None): the normalised
   probabilities times common.dropout_multiplier at class row p's position
   p * dilation + residue (global key g at gpos); lse stays undropped.
-  block_sizes: a BlockSizes (default 128 x 128).
+  block_sizes: a BlockSizes (default BlockSizes.default(N): 128 x 128).
 
   Platform: the compiled Mosaic kernels when lowered for TPU, Pallas
   interpret mode on CPU (exact, slow). Raises ValueError naming a bad
@@ -329,7 +343,7 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
       raise ValueError(
           f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
           f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
-  blocks = BlockSizes() if block_sizes is None else block_sizes
+  blocks = BlockSizes.default(n) if block_sizes is None else block_sizes
   if not isinstance(blocks, BlockSizes):
     raise ValueError(f"block_sizes: expected a tpu_band_attention.BlockSizes"
                      f"(block_q, block_k) or None, got "
