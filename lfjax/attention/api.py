@@ -61,12 +61,15 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
     scale: score scale, default 1/sqrt(head_dim).
     impl: "dense" (O(N^2) masked oracle), "chunked" (pure JAX, O(N*w)
       memory), "pallas" (flash-style kernel: compiled Triton when lowered
-      for a GPU, Pallas interpret mode on CPU, which is exact but slow) or
-      "auto" (chunked; pallas once it is measured on GPUs).
+      for a GPU, Pallas interpret mode on CPU, which is exact but slow),
+      "mosaic" (lfjax's Mosaic band kernel for TPUs, everything "pallas"
+      serves incl. the relative term and dropout: compiled Mosaic when
+      lowered for a TPU, interpret mode on CPU; lfjax/kernels/README.md)
+      or "auto" (chunked; pallas once it is measured on GPUs).
     dropout_rate: attention-probability dropout (training), a Python float
       in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
-      (dropout_key, b, h, i, j), so dense, chunked and pallas drop the
-      same entries and the backward pass regenerates them.
+      (dropout_key, b, h, i, j), so dense, chunked, pallas and mosaic
+      drop the same entries and the backward pass regenerates them.
     dropout_key: a jax.random key, required when dropout_rate > 0.
 
     rel_query, rel_table: a relative-position term (Transformer-XL's

@@ -79,8 +79,10 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
     scale, dropout_rate, dropout_key, rel_query, rel_table: as
       windowed_attention. Dropout keeps or drops the same entries as the
       unsharded call (the hash of absolute positions).
-    impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas band
-      kernel; interpret mode on CPU) or "auto" (chunked).
+    impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas-Triton
+      band kernel, GPUs), "mosaic" (the Mosaic band kernel, TPUs; both in
+      interpret mode on CPU) or "auto" (chunked). A kernel runs per shard
+      on the shard's extended keys, its queries padded by the halo.
       "dense" is the O(N^2) oracle and is not sharded.
 
   Returns:
