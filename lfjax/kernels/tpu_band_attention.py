@@ -100,14 +100,18 @@ def _visits(rows, cols, lo, hi, nrows, ncols):
   return int((end - first).max())
 
 
-def _params(interpret):
+def _params(interpret, blocks_parallel):
+  """Grid axes (x, block, visit): x is parallel (megacore chips split it);
+  the block axis too unless an output block indexed by x alone sums over
+  it; the visit axis accumulates."""
   if interpret:
     return None
-  return pltpu.CompilerParams(
-      dimension_semantics=("parallel", "arbitrary", "arbitrary"))
+  return pltpu.CompilerParams(dimension_semantics=(
+      "parallel", "parallel" if blocks_parallel else "arbitrary",
+      "arbitrary"))
 
 
-def _specs(arrays, cfg, own, other):
+def _specs(arrays, own, other):
   """BlockSpecs by kind: 'own' (the program's block, axis 1), 'visit' (the
   visited block), 'whole' (all of a[x]). own / other: (rows per block,
   block index function (i, j) -> index) of each side."""
@@ -125,27 +129,27 @@ def _specs(arrays, cfg, own, other):
     else:  # per-row [X, blocks, r, c]: one block, whole last two dims
       out.append(pl.BlockSpec((None, None) + a.shape[2:],
                               lambda x, i, j, *_, f=index: (x, f(i, j), 0, 0)))
-  del cfg
   return out
 
 
-def _call(kernel, cfg, grid, ins, outs, scratch, interpret, name):
-  """pallas_call of kernel on named (array, kind) inputs and (shape, kind)
-  outputs; the two scalar-prefetch operands (seed, residue) first."""
+def _call(kernel, cfg, grid, sides, ins, outs, scratch, interpret, name):
+  """pallas_call of kernel over `grid` (x, blocks, visits) on named
+  (array, kind) inputs and (shape, kind) float32 outputs; the two
+  scalar-prefetch operands (seed, residue) first. sides: _sides."""
   (seed, residue), ins = ins[0], ins[1:]
-  rows_own, rows_other = grid[1]
   names = [n for n, _ in ins] + [n for n, _ in outs] + [n for n, _ in scratch]
-  in_specs = _specs([a for _, a in ins], cfg, rows_own, rows_other)
-  out_specs = _specs([a for _, a in outs], cfg, rows_own, rows_other)
   spec = pltpu.PrefetchScalarGridSpec(
-      num_scalar_prefetch=2, grid=grid[0], in_specs=in_specs,
-      out_specs=out_specs, scratch_shapes=[s for _, s in scratch])
+      num_scalar_prefetch=2, grid=grid,
+      in_specs=_specs([a for _, a in ins], *sides),
+      out_specs=_specs([a for _, a in outs], *sides),
+      scratch_shapes=[s for _, s in scratch])
+  blocks_parallel = all(kind != "whole" for _, (_, kind) in outs)
   return pl.pallas_call(
       functools.partial(kernel, names=names, cfg=cfg), grid_spec=spec,
-      out_shape=[jax.ShapeDtypeStruct(a[0].shape, jnp.float32)
-                 for _, a in outs],
-      compiler_params=_params(interpret), interpret=interpret,
-      name=name)(seed, residue, *[a[0] for _, a in ins])
+      out_shape=[jax.ShapeDtypeStruct(a.shape, jnp.float32)
+                 for _, (a, _) in outs],
+      compiler_params=_params(interpret, blocks_parallel),
+      interpret=interpret, name=name)(seed, residue, *[a for _, (a, _) in ins])
 
 
 def _sides(cfg, by_key):
@@ -161,9 +165,9 @@ def _sides(cfg, by_key):
   return (cfg.bq, own), (cfg.bk, visit)
 
 
-def _shape(a, kind):
-  """(ShapeDtypeStruct-like with .shape, kind) for an output spec."""
-  return (jax.ShapeDtypeStruct(a, jnp.float32), kind)
+def _shape(shape, kind):
+  """An output: (float32 ShapeDtypeStruct, kind)."""
+  return (jax.ShapeDtypeStruct(shape, jnp.float32), kind)
 
 
 def _ext_inputs(cfg, kv):
@@ -194,9 +198,9 @@ def _forward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
   scratch = [("m", pltpu.VMEM((cfg.bq, 1), jnp.float32)),
              ("l", pltpu.VMEM((cfg.bq, 1), jnp.float32)),
              ("acc", pltpu.VMEM((cfg.bq, dv), jnp.float32))]
-  o, lse = _call(kernels.fwd_kernel, cfg,
-                 ((x, cfg.nqb, cfg.nvq), _sides(cfg, False)), ins, outs,
-                 scratch, interpret, "lfjax_tpu_band_fwd")
+  o, lse = _call(kernels.fwd_kernel, cfg, (x, cfg.nqb, cfg.nvq),
+                 _sides(cfg, False), ins, outs, scratch, interpret,
+                 "lfjax_tpu_band_fwd")
   return o, lse.reshape(x, n)
 
 
@@ -219,9 +223,9 @@ def _backward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
   if cfg.g:
     outs += [("dgk", _shape(gk.shape, "whole")),
              ("dgv", _shape(gv.shape, "whole"))]
-  res = _call(kernels.dq_kernel, cfg,
-              ((x, cfg.nqb, cfg.nvq), _sides(cfg, False)), ins, outs, [],
-              interpret, "lfjax_tpu_band_dq")
+  res = _call(kernels.dq_kernel, cfg, (x, cfg.nqb, cfg.nvq),
+              _sides(cfg, False), ins, outs, [], interpret,
+              "lfjax_tpu_band_dq")
   got = dict(zip([name for name, _ in outs], res))
   kv["rq_kind"] = "visit"
   ins = [(seed, residue), ("k", (k, "own")), ("v", (v, "own")),
@@ -232,7 +236,7 @@ def _backward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
     ins += _ext_inputs(dataclasses.replace(cfg, g=0), kv)
   outs = [("dk", _shape(k.shape, "own")), ("dv", _shape(v.shape, "own"))]
   got["dk"], got["dv"] = _call(
-      kernels.dkv_kernel, cfg, ((x, cfg.nkb, cfg.nvk), _sides(cfg, True)),
+      kernels.dkv_kernel, cfg, (x, cfg.nkb, cfg.nvk), _sides(cfg, True),
       ins, outs, [], interpret, "lfjax_tpu_band_dkv")
   return tuple(got.get(name) for name in
                ("dq", "dk", "dv", "drq", "dtable", "dgk", "dgv"))

@@ -143,7 +143,7 @@ def rel_grads(dsr, rq, table, b):
   return _dot(dq, table), _dot_tn(dq, rq)
 
 
-# Scores of one tile ------------------------------------------------------------
+# Scores of one tile ----------------------------------------------------------
 
 def _scores(r, q, i, kb, cfg, rq=None):
   """Masked, scaled scores [bq, bk] of query block i and key block kb."""
@@ -163,7 +163,7 @@ def _gscores(r, q, cfg):
   return jnp.where(r["gvalid"][...] != 0, s, NEG_INF)
 
 
-# Forward ------------------------------------------------------------------------
+# Forward --------------------------------------------------------------------
 
 def _online(s, v, z, r):
   """One online-softmax step over a [bq, cols] score tile."""
@@ -214,7 +214,7 @@ def fwd_kernel(seed_ref, residue_ref, *refs, names, cfg):
                               m + jnp.log(jnp.where(empty, 1.0, l)))
 
 
-# Backward -----------------------------------------------------------------------
+# Backward -------------------------------------------------------------------
 
 def _p_ds(s, v, do, lse, delta, dlse, z, scale):
   """p and scale * d(score) of a tile (out = (p z) v: dp gets z)."""
