@@ -463,6 +463,39 @@ def test_lowers_for_cuda(dtype):
   assert lowering.count_kernels(exp, "lfjax_band_fwd") == 1
 
 
+@pytest.mark.parametrize("variant", ["rel_dropout", "globals_dropout"])
+def test_mosaic_lowers_for_tpu(variant):
+  """Forward and backward of impl="mosaic" lower to Mosaic kernels for TPU
+  on this CPU-only machine (jax.export; Mosaic's own compile, VMEM and
+  tiling checks run in libtpu: the TPU compile leg): the char-LM's layer
+  (causal, dilation per head, relative term, dropout) and the MLM's
+  (globals, padding, dropout); fwd, dq, dkv per dilation group."""
+  b, n, h, d = 1, 300, 4, 64
+  bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  kw = dict(window=32, dilation=[1, 1, 2, 2], dropout_rate=0.1,
+            dropout_key=jax.random.key(0), impl="mosaic")
+  extra = [bf16(b, n, h, 16), bf16(65, h, 16)]
+  if variant == "rel_dropout":
+    attend = lambda q, k, v, rq, table: windowed_attention(
+        q, k, v, causal=True, rel_query=rq, rel_table=table, **kw)
+  else:
+    extra = [jax.ShapeDtypeStruct((b, n), jnp.bool_)] * 2
+    attend = lambda q, k, v, key_mask, global_mask: windowed_attention(
+        q, k, v, key_mask=key_mask, global_mask=global_mask, max_global=4,
+        **kw)
+
+  def fwd_bwd(*args):
+    loss = lambda *a: jnp.sum(attend(*a).astype(jnp.float32))
+    return jax.grad(loss, argnums=(0, 1, 2))(*args)
+
+  exp = jax.export.export(jax.jit(fwd_bwd), platforms=["tpu"])(
+      *[bf16(b, n, h, d)] * 3, *extra)
+  text = exp.mlir_module()
+  assert text.count("tpu_custom_call") == 6
+  for name in ("fwd", "dq", "dkv"):
+    assert f"lfjax_tpu_band_{name}" in text, name
+
+
 def _kernel_signatures(exported):
   """{kernel name: (operand types, result types)} of the Triton calls."""
   sigs = {}
