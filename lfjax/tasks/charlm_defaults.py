@@ -54,7 +54,8 @@ def base_config():
   # the exchange; ~1 more [batch, seq, hidden] float32 per layer) |
   # "offload" (the same, in pinned host memory; GPU/TPU only). Same values.
   c.model.remat_policy = "nothing"
-  c.model.attention_impl = "auto"  # auto | chunked | dense | pallas
+  # lfjax.attention.IMPLS: auto, chunked, dense, pallas (GPU), mosaic (TPU).
+  c.model.attention_impl = "auto"
   # Relative positions as a per-distance table inside the attention
   # ("table", head_dim-wide) or as rel_features extra q/k columns
   # ("features", the exact rewrite kept as an oracle). Same parameters.
@@ -149,7 +150,8 @@ def validate(config):
   ck.real(c, "model.layer_norm_eps", 0, lo_open=True)
   ck.one_of(c, "model.dtype", ("float32", "bfloat16"))
   ck.remat(c)
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  from lfjax.attention import IMPLS  # every registered implementation
+  ck.one_of(c, "model.attention_impl", IMPLS)
   ck.one_of(c, "model.rel_impl", ("table", "features"))
   n = len(ck.integers(c, "schedule.steps", 1, what=" (steps per phase)"))
   # schedule.steps sets the phase count; say so, or a user who changed

@@ -142,7 +142,8 @@ def validate_base(c, task):
   ck.string(c, "data.tokenizer")
   ck.integer(c, "data.length_buckets", 1)
   ck.integer(c, "model.max_length", 8)
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  from lfjax.attention import IMPLS  # every registered implementation
+  ck.one_of(c, "model.attention_impl", IMPLS)
   common.validate_encoder_fields(c)
   ck.integer(c, "train.batch_size", 1)
   micro = ck.integer(c, "train.micro_batch_size", 1)

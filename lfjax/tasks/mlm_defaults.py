@@ -156,7 +156,8 @@ def validate(config):
              c.model.attention_window)
   ck.one_of(c, "model.position_init", ("copy", "random"))
   ck.boolean(c, "model.global_bos")
-  ck.one_of(c, "model.attention_impl", ("auto", "chunked", "dense", "pallas"))
+  from lfjax.attention import IMPLS  # every registered implementation
+  ck.one_of(c, "model.attention_impl", IMPLS)
   common.validate_encoder_fields(c)
   ck.integer(c, "train.seq_len", 3, positions)
   ck.integer(c, "train.batch_size", 1)
