@@ -51,7 +51,8 @@ class LongformerConfig:
   attention_window: Union[int, Sequence[int]] = 512
   # lfjax: dilation per layer, each an int or one int per head.
   attention_dilation: Union[int, Sequence[Union[int, Sequence[int]]]] = 1
-  # lfjax: windowed_attention's impl ("auto", "dense", "chunked", "pallas").
+  # lfjax: windowed_attention's impl (lfjax.attention.IMPLS, e.g. "chunked",
+  # "pallas" on GPUs, "mosaic" on TPUs).
   attention_impl: str = "auto"
   # lfjax: static cap on global tokens per sequence, needed under jit.
   max_global: Optional[int] = None
