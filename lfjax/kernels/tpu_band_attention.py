@@ -170,13 +170,13 @@ def _shape(shape, kind):
   return (jax.ShapeDtypeStruct(shape, jnp.float32), kind)
 
 
-def _ext_inputs(cfg, kv):
-  """Optional inputs shared by the kernels: relative rows and table, global
-  keys (whole per row x)."""
+def _ext_inputs(cfg, rq_kind, kv):
+  """Optional inputs: the relative rows (rq_kind: the program's own query
+  block, or the visited one) and table, the global keys (whole per row
+  x). kv: the arrays by name."""
   ins = []
   if cfg.rel:
-    ins += [("rq", (kv["rq"], kv["rq_kind"])), ("table", (kv["table"],
-                                                          "whole"))]
+    ins += [("rq", (kv["rq"], rq_kind)), ("table", (kv["table"], "whole"))]
   if cfg.g:
     ins += [(n, (kv[n], "whole")) for n in ("gk", "gv", "gvalid")]
     if cfg.rate:
@@ -188,11 +188,10 @@ def _forward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
              residue, *, cfg, interpret):
   x, n, _ = q.shape
   dv = v.shape[2]
-  kv = dict(rq=rq, rq_kind="own", table=table, gk=gk, gv=gv, gvalid=gvalid,
-            gpos=gpos)
+  kv = dict(rq=rq, table=table, gk=gk, gv=gv, gvalid=gvalid, gpos=gpos)
   ins = [(seed, residue), ("q", (q, "own")), ("k", (k, "visit")),
          ("v", (v, "visit")), ("kvalid", (kvalid, "visit"))]
-  ins += _ext_inputs(cfg, kv)
+  ins += _ext_inputs(cfg, "own", kv)
   outs = [("o", _shape((x, n, dv), "own")),
           ("lse", _shape((x, cfg.nqb, cfg.bq, 1), "own"))]
   scratch = [("m", pltpu.VMEM((cfg.bq, 1), jnp.float32)),
@@ -210,12 +209,11 @@ def _backward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
   dv = v.shape[2]
   per_row = lambda a: a.reshape(x, cfg.nqb, cfg.bq, 1)
   lse, delta, dlse = per_row(lse), per_row(delta), per_row(dlse)
-  kv = dict(rq=rq, rq_kind="own", table=table, gk=gk, gv=gv, gvalid=gvalid,
-            gpos=gpos)
+  kv = dict(rq=rq, table=table, gk=gk, gv=gv, gvalid=gvalid, gpos=gpos)
   ins = [(seed, residue), ("q", (q, "own")), ("do", (do, "own")),
          ("lse", (lse, "own")), ("delta", (delta, "own")),
          ("dlse", (dlse, "own")), ("k", (k, "visit")), ("v", (v, "visit")),
-         ("kvalid", (kvalid, "visit"))] + _ext_inputs(cfg, kv)
+         ("kvalid", (kvalid, "visit"))] + _ext_inputs(cfg, "own", kv)
   outs = [("dq", _shape((x, n, d), "own"))]
   if cfg.rel:
     outs += [("drq", _shape(rq.shape, "own")),
@@ -227,13 +225,12 @@ def _backward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
               _sides(cfg, False), ins, outs, [], interpret,
               "lfjax_tpu_band_dq")
   got = dict(zip([name for name, _ in outs], res))
-  kv["rq_kind"] = "visit"
   ins = [(seed, residue), ("k", (k, "own")), ("v", (v, "own")),
          ("kvalid", (kvalid, "own")), ("q", (q, "visit")),
          ("do", (do, "visit")), ("lse", (lse, "visit")),
          ("delta", (delta, "visit")), ("dlse", (dlse, "visit"))]
   if cfg.rel:
-    ins += _ext_inputs(dataclasses.replace(cfg, g=0), kv)
+    ins += _ext_inputs(dataclasses.replace(cfg, g=0), "visit", kv)
   outs = [("dk", _shape(k.shape, "own")), ("dv", _shape(v.shape, "own"))]
   got["dk"], got["dv"] = _call(
       kernels.dkv_kernel, cfg, (x, cfg.nkb, cfg.nvk), _sides(cfg, True),
