@@ -62,6 +62,11 @@ CASES = {
     "p4_splash_globals_padding": dict(p=4, n=32, dilation=[1, 2], window=3,
                                       pad=5, globals=[2, 19, 20], gqkv=True,
                                       impl="splash"),
+    # The Mosaic (TPU) kernel per shard, interpret mode: causal, the
+    # relative term and dropout at the shard's positions.
+    "p4_mosaic_causal_rel_dropout": dict(p=4, n=32, dilation=[1, 2],
+                                         window=5, causal=True, rel=True,
+                                         drop=0.3, impl="mosaic"),
     # bf16 operands with global projections: the global rows' all-reduce
     # (XLA:CPU aborted on a bf16 one) and bf16 rounding in the bounds.
     "p2_bfloat16_globals": dict(p=2, n=24, dilation=[1, 2], window=3, pad=4,

@@ -528,7 +528,7 @@ def test_relative_term_matches_reference(seed, impl, blocks, monkeypatch,
     check_close(g, w, atol=5e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("impl", ["dense", "chunked", "pallas"])
+@pytest.mark.parametrize("impl", ["dense", "chunked", "pallas", "mosaic"])
 def test_relative_term_bfloat16_and_dropout(impl):
   args, kwargs = random_case(26)  # causal, dilated
   rq, table = with_rel(args, kwargs, 26)

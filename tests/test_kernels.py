@@ -1,9 +1,14 @@
-"""The Pallas band kernel against its jnp reference, and impl="pallas"
-against the brute-force reference.
+"""The Pallas band kernels against their jnp reference, and impl="pallas"
+and impl="mosaic" against the brute-force reference.
 
-The same tests run the compiled kernel on a GPU and Pallas interpret mode on
-CPU (the kernel picks by the platform it is lowered for); shapes are small
-because interpret mode is slow. Lowering for CUDA is checked without a GPU.
+Two kernels, one contract, one reference (band_attention.band_reference):
+the Triton kernel (lfjax.kernels.band_attention, GPUs) and the Mosaic one
+(lfjax.kernels.tpu_band_attention, TPUs); the kernel tests are parametrized
+by `impl`, "triton" or "mosaic". The same tests run a compiled kernel on
+its accelerator and Pallas interpret mode on CPU (a kernel picks by the
+platform it is lowered for); shapes are small because interpret mode is
+slow. Lowering for CUDA is checked without a GPU (for TPUs:
+tests/test_kernel_compile.py's TPU leg).
 """
 
 import re
@@ -15,6 +20,7 @@ import pytest
 
 from lfjax.kernels import band_attention as kernel
 from lfjax.kernels import lowering
+from lfjax.kernels import tpu_band_attention as tpu_kernel
 from lfjax.attention import windowed_attention
 from lfjax.attention.pallas import band_with_global_keys
 from tests.reference import reference_attention
@@ -31,6 +37,17 @@ CASES = [
     (2, 64, 8, 8, 3, True, (16, 16), None),
     (2, 31, 8, 8, 0, True, (16, 16), (8, 0)),  # window 0 with rel, prime n
 ]
+
+
+KERNELS = {"triton": kernel, "mosaic": tpu_kernel}
+
+
+def _blocks(impl, bq, bk, rel=False):
+  """The kernel's BlockSizes for a case's (block_q, block_k); the Mosaic
+  kernel's relative term takes square blocks (block_q both ways)."""
+  if impl == "mosaic" and rel:
+    bk = bq
+  return KERNELS[impl].BlockSizes(block_q=bq, block_k=bk)
 
 
 def _case(x, n, d, dv, seed, dtype=jnp.float32):
@@ -72,12 +89,13 @@ def _grads(fn, args, co, cl):
   return jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
 
 
+@pytest.mark.parametrize("impl", list(KERNELS))
 class TestBandKernel:
   """Kernel vs band_reference: outputs, lse, and gradients with cotangents
-  on both outputs."""
+  on both outputs, for each kernel."""
 
   @pytest.mark.parametrize("case", range(len(CASES)))
-  def test_matches_reference(self, case):
+  def test_matches_reference(self, case, impl):
     x, n, d, dv, window, causal, (bq, bk), rel = CASES[case]
     q, k, v, kvalid = _case(x, n, d, dv, case)
     args = (q, k, v)
@@ -85,10 +103,10 @@ class TestBandKernel:
       rq, table, rel_min = _rel_case(x, n, rel[0], window, causal, rel[1],
                                      case)
       args += (rq, table)
-    blocks = kernel.BlockSizes(block_q=bq, block_k=bk)
+    blocks = _blocks(impl, bq, bk, rel is not None)
     kw = dict(window=window, causal=causal, scale=0.35)
     rel_of = lambda a: None if rel is None else (a[3], a[4], rel_min)
-    ours = lambda *a: kernel.band_attention(
+    ours = lambda *a: KERNELS[impl].band_attention(
         *a[:3], kvalid, block_sizes=blocks, **kw, **_rel_kw(rel_of(a)))
     ref = lambda *a: kernel.band_reference(*a[:3], kvalid, **kw,
                                            **_rel_kw(rel_of(a)))
@@ -108,14 +126,15 @@ class TestBandKernel:
       check_close(got, want, atol=5e-5, rtol=1e-4)
 
   @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
-  def test_half_precision(self, dtype):
+  def test_half_precision(self, dtype, impl):
     """bfloat16 with a relative term, float16 without."""
     q, k, v, kvalid = _case(2, 45, 16, 16, 7, dtype)
     kw = dict(window=9, causal=False, scale=0.25)
     rel = None
     if dtype == jnp.bfloat16:
       rel = _rel_case(2, 45, 16, 9, False, 0, 7, dtype)
-    out, _ = kernel.band_attention(q, k, v, kvalid, **kw, **_rel_kw(rel))
+    out, _ = KERNELS[impl].band_attention(q, k, v, kvalid, **kw,
+                                          **_rel_kw(rel))
     f32 = lambda a: a.astype(jnp.float32)
     if rel is not None:
       rel = (f32(rel[0]), f32(rel[1]), rel[2])
@@ -124,18 +143,20 @@ class TestBandKernel:
     assert out.dtype == jnp.float32 and np.isfinite(out).all()
     check_close(out, want, atol=3e-2, rtol=3e-2)
 
-  def test_rel_arguments_are_checked(self):
+  def test_rel_arguments_are_checked(self, impl):
     q, k, v, kvalid = _case(1, 20, 8, 8, 0)
     rq, table, _ = _rel_case(1, 20, 8, 4, False, 0, 0)
     kw = dict(window=4, causal=False, scale=1.0)
+    band_attention = KERNELS[impl].band_attention
     with pytest.raises(ValueError, match=r"rel_table with rel_min: expected "
                                          r"rows for distances -4\.\.4"):
-      kernel.band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq,
-                            rel_table_XxRxDr=table, rel_min=-3, **kw)
+      band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq,
+                     rel_table_XxRxDr=table, rel_min=-3, **kw)
     with pytest.raises(ValueError, match="expected both or neither"):
-      kernel.band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq, **kw)
+      band_attention(q, k, v, kvalid, rel_query_XxNxDr=rq, **kw)
 
-  @pytest.mark.parametrize("blocks,message", [
+
+@pytest.mark.parametrize("blocks,message", [
       (kernel.BlockSizes(24, 16), r"block_sizes.block_q: expected a power "
                                   r"of two >= 16 .*got 24"),
       (kernel.BlockSizes(16.0, 16), r"block_sizes.block_q: .*got 16.0"),
@@ -145,11 +166,28 @@ class TestBandKernel:
       (kernel.BlockSizes(16, 16, 4, 0), r"block_sizes.num_stages: expected "
                                         r"an int >= 1 .*got 0"),
       ((16, 16, 4, 1), r"block_sizes: expected a BlockSizes.* got tuple")])
-  def test_block_sizes_are_checked(self, blocks, message):
-    q, k, v, kvalid = _case(1, 8, 8, 8, 0)
-    with pytest.raises(ValueError, match=message):
-      kernel.band_attention(q, k, v, kvalid, window=2, causal=False,
-                            scale=1.0, block_sizes=blocks)
+def test_block_sizes_are_checked(blocks, message):
+  q, k, v, kvalid = _case(1, 8, 8, 8, 0)
+  with pytest.raises(ValueError, match=message):
+    kernel.band_attention(q, k, v, kvalid, window=2, causal=False,
+                          scale=1.0, block_sizes=blocks)
+
+
+@pytest.mark.parametrize("blocks,rel,message", [
+    (tpu_kernel.BlockSizes(12, 16), False, r"block_sizes.block_q: expected "
+                                           r"a multiple of 8 .*got 12"),
+    (tpu_kernel.BlockSizes(16, 4), False, r"block_sizes.block_k: .*got 4"),
+    (tpu_kernel.BlockSizes(16, 32), True, r"block_sizes: expected block_q == "
+                                          r"block_k with the relative term"),
+    (kernel.BlockSizes(16, 16), False, r"block_sizes: expected a tpu_band_"
+                                       r"attention.BlockSizes.* got "
+                                       r"BlockSizes")])
+def test_mosaic_block_sizes_are_checked(blocks, rel, message):
+  q, k, v, kvalid = _case(1, 8, 8, 8, 0)
+  rel_kw = _rel_kw(_rel_case(1, 8, 8, 2, False, 0, 0)) if rel else {}
+  with pytest.raises(ValueError, match=message):
+    tpu_kernel.band_attention(q, k, v, kvalid, window=2, causal=False,
+                              scale=1.0, block_sizes=blocks, **rel_kw)
 
 
 # (x, n, d, dv, g, window, causal, dil, rate, blocks): global keys with a
@@ -163,8 +201,9 @@ DROP_CASES = [
 ]
 
 
+@pytest.mark.parametrize("impl", list(KERNELS))
 @pytest.mark.parametrize("case", range(len(DROP_CASES)))
-def test_kernel_dropout_and_global_keys_match_chunked_core(case):
+def test_kernel_dropout_and_global_keys_match_chunked_core(case, impl):
   """The kernel with global keys and dropout against the chunked path's
   blocked jnp core (lfjax.attention.band, an independent implementation of
   the same contract): outputs, lse and the gradients of q, k, v, gk, gv with
@@ -189,11 +228,11 @@ def test_kernel_dropout_and_global_keys_match_chunked_core(case):
     residues = jnp.asarray(rng.integers(0, dil, x), jnp.int32)
     gpos = jnp.asarray(rng.integers(0, n * dil, (x, g)), jnp.int32)
     kw["dropout"] = (rate, dil, seeds, residues, gpos if g else None)
-  blocks = kernel.BlockSizes(block_q=bq, block_k=bk)
+  blocks = _blocks(impl, bq, bk)
   glob = lambda a: dict(gk_XxGxD=a[3], gv_XxGxDv=a[4],
                         gvalid_XxG=jnp.asarray(gvalid)) if g else {}
-  ours = lambda *a: kernel.band_attention(*a[:3], kvalid, block_sizes=blocks,
-                                          **kw, **glob(a))
+  ours = lambda *a: KERNELS[impl].band_attention(
+      *a[:3], kvalid, block_sizes=blocks, **kw, **glob(a))
   ref = lambda *a: band.band_attention(*a[:3], kvalid, **kw, **glob(a))
   out, lse = jax.jit(ours)(*args)
   want_out, want_lse = ref(*args)
@@ -210,7 +249,8 @@ def test_kernel_dropout_and_global_keys_match_chunked_core(case):
     check_close(got, want, atol=5e-5, rtol=1e-4)
 
 
-def test_kernel_bfloat16_global_keys_and_dropout():
+@pytest.mark.parametrize("impl", list(KERNELS))
+def test_kernel_bfloat16_global_keys_and_dropout(impl):
   """bf16 q, k, v, gk, gv go into the kernel as they are (float32
   accumulation): output and gradients near the chunked core's on the same
   values in float32, gradients in bf16."""
@@ -225,7 +265,7 @@ def test_kernel_bfloat16_global_keys_and_dropout():
           jnp.asarray([0, 1], jnp.int32), jnp.asarray([[0, 5, 60]] * 2))
   kw = dict(window=5, causal=False, scale=0.25, dropout=drop,
             gvalid_XxG=gvalid)
-  ours = lambda q, k, v, gk, gv: kernel.band_attention(
+  ours = lambda q, k, v, gk, gv: KERNELS[impl].band_attention(
       q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
   ref = lambda q, k, v, gk, gv: band.band_attention(
       q, k, v, kvalid, gk_XxGxD=gk, gv_XxGxDv=gv, **kw)
@@ -302,9 +342,12 @@ def test_band_with_global_keys_rel():
 
 
 # Seeds picked for mixed dilations with global projections, causal with
-# padding, narrower values and many global tokens.
-@pytest.mark.parametrize("seed", [14, 37, 41, 43, 124, 147])
-def test_windowed_attention_pallas_matches_reference(seed):
+# padding, narrower values and many global tokens; the Mosaic kernel (slower
+# in interpret mode) on one.
+@pytest.mark.parametrize("seed,impl", [
+    (s, "pallas") for s in (14, 37, 41, 43, 124, 147)] + [
+        (s, "mosaic") for s in (14,)])
+def test_windowed_attention_kernel_matches_reference(seed, impl):
   """Dilation classes, global keys (in the kernel's softmax) and global
   rows."""
   args, kwargs = random_case(seed)
@@ -314,7 +357,7 @@ def test_windowed_attention_pallas_matches_reference(seed):
   cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
       args[2].shape), jnp.float32)
   ours = lambda q, k, v, g: windowed_attention(q, k, v, global_qkv=g,
-                                               impl="pallas", **kw)
+                                               impl=impl, **kw)
   ref = lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw)
   check_close(ours(*args, gqkv), ref(*args, gqkv))
   for got, want in zip(jax.tree.leaves(grads(ours, args, gqkv, cot)),
@@ -324,10 +367,11 @@ def test_windowed_attention_pallas_matches_reference(seed):
 
 # Globals with their own projections and padding (5), causal with dilation
 # per head (26), globals with padding and narrower values (41).
-@pytest.mark.parametrize("seed", [5, 26, 41])
-def test_windowed_attention_pallas_dropout_matches_chunked_and_reference(
-    seed):
-  """impl="pallas" with attention dropout drops exactly the entries
+@pytest.mark.parametrize("seed,impl", [
+    (s, "pallas") for s in (5, 26, 41)] + [(41, "mosaic")])
+def test_windowed_attention_kernel_dropout_matches_chunked_and_reference(
+    seed, impl):
+  """impl="pallas" / "mosaic" with attention dropout drops exactly the entries
   impl="chunked" and the brute-force reference (its own numpy hash) drop:
   outputs and gradients (q, k, v, global projections) agree entry for
   entry."""
@@ -340,15 +384,47 @@ def test_windowed_attention_pallas_dropout_matches_chunked_and_reference(
       args[2].shape), jnp.float32)
 
   run = lambda fn: (fn(*args, gqkv), grads(fn, args, gqkv, cot))
+  kernel_impl = impl
   impl = lambda name: jax.jit(lambda q, k, v, g: windowed_attention(
       q, k, v, global_qkv=g, impl=name, **kw))
-  out, got_grads = run(impl("pallas"))
+  out, got_grads = run(impl(kernel_impl))
   for want_out, want_grads in (run(impl("chunked")), run(
       lambda q, k, v, g: reference_attention(q, k, v, global_qkv=g, **kw))):
     check_close(out, want_out)
     for got, want in zip(jax.tree.leaves(got_grads),
                          jax.tree.leaves(want_grads)):
       check_close(got, want, atol=5e-5, rtol=1e-4)
+
+
+# Globals with their own projections and padding, non-causal (5); causal
+# with dilation per head (26).
+@pytest.mark.parametrize("seed", [5, 26])
+def test_windowed_attention_mosaic_rel_dropout_matches_dense(seed):
+  """impl="mosaic" with the relative-position term and attention dropout
+  against impl="dense" (the O(N^2) oracle, same dropout hash): outputs and
+  the gradients of q, k, v, the global projections, rel_query and
+  rel_table."""
+  from tests.test_attention import with_rel
+  args, kwargs = random_case(seed)
+  args = tuple(map(jnp.asarray, args))
+  rq, table = with_rel(args, kwargs, seed)
+  kw = to_jnp(kwargs)
+  gqkv = kw.pop("global_qkv")
+  kw.update(dropout_rate=0.2, dropout_key=jax.random.key(seed))
+  cot = jnp.asarray(np.random.default_rng(seed).standard_normal(
+      args[2].shape), jnp.float32)
+  attend = lambda impl: jax.jit(lambda q, k, v, g, r, t: windowed_attention(
+      q, k, v, global_qkv=g, rel_query=r, rel_table=t, impl=impl, **kw))
+  ours, ref = attend("mosaic"), attend("dense")
+  operands = (*args, gqkv, rq, table)
+  check_close(ours(*operands), ref(*operands))
+  loss = lambda fn: lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * cot)
+  argnums = tuple(range(6))
+  got = jax.tree.leaves(jax.grad(loss(ours), argnums)(*operands))
+  want = jax.tree.leaves(jax.grad(loss(ref), argnums)(*operands))
+  assert len(got) == len(want)
+  for g, w in zip(got, want):
+    check_close(g, w, atol=5e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
@@ -385,6 +461,39 @@ def test_lowers_for_cuda(dtype):
     assert lowering.count_kernels(exp, name) == 3, name
   exp = lowering.export_for_cuda(causal, *qkv)
   assert lowering.count_kernels(exp, "lfjax_band_fwd") == 1
+
+
+@pytest.mark.parametrize("variant", ["rel_dropout", "globals_dropout"])
+def test_mosaic_lowers_for_tpu(variant):
+  """Forward and backward of impl="mosaic" lower to Mosaic kernels for TPU
+  on this CPU-only machine (jax.export; Mosaic's own compile, VMEM and
+  tiling checks run in libtpu: the TPU compile leg): the char-LM's layer
+  (causal, dilation per head, relative term, dropout) and the MLM's
+  (globals, padding, dropout); fwd, dq, dkv per dilation group."""
+  b, n, h, d = 1, 300, 4, 64
+  bf16 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16)
+  kw = dict(window=32, dilation=[1, 1, 2, 2], dropout_rate=0.1,
+            dropout_key=jax.random.key(0), impl="mosaic")
+  extra = [bf16(b, n, h, 16), bf16(65, h, 16)]
+  if variant == "rel_dropout":
+    attend = lambda q, k, v, rq, table: windowed_attention(
+        q, k, v, causal=True, rel_query=rq, rel_table=table, **kw)
+  else:
+    extra = [jax.ShapeDtypeStruct((b, n), jnp.bool_)] * 2
+    attend = lambda q, k, v, key_mask, global_mask: windowed_attention(
+        q, k, v, key_mask=key_mask, global_mask=global_mask, max_global=4,
+        **kw)
+
+  def fwd_bwd(*args):
+    loss = lambda *a: jnp.sum(attend(*a).astype(jnp.float32))
+    return jax.grad(loss, argnums=(0, 1, 2))(*args)
+
+  exp = jax.export.export(jax.jit(fwd_bwd), platforms=["tpu"])(
+      *[bf16(b, n, h, d)] * 3, *extra)
+  text = exp.mlir_module()
+  assert text.count("tpu_custom_call") == 6
+  for name in ("fwd", "dq", "dkv"):
+    assert f"lfjax_tpu_band_{name}" in text, name
 
 
 def _kernel_signatures(exported):

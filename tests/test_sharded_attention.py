@@ -149,7 +149,7 @@ def test_one_shard_matches_reference(causal):
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(impl="dense"), "impl: expected one of ('auto', 'chunked', "
-                         "'pallas') (dense is the O(N^2) oracle"),
+                         "'pallas', 'splash', 'mosaic') (dense is the O(N^2) oracle"),
     (dict(axis_name="sp"), "axis_name: expected an axis of the mesh "
                            "('seq',), got 'sp'"),
     (dict(batch_axis="data"), "batch_axis: expected an axis of the mesh"),

@@ -12,6 +12,7 @@ from lfjax.attention import band
 from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
+from lfjax.attention import mosaic
 from lfjax.attention import pallas
 from lfjax.attention import splash
 
@@ -20,7 +21,8 @@ from lfjax.attention import splash
 # pallas.band_with_global_keys. A new kernel is one entry here; the
 # sequence-parallel path (sharded.py) takes the same entries.
 BAND_KERNELS = {"pallas": pallas.band_with_global_keys,
-                "splash": splash.band_with_global_keys}
+                "splash": splash.band_with_global_keys,
+                "mosaic": mosaic.band_with_global_keys}
 IMPLS = ("auto", "dense", "chunked") + tuple(BAND_KERNELS)
 
 
@@ -66,11 +68,15 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       compiled Mosaic kernel when lowered for a TPU, interpret mode on CPU;
       band and global keys in one softmax; no attention dropout and no
       relative term: dropout_rate > 0 or rel_query/rel_table raise
-      ValueError) or "auto" (chunked; pallas once it is measured on GPUs).
+      ValueError), "mosaic" (lfjax's Mosaic band kernel for TPUs,
+      everything "pallas" serves incl. the relative term and dropout:
+      compiled Mosaic when lowered for a TPU, interpret mode on CPU;
+      lfjax/kernels/README.md) or "auto" (chunked; pallas once it is
+      measured on GPUs).
     dropout_rate: attention-probability dropout (training), a Python float
       in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
-      (dropout_key, b, h, i, j), so dense, chunked and pallas drop the
-      same entries and the backward pass regenerates them.
+      (dropout_key, b, h, i, j), so dense, chunked, pallas and mosaic
+      drop the same entries and the backward pass regenerates them.
     dropout_key: a jax.random key, required when dropout_rate > 0.
 
     rel_query, rel_table: a relative-position term (Transformer-XL's

@@ -79,11 +79,12 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
     scale, dropout_rate, dropout_key, rel_query, rel_table: as
       windowed_attention. Dropout keeps or drops the same entries as the
       unsharded call (the hash of absolute positions).
-    impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas band
-      kernel; interpret mode on CPU), "splash" (JAX's splash attention,
-      Mosaic on a TPU, interpret mode on CPU; no dropout, no relative
-      term) or "auto" (chunked). Each shard runs the kernel on its queries
-      padded by the halo (as many queries as keys).
+    impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas-Triton
+      band kernel, GPUs), "splash" (JAX's splash attention, TPUs; no
+      dropout, no relative term), "mosaic" (the Mosaic band kernel, TPUs;
+      all three in interpret mode on CPU) or "auto" (chunked). A kernel
+      runs per shard on the shard's extended keys, its queries padded by
+      the halo (as many queries as keys).
       "dense" is the O(N^2) oracle and is not sharded.
 
   Returns:

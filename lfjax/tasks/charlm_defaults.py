@@ -55,7 +55,8 @@ def base_config():
   # the exchange; ~1 more [batch, seq, hidden] float32 per layer) |
   # "offload" (the same, in pinned host memory; GPU/TPU only). Same values.
   c.model.remat_policy = "nothing"
-  c.model.attention_impl = "auto"  # windowed_attention impl (attention.IMPLS)
+  # lfjax.attention.IMPLS: auto, chunked, dense, pallas (GPU), mosaic (TPU).
+  c.model.attention_impl = "auto"
   # Relative positions as a per-distance table inside the attention
   # ("table", head_dim-wide) or as rel_features extra q/k columns
   # ("features", the exact rewrite kept as an oracle). Same parameters.
