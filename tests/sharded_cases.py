@@ -57,6 +57,11 @@ CASES = {
     "p8_pallas_causal_multihop": dict(p=8, n=32, dilation=[1, 2], window=6,
                                       causal=True, rel=True, drop=0.3,
                                       impl="pallas"),
+    # Splash attention per shard (interpret mode): queries padded by the
+    # halo, global keys as mask columns, padding through segment ids.
+    "p4_splash_globals_padding": dict(p=4, n=32, dilation=[1, 2], window=3,
+                                      pad=5, globals=[2, 19, 20], gqkv=True,
+                                      impl="splash"),
     # bf16 operands with global projections: the global rows' all-reduce
     # (XLA:CPU aborted on a bf16 one) and bf16 rounding in the bounds.
     "p2_bfloat16_globals": dict(p=2, n=24, dilation=[1, 2], window=3, pad=4,

@@ -13,12 +13,14 @@ from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
 from lfjax.attention import pallas
+from lfjax.attention import splash
 
 # Band kernels: implementations that run the chunked path's layout
 # (dilation classes, global rows) around a kernel with the contract of
 # pallas.band_with_global_keys. A new kernel is one entry here; the
 # sequence-parallel path (sharded.py) takes the same entries.
-BAND_KERNELS = {"pallas": pallas.band_with_global_keys}
+BAND_KERNELS = {"pallas": pallas.band_with_global_keys,
+                "splash": splash.band_with_global_keys}
 IMPLS = ("auto", "dense", "chunked") + tuple(BAND_KERNELS)
 
 
@@ -59,8 +61,12 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
     scale: score scale, default 1/sqrt(head_dim).
     impl: "dense" (O(N^2) masked oracle), "chunked" (pure JAX, O(N*w)
       memory), "pallas" (flash-style kernel: compiled Triton when lowered
-      for a GPU, Pallas interpret mode on CPU, which is exact but slow) or
-      "auto" (chunked; pallas once it is measured on GPUs).
+      for a GPU, Pallas interpret mode on CPU, which is exact but slow),
+      "splash" (JAX's splash attention, lfjax/attention/splash.py: a
+      compiled Mosaic kernel when lowered for a TPU, interpret mode on CPU;
+      band and global keys in one softmax; no attention dropout and no
+      relative term: dropout_rate > 0 or rel_query/rel_table raise
+      ValueError) or "auto" (chunked; pallas once it is measured on GPUs).
     dropout_rate: attention-probability dropout (training), a Python float
       in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
       (dropout_key, b, h, i, j), so dense, chunked and pallas drop the

@@ -80,7 +80,10 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
       windowed_attention. Dropout keeps or drops the same entries as the
       unsharded call (the hash of absolute positions).
     impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas band
-      kernel; interpret mode on CPU) or "auto" (chunked).
+      kernel; interpret mode on CPU), "splash" (JAX's splash attention,
+      Mosaic on a TPU, interpret mode on CPU; no dropout, no relative
+      term) or "auto" (chunked). Each shard runs the kernel on its queries
+      padded by the halo (as many queries as keys).
       "dense" is the O(N^2) oracle and is not sharded.
 
   Returns:
