@@ -12,6 +12,7 @@ from lfjax.attention import band
 from lfjax.attention import chunked
 from lfjax.attention import common
 from lfjax.attention import dense
+from lfjax.attention import mosaic
 from lfjax.attention import pallas
 from lfjax.attention import splash
 
@@ -20,7 +21,8 @@ from lfjax.attention import splash
 # pallas.band_with_global_keys. A new kernel is one entry here; the
 # sequence-parallel path (sharded.py) takes the same entries.
 BAND_KERNELS = {"pallas": pallas.band_with_global_keys,
-                "splash": splash.band_with_global_keys}
+                "splash": splash.band_with_global_keys,
+                "mosaic": mosaic.band_with_global_keys}
 IMPLS = ("auto", "dense", "chunked") + tuple(BAND_KERNELS)
 
 

@@ -31,13 +31,21 @@ def pow2(n):
 # Block ranges ---------------------------------------------------------------
 # For a block of rows [r0, r0 + rows) against blocks of `cols` columns, with
 # allowed offsets -lo_off <= col - row <= hi_off: the blocks that meet the
-# band, and among them the ones entirely inside it (no mask needed).
+# band, and among them the ones entirely inside it (no mask needed). Shared
+# with the TPU kernel (tpu_band_kernels). Every quotient here is of
+# non-negative ints, so lax.div (truncating) is floor division: jnp's `//`
+# lowers through lax.sign, which Mosaic lowers only when it knows the TPU
+# generation (not in a deviceless compile).
 
-def _ranges(r0, rows, cols, lo_off, hi_off, nblocks):
-  first = jnp.maximum(r0 - lo_off, 0) // cols
-  end = jnp.minimum(nblocks, (r0 + rows - 1 + hi_off) // cols + 1)
-  full_lo = (jnp.maximum(r0 + rows - 1 - lo_off, 0) + cols - 1) // cols
-  full_hi = jnp.maximum(r0 + hi_off + 1, 0) // cols
+def _div(a, b):
+  return jax.lax.div(a, jnp.int32(b))
+
+
+def block_ranges(r0, rows, cols, lo_off, hi_off, nblocks):
+  first = _div(jnp.maximum(r0 - lo_off, 0), cols)
+  end = jnp.minimum(nblocks, _div(r0 + rows - 1 + hi_off, cols) + 1)
+  full_lo = _div(jnp.maximum(r0 + rows - 1 - lo_off, 0) + cols - 1, cols)
+  full_hi = _div(jnp.maximum(r0 + hi_off + 1, 0), cols)
   a = jnp.clip(full_lo, first, end)
   b = jnp.clip(full_hi, a, end)
   return first, a, b, end
@@ -288,7 +296,7 @@ def fwd_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier,
     acc = acc * alpha[:, None] + _dot(pz.astype(v.dtype), v)
     return acc, m_new, l * alpha + jnp.sum(p, axis=1)
 
-  first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
+  first, a, b, end = block_ranges(r0, bq, bk, window, right, nkb)
   carry = (jnp.zeros((bq, dv), jnp.float32),
            jnp.full((bq,), NEG_INF, jnp.float32), jnp.zeros((bq,), jnp.float32))
   carry = jax.lax.fori_loop(first, a, functools.partial(body, masked=True),
@@ -363,7 +371,7 @@ def dq_kernel(*refs, scale, window, right, bq, bk, nkb, rel_min, barrier,
                dtable_ref, kb)
     return dq
 
-  first, a, b, end = _ranges(r0, bq, bk, window, right, nkb)
+  first, a, b, end = block_ranges(r0, bq, bk, window, right, nkb)
   dq = jnp.zeros(q.shape, jnp.float32)
   dq = jax.lax.fori_loop(first, a, functools.partial(body, masked=True), dq)
   dq = jax.lax.fori_loop(a, b, functools.partial(body, masked=False), dq)
@@ -406,7 +414,7 @@ def dkv_kernel(*refs, scale, window, right, bq, bk, nqb, rel_min, barrier,
 
   # The transposed band: rows i with -window <= c - i <= right, i.e.
   # -right <= i - c <= window.
-  first, a, b, end = _ranges(c0, bk, bq, right, window, nqb)
+  first, a, b, end = block_ranges(c0, bk, bq, right, window, nqb)
   carry = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
   carry = jax.lax.fori_loop(first, a, functools.partial(body, masked=True),
                             carry)
