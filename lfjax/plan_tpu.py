@@ -51,7 +51,8 @@ def parse_topology(chip, shape):
   """(topology name for get_topology_desc, chip count) of "v5e" and "2x2"
   (shape "" = one chip). Raises ValueError naming the shape."""
   dims = CHIPS[chip].dims
-  sizes = [int(x) for x in shape.split("x")] if shape else [1] * dims
+  parts = shape.split("x") if shape else ["1"] * dims
+  sizes = [int(x) if x.isdigit() else 0 for x in parts]
   if len(sizes) != dims or min(sizes) < 1:
     raise ValueError(f"{chip}: expected a topology of {dims} sizes "
                      f"({'x'.join(['A', 'B', 'C'][:dims])}), got {shape!r}")
@@ -60,9 +61,13 @@ def parse_topology(chip, shape):
 
 def require_libtpu():
   """The installed libtpu version. Raises extras.MissingPackage (one line
-  naming the pip command) when it is missing. Sets TPU_WORKER_HOSTNAMES
-  to localhost unless set (libtpu reads it when it loads; without it a
-  deviceless compile logs a hostname error)."""
+  naming the pip command) when it is missing. Sets, unless set,
+  TPU_WORKER_HOSTNAMES=localhost (libtpu reads it when it loads; without
+  it a deviceless compile logs a hostname error) and
+  ALLOW_MULTIPLE_LIBTPU_LOAD=1 (libtpu otherwise takes /tmp/libtpu_lockfile
+  for the process' lifetime, and a second process compiling for a TPU,
+  e.g. a pytest-xdist worker or tpu_compile's child, aborts; a deviceless
+  compile touches no chip)."""
   try:
     version = importlib.metadata.version("libtpu")
   except importlib.metadata.PackageNotFoundError:
@@ -70,6 +75,7 @@ def require_libtpu():
         f"compiling for a TPU needs libtpu (jax[tpu]), which is not "
         f"installed; install it with: {PIP} (Python >= 3.12)") from None
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   return version
 
 

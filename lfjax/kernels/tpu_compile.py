@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 
+from lfjax import plan_tpu
 from lfjax.kernels import gpu_compile
 
 TARGETS = ("v5e", "v6e", "v5p")
@@ -133,7 +134,6 @@ def _say(kind, **fields):
 def _child(target_name, names, impl=None, tokens=TOKENS):
   import jax
   from lfjax import plan
-  from lfjax import plan_tpu
   jax.config.update("jax_enable_compilation_cache", False)
   target = plan.parse_target(target_name)
   dev = plan_tpu.topology_devices(target.topology)[0]
@@ -236,7 +236,7 @@ def parse_kernels(hlo):
     if 'custom_call_target="tpu_custom_call"' not in chunk:
       continue
     limit = _SCOPED.search(chunk)
-    args = chunk[m.end():chunk.find("custom_call_target")]
+    args = chunk[m.end() - m.start():chunk.find("custom_call_target")]
     arrays = [m.group(2)] + [shapes.get(a, "") for a in
                              re.findall(r"%([\w.\-]+)", args)]
     placed = [_ARRAY.findall(t) and all(
@@ -323,9 +323,8 @@ def compile_variants(target, names=None, *, impl=None, tokens=TOKENS,
       os.path.abspath(__file__))))
   with tempfile.TemporaryDirectory(prefix="lfjax_tc_") as tmp:
     dump = keep or tmp
+    plan_tpu.require_libtpu()  # one line if missing; sets libtpu's env
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               TPU_WORKER_HOSTNAMES=os.environ.get("TPU_WORKER_HOSTNAMES",
-                                                   "localhost"),
                LIBTPU_INIT_ARGS=(
                    os.environ.get("LIBTPU_INIT_ARGS", "")
                    + f" --xla_jf_dump_to={dump}"
@@ -400,6 +399,7 @@ def main(argv=None):
     p.error(f"--variant: expected names among {', '.join(BY_NAME)}; got "
             f"{', '.join(unknown)}")
   from lfjax import cli
+  from lfjax import extras
   from lfjax import plan
   try:
     if plan.parse_target(a.target).platform != "tpu":
@@ -415,7 +415,7 @@ def main(argv=None):
   try:
     rows, skipped, failed = compile_variants(
         a.target, names, impl=a.impl or None, tokens=a.tokens)
-  except (RuntimeError, ParseError) as e:
+  except (RuntimeError, ParseError, extras.MissingPackage) as e:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 1
   for r in rows:
