@@ -74,11 +74,12 @@ def parse_args(argv=None):
   ap.add_argument("--dtype", default="float32",
                   choices=("float32", "bfloat16"), help="model.dtype")
   ap.add_argument("--impl", default=None,
-                  choices=("auto", "chunked", "pallas"),
+                  choices=("auto", "chunked", "pallas", "splash", "mosaic"),
                   help="model.attention_impl; default: the config's")
   ap.add_argument("--target", default=None,
-                  help="compile for this GPU without one (a100, a100_80, "
-                  "h100, h200; needs the plan extra); default: this machine")
+                  help="compile for this GPU or TPU without one (a100, "
+                  "a100_80, h100, h200: the plan extra; v5e, v5p, v6e: the "
+                  "tpu extra); default: this machine")
   return ap.parse_args(argv)
 
 
@@ -105,12 +106,16 @@ def window_scale_for(config, seq, arg):
 
 
 def target_device(name):
-  """The deviceless device of a GPU target (lfjax.plan's), or None."""
+  """The deviceless device of a GPU or TPU target (lfjax.plan's), or
+  None."""
   if name is None:
     return None
   from lfjax import plan
+  from lfjax import plan_tpu
   target = plan.parse_target(name)
-  return plan.topology_devices(target, plan.require_plugin())[0]
+  need = (plan_tpu.require_libtpu if target.platform == "tpu"
+          else plan.require_plugin)
+  return plan.topology_devices(target, need())[0]
 
 
 def compile_step(config, cfg, seq, window_scale, donate, batch=1,
@@ -135,7 +140,7 @@ def compile_step(config, cfg, seq, window_scale, donate, batch=1,
   place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=one)
   args = jax.tree.map(place, args[:3]) + (key,)
-  with gpu_kind(device.device_kind):
+  with gpu_kind(device.device_kind, device.platform):
     try:
       lowered = step.trace(*args).lower()
     except AttributeError:  # jax < 0.7: no .trace
@@ -143,9 +148,11 @@ def compile_step(config, cfg, seq, window_scale, donate, batch=1,
   return lowered.compile()
 
 
-def gpu_kind(device_kind):
+def gpu_kind(device_kind, platform="gpu"):
   """Pallas' Triton lowering asks which GPU it compiles for; without one,
-  newer JAX reads it from an abstract device (older JAX assumes sm_90)."""
+  newer JAX reads it from an abstract device (older JAX assumes sm_90). A
+  TPU's abstract device tells the trace it is for a TPU
+  (lfjax.kernels.lowering.traced_platform)."""
   import contextlib
   import jax
   device_cls = getattr(jax.sharding, "AbstractDevice", None)
@@ -153,7 +160,8 @@ def gpu_kind(device_kind):
     return contextlib.nullcontext()
   return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
       (1,), ("x",), abstract_device=device_cls(
-          device_kind=device_kind, num_cores=None, platform="cuda")))
+          device_kind=device_kind, num_cores=None,
+          platform="tpu" if platform == "tpu" else "cuda")))
 
 
 _ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")
@@ -231,8 +239,20 @@ def main(argv=None):
       c = cfg if policy == "-" else dataclasses.replace(
           cfg, remat_policy=policy)
       t = time.perf_counter()
-      compiled = compile_step(config, c, seq, ws, args.donate, args.batch,
-                              device)
+      try:
+        compiled = compile_step(config, c, seq, ws, args.donate, args.batch,
+                                device)
+      except Exception as e:  # a TPU program over HBM: refused at compile
+        from lfjax import plan_tpu
+        oom = plan_tpu.parse_hbm_oom(str(e))
+        if oom is None:
+          raise
+        print(f"seq {seq} (window scale {ws}), remat policy {policy}: does "
+              f"not fit: XLA's TPU compiler needs {oom[1] / GiB:.2f} GiB for "
+              f"{oom[0]}, {oom[2] / GiB:.2f} GiB available "
+              f"(CompileTimeHbmOom); {time.perf_counter() - t:.0f} s",
+              flush=True)
+        continue
       secs = time.perf_counter() - t
       mem = compiled.memory_analysis()
       arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,

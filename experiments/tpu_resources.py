@@ -1,0 +1,200 @@
+"""TPU resources of windowed attention, compiled without a TPU (the TPU section
+of experiments/results/kernel_resources.md).
+
+  JAX_PLATFORMS=cpu python experiments/tpu_resources.py [--targets v5e,v6e] \
+      [--hbm_target v5e] [--hbm_tokens 4096,32768] [--plans] \
+      [--out experiments/results/kernel_resources.md]
+
+needs `pip install "lfjax[tpu]"` (Python >= 3.12). Three tables:
+1. per Pallas TPU kernel of every lfjax.kernels.tpu_compile variant and
+   target: scoped VMEM vs its limit, the bytes of its operands XLA placed in
+   VMEM, the variant's compile time and HBM temporaries;
+2. HBM temporaries of attention forward + backward (batch 1, 12 heads,
+   head_dim 64, bf16, window 256) at --hbm_tokens for impl splash and
+   mosaic vs the XLA batched path (chunked) and dense, on --hbm_target; a
+   program over the chip's HBM is refused by the compiler, and its figure
+   (what the compiler says it needs) is the result;
+3. with --plans, `--plan_for v5e` of longformer-base's MLM at 4,096 tokens x
+   micro-batch 8 (bf16 + remat) and experiments/charlm_memory.py for the
+   paper-small char-LM at phase 5 on v5e: their output, verbatim.
+The section replaces the file's TPU section (from its marker line on);
+the GPU tables before it are kept (experiments/kernel_resources.py keeps
+this section in turn). Compile times are wall clock on whatever machine
+runs this: not timings of a TPU.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from lfjax import plan_tpu  # noqa: E402
+from lfjax.kernels import tpu_compile  # noqa: E402
+
+MARKER = "<!-- TPU section: written by experiments/tpu_resources.py -->"
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+MiB = 2 ** 20
+# The layers compared for HBM (as tpu_compile's variants, impl replaced).
+HBM_LAYERS = ("causal_d64_bf16", "globals_d64_bf16", "rel_dropout_d64_bf16")
+HBM_IMPLS = ("splash", "mosaic", "chunked", "dense")
+
+
+def kernel_table(rows):
+  lines = ["| target | variant | kernel | scoped VMEM KiB | limit MiB | "
+           "operands XLA put in VMEM MiB | variant compile s | variant HBM "
+           "temp MiB |", "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    for k in r.kernels:
+      lines.append(
+          f"| {r.target} | {r.variant} | {k['kernel']} | "
+          f"{k['vmem'] / 1024:,.0f} | {k['limit'] / MiB:g} | "
+          f"{k['xla_vmem'] / MiB:.1f} | {r.compile_s:.1f} | "
+          f"{r.hbm_temp / MiB:,.1f} |")
+  return lines
+
+
+def hbm_table(target, tokens_list):
+  lines = ["| tokens | layer | impl | HBM temp MiB | arguments MiB | "
+           "compile s |", "|---|---|---|---|---|---|"]
+  for tokens in tokens_list:
+    for layer in HBM_LAYERS:
+      for impl in HBM_IMPLS:
+        kind = layer.rsplit("_d", 1)[0]
+        if kind not in tpu_compile.SERVES.get(impl, tpu_compile.SERVES[
+            "mosaic"]):
+          continue
+        name = "mosaic_" + layer
+        rows, skipped, failed = tpu_compile.compile_variants(
+            target, [name], impl=impl, tokens=tokens,
+            timeout=3600)
+        for r in rows:
+          print(json.dumps(dict(tokens=tokens, impl=impl, layer=layer,
+                                hbm_temp=r.hbm_temp,
+                                compile_s=r.compile_s)), flush=True)
+          lines.append(f"| {tokens:,} | {layer} | {impl} | "
+                       f"{r.hbm_temp / MiB:,.1f} | "
+                       f"{r.hbm_arguments / MiB:,.1f} | {r.compile_s:.1f} |")
+        for why in list(skipped.values()) + list(failed.values()):
+          oom = plan_tpu.parse_hbm_oom(why)
+          what = (f"does not fit: the compiler needs {oom[1] / MiB:,.0f} "
+                  f"MiB for {oom[0]}, {oom[2] / MiB:,.0f} available"
+                  if oom else why[:200])
+          print(json.dumps(dict(tokens=tokens, impl=impl, layer=layer,
+                                result=what)), flush=True)
+          lines.append(f"| {tokens:,} | {layer} | {impl} | {what} | | |")
+  return lines
+
+
+def base_config(folder):
+  from experiments import plan_memory
+  os.makedirs(os.path.join(folder, "base"), exist_ok=True)
+  with open(os.path.join(folder, "base", "config.json"), "w") as f:
+    json.dump(plan_memory.BASE, f)
+  return os.path.join(folder, "base")
+
+
+def plans():
+  """[(command, output)] of the two plans for v5e."""
+  folder = tempfile.mkdtemp()
+  base = base_config(folder)
+  commands = [
+      ["python", "-m", "lfjax.train", "--config",
+       "configs/mlm_longformer_base.py", "--config.init_from", base,
+       "--config.model.global_bos=True", "--config.model.dtype", "bfloat16",
+       "--config.model.remat", "True", "--plan_for", "v5e"],
+      ["python", "experiments/charlm_memory.py", "--target", "v5e",
+       "--seqs", "23040", "--batch", "16", "--dtype", "bfloat16",
+       "--impl", "mosaic"]]
+  out = []
+  for cmd in commands:
+    proc = subprocess.run([sys.executable] + cmd[1:], cwd=ROOT, text=True,
+                          capture_output=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    shown = " ".join(cmd).replace(base, "roberta-base-config/")
+    text = proc.stdout.strip() + f"\n(exit status {proc.returncode})"
+    print(f"$ {shown}\n{text}", flush=True)
+    out.append((shown, text))
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--targets", default="v5e,v6e")
+  p.add_argument("--hbm_target", default="v5e")
+  p.add_argument("--hbm_tokens", default="4096,32768")
+  p.add_argument("--plans", action="store_true")
+  p.add_argument("--out", default=os.path.join(
+      os.path.dirname(__file__), "results", "kernel_resources.md"))
+  a = p.parse_args()
+  cmd = " ".join(["JAX_PLATFORMS=cpu python experiments/tpu_resources.py"]
+                 + [f"--{k}" if v is True else f"--{k} {v}"
+                    for k, v in vars(a).items()
+                    if k != "out" and v != p.get_default(k)])
+  libtpu = plan_tpu.require_libtpu()
+  lines = [MARKER, "", "## TPU: windowed attention compiled for v5e / v6e "
+           "without a TPU", "",
+           f"Command: `{cmd}` ({datetime.date.today().isoformat()}; jax "
+           f"{importlib.metadata.version('jax')}, libtpu {libtpu}, Python "
+           f"{platform.python_version()}, JAX_PLATFORMS=cpu, no TPU; the "
+           "machine was shared with other jobs, so compile times are "
+           "inflated and only indicative). Test: `LFJAX_TEST_TPU=1 python "
+           "-m pytest tests/test_tpu_compile.py` (CI) asserts every variant "
+           "compiles for v5e and v6e with each kernel within its scoped "
+           "VMEM limit.", "",
+           "Variants: lfjax/kernels/tpu_compile.py (windowed_attention "
+           "forward + backward, batch 1, 4,096 tokens, 12 heads, window 256; "
+           "jax_splash: JAX's splash kernel called directly, causal band, "
+           "the reference). Scoped VMEM: libtpu's VMEM report per kernel "
+           "(its window buffers and scratch; 0 where XLA placed every "
+           "operand and output in VMEM itself, which the next column "
+           "counts, unpadded); limit: the chip's default scoped VMEM, read "
+           "from the compiler (v5e 16 MiB, v6e 32 MiB), unless the kernel "
+           "sets its own. VMEM capacity 128 MiB on both. HBM temp: "
+           "compiled.memory_analysis() of the variant.", ""]
+  rows = []
+  for t in a.targets.split(","):
+    got, skipped, failed = tpu_compile.compile_variants(t, timeout=3600)
+    rows += got
+    for r in got:
+      print(json.dumps(dict(target=t, variant=r.variant,
+                            compile_s=r.compile_s,
+                            vmem=[k["vmem"] for k in r.kernels])), flush=True)
+    lines += [f"- {t} {n}: not compiled: {w}" for n, w in skipped.items()]
+    lines += [f"- {t} {n}: did not compile: {w}" for n, w in failed.items()]
+  worst = max((k["vmem"] / k["limit"], r.target, r.variant, k["kernel"])
+              for r in rows for k in r.kernels)
+  lines += [f"Summary: {sum(len(r.kernels) for r in rows)} kernels, none "
+            f"over its limit; the largest share of a limit: "
+            f"{100 * worst[0]:.1f}% ({worst[1]} {worst[2]} {worst[3]}).", ""]
+  lines += kernel_table(rows)
+  tokens = [int(x) for x in a.hbm_tokens.split(",")]
+  lines += ["", f"### HBM temporaries of attention forward + backward on "
+            f"{a.hbm_target} (batch 1, 12 heads, head_dim 64, bf16, window "
+            "256)", "",
+            "impl chunked is the XLA batched path (band_batched: what a "
+            "TPU ran before splash and mosaic); dense the O(N^2) oracle. "
+            "splash does not serve dropout or the relative term.", ""]
+  lines += hbm_table(a.hbm_target, tokens)
+  if a.plans:
+    lines += ["", "### Planned for a v5e", ""]
+    for shown, text in plans():
+      lines += ["```text", f"$ JAX_PLATFORMS=cpu {shown}", text, "```", ""]
+  old = ""
+  if os.path.exists(a.out):
+    with open(a.out) as f:
+      old = f.read()
+  keep = old.split(MARKER)[0].rstrip("\n")
+  with open(a.out, "w") as f:
+    f.write((keep + "\n\n" if keep else "") + "\n".join(lines) + "\n")
+  print("wrote", a.out)
+
+
+if __name__ == "__main__":
+  main()
