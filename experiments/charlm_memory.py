@@ -3,7 +3,7 @@
   python experiments/charlm_memory.py [--seqs 2048,4096,8192] \
       [--rel_impl features|table] [--window_scale phase|N] [--top 15] \
       [--remat_policies nothing,attention] [--batch 1] [--dtype float32] \
-      [--impl auto|chunked|pallas] [--target h100]
+      [--impl auto|chunked|pallas|splash|mosaic] [--target h100|v5e]
 
 Compiles (never runs) lfjax.train.make_train_step for the paper's small model
 (configs/charlm_text8_small.py: 12 x 512, 8 heads, head_dim 64, FFN 2048,
@@ -27,6 +27,9 @@ lengths only for the dump; without --top it is small.
 CUDA plugin, deviceless, as `--plan_for`: `pip install -e ".[plan]"` on
 Python 3.12): the same step as XLA would build it for the GPU, with the
 attention implementation the GPU runs (--impl pallas: the Triton kernels).
+--target v5e|v5p|v6e compiles for that TPU (`pip install -e ".[tpu]"`;
+--impl mosaic: the Pallas TPU kernel); a step over the chip's HBM is
+refused by the compiler, and the line says what it needs.
 The phase-5 figure of issue 25 (the relative term inside the kernel):
 
   JAX_PLATFORMS=cpu python experiments/charlm_memory.py --target h100 \

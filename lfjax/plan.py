@@ -1,4 +1,4 @@
-"""Will a run fit a GPU that is not here? `--plan_for` compiles it for one.
+"""Will a run fit a GPU or TPU not here? `--plan_for` compiles it for one.
 
   python -m lfjax.train --config configs/mlm_longformer_base.py \
       --config.init_from DIR --plan_for a100
@@ -19,7 +19,11 @@ run folder is written.
 Targets: a100 (A100 SXM 40 GB), a100_80 (A100 SXM 80 GB), h100 (H100 SXM
 80 GB HBM3), h200 (H200 141 GB); with xN (h100x8) N such GPUs on one host,
 and the config's mesh (config.mesh, as the MLM and fine-tuning trainers
-lay it out) is planned per device.
+lay it out) is planned per device. TPUs (`pip install "lfjax[tpu]"`,
+lfjax.plan_tpu): v5e, v5p, v6e, or a slice with its topology (v5e:2x2,
+v5p:2x2x1), per chip; the budget is the HBM XLA's TPU compiler lets a
+program use (read from the compiler), and a step over it is refused by
+the compiler (StepMemory.refused), reported as not fitting.
 
 How the total is computed (bytes, per device): XLA's
 `compiled.memory_analysis()` of the step: arguments (parameters, optimizer
