@@ -3,6 +3,7 @@ of experiments/results/kernel_resources.md).
 
   JAX_PLATFORMS=cpu python experiments/tpu_resources.py [--targets v5e,v6e] \
       [--hbm_target v5e] [--hbm_tokens 4096,32768] [--plans] \
+      [--cache FILE.jsonl] [--stages kernels,hbm,plans,write] \
       [--out experiments/results/kernel_resources.md]
 
 needs `pip install "lfjax[tpu]"` (Python >= 3.12). Three tables:
@@ -17,13 +18,18 @@ needs `pip install "lfjax[tpu]"` (Python >= 3.12). Three tables:
 3. with --plans, `--plan_for v5e` of longformer-base's MLM at 4,096 tokens x
    micro-batch 8 (bf16 + remat) and experiments/charlm_memory.py for the
    paper-small char-LM at phase 5 on v5e: their output, verbatim.
-The section replaces the file's TPU section (from its marker line on);
+--cache keeps every finished compile (a JSON line each) and reuses it, so
+the stages can run as separate processes side by side (--stages kernels,
+--stages hbm, --stages plans, each with the same --cache) and a last
+--stages write assembles the section from the cache alone. The section
+replaces the file's TPU section (from its marker line on);
 the GPU tables before it are kept (experiments/kernel_resources.py keeps
 this section in turn). Compile times are wall clock on whatever machine
 runs this: not timings of a TPU.
 """
 
 import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -46,6 +52,42 @@ HBM_LAYERS = ("causal_d64_bf16", "globals_d64_bf16", "rel_dropout_d64_bf16")
 HBM_IMPLS = ("splash", "mosaic", "chunked", "dense")
 
 
+class Cache:
+  """JSON lines of finished results, keyed by what produced them."""
+
+  def __init__(self, path):
+    self.path, self.got = path, {}
+    if path and os.path.exists(path):
+      with open(path) as f:
+        for line in f:
+          d = json.loads(line)
+          self.got[d["key"]] = d["value"]
+
+  def get(self, key, make):
+    if key not in self.got:
+      self.got[key] = make()
+      if self.path:
+        with open(self.path, "a") as f:
+          f.write(json.dumps(dict(key=key, value=self.got[key])) + "\n")
+    return self.got[key]
+
+
+def kernel_rows(cache, target, compile_=True):
+  """(rows, notes) of every variant for a target (cached)."""
+  def make():
+    if not compile_:
+      raise SystemExit(f"--stages write: no kernels of {target} in the "
+                       "cache; run --stages kernels first")
+    got, skipped, failed = tpu_compile.compile_variants(target, timeout=3600)
+    return dict(rows=[dataclasses.asdict(r) for r in got],
+                notes=[f"- {target} {n}: not compiled: {w}"
+                       for n, w in skipped.items()]
+                + [f"- {target} {n}: did not compile: {w}"
+                   for n, w in failed.items()])
+  d = cache.get(f"kernels {target}", make)
+  return [tpu_compile.Resources(**r) for r in d["rows"]], d["notes"]
+
+
 def kernel_table(rows):
   lines = ["| target | variant | kernel | scoped VMEM KiB | limit MiB | "
            "operands XLA put in VMEM MiB | variant compile s | variant HBM "
@@ -60,7 +102,7 @@ def kernel_table(rows):
   return lines
 
 
-def hbm_table(target, tokens_list):
+def hbm_table(cache, target, tokens_list, compile_=True):
   lines = ["| tokens | layer | impl | HBM temp MiB | arguments MiB | "
            "compile s |", "|---|---|---|---|---|---|"]
   for tokens in tokens_list:
@@ -71,9 +113,19 @@ def hbm_table(target, tokens_list):
             "mosaic"]):
           continue
         name = "mosaic_" + layer
-        rows, skipped, failed = tpu_compile.compile_variants(
-            target, [name], impl=impl, tokens=tokens,
-            timeout=3600)
+
+        def make():
+          if not compile_:  # not in the cache: say so, do not guess
+            return dict(rows=[], why=["not measured: no compile in the "
+                                      "cache (the run was stopped first)"])
+          got, skipped, failed = tpu_compile.compile_variants(
+              target, [name], impl=impl, tokens=tokens, timeout=7200)
+          return dict(rows=[dataclasses.asdict(r) for r in got],
+                      why=list(skipped.values()) + list(failed.values()))
+        key = f"hbm {target} {tokens} {layer} {impl}"
+        d = cache.get(key, make) if compile_ or key in cache.got else make()
+        rows = [tpu_compile.Resources(**r) for r in d["rows"]]
+        skipped, failed = {}, dict(enumerate(d["why"]))
         for r in rows:
           print(json.dumps(dict(tokens=tokens, impl=impl, layer=layer,
                                 hbm_temp=r.hbm_temp,
@@ -100,8 +152,17 @@ def base_config(folder):
   return os.path.join(folder, "base")
 
 
-def plans():
-  """[(command, output)] of the two plans for v5e."""
+def plans(cache, compile_=True):
+  """[(command, output)] of the two plans for v5e (cached)."""
+  def make():
+    return _plans()
+  if not compile_ and "plans v5e" not in cache.got:
+    return [("(the plans)", "not measured: not in the cache (the run was "
+             "stopped first)")]
+  return cache.get("plans v5e", make)
+
+
+def _plans():
   folder = tempfile.mkdtemp()
   base = base_config(folder)
   commands = [
@@ -130,14 +191,35 @@ def main():
   p.add_argument("--hbm_target", default="v5e")
   p.add_argument("--hbm_tokens", default="4096,32768")
   p.add_argument("--plans", action="store_true")
+  p.add_argument("--cache", default="",
+                 help="a JSON-lines file of finished compiles, reused")
+  p.add_argument("--stages", default="kernels,hbm,plans,write",
+                 help="which of kernels, hbm, plans, write to run")
   p.add_argument("--out", default=os.path.join(
       os.path.dirname(__file__), "results", "kernel_resources.md"))
   a = p.parse_args()
   cmd = " ".join(["JAX_PLATFORMS=cpu python experiments/tpu_resources.py"]
                  + [f"--{k}" if v is True else f"--{k} {v}"
                     for k, v in vars(a).items()
-                    if k != "out" and v != p.get_default(k)])
+                    if k not in ("out", "cache", "stages")
+                    and v != p.get_default(k)])
   libtpu = plan_tpu.require_libtpu()
+  cache = Cache(a.cache)
+  stages = set(a.stages.split(","))
+  tokens = [int(x) for x in a.hbm_tokens.split(",")]
+  if stages - {"kernels", "hbm", "plans", "write"}:
+    p.error(f"--stages: expected among kernels, hbm, plans, write, got "
+            f"{a.stages!r}")
+  # Compile what the stages ask for (each into the cache), then write.
+  if "kernels" in stages:
+    for t in a.targets.split(","):
+      kernel_rows(cache, t)
+  if "hbm" in stages:
+    hbm_table(cache, a.hbm_target, tokens)
+  if "plans" in stages and a.plans:
+    plans(cache)
+  if "write" not in stages:
+    return
   lines = [MARKER, "", "## TPU: windowed attention compiled for v5e / v6e "
            "without a TPU", "",
            f"Command: `{cmd}` ({datetime.date.today().isoformat()}; jax "
@@ -160,31 +242,25 @@ def main():
            "compiled.memory_analysis() of the variant.", ""]
   rows = []
   for t in a.targets.split(","):
-    got, skipped, failed = tpu_compile.compile_variants(t, timeout=3600)
+    got, notes = kernel_rows(cache, t, compile_="kernels" in stages)
     rows += got
-    for r in got:
-      print(json.dumps(dict(target=t, variant=r.variant,
-                            compile_s=r.compile_s,
-                            vmem=[k["vmem"] for k in r.kernels])), flush=True)
-    lines += [f"- {t} {n}: not compiled: {w}" for n, w in skipped.items()]
-    lines += [f"- {t} {n}: did not compile: {w}" for n, w in failed.items()]
+    lines += notes
   worst = max((k["vmem"] / k["limit"], r.target, r.variant, k["kernel"])
               for r in rows for k in r.kernels)
   lines += [f"Summary: {sum(len(r.kernels) for r in rows)} kernels, none "
             f"over its limit; the largest share of a limit: "
             f"{100 * worst[0]:.1f}% ({worst[1]} {worst[2]} {worst[3]}).", ""]
   lines += kernel_table(rows)
-  tokens = [int(x) for x in a.hbm_tokens.split(",")]
   lines += ["", f"### HBM temporaries of attention forward + backward on "
             f"{a.hbm_target} (batch 1, 12 heads, head_dim 64, bf16, window "
             "256)", "",
             "impl chunked is the XLA batched path (band_batched: what a "
             "TPU ran before splash and mosaic); dense the O(N^2) oracle. "
             "splash does not serve dropout or the relative term.", ""]
-  lines += hbm_table(a.hbm_target, tokens)
+  lines += hbm_table(cache, a.hbm_target, tokens, "hbm" in stages)
   if a.plans:
     lines += ["", "### Planned for a v5e", ""]
-    for shown, text in plans():
+    for shown, text in plans(cache, "plans" in stages):
       lines += ["```text", f"$ JAX_PLATFORMS=cpu {shown}", text, "```", ""]
   old = ""
   if os.path.exists(a.out):
