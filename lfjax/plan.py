@@ -4,7 +4,7 @@
       --config.init_from DIR --plan_for a100
   python -m lfjax.train --config configs/qa_longformer.py \
       --config.init_from DIR --config.model.dtype bfloat16 \
-      --config.model.remat True --plan_for h100x8
+      --config.model.remat=True --plan_for h100x8
 
 needs `pip install "lfjax[plan]"` (JAX's CUDA plugin, its PJRT library and
 ptxas; no GPU, no driver). The run's own train step (the task's
