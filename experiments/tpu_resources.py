@@ -102,11 +102,11 @@ def kernel_table(rows):
   return lines
 
 
-def hbm_table(cache, target, tokens_list, compile_=True):
+def hbm_table(cache, target, tokens_list, compile_=True, layers=HBM_LAYERS):
   lines = ["| tokens | layer | impl | HBM temp MiB | arguments MiB | "
            "compile s |", "|---|---|---|---|---|---|"]
   for tokens in tokens_list:
-    for layer in HBM_LAYERS:
+    for layer in layers:
       for impl in HBM_IMPLS:
         kind = layer.rsplit("_d", 1)[0]
         if kind not in tpu_compile.SERVES.get(impl, tpu_compile.SERVES[
@@ -197,6 +197,7 @@ def main():
   p.add_argument("--targets", default="v5e,v6e")
   p.add_argument("--hbm_target", default="v5e")
   p.add_argument("--hbm_tokens", default="4096,32768")
+  p.add_argument("--hbm_layers", default=",".join(HBM_LAYERS))
   p.add_argument("--plans", action="store_true")
   p.add_argument("--cache", default="",
                  help="a JSON-lines file of finished compiles, reused")
@@ -222,7 +223,7 @@ def main():
     for t in a.targets.split(","):
       kernel_rows(cache, t)
   if "hbm" in stages:
-    hbm_table(cache, a.hbm_target, tokens)
+    hbm_table(cache, a.hbm_target, tokens, layers=a.hbm_layers.split(","))
   if "plans" in stages and a.plans:
     plans(cache)
   if "write" not in stages:
@@ -264,7 +265,8 @@ def main():
             "impl chunked is the XLA batched path (band_batched: what a "
             "TPU ran before splash and mosaic); dense the O(N^2) oracle. "
             "splash does not serve dropout or the relative term.", ""]
-  lines += hbm_table(cache, a.hbm_target, tokens, "hbm" in stages)
+  lines += hbm_table(cache, a.hbm_target, tokens, "hbm" in stages,
+                     a.hbm_layers.split(","))
   if a.plans:
     lines += ["", "### Planned for a v5e", ""]
     for shown, text in plans(cache, "plans" in stages):
