@@ -3,7 +3,7 @@
   python experiments/charlm_memory.py [--seqs 2048,4096,8192] \
       [--rel_impl features|table] [--window_scale phase|N] [--top 15] \
       [--remat_policies nothing,attention] [--batch 1] [--dtype float32] \
-      [--impl auto|chunked|pallas] [--target h100]
+      [--impl auto|chunked|pallas|splash|mosaic] [--target h100|v5e]
 
 Compiles (never runs) lfjax.train.make_train_step for the paper's small model
 (configs/charlm_text8_small.py: 12 x 512, 8 heads, head_dim 64, FFN 2048,
@@ -27,6 +27,9 @@ lengths only for the dump; without --top it is small.
 CUDA plugin, deviceless, as `--plan_for`: `pip install -e ".[plan]"` on
 Python 3.12): the same step as XLA would build it for the GPU, with the
 attention implementation the GPU runs (--impl pallas: the Triton kernels).
+--target v5e|v5p|v6e compiles for that TPU (`pip install -e ".[tpu]"`;
+--impl mosaic: the Pallas TPU kernel); a step over the chip's HBM is
+refused by the compiler, and the line says what it needs.
 The phase-5 figure of issue 25 (the relative term inside the kernel):
 
   JAX_PLATFORMS=cpu python experiments/charlm_memory.py --target h100 \
@@ -74,11 +77,12 @@ def parse_args(argv=None):
   ap.add_argument("--dtype", default="float32",
                   choices=("float32", "bfloat16"), help="model.dtype")
   ap.add_argument("--impl", default=None,
-                  choices=("auto", "chunked", "pallas"),
+                  choices=("auto", "chunked", "pallas", "splash", "mosaic"),
                   help="model.attention_impl; default: the config's")
   ap.add_argument("--target", default=None,
-                  help="compile for this GPU without one (a100, a100_80, "
-                  "h100, h200; needs the plan extra); default: this machine")
+                  help="compile for this GPU or TPU without one (a100, "
+                  "a100_80, h100, h200: the plan extra; v5e, v5p, v6e: the "
+                  "tpu extra); default: this machine")
   return ap.parse_args(argv)
 
 
@@ -105,12 +109,16 @@ def window_scale_for(config, seq, arg):
 
 
 def target_device(name):
-  """The deviceless device of a GPU target (lfjax.plan's), or None."""
+  """The deviceless device of a GPU or TPU target (lfjax.plan's), or
+  None."""
   if name is None:
     return None
   from lfjax import plan
+  from lfjax import plan_tpu
   target = plan.parse_target(name)
-  return plan.topology_devices(target, plan.require_plugin())[0]
+  need = (plan_tpu.require_libtpu if target.platform == "tpu"
+          else plan.require_plugin)
+  return plan.topology_devices(target, need())[0]
 
 
 def compile_step(config, cfg, seq, window_scale, donate, batch=1,
@@ -135,7 +143,7 @@ def compile_step(config, cfg, seq, window_scale, donate, batch=1,
   place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=one)
   args = jax.tree.map(place, args[:3]) + (key,)
-  with gpu_kind(device.device_kind):
+  with gpu_kind(device.device_kind, device.platform):
     try:
       lowered = step.trace(*args).lower()
     except AttributeError:  # jax < 0.7: no .trace
@@ -143,9 +151,11 @@ def compile_step(config, cfg, seq, window_scale, donate, batch=1,
   return lowered.compile()
 
 
-def gpu_kind(device_kind):
+def gpu_kind(device_kind, platform="gpu"):
   """Pallas' Triton lowering asks which GPU it compiles for; without one,
-  newer JAX reads it from an abstract device (older JAX assumes sm_90)."""
+  newer JAX reads it from an abstract device (older JAX assumes sm_90). A
+  TPU's abstract device tells the trace it is for a TPU
+  (lfjax.kernels.lowering.traced_platform)."""
   import contextlib
   import jax
   device_cls = getattr(jax.sharding, "AbstractDevice", None)
@@ -153,7 +163,8 @@ def gpu_kind(device_kind):
     return contextlib.nullcontext()
   return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
       (1,), ("x",), abstract_device=device_cls(
-          device_kind=device_kind, num_cores=None, platform="cuda")))
+          device_kind=device_kind, num_cores=None,
+          platform="tpu" if platform == "tpu" else "cuda")))
 
 
 _ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")
@@ -231,8 +242,20 @@ def main(argv=None):
       c = cfg if policy == "-" else dataclasses.replace(
           cfg, remat_policy=policy)
       t = time.perf_counter()
-      compiled = compile_step(config, c, seq, ws, args.donate, args.batch,
-                              device)
+      try:
+        compiled = compile_step(config, c, seq, ws, args.donate, args.batch,
+                                device)
+      except Exception as e:  # a TPU program over HBM: refused at compile
+        from lfjax import plan_tpu
+        oom = plan_tpu.parse_hbm_oom(str(e))
+        if oom is None:
+          raise
+        print(f"seq {seq} (window scale {ws}), remat policy {policy}: does "
+              f"not fit: XLA's TPU compiler needs {oom[1] / GiB:.2f} GiB for "
+              f"{oom[0]}, {oom[2] / GiB:.2f} GiB available "
+              f"(CompileTimeHbmOom); {time.perf_counter() - t:.0f} s",
+              flush=True)
+        continue
       secs = time.perf_counter() - t
       mem = compiled.memory_analysis()
       arg, out, tmp = (mem.argument_size_in_bytes, mem.output_size_in_bytes,

@@ -150,8 +150,16 @@ def main():
                   f"{why.split(', context')[0]} | | | |"
                   for n, why in failed.items()]
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  # The TPU section (experiments/tpu_resources.py) after the GPU tables.
+  marker = "<!-- TPU section: written by experiments/tpu_resources.py -->"
+  tpu = ""
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      old = f.read()
+    if marker in old:
+      tpu = "\n" + marker + old.split(marker, 1)[1]
   with open(args.out, "w") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("\n".join(lines) + "\n" + tpu)
   print("wrote", args.out)
 
 

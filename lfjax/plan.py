@@ -1,10 +1,10 @@
-"""Will a run fit a GPU that is not here? `--plan_for` compiles it for one.
+"""Will a run fit a GPU or TPU not here? `--plan_for` compiles it for one.
 
   python -m lfjax.train --config configs/mlm_longformer_base.py \
       --config.init_from DIR --plan_for a100
   python -m lfjax.train --config configs/qa_longformer.py \
       --config.init_from DIR --config.model.dtype bfloat16 \
-      --config.model.remat True --plan_for h100x8
+      --config.model.remat=True --plan_for h100x8
 
 needs `pip install "lfjax[plan]"` (JAX's CUDA plugin, its PJRT library and
 ptxas; no GPU, no driver). The run's own train step (the task's
@@ -19,7 +19,11 @@ run folder is written.
 Targets: a100 (A100 SXM 40 GB), a100_80 (A100 SXM 80 GB), h100 (H100 SXM
 80 GB HBM3), h200 (H200 141 GB); with xN (h100x8) N such GPUs on one host,
 and the config's mesh (config.mesh, as the MLM and fine-tuning trainers
-lay it out) is planned per device.
+lay it out) is planned per device. TPUs (`pip install "lfjax[tpu]"`,
+lfjax.plan_tpu): v5e, v5p, v6e, or a slice with its topology (v5e:2x2,
+v5p:2x2x1), per chip; the budget is the HBM XLA's TPU compiler lets a
+program use (read from the compiler), and a step over it is refused by
+the compiler (StepMemory.refused), reported as not fitting.
 
 How the total is computed (bytes, per device): XLA's
 `compiled.memory_analysis()` of the step: arguments (parameters, optimizer
@@ -85,24 +89,38 @@ GB = 1e9
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  name: str  # the --plan_for key (a100, ...)
-  file: str  # lfjax/gpu_targets/<file>.txtpb
+  name: str  # the --plan_for key (a100, ..., v5e)
+  file: str  # lfjax/gpu_targets/<file>.txtpb ("" for a TPU)
   label: str  # "A100 SXM 40 GB"
-  count: int  # GPUs on the host
+  count: int  # GPUs on the host, TPU chips in the slice
+  platform: str = "cuda"  # "cuda" | "tpu"
+  topology: str = ""  # a TPU's get_topology_desc name ("v5e:2x2")
 
 
 def parse_target(value):
-  """--plan_for's value (a100, h100x8, ...) -> Target.
+  """--plan_for's value (a100, h100x8, v5e, v5e:2x2, v5p:2x2x1, ...) ->
+  Target.
 
   Raises cli.UsageError naming the flag, the choices and the value."""
-  m = re.fullmatch(r"(%s)(?:x([1-9][0-9]*))?" % "|".join(TARGETS),
-                   str(value))
-  if not m:
-    raise cli.UsageError(
-        f"--plan_for: expected one of {', '.join(TARGETS)}, optionally "
-        f"with xN for N GPUs (e.g. h100x8), got {value!r}")
-  file, label = TARGETS[m.group(1)]
-  return Target(m.group(1), file, label, int(m.group(2) or 1))
+  from lfjax import plan_tpu
+  value = str(value)
+  m = re.fullmatch(r"(%s)(?:x([1-9][0-9]*))?" % "|".join(TARGETS), value)
+  if m:
+    file, label = TARGETS[m.group(1)]
+    return Target(m.group(1), file, label, int(m.group(2) or 1))
+  m = re.fullmatch(r"(%s)(?::([0-9x]+))?" % "|".join(plan_tpu.CHIPS), value)
+  if m:
+    try:
+      topology, count = plan_tpu.parse_topology(m.group(1), m.group(2) or "")
+    except ValueError as e:
+      raise cli.UsageError(f"--plan_for: {e}") from None
+    return Target(m.group(1), "", plan_tpu.CHIPS[m.group(1)].label, count,
+                  "tpu", topology)
+  raise cli.UsageError(
+      f"--plan_for: expected one of {', '.join(TARGETS)}, optionally "
+      f"with xN for N GPUs (e.g. h100x8), or a TPU "
+      f"{', '.join(plan_tpu.CHIPS)}, optionally with a slice's topology "
+      f"(e.g. v5e:2x2, v5p:2x2x1), got {value!r}")
 
 
 def memory_fraction(environ=None):
@@ -222,6 +240,9 @@ class StepMemory:
   # when the step leaves parameters unused (an evaluation without global
   # tokens never reads the global projections), which stay on the device.
   arguments: int = 0
+  # Why XLA refused to compile the step (a TPU program over the chip's
+  # HBM: CompileTimeHbmOom); temp is then the compiler's figure.
+  refused: str = ""
 
   @property
   def total(self):
@@ -230,7 +251,7 @@ class StepMemory:
 
   @property
   def fits(self):
-    return self.total <= self.budget
+    return not self.refused and self.total <= self.budget
 
 
 def tree_bytes(tree):
@@ -259,13 +280,30 @@ def _itemsize(dtype):
 def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
   """Compiles jitted fn for args (ShapeDtypeStructs on target devices:
   parameters first, optimizer state second for a train step, then the
-  batch); returns its StepMemory."""
+  batch); returns its StepMemory. A TPU program that needs more HBM than
+  the chip has is refused by XLA's TPU compiler (CompileTimeHbmOom): its
+  StepMemory then has `refused` (the compiler's words) and temp = the
+  bytes the compiler says the temporaries need."""
   try:
     lowered = fn.trace(*args).lower()
   except AttributeError:  # jax < 0.7: no .trace
     lowered = fn.lower(*args)
-  m = lowered.compile().memory_analysis()
   skip = 2 if optimizer else 1
+  try:
+    m = lowered.compile().memory_analysis()
+  except Exception as e:  # XlaRuntimeError, RESOURCE_EXHAUSTED
+    from lfjax import plan_tpu
+    oom = plan_tpu.parse_hbm_oom(str(e))
+    if oom is None:
+      raise
+    what, need, available = oom
+    return StepMemory(
+        parameters=parameters, optimizer=optimizer,
+        batch=tree_bytes(args[skip:]), temp=need, outputs=0, code=0, host=0,
+        resident=resident, budget=budget,
+        refused=f"XLA's TPU compiler refused it: {what} need "
+                f"{need / GB:.2f} GB, more than the {available / GB:.2f} GB "
+                "of HBM available (CompileTimeHbmOom)")
   return StepMemory(
       parameters=parameters, optimizer=optimizer,
       batch=tree_bytes(args[skip:]), temp=m.temp_size_in_bytes,
@@ -298,6 +336,8 @@ def format_step(title, s, device_bytes, temp="temp (activations, gradients)"):
                + ("fits" if s.fits else "does not fit"))
   if s.host:
     lines.append(f"  {'host memory (offloaded)':<32}{size(s.host)}")
+  if s.refused:
+    lines.append(f"  {s.refused}")
   return lines
 
 
@@ -307,6 +347,9 @@ def format_step(title, s, device_bytes, temp="temp (activations, gradients)"):
 def topology_devices(target, plugin):
   """The deviceless devices of a target (count of them)."""
   from jax.experimental import topologies
+  if target.platform == "tpu":
+    from lfjax import plan_tpu
+    return plan_tpu.topology_devices(target.topology)
   topo = topologies.get_topology_desc(
       platform="cuda", topology=f"1x1x{target.count}",
       target_config=target_text(target, plugin))
@@ -363,13 +406,23 @@ def _plan(config, target_value, *, choices, search, out, environ):
   from lfjax import parallel
   from lfjax import plan_steps
   target = parse_target(target_value)
-  fraction = memory_fraction(environ)
   validate(config)
-  plugin = require_plugin()
-  text = target_text(target, plugin)
-  device = device_memory(text)
-  budget = int(fraction * device)
-  devices = topology_devices(target, plugin)
+  if target.platform == "tpu":
+    # XLA_PYTHON_CLIENT_MEM_FRACTION is the GPU allocator's: a TPU program
+    # gets what the TPU compiler allows, which it enforces itself.
+    from lfjax import plan_tpu
+    plugin = plan_tpu.require_libtpu()
+    devices = topology_devices(target, plugin)
+    device = plan_tpu.CHIPS[target.name].hbm
+    budget = plan_tpu.hbm_available(devices[0])
+    fraction = budget / device
+  else:
+    fraction = memory_fraction(environ)
+    plugin = require_plugin()
+    text = target_text(target, plugin)
+    device = device_memory(text)
+    budget = int(fraction * device)
+    devices = topology_devices(target, plugin)
   build = (plan_steps.mlm_steps if config.task == "mlm" else
            lambda c, d: plan_steps.finetune_steps(c, d, choices))
   try:
@@ -379,18 +432,24 @@ def _plan(config, target_value, *, choices, search, out, environ):
   mesh = steps.mesh
   params = tree_bytes(steps.params)
   opt = tree_bytes(steps.opt_state)
-  where = (f"{target.count} x {target.label}" if target.count > 1
-           else target.label)
+  where = (f"{target.label} {target.topology.split(':')[1]} slice "
+           f"({target.count} chips)" if target.platform == "tpu"
+           and target.count > 1 else f"{target.count} x {target.label}"
+           if target.count > 1 else target.label)
   out(f"plan: {steps.describe}")
   out(f"target: {where} ({devices[0].device_kind}), "
       + (f"mesh {' x '.join(f'{a} {n}' for a, n in mesh.shape.items())} "
          f"on {mesh.size} of {target.count} devices" if mesh is not None else
          "one device" + (f" of {target.count} (config.mesh uses 1)"
                          if target.count > 1 else ""))
-      + f"; budget {budget / GB:.1f} GB per device = {fraction:g} of "
-      f"{device / GB:.1f} GB (XLA_PYTHON_CLIENT_MEM_FRACTION"
-      + ("" if (os.environ if environ is None else environ).get(
-          "XLA_PYTHON_CLIENT_MEM_FRACTION") else ", JAX's default") + ")")
+      + (f"; budget {budget / GB:.1f} GB per chip: the HBM XLA's TPU "
+         f"compiler lets a program use, of its {device / GB:.1f} GB "
+         f"({budget / 2**30:.2f} of {device / 2**30:g} GiB)"
+         if target.platform == "tpu" else
+         f"; budget {budget / GB:.1f} GB per device = {fraction:g} of "
+         f"{device / GB:.1f} GB (XLA_PYTHON_CLIENT_MEM_FRACTION"
+         + ("" if (os.environ if environ is None else environ).get(
+             "XLA_PYTHON_CLIENT_MEM_FRACTION") else ", JAX's default") + ")"))
 
   def train_at(micro):
     # A large model's step compiles in minutes: say what is going on.
@@ -438,7 +497,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
     out("largest micro-batch that fits: " + (
         f"{best} (--config.train.micro_batch_size={best})" if best else
         "none (try model.dtype bfloat16, model.remat True, a shorter "
-        "sequence, a larger GPU or more of them)"))
+        "sequence, a larger GPU or TPU or more of them)"))
   ok = results[micro].fits and ev.fits
   out("")
   out("fits" if ok else "does not fit")

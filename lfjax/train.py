@@ -40,10 +40,11 @@ def _define_flags(fv, argv):
                       "checkpoints).", flag_values=fv)
   flags.DEFINE_string(
       "plan_for", None, "Train nothing: compile the run's steps for this "
-      "GPU (a100, a100_80, h100, h200; xN for N of them, e.g. h100x8) and "
-      "say whether they fit its memory (exit 0) or not (exit 1); reads only "
-      "init_from's config.json, needs no --workdir and no GPU (pip install "
-      '"lfjax[plan]"; see lfjax/plan.py).', flag_values=fv)
+      "GPU (a100, a100_80, h100, h200; xN for N of them, e.g. h100x8) or "
+      "TPU (v5e, v5p, v6e; a slice as v5e:2x2) and say whether they fit its "
+      "memory (exit 0) or not (exit 1); reads only init_from's config.json, "
+      'needs no --workdir and no GPU or TPU (pip install "lfjax[plan]" for '
+      'GPUs, "lfjax[tpu]" for TPUs; see lfjax/plan.py).', flag_values=fv)
   flags.DEFINE_integer(
       "plan_choices", 4, "With --plan_for, multiple_choice only: candidates "
       "per example to plan for (the data decides in training; WikiHop has "

@@ -81,3 +81,18 @@ def need_plan_plugin():
     if os.environ.get("LFJAX_TEST_PLAN", "") not in ("", "0"):
       pytest.fail(f"LFJAX_TEST_PLAN is set but {e}", pytrace=False)
     pytest.skip(f"needs the plan extra: {e}")
+
+
+def need_libtpu():
+  """The libtpu version (lfjax.plan_tpu.require_libtpu), for deviceless TPU
+  compilations: skipped without the `tpu` extra, except under
+  LFJAX_TEST_TPU (CI's TPU step), where a missing libtpu fails."""
+  import os
+  from lfjax import extras
+  from lfjax import plan_tpu
+  try:
+    return plan_tpu.require_libtpu()
+  except extras.MissingPackage as e:
+    if os.environ.get("LFJAX_TEST_TPU", "") not in ("", "0"):
+      pytest.fail(f"LFJAX_TEST_TPU is set but {e}", pytrace=False)
+    pytest.skip(f"needs the tpu extra: {e}")

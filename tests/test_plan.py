@@ -81,7 +81,27 @@ def test_parse_target(value, want):
   assert (t.name, t.count) == want
 
 
-@pytest.mark.parametrize("value", ["a200", "h100x0", "H100", "h100x", ""])
+@pytest.mark.parametrize("value,want", [
+    ("v5e", ("v5e", 1, "v5e:1x1")), ("v5e:2x2", ("v5e", 4, "v5e:2x2")),
+    ("v6e:2x4", ("v6e", 8, "v6e:2x4")), ("v5p", ("v5p", 1, "v5p:1x1x1")),
+    ("v5p:2x2x1", ("v5p", 4, "v5p:2x2x1"))])
+def test_parse_tpu_target(value, want):
+  t = plan.parse_target(value)
+  assert (t.name, t.count, t.topology, t.platform) == want + ("tpu",)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("v5p:2x2", "v5p: expected a topology of 3 sizes (AxBxC), got '2x2'"),
+    ("v5e:0x2", "v5e: expected a topology of 2 sizes (AxB), got '0x2'"),
+    ("v5e:2x", "v5e: expected a topology of 2 sizes (AxB), got '2x'")])
+def test_bad_tpu_topology(value, message):
+  with pytest.raises(cli.UsageError) as e:
+    plan.parse_target(value)
+  assert str(e.value) == "--plan_for: " + message
+
+
+@pytest.mark.parametrize("value", ["a200", "h100x0", "H100", "h100x", "",
+                                   "v4", "v5ex2"])
 def test_bad_target_names_flag_choices_and_value(value):
   with pytest.raises(cli.UsageError) as e:
     plan.parse_target(value)
@@ -97,7 +117,9 @@ def test_bad_target_on_the_command_line(tmp_path, capsys):
   assert code == 2
   assert err.splitlines()[0] == (
       "error: --plan_for: expected one of a100, a100_80, h100, h200, "
-      "optionally with xN for N GPUs (e.g. h100x8), got 'a200'")
+      "optionally with xN for N GPUs (e.g. h100x8), or a TPU v5e, v5p, v6e, "
+      "optionally with a slice's topology (e.g. v5e:2x2, v5p:2x2x1), got "
+      "'a200'")
 
 
 def test_workdir_still_required_without_plan_for(capsys):
@@ -389,3 +411,68 @@ def test_finetuning_mesh_is_planned_per_device(plugin, tmp_path, config,
   assert plan.plan(c, "h100x2", search=False, out=lines.append,
                    choices=3) == 0
   assert "on 2 of 2 devices" in lines[1]
+
+
+# With libtpu: deviceless compilation for a TPU --------------------------------
+
+
+@pytest.fixture
+def libtpu():
+  version = optional.need_libtpu()
+  jax.config.update("jax_platforms", "cpu")
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  yield version
+  jax.config.update("jax_enable_compilation_cache", cache)
+
+
+def test_tiny_mlm_fits_a_v5e(libtpu, tmp_path, capsys):
+  """The budget is the HBM XLA's TPU compiler lets a program use: a little
+  under the v5e's 16 GiB (Cloud TPU's v5e page), as the compiler says."""
+  code, out, _ = _run([
+      "--config", "configs/mlm_longformer_base.py:tiny",
+      "--config.init_from", _checkpoint(tmp_path / "m"),
+      "--config.train.batch_size", "2", "--config.train.micro_batch_size",
+      "2", "--plan_for", "v5e"], capsys)
+  assert code == 0, out
+  lines = out.splitlines()
+  assert lines[-1] == "fits"
+  assert lines[1].startswith("target: TPU v5e (TPU v5 lite), one device; "
+                             "budget "), lines[1]
+  budget = float(lines[1].split("budget ")[1].split(" GB")[0])
+  assert 0.95 * 16 * 2 ** 30 / 1e9 < budget <= 16 * 2 ** 30 / 1e9
+  assert "largest micro-batch that fits: 2" in out
+
+
+def test_step_over_hbm_is_refused_not_an_error(libtpu, tmp_path):
+  """XLA's TPU compiler refuses a program over the chip's HBM
+  (CompileTimeHbmOom): the plan says so and does not fit (exit 1)."""
+  c = _mlm_config(_checkpoint(tmp_path / "m"), batch_size=1 << 16,
+                  micro_batch_size=1 << 16)
+  lines = []
+  assert plan.plan(c, "v5e", search=False, out=lines.append) == 1
+  assert lines[-1] == "does not fit"
+  refused = [line for line in lines if "CompileTimeHbmOom" in line]
+  assert refused and refused[0].strip().startswith(
+      "XLA's TPU compiler refused it: HLO temporaries need"), lines
+
+
+def test_tpu_slice_is_planned_per_chip(libtpu, tmp_path):
+  """v5e:2x2 is four chips; config.mesh.fsdp 4 lays the run on all of them,
+  and each chip holds a quarter of the parameters and moments (every leaf
+  of the tiny model has a dimension divisible by 4)."""
+  c = _mlm_config(_checkpoint(tmp_path / "m"), batch_size=4,
+                  micro_batch_size=4)
+  c.mesh.fsdp = 4
+  target = plan.parse_target("v5e:2x2")
+  devices = plan.topology_devices(target, libtpu)
+  assert len(devices) == 4
+  assert {d.device_kind for d in devices} == {"TPU v5 lite"}
+  steps = plan_steps.mlm_steps(c, devices)
+  n = _param_count(32, 2, 64, 1000, 256 + 2)
+  assert plan.tree_bytes(steps.params) == 4 * n // 4
+  lines = []
+  assert plan.plan(c, "v5e:2x2", search=False, out=lines.append) == 0
+  assert lines[1].startswith("target: TPU v5e 2x2 slice (4 chips) (TPU v5 "
+                             "lite), mesh data 1 x fsdp 4 x seq 1 on 4 of 4 "
+                             "devices"), lines[1]

@@ -121,8 +121,11 @@ def _kernel(np_, gp, left, right, interpret):
                 interpret=interpret)
   # Built eagerly (splash turns its numpy tables into jax arrays, which a
   # trace would stage) and kept as numpy: constants in whatever program
-  # (and for whatever device) uses them.
-  with jax.ensure_compile_time_eval():
+  # (and for whatever device) uses them. Outside any abstract mesh: a
+  # deviceless compile traces under one (AbstractDevice(platform="tpu"),
+  # lfjax.kernels.tpu_compile), where jax 0.12 refuses eager dispatch.
+  with jax.ensure_compile_time_eval(), jax.sharding.use_abstract_mesh(
+      jax.sharding.AbstractMesh((), ())):
     plain = splash_lib.make_splash_mha(mask, **common)
   plain = jax.tree_util.tree_map(np.asarray, plain)
   # The lse variant: the same tables (splash builds them in a Python loop

@@ -79,38 +79,48 @@ VARIANTS = tuple(
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
-def build(variant, sharding):
-  """(jitted fwd+bwd function named after the variant, argument avals)."""
+def build(variant, sharding, *, impl="pallas", tokens=TOKENS, batch=1,
+          grad_rel=False):
+  """(jitted fwd+bwd function named after the variant, argument avals).
+
+  variant: a Variant here or in lfjax.kernels.tpu_compile (kind, head_dim,
+  dtype, name); kind "globals" is "globals_dropout" without dropout.
+  impl: windowed_attention's. tokens, batch: the q/k/v shape [batch,
+  tokens, 12 heads, head_dim]. grad_rel: also differentiate the relative
+  tensors (rel_query, rel_table), as training does."""
   import jax
   import jax.numpy as jnp
   from lfjax.attention.api import windowed_attention
   dtype = jnp.dtype(variant.dtype)
-  b, n, h, d = 1, TOKENS, HEADS, variant.head_dim
+  b, n, h, d = batch, tokens, HEADS, variant.head_dim
   aval = lambda shape, dt=dtype: jax.ShapeDtypeStruct(shape, dt,
                                                       sharding=sharding)
   qkv = [aval((b, n, h, d))] * 3
-  kw = dict(window=WINDOW, impl="pallas")
+  kw = dict(window=WINDOW, impl=impl)
   extra = []
+  argnums = (0, 1, 2)
   if variant.kind == "causal":
     kw["causal"] = True
-  elif variant.kind == "globals_dropout":
-    kw.update(dilation=[1, 1, 2, 3] * (h // 4), max_global=16,
-              dropout_rate=0.1)
-    extra = [aval((b, n), jnp.bool_), aval((b, n), jnp.bool_),
-             aval((), jnp.uint32)]
+  elif variant.kind in ("globals_dropout", "globals"):
+    kw.update(dilation=[1, 1, 2, 3] * (h // 4), max_global=16)
+    extra = [aval((b, n), jnp.bool_), aval((b, n), jnp.bool_)]
+    if variant.kind == "globals_dropout":
+      kw["dropout_rate"] = 0.1
+      extra.append(aval((), jnp.uint32))
   elif variant.kind == "rel_dropout":
     kw.update(causal=True, dilation=[1, 1, 1, 2] * (h // 4),
               dropout_rate=0.1)
     extra = [aval((b, n, h, d)), aval((2 * WINDOW + 1, h, d)),
              aval((), jnp.uint32)]
+    argnums = (0, 1, 2, 3, 4) if grad_rel else argnums
   else:
     raise ValueError(f"variant.kind: unknown {variant.kind!r}")
 
   def attend(q, k, v, *more):
-    if variant.kind == "globals_dropout":
+    if variant.kind in ("globals_dropout", "globals"):
+      key = jax.random.key(more[2]) if len(more) > 2 else None
       return windowed_attention(q, k, v, key_mask=more[0],
-                                global_mask=more[1],
-                                dropout_key=jax.random.key(more[2]), **kw)
+                                global_mask=more[1], dropout_key=key, **kw)
     if variant.kind == "rel_dropout":
       return windowed_attention(q, k, v, rel_query=more[0],
                                 rel_table=more[1],
@@ -121,7 +131,7 @@ def build(variant, sharding):
     return jnp.sum(attend(*args).astype(jnp.float32))
 
   def fwd_bwd(*args):
-    return jax.grad(loss, argnums=tuple(range(3)))(*args)
+    return jax.grad(loss, argnums=argnums)(*args)
 
   fwd_bwd.__name__ = "kc_" + variant.name  # names the dump's files
   return jax.jit(fwd_bwd), qkv + extra

@@ -4,7 +4,8 @@ Catches kernels that would not lower (bad block shapes, unsupported ops)
 in CI, which has no GPU. The Triton backend wants to know which GPU it
 compiles for; newer JAX takes it from an abstract device, older JAX does
 not ask. traced_gpu_kind / gpu_family: which GPU a trace is for (the
-band kernel's block sizes depend on it).
+band kernel's block sizes depend on it); traced_platform: whether a trace
+is for a TPU, a GPU or the CPU.
 """
 
 import contextlib
@@ -70,6 +71,25 @@ def traced_gpu_kind():
   if not hasattr(device, "platform"):  # unset, or a platform name
     device = jax.devices()[0]
   return device.device_kind if device.platform == "gpu" else ""
+
+
+def traced_platform():
+  """"tpu", "gpu" or "cpu": the platform the kernels are being traced for,
+  read as traced_gpu_kind reads the GPU: the abstract device of the current
+  abstract mesh (deviceless compiles: lfjax.kernels.tpu_compile enters one
+  with AbstractDevice(platform="tpu"), gpu_compile and export_for_cuda
+  with platform="cuda"), else the default device. For choices made at
+  trace time (impl="auto"); a jit without an abstract mesh that is lowered
+  for another platform than the default device's reads the default's."""
+  get = getattr(jax.sharding, "get_abstract_mesh", None)
+  abstract = getattr(get(), "abstract_device", None) if get else None
+  platform = getattr(abstract, "platform", None)
+  if platform is None:
+    device = jax.config.jax_default_device
+    if not hasattr(device, "platform"):  # unset, or a platform name
+      device = jax.devices()[0]
+    platform = device.platform
+  return {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
 
 
 def gpu_family(device_kind):
