@@ -15,6 +15,7 @@ from lfjax.attention import dense
 from lfjax.attention import mosaic
 from lfjax.attention import pallas
 from lfjax.attention import splash
+from lfjax.kernels import lowering
 
 # Band kernels: implementations that run the chunked path's layout
 # (dilation classes, global rows) around a kernel with the contract of
@@ -71,8 +72,10 @@ def windowed_attention(q, k, v, *, window, dilation=1, causal=False,
       ValueError), "mosaic" (lfjax's Mosaic band kernel for TPUs,
       everything "pallas" serves incl. the relative term and dropout:
       compiled Mosaic when lowered for a TPU, interpret mode on CPU;
-      lfjax/kernels/README.md) or "auto" (chunked; pallas once it is
-      measured on GPUs).
+      lfjax/kernels/README.md) or "auto": chunked (on a GPU as batched
+      blocks; pallas once it is measured on GPUs), and in a program traced
+      for a TPU splash, or mosaic when the call has dropout or the
+      relative term; "pallas" traced for a TPU runs mosaic (resolve_impl).
     dropout_rate: attention-probability dropout (training), a Python float
       in [0, 1). Probability (b, h, i, j) is kept or dropped by a hash of
       (dropout_key, b, h, i, j), so dense, chunked, pallas and mosaic
@@ -285,6 +288,7 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
               dropout_seeds_BxH, rel, *, window, dilation_H, causal,
               max_global, scale, impl, dropout_rate, band_path):
   del band_path
+  impl = resolve_impl(impl, dropout=bool(dropout_rate), rel=rel is not None)
   if max_global:
     eff_global_BxN = common.effective_global(global_mask_BxN, key_mask_BxN,
                                              max_global)
@@ -308,6 +312,28 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
     out = chunked.chunked_attention(q, k, v, max_global=max_global, **args)
   # Padding rows are exactly zero whatever the implementation computed there.
   return jnp.where(key_mask_BxN[:, :, None, None], out, 0.0).astype(q.dtype)
+
+
+def resolve_impl(impl, *, dropout, rel):
+  """The implementation a call traced now runs (a trace-time choice, so a
+  program lowered for a TPU picks TPU kernels):
+
+  - "auto": "chunked" (on a GPU its batched blocks) except in a trace for
+    a TPU, where it is "splash" (JAX's splash attention) when splash
+    serves the call and "mosaic" (lfjax's Mosaic band kernel) when it does
+    not, i.e. with attention dropout or the relative-position term.
+  - "pallas" in a trace for a TPU: "mosaic", the Pallas kernel that
+    lowers there (the Triton kernel is for GPUs).
+  - anything else: itself.
+
+  The platform is lfjax.kernels.lowering.traced_platform's: the abstract
+  device of the current abstract mesh (deviceless compiles), else the
+  default device. dropout, rel: bools, whether the call has them."""
+  if impl not in ("auto", "pallas"):
+    return impl
+  if lowering.traced_platform() != "tpu":
+    return "chunked" if impl == "auto" else impl
+  return "splash" if impl == "auto" and not (dropout or rel) else "mosaic"
 
 
 def _check_qkv(q, k, v):

@@ -82,7 +82,8 @@ def sequence_parallel_attention(q, k, v, *, mesh, axis_name="seq",
     impl: "chunked" (the blocked jnp band core), "pallas" (the Pallas-Triton
       band kernel, GPUs), "splash" (JAX's splash attention, TPUs; no
       dropout, no relative term), "mosaic" (the Mosaic band kernel, TPUs;
-      all three in interpret mode on CPU) or "auto" (chunked). A kernel
+      all three in interpret mode on CPU) or "auto" (chunked; on a TPU
+      splash or mosaic, as windowed_attention's api.resolve_impl). A kernel
       runs per shard on the shard's extended keys, its queries padded by
       the halo (as many queries as keys).
       "dense" is the O(N^2) oracle and is not sharded.
@@ -267,6 +268,8 @@ def shard_attention(q, k, v, key_mask, global_mask=None, global_qkv=None,
   [B, n, H, Dv] in q's dtype, padding rows 0.
   """
   b, n, h, _ = q.shape
+  impl = api.resolve_impl(impl, dropout=bool(dropout_rate),
+                          rel=rel_query is not None)
   seq = n * axis_size
   pos0 = jax.lax.axis_index(axis_name) * n  # this shard's first position
   g = max_global
