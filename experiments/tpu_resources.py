@@ -264,11 +264,18 @@ def main():
             "256)", "",
             "impl chunked is the XLA batched path (band_batched: what a "
             "TPU ran before splash and mosaic); dense the O(N^2) oracle. "
-            "splash does not serve dropout or the relative term.", ""]
+            "splash does not serve dropout or the relative term. XLA's TPU "
+            "compiler keeps some buffers in VMEM (128 MiB on v5e), which "
+            "memory_analysis does not count as HBM: at 4,096 tokens a "
+            "kernel table's variant can read 0. Rows 'not measured' were "
+            "still compiling when this run was stopped.", ""]
   lines += hbm_table(cache, a.hbm_target, tokens, "hbm" in stages,
                      a.hbm_layers.split(","))
   if a.plans:
-    lines += ["", "### Planned for a v5e", ""]
+    lines += ["", "### Planned for a v5e", "",
+              "The MLM config's attention_impl is auto (the XLA batched "
+              "path on a TPU until auto chooses splash there); the char-LM "
+              "with impl mosaic (its relative term).", ""]
     for shown, text in plans(cache, "plans" in stages):
       lines += ["```text", f"$ JAX_PLATFORMS=cpu {shown}", text, "```", ""]
   old = ""
