@@ -66,7 +66,7 @@ MODEL = {"positions": 128, "decoder_positions": 128, "d_model": 64,
 DENSE = {"chars": 200, "lines": 0, "train": 9600, "valid": 32, "test": 64}
 STAGE0 = {"model.max_length": 128, "model.max_target_length": 128,
           "eval.max_length": 128, "train.batch_size": 32,
-          "train.micro_batch_size": 32, "train.epochs": 2.0,
+          "train.micro_batch_size": 32, "train.epochs": 10.0,
           "optim.lr": 1e-3, "log_every": 25, "checkpoint_every": 100}
 # Encoder rows copied over the long table: the first 64, which every
 # stage-0 document reaches (64 tokens or more), so every copied row was
@@ -99,7 +99,7 @@ def parse_args(argv):
   p.add_argument("--lengths", default="256,1024,4096",
                  help="comma-separated input lengths in tokens, increasing "
                  "(the paper's 1K/4K/16K scaled by 1/4)")
-  p.add_argument("--epochs", type=float, default=1.0,
+  p.add_argument("--epochs", type=float, default=4.0,
                  help="fine-tuning passes over the long training documents")
   p.add_argument("--out", default=None, help="results .md (default: "
                  "experiments/results/figure3_led.md; PNG beside it)")
@@ -410,8 +410,8 @@ def main(argv=None):
               "(transformers' gradients on the same weights equal "
               "lfjax's to 1e-8: an optimization failure, not a bug); std "
               f"{MODEL['init_std']} keeps the encoder alive (spread across "
-              "documents 0.80 after 200 steps) but 600 steps of this "
-              "machine were not enough to copy."]
+              "documents 0.80 after 200 steps); 600 steps did not copy, "
+              "3,000 did (ROUGE-1 27 on this machine)."]
   lines += [""] + [l + "\n" for l in results_text.timing_notes(timings)]
   lines += [f"First test document, seed {a.seeds[0]} (reference, then each "
             "length's generated summary, names joined by spaces):", "",
