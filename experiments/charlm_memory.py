@@ -143,28 +143,15 @@ def compile_step(config, cfg, seq, window_scale, donate, batch=1,
   place = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=one)
   args = jax.tree.map(place, args[:3]) + (key,)
-  with gpu_kind(device.device_kind, device.platform):
+  # Pallas' Triton lowering asks which GPU it compiles for, and
+  # impl='auto' whether the trace is for a TPU: the abstract device says.
+  from lfjax.kernels import lowering
+  with lowering.trace_for(device.device_kind, device.platform):
     try:
       lowered = step.trace(*args).lower()
     except AttributeError:  # jax < 0.7: no .trace
       lowered = step.lower(*args)
   return lowered.compile()
-
-
-def gpu_kind(device_kind, platform="gpu"):
-  """Pallas' Triton lowering asks which GPU it compiles for; without one,
-  newer JAX reads it from an abstract device (older JAX assumes sm_90). A
-  TPU's abstract device tells the trace it is for a TPU
-  (lfjax.kernels.lowering.traced_platform)."""
-  import contextlib
-  import jax
-  device_cls = getattr(jax.sharding, "AbstractDevice", None)
-  if device_cls is None:
-    return contextlib.nullcontext()
-  return jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
-      (1,), ("x",), abstract_device=device_cls(
-          device_kind=device_kind, num_cores=None,
-          platform="tpu" if platform == "tpu" else "cuda")))
 
 
 _ALLOC = re.compile(r"^allocation (\d+): size (\d+)(.*)$")

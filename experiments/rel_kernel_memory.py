@@ -37,20 +37,18 @@ def _devices(target):
   from lfjax import plan
   t = plan.parse_target(target)
   dev = plan.topology_devices(t, jax.__version__)[0]
-  mesh = jax.sharding.AbstractMesh(
-      (1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
-          device_kind=dev.device_kind, num_cores=None, platform="cuda"))
-  return dev, mesh
+  from lfjax.kernels import lowering
+  return dev, lowering.trace_for(dev.device_kind, "cuda")
 
 
 def _compile(fn, avals, target):
   """jit(fn) compiled deviceless for target (Pallas reads the compute
   capability from the abstract mesh's device kind)."""
   import jax
-  dev, mesh = _devices(target)
+  dev, tracing = _devices(target)
   sh = jax.sharding.SingleDeviceSharding(dev)
   avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh) for a in avals]
-  with jax.sharding.use_abstract_mesh(mesh):
+  with tracing:
     lowered = jax.jit(fn).trace(*avals).lower()
   return lowered.compile()
 

@@ -451,12 +451,22 @@ def _plan(config, target_value, *, choices, search, out, environ):
          + ("" if (os.environ if environ is None else environ).get(
              "XLA_PYTHON_CLIENT_MEM_FRACTION") else ", JAX's default") + ")"))
 
+  def tracing():
+    # Traced for the target: impl="auto" picks a TPU's kernels at trace
+    # time (lfjax.kernels.lowering.traced_platform), from the run's mesh
+    # (the target's devices) or, on one device, an abstract device naming
+    # it; without it a one-device plan traced the CPU's choice.
+    if mesh is not None:
+      return parallel.use(mesh)
+    from lfjax.kernels import lowering
+    return lowering.trace_for(devices[0].device_kind, target.platform)
+
   def train_at(micro):
     # A large model's step compiles in minutes: say what is going on.
     print(f"compiling the train step at micro-batch {micro} ...",
           file=sys.stderr, flush=True)
     fn, args = steps.train(micro)
-    with parallel.use(mesh):
+    with tracing():
       return compile_memory(fn, args, parameters=params, optimizer=opt,
                             resident=0, budget=budget)
 
@@ -470,7 +480,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
     out(line)
   print("compiling the evaluation step ...", file=sys.stderr, flush=True)
   fn, args = steps.evaluate()
-  with parallel.use(mesh):
+  with tracing():
     ev = compile_memory(fn, args, parameters=params, optimizer=0,
                         resident=opt, budget=budget)
   out("")

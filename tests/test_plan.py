@@ -444,6 +444,29 @@ def test_tiny_mlm_fits_a_v5e(libtpu, tmp_path, capsys):
   assert "largest micro-batch that fits: 2" in out
 
 
+@pytest.mark.parametrize("target,mesh_fsdp", [("v5e", 1), ("v5e:2x2", 4)])
+def test_tpu_plan_traces_the_tpu_kernels(libtpu, tmp_path, monkeypatch,
+                                         target, mesh_fsdp):
+  """impl="auto" is chosen at trace time: a plan for a TPU, on one chip or
+  on a slice's mesh, traces what a TPU runs (splash: the MLM has no
+  attention dropout in :tiny's eval and no relative term; mosaic where
+  the train step has dropout), not the CPU's chunked path."""
+  from lfjax.attention import api
+  chosen = []
+  real = api.resolve_impl
+
+  def spy(impl, **kw):
+    chosen.append(real(impl, **kw))
+    return chosen[-1]
+
+  monkeypatch.setattr(api, "resolve_impl", spy)
+  c = _mlm_config(_checkpoint(tmp_path / "m"), batch_size=4,
+                  micro_batch_size=4)
+  c.mesh.fsdp = mesh_fsdp
+  assert plan.plan(c, target, search=False, out=lambda line: None) == 0
+  assert chosen and set(chosen) <= {"splash", "mosaic"}, chosen
+
+
 def test_step_over_hbm_is_refused_not_an_error(libtpu, tmp_path):
   """XLA's TPU compiler refuses a program over the chip's HBM
   (CompileTimeHbmOom): the plan says so and does not fit (exit 1)."""

@@ -83,6 +83,47 @@ def test_variants_cover_the_issue_and_splash_only_what_it_serves():
 # The platform a trace is for (no libtpu needed) -----------------------------
 
 
+@pytest.mark.parametrize("impl,kw", [
+    ("auto", dict(max_global=2)),  # splash, globals
+    ("mosaic", dict(causal=True, dropout_rate=0.1, max_global=0))])
+def test_kernels_compile_on_a_data_parallel_slice(impl, kw):
+  """Under a 4-chip v5e:2x2 mesh (the batch over data x fsdp) the kernels
+  run per chip (api._kernel_per_device's shard_map): XLA cannot partition
+  a Mosaic kernel, and JAX refused to lower one under a multi-device mesh
+  before, so every data-parallel TPU run failed. Forward + backward
+  compile, with the kernels in the program."""
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from lfjax.attention import windowed_attention
+  optional.need_libtpu()
+  cache = jax.config.jax_enable_compilation_cache
+  jax.config.update("jax_enable_compilation_cache", False)
+  try:
+    devices = plan_tpu.topology_devices("v5e:2x2")
+    mesh = jax.sharding.Mesh(
+        __import__("numpy").array(devices).reshape(2, 2), ("data", "fsdp"),
+        axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rows = NamedSharding(mesh, P(("data", "fsdp")))
+    qkv = jax.ShapeDtypeStruct((8, 512, 2, 128), jnp.bfloat16, sharding=rows)
+    globals_ = jax.ShapeDtypeStruct((8, 512), bool, sharding=rows)
+
+    def loss(q, k, v, g):
+      key = jax.random.key(0) if kw.get("dropout_rate") else None
+      out = windowed_attention(
+          q, k, v, window=64, impl=impl, global_mask=g if kw["max_global"]
+          else None, dropout_key=key, **kw)
+      return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    with jax.set_mesh(mesh):
+      lowered = jax.jit(jax.value_and_grad(loss, (0, 1, 2))).trace(
+          qkv, qkv, qkv, globals_).lower()
+    text = lowered.compile().as_text()
+  finally:
+    jax.config.update("jax_enable_compilation_cache", cache)
+  kernel = "splash_mha_fwd" if impl == "auto" else "lfjax_tpu_band_fwd"
+  assert kernel in text
+
+
 def test_traced_platform_reads_the_abstract_device():
   assert lowering.traced_platform() == "cpu"  # the CPU running the tests
   for platform, kind, want in (("tpu", "TPU v5 lite", "tpu"),

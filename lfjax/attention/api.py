@@ -277,6 +277,54 @@ def _pad_rel_table(table, n, window, max_dilation, causal):
   return jnp.pad(table, [(extra, extra), (0, 0), (0, 0)])
 
 
+def _kernel_per_device(attention, q, k, v, args):
+  """attention(q, k, v, **args) (chunked_attention with a Pallas band
+  kernel) run per device: as a shard_map over the non-manual axes of the
+  mesh jax.set_mesh set, the batch split over them when it divides (each
+  device computes the whole batch otherwise), or plainly without such a
+  mesh. XLA cannot partition a kernel: JAX refuses to lower a Mosaic
+  (TPU) kernel under a mesh of more than one device ("Mosaic kernels
+  cannot be automatically partitioned"), which made every data-parallel
+  or FSDP run on a TPU fail, and a Triton kernel is run whole on each
+  device. The values are the same: every argument but the relative table
+  is per batch row (dropout seeds included)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = () if mesh.empty else tuple(
+      a for a, t in zip(mesh.axis_names, mesh.axis_types)
+      if t != jax.sharding.AxisType.Manual)
+  split = int(np.prod([mesh.shape[a] for a in axes]))
+  if split == 1:
+    return attention(q, k, v, **args)
+  batch = axes if q.shape[0] % split == 0 else None
+  rows = jax.sharding.PartitionSpec(batch)
+  arrays = dict(args, q=q, k=k, v=v)
+  static = {a: arrays.pop(a) for a in ("window", "dilation_H", "causal",
+                                        "scale")}
+  if "dropout" in arrays:
+    static["rate"], arrays["dropout"] = arrays["dropout"]
+  specs = jax.tree.map(lambda x: rows, arrays)
+  if "rel" in arrays:  # (rel_query, rel_table): a table per distance, whole
+    specs["rel"] = (rows, jax.sharding.PartitionSpec())
+  if jax.sharding.AxisType.Explicit in tuple(mesh.axis_types):
+    # shard_map checks that explicit inputs are laid out as its specs say.
+    arrays = jax.tree.map(
+        lambda x, spec: jax.reshard(x, jax.sharding.NamedSharding(mesh, spec)),
+        arrays, specs)
+
+  def local(a):
+    a = dict(a)
+    if "dropout" in a:
+      a["dropout"] = (static["rate"], a["dropout"])
+    return attention(a.pop("q"), a.pop("k"), a.pop("v"), window=static[
+        "window"], dilation_H=static["dilation_H"], causal=static["causal"],
+                     scale=static["scale"], **a)
+
+  # check_vma=False: Pallas interpret mode inside shard_map fails the
+  # varying-axes check on jax 0.10 (as in sharded._sharded_body).
+  return jax.shard_map(local, mesh=mesh, in_specs=(specs,), out_specs=rows,
+                       axis_names=frozenset(axes), check_vma=False)(arrays)
+
+
 # Jitted so eager calls (notebooks, tests) compile once per shape instead of
 # dispatching op by op; inside a caller's jit it is simply inlined.
 # band_path: band.FORCE_PATH when called, unused here but part of the
@@ -306,8 +354,9 @@ def _dispatch(q, k, v, key_mask_BxN, global_mask_BxN, global_qkv,
   if impl == "dense":
     out = dense.dense_attention(q, k, v, **args)
   elif impl in BAND_KERNELS:
-    out = chunked.chunked_attention(
-        q, k, v, max_global=max_global, band_fn=BAND_KERNELS[impl], **args)
+    out = _kernel_per_device(functools.partial(
+        chunked.chunked_attention, max_global=max_global,
+        band_fn=BAND_KERNELS[impl]), q, k, v, args)
   else:
     out = chunked.chunked_attention(q, k, v, max_global=max_global, **args)
   # Padding rows are exactly zero whatever the implementation computed there.

@@ -50,6 +50,7 @@ GPUs: a trace for a GPU (lowering.traced_gpu_kind) raises ValueError
 pointing to impl="pallas".
 """
 
+import concurrent.futures
 import functools
 
 import jax
@@ -121,13 +122,14 @@ def _kernel(np_, gp, left, right, interpret):
                 interpret=interpret)
   # Built eagerly (splash turns its numpy tables into jax arrays, which a
   # trace would stage) and kept as numpy: constants in whatever program
-  # (and for whatever device) uses them. Outside any abstract mesh: a
-  # deviceless compile traces under one (AbstractDevice(platform="tpu"),
-  # lfjax.kernels.tpu_compile), where jax 0.12 refuses eager dispatch.
-  with jax.ensure_compile_time_eval(), jax.sharding.use_abstract_mesh(
-      jax.sharding.AbstractMesh((), ())):
-    plain = splash_lib.make_splash_mha(mask, **common)
-  plain = jax.tree_util.tree_map(np.asarray, plain)
+  # (and for whatever device) uses them. In a thread of its own, where
+  # JAX's thread-local trace state and mesh contexts are empty: the caller
+  # may be tracing under an abstract mesh (a deviceless compile, where jax
+  # 0.12 refuses eager dispatch) or under jax.set_mesh of a deviceless
+  # TPU slice (where an eager array would be placed on its devices).
+  with concurrent.futures.ThreadPoolExecutor(1) as apart:
+    plain = apart.submit(lambda: jax.tree_util.tree_map(
+        np.asarray, splash_lib.make_splash_mha(mask, **common))).result()
   # The lse variant: the same tables (splash builds them in a Python loop
   # over every block pair: ~2 s for the three at 32,768 tokens), other
   # options.

@@ -19,7 +19,11 @@ TRITON_TARGET = "__gpu$xla.gpu.triton"
 DEVICE_KIND = "NVIDIA H200"
 
 
-def _abstract_gpu(device_kind=DEVICE_KIND):
+def trace_for(device_kind, platform):
+  """A context in which traces are for that device: an abstract mesh of one
+  device whose AbstractDevice names it (platform "tpu" or "cuda"), read by
+  traced_platform and traced_gpu_kind, and by Pallas' Triton lowering
+  (which GPU it compiles for). A JAX without abstract devices: nothing."""
   device_cls = getattr(jax.sharding, "AbstractDevice", None)
   use = getattr(jax.sharding, "use_abstract_mesh", None)
   if device_cls is None or use is None:
@@ -27,7 +31,8 @@ def _abstract_gpu(device_kind=DEVICE_KIND):
   try:
     mesh = jax.sharding.AbstractMesh(
         (1,), ("x",), abstract_device=device_cls(
-            device_kind=device_kind, num_cores=None, platform="cuda"))
+            device_kind=device_kind, num_cores=None,
+            platform="tpu" if platform == "tpu" else "cuda"))
   except TypeError:  # a JAX whose AbstractMesh has no abstract_device
     return contextlib.nullcontext()
   return use(mesh)
@@ -38,7 +43,7 @@ def export_for_cuda(fn, *avals, device_kind=DEVICE_KIND):
 
   device_kind: the GPU it is lowered for (the kernels' compute capability,
   and band_attention.BlockSizes.default's table)."""
-  with _abstract_gpu(device_kind):
+  with trace_for(device_kind, "cuda"):
     return export.export(
         jax.jit(fn), platforms=["cuda"],
         disabled_checks=[export.DisabledSafetyCheck.custom_call(

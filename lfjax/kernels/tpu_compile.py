@@ -141,11 +141,8 @@ def _child(target_name, names, impl=None, tokens=TOKENS):
        scoped_vmem_limit=plan_tpu.scoped_vmem_limit(dev),
        hbm_available=plan_tpu.hbm_available(dev))
   sharding = jax.sharding.SingleDeviceSharding(dev)
-  # So that a trace knows it is for a TPU (lowering.traced_platform).
-  mesh = jax.sharding.AbstractMesh(
-      (1,), ("x",), abstract_device=jax.sharding.AbstractDevice(
-          device_kind=dev.device_kind, num_cores=None, platform="tpu"))
   from lfjax.attention import api
+  from lfjax.kernels import lowering
   for name in names:
     v = variant(name, impl)
     if v.impl not in api.IMPLS and v.impl != "jax_splash":
@@ -154,7 +151,8 @@ def _child(target_name, names, impl=None, tokens=TOKENS):
       continue
     fn, avals = build(v, sharding, tokens)
     try:
-      with jax.sharding.use_abstract_mesh(mesh):
+      # So that the trace knows it is for a TPU (impl="auto").
+      with lowering.trace_for(dev.device_kind, "tpu"):
         # With only an abstract mesh, JAX wants the platform named.
         lowered = fn.trace(*avals).lower(lowering_platforms=("tpu",))
     except (ValueError, NotImplementedError) as e:  # refused at trace
