@@ -173,10 +173,10 @@ def _commands(base):
       ["python", "-m", "lfjax.train", "--config",
        "configs/mlm_longformer_base.py", "--config.init_from", base,
        "--config.model.global_bos=True", "--config.model.dtype=bfloat16",
-       "--config.model.remat=True", "--plan_for", "v5e"],
-      ["python", "experiments/charlm_memory.py", "--target", "v5e",
-       "--seqs", "23040", "--batch", "16", "--dtype", "bfloat16",
-       "--impl", "mosaic"]]
+       "--config.model.remat=True", "--plan_for", "v5e"]
+  ] + [["python", "experiments/charlm_memory.py", "--target", "v5e",
+         "--seqs", "23040", "--batch", str(batch), "--dtype", "bfloat16",
+         "--impl", "auto"] for batch in (16, 8, 4)]
 
 
 def _run(cmd, base):
@@ -273,9 +273,13 @@ def main():
                      a.hbm_layers.split(","))
   if a.plans:
     lines += ["", "### Planned for a v5e", "",
-              "The MLM config's attention_impl is auto (the XLA batched "
-              "path on a TPU until auto chooses splash there); the char-LM "
-              "with impl mosaic (its relative term).", ""]
+              "Both with attention_impl auto, which a program traced for "
+              "a TPU resolves per call: splash where the call has neither "
+              "attention dropout nor the relative term (the MLM's "
+              "evaluation step), mosaic where it has (the MLM's train step: "
+              "RoBERTa's attention dropout 0.1; the char-LM's relative "
+              "term). The char-LM's phase 5 trains batch 16; a smaller "
+              "batch is its micro-batch (schedule.micro_batch_sizes).", ""]
     for shown, text in plans(cache, "plans" in stages):
       lines += ["```text", f"$ JAX_PLATFORMS=cpu {shown}", text, "```", ""]
   old = ""
