@@ -243,6 +243,8 @@ class StepMemory:
   # Why XLA refused to compile the step (a TPU program over the chip's
   # HBM: CompileTimeHbmOom); temp is then the compiler's figure.
   refused: str = ""
+  # The Pallas attention kernels in the lowered program (attention_kernels).
+  kernels: tuple = ()
 
   @property
   def total(self):
@@ -277,6 +279,18 @@ def _itemsize(dtype):
   return np.dtype(dtype).itemsize
 
 
+# A kernel's name in a lowered program -> the impl that runs it.
+KERNEL_NAMES = {"splash_mha_fwd": "splash", "lfjax_tpu_band_fwd": "mosaic",
+                "lfjax_band_fwd": "pallas"}
+
+
+def attention_kernels(lowered_text):
+  """The impls whose Pallas kernels a lowered program holds (sorted); ()
+  when its attention is XLA's alone (chunked or dense)."""
+  return tuple(sorted({impl for name, impl in KERNEL_NAMES.items()
+                       if name in lowered_text}))
+
+
 def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
   """Compiles jitted fn for args (ShapeDtypeStructs on target devices:
   parameters first, optimizer state second for a train step, then the
@@ -289,6 +303,7 @@ def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
   except AttributeError:  # jax < 0.7: no .trace
     lowered = fn.lower(*args)
   skip = 2 if optimizer else 1
+  kernels = attention_kernels(lowered.as_text())
   try:
     m = lowered.compile().memory_analysis()
   except Exception as e:  # XlaRuntimeError, RESOURCE_EXHAUSTED
@@ -303,7 +318,7 @@ def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
         resident=resident, budget=budget,
         refused=f"XLA's TPU compiler refused it: {what} need "
                 f"{need / GB:.2f} GB, more than the {available / GB:.2f} GB "
-                "of HBM available (CompileTimeHbmOom)")
+                "of HBM available (CompileTimeHbmOom)", kernels=kernels)
   return StepMemory(
       parameters=parameters, optimizer=optimizer,
       batch=tree_bytes(args[skip:]), temp=m.temp_size_in_bytes,
@@ -312,7 +327,7 @@ def compile_memory(fn, args, *, parameters, optimizer, resident, budget):
       host=(m.host_temp_size_in_bytes + m.host_argument_size_in_bytes
             + m.host_output_size_in_bytes),
       resident=resident, budget=budget,
-      arguments=m.argument_size_in_bytes)
+      arguments=m.argument_size_in_bytes, kernels=kernels)
 
 
 def size(b):
@@ -412,7 +427,10 @@ def _plan(config, target_value, *, choices, search, out, environ):
     # gets what the TPU compiler allows, which it enforces itself.
     from lfjax import plan_tpu
     plugin = plan_tpu.require_libtpu()
-    devices = topology_devices(target, plugin)
+    try:
+      devices = topology_devices(target, plugin)
+    except ValueError as e:
+      raise cli.UsageError(f"--plan_for: {e}") from None
     device = plan_tpu.CHIPS[target.name].hbm
     budget = plan_tpu.hbm_available(devices[0])
     fraction = budget / device
@@ -451,6 +469,12 @@ def _plan(config, target_value, *, choices, search, out, environ):
          + ("" if (os.environ if environ is None else environ).get(
              "XLA_PYTHON_CLIENT_MEM_FRACTION") else ", JAX's default") + ")"))
 
+  def attention_line(result):
+    what = (", ".join(result.kernels) + " (Pallas kernels)" if result.kernels
+            else "the XLA path (no Pallas kernel)")
+    return (f"  attention: {what}; model.attention_impl "
+            f"{config.model.attention_impl!r} on {target.label}")
+
   def tracing():
     # Traced for the target: impl="auto" picks a TPU's kernels at trace
     # time (lfjax.kernels.lowering.traced_platform), from the run's mesh
@@ -478,6 +502,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
       f"{steps.batch_size // micro} x micro-batch {micro}",
       results[micro], device):
     out(line)
+  out(attention_line(results[micro]))
   print("compiling the evaluation step ...", file=sys.stderr, flush=True)
   fn, args = steps.evaluate()
   with tracing():
@@ -489,6 +514,7 @@ def _plan(config, target_value, *, choices, search, out, environ):
       "the optimizer state stays on the device)", ev, device,
       temp="temp (activations)"):
     out(line)
+  out(attention_line(ev))
   if search:
     groups = 1 if mesh is None else parallel.batch_groups(mesh)
     sizes = micro_batch_sizes(steps.batch_size, groups)

@@ -80,10 +80,18 @@ def require_libtpu():
 
 
 def topology_devices(topology):
-  """The deviceless TPU devices of a topology name ("v5e:2x2")."""
+  """The deviceless TPU devices of a topology name ("v5e:2x2"). Raises
+  ValueError naming it when libtpu builds no such slice (v5e:3x3: its
+  hosts hold 2x2 chips), in libtpu's words."""
   from jax.experimental import topologies
   require_libtpu()
-  return list(topologies.get_topology_desc(topology, platform="tpu").devices)
+  try:
+    return list(topologies.get_topology_desc(topology,
+                                             platform="tpu").devices)
+  except Exception as e:  # JaxRuntimeError: INVALID_ARGUMENT
+    why = str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+    raise ValueError(f"{topology}: not a slice libtpu can lay out: "
+                     f"{why}") from None
 
 
 _UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}

@@ -42,7 +42,7 @@ def call(**overrides):
     (dict(global_mask=jnp.zeros((2, 10), bool), causal=True),
      r"global_mask: .*cannot be combined with causal=True"),
     (dict(global_mask=jnp.zeros((2, 10), bool), global_qkv=(Q, Q)),
-     r"global_qkv: expected a tuple"),
+     r"global_qkv: expected a tuple of 3 arrays \(q_g, k_g, v_g\), got a tuple of 2"),
     (dict(global_mask=jnp.zeros((2, 10), bool),
           global_qkv=(Q, Q, jnp.zeros((2, 10, 3, 5)))),
      r"global_qkv: expected v_g of shape"),

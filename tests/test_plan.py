@@ -324,6 +324,8 @@ def test_tiny_mlm_fits_an_h100(plugin, tmp_path, capsys, monkeypatch):
   lines = out.splitlines()
   assert lines[-1] == "fits"
   assert "NVIDIA H100 80GB HBM3" in out and "budget 63.7 GB" in out
+  assert ("  attention: the XLA path (no Pallas kernel); "
+          "model.attention_impl 'auto' on H100 SXM 80 GB") in out
   assert "largest micro-batch that fits: 2" in out
 
 
@@ -452,6 +454,7 @@ def test_tpu_plan_traces_the_tpu_kernels(libtpu, tmp_path, monkeypatch,
   attention dropout in :tiny's eval and no relative term; mosaic where
   the train step has dropout), not the CPU's chunked path."""
   from lfjax.attention import api
+  jax.clear_caches()  # else a cached trace answers without resolve_impl
   chosen = []
   real = api.resolve_impl
 
@@ -463,8 +466,30 @@ def test_tpu_plan_traces_the_tpu_kernels(libtpu, tmp_path, monkeypatch,
   c = _mlm_config(_checkpoint(tmp_path / "m"), batch_size=4,
                   micro_batch_size=4)
   c.mesh.fsdp = mesh_fsdp
-  assert plan.plan(c, target, search=False, out=lambda line: None) == 0
+  lines = []
+  assert plan.plan(c, target, search=False, out=lines.append) == 0
   assert chosen and set(chosen) <= {"splash", "mosaic"}, chosen
+  said = [l for l in lines if l.startswith("  attention: ")]
+  assert len(said) == 2, lines  # the train and the evaluation step
+  for line in said:
+    assert line.endswith(" (Pallas kernels); model.attention_impl 'auto' "
+                         "on TPU v5e"), said
+    assert set(line.split(": ")[1].split(" (")[0].split(", ")) <= {
+        "splash", "mosaic"}, said
+
+
+def test_slice_libtpu_cannot_lay_out_is_one_line(libtpu, tmp_path, capsys):
+  """v5e:3x3 passes the shape check but libtpu refuses it (its hosts hold
+  2x2 chips): one error line naming --plan_for, exit 2 (was a traceback)."""
+  code, out, err = _run([
+      "--config", "configs/mlm_longformer_base.py:tiny",
+      "--config.init_from", _checkpoint(tmp_path / "m"),
+      "--plan_for", "v5e:3x3"], capsys)
+  assert code == 2, (out, err)
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert lines and lines[-1].startswith(
+      "error: --plan_for: v5e:3x3: not a slice libtpu can lay out: "), err
+  assert "Traceback" not in err
 
 
 def test_step_over_hbm_is_refused_not_an_error(libtpu, tmp_path):

@@ -53,8 +53,16 @@ def test_every_variant_compiles_within_scoped_vmem(target):
 
 def test_command_line_errors_are_one_line(capsys):
   for argv, message in (
-      (["--target", "h100"], "--target: expected one of v5e, v6e, v5p: "
-                             "expected a TPU, got 'h100'"),
+      (["--target", "h100"], "--target: expected one of v5e, v6e, v5p, "
+                             "optionally with a slice's topology (v5e:2x2: "
+                             "its first chip), got 'h100'"),
+      (["--target", "v7x"], "--target: expected one of v5e, v6e, v5p, "
+                            "optionally"),
+      (["--target", "v5e:2x"], "--target: v5e: expected a topology of 2 "
+                               "sizes (AxB), got '2x'"),
+      (["--impl", "splash2"], "--impl: expected one of auto, dense, "
+                              "chunked, pallas, splash, mosaic, got "
+                              "'splash2'"),
       (["--variant", "nope"], "--variant: expected names among "
                               "splash_causal_d64_bf16"),
       (["--tokens", "0"], "--tokens: expected a positive integer, got 0")):
@@ -63,6 +71,18 @@ def test_command_line_errors_are_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "error: " + message in err, err
+
+
+def test_a_slice_libtpu_refuses_says_why(capsys):
+  """The child's error reaches the one line main prints (it ended at
+  'failed (exit 1):' with the reason lost)."""
+  optional.need_libtpu()
+  assert tpu_compile.main(["--target", "v5e:3x3", "--variant",
+                           "splash_causal_d64_bf16", "--tokens", "128"]) == 1
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert err.startswith("error: compiling ['splash_causal_d64_bf16'] for "
+                        "v5e:3x3 failed (exit 1): "), err
+  assert "v5e:3x3: not a slice libtpu can lay out" in err, err
 
 
 def test_variants_cover_the_issue_and_splash_only_what_it_serves():

@@ -441,8 +441,11 @@ def _check_mask(name, mask, b, n):
 
 def _check_global_qkv(global_qkv, q, k, v):
   if not isinstance(global_qkv, (tuple, list)) or len(global_qkv) != 3:
-    raise ValueError("global_qkv: expected a tuple (q_g, k_g, v_g), got "
-                     f"{type(global_qkv).__name__}")
+    got = (f"a {type(global_qkv).__name__} of {len(global_qkv)}"
+           if isinstance(global_qkv, (tuple, list)) else
+           type(global_qkv).__name__)
+    raise ValueError("global_qkv: expected a tuple of 3 arrays (q_g, k_g, "
+                     f"v_g), got {got}")
   for name, x, ref in zip(("q_g", "k_g", "v_g"), global_qkv, (q, k, v)):
     # Same widths as q, k, v themselves.
     if getattr(x, "shape", None) != ref.shape:

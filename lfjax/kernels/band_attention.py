@@ -382,6 +382,44 @@ def _extras(x, d, dp, dvp, bk, gk, gv, gvalid, dropout):
   return tuple(named[name] for name in ext.names), ext
 
 
+def check_arguments(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, window, causal,
+                    rel_query_XxNxDr, rel_table_XxRxDr, rel_min):
+  """The band kernels' shared argument checks (this kernel's and the
+  Mosaic kernel's, lfjax.kernels.tpu_band_attention): shapes of k, v,
+  kvalid and the relative tensors, rel_min static and covering the band.
+  Returns (window, right, rel_min) as ints (right: 0 when causal). Raises
+  ValueError naming the argument."""
+  x, n, d = q_XxNxD.shape
+  if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
+    raise ValueError(f"k, v: expected k of shape {(x, n, d)} and v of shape "
+                     f"{(x, n, 'Dv')}, got {k_XxNxD.shape} and "
+                     f"{v_XxNxDv.shape}")
+  if kvalid_XxN.shape != (x, n):
+    raise ValueError(f"kvalid: expected shape {(x, n)}, got "
+                     f"{kvalid_XxN.shape}")
+  window, right = int(window), 0 if causal else int(window)
+  rq, table = rel_query_XxNxDr, rel_table_XxRxDr
+  if (rq is None) != (table is None):
+    raise ValueError("rel_query and rel_table: expected both or neither, got "
+                     f"{'rel_query' if table is None else 'rel_table'} only")
+  if rq is not None:
+    if rq.ndim != 3 or rq.shape[:2] != (x, n):
+      raise ValueError(f"rel_query: expected shape {(x, n, 'Dr')}, got "
+                       f"{rq.shape}")
+    if table.ndim != 3 or table.shape[0] != x or table.shape[2] != rq.shape[2]:
+      raise ValueError(f"rel_table: expected shape {(x, 'R', rq.shape[2])}, "
+                       f"got {table.shape}")
+    if not isinstance(rel_min, (int, np.integer)):
+      raise ValueError(f"rel_min: expected a static int, got {rel_min!r}")
+    rel_min = int(rel_min)
+    lo, hi = -min(right, n - 1), min(window, n - 1)
+    if rel_min > lo or rel_min + table.shape[1] - 1 < hi:
+      raise ValueError(
+          f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
+          f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
+  return window, right, rel_min
+
+
 def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
                    scale, block_sizes=None, rel_query_XxNxDr=None,
                    rel_table_XxRxDr=None, rel_min=0, gk_XxGxD=None,
@@ -412,33 +450,10 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   at gpos[x, g]; lse stays that of the undropped scores.
   """
   x, n, d = q_XxNxD.shape
-  if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
-    raise ValueError(f"k, v: expected k of shape {(x, n, d)} and v of shape "
-                     f"{(x, n, 'Dv')}, got {k_XxNxD.shape} and "
-                     f"{v_XxNxDv.shape}")
-  if kvalid_XxN.shape != (x, n):
-    raise ValueError(f"kvalid: expected shape {(x, n)}, got "
-                     f"{kvalid_XxN.shape}")
-  window, right = int(window), 0 if causal else int(window)
+  window, right, rel_min = check_arguments(
+      q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, window, causal,
+      rel_query_XxNxDr, rel_table_XxRxDr, rel_min)
   rq, table = rel_query_XxNxDr, rel_table_XxRxDr
-  if (rq is None) != (table is None):
-    raise ValueError("rel_query and rel_table: expected both or neither, got "
-                     f"{'rel_query' if table is None else 'rel_table'} only")
-  if rq is not None:
-    if rq.ndim != 3 or rq.shape[:2] != (x, n):
-      raise ValueError(f"rel_query: expected shape {(x, n, 'Dr')}, got "
-                       f"{rq.shape}")
-    if table.ndim != 3 or table.shape[0] != x or table.shape[2] != rq.shape[2]:
-      raise ValueError(f"rel_table: expected shape {(x, 'R', rq.shape[2])}, "
-                       f"got {table.shape}")
-    if not isinstance(rel_min, (int, np.integer)):
-      raise ValueError(f"rel_min: expected a static int, got {rel_min!r}")
-    rel_min = int(rel_min)
-    lo, hi = -min(right, n - 1), min(window, n - 1)
-    if rel_min > lo or rel_min + table.shape[1] - 1 < hi:
-      raise ValueError(
-          f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
-          f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
   dv = v_XxNxDv.shape[2]
   if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
     raise ValueError(f"block_sizes: expected a BlockSizes(block_q, block_k, "

@@ -206,7 +206,6 @@ def _forward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
 def _backward(q, k, v, kvalid, rq, table, gk, gv, gvalid, gpos, seed,
               residue, do, lse, delta, dlse, *, cfg, interpret):
   x, n, d = q.shape
-  dv = v.shape[2]
   per_row = lambda a: a.reshape(x, cfg.nqb, cfg.bq, 1)
   lse, delta, dlse = per_row(lse), per_row(delta), per_row(dlse)
   kv = dict(rq=rq, table=table, gk=gk, gv=gv, gvalid=gvalid, gpos=gpos)
@@ -317,33 +316,10 @@ def band_attention(q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, *, window, causal,
   argument.
   """
   x, n, d = q_XxNxD.shape
-  if k_XxNxD.shape != (x, n, d) or v_XxNxDv.shape[:2] != (x, n):
-    raise ValueError(f"k, v: expected k of shape {(x, n, d)} and v of shape "
-                     f"{(x, n, 'Dv')}, got {k_XxNxD.shape} and "
-                     f"{v_XxNxDv.shape}")
-  if kvalid_XxN.shape != (x, n):
-    raise ValueError(f"kvalid: expected shape {(x, n)}, got "
-                     f"{kvalid_XxN.shape}")
-  window, right = int(window), 0 if causal else int(window)
+  window, right, rel_min = triton_band.check_arguments(
+      q_XxNxD, k_XxNxD, v_XxNxDv, kvalid_XxN, window, causal,
+      rel_query_XxNxDr, rel_table_XxRxDr, rel_min)
   rq, table = rel_query_XxNxDr, rel_table_XxRxDr
-  if (rq is None) != (table is None):
-    raise ValueError("rel_query and rel_table: expected both or neither, got "
-                     f"{'rel_query' if table is None else 'rel_table'} only")
-  if rq is not None:
-    if rq.ndim != 3 or rq.shape[:2] != (x, n):
-      raise ValueError(f"rel_query: expected shape {(x, n, 'Dr')}, got "
-                       f"{rq.shape}")
-    if table.ndim != 3 or table.shape[0] != x or table.shape[2] != rq.shape[2]:
-      raise ValueError(f"rel_table: expected shape {(x, 'R', rq.shape[2])}, "
-                       f"got {table.shape}")
-    if not isinstance(rel_min, (int, np.integer)):
-      raise ValueError(f"rel_min: expected a static int, got {rel_min!r}")
-    rel_min = int(rel_min)
-    lo, hi = -min(right, n - 1), min(window, n - 1)
-    if rel_min > lo or rel_min + table.shape[1] - 1 < hi:
-      raise ValueError(
-          f"rel_table with rel_min: expected rows for distances {lo}..{hi} "
-          f"(the band), got {rel_min}..{rel_min + table.shape[1] - 1}")
   blocks = BlockSizes.default(n) if block_sizes is None else block_sizes
   if not isinstance(blocks, BlockSizes):
     raise ValueError(f"block_sizes: expected a tpu_band_attention.BlockSizes"

@@ -338,8 +338,13 @@ def compile_variants(target, names=None, *, impl=None, tokens=TOKENS,
       with open(os.path.join(keep, "child.txt"), "w") as f:
         f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
+      # The child's own error (its last exception line) on the first line:
+      # main prints only that.
+      lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+      why = next((l for l in reversed(lines) if re.match(
+          r"^[\w.]*(Error|Exception)\b", l)), lines[-1] if lines else "")
       raise RuntimeError(f"compiling {names} for {target} failed (exit "
-                         f"{proc.returncode}):\n{proc.stderr[-4000:]}")
+                         f"{proc.returncode}): {why}\n{proc.stderr[-4000:]}")
     return collect(target, names, proc.stdout, dump, impl)
 
 
@@ -400,11 +405,21 @@ def main(argv=None):
   from lfjax import extras
   from lfjax import plan
   try:
-    if plan.parse_target(a.target).platform != "tpu":
-      raise cli.UsageError(f"expected a TPU, got {a.target!r}")
+    tpu = plan.parse_target(a.target).platform == "tpu"
   except cli.UsageError as e:
-    p.error(f"--target: expected one of {', '.join(TARGETS)}: "
-            + str(e).split(": ", 1)[-1])
+    # A TPU's bad slice shape keeps its own words; anything else is not a
+    # TPU target (parse_target's message would list GPUs too).
+    tpu = a.target.split(":")[0] in TARGETS and str(e)
+    if tpu:
+      p.error(f"--target: {str(e).split(': ', 1)[-1]}")
+  if not tpu:
+    p.error(f"--target: expected one of {', '.join(TARGETS)}, optionally "
+            f"with a slice's topology (v5e:2x2: its first chip), got "
+            f"{a.target!r}")
+  from lfjax.attention import api
+  if a.impl and a.impl not in api.IMPLS:
+    p.error(f"--impl: expected one of {', '.join(api.IMPLS)}, got "
+            f"{a.impl!r}")
   if a.tokens < 1:
     p.error(f"--tokens: expected a positive integer, got {a.tokens}")
   if a.child:
