@@ -336,9 +336,20 @@ def compile_variants(target_name, names=None, *, python=None, timeout=900,
       with open(os.path.join(keep, "stderr.txt"), "w") as f:
         f.write(log)
     if proc.returncode != 0:
-      raise RuntimeError(f"compiling {names} for {target_name} failed "
-                         f"(exit {proc.returncode}):\n{log[-4000:]}")
+      raise child_failed(names, target_name, proc)
     return _collect(target_name, names, log, dump)
+
+
+def child_failed(names, target, proc):
+  """The RuntimeError for a compile child that died: the child's own error
+  (its last exception line) on the first line, which a command-line main
+  prints alone, then the tail of its log."""
+  lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+  why = next((l for l in reversed(lines)
+              if re.match(r"^[\w.]*(Error|Exception)\b", l)),
+             lines[-1] if lines else "")
+  return RuntimeError(f"compiling {names} for {target} failed (exit "
+                      f"{proc.returncode}): {why}\n{proc.stderr[-4000:]}")
 
 
 def _collect(target_name, names, log, dump):
@@ -417,8 +428,12 @@ def main(argv=None):
   if a.child:
     _child(a.target, names, blocks)
     return 0
-  rows, unsupported, failed = compile_variants(a.target, names,
-                                               blocks=blocks)
+  try:
+    rows, unsupported, failed = compile_variants(a.target, names,
+                                                 blocks=blocks)
+  except (RuntimeError, ParseError) as e:
+    print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+    return 1
   for r in rows:
     print(json.dumps(dataclasses.asdict(r)))
   for n, why in unsupported.items():

@@ -338,13 +338,7 @@ def compile_variants(target, names=None, *, impl=None, tokens=TOKENS,
       with open(os.path.join(keep, "child.txt"), "w") as f:
         f.write(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-      # The child's own error (its last exception line) on the first line:
-      # main prints only that.
-      lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
-      why = next((l for l in reversed(lines) if re.match(
-          r"^[\w.]*(Error|Exception)\b", l)), lines[-1] if lines else "")
-      raise RuntimeError(f"compiling {names} for {target} failed (exit "
-                         f"{proc.returncode}): {why}\n{proc.stderr[-4000:]}")
+      raise gpu_compile.child_failed(names, target, proc)
     return collect(target, names, proc.stdout, dump, impl)
 
 
