@@ -16,6 +16,7 @@ asserts on it.
 """
 
 import json
+import os
 import re
 import sys
 import time
@@ -77,6 +78,19 @@ CASES = {
         globals=[3, 12, 22, 23], gqkv=True, rel=True, cap=3),
 }
 OUT_ATOL, GRAD_ATOL, GRAD_RTOL = 2e-5, 5e-5, 1e-4
+
+
+# As conftest.py: the TPU kernels' cases run on Python >= 3.12 (where
+# lfjax[tpu] installs) or when LFJAX_TEST_TPU_KERNELS asks for them.
+TPU_KERNELS_HERE = (sys.version_info >= (3, 12)
+                    or os.environ.get("LFJAX_TEST_TPU_KERNELS", "")
+                    not in ("", "0"))
+
+
+def selected():
+  """The CASES this interpreter runs (TPU_KERNELS_HERE)."""
+  return {name: spec for name, spec in CASES.items()
+          if TPU_KERNELS_HERE or spec.get("impl") not in ("splash", "mosaic")}
 
 
 def make_inputs(spec, seed):
@@ -315,6 +329,8 @@ def batch_mesh_case():
                        rel_query=rel_q, rel_table=table),
         "pallas": dict(window=3, dilation=[1, 2], key_mask=key_mask)}
     for impl, kw in cases.items():
+      if impl != "pallas" and not TPU_KERNELS_HERE:
+        continue
       mine = lambda q, k, v: windowed_attention(
           q, k, v, impl=impl, max_global=2 if "global_mask" in kw else None,
           **kw)
@@ -378,7 +394,7 @@ def main(path):
                      f"{jax.device_count()}; set XLA_FLAGS="
                      f"--xla_force_host_platform_device_count=8")
   results = {"devices": jax.device_count()}
-  for name, spec in CASES.items():
+  for name, spec in selected().items():
     try:
       results[name] = run_case(name, spec, seed=len(results))
     except Exception:  # recorded, so the other cases still run

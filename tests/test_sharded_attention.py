@@ -52,7 +52,7 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
   res = run_sharded_cases(tmp_path / "results.json")
   assert res["devices"] == 8
   problems = []
-  for name, spec in sharded_cases.CASES.items():
+  for name, spec in sharded_cases.selected().items():
     r = res[name]
     if "exception" in r:
       problems.append(f"{name}: raised\n{r['exception']}")
@@ -111,7 +111,7 @@ def test_sharded_over_2_4_8_devices_matches_reference(tmp_path):
   # partition a Mosaic kernel: JAX refused to lower one there).
   batch = res["batch_mesh"]
   assert "exception" not in batch, batch.get("exception")
-  assert len(batch) == 6, batch
+  assert len(batch) == (6 if sharded_cases.TPU_KERNELS_HERE else 2), batch
   for name, e in batch.items():
     assert e["out"] <= sharded_cases.OUT_ATOL, (name, e)
     assert e["grad"] <= sharded_cases.GRAD_ATOL, (name, e)
