@@ -434,13 +434,19 @@ def main(argv=None):
   except (RuntimeError, ParseError) as e:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 1
+  print_rows(a.target, rows, unsupported=unsupported, failed=failed)
+  return 0
+
+
+def print_rows(target, rows, **why_by_kind):
+  """The command line's output (this module's and tpu_compile's): a JSON
+  row per compiled variant, then one per variant of each kind of failure
+  ({variant: reason}), the kind as its key."""
   for r in rows:
     print(json.dumps(dataclasses.asdict(r)))
-  for n, why in unsupported.items():
-    print(json.dumps(dict(target=a.target, variant=n, unsupported=why)))
-  for n, why in failed.items():
-    print(json.dumps(dict(target=a.target, variant=n, failed=why)))
-  return 0
+  for kind, whys in why_by_kind.items():
+    for n, why in whys.items():
+      print(json.dumps({"target": target, "variant": n, kind: why}))
 
 
 if __name__ == "__main__":

@@ -425,12 +425,7 @@ def main(argv=None):
   except (RuntimeError, ParseError, extras.MissingPackage) as e:
     print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
     return 1
-  for r in rows:
-    print(json.dumps(dataclasses.asdict(r)))
-  for n, why in skipped.items():
-    print(json.dumps(dict(target=a.target, variant=n, not_compiled=why)))
-  for n, why in failed.items():
-    print(json.dumps(dict(target=a.target, variant=n, failed=why)))
+  gpu_compile.print_rows(a.target, rows, not_compiled=skipped, failed=failed)
   return 0
 
 
